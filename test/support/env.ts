@@ -1,0 +1,51 @@
+// The rule for tests that need something from the machine (root, a binary, /dev/kvm, hugepages):
+// on CI a missing prerequisite is a failure, because .ci/run installs everything; on a developer's
+// machine the test is skipped with the reason printed.
+import { accessSync, constants } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+
+export const onCi = (): boolean => Boolean(process.env.CI);
+
+/** Returns true when the test may run; otherwise throws on CI or returns false (caller skips). */
+export function requireOrSkip(condition: boolean, message: string): boolean {
+  if (condition) return true;
+  if (onCi()) throw new Error(`missing test prerequisite on CI: ${message}`);
+  console.warn(`skipping: ${message}`);
+  return false;
+}
+
+export function isRoot(): boolean {
+  return typeof process.getuid === 'function' && process.getuid() === 0;
+}
+
+export function findBinary(name: string): string | null {
+  for (const dir of (process.env.PATH ?? '/usr/bin:/bin').split(':').concat(['/usr/sbin', '/sbin'])) {
+    const candidate = `${dir}/${name}`;
+    try {
+      accessSync(candidate, constants.X_OK);
+      return candidate;
+    } catch {
+      /* keep looking */
+    }
+  }
+  return null;
+}
+
+export function hasBinary(name: string): boolean {
+  return findBinary(name) !== null;
+}
+
+/** Runs a command and returns stdout; throws with stderr in the message on failure. */
+export function run(cmd: string, args: string[], opts: { input?: string; timeoutMs?: number } = {}): string {
+  try {
+    return execFileSync(cmd, args, {
+      encoding: 'utf8',
+      input: opts.input,
+      timeout: opts.timeoutMs ?? 30_000,
+      stdio: ['pipe', 'pipe', 'pipe'],
+    });
+  } catch (err) {
+    const e = err as { stderr?: string; message: string };
+    throw new Error(`${cmd} ${args.join(' ')} failed: ${e.stderr?.trim() || e.message}`);
+  }
+}

@@ -1,0 +1,67 @@
+// Network namespaces and veth pairs: the test hosts and VF stand-ins of the suite.
+import { existsSync, readFileSync } from 'node:fs';
+import { run, isRoot, hasBinary, requireOrSkip } from './env.js';
+
+export function requireRoot(): boolean {
+  return requireOrSkip(isRoot(), 'this test needs root (network namespaces, AF_PACKET, hugepages)');
+}
+
+export function requireBinary(name: string): boolean {
+  return requireOrSkip(hasBinary(name), `this test needs the program ${name}`);
+}
+
+export function createNetns(name: string): void {
+  run('ip', ['netns', 'add', name]);
+  run('ip', ['-n', name, 'link', 'set', 'lo', 'up']);
+}
+
+export function deleteNetns(name: string): void {
+  if (existsSync(`/run/netns/${name}`)) {
+    try {
+      run('ip', ['netns', 'delete', name]);
+    } catch {
+      /* already gone */
+    }
+  }
+}
+
+/** Creates a veth pair `a` (in the root namespace) ⇄ `b` (optionally moved into `nsB`), both up. */
+export function createVethPair(a: string, b: string, opts: { nsB?: string; mtu?: number } = {}): void {
+  run('ip', ['link', 'add', a, 'type', 'veth', 'peer', 'name', b]);
+  if (opts.mtu) {
+    run('ip', ['link', 'set', a, 'mtu', String(opts.mtu)]);
+    run('ip', ['link', 'set', b, 'mtu', String(opts.mtu)]);
+  }
+  if (opts.nsB) {
+    run('ip', ['link', 'set', b, 'netns', opts.nsB]);
+    run('ip', ['-n', opts.nsB, 'link', 'set', b, 'up']);
+  } else {
+    run('ip', ['link', 'set', b, 'up']);
+  }
+  run('ip', ['link', 'set', a, 'up']);
+}
+
+export function deleteLink(name: string): void {
+  if (existsSync(`/sys/class/net/${name}`)) {
+    try {
+      run('ip', ['link', 'delete', name]);
+    } catch {
+      /* already gone */
+    }
+  }
+}
+
+export function nsExec(ns: string, cmd: string, args: string[], opts: { timeoutMs?: number } = {}): string {
+  return run('ip', ['netns', 'exec', ns, cmd, ...args], opts);
+}
+
+/** Reads an interface counter such as rx_packets from sysfs (root namespace) or through `ip netns exec`. */
+export function linkCounter(ifname: string, counter: string, ns?: string): number {
+  if (!ns) return Number(readFileSync(`/sys/class/net/${ifname}/statistics/${counter}`, 'utf8'));
+  return Number(nsExec(ns, 'cat', [`/sys/class/net/${ifname}/statistics/${counter}`]).trim());
+}
+
+/** A short unique suffix for names of links and namespaces (interface names are limited to 15 bytes). */
+export function uniqueTag(): string {
+  return `${process.pid % 10000}${Math.floor(Math.random() * 100)}`;
+}
