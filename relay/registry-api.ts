@@ -1,0 +1,110 @@
+// The relay registry as the control channels see it. port-control/ (ZMQ, OVSDB, IPC) and the
+// operator tools depend on these types only, never on the relay's internals.
+
+/** A VF named by PCI address (canonical lower-case `dddd:bb:ss.f`) or a plain netdev name. */
+export interface VfRef {
+  /** Canonical PCI address, or undefined when the VF was given as a netdev name. */
+  pci?: string;
+  /** Kernel netdev the relay polls (resolved through sysfs for PCI addresses). */
+  netdev?: string;
+}
+
+export type BondMode = 0 | 1 | 2 | 3;
+export const BOND_MODE_NAMES: Record<BondMode, string> = {
+  0: 'round-robin',
+  1: 'active-backup',
+  2: 'balance',
+  3: 'broadcast',
+};
+export const MAX_BOND_MEMBERS = 8;
+
+export interface BondRef {
+  name: string;
+  mode: BondMode;
+  members: VfRef[];
+}
+
+/** What sits on the host side of a relay. */
+export type DeviceRef = { kind: 'vf'; vf: VfRef } | { kind: 'bond'; bond: BondRef };
+
+export interface DirectionCounters {
+  packets: number;
+  bytes: number;
+  /** Packets taken from the source side (VF for vf_to_vm, guest for vm_to_vf). */
+  rxPackets: number;
+  rxBytes: number;
+  /** Drops, by cause. */
+  dropsQueueFull: number;
+  dropsNotConnected: number;
+  dropsBadFrame: number;
+  /** Busy time measured by the owning worker: nanoseconds spent in polls that moved packets. */
+  busyNs: number;
+  /** Nanoseconds of all polls of this direction (busy and empty). */
+  pollNs: number;
+  /** Worker CPU currently serving this direction, or -1. */
+  cpu: number;
+  active: boolean;
+  state: string;
+}
+
+export interface RelayInfo {
+  id: number;
+  /** vhost-user socket path, or undefined when the relay has none (dynamic sockets). */
+  socketPath?: string;
+  device?: DeviceRef;
+  /** True while a frontend (VM) is connected and its rings are running. */
+  vmConnected: boolean;
+  /** NUMA node of the guest memory (from the first region's backing), -1 when unknown. */
+  numaNode: number;
+  /** Number of guest queue pairs in use. */
+  queuePairs: number;
+  vfToVm: DirectionCounters;
+  vmToVf: DirectionCounters;
+}
+
+/** Which worker CPU serves each direction of a relay. */
+export interface RelayCpu {
+  relay: number;
+  vfToVmCpu: number;
+  vmToVfCpu: number;
+}
+
+export interface WorkerInfo {
+  cpu: number;
+  numaNode: number;
+  /** Nanoseconds of busy polls and of all polls since the worker started. */
+  busyNs: number;
+  pollNs: number;
+}
+
+/** Error codes follow the original daemon's port-control codes where one exists. */
+export class RegistryError extends Error {
+  readonly code: number;
+  constructor(code: number, message: string) {
+    super(message);
+    this.name = 'RegistryError';
+    this.code = code;
+  }
+}
+
+export interface RelayRegistry {
+  list(): RelayInfo[];
+  get(id: number): RelayInfo | undefined;
+  /** Attaches a VF to relay `id`. `conditional`: succeed quietly when the same VF is already there. */
+  addVf(id: number, vf: VfRef, opts?: { conditional?: boolean }): Promise<void>;
+  addBond(id: number, bond: BondRef, opts?: { conditional?: boolean }): Promise<void>;
+  /** Detaches the relay's device; `pci`/`name` must match it when given. `conditional`: an empty relay is fine. */
+  removeDevice(id: number, opts?: { pci?: string; name?: string; conditional?: boolean }): Promise<void>;
+  /** Takes the first free relay, attaches `device`, then creates the vhost-user socket at `path`. Rolls back on failure. Returns the relay id. */
+  addSocket(path: string, device: DeviceRef): Promise<number>;
+  /** Finds the relay by path, or else by PCI address or bond name; removes its socket and device. */
+  removeSocket(opts: { path?: string; pci?: string; name?: string }): Promise<number>;
+  /** The PCI address (or bond name) of the relay serving `path`. */
+  queryPci(path: string): string;
+  cpuMap(): RelayCpu[];
+  /** Applies a new map as a whole; rejects it whole (RegistryError) when any entry names an unknown relay or a CPU that is not a worker. */
+  applyCpuMap(map: RelayCpu[]): Promise<void>;
+  workers(): WorkerInfo[];
+  /** The pins from the configuration (VIRTIOFWD_CPU_PINS), for the config service. */
+  configuredPins(): RelayCpu[];
+}
