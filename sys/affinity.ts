@@ -1,0 +1,54 @@
+// CPU pinning for worker threads: sched_setaffinity on the calling thread (tid 0) or a given tid.
+import { readFileSync } from 'node:fs';
+import { libc, check } from './libc.js';
+
+const SYS_gettid = 186;
+const CPU_SETSIZE = 1024;
+const CPU_SET_BYTES = CPU_SETSIZE / 8;
+
+const syscallNative = libc.func('long syscall(long number, ...)');
+const setAffinityNative = libc.func('int sched_setaffinity(int pid, size_t cpusetsize, const void *mask)');
+const getAffinityNative = libc.func('int sched_getaffinity(int pid, size_t cpusetsize, void *mask)');
+
+/** The kernel thread id of the calling thread (each worker thread has its own). */
+export function gettid(): number {
+  return check(Number(syscallNative(SYS_gettid)), 'gettid');
+}
+
+export function setAffinity(cpus: readonly number[], tid = 0): void {
+  if (cpus.length === 0) throw new RangeError(`setAffinity(tid ${tid}): empty CPU list`);
+  const mask = new Uint8Array(CPU_SET_BYTES);
+  for (const cpu of cpus) {
+    if (!Number.isInteger(cpu) || cpu < 0 || cpu >= CPU_SETSIZE) throw new RangeError(`setAffinity(tid ${tid}): bad CPU ${cpu}`);
+    mask[cpu >> 3] |= 1 << (cpu & 7);
+  }
+  check(setAffinityNative(tid, CPU_SET_BYTES, mask), 'sched_setaffinity', `tid ${tid} to CPUs ${cpus.join(',')}`);
+}
+
+export function getAffinity(tid = 0): number[] {
+  const mask = new Uint8Array(CPU_SET_BYTES);
+  check(getAffinityNative(tid, CPU_SET_BYTES, mask), 'sched_getaffinity', `tid ${tid}`);
+  const cpus: number[] = [];
+  for (let cpu = 0; cpu < CPU_SETSIZE; cpu++) if (mask[cpu >> 3] & (1 << (cpu & 7))) cpus.push(cpu);
+  return cpus;
+}
+
+/** Parses a kernel CPU list such as "0-3,8,10-11". */
+export function parseCpuList(text: string): number[] {
+  const cpus: number[] = [];
+  const trimmed = text.trim();
+  if (trimmed === '') return cpus;
+  for (const part of trimmed.split(',')) {
+    const m = /^(\d+)(?:-(\d+))?$/.exec(part.trim());
+    if (!m) throw new Error(`bad CPU list "${trimmed}": cannot read "${part}"`);
+    const first = Number(m[1]);
+    const last = m[2] === undefined ? first : Number(m[2]);
+    if (last < first) throw new Error(`bad CPU list "${trimmed}": range ${part} goes backwards`);
+    for (let cpu = first; cpu <= last; cpu++) cpus.push(cpu);
+  }
+  return cpus;
+}
+
+export function onlineCpus(path = '/sys/devices/system/cpu/online'): number[] {
+  return parseCpuList(readFileSync(path, 'utf8'));
+}
