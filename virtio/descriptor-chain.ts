@@ -1,0 +1,167 @@
+// A walked descriptor chain as host segments. One object is reused for every chain a worker pops,
+// so its arrays are allocated once with a fixed capacity and refilled in place.
+
+import { Buffer } from 'node:buffer';
+import type { GuestMemory } from './guest-memory.js';
+
+/** Same budget as DPDK's BUF_VECTOR_MAX: a chain needing more segments is rejected. */
+export const DEFAULT_MAX_SEGMENTS = 256;
+
+const EMPTY = new Uint8Array(0);
+// Buffer's copy goes straight to native code with offsets, so copying between two views needs no
+// intermediate subarray object.
+const nativeCopy = Buffer.prototype.copy as (
+  this: Uint8Array,
+  target: Uint8Array,
+  targetStart: number,
+  sourceStart: number,
+  sourceEnd: number,
+) => number;
+/** Below this size a byte loop beats the call into native code. */
+const SMALL_COPY = 32;
+
+export function copyBytes(src: Uint8Array, srcOffset: number, dst: Uint8Array, dstOffset: number, length: number): void {
+  if (length <= SMALL_COPY) {
+    for (let i = 0; i < length; i++) dst[dstOffset + i] = src[srcOffset + i]!;
+  } else {
+    nativeCopy.call(src, dst, dstOffset, srcOffset, srcOffset + length);
+  }
+}
+
+export class DescriptorChain {
+  readonly capacity: number;
+  /** Head descriptor index as read from the avail ring (the id to return in the used ring). */
+  head = -1;
+  /** Descriptors walked, including an indirect descriptor itself. */
+  descriptorCount = 0;
+  /** Whether the chain went through an indirect table. */
+  indirect = false;
+  /** Why the chain was rejected, or null for a good chain. A rejected chain has no segments. */
+  error: string | null = null;
+  segmentCount = 0;
+  /** Segments `[0, readableSegments)` are device-readable, the rest device-writable. */
+  readableSegments = 0;
+  readableLength = 0;
+  writableLength = 0;
+  /** Host bytes of the region each segment lies in. */
+  readonly segBytes: Uint8Array[];
+  /** Offset of each segment inside its `segBytes`. */
+  readonly segOffset: Float64Array;
+  readonly segLength: Uint32Array;
+  /** Guest-physical address of each segment (for dirty logging). */
+  readonly segGpa: Float64Array;
+  readonly segWritable: Uint8Array;
+  /** Memory the segments belong to; set by the queue that filled the chain. */
+  memory: GuestMemory | null = null;
+
+  constructor(capacity = DEFAULT_MAX_SEGMENTS) {
+    if (!Number.isInteger(capacity) || capacity < 1) throw new Error(`descriptor chain: capacity ${capacity} is not a positive integer`);
+    this.capacity = capacity;
+    this.segBytes = new Array<Uint8Array>(capacity).fill(EMPTY);
+    this.segOffset = new Float64Array(capacity);
+    this.segLength = new Uint32Array(capacity);
+    this.segGpa = new Float64Array(capacity);
+    this.segWritable = new Uint8Array(capacity);
+  }
+
+  get ok(): boolean {
+    return this.error === null;
+  }
+
+  /** Empties the chain before a walk. */
+  reset(head: number, memory: GuestMemory): void {
+    this.head = head;
+    this.memory = memory;
+    this.descriptorCount = 0;
+    this.indirect = false;
+    this.error = null;
+    this.segmentCount = 0;
+    this.readableSegments = 0;
+    this.readableLength = 0;
+    this.writableLength = 0;
+  }
+
+  /** Marks the chain rejected; its head stays so the caller can still return it. */
+  reject(reason: string): void {
+    this.error = reason;
+    this.segmentCount = 0;
+    this.readableSegments = 0;
+    this.readableLength = 0;
+    this.writableLength = 0;
+  }
+
+  /**
+   * Copies up to `length` device-readable bytes starting `chainOffset` bytes into the readable
+   * part of the chain. Returns the number of bytes copied.
+   */
+  copyOut(chainOffset: number, dst: Uint8Array, dstOffset: number, length: number): number {
+    let skip = chainOffset;
+    let left = Math.min(length, dst.length - dstOffset, this.readableLength - chainOffset);
+    if (left <= 0) return 0;
+    const total = left;
+    let out = dstOffset;
+    for (let s = 0; s < this.readableSegments && left > 0; s++) {
+      const segLen = this.segLength[s]!;
+      if (skip >= segLen) {
+        skip -= segLen;
+        continue;
+      }
+      const n = Math.min(segLen - skip, left);
+      copyBytes(this.segBytes[s]!, this.segOffset[s]! + skip, dst, out, n);
+      out += n;
+      left -= n;
+      skip = 0;
+    }
+    return total - left;
+  }
+
+  /**
+   * Copies up to `length` bytes of `src` into the device-writable part of the chain, starting
+   * `chainOffset` bytes into it, and marks the written pages dirty when a log is installed.
+   * Returns the number of bytes written.
+   */
+  copyIn(src: Uint8Array, srcOffset: number, length: number, chainOffset: number): number {
+    let skip = chainOffset;
+    let left = Math.min(length, src.length - srcOffset, this.writableLength - chainOffset);
+    if (left <= 0) return 0;
+    const total = left;
+    const logging = this.memory !== null && this.memory.dirtyLogging;
+    let from = srcOffset;
+    for (let s = this.readableSegments; s < this.segmentCount && left > 0; s++) {
+      const segLen = this.segLength[s]!;
+      if (skip >= segLen) {
+        skip -= segLen;
+        continue;
+      }
+      const n = Math.min(segLen - skip, left);
+      copyBytes(src, from, this.segBytes[s]!, this.segOffset[s]! + skip, n);
+      if (logging) this.memory!.markDirty(this.segGpa[s]! + skip, n);
+      from += n;
+      left -= n;
+      skip = 0;
+    }
+    return total - left;
+  }
+
+  /**
+   * Marks `[chainOffset, chainOffset+length)` of the writable part dirty, for callers that wrote
+   * into `segBytes` directly instead of through `copyIn`.
+   */
+  markWritten(chainOffset: number, length: number): void {
+    const memory = this.memory;
+    if (memory === null || !memory.dirtyLogging) return;
+    let skip = chainOffset;
+    let left = length;
+    for (let s = this.readableSegments; s < this.segmentCount && left > 0; s++) {
+      const segLen = this.segLength[s]!;
+      if (skip >= segLen) {
+        skip -= segLen;
+        continue;
+      }
+      const n = Math.min(segLen - skip, left);
+      memory.markDirty(this.segGpa[s]! + skip, n);
+      left -= n;
+      skip = 0;
+    }
+  }
+}
