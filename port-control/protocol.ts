@@ -59,6 +59,13 @@ export class ProtocolError extends Error {
   }
 }
 
+/** The file behind an `ipc://` endpoint, or undefined for other transports and abstract sockets. */
+export function ipcPath(endpoint: string): string | undefined {
+  if (!endpoint.startsWith('ipc://')) return undefined;
+  const path = endpoint.slice('ipc://'.length);
+  return path.startsWith('@') ? undefined : path;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Requests
 

@@ -1,0 +1,140 @@
+// What the daemon starts: the ZMQ services that are configured, and at most one run-time port
+// control channel (ZMQ port control, the OVSDB monitor or the IPC file monitor).
+import type { Logger } from 'pino';
+import type { RelayRegistry } from '../relay/registry-api.js';
+import { configHandler, coreSchedHandler, portControlHandler } from './handlers.js';
+import { IpcMonitor } from './ipc-monitor.js';
+import { netdevResolver, vfIndexOfNetdev, type NetdevResolver } from './netdev.js';
+import { OvsdbMonitor } from './ovsdb/monitor.js';
+import { DEFAULT_ENDPOINTS } from './protocol.js';
+import { StatsService } from './stats.js';
+import { startReplyService, type ReplyService } from './zmq-server.js';
+
+export type PortControlChoice =
+  | { mode: 'zmq'; endpoint: string }
+  | { mode: 'ovsdb'; socketPath: string }
+  | { mode: 'ipc'; file: string }
+  | { mode: 'none' };
+
+/** The three channels as configured; a blank setting is undefined/null/false. */
+export interface PortControlSettings {
+  /** VIRTIOFWD_ZMQ_PORT_CONTROL_EP */
+  zmqPortControlEp?: string | null;
+  /** VIRTIOFWD_OVSDB_SOCK_PATH */
+  ovsdbSockPath?: string | null;
+  /** VIRTIOFWD_IPC_PORT_CONTROL */
+  ipcPortControl?: boolean;
+  /** The IPC command file (default /tmp/vio_cmd). */
+  ipcFile?: string;
+}
+
+/**
+ * Picks the run-time port control channel. The channels are mutually exclusive (the original
+ * silently preferred ZMQ, then IPC, then OVSDB); configuring more than one is refused by name.
+ */
+export function selectPortControl(settings: PortControlSettings): PortControlChoice {
+  const chosen: PortControlChoice[] = [];
+  const names: string[] = [];
+  if (settings.zmqPortControlEp) {
+    chosen.push({ mode: 'zmq', endpoint: settings.zmqPortControlEp });
+    names.push(`VIRTIOFWD_ZMQ_PORT_CONTROL_EP (${settings.zmqPortControlEp})`);
+  }
+  if (settings.ovsdbSockPath) {
+    chosen.push({ mode: 'ovsdb', socketPath: settings.ovsdbSockPath });
+    names.push(`VIRTIOFWD_OVSDB_SOCK_PATH (${settings.ovsdbSockPath})`);
+  }
+  if (settings.ipcPortControl) {
+    chosen.push({ mode: 'ipc', file: settings.ipcFile ?? '/tmp/vio_cmd' });
+    names.push('VIRTIOFWD_IPC_PORT_CONTROL');
+  }
+  if (chosen.length > 1) {
+    throw new Error(
+      `port control: ${names.join(' and ')} are all set, but ZMQ, OVSDB and IPC port control are mutually exclusive; keep exactly one`,
+    );
+  }
+  return chosen[0] ?? { mode: 'none' };
+}
+
+export interface ControlServiceOptions extends PortControlSettings {
+  statsEp?: string | null;
+  configEp?: string | null;
+  coreSchedEp?: string | null;
+  /** VIO4WD_CORE_SCHED_ENABLE: the core-sched service runs only when true; it also turns stats on. */
+  coreSchedEnabled?: boolean;
+  /** Group given to ipc socket files (mode 0660). */
+  socketGroup?: string | number;
+  /** Root of sysfs for netdev → VF resolution (tests use a fake tree). */
+  sysfsRoot?: string;
+  /** Overrides netdev → VfRef resolution (defaults to the sysfs lookup). */
+  resolveNetdev?: NetdevResolver;
+  /** OVSDB reconnect interval (default 1000 ms). */
+  ovsdbRetryMs?: number;
+}
+
+export interface ControlServices {
+  /** The endpoints that are listening, by service. */
+  endpoints: Partial<Record<'portControl' | 'stats' | 'config' | 'coreSched', string>>;
+  portControl: PortControlChoice;
+  ovsdb?: OvsdbMonitor;
+  ipc?: IpcMonitor;
+  close(): Promise<void>;
+}
+
+export async function startControlServices(
+  registry: RelayRegistry,
+  options: ControlServiceOptions,
+  logger: Logger,
+): Promise<ControlServices> {
+  const portControl = selectPortControl(options);
+  const resolveNetdev = options.resolveNetdev ?? netdevResolver(options.sysfsRoot);
+  const services: ReplyService[] = [];
+  const endpoints: ControlServices['endpoints'] = {};
+  let ovsdb: OvsdbMonitor | undefined;
+  let ipc: IpcMonitor | undefined;
+  const common = { socketGroup: options.socketGroup };
+
+  const closeAll = async () => {
+    await Promise.all(services.map((s) => s.close()));
+    await ovsdb?.close();
+    await ipc?.close();
+  };
+
+  try {
+    if (portControl.mode === 'zmq') {
+      services.push(await startReplyService('portControl', { ...common, endpoint: portControl.endpoint }, portControlHandler(registry, logger), logger));
+      endpoints.portControl = portControl.endpoint;
+    }
+    const statsEp = options.statsEp || (options.coreSchedEnabled ? DEFAULT_ENDPOINTS.stats : null);
+    if (statsEp) {
+      const stats = new StatsService(registry);
+      services.push(await startReplyService('stats', { ...common, endpoint: statsEp }, (req) => stats.snapshot(req), logger));
+      endpoints.stats = statsEp;
+    }
+    if (options.configEp) {
+      services.push(await startReplyService('config', { ...common, endpoint: options.configEp }, configHandler(registry), logger));
+      endpoints.config = options.configEp;
+    }
+    if (options.coreSchedEnabled) {
+      const ep = options.coreSchedEp || DEFAULT_ENDPOINTS.coreSched;
+      services.push(await startReplyService('coreSched', { ...common, endpoint: ep }, coreSchedHandler(registry, logger), logger));
+      endpoints.coreSched = ep;
+    } else if (options.coreSchedEp) {
+      logger.info('core-sched endpoint configured but VIO4WD_CORE_SCHED_ENABLE is not true; the service stays off');
+    }
+    if (portControl.mode === 'ovsdb') {
+      ovsdb = new OvsdbMonitor(registry, { socketPath: portControl.socketPath, resolveNetdev, retryMs: options.ovsdbRetryMs }, logger);
+      ovsdb.start();
+    } else if (portControl.mode === 'ipc') {
+      ipc = new IpcMonitor(
+        registry,
+        { file: portControl.file, resolveNetdev, vfIndexOf: (n) => vfIndexOfNetdev(n, options.sysfsRoot) },
+        logger,
+      );
+      ipc.start();
+    }
+  } catch (err) {
+    await closeAll();
+    throw err;
+  }
+  return { endpoints, portControl, ovsdb, ipc, close: closeAll };
+}
