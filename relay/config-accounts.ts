@@ -1,0 +1,50 @@
+// Socket owner and group lookup. Node has no getpwnam, and the accounts the sockets are handed to
+// (libvirt-qemu, qemu, kvm) are local system accounts, so /etc/passwd and /etc/group are read directly.
+import { readFileSync } from 'node:fs';
+import type { Account } from './config-types.js';
+
+export interface AccountFiles {
+  passwd: string;
+  group: string;
+}
+
+export const SYSTEM_ACCOUNT_FILES: AccountFiles = { passwd: '/etc/passwd', group: '/etc/group' };
+
+/** The highest id chown accepts; (uid_t)-1 means "leave unchanged" and is not a valid id. */
+const MAX_ID = 0xfffffffe;
+
+function idsByName(path: string, what: string): Map<string, number> {
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (err) {
+    throw new Error(`cannot read ${path} to look up the socket ${what}: ${(err as Error).message}`);
+  }
+  const ids = new Map<string, number>();
+  for (const line of text.split('\n')) {
+    const fields = line.split(':');
+    if (fields.length < 3 || fields[0] === '' || line.startsWith('#')) continue;
+    const id = Number(fields[2]);
+    if (Number.isInteger(id) && !ids.has(fields[0])) ids.set(fields[0], id);
+  }
+  return ids;
+}
+
+function lookup(nameOrId: string, path: string, what: 'user' | 'group'): Account {
+  if (/^\d+$/.test(nameOrId)) {
+    const id = Number(nameOrId);
+    if (id > MAX_ID) throw new Error(`${what} id ${nameOrId} is above ${MAX_ID}`);
+    return { id, name: nameOrId };
+  }
+  const id = idsByName(path, what).get(nameOrId);
+  if (id === undefined) throw new Error(`no ${what} named "${nameOrId}" in ${path}`);
+  return { id, name: nameOrId };
+}
+
+export function lookupUser(nameOrId: string, files: AccountFiles = SYSTEM_ACCOUNT_FILES): Account {
+  return lookup(nameOrId, files.passwd, 'user');
+}
+
+export function lookupGroup(nameOrId: string, files: AccountFiles = SYSTEM_ACCOUNT_FILES): Account {
+  return lookup(nameOrId, files.group, 'group');
+}

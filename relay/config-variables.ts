@@ -1,0 +1,329 @@
+// Every variable the configuration file knows, with the project's default and what happens to it.
+// The table drives the unknown-variable warning, the --help text and the tests; the defaults here
+// are the ones written in etc/default/virtioforwarder.
+
+export type VariableTreatment =
+  /** Fully implemented. */
+  | 'supported'
+  /** Read and checked for syntax, but has no effect here; a non-blank value logs why. */
+  | 'ignored'
+  /** A value that asks for the feature stops the start with the reason. */
+  | 'refused';
+
+export interface VariableInfo {
+  name: string;
+  section: 'general' | 'core-scheduler' | 'specialised';
+  /** The value used when the variable is blank or absent, as it would be written in the file. */
+  defaultText: string;
+  treatment: VariableTreatment;
+  /** One line for the --help text and the unknown-name suggestions. */
+  summary: string;
+  /** For ignored and refused variables: why, as logged or reported. */
+  reason?: string;
+}
+
+export const DEFAULT_SOCKET_DIR = '/tmp/virtio-forwarder';
+export const DEFAULT_SOCKET_PATTERN = 'virtio-forwarder%u.sock';
+export const DEFAULT_PID_DIR = '/var/run';
+export const DEFAULT_OVSDB_SOCKET = '/var/run/openvswitch/db.sock';
+export const DEFAULT_IPC_COMMAND_FILE = '/tmp/vio_cmd';
+export const DEFAULT_LOG_LEVEL = 6;
+export const DEFAULT_SCHED_SENSITIVITY = 0.25;
+export const DEFAULT_SCHED_POLL_INTERVAL_S = 5;
+
+export const VARIABLES: readonly VariableInfo[] = [
+  // Generally useful
+  {
+    name: 'VIRTIOFWD_CPU_MASK',
+    section: 'general',
+    defaultText: '',
+    treatment: 'supported',
+    summary: 'worker CPUs: a list such as 1,2 or 1-3, or a 0x bitmap; blank = every online CPU but CPU 0 (CPU 0 alone on a one-CPU machine)',
+  },
+  {
+    name: 'VIRTIOFWD_LOG_LEVEL',
+    section: 'general',
+    defaultText: '6',
+    treatment: 'supported',
+    summary: 'log threshold 0-7 (syslog severities: 0-2 fatal, 3 error, 4 warn, 5-6 info, 7 debug)',
+  },
+  {
+    name: 'VIRTIOFWD_POLL_MODE',
+    section: 'general',
+    defaultText: 'adaptive',
+    treatment: 'supported',
+    summary: 'busy (poll without pause, one full CPU per worker) or adaptive (sleep on kicks when idle)',
+  },
+  {
+    name: 'VIRTIOFWD_IPC_PORT_CONTROL',
+    section: 'general',
+    defaultText: 'false',
+    treatment: 'supported',
+    summary: 'true: add and remove VFs through the command file monitor instead of ZMQ port control',
+  },
+  {
+    name: 'VIRTIOFWD_OVSDB_SOCK_PATH',
+    section: 'general',
+    defaultText: '',
+    treatment: 'supported',
+    summary: 'non-blank: add and remove VFs from the OVSDB Interface table through this socket, instead of ZMQ port control',
+  },
+  {
+    name: 'VIRTIOFWD_JUMBO',
+    section: 'general',
+    defaultText: 'false',
+    treatment: 'supported',
+    summary: 'true: relay frames up to 9000 bytes of payload (default 2100)',
+  },
+  {
+    name: 'VIRTIOFWD_MRGBUF',
+    section: 'general',
+    defaultText: 'true',
+    treatment: 'supported',
+    summary: 'offer mergeable receive buffers (VIRTIO_NET_F_MRG_RXBUF) to guests',
+  },
+  {
+    name: 'VIRTIOFWD_TSO',
+    section: 'general',
+    defaultText: 'false',
+    treatment: 'supported',
+    summary: 'offer TCP segmentation offload (HOST_TSO4/6) to guests',
+  },
+  {
+    name: 'VIRTIOFWD_SOCKET_OWNER',
+    section: 'general',
+    defaultText: '',
+    treatment: 'supported',
+    summary: 'user (name or number) owning the vhost-user sockets and their directory; blank = the daemon\'s own user',
+  },
+  {
+    name: 'VIRTIOFWD_SOCKET_GROUP',
+    section: 'general',
+    defaultText: '',
+    treatment: 'supported',
+    summary: 'group (name or number) of the vhost-user sockets and their directory; blank = the daemon\'s own group',
+  },
+  {
+    name: 'VIRTIOFWD_HUGETLBFS_MOUNT_POINT',
+    section: 'general',
+    defaultText: '',
+    treatment: 'ignored',
+    summary: 'accepted for compatibility; has no effect',
+    reason:
+      'this implementation keeps packets in AF_PACKET rings and in guest memory, so it reserves no hugepages; guests still choose their own memory backing',
+  },
+  {
+    name: 'VIRTIOFWD_STATIC_VFS',
+    section: 'general',
+    defaultText: '',
+    treatment: 'supported',
+    summary: 'VFs attached at start: <PCI address or netdev>=<relay id>, one value or a bash array',
+  },
+  {
+    name: 'VIRTIOFWD_DYNAMIC_SOCKETS',
+    section: 'general',
+    defaultText: 'false',
+    treatment: 'supported',
+    summary: 'true: create no sockets at start; sockets are added through ZMQ port control (add_sock)',
+  },
+  {
+    name: 'VIRTIOFWD_CPU_NIC_SAME_NUMA',
+    section: 'general',
+    defaultText: 'false',
+    treatment: 'ignored',
+    summary: 'accepted for compatibility; has no effect',
+    reason:
+      'it only trimmed the hugepage reservation on NUMA nodes without workers, and this implementation reserves no hugepages',
+  },
+  {
+    name: 'VIRTIOFWD_VFIO_VF_TOKEN',
+    section: 'general',
+    defaultText: '',
+    treatment: 'ignored',
+    summary: 'accepted for compatibility; has no effect',
+    reason: 'VFs are used through their kernel netdevs, never through vfio-pci, so no VF token is needed',
+  },
+  // Core scheduler
+  {
+    name: 'VIO4WD_CORE_SCHED_ENABLE',
+    section: 'core-scheduler',
+    defaultText: 'true',
+    treatment: 'supported',
+    summary: 'expose the CPU migration service vio4wd_core_scheduler needs (also forces the stats service on)',
+  },
+  {
+    name: 'VIO4WD_CORE_SCHED_SENSITIVITY',
+    section: 'core-scheduler',
+    defaultText: '0.25',
+    treatment: 'supported',
+    summary: 'scheduler hysteresis (>= 0): a new CPU map must lower the load spread by more than this',
+  },
+  {
+    name: 'VIO4WD_CORE_SCHED_LOG_LEVEL',
+    section: 'core-scheduler',
+    defaultText: '6',
+    treatment: 'supported',
+    summary: 'scheduler log threshold 0-7',
+  },
+  {
+    name: 'VIO4WD_CORE_SCHED_POLL_INTERVAL',
+    section: 'core-scheduler',
+    defaultText: '5',
+    treatment: 'supported',
+    summary: 'seconds between scheduler passes (decimal, > 0, at most 3600)',
+  },
+  {
+    name: 'VIO4WD_CORE_SCHED_GLOBAL_NUMA_OPT',
+    section: 'core-scheduler',
+    defaultText: 'false',
+    treatment: 'supported',
+    summary: 'true: balance across all NUMA nodes instead of keeping relays on their node',
+  },
+  // Specialised
+  {
+    name: 'VIRTIOFWD_CPU_PINS',
+    section: 'specialised',
+    defaultText: '',
+    treatment: 'supported',
+    summary: 'relay CPU pins <relay>:<cpu>[,<cpu>] (first VF->VM, second VM->VF); ;-separated or a bash array',
+  },
+  {
+    name: 'VIRTIOFWD_PID_DIR',
+    section: 'specialised',
+    defaultText: DEFAULT_PID_DIR,
+    treatment: 'supported',
+    summary: 'existing directory for virtio-forwarder.pid',
+  },
+  {
+    name: 'VIRTIOFWD_ZMQ_CONFIG_EP',
+    section: 'specialised',
+    defaultText: 'ipc:///var/run/virtio-forwarder/config',
+    treatment: 'supported',
+    summary: 'ZMQ endpoint of the config service; off disables it',
+  },
+  {
+    name: 'VIRTIOFWD_ZMQ_PORT_CONTROL_EP',
+    section: 'specialised',
+    defaultText: 'ipc:///var/run/virtio-forwarder/port_control',
+    treatment: 'supported',
+    summary: 'ZMQ endpoint of port control; off disables it',
+  },
+  {
+    name: 'VIRTIOFWD_ZMQ_STATS_EP',
+    section: 'specialised',
+    defaultText: 'ipc:///var/run/virtio-forwarder/stats',
+    treatment: 'supported',
+    summary: 'ZMQ endpoint of the stats service; off disables it',
+  },
+  {
+    name: 'VIRTIOFWD_ZMQ_CORE_SCHED_EP',
+    section: 'specialised',
+    defaultText: 'ipc:///var/run/virtio-forwarder/core_sched',
+    treatment: 'supported',
+    summary: 'ZMQ endpoint of the CPU migration service (bound when VIO4WD_CORE_SCHED_ENABLE=true)',
+  },
+  {
+    name: 'VIRTIOFWD_SOCKET_DIR',
+    section: 'specialised',
+    defaultText: DEFAULT_SOCKET_DIR,
+    treatment: 'supported',
+    summary: 'directory of the vhost-user sockets (created when missing)',
+  },
+  {
+    name: 'VIRTIOFWD_SOCKET_FNAME_PATTERN',
+    section: 'specialised',
+    defaultText: DEFAULT_SOCKET_PATTERN,
+    treatment: 'supported',
+    summary: 'socket file name with exactly one %u (the relay id), no / and no digit right after %u',
+  },
+  {
+    name: 'VIRTIOFWD_BINARY',
+    section: 'specialised',
+    defaultText: '',
+    treatment: 'ignored',
+    summary: 'accepted for compatibility; has no effect',
+    reason: 'the systemd unit starts /usr/bin/virtio-forwarder itself; edit the unit (ExecStart=) to run another build',
+  },
+  {
+    name: 'VIRTIOFWD_MASTER_LCORE',
+    section: 'specialised',
+    defaultText: '',
+    treatment: 'ignored',
+    summary: 'accepted for compatibility; has no effect',
+    reason:
+      'there is no DPDK main lcore: the control plane runs on Node\'s event loop thread, which the kernel schedules freely (restrict it with systemd CPUAffinity= if needed)',
+  },
+  {
+    name: 'VIRTIOFWD_VHOST_CLIENT',
+    section: 'specialised',
+    defaultText: 'false',
+    treatment: 'supported',
+    summary: 'true: connect to sockets the VMs listen on (QEMU server mode) and reconnect when they restart',
+  },
+  {
+    name: 'VIRTIOFWD_ZERO_COPY',
+    section: 'specialised',
+    defaultText: 'false',
+    treatment: 'refused',
+    summary: 'must stay false: zero copy is not supported',
+    reason:
+      'zero copy is not supported in this implementation: every packet is copied once between guest memory and the AF_PACKET ring',
+  },
+  {
+    name: 'VIRTIOFWD_BIND_VFIO_PCI',
+    section: 'specialised',
+    defaultText: '',
+    treatment: 'refused',
+    summary: 'must stay blank: binding devices to vfio-pci is not supported',
+    reason:
+      'binding to vfio-pci is not supported in this implementation: VFs are relayed through their kernel netdevs, which vfio-pci would remove',
+  },
+  {
+    name: 'VIRTIOFWD_SYSFS_ROOT',
+    section: 'specialised',
+    defaultText: '/sys',
+    treatment: 'supported',
+    summary: 'where sysfs is read (VF netdevs, NUMA nodes, online CPUs); tests point it at a fake tree',
+  },
+  {
+    name: 'VIRTIOFWD_IPC_COMMAND_FILE',
+    section: 'specialised',
+    defaultText: DEFAULT_IPC_COMMAND_FILE,
+    treatment: 'supported',
+    summary: 'command file watched when VIRTIOFWD_IPC_PORT_CONTROL=true',
+  },
+];
+
+export const VARIABLE_NAMES: ReadonlySet<string> = new Set(VARIABLES.map((v) => v.name));
+
+export function variableInfo(name: string): VariableInfo | undefined {
+  return VARIABLES.find((v) => v.name === name);
+}
+
+/** The known name closest to `name` in edit distance, when it is close enough to be a typo. */
+export function suggestVariable(name: string): string | undefined {
+  let best: string | undefined;
+  let bestDistance = Infinity;
+  for (const known of VARIABLE_NAMES) {
+    const d = editDistance(name, known);
+    if (d < bestDistance) {
+      bestDistance = d;
+      best = known;
+    }
+  }
+  return bestDistance <= 3 ? best : undefined;
+}
+
+function editDistance(a: string, b: string): number {
+  const row = Array.from({ length: b.length + 1 }, (_, j) => j);
+  for (let i = 1; i <= a.length; i++) {
+    let diagonal = row[0];
+    row[0] = i;
+    for (let j = 1; j <= b.length; j++) {
+      const above = row[j];
+      row[j] = Math.min(row[j] + 1, row[j - 1] + 1, diagonal + (a[i - 1] === b[j - 1] ? 0 : 1));
+      diagonal = above;
+    }
+  }
+  return row[b.length];
+}

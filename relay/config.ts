@@ -1,0 +1,588 @@
+// From /etc/default/virtioforwarder and command-line overrides to a checked RelayConfig.
+// Unlike the original, where any non-empty string switched a feature on and a blank socket owner
+// meant libvirt-qemu, every value here is checked and every failure names the variable, the value
+// and where it came from. All problems are reported together so one edit fixes the file.
+import { readFileSync, statSync } from 'node:fs';
+import { isAbsolute } from 'node:path';
+import { lookupGroup, lookupUser, SYSTEM_ACCOUNT_FILES, type AccountFiles } from './config-accounts.js';
+import { parseCpuMask, readOnlineCpus, formatCpuList } from './config-cpus.js';
+import { parseConfigText, type ConfigAssignment } from './config-file.js';
+import {
+  ConfigError,
+  DEFAULT_ZMQ_DIR,
+  MAX_RELAYS,
+  type Account,
+  type CoreSchedulerConfig,
+  type LoadedConfig,
+  type PollMode,
+  type PortControlMode,
+  type RelayConfig,
+  type StaticVf,
+  type SyslogLevel,
+  type ZmqEndpoints,
+} from './config-types.js';
+import {
+  DEFAULT_IPC_COMMAND_FILE,
+  DEFAULT_LOG_LEVEL,
+  DEFAULT_OVSDB_SOCKET,
+  DEFAULT_PID_DIR,
+  DEFAULT_SCHED_POLL_INTERVAL_S,
+  DEFAULT_SCHED_SENSITIVITY,
+  DEFAULT_SOCKET_DIR,
+  DEFAULT_SOCKET_PATTERN,
+  VARIABLE_NAMES,
+  VARIABLES,
+  suggestVariable,
+} from './config-variables.js';
+import { looksLikePciAddress, canonicalPciAddress } from './pci.js';
+import type { RelayCpu } from './registry-api.js';
+
+export * from './config-types.js';
+export { parseConfigText, ConfigSyntaxError, type ConfigAssignment, type ParsedConfigText } from './config-file.js';
+export { VARIABLES, type VariableInfo } from './config-variables.js';
+
+/** Values that replace the file's, keyed by variable name. Arrays stand for bash arrays (repeated flags). */
+export type ConfigOverrides = Record<string, string | string[]>;
+
+export interface LoadConfigOptions {
+  /** The file to read; null to use defaults and overrides only. A missing file is an error. */
+  path: string | null;
+  overrides?: ConfigOverrides;
+  /** Replaces `<sysfsRoot>/devices/system/cpu/online` (tests). */
+  onlineCpus?: number[];
+  /** Replaces /etc/passwd and /etc/group (tests). */
+  accountFiles?: AccountFiles;
+}
+
+/** Reads, parses and validates. Throws ConfigSyntaxError for an unreadable line and ConfigError for bad values. */
+export function loadConfig(options: LoadConfigOptions): LoadedConfig {
+  let assignments = new Map<string, ConfigAssignment>();
+  const warnings: string[] = [];
+  if (options.path !== null) {
+    let text: string;
+    try {
+      text = readFileSync(options.path, 'utf8');
+    } catch (err) {
+      throw new ConfigError([`cannot read the configuration file: ${(err as Error).message}`], options.path);
+    }
+    const parsed = parseConfigText(text, options.path);
+    assignments = parsed.assignments;
+    warnings.push(...parsed.warnings);
+  }
+  const result = configFromAssignments(assignments, { ...options, sourcePath: options.path });
+  return { config: result.config, warnings: [...warnings, ...result.warnings] };
+}
+
+/** Validates text that is already in memory (the same rules as loadConfig). */
+export function configFromText(text: string, options: Omit<LoadConfigOptions, 'path'> = {}): LoadedConfig {
+  const parsed = parseConfigText(text);
+  const result = configFromAssignments(parsed.assignments, { ...options, sourcePath: null });
+  return { config: result.config, warnings: [...parsed.warnings, ...result.warnings] };
+}
+
+/** One variable as the validators see it: its text and a label for messages. */
+interface Setting {
+  name: string;
+  kind: 'scalar' | 'array';
+  value: string;
+  values: string[];
+  /** `NAME="value" (line 3)` / `NAME=(a b) (command line)`. */
+  label: string;
+}
+
+class Settings {
+  readonly problems: string[] = [];
+  readonly warnings: string[] = [];
+  private readonly byName = new Map<string, Setting>();
+
+  constructor(assignments: Map<string, ConfigAssignment>, overrides: ConfigOverrides) {
+    for (const a of assignments.values()) {
+      const shown = a.kind === 'array' ? `(${a.values.join(' ')})` : `"${a.value}"`;
+      this.byName.set(a.name, { ...a, label: `${a.name}=${shown} (line ${a.line})` });
+      if (/^(VIRTIOFWD|VIO4WD)_/.test(a.name) && !VARIABLE_NAMES.has(a.name)) {
+        const suggestion = suggestVariable(a.name);
+        this.warnings.push(
+          `unknown variable ${a.name} on line ${a.line} is ignored${suggestion ? ` (did you mean ${suggestion}?)` : ''}`,
+        );
+      }
+    }
+    for (const [name, value] of Object.entries(overrides)) {
+      if (!VARIABLE_NAMES.has(name)) {
+        this.problems.push(`override of unknown variable ${name}`);
+        continue;
+      }
+      const values = Array.isArray(value) ? value : [value];
+      const kind = Array.isArray(value) ? 'array' : 'scalar';
+      const shown = kind === 'array' ? `(${values.join(' ')})` : `"${values[0]}"`;
+      this.byName.set(name, {
+        name,
+        kind,
+        value: values.join(' '),
+        values,
+        label: `${name}=${shown} (command line)`,
+      });
+    }
+  }
+
+  fail(setting: Setting, reason: string): void {
+    this.problems.push(`${setting.label}: ${reason}`);
+  }
+
+  /** A single value; '' when absent or blank. An array is refused for a variable that takes one value. */
+  scalar(name: string): { text: string; setting?: Setting } {
+    const setting = this.byName.get(name);
+    if (!setting) return { text: '' };
+    if (setting.kind === 'array') {
+      this.fail(setting, 'this variable takes one value, not a bash array');
+      return { text: '' };
+    }
+    return { text: setting.value.trim(), setting };
+  }
+
+  /** The elements of a list variable: array elements, each also split on whitespace (and `splitOn`). */
+  list(name: string, splitOn?: RegExp): { items: string[]; setting?: Setting } {
+    const setting = this.byName.get(name);
+    if (!setting) return { items: [] };
+    const items: string[] = [];
+    for (const element of setting.values) {
+      for (const word of element.split(/\s+/)) {
+        for (const item of splitOn ? word.split(splitOn) : [word]) if (item !== '') items.push(item);
+      }
+    }
+    return { items, setting };
+  }
+
+  boolean(name: string, fallback: boolean): boolean {
+    const { text, setting } = this.scalar(name);
+    if (text === '' || !setting) return fallback;
+    const lower = text.toLowerCase();
+    if (lower === 'true' || lower === 'yes' || lower === '1') return true;
+    if (lower === 'false' || lower === 'no' || lower === '0') return false;
+    this.fail(setting, 'expected true or false (also yes/no/1/0)');
+    return fallback;
+  }
+
+  syslogLevel(name: string, fallback: number): SyslogLevel {
+    const { text, setting } = this.scalar(name);
+    if (text === '' || !setting) return fallback as SyslogLevel;
+    if (!/^\d+$/.test(text) || Number(text) > 7) {
+      this.fail(setting, 'expected a log level from 0 (emergencies only) to 7 (debug)');
+      return fallback as SyslogLevel;
+    }
+    return Number(text) as SyslogLevel;
+  }
+
+  absolutePath(name: string, fallback: string): string {
+    const { text, setting } = this.scalar(name);
+    if (text === '' || !setting) return fallback;
+    if (!isAbsolute(text)) {
+      this.fail(setting, 'expected an absolute path');
+      return fallback;
+    }
+    return text;
+  }
+
+  /** For ignored variables: a non-blank value is logged with the reason. */
+  ignored(name: string, reason: string): void {
+    const { text, setting } = this.scalar(name);
+    if (text !== '' && setting) this.warnings.push(`${setting.label} is ignored: ${reason}`);
+  }
+
+  has(name: string): boolean {
+    return this.byName.has(name) && this.byName.get(name)!.value.trim() !== '';
+  }
+}
+
+function reasonOf(name: string): string {
+  return VARIABLES.find((v) => v.name === name)?.reason ?? 'not supported in this implementation';
+}
+
+interface BuildOptions extends Omit<LoadConfigOptions, 'path'> {
+  sourcePath: string | null;
+}
+
+/** Validates parsed assignments plus overrides into a RelayConfig. */
+export function configFromAssignments(assignments: Map<string, ConfigAssignment>, options: BuildOptions): LoadedConfig {
+  const s = new Settings(assignments, options.overrides ?? {});
+
+  const logLevel = s.syslogLevel('VIRTIOFWD_LOG_LEVEL', DEFAULT_LOG_LEVEL);
+  const pollMode = readPollMode(s);
+  const sysfsRoot = readSysfsRoot(s);
+  const cpus = readCpuMask(s, options.onlineCpus ?? null, sysfsRoot);
+  const cpuPins = readCpuPins(s, cpus);
+  const dynamicSockets = s.boolean('VIRTIOFWD_DYNAMIC_SOCKETS', false);
+  const staticVfs = readStaticVfs(s);
+  if (dynamicSockets && staticVfs.length > 0) {
+    s.problems.push(
+      'VIRTIOFWD_STATIC_VFS cannot be used with VIRTIOFWD_DYNAMIC_SOCKETS=true: with dynamic sockets a relay only gets a socket through add_sock, which brings its own device, so the static VFs could never reach a VM',
+    );
+  }
+  const accountFiles = options.accountFiles ?? SYSTEM_ACCOUNT_FILES;
+  const socketOwner = readAccount(s, 'VIRTIOFWD_SOCKET_OWNER', (v) => lookupUser(v, accountFiles));
+  const socketGroup = readAccount(s, 'VIRTIOFWD_SOCKET_GROUP', (v) => lookupGroup(v, accountFiles));
+
+  const jumbo = s.boolean('VIRTIOFWD_JUMBO', false);
+  const mergeableRxBuffers = s.boolean('VIRTIOFWD_MRGBUF', true);
+  const tso = s.boolean('VIRTIOFWD_TSO', false);
+  const vhostClient = s.boolean('VIRTIOFWD_VHOST_CLIENT', false);
+
+  if (s.boolean('VIRTIOFWD_ZERO_COPY', false)) {
+    s.problems.push(`VIRTIOFWD_ZERO_COPY=true: ${reasonOf('VIRTIOFWD_ZERO_COPY')}; set it to false or leave it blank`);
+  }
+  const bind = s.scalar('VIRTIOFWD_BIND_VFIO_PCI');
+  if (bind.text !== '' && bind.setting) {
+    s.fail(bind.setting, `${reasonOf('VIRTIOFWD_BIND_VFIO_PCI')}; leave it blank`);
+  }
+  if (s.boolean('VIRTIOFWD_CPU_NIC_SAME_NUMA', false)) {
+    s.warnings.push(`VIRTIOFWD_CPU_NIC_SAME_NUMA=true is ignored: ${reasonOf('VIRTIOFWD_CPU_NIC_SAME_NUMA')}`);
+  }
+  for (const name of ['VIRTIOFWD_HUGETLBFS_MOUNT_POINT', 'VIRTIOFWD_VFIO_VF_TOKEN', 'VIRTIOFWD_BINARY', 'VIRTIOFWD_MASTER_LCORE']) {
+    s.ignored(name, reasonOf(name));
+  }
+
+  const pidDir = s.absolutePath('VIRTIOFWD_PID_DIR', DEFAULT_PID_DIR);
+  const socketDir = s.absolutePath('VIRTIOFWD_SOCKET_DIR', DEFAULT_SOCKET_DIR);
+  const socketFilenamePattern = readSocketPattern(s);
+
+  const coreSchedEnabled = s.boolean('VIO4WD_CORE_SCHED_ENABLE', true);
+  const { zmq, portControlMode } = readControlChannels(s, coreSchedEnabled);
+  const ovsdbSocketPath = s.absolutePath('VIRTIOFWD_OVSDB_SOCK_PATH', DEFAULT_OVSDB_SOCKET);
+  const ipcCommandFile = s.absolutePath('VIRTIOFWD_IPC_COMMAND_FILE', DEFAULT_IPC_COMMAND_FILE);
+  const coreScheduler = readCoreScheduler(s, coreSchedEnabled, zmq);
+
+  if (s.problems.length > 0) throw new ConfigError(s.problems, options.sourcePath ?? 'configuration');
+  const config: RelayConfig = {
+    cpus,
+    logLevel,
+    pollMode,
+    sysfsRoot,
+    pidDir,
+    socketDir,
+    socketFilenamePattern,
+    socketOwner,
+    socketGroup,
+    vhostClient,
+    dynamicSockets,
+    staticVfs,
+    cpuPins,
+    jumbo,
+    mergeableRxBuffers,
+    tso,
+    portControl: { mode: portControlMode, ovsdbSocketPath, ipcCommandFile },
+    zmq,
+    coreScheduler,
+    sourcePath: options.sourcePath,
+  };
+  return { config, warnings: s.warnings };
+}
+
+function readPollMode(s: Settings): PollMode {
+  const { text, setting } = s.scalar('VIRTIOFWD_POLL_MODE');
+  if (text === '' || !setting) return 'adaptive';
+  const lower = text.toLowerCase();
+  if (lower === 'busy' || lower === 'adaptive') return lower;
+  s.fail(setting, 'expected busy or adaptive');
+  return 'adaptive';
+}
+
+function readSysfsRoot(s: Settings): string {
+  const { text, setting } = s.scalar('VIRTIOFWD_SYSFS_ROOT');
+  if (text === '' || !setting) return '/sys';
+  let isDirectory = false;
+  try {
+    isDirectory = statSync(text).isDirectory();
+  } catch {
+    /* reported below */
+  }
+  if (!isAbsolute(text)) s.fail(setting, 'expected an absolute path');
+  else if (!isDirectory) s.fail(setting, 'not an existing directory');
+  return text;
+}
+
+function readCpuMask(s: Settings, injectedOnline: number[] | null, sysfsRoot: string): number[] {
+  const { text, setting } = s.scalar('VIRTIOFWD_CPU_MASK');
+  let online: number[];
+  try {
+    online = injectedOnline ?? readOnlineCpus(sysfsRoot);
+  } catch (err) {
+    s.problems.push(`VIRTIOFWD_CPU_MASK cannot be checked: ${(err as Error).message}`);
+    return [];
+  }
+  if (text === '' || !setting) {
+    // CPU 0 takes most interrupts and the control plane; leave it out when there is a choice.
+    const workers = online.length > 1 ? online.filter((cpu) => cpu !== 0) : online;
+    return [...workers];
+  }
+  let cpus: number[];
+  try {
+    cpus = parseCpuMask(text);
+  } catch (err) {
+    s.fail(setting, (err as Error).message);
+    return [];
+  }
+  const offline = cpus.filter((cpu) => !online.includes(cpu));
+  if (offline.length > 0) {
+    s.fail(
+      setting,
+      `CPU${offline.length > 1 ? 's' : ''} ${formatCpuList(offline)} ${offline.length > 1 ? 'are' : 'is'} not online (online: ${formatCpuList(online)})`,
+    );
+    return [];
+  }
+  return cpus;
+}
+
+function parseRelayId(text: string): number | null {
+  if (!/^\d+$/.test(text)) return null;
+  const id = Number(text);
+  return id < MAX_RELAYS ? id : null;
+}
+
+function readCpuPins(s: Settings, cpus: number[]): RelayCpu[] {
+  const { items, setting } = s.list('VIRTIOFWD_CPU_PINS', /;/);
+  if (!setting) return [];
+  const pins: RelayCpu[] = [];
+  const seen = new Set<number>();
+  for (const item of items) {
+    const m = /^(\d+):(\d+)(?:,(\d+))?$/.exec(item);
+    if (!m) {
+      s.fail(setting, `"${item}" is not <relay>:<cpu> or <relay>:<vf-to-vm cpu>,<vm-to-vf cpu>`);
+      continue;
+    }
+    const relay = parseRelayId(m[1]);
+    if (relay === null) {
+      s.fail(setting, `"${item}": relay id ${m[1]} is outside 0..${MAX_RELAYS - 1}`);
+      continue;
+    }
+    if (seen.has(relay)) {
+      s.fail(setting, `"${item}": relay ${relay} is pinned more than once`);
+      continue;
+    }
+    seen.add(relay);
+    const vfToVmCpu = Number(m[2]);
+    const vmToVfCpu = m[3] === undefined ? vfToVmCpu : Number(m[3]);
+    const outside = [vfToVmCpu, vmToVfCpu].filter((cpu) => !cpus.includes(cpu));
+    if (outside.length > 0) {
+      s.fail(
+        setting,
+        `"${item}": CPU ${outside[0]} is not a worker CPU (VIRTIOFWD_CPU_MASK gives ${cpus.length ? formatCpuList(cpus) : 'none'})`,
+      );
+      continue;
+    }
+    pins.push({ relay, vfToVmCpu, vmToVfCpu });
+  }
+  return pins;
+}
+
+/** Linux netdev names: 1..15 bytes, no '/', ':' or whitespace, not "." or "..". */
+export function isValidInterfaceName(name: string): boolean {
+  return /^[^/:\s]{1,15}$/.test(name) && name !== '.' && name !== '..';
+}
+
+function readStaticVfs(s: Settings): StaticVf[] {
+  const { items, setting } = s.list('VIRTIOFWD_STATIC_VFS');
+  if (!setting) return [];
+  const vfs: StaticVf[] = [];
+  const relays = new Set<number>();
+  const devices = new Map<string, number>();
+  for (const item of items) {
+    const eq = item.lastIndexOf('=');
+    if (eq <= 0) {
+      s.fail(setting, `"${item}" is not <PCI address>=<relay id> (for example 0000:05:08.1=1)`);
+      continue;
+    }
+    const device = item.slice(0, eq);
+    const idText = item.slice(eq + 1);
+    const relay = parseRelayId(idText);
+    if (relay === null) {
+      s.fail(setting, `"${item}": relay id "${idText}" is not an integer in 0..${MAX_RELAYS - 1}`);
+      continue;
+    }
+    let vf: StaticVf['vf'];
+    let key: string;
+    if (looksLikePciAddress(device) || device.includes(':')) {
+      try {
+        key = canonicalPciAddress(device);
+      } catch (err) {
+        s.fail(setting, (err as Error).message);
+        continue;
+      }
+      vf = { pci: key };
+    } else if (isValidInterfaceName(device)) {
+      key = device;
+      vf = { netdev: device };
+    } else {
+      s.fail(setting, `"${device}" is neither a PCI address nor a network interface name`);
+      continue;
+    }
+    if (relays.has(relay)) {
+      s.fail(setting, `"${item}": relay ${relay} is given more than one VF`);
+      continue;
+    }
+    if (devices.has(key)) {
+      s.fail(setting, `"${item}": ${key} is already attached to relay ${devices.get(key)}`);
+      continue;
+    }
+    relays.add(relay);
+    devices.set(key, relay);
+    vfs.push({ relay, vf });
+  }
+  return vfs;
+}
+
+function readAccount(s: Settings, name: string, lookup: (value: string) => Account): Account | null {
+  const { text, setting } = s.scalar(name);
+  if (text === '' || !setting) return null;
+  try {
+    return lookup(text);
+  } catch (err) {
+    s.fail(setting, (err as Error).message);
+    return null;
+  }
+}
+
+function readSocketPattern(s: Settings): string {
+  const { text, setting } = s.scalar('VIRTIOFWD_SOCKET_FNAME_PATTERN');
+  if (text === '' || !setting) return DEFAULT_SOCKET_PATTERN;
+  const directives: string[] = [...(text.match(/%./g) ?? [])];
+  if (text.endsWith('%') && !text.endsWith('%%')) directives.push('%');
+  if (directives.length !== 1 || directives[0] !== '%u') {
+    s.fail(setting, 'expected exactly one %u (the relay id) and no other % sequence');
+  } else if (text.includes('/')) {
+    s.fail(setting, 'a file name cannot contain /; set the directory with VIRTIOFWD_SOCKET_DIR');
+  } else if (/%u\d/.test(text)) {
+    // "x%u1" makes relay 1's name "x11", which relay 11 would also get with "x%u" + "1".
+    s.fail(setting, 'a digit right after %u makes socket names of different relays ambiguous');
+  } else {
+    return text;
+  }
+  return DEFAULT_SOCKET_PATTERN;
+}
+
+const ZMQ_SERVICES = {
+  config: 'VIRTIOFWD_ZMQ_CONFIG_EP',
+  portControl: 'VIRTIOFWD_ZMQ_PORT_CONTROL_EP',
+  stats: 'VIRTIOFWD_ZMQ_STATS_EP',
+  coreSched: 'VIRTIOFWD_ZMQ_CORE_SCHED_EP',
+} as const;
+
+const ZMQ_DEFAULT_NAMES: Record<keyof typeof ZMQ_SERVICES, string> = {
+  config: 'config',
+  portControl: 'port_control',
+  stats: 'stats',
+  coreSched: 'core_sched',
+};
+
+/** Checks a ZMQ endpoint: ipc:// with an absolute path, tcp://host:port, or inproc://name. */
+export function zmqEndpointProblem(endpoint: string): string | null {
+  const m = /^([a-z]+):\/\/(.*)$/.exec(endpoint);
+  if (!m) return 'expected a ZMQ endpoint such as ipc:///var/run/virtio-forwarder/stats, or off';
+  const [, transport, address] = m;
+  if (transport === 'ipc') {
+    if (!address.startsWith('/')) return 'an ipc:// endpoint needs an absolute path (ipc:///dir/name)';
+    if (address.endsWith('/')) return 'an ipc:// endpoint names a socket file, not a directory';
+    return null;
+  }
+  if (transport === 'tcp') {
+    const tcp = /^(\*|[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\]):(\d+|\*)$/.exec(address);
+    if (!tcp) return 'a tcp:// endpoint needs host:port';
+    if (tcp[2] !== '*' && (Number(tcp[2]) < 1 || Number(tcp[2]) > 65535)) return `port ${tcp[2]} is outside 1..65535`;
+    return null;
+  }
+  if (transport === 'inproc') return address === '' ? 'an inproc:// endpoint needs a name' : null;
+  return `transport ${transport}:// is not supported (use ipc, tcp or inproc)`;
+}
+
+function readControlChannels(
+  s: Settings,
+  coreSchedEnabled: boolean,
+): { zmq: ZmqEndpoints; portControlMode: PortControlMode } {
+  const zmq: ZmqEndpoints = { portControl: null, config: null, stats: null, coreSched: null };
+  const explicitlyOn = new Set<keyof ZmqEndpoints>();
+  const explicitlyOff = new Set<keyof ZmqEndpoints>();
+  for (const service of Object.keys(ZMQ_SERVICES) as (keyof typeof ZMQ_SERVICES)[]) {
+    const { text, setting } = s.scalar(ZMQ_SERVICES[service]);
+    if (text === '' || !setting) {
+      zmq[service] = `ipc://${DEFAULT_ZMQ_DIR}/${ZMQ_DEFAULT_NAMES[service]}`;
+    } else if (text.toLowerCase() === 'off') {
+      explicitlyOff.add(service);
+    } else {
+      const problem = zmqEndpointProblem(text);
+      if (problem) s.fail(setting, problem);
+      else {
+        zmq[service] = text;
+        explicitlyOn.add(service);
+      }
+    }
+  }
+
+  // One port-control channel at a time, as in the original, but a conflict is an error
+  // instead of a silent precedence rule.
+  const ipc = s.boolean('VIRTIOFWD_IPC_PORT_CONTROL', false);
+  const ovsdb = s.has('VIRTIOFWD_OVSDB_SOCK_PATH');
+  const chosen = [
+    ipc ? 'VIRTIOFWD_IPC_PORT_CONTROL=true' : null,
+    ovsdb ? 'VIRTIOFWD_OVSDB_SOCK_PATH' : null,
+    explicitlyOn.has('portControl') ? 'VIRTIOFWD_ZMQ_PORT_CONTROL_EP' : null,
+  ].filter((x): x is string => x !== null);
+  if (chosen.length > 1) {
+    s.problems.push(
+      `${chosen.join(' and ')} each select a port-control channel; only one may be used (set VIRTIOFWD_ZMQ_PORT_CONTROL_EP=off to use IPC or OVSDB, or leave those blank)`,
+    );
+  }
+  let portControlMode: PortControlMode;
+  if (ipc) portControlMode = 'ipc';
+  else if (ovsdb) portControlMode = 'ovsdb';
+  else portControlMode = zmq.portControl === null ? 'none' : 'zmq';
+  if (portControlMode !== 'zmq') zmq.portControl = null;
+
+  if (!coreSchedEnabled) {
+    if (explicitlyOn.has('coreSched')) {
+      s.warnings.push(
+        `VIRTIOFWD_ZMQ_CORE_SCHED_EP="${zmq.coreSched}" is not bound because VIO4WD_CORE_SCHED_ENABLE is false`,
+      );
+    }
+    zmq.coreSched = null;
+  } else {
+    if (explicitlyOff.has('coreSched')) {
+      s.problems.push('VIRTIOFWD_ZMQ_CORE_SCHED_EP="off" contradicts VIO4WD_CORE_SCHED_ENABLE=true, which needs that service');
+    }
+    if (explicitlyOff.has('stats')) {
+      s.problems.push('VIRTIOFWD_ZMQ_STATS_EP="off" contradicts VIO4WD_CORE_SCHED_ENABLE=true: the scheduler reads the stats service');
+    }
+  }
+
+  const used = new Map<string, string>();
+  for (const service of Object.keys(ZMQ_SERVICES) as (keyof typeof ZMQ_SERVICES)[]) {
+    const endpoint = zmq[service];
+    if (endpoint === null || endpoint.startsWith('tcp://') && endpoint.endsWith(':*')) continue;
+    const other = used.get(endpoint);
+    if (other) s.problems.push(`${ZMQ_SERVICES[service]} and ${other} are both "${endpoint}"; each service needs its own endpoint`);
+    else used.set(endpoint, ZMQ_SERVICES[service]);
+  }
+  return { zmq, portControlMode };
+}
+
+function readCoreScheduler(s: Settings, enabled: boolean, zmq: ZmqEndpoints): CoreSchedulerConfig {
+  let sensitivity = DEFAULT_SCHED_SENSITIVITY;
+  const sens = s.scalar('VIO4WD_CORE_SCHED_SENSITIVITY');
+  if (sens.text !== '' && sens.setting) {
+    if (/^(\d+(\.\d*)?|\.\d+)$/.test(sens.text)) sensitivity = Number(sens.text);
+    else s.fail(sens.setting, 'expected a decimal number >= 0, such as 0.25');
+  }
+  let pollIntervalMs = DEFAULT_SCHED_POLL_INTERVAL_S * 1000;
+  const poll = s.scalar('VIO4WD_CORE_SCHED_POLL_INTERVAL');
+  if (poll.text !== '' && poll.setting) {
+    const seconds = /^(\d+(\.\d*)?|\.\d+)$/.test(poll.text) ? Number(poll.text) : NaN;
+    if (!(seconds > 0 && seconds <= 3600)) s.fail(poll.setting, 'expected seconds, more than 0 and at most 3600');
+    else pollIntervalMs = Math.max(1, Math.round(seconds * 1000));
+  }
+  return {
+    enabled,
+    sensitivity,
+    logLevel: s.syslogLevel('VIO4WD_CORE_SCHED_LOG_LEVEL', DEFAULT_LOG_LEVEL),
+    pollIntervalMs,
+    globalNumaOpt: s.boolean('VIO4WD_CORE_SCHED_GLOBAL_NUMA_OPT', false),
+    statsEndpoint: zmq.stats,
+    coreSchedEndpoint: zmq.coreSched,
+  };
+}
