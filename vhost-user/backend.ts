@@ -1,0 +1,483 @@
+// The device side of one vhost-user connection: one handler per request in a table, the per-vring
+// state machine (stopped → started on kick with translatable rings; enabled is orthogonal), the
+// memory table, the REPLY_ACK rule, and the only place that owns the fds a front-end sends.
+import pino, { type Logger } from 'pino';
+import { close as closeFd } from '../sys/fd.js';
+import { availRingBytes, descTableBytes, isValidSplitQueueSize, usedRingBytes } from '../virtio/ring-layout.js';
+import { Connection, closeFds, takeFd, type ReadinessSource, type ReceivedMessage } from './connection.js';
+import type { NetDevice, VringConfig } from './device.js';
+import {
+  MAX_QUEUE_PAIRS,
+  VirtioNetFeature,
+  describeFeatures,
+  netHeaderLength,
+  offeredFeatures,
+  offeredProtocolFeatures,
+} from './features.js';
+import { locateUserRange, mapTable, sameTable, unmapTable, type MappedTable } from './guest-mapping.js';
+import {
+  FLAG_NEED_REPLY,
+  ProtocolError,
+  REPLY_FLAGS,
+  Request,
+  VRING_F_LOG,
+  bitsOutside,
+  checkFdCount,
+  decodeMemTable,
+  decodeMtu,
+  decodeRarpMac,
+  decodeU64,
+  decodeVringAddr,
+  decodeVringFile,
+  decodeVringState,
+  encodeMessage,
+  encodeU64,
+  encodeVringState,
+  hasBit,
+  hasIntrinsicReply,
+  requestName,
+  type VringAddr,
+} from './messages.js';
+
+export type { NetDevice, VringConfig, SessionMemory, SessionRegion, RingLocation } from './device.js';
+
+export interface BackendSessionOptions {
+  device: NetDevice;
+  reactor: ReadinessSource;
+  log?: Logger;
+  /** Queue pairs offered through GET_QUEUE_NUM (1..32, default 1). */
+  maxQueuePairs?: number;
+  /** Offer mergeable RX buffers (default true). */
+  mergeableRxBuffers?: boolean;
+  /** Shown in logs, e.g. the socket path. */
+  label?: string;
+}
+
+interface VringState {
+  index: number;
+  num: number;
+  base: number;
+  addr: VringAddr | null;
+  kickFd: number;
+  /** True once SET_VRING_KICK arrived (with an fd or NOFD); cleared by GET_VRING_BASE. */
+  kicked: boolean;
+  callFd: number;
+  errFd: number;
+  enabled: boolean;
+  started: boolean;
+  lastAvail: number;
+  lastUsed: number;
+}
+
+/** A read-only snapshot of one vring, for tests and diagnostics. */
+export type VringSnapshot = Readonly<Omit<VringState, 'addr'> & { addr: VringAddr | null }>;
+
+type Handler = (message: ReceivedMessage) => Promise<Uint8Array | void> | Uint8Array | void;
+
+const silentLog = pino({ level: 'silent' });
+
+export class BackendSession {
+  private readonly device: NetDevice;
+  private readonly log: Logger;
+  private readonly connection: Connection;
+  readonly maxQueuePairs: number;
+  readonly offeredFeatures: number;
+  readonly offeredProtocolFeatures: number;
+  private ackedFeatures = 0;
+  private featuresSet = false;
+  private ackedProtocolFeatures = 0;
+  private table: MappedTable | null = null;
+  private readonly vrings: VringState[];
+  private readonly handlers: Map<number, Handler>;
+  /** Handler work and teardown run one after another on this chain. */
+  private work: Promise<void> = Promise.resolve();
+  private tornDown = false;
+  private resolveEnded!: () => void;
+  /** Resolves after the connection closed and the device heard `disconnected()`. */
+  readonly ended: Promise<void>;
+
+  constructor(fd: number, opts: BackendSessionOptions) {
+    const pairs = opts.maxQueuePairs ?? 1;
+    if (!Number.isInteger(pairs) || pairs < 1 || pairs > MAX_QUEUE_PAIRS) {
+      throw new RangeError(`vhost-user backend: maxQueuePairs ${pairs} is outside 1..${MAX_QUEUE_PAIRS}`);
+    }
+    this.device = opts.device;
+    this.maxQueuePairs = pairs;
+    this.offeredFeatures = offeredFeatures({ mergeableRxBuffers: opts.mergeableRxBuffers });
+    this.offeredProtocolFeatures = offeredProtocolFeatures();
+    this.log = (opts.log ?? silentLog).child({ vhostUser: opts.label ?? `fd ${fd}` });
+    this.vrings = Array.from({ length: 2 * pairs }, (_, index) => freshVring(index));
+    this.ended = new Promise((resolve) => (this.resolveEnded = resolve));
+    this.handlers = new Map<number, Handler>([
+      [Request.GET_FEATURES, () => encodeU64(this.offeredFeatures)],
+      [Request.SET_FEATURES, (m) => this.setFeatures(m)],
+      [Request.SET_OWNER, () => undefined],
+      [Request.RESET_OWNER, () => this.resetOwner()],
+      [Request.SET_MEM_TABLE, (m) => this.setMemTable(m)],
+      [Request.SET_LOG_FD, () => undefined],
+      [Request.SET_VRING_NUM, (m) => this.setVringNum(m)],
+      [Request.SET_VRING_ADDR, (m) => this.setVringAddr(m)],
+      [Request.SET_VRING_BASE, (m) => this.setVringBase(m)],
+      [Request.GET_VRING_BASE, (m) => this.getVringBase(m)],
+      [Request.SET_VRING_KICK, (m) => this.setVringKick(m)],
+      [Request.SET_VRING_CALL, (m) => this.setVringCall(m)],
+      [Request.SET_VRING_ERR, (m) => this.setVringErr(m)],
+      [Request.GET_PROTOCOL_FEATURES, () => encodeU64(this.offeredProtocolFeatures)],
+      [Request.SET_PROTOCOL_FEATURES, (m) => this.setProtocolFeatures(m)],
+      [Request.GET_QUEUE_NUM, () => encodeU64(this.maxQueuePairs)],
+      [Request.SET_VRING_ENABLE, (m) => this.setVringEnable(m)],
+      [Request.SEND_RARP, (m) => void this.log.info({ mac: decodeRarpMac(m.payload) }, 'vhost-user: SEND_RARP ignored (RARP not offered)')],
+      [Request.NET_SET_MTU, (m) => void this.log.info({ mtu: decodeMtu(m.payload) }, 'vhost-user: NET_SET_MTU ignored (NET_MTU not offered)')],
+    ]);
+    this.connection = new Connection(fd, {
+      role: 'backend',
+      reactor: opts.reactor,
+      log: this.log,
+      onMessage: (m) => this.enqueue(() => this.handle(m)),
+      onClose: (reason) => void this.enqueue(() => this.teardown(reason)),
+    });
+  }
+
+  start(): void {
+    this.connection.start();
+  }
+
+  /** Closes the connection; the device gets vringStopped for started vrings, then disconnected(). */
+  close(): Promise<void> {
+    this.connection.close();
+    return this.ended;
+  }
+
+  get features(): number {
+    return this.ackedFeatures;
+  }
+
+  get protocolFeatures(): number {
+    return this.ackedProtocolFeatures;
+  }
+
+  get memory(): MappedTable | null {
+    return this.table;
+  }
+
+  vring(index: number): VringSnapshot {
+    const v = this.vrings[index];
+    if (!v) throw new RangeError(`vring ${index} does not exist (${this.vrings.length} vrings)`);
+    return { ...v };
+  }
+
+  private enqueue(step: () => Promise<void>): Promise<void> {
+    const next = this.work.then(step);
+    // A failed step has already closed the connection; keep the chain usable for teardown.
+    this.work = next.catch(() => undefined);
+    return next;
+  }
+
+  private async handle(message: ReceivedMessage): Promise<void> {
+    const { header } = message;
+    const name = requestName(header.request);
+    this.log.debug({ request: name, flags: header.flags, size: header.size, fds: message.fds.length }, `vhost-user: ${name}`);
+    const needReply = (header.flags & FLAG_NEED_REPLY) !== 0;
+    const handler = this.handlers.get(header.request);
+    let reply: Uint8Array | void;
+    try {
+      if (!handler) throw new ProtocolError(`${name} (id ${header.request}) is not supported`);
+      checkFdCount(header, message.payload, message.fds.length);
+      reply = await handler(message);
+    } catch (err) {
+      // DPDK's rule: a failed request is NACKed when the front-end asked for a reply, otherwise the
+      // connection ends. A request with an intrinsic reply cannot be NACKed with a u64.
+      closeFds(message.fds);
+      if (needReply && !hasIntrinsicReply(header.request, this.ackedProtocolFeatures)) {
+        this.log.warn({ request: name, err: (err as Error).message }, `vhost-user: ${name} refused: ${(err as Error).message}`);
+        this.send(header.request, encodeU64(1));
+        return;
+      }
+      throw err;
+    }
+    if (this.connection.isClosed) return;
+    if (reply) this.send(header.request, reply);
+    else if (needReply) this.send(header.request, encodeU64(0));
+  }
+
+  private send(request: number, payload: Uint8Array): void {
+    this.connection.send(encodeMessage(request, REPLY_FLAGS, payload));
+  }
+
+  private vringFor(index: number, request: string): VringState {
+    const v = this.vrings[index];
+    if (!v) throw new ProtocolError(`${request}: vring index ${index} is out of range (${this.vrings.length} vrings for ${this.maxQueuePairs} queue pairs)`);
+    return v;
+  }
+
+  // ---- features ---------------------------------------------------------------------------------
+
+  private setFeatures(m: ReceivedMessage): void {
+    const features = decodeU64(m.payload, 'SET_FEATURES');
+    const extra = bitsOutside(features, this.offeredFeatures);
+    if (extra !== 0) throw new ProtocolError(`SET_FEATURES 0x${features.toString(16)} has bits that were not offered: 0x${extra.toString(16)}`);
+    if (this.vrings.some((v) => v.started) && features !== this.ackedFeatures) {
+      throw new ProtocolError(`SET_FEATURES 0x${features.toString(16)} changes features while vrings are running (was 0x${this.ackedFeatures.toString(16)})`);
+    }
+    this.ackedFeatures = features;
+    this.featuresSet = true;
+    this.log.info({ features: describeFeatures(features) }, 'vhost-user: features negotiated');
+  }
+
+  private setProtocolFeatures(m: ReceivedMessage): void {
+    const features = decodeU64(m.payload, 'SET_PROTOCOL_FEATURES');
+    const extra = bitsOutside(features, this.offeredProtocolFeatures);
+    if (extra !== 0) throw new ProtocolError(`SET_PROTOCOL_FEATURES 0x${features.toString(16)} has bits that were not offered: 0x${extra.toString(16)}`);
+    this.ackedProtocolFeatures = features;
+  }
+
+  private async resetOwner(): Promise<void> {
+    for (const v of this.vrings) {
+      await this.stopVring(v);
+      this.releaseVringFds(v);
+      Object.assign(v, freshVring(v.index));
+    }
+    this.ackedFeatures = 0;
+    this.featuresSet = false;
+  }
+
+  // ---- memory -----------------------------------------------------------------------------------
+
+  private async setMemTable(m: ReceivedMessage): Promise<void> {
+    const descs = decodeMemTable(m.payload);
+    if (this.table && sameTable(this.table.descs, descs)) {
+      this.log.debug('vhost-user: SET_MEM_TABLE identical to the current table, kept');
+      return;
+    }
+    const table = mapTable(descs, m.fds);
+    // The mappings keep the memory alive; the fds are not needed any more (closed by the connection).
+    const running = this.vrings.filter((v) => v.started);
+    try {
+      for (const v of running) await this.stopVring(v, false);
+      await this.device.memoryChanged({ regions: table.regions, memory: table.memory });
+    } catch (err) {
+      unmapTable(table);
+      throw err;
+    }
+    const old = this.table;
+    this.table = table;
+    if (old) unmapTable(old);
+    this.log.info({ regions: descs.map((d) => ({ gpa: hex(d.guestPhysAddr), size: hex(d.size), ua: hex(d.userAddr), offset: hex(d.mmapOffset) })) }, 'vhost-user: memory table mapped');
+    // The front-end will not resend SET_VRING_ADDR: restart rings against the new mappings.
+    for (const v of running) await this.tryStart(v);
+  }
+
+  // ---- vrings -----------------------------------------------------------------------------------
+
+  private async setVringNum(m: ReceivedMessage): Promise<void> {
+    const { index, num } = decodeVringState(m.payload);
+    const v = this.vringFor(index, 'SET_VRING_NUM');
+    if (!isValidSplitQueueSize(num)) throw new ProtocolError(`SET_VRING_NUM: vring ${index} size ${num} is not a power of two in 1..32768`);
+    if (v.started) throw new ProtocolError(`SET_VRING_NUM: vring ${index} is running`);
+    v.num = num;
+  }
+
+  private async setVringAddr(m: ReceivedMessage): Promise<void> {
+    const addr = decodeVringAddr(m.payload);
+    const v = this.vringFor(addr.index, 'SET_VRING_ADDR');
+    if (!this.table) throw new ProtocolError(`SET_VRING_ADDR: vring ${addr.index} addresses arrived before any memory table`);
+    // Checked now so a bad address fails this request instead of silently leaving the ring unready.
+    this.locateRings(v, addr, Math.max(v.num, 1));
+    const wasStarted = v.started;
+    if (wasStarted) await this.stopVring(v, false);
+    v.addr = addr;
+    if (wasStarted) await this.tryStart(v);
+  }
+
+  private async setVringBase(m: ReceivedMessage): Promise<void> {
+    const { index, num } = decodeVringState(m.payload);
+    const v = this.vringFor(index, 'SET_VRING_BASE');
+    if (num > 0xffff) throw new ProtocolError(`SET_VRING_BASE: vring ${index} base ${num} does not fit a split ring index`);
+    if (v.started) throw new ProtocolError(`SET_VRING_BASE: vring ${index} is running`);
+    v.base = num;
+    v.lastAvail = num;
+    v.lastUsed = num;
+  }
+
+  private async getVringBase(m: ReceivedMessage): Promise<Uint8Array> {
+    const { index } = decodeVringState(m.payload);
+    const v = this.vringFor(index, 'GET_VRING_BASE');
+    await this.stopVring(v);
+    // Like DPDK: the fds and ring addresses die with the stop; a restart must send them again, so a
+    // rebooted guest never sees stale rings.
+    this.releaseVringFds(v);
+    v.addr = null;
+    v.kicked = false;
+    return encodeVringState({ index, num: v.lastAvail });
+  }
+
+  private async setVringKick(m: ReceivedMessage): Promise<void> {
+    const file = decodeVringFile(m.payload);
+    const v = this.vringFor(file.index, 'SET_VRING_KICK');
+    if (v.started) await this.stopVring(v, false);
+    replaceFd(v, 'kickFd', file.noFd ? -1 : takeFd(m));
+    v.kicked = true;
+    await this.tryStart(v);
+  }
+
+  private async setVringCall(m: ReceivedMessage): Promise<void> {
+    const file = decodeVringFile(m.payload);
+    const v = this.vringFor(file.index, 'SET_VRING_CALL');
+    const fd = file.noFd ? -1 : takeFd(m);
+    if (!v.started) {
+      replaceFd(v, 'callFd', fd);
+      return;
+    }
+    if (this.device.vringCallChanged) {
+      const old = v.callFd;
+      v.callFd = fd;
+      try {
+        await this.device.vringCallChanged(v.index, fd);
+      } finally {
+        if (old >= 0) safeClose(old);
+      }
+      return;
+    }
+    await this.stopVring(v, false);
+    replaceFd(v, 'callFd', fd);
+    await this.tryStart(v);
+  }
+
+  private setVringErr(m: ReceivedMessage): void {
+    const file = decodeVringFile(m.payload);
+    const v = this.vringFor(file.index, 'SET_VRING_ERR');
+    // Net back-ends never signal errors; keep the fd only so a replacement closes the previous one.
+    replaceFd(v, 'errFd', file.noFd ? -1 : takeFd(m));
+  }
+
+  private async setVringEnable(m: ReceivedMessage): Promise<void> {
+    const { index, num } = decodeVringState(m.payload);
+    const v = this.vringFor(index, 'SET_VRING_ENABLE');
+    if (num > 1) throw new ProtocolError(`SET_VRING_ENABLE: vring ${index} state ${num} is neither 0 nor 1`);
+    const enabled = num === 1;
+    if (v.enabled === enabled) return;
+    v.enabled = enabled;
+    if (v.started) await this.device.vringEnabled(index, enabled);
+  }
+
+  private locateRings(v: VringState, addr: VringAddr, num: number) {
+    const table = this.table!;
+    const ring = `vring ${v.index}`;
+    return {
+      desc: locateUserRange(table, addr.descUserAddr, descTableBytes(num), 16, `${ring} descriptor table`),
+      avail: locateUserRange(table, addr.availUserAddr, availRingBytes(num), 2, `${ring} available ring`),
+      used: locateUserRange(table, addr.usedUserAddr, usedRingBytes(num), 4, `${ring} used ring`),
+    };
+  }
+
+  /** Starts the vring when it has everything: kick, size, addresses inside the memory table. */
+  private async tryStart(v: VringState): Promise<void> {
+    if (v.started || !v.kicked || v.num === 0 || !v.addr || !this.table) return;
+    let rings;
+    try {
+      rings = this.locateRings(v, v.addr, v.num);
+    } catch (err) {
+      this.log.warn({ vring: v.index, err: (err as Error).message }, `vhost-user: vring ${v.index} not started: ${(err as Error).message}`);
+      return;
+    }
+    // used->idx in guest memory is the truth after a reconnect (virtio-user sends base 0 for running
+    // rings, QEMU its rewound index): resume from it when it disagrees with the base.
+    const usedView = this.table.views[rings.used.region];
+    const usedIdx = new DataView(usedView.buffer, usedView.byteOffset + rings.used.offset + 2, 2).getUint16(0, true);
+    if (usedIdx !== v.lastUsed) {
+      this.log.info({ vring: v.index, base: v.lastAvail, usedIdx }, `vhost-user: vring ${v.index} resumes from used index ${usedIdx}`);
+      v.lastAvail = usedIdx;
+      v.lastUsed = usedIdx;
+    }
+    // Without VHOST_USER_F_PROTOCOL_FEATURES a ring is enabled as soon as it starts.
+    if (!hasBit(this.ackedFeatures, VirtioNetFeature.PROTOCOL_FEATURES)) v.enabled = true;
+    const features = this.ackedFeatures;
+    const config: VringConfig = {
+      index: v.index,
+      size: v.num,
+      desc: rings.desc,
+      avail: rings.avail,
+      used: rings.used,
+      logGuestAddr: v.addr.logGuestAddr,
+      logUsed: (v.addr.flags & VRING_F_LOG) !== 0,
+      features,
+      eventIdx: hasBit(features, VirtioNetFeature.RING_EVENT_IDX),
+      indirect: hasBit(features, VirtioNetFeature.RING_INDIRECT_DESC),
+      mergeableRxBuffers: hasBit(features, VirtioNetFeature.MRG_RXBUF),
+      netHeaderLength: netHeaderLength(features),
+      kickFd: v.kickFd,
+      callFd: v.callFd,
+      lastAvail: v.lastAvail,
+      lastUsed: v.lastUsed,
+      enabled: v.enabled,
+      regions: this.table.regions.map((r) => ({ ...r })),
+    };
+    if (!this.featuresSet) this.log.warn({ vring: v.index }, `vhost-user: vring ${v.index} starts before SET_FEATURES`);
+    v.started = true;
+    this.log.info({ vring: v.index, size: v.num, lastAvail: v.lastAvail, enabled: v.enabled }, `vhost-user: vring ${v.index} started`);
+    await this.device.vringStarted(v.index, config);
+  }
+
+  /** Stops a started vring through the device and records where it stopped. */
+  private async stopVring(v: VringState, logIt = true): Promise<void> {
+    if (!v.started) return;
+    v.started = false;
+    const { lastAvail } = await this.device.vringStopped(v.index);
+    v.lastAvail = lastAvail & 0xffff;
+    v.lastUsed = v.lastAvail;
+    if (logIt) this.log.info({ vring: v.index, lastAvail: v.lastAvail }, `vhost-user: vring ${v.index} stopped`);
+  }
+
+  private releaseVringFds(v: VringState): void {
+    replaceFd(v, 'kickFd', -1);
+    replaceFd(v, 'callFd', -1);
+    replaceFd(v, 'errFd', -1);
+  }
+
+  // ---- end of the connection -----------------------------------------------------------------------
+
+  private async teardown(reason: Error | undefined): Promise<void> {
+    if (this.tornDown) return;
+    this.tornDown = true;
+    this.log.info({ reason: reason?.message }, reason ? `vhost-user: front-end connection ended: ${reason.message}` : 'vhost-user: front-end disconnected');
+    try {
+      for (const v of this.vrings) {
+        try {
+          await this.stopVring(v);
+        } catch (err) {
+          this.log.warn({ vring: v.index, err: (err as Error).message }, 'vhost-user: device failed to stop vring on disconnect');
+        }
+        this.releaseVringFds(v);
+      }
+      await this.device.disconnected();
+    } catch (err) {
+      this.log.warn({ err: (err as Error).message }, 'vhost-user: device disconnect hook failed');
+    } finally {
+      if (this.table) unmapTable(this.table);
+      this.table = null;
+      this.resolveEnded();
+    }
+  }
+}
+
+function freshVring(index: number): VringState {
+  return { index, num: 0, base: 0, addr: null, kickFd: -1, kicked: false, callFd: -1, errFd: -1, enabled: false, started: false, lastAvail: 0, lastUsed: 0 };
+}
+
+function replaceFd(v: VringState, key: 'kickFd' | 'callFd' | 'errFd', fd: number): void {
+  const old = v[key];
+  v[key] = fd;
+  if (old >= 0 && old !== fd) safeClose(old);
+}
+
+function safeClose(fd: number): void {
+  try {
+    closeFd(fd);
+  } catch {
+    /* already closed */
+  }
+}
+
+function hex(n: number): string {
+  return `0x${n.toString(16)}`;
+}

@@ -1,0 +1,101 @@
+// Mapping a SET_MEM_TABLE into this process, and locating vrings inside it.
+// Regions are mapped like DPDK does: from file offset 0 up to mmap_offset+size rounded up to the huge
+// page size (hugetlbfs refuses unaligned lengths), MAP_SHARED, then the region starts at
+// mapping + mmap_offset.
+import { MAP_SHARED, PROT_READ, PROT_WRITE, fstatSize, mmap, munmap, type Mapping } from '../sys/memory.js';
+import { GuestMemory } from '../virtio/guest-memory.js';
+import type { RingLocation, SessionMemory, SessionRegion } from './device.js';
+import type { MemRegionDesc } from './messages.js';
+
+const MIB2 = 2 * 1024 * 1024;
+const GIB = 1024 * 1024 * 1024;
+
+export function alignUp(value: number, alignment: number): number {
+  return Math.ceil(value / alignment) * alignment;
+}
+
+export interface MappedTable extends SessionMemory {
+  readonly descs: readonly MemRegionDesc[];
+  readonly mappings: readonly Mapping[];
+  /** Host views of each region, parallel to `regions`. */
+  readonly views: readonly Uint8Array[];
+}
+
+function mapRegion(desc: MemRegionDesc, fd: number, i: number): Mapping {
+  const fileSize = fstatSize(fd);
+  const end = desc.mmapOffset + desc.size;
+  // A region that reaches past the end of its file would fault (SIGBUS) on first touch.
+  if (end > fileSize) {
+    throw new Error(`memory region ${i}: offset 0x${desc.mmapOffset.toString(16)} + size 0x${desc.size.toString(16)} exceeds its file (0x${fileSize.toString(16)} bytes)`);
+  }
+  let lastError: unknown;
+  for (const alignment of [MIB2, GIB]) {
+    try {
+      return mmap({ length: alignUp(end, alignment), prot: PROT_READ | PROT_WRITE, flags: MAP_SHARED, fd, offset: 0 });
+    } catch (err) {
+      // EINVAL: hugetlbfs with pages larger than the alignment tried; retry with 1 GiB.
+      lastError = err;
+      if ((err as { code?: string }).code !== 'EINVAL') break;
+    }
+  }
+  throw new Error(`memory region ${i}: mmap of 0x${alignUp(end, MIB2).toString(16)} bytes failed: ${(lastError as Error).message}`);
+}
+
+/** Maps every region; on failure unmaps what was mapped and throws. The caller still owns the fds. */
+export function mapTable(descs: readonly MemRegionDesc[], fds: readonly number[]): MappedTable {
+  const mappings: Mapping[] = [];
+  try {
+    descs.forEach((d, i) => mappings.push(mapRegion(d, fds[i], i)));
+    const views = descs.map((d, i) => new Uint8Array(mappings[i].buffer, d.mmapOffset, d.size));
+    const regions: SessionRegion[] = descs.map((d, i) => ({
+      guestPhysAddr: d.guestPhysAddr,
+      size: d.size,
+      userAddr: d.userAddr,
+      hostAddress: mappings[i].address + d.mmapOffset,
+      mappingAddress: mappings[i].address,
+      mmapLength: mappings[i].length,
+      mmapOffset: d.mmapOffset,
+    }));
+    const memory = new GuestMemory(descs.map((d, i) => ({ guestPhysAddr: d.guestPhysAddr, size: d.size, userAddr: d.userAddr, bytes: views[i] })));
+    return { descs, mappings, views, regions, memory };
+  } catch (err) {
+    for (const m of mappings) unmapQuietly(m);
+    throw err;
+  }
+}
+
+function unmapQuietly(m: Mapping): void {
+  try {
+    munmap(m);
+  } catch {
+    /* nothing more can be done about a failed munmap */
+  }
+}
+
+export function unmapTable(table: MappedTable): void {
+  for (const m of table.mappings) unmapQuietly(m);
+}
+
+/** DPDK short-circuits a re-sent identical table; so do we (the fds may differ, the memory does not). */
+export function sameTable(a: readonly MemRegionDesc[], b: readonly MemRegionDesc[]): boolean {
+  return (
+    a.length === b.length &&
+    a.every((r, i) => r.guestPhysAddr === b[i].guestPhysAddr && r.size === b[i].size && r.userAddr === b[i].userAddr && r.mmapOffset === b[i].mmapOffset)
+  );
+}
+
+/** Locates `length` bytes at front-end address `userAddr` inside one region, or explains why not. */
+export function locateUserRange(table: MappedTable, userAddr: number, length: number, alignment: number, what: string): RingLocation {
+  if (userAddr % alignment !== 0) throw new Error(`${what} at 0x${userAddr.toString(16)} is not ${alignment}-byte aligned`);
+  for (let i = 0; i < table.regions.length; i++) {
+    const r = table.regions[i];
+    if (userAddr >= r.userAddr && userAddr < r.userAddr + r.size) {
+      if (userAddr + length > r.userAddr + r.size) {
+        throw new Error(`${what} at 0x${userAddr.toString(16)} (+0x${length.toString(16)}) crosses the end of memory region ${i}`);
+      }
+      const offset = userAddr - r.userAddr;
+      return { userAddr, region: i, offset, hostAddress: r.hostAddress + offset };
+    }
+  }
+  throw new Error(`${what} at 0x${userAddr.toString(16)} is outside every memory region`);
+}

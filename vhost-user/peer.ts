@@ -1,0 +1,9 @@
+// What server.ts and client.ts hand a connected socket to: a back-end session (BackendSession) or a
+// front-end driver. They only need to know when it has ended, and how to end it.
+export interface PeerSession {
+  /** Resolves once the session is over (the socket is closed and its owner cleaned up). */
+  readonly ended: Promise<void>;
+  close(): Promise<void> | void;
+}
+
+export type PeerFactory = (fd: number) => PeerSession;
