@@ -1,0 +1,239 @@
+// The scheduler's settings: /etc/default/virtioforwarder (the file the daemon reads too), then
+// command-line flags on top.
+//
+// The file reader here is a small duplicate of relay/config.ts's parser, kept because the
+// scheduler may only import port-control/; it handles what the scheduler's variables need
+// (KEY=VALUE, quotes, comments, `export`, bash arrays skipped as values it never reads).
+
+import { readFileSync } from 'node:fs';
+import { DEFAULT_ENDPOINTS } from '../port-control/protocol.js';
+
+export const DEFAULT_CONFIG_PATH = '/etc/default/virtioforwarder';
+
+export interface SchedulerSettings {
+  configPath: string;
+  statsEndpoint: string;
+  coreSchedEndpoint: string;
+  /** Config service endpoint for the configured pins; null when the service is off. */
+  configEndpoint: string | null;
+  pollIntervalMs: number;
+  sensitivity: number;
+  /** Syslog severity 0..7. */
+  logLevel: number;
+  globalNuma: boolean;
+  sysfsRoot: string;
+  /** How long one request may take before its socket is recreated. */
+  requestTimeoutMs: number;
+}
+
+export const DEFAULTS: Omit<SchedulerSettings, 'configPath'> = {
+  statsEndpoint: DEFAULT_ENDPOINTS.stats,
+  coreSchedEndpoint: DEFAULT_ENDPOINTS.coreSched,
+  configEndpoint: null,
+  pollIntervalMs: 5000,
+  sensitivity: 0.25,
+  logLevel: 6,
+  globalNuma: false,
+  sysfsRoot: '/sys',
+  requestTimeoutMs: 2000,
+};
+
+export class ConfigError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'ConfigError';
+  }
+}
+
+/** Parses KEY=VALUE text into a map. Arrays `(a b)` become their space-joined elements. */
+export function parseKeyValueText(text: string, source: string): Map<string, string> {
+  const out = new Map<string, string>();
+  const lines = text.split('\n');
+  for (let i = 0; i < lines.length; i++) {
+    let line = lines[i].trim();
+    if (line === '' || line.startsWith('#')) continue;
+    if (line.startsWith('export ')) line = line.slice('export '.length).trim();
+    const eq = line.indexOf('=');
+    const where = `${source}:${i + 1}`;
+    if (eq <= 0) throw new ConfigError(`${where}: expected KEY=VALUE, got ${JSON.stringify(lines[i])}`);
+    const key = line.slice(0, eq);
+    if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(key)) throw new ConfigError(`${where}: ${JSON.stringify(key)} is not a variable name`);
+    let rest = line.slice(eq + 1);
+    if (rest.startsWith('(')) {
+      // A bash array may span lines; gather up to the closing parenthesis.
+      while (!rest.includes(')') && i + 1 < lines.length) rest += ' ' + lines[++i].trim();
+      const close = rest.indexOf(')');
+      if (close < 0) throw new ConfigError(`${where}: ${key} opens an array with ( that is never closed`);
+      out.set(key, rest.slice(1, close).trim().split(/\s+/).filter(Boolean).map(unquote).join(' '));
+      continue;
+    }
+    out.set(key, readValue(rest, key, where));
+  }
+  return out;
+}
+
+function unquote(word: string): string {
+  if (word.length >= 2 && (word[0] === '"' || word[0] === "'") && word.at(-1) === word[0]) return word.slice(1, -1);
+  return word;
+}
+
+function readValue(rest: string, key: string, where: string): string {
+  if (rest.startsWith('"') || rest.startsWith("'")) {
+    const quote = rest[0];
+    const end = rest.indexOf(quote, 1);
+    if (end < 0) throw new ConfigError(`${where}: ${key} has an unterminated ${quote} quote`);
+    const after = rest.slice(end + 1).trim();
+    if (after !== '' && !after.startsWith('#')) throw new ConfigError(`${where}: ${key} has text after its closing quote: ${after}`);
+    return rest.slice(1, end);
+  }
+  // An unquoted value ends at whitespace; a # after whitespace starts a comment, as in bash.
+  const m = /^(\S*)\s*(.*)$/.exec(rest)!;
+  if (m[2] !== '' && !m[2].startsWith('#')) throw new ConfigError(`${where}: ${key} has an unquoted space in its value; quote it`);
+  return m[1];
+}
+
+export function parseBoolean(value: string, name: string): boolean {
+  const v = value.trim().toLowerCase();
+  if (['true', 'yes', '1', 'y', 'on'].includes(v)) return true;
+  if (['false', 'no', '0', 'n', 'off'].includes(v)) return false;
+  throw new ConfigError(`${name}=${JSON.stringify(value)} is not a boolean (use true or false)`);
+}
+
+function parseNumber(value: string, name: string, check: (n: number) => boolean, expected: string): number {
+  const n = Number(value.trim());
+  if (value.trim() === '' || !Number.isFinite(n) || !check(n)) {
+    throw new ConfigError(`${name}=${JSON.stringify(value)} is not valid: expected ${expected}`);
+  }
+  return n;
+}
+
+const parseSensitivity = (v: string, name: string) => parseNumber(v, name, (n) => n >= 0, 'a number >= 0');
+const parsePollSeconds = (v: string, name: string) =>
+  Math.round(parseNumber(v, name, (n) => n > 0 && n <= 86_400, 'seconds, above 0 and at most 86400') * 1000);
+const parseLogLevel = (v: string, name: string) =>
+  parseNumber(v, name, (n) => Number.isInteger(n) && n >= 0 && n <= 7, 'a syslog severity 0..7');
+
+function parseEndpoint(value: string, name: string): string {
+  if (!/^(ipc|tcp|inproc):\/\/\S+$/.test(value)) {
+    throw new ConfigError(`${name}=${JSON.stringify(value)} is not a ZeroMQ endpoint (ipc://PATH or tcp://HOST:PORT)`);
+  }
+  return value;
+}
+
+const KNOWN_SCHEDULER_KEYS = new Set([
+  'VIO4WD_CORE_SCHED_ENABLE',
+  'VIO4WD_CORE_SCHED_SENSITIVITY',
+  'VIO4WD_CORE_SCHED_LOG_LEVEL',
+  'VIO4WD_CORE_SCHED_POLL_INTERVAL',
+  'VIO4WD_CORE_SCHED_GLOBAL_NUMA_OPT',
+]);
+
+/** Applies the file's variables to `settings`; returns warnings for variables it does not know. */
+export function applyFileVariables(settings: SchedulerSettings, vars: Map<string, string>): string[] {
+  const warnings: string[] = [];
+  const get = (key: string) => {
+    const v = vars.get(key);
+    return v === undefined || v.trim() === '' ? undefined : v;
+  };
+  let v: string | undefined;
+  if ((v = get('VIO4WD_CORE_SCHED_SENSITIVITY')) !== undefined) settings.sensitivity = parseSensitivity(v, 'VIO4WD_CORE_SCHED_SENSITIVITY');
+  if ((v = get('VIO4WD_CORE_SCHED_POLL_INTERVAL')) !== undefined) settings.pollIntervalMs = parsePollSeconds(v, 'VIO4WD_CORE_SCHED_POLL_INTERVAL');
+  if ((v = get('VIO4WD_CORE_SCHED_LOG_LEVEL')) !== undefined) settings.logLevel = parseLogLevel(v, 'VIO4WD_CORE_SCHED_LOG_LEVEL');
+  if ((v = get('VIO4WD_CORE_SCHED_GLOBAL_NUMA_OPT')) !== undefined) settings.globalNuma = parseBoolean(v, 'VIO4WD_CORE_SCHED_GLOBAL_NUMA_OPT');
+  if ((v = get('VIRTIOFWD_ZMQ_STATS_EP')) !== undefined) settings.statsEndpoint = parseEndpoint(v, 'VIRTIOFWD_ZMQ_STATS_EP');
+  if ((v = get('VIRTIOFWD_ZMQ_CORE_SCHED_EP')) !== undefined) settings.coreSchedEndpoint = parseEndpoint(v, 'VIRTIOFWD_ZMQ_CORE_SCHED_EP');
+  if ((v = get('VIRTIOFWD_ZMQ_CONFIG_EP')) !== undefined) settings.configEndpoint = parseEndpoint(v, 'VIRTIOFWD_ZMQ_CONFIG_EP');
+  if ((v = get('VIO4WD_CORE_SCHED_ENABLE')) !== undefined) parseBoolean(v, 'VIO4WD_CORE_SCHED_ENABLE');
+  for (const key of vars.keys()) {
+    if (key.startsWith('VIO4WD_') && !KNOWN_SCHEDULER_KEYS.has(key)) warnings.push(`unknown variable ${key} ignored`);
+  }
+  return warnings;
+}
+
+export const USAGE = `Usage: vio4wd_core_scheduler [options]
+
+Balances the relay directions of virtio-forwarder over its worker CPUs by measured load.
+Settings come from /etc/default/virtioforwarder; options override them.
+
+  --config PATH            configuration file (default ${DEFAULT_CONFIG_PATH})
+  --stats-ep EP            stats service endpoint (VIRTIOFWD_ZMQ_STATS_EP)
+  --sched-ep EP            core-sched service endpoint (VIRTIOFWD_ZMQ_CORE_SCHED_EP)
+  --config-ep EP           config service endpoint, for the configured pins (VIRTIOFWD_ZMQ_CONFIG_EP)
+  --poll-interval SECONDS  time between load measurements (VIO4WD_CORE_SCHED_POLL_INTERVAL, default 5)
+  --sensitivity X          minimum drop of the load spread (coefficient of variation) that
+                           justifies a migration (VIO4WD_CORE_SCHED_SENSITIVITY, default 0.25)
+  --log-level 0..7         syslog severity threshold (VIO4WD_CORE_SCHED_LOG_LEVEL, default 6)
+  --global-numa-opt[=BOOL] balance across all NUMA nodes (VIO4WD_CORE_SCHED_GLOBAL_NUMA_OPT)
+  --sysfs-root DIR         where sysfs is mounted, for the CPUs of each NUMA node (default /sys)
+  --request-timeout MS     how long one request may take before it is retried (default 2000)
+  --help                   show this text
+`;
+
+export type ParsedArgs = { help: true } | { help: false; settings: SchedulerSettings; warnings: string[] };
+
+/** Reads the file named by --config (or the default, which may be absent) and applies the flags. */
+export function resolveSettings(argv: readonly string[], readFile: (path: string) => string = (p) => readFileSync(p, 'utf8')): ParsedArgs {
+  const flags = new Map<string, string>();
+  const takesValue = new Set([
+    'config', 'stats-ep', 'sched-ep', 'config-ep', 'poll-interval', 'sensitivity', 'log-level', 'loglevel', 'sysfs-root', 'request-timeout',
+  ]);
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i];
+    if (arg === '--help' || arg === '-h') return { help: true };
+    const m = /^--([a-z-]+)(?:=(.*))?$/s.exec(arg);
+    if (!m) throw new ConfigError(`unexpected argument ${JSON.stringify(arg)}; see --help`);
+    const name = m[1];
+    if (name === 'global-numa-opt') {
+      flags.set(name, m[2] ?? 'true');
+      continue;
+    }
+    if (!takesValue.has(name)) throw new ConfigError(`unknown option --${name}; see --help`);
+    let value = m[2];
+    if (value === undefined) {
+      if (i + 1 >= argv.length) throw new ConfigError(`option --${name} needs a value`);
+      value = argv[++i];
+    }
+    flags.set(name === 'loglevel' ? 'log-level' : name, value);
+  }
+
+  const explicitPath = flags.get('config');
+  const settings: SchedulerSettings = { ...DEFAULTS, configPath: explicitPath ?? DEFAULT_CONFIG_PATH };
+  const warnings: string[] = [];
+  let text: string | undefined;
+  try {
+    text = readFile(settings.configPath);
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (explicitPath !== undefined || code !== 'ENOENT') {
+      throw new ConfigError(`configuration file ${settings.configPath} cannot be read: ${(err as Error).message}`);
+    }
+    warnings.push(`configuration file ${settings.configPath} does not exist; using defaults and options`);
+  }
+  if (text !== undefined) warnings.push(...applyFileVariables(settings, parseKeyValueText(text, settings.configPath)));
+
+  let v: string | undefined;
+  if ((v = flags.get('stats-ep')) !== undefined) settings.statsEndpoint = parseEndpoint(v, '--stats-ep');
+  if ((v = flags.get('sched-ep')) !== undefined) settings.coreSchedEndpoint = parseEndpoint(v, '--sched-ep');
+  if ((v = flags.get('config-ep')) !== undefined) settings.configEndpoint = parseEndpoint(v, '--config-ep');
+  if ((v = flags.get('poll-interval')) !== undefined) settings.pollIntervalMs = parsePollSeconds(v, '--poll-interval');
+  if ((v = flags.get('sensitivity')) !== undefined) settings.sensitivity = parseSensitivity(v, '--sensitivity');
+  if ((v = flags.get('log-level')) !== undefined) settings.logLevel = parseLogLevel(v, '--log-level');
+  if ((v = flags.get('global-numa-opt')) !== undefined) settings.globalNuma = parseBoolean(v, '--global-numa-opt');
+  if ((v = flags.get('sysfs-root')) !== undefined) {
+    if (v === '') throw new ConfigError('--sysfs-root needs a directory');
+    settings.sysfsRoot = v;
+  }
+  if ((v = flags.get('request-timeout')) !== undefined) {
+    settings.requestTimeoutMs = parseNumber(v, '--request-timeout', (n) => Number.isInteger(n) && n >= 10 && n <= 600_000, 'milliseconds, 10..600000');
+  }
+  return { help: false, settings, warnings };
+}
+
+/** Syslog severities onto pino levels: emerg..crit are fatal, notice shares info. */
+export function pinoLevel(syslogLevel: number): 'fatal' | 'error' | 'warn' | 'info' | 'debug' {
+  if (syslogLevel <= 2) return 'fatal';
+  if (syslogLevel === 3) return 'error';
+  if (syslogLevel === 4) return 'warn';
+  if (syslogLevel <= 6) return 'info';
+  return 'debug';
+}

@@ -1,0 +1,47 @@
+// Entry point of bin/vio4wd_core_scheduler: settings from the file and flags, then the loop until
+// SIGTERM or SIGINT.
+
+import pino from 'pino';
+import { ConfigError, USAGE, pinoLevel, resolveSettings } from './config.js';
+import { startScheduler } from './scheduler.js';
+
+export async function main(argv: readonly string[]): Promise<number> {
+  let parsed;
+  try {
+    parsed = resolveSettings(argv);
+  } catch (err) {
+    if (err instanceof ConfigError) {
+      process.stderr.write(`vio4wd_core_scheduler: ${err.message}\n`);
+      return 2;
+    }
+    throw err;
+  }
+  if (parsed.help) {
+    process.stdout.write(USAGE);
+    return 0;
+  }
+  const { configPath, ...settings } = parsed.settings;
+  const logger = pino({ name: 'vio4wd_core_scheduler', level: pinoLevel(settings.logLevel), base: { pid: process.pid } });
+  for (const w of parsed.warnings) logger.warn({ configPath }, w);
+  let scheduler;
+  try {
+    scheduler = startScheduler({ ...settings, logger });
+  } catch (err) {
+    logger.fatal(`cannot start: ${(err as Error).message}`);
+    return 1;
+  }
+  const started = scheduler;
+  return new Promise<number>((resolve) => {
+    const finish = (signal: string) => {
+      logger.info({ signal }, `stopping on ${signal}`);
+      process.removeAllListeners('SIGTERM');
+      process.removeAllListeners('SIGINT');
+      void started.stop().then(() => resolve(0));
+    };
+    process.on('SIGTERM', () => finish('SIGTERM'));
+    process.on('SIGINT', () => finish('SIGINT'));
+    // The settings are read once; a reload would need the baseline and sockets rebuilt, so a
+    // restart is the way to change them.
+    process.on('SIGHUP', () => logger.info('SIGHUP ignored; restart the service to apply new settings'));
+  });
+}
