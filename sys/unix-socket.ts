@@ -127,6 +127,19 @@ export function unixDatagramSend(path: string, bytes: Uint8Array): number {
   }
 }
 
+/** A bound datagram socket at `path`, read with fd.readInto (one datagram per read). */
+export function unixDatagramListen(path: string): number {
+  const fd = newSocket(SOCK_DGRAM);
+  try {
+    const len = encodeAddress(path, addressBuffer);
+    check(bindNative(fd, addressBuffer, len), 'bind', path);
+    return fd;
+  } catch (err) {
+    close(fd);
+    throw err;
+  }
+}
+
 // msghdr, iovec, control area and data live in one native buffer per thread, grown on demand:
 // [0, 56) msghdr, [56, 72) iovec, [72, 72 + control) control, then the data.
 const MSGHDR_AT = 0;

@@ -1,0 +1,413 @@
+// The VF data path: AF_PACKET with mmapped rings. Two sockets per interface, because a socket has
+// one PACKET_VERSION: a TPACKET_V3 RX ring (blocks of variable-size frames, handed over a block at
+// a time) and a TPACKET_V2 TX ring (fixed slots, flushed with one sendto per burst, bypassing the
+// qdisc). The TX socket is bound with protocol 0, so the kernel never queues received frames to it.
+//
+// openPacketRing() runs once on the main thread and returns a plain, postMessage-able handle;
+// PacketRing.attach() rebuilds views of the same mappings in the thread that polls the rings.
+import { libc, lastErrno, SysError } from './libc.js';
+import { close as closeFd } from './fd.js';
+import { mmap, munmap, viewAt, MAP_SHARED, MAP_POPULATE, PROT_READ, PROT_WRITE } from './memory.js';
+import { ifNameToIndex, linkMtu } from './netdev.js';
+import {
+  ETH_P_ALL, SOL_PACKET, PACKET_RX_RING, PACKET_TX_RING, PACKET_VERSION, PACKET_LOSS, PACKET_QDISC_BYPASS,
+  PACKET_IGNORE_OUTGOING, TPACKET_V2, TPACKET_V3, TP_STATUS_USER, TP_STATUS_KERNEL, TP_STATUS_AVAILABLE,
+  TP_STATUS_SEND_REQUEST, TP_STATUS_WRONG_FORMAT, TP_STATUS_VLAN_VALID, TP_STATUS_VLAN_TPID_VALID,
+  packetSocket, setIntOption, setBytesOption, bindPacketSocket, addPromiscuousMembership, growSendBuffer,
+  tryIntOption, readPacketStatistics,
+} from './packet-socket.js';
+
+export { TP_STATUS_CSUMNOTREADY, TP_STATUS_CSUM_VALID, TP_STATUS_VLAN_VALID } from './packet-socket.js';
+
+export interface PacketRingOptions {
+  /** Bytes per RX block, a power of two ≥ 4096 (default 128 KiB). */
+  blockSize?: number;
+  /** RX blocks (default 16). */
+  blockCount?: number;
+  /** Nominal RX frame size; V3 packs frames tighter, this only sizes the kernel's bookkeeping (default 2048). */
+  frameSize?: number;
+  /** A partly filled RX block is handed over after this many ms (default 1; the kernel rounds up to a tick). */
+  retireTimeoutMs?: number;
+  /** TX slot size, a power of two ≥ 64 (default 2048: frames up to 2016 bytes). */
+  txFrameSize?: number;
+  /** TX slots, a multiple of the slots per TX block (default 512). */
+  txFrameCount?: number;
+  /** Receive frames for every MAC address (default true). */
+  promiscuous?: boolean;
+  /** Hand TX frames straight to the driver (default true). */
+  qdiscBypass?: boolean;
+  /** Socket send buffer for the TX socket in bytes (default 4 MiB). */
+  sendBufferBytes?: number;
+}
+
+export interface RingMapping {
+  address: number;
+  length: number;
+}
+
+/** Everything a thread needs to poll the rings; plain data, safe to post to a worker. */
+export interface PacketRingHandle {
+  ifname: string;
+  ifindex: number;
+  rxFd: number;
+  txFd: number;
+  rx: RingMapping & { blockSize: number; blockCount: number; frameSize: number };
+  tx: RingMapping & { frameSize: number; frameCount: number };
+  /** Byte offset of frame data inside a TX slot. */
+  txDataOffset: number;
+  /** Largest untagged frame the interface accepts (MTU + Ethernet header); tagged frames get 4 more. */
+  maxFrameLength: number;
+  /** False on kernels before 4.20, where the RX ring also sees frames sent by other local sockets. */
+  ignoresOutgoing: boolean;
+}
+
+const TPACKET_ALIGNMENT = 16;
+const TPACKET2_HDR_SIZE = 32;
+const TX_DATA_OFFSET = TPACKET2_HDR_SIZE; // tp_hdrlen - sizeof(sockaddr_ll) without PACKET_TX_HAS_OFF
+const TPACKET3_HDR_SIZE = 48;
+const SOCKADDR_LL_SIZE = 20;
+const RX_HEADROOM_START = TPACKET3_HDR_SIZE + SOCKADDR_LL_SIZE;
+const ETH_HEADER = 14;
+const VLAN_TAG = 4;
+const ETH_P_8021Q = 0x8100;
+const ETH_P_8021AD = 0x88a8;
+
+const isPowerOfTwo = (n: number) => Number.isInteger(n) && n > 0 && (n & (n - 1)) === 0;
+
+function geometry(ifname: string, opts: PacketRingOptions) {
+  const blockSize = opts.blockSize ?? 128 * 1024;
+  const blockCount = opts.blockCount ?? 16;
+  const frameSize = opts.frameSize ?? 2048;
+  const retireTimeoutMs = opts.retireTimeoutMs ?? 1;
+  const txFrameSize = opts.txFrameSize ?? 2048;
+  const txFrameCount = opts.txFrameCount ?? 512;
+  const bad = (what: string) => new RangeError(`packet ring on ${ifname}: ${what}`);
+  if (!isPowerOfTwo(blockSize) || blockSize < 4096) throw bad(`block size ${blockSize} is not a power of two ≥ 4096`);
+  if (!Number.isInteger(blockCount) || blockCount < 1 || blockCount > 65536) throw bad(`block count ${blockCount} is out of range`);
+  if (!isPowerOfTwo(frameSize) || frameSize < 128 || frameSize > blockSize) throw bad(`frame size ${frameSize} is not a power of two in [128, block size]`);
+  if (!Number.isInteger(retireTimeoutMs) || retireTimeoutMs < 1 || retireTimeoutMs > 1000) throw bad(`retire timeout ${retireTimeoutMs} ms is out of range`);
+  if (!isPowerOfTwo(txFrameSize) || txFrameSize < 128 || txFrameSize > 65536) throw bad(`TX frame size ${txFrameSize} is not a power of two in [128, 65536]`);
+  const txBlockSize = Math.max(4096, txFrameSize);
+  const txFramesPerBlock = txBlockSize / txFrameSize;
+  if (!Number.isInteger(txFrameCount) || txFrameCount < txFramesPerBlock || txFrameCount % txFramesPerBlock !== 0) {
+    throw bad(`TX frame count ${txFrameCount} is not a positive multiple of ${txFramesPerBlock} (slots per ${txBlockSize}-byte block)`);
+  }
+  return { blockSize, blockCount, frameSize, retireTimeoutMs, txFrameSize, txFrameCount, txBlockSize };
+}
+
+/** Opens the RX and TX rings of `ifname` (needs CAP_NET_RAW; promiscuous mode needs CAP_NET_ADMIN). */
+export function openPacketRing(ifname: string, opts: PacketRingOptions = {}): PacketRingHandle {
+  const g = geometry(ifname, opts);
+  const ifindex = ifNameToIndex(ifname);
+  const mtu = linkMtu(ifname);
+  const opened: number[] = [];
+  const mapped: RingMapping[] = [];
+  try {
+    // RX: V3 ring, then bind, so no frame is queued before the ring exists.
+    const rxFd = packetSocket(ifname);
+    opened.push(rxFd);
+    setIntOption(rxFd, SOL_PACKET, PACKET_VERSION, TPACKET_V3, `PACKET_VERSION V3 on ${ifname}`);
+    const req3 = new Uint32Array([g.blockSize, g.blockCount, g.frameSize, (g.blockSize / g.frameSize) * g.blockCount, g.retireTimeoutMs, 0, 0]);
+    setBytesOption(rxFd, SOL_PACKET, PACKET_RX_RING, req3, `PACKET_RX_RING ${g.blockCount}×${g.blockSize} on ${ifname}`);
+    const rxLength = g.blockSize * g.blockCount;
+    const rxMap = mmap({ length: rxLength, prot: PROT_READ | PROT_WRITE, flags: MAP_SHARED | MAP_POPULATE, fd: rxFd });
+    mapped.push(rxMap);
+    const ignoresOutgoing = tryIntOption(rxFd, SOL_PACKET, PACKET_IGNORE_OUTGOING, 1, `PACKET_IGNORE_OUTGOING on ${ifname}`);
+    bindPacketSocket(rxFd, ifindex, ETH_P_ALL, ifname);
+    if (opts.promiscuous ?? true) addPromiscuousMembership(rxFd, ifindex, ifname);
+
+    // TX: V2 ring. PACKET_LOSS makes the kernel skip a malformed slot instead of stopping the ring
+    // at it forever; txCommit rejects what the kernel would refuse, so that is only a safety net.
+    const txFd = packetSocket(ifname);
+    opened.push(txFd);
+    setIntOption(txFd, SOL_PACKET, PACKET_VERSION, TPACKET_V2, `PACKET_VERSION V2 on ${ifname}`);
+    setIntOption(txFd, SOL_PACKET, PACKET_LOSS, 1, `PACKET_LOSS on ${ifname}`);
+    if (opts.qdiscBypass ?? true) setIntOption(txFd, SOL_PACKET, PACKET_QDISC_BYPASS, 1, `PACKET_QDISC_BYPASS on ${ifname}`);
+    const txBlocks = (g.txFrameCount * g.txFrameSize) / g.txBlockSize;
+    const req = new Uint32Array([g.txBlockSize, txBlocks, g.txFrameSize, g.txFrameCount]);
+    setBytesOption(txFd, SOL_PACKET, PACKET_TX_RING, req, `PACKET_TX_RING ${g.txFrameCount}×${g.txFrameSize} on ${ifname}`);
+    const txLength = g.txFrameCount * g.txFrameSize;
+    const txMap = mmap({ length: txLength, prot: PROT_READ | PROT_WRITE, flags: MAP_SHARED | MAP_POPULATE, fd: txFd });
+    mapped.push(txMap);
+    growSendBuffer(txFd, opts.sendBufferBytes ?? 4 * 1024 * 1024);
+    bindPacketSocket(txFd, ifindex, 0, ifname);
+
+    return {
+      ifname,
+      ifindex,
+      rxFd,
+      txFd,
+      rx: { address: rxMap.address, length: rxLength, blockSize: g.blockSize, blockCount: g.blockCount, frameSize: g.frameSize },
+      tx: { address: txMap.address, length: txLength, frameSize: g.txFrameSize, frameCount: g.txFrameCount },
+      txDataOffset: TX_DATA_OFFSET,
+      maxFrameLength: mtu + ETH_HEADER,
+      ignoresOutgoing,
+    };
+  } catch (err) {
+    for (const m of mapped) munmap(m);
+    for (const fd of opened) closeFd(fd);
+    if (err instanceof SysError || err instanceof RangeError) throw err;
+    throw new Error(`packet ring on ${ifname}: ${(err as Error).message}`);
+  }
+}
+
+/** Unmaps the rings and closes both sockets; every PacketRing attached to the handle must be gone. */
+export function closePacketRing(handle: PacketRingHandle): void {
+  munmap(handle.rx);
+  munmap(handle.tx);
+  closeFd(handle.rxFd);
+  closeFd(handle.txFd);
+}
+export { closePacketRing as close };
+
+/** Called per received frame: `bytes` is the whole RX mapping, the frame is [offset, offset + length). */
+export type FrameHandler = (bytes: Uint8Array, offset: number, length: number, status: number) => void;
+
+/** A free TX slot; the same object is returned by every txSlot() call of a ring. */
+export interface TxSlot {
+  /** The whole TX mapping. */
+  bytes: Uint8Array;
+  /** Where the frame's first byte goes. */
+  offset: number;
+  /** Largest frame the slot holds. */
+  capacity: number;
+}
+
+export interface PacketRingCounters {
+  /** Frames handed to onFrame. */
+  rxFrames: number;
+  /** Frames longer than the space the kernel had for them (tp_len > tp_snaplen), skipped. */
+  rxTruncated: number;
+  /** Blocks returned to the kernel. */
+  rxBlocks: number;
+  /** Frames committed to the TX ring. */
+  txFrames: number;
+  /** Frames txCommit refused (shorter than an Ethernet header, longer than the slot or the MTU). */
+  txRejected: number;
+  /** Slots found in TP_STATUS_WRONG_FORMAT and reclaimed. */
+  txWrongFormat: number;
+  /** Flushes that found the socket buffer full (EAGAIN/ENOBUFS); the frames stay queued. */
+  txFlushBusy: number;
+  /** Flushes that failed otherwise (ENETDOWN, ENXIO...). */
+  txFlushErrors: number;
+  /** errno of the last failed flush. */
+  txLastErrno: number;
+  /** Kernel PACKET_STATISTICS, accumulated: frames seen by the RX socket and frames dropped for lack of room. */
+  kernelPackets: number;
+  kernelDrops: number;
+  kernelFreezes: number;
+}
+
+const EAGAIN = 11;
+const ENOBUFS = 105;
+const EINTR = 4;
+const MSG_DONTWAIT = 0x40;
+const sendtoNative = libc.func('intptr_t sendto(int fd, intptr_t buf, size_t len, int flags, intptr_t addr, uint32_t addrlen)');
+
+/** The poller side: walks the RX blocks and fills the TX slots of one interface without system calls. */
+export class PacketRing {
+  readonly handle: PacketRingHandle;
+  readonly rxFd: number;
+  readonly counters: PacketRingCounters = {
+    rxFrames: 0, rxTruncated: 0, rxBlocks: 0, txFrames: 0, txRejected: 0, txWrongFormat: 0,
+    txFlushBusy: 0, txFlushErrors: 0, txLastErrno: 0, kernelPackets: 0, kernelDrops: 0, kernelFreezes: 0,
+  };
+
+  private readonly rxBytes: Uint8Array;
+  private readonly rxWords: Int32Array;
+  private readonly rxHalves: Uint16Array;
+  private readonly blockSize: number;
+  private readonly blockCount: number;
+  private block = 0;
+  private framesLeftInBlock = 0;
+  private frameOffset = 0;
+
+  private readonly txBytes: Uint8Array;
+  private readonly txWords: Int32Array;
+  private readonly txFrameSize: number;
+  private readonly txFrameCount: number;
+  private readonly txCapacity: number;
+  private readonly maxFrameLength: number;
+  private txHead = 0;
+  private txUnflushed = false;
+  private readonly slot: TxSlot;
+
+  private readonly statsOut = new Uint32Array(3);
+  private readonly statsLength = new Uint32Array(1);
+
+  private constructor(handle: PacketRingHandle) {
+    this.handle = handle;
+    this.rxFd = handle.rxFd;
+    const rx = viewAt(handle.rx.address, handle.rx.length);
+    this.rxBytes = new Uint8Array(rx);
+    this.rxWords = new Int32Array(rx);
+    this.rxHalves = new Uint16Array(rx);
+    this.blockSize = handle.rx.blockSize;
+    this.blockCount = handle.rx.blockCount;
+    const tx = viewAt(handle.tx.address, handle.tx.length);
+    this.txBytes = new Uint8Array(tx);
+    this.txWords = new Int32Array(tx);
+    this.txFrameSize = handle.tx.frameSize;
+    this.txFrameCount = handle.tx.frameCount;
+    this.txCapacity = handle.tx.frameSize - handle.txDataOffset;
+    this.maxFrameLength = handle.maxFrameLength;
+    this.slot = { bytes: this.txBytes, offset: 0, capacity: this.txCapacity };
+  }
+
+  /** Views of the handle's rings for this thread. One PacketRing per handle at a time. */
+  static attach(handle: PacketRingHandle): PacketRing {
+    return new PacketRing(handle);
+  }
+
+  /**
+   * Delivers up to `budget` received frames to `onFrame` and returns how many it delivered.
+   * A block goes back to the kernel once every frame in it was delivered, so `onFrame` must copy
+   * what it keeps before returning. A VLAN tag the kernel took out of the frame is put back.
+   */
+  receive(onFrame: FrameHandler, budget: number): number {
+    const words = this.rxWords;
+    const halves = this.rxHalves;
+    const bytes = this.rxBytes;
+    let delivered = 0;
+    let seen = 0;
+    while (seen < budget) {
+      const blockStart = this.block * this.blockSize;
+      if (this.framesLeftInBlock === 0) {
+        // block_status at byte 8 of tpacket_block_desc; num_pkts at 12; offset_to_first_pkt at 16
+        if ((Atomics.load(words, (blockStart + 8) >> 2) & TP_STATUS_USER) === 0) break;
+        this.framesLeftInBlock = words[(blockStart + 12) >> 2];
+        this.frameOffset = blockStart + words[(blockStart + 16) >> 2];
+        if (this.framesLeftInBlock === 0) {
+          this.releaseBlock(blockStart);
+          continue;
+        }
+      }
+      const at = this.frameOffset;
+      // tpacket3_hdr: tp_next_offset 0, tp_snaplen 12, tp_len 16, tp_status 20, tp_mac 24 (u16),
+      // hv1.tp_vlan_tci 32, hv1.tp_vlan_tpid 36 (u16)
+      const snaplen = words[(at + 12) >> 2];
+      const wireLength = words[(at + 16) >> 2];
+      const status = words[(at + 20) >> 2];
+      let mac = at + halves[(at + 24) >> 1];
+      let length = snaplen;
+      seen++;
+      if (wireLength !== snaplen) {
+        this.counters.rxTruncated++;
+      } else {
+        if ((status & TP_STATUS_VLAN_VALID) !== 0 && mac - VLAN_TAG >= at + RX_HEADROOM_START && length >= 12) {
+          const tci = words[(at + 32) >> 2] & 0xffff;
+          const tpid = (status & TP_STATUS_VLAN_TPID_VALID) !== 0 ? halves[(at + 36) >> 1] : ETH_P_8021Q;
+          bytes.copyWithin(mac - VLAN_TAG, mac, mac + 12);
+          mac -= VLAN_TAG;
+          length += VLAN_TAG;
+          bytes[mac + 12] = tpid >> 8;
+          bytes[mac + 13] = tpid & 0xff;
+          bytes[mac + 14] = tci >> 8;
+          bytes[mac + 15] = tci & 0xff;
+        }
+        delivered++;
+        onFrame(bytes, mac, length, status);
+      }
+      if (--this.framesLeftInBlock === 0) this.releaseBlock(blockStart);
+      else this.frameOffset = at + words[at >> 2];
+    }
+    this.counters.rxFrames += delivered;
+    return delivered;
+  }
+
+  /** True when a block is ready, without consuming anything (for adaptive polling). */
+  rxReady(): boolean {
+    if (this.framesLeftInBlock > 0) return true;
+    return (Atomics.load(this.rxWords, (this.block * this.blockSize + 8) >> 2) & TP_STATUS_USER) !== 0;
+  }
+
+  private releaseBlock(blockStart: number): void {
+    Atomics.store(this.rxWords, (blockStart + 8) >> 2, TP_STATUS_KERNEL);
+    this.counters.rxBlocks++;
+    this.block = this.block + 1 === this.blockCount ? 0 : this.block + 1;
+  }
+
+  /** The next free TX slot, or null when the ring is full (the kernel still owns the slot). */
+  txSlot(): TxSlot | null {
+    const index = (this.txHead * this.txFrameSize) >> 2;
+    let status = Atomics.load(this.txWords, index);
+    if (status === TP_STATUS_WRONG_FORMAT) {
+      this.counters.txWrongFormat++;
+      Atomics.store(this.txWords, index, TP_STATUS_AVAILABLE);
+      status = TP_STATUS_AVAILABLE;
+    }
+    if (status !== TP_STATUS_AVAILABLE) return null;
+    this.slot.offset = this.txHead * this.txFrameSize + TX_DATA_OFFSET;
+    return this.slot;
+  }
+
+  /**
+   * Queues the frame written into the current slot. Returns false (and leaves the slot free)
+   * when the kernel would refuse the length: shorter than an Ethernet header, longer than the
+   * slot, or longer than the MTU allows.
+   */
+  txCommit(length: number): boolean {
+    const start = this.txHead * this.txFrameSize;
+    if (!this.txLengthAcceptable(start + TX_DATA_OFFSET, length)) {
+      this.counters.txRejected++;
+      return false;
+    }
+    const words = this.txWords;
+    words[(start + 4) >> 2] = length; // tp_len
+    words[(start + 8) >> 2] = length; // tp_snaplen
+    Atomics.store(words, start >> 2, TP_STATUS_SEND_REQUEST);
+    this.txHead = this.txHead + 1 === this.txFrameCount ? 0 : this.txHead + 1;
+    this.txUnflushed = true;
+    this.counters.txFrames++;
+    return true;
+  }
+
+  private txLengthAcceptable(dataAt: number, length: number): boolean {
+    if (!Number.isInteger(length) || length < ETH_HEADER || length > this.txCapacity) return false;
+    if (length <= this.maxFrameLength) return true;
+    if (length > this.maxFrameLength + VLAN_TAG) return false;
+    const ethertype = (this.txBytes[dataAt + 12] << 8) | this.txBytes[dataAt + 13];
+    return ethertype === ETH_P_8021Q || ethertype === ETH_P_8021AD;
+  }
+
+  /**
+   * Asks the kernel to send every queued frame (one sendto). Returns the bytes the kernel took,
+   * 0 when there was nothing to do, or -errno when it could not (EAGAIN/ENOBUFS: socket buffer
+   * full, frames stay queued for the next flush; others such as ENETDOWN are counted).
+   */
+  txFlush(): number {
+    if (!this.txUnflushed) return 0;
+    let sent: number;
+    for (;;) {
+      sent = sendtoNative(this.handle.txFd, 0, 0, MSG_DONTWAIT, 0, 0) as number;
+      if (sent >= 0 || lastErrno() !== EINTR) break;
+    }
+    // With the socket buffer full the kernel sends part of the queue and still returns success;
+    // the newest committed slot tells whether anything is left.
+    const newest = this.txHead === 0 ? this.txFrameCount - 1 : this.txHead - 1;
+    this.txUnflushed = Atomics.load(this.txWords, (newest * this.txFrameSize) >> 2) === TP_STATUS_SEND_REQUEST;
+    if (sent >= 0) return sent;
+    const errno = lastErrno();
+    if (errno === EAGAIN || errno === ENOBUFS) {
+      this.counters.txFlushBusy++;
+    } else {
+      this.counters.txFlushErrors++;
+    }
+    this.counters.txLastErrno = errno;
+    return -errno;
+  }
+
+  /** Frames committed but not yet taken by the kernel remain (a later txFlush retries them). */
+  txPending(): boolean {
+    return this.txUnflushed;
+  }
+
+  /** Folds the kernel's PACKET_STATISTICS (which reset on every read) into the counters. */
+  readKernelStatistics(): PacketRingCounters {
+    const s = readPacketStatistics(this.rxFd, this.statsOut, this.statsLength);
+    this.counters.kernelPackets += s.packets;
+    this.counters.kernelDrops += s.drops;
+    this.counters.kernelFreezes += s.freezeCount;
+    return this.counters;
+  }
+}
