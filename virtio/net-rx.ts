@@ -1,0 +1,123 @@
+// Delivering frames into a guest's receive queue: one chain per frame, or with MRG_RXBUF as many
+// chains as the frame needs, all or nothing. Chains are taken from a pool allocated on first use,
+// so a steady stream of frames allocates nothing.
+
+import { DEFAULT_MAX_SEGMENTS, DescriptorChain } from './descriptor-chain.js';
+import { NET_HEADER_LENGTH, NET_HEADER_LEGACY_LENGTH, NUM_BUFFERS_OFFSET } from './net-header.js';
+import type { SplitQueue } from './split-queue.js';
+
+/** The frame was not delivered and no buffer was consumed (too few buffers right now). */
+export const RX_NO_BUFFERS = 0;
+/** The frame was dropped; the buffers taken for it went back to the guest with length 0. */
+export const RX_DROPPED = -1;
+
+export interface NetRxWriterOptions {
+  /** 10 or 12, from `netHeaderLength(features)`. */
+  headerLength: number;
+  /** VIRTIO_NET_F_MRG_RXBUF negotiated. */
+  mergeable: boolean;
+  /** Most chains one frame may use; more → not delivered. Default min(queue size, 64). */
+  maxBuffers?: number;
+  /** Segment capacity of each pooled chain. */
+  segmentsPerChain?: number;
+}
+
+export class NetRxWriter {
+  readonly headerLength: number;
+  readonly mergeable: boolean;
+  readonly maxBuffers: number;
+  private readonly segmentsPerChain: number;
+  private readonly pool: DescriptorChain[] = [];
+  private readonly header = new Uint8Array(NET_HEADER_LENGTH);
+
+  constructor(readonly queue: SplitQueue, options: NetRxWriterOptions) {
+    if (options.headerLength !== NET_HEADER_LENGTH && options.headerLength !== NET_HEADER_LEGACY_LENGTH) {
+      throw new Error(`${queue.name}: virtio-net header length ${options.headerLength} is neither 10 nor 12`);
+    }
+    if (options.mergeable && options.headerLength !== NET_HEADER_LENGTH) {
+      throw new Error(`${queue.name}: mergeable receive buffers need the 12-byte header with num_buffers`);
+    }
+    this.headerLength = options.headerLength;
+    this.mergeable = options.mergeable;
+    this.maxBuffers = options.mergeable ? (options.maxBuffers ?? Math.min(queue.size, 64)) : 1;
+    if (!Number.isInteger(this.maxBuffers) || this.maxBuffers < 1 || this.maxBuffers > queue.size) {
+      throw new Error(`${queue.name}: ${this.maxBuffers} buffers per frame is outside 1..${queue.size}`);
+    }
+    // Big-packet receive chains (no MRG_RXBUF) carry up to MAX_SKB_FRAGS + 2 descriptors in Linux;
+    // mergeable buffers are single descriptors, so a small pool entry keeps the pool cheap.
+    this.segmentsPerChain = options.segmentsPerChain ?? (options.mergeable ? 16 : DEFAULT_MAX_SEGMENTS);
+  }
+
+  private chainAt(k: number): DescriptorChain {
+    let chain = this.pool[k];
+    if (chain === undefined) {
+      chain = new DescriptorChain(this.segmentsPerChain);
+      this.pool[k] = chain;
+    }
+    return chain;
+  }
+
+  /** Whether a popped chain can take receive data: good, device-writable only, room for a header. */
+  private usable(chain: DescriptorChain): boolean {
+    return chain.error === null && chain.readableLength === 0 && chain.writableLength >= this.headerLength;
+  }
+
+  /**
+   * Writes `header` (or a plain header when null) and `frame[offset, offset+length)` into the
+   * guest and pushes the used entries; the caller publishes them with `queue.flushUsed()` at the
+   * end of its burst. Returns the number of buffers used, RX_NO_BUFFERS, or RX_DROPPED.
+   * `num_buffers` in `header` is ignored and written by the device.
+   */
+  deliver(frame: Uint8Array, offset: number, length: number, header: Uint8Array | null = null): number {
+    const queue = this.queue;
+    const hdrLen = this.headerLength;
+    const needed = hdrLen + length;
+    let taken = 0;
+    let room = 0;
+    while (room < needed) {
+      if (taken === this.maxBuffers) {
+        queue.rewind(taken);
+        return RX_NO_BUFFERS;
+      }
+      const chain = this.chainAt(taken);
+      if (!queue.popChain(chain)) {
+        if (taken > 0) queue.rewind(taken);
+        return RX_NO_BUFFERS;
+      }
+      if (!this.usable(chain) || (!this.mergeable && chain.writableLength < needed)) {
+        if (taken === 0 && this.mergeable) {
+          // Nothing reserved yet: hand the bad buffer back on its own and keep looking.
+          queue.pushUsed(chain.head, 0);
+          continue;
+        }
+        // Buffers already reserved cannot be given back behind this one without reordering the
+        // ring, so the frame is dropped and every buffer returned empty.
+        for (let k = 0; k < taken; k++) queue.pushUsed(this.pool[k]!.head, 0);
+        queue.pushUsed(chain.head, 0);
+        return RX_DROPPED;
+      }
+      room += chain.writableLength;
+      taken++;
+    }
+
+    const h = this.header;
+    if (header === null) h.fill(0);
+    else for (let i = 0; i < hdrLen; i++) h[i] = header[i] ?? 0;
+    if (hdrLen === NET_HEADER_LENGTH) {
+      h[NUM_BUFFERS_OFFSET] = taken & 0xff;
+      h[NUM_BUFFERS_OFFSET + 1] = taken >>> 8;
+    }
+    let from = offset;
+    let left = length;
+    for (let k = 0; k < taken; k++) {
+      const chain = this.pool[k]!;
+      let written = 0;
+      if (k === 0) written = chain.copyIn(h, 0, hdrLen, 0);
+      const n = chain.copyIn(frame, from, left, written);
+      from += n;
+      left -= n;
+      queue.pushUsed(chain.head, written + n);
+    }
+    return taken;
+  }
+}
