@@ -35,6 +35,7 @@ import {
   suggestVariable,
 } from './config-variables.js';
 import { looksLikePciAddress, canonicalPciAddress } from './pci.js';
+import { isValidInterfaceName } from './vf.js';
 import type { RelayCpu } from './registry-api.js';
 
 export * from './config-types.js';
@@ -371,11 +372,6 @@ function readCpuPins(s: Settings, cpus: number[]): RelayCpu[] {
     pins.push({ relay, vfToVmCpu, vmToVfCpu });
   }
   return pins;
-}
-
-/** Linux netdev names: 1..15 bytes, no '/', ':' or whitespace, not "." or "..". */
-export function isValidInterfaceName(name: string): boolean {
-  return /^[^/:\s]{1,15}$/.test(name) && name !== '.' && name !== '..';
 }
 
 function readStaticVfs(s: Settings): StaticVf[] {
