@@ -6,7 +6,8 @@ import { constants } from 'node:os';
 export const libc = koffi.load('libc.so.6');
 
 const errnoNames = new Map<number, string>();
-for (const [name, value] of Object.entries(constants.errno)) errnoNames.set(value as number, name);
+// Aliases share a number (EWOULDBLOCK = EAGAIN, ENOTSUP = EOPNOTSUPP); the first, canonical name wins.
+for (const [name, value] of Object.entries(constants.errno)) if (!errnoNames.has(value as number)) errnoNames.set(value as number, name);
 
 export function errnoName(errno: number): string {
   return errnoNames.get(errno) ?? `E${errno}`;

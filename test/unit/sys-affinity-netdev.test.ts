@@ -1,0 +1,76 @@
+import { describe, it, expect } from 'vitest';
+import { mkdtempSync, mkdirSync, writeFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { gettid, setAffinity, getAffinity, onlineCpus, parseCpuList } from '../../sys/affinity.js';
+import { ifNameToIndex, ifIndexToName, linkHasCarrier, linkMtu } from '../../sys/netdev.js';
+
+describe('affinity', () => {
+  it('pins the calling thread to CPU 0 and reads it back', () => {
+    const original = getAffinity();
+    try {
+      setAffinity([0]);
+      expect(getAffinity()).toEqual([0]);
+      expect(getAffinity(gettid())).toEqual([0]);
+    } finally {
+      setAffinity(original);
+    }
+    expect(getAffinity()).toEqual(original);
+  });
+
+  it('gettid of the main thread is the process id', () => {
+    expect(gettid()).toBe(process.pid);
+  });
+
+  it('refuses empty and impossible CPU sets', () => {
+    expect(() => setAffinity([])).toThrow(RangeError);
+    expect(() => setAffinity([1024])).toThrow(RangeError);
+    expect(() => setAffinity([1023])).toThrow(expect.objectContaining({ syscall: 'sched_setaffinity', code: 'EINVAL' }));
+    expect(() => getAffinity(0x3fffffff)).toThrow(expect.objectContaining({ code: 'ESRCH' }));
+  });
+
+  it('parses kernel CPU lists and the online CPUs', () => {
+    expect(parseCpuList('0-3,8,10-11\n')).toEqual([0, 1, 2, 3, 8, 10, 11]);
+    expect(parseCpuList('')).toEqual([]);
+    expect(() => parseCpuList('0-')).toThrow(/cannot read "0-"/);
+    expect(() => parseCpuList('3-1')).toThrow(/backwards/);
+    expect(() => parseCpuList('a')).toThrow(/bad CPU list/);
+    const online = onlineCpus();
+    expect(online.length).toBeGreaterThan(0);
+    expect(online).toContain(0);
+  });
+});
+
+describe('netdev', () => {
+  it('maps names to indexes and back', () => {
+    expect(ifNameToIndex('lo')).toBe(1);
+    expect(ifIndexToName(1)).toBe('lo');
+    expect(linkMtu('lo')).toBeGreaterThan(0);
+    expect(() => ifNameToIndex('nosuchif0')).toThrow(expect.objectContaining({ code: 'ENODEV', message: expect.stringContaining('nosuchif0') }));
+    expect(() => ifNameToIndex('a-name-that-is-too-long')).toThrow(/bad interface name/);
+    expect(() => ifNameToIndex('../lo')).toThrow(/bad interface name/);
+    expect(() => ifIndexToName(0x7ffffff0)).toThrow(expect.objectContaining({ syscall: 'if_indextoname' }));
+  });
+
+  it('reads carrier, falling back to operstate when carrier cannot be read', () => {
+    const root = mkdtempSync(join(tmpdir(), 'sys-net-'));
+    try {
+      const link = (name: string, files: Record<string, string>) => {
+        mkdirSync(join(root, name));
+        for (const [f, v] of Object.entries(files)) writeFileSync(join(root, name, f), v);
+      };
+      link('up0', { carrier: '1\n', operstate: 'up\n' });
+      link('nocarrier0', { carrier: '0\n', operstate: 'down\n' });
+      link('admindown0', { operstate: 'down\n' });
+      link('opup0', { operstate: 'up\n' });
+      expect(linkHasCarrier('up0', root)).toBe(true);
+      expect(linkHasCarrier('nocarrier0', root)).toBe(false);
+      expect(linkHasCarrier('admindown0', root)).toBe(false);
+      expect(linkHasCarrier('opup0', root)).toBe(true);
+      expect(linkHasCarrier('missing0', root)).toBe(false);
+      expect(linkHasCarrier('lo')).toBe(true);
+    } finally {
+      rmSync(root, { recursive: true, force: true });
+    }
+  });
+});
