@@ -1,0 +1,105 @@
+// virtioforwarder_port_control: adds and removes VFs, bonds and vhost-user sockets at run time.
+// Same command line as the original Python tool, so callers such as OpenStack's os-vif plugin
+// (add_sock / remove_sock with --pci-addr and --vhost-path) work unchanged.
+import { parseArgs } from 'node:util';
+import { ControlClient } from '../client.js';
+import { canonicalPci, checkBondMode, DEFAULT_ENDPOINTS, MAX_RELAYS, PORT_CONTROL_OPS, type PortControlOp } from '../protocol.js';
+import { fail, integerOption, parseCommandLine, runMain } from './common.js';
+
+const PROGRAM = 'virtioforwarder_port_control';
+
+const HELP = `Usage: ${PROGRAM} <add|remove|add_sock|remove_sock|query_pci> [options]
+
+Adds and removes VFs, bonds and vhost-user sockets of a running virtio-forwarder
+(needs VIRTIOFWD_ZMQ_PORT_CONTROL_EP in /etc/default/virtioforwarder).
+
+  add          --virtio-id=ID --pci-addr=PCI             attach a VF to relay ID
+  add          --virtio-id=ID --name=net_bondingX --pci-addr=PCI --pci-addr=PCI [--mode=M]
+                                                         attach a bond of 2..8 VFs
+  remove       --virtio-id=ID [--pci-addr=PCI | --name=BOND]
+                                                         detach the relay's VF or bond
+  add_sock     --vhost-path=PATH --pci-addr=PCI [--pci-addr=PCI --name=BOND [--mode=M]]
+                                                         take a free relay, attach the device, create the socket
+  remove_sock  --vhost-path=PATH and/or (--pci-addr=PCI | --name=BOND)
+                                                         remove a socket and its device
+  query_pci    --vhost-path=PATH                         print the PCI address (or bond name) behind a socket
+
+Options:
+  --virtio-id=ID      relay id, 0..${MAX_RELAYS - 1}
+  --pci-addr=PCI      dddd:bb:ss.f or bb:ss.f (domain 0000); repeat for a bond
+  --name=NAME         bond name, must start with net_bonding
+  --mode=M            bond mode: 0 round-robin, 1 active-backup (default), 2 balance, 3 broadcast
+                      (4 802.3ad, 5 balance-tlb and 6 balance-alb are not supported)
+  --vhost-path=PATH   vhost-user socket path (absolute)
+  --conditional       add: succeed if the same device is already attached;
+                      remove: succeed if the relay is already empty
+  --zmq-ep=EP         port control endpoint (default ${DEFAULT_ENDPOINTS.portControl});
+                      --zmq_ep is accepted too
+  --timeout=MS        how long to wait for the reply (default 2000)
+  -h, --help          this text
+
+Exit status: 0 on success, 1 with a message on stderr otherwise.
+`;
+
+async function main(): Promise<void> {
+  const { values, positionals } = parseCommandLine(PROGRAM, (args) =>
+    parseArgs({
+      args,
+      allowPositionals: true,
+      strict: true,
+      options: {
+        help: { type: 'boolean', short: 'h' },
+        'virtio-id': { type: 'string' },
+        'pci-addr': { type: 'string', multiple: true },
+        name: { type: 'string' },
+        mode: { type: 'string' },
+        'vhost-path': { type: 'string' },
+        conditional: { type: 'boolean' },
+        'zmq-ep': { type: 'string' },
+        timeout: { type: 'string' },
+      },
+    }),
+  );
+  if (values.help) {
+    process.stdout.write(HELP);
+    return;
+  }
+  if (positionals.length !== 1) fail(PROGRAM, `give exactly one operation (${PORT_CONTROL_OPS.join('|')}); see --help`);
+  const op = positionals[0] as PortControlOp;
+  if (!PORT_CONTROL_OPS.includes(op)) fail(PROGRAM, `unknown operation ${JSON.stringify(op)}; use one of ${PORT_CONTROL_OPS.join(', ')}`);
+
+  const fields: Record<string, unknown> = {};
+  const virtioId = integerOption(PROGRAM, 'virtio-id', values['virtio-id'], 0, MAX_RELAYS - 1);
+  if (virtioId !== undefined) fields.virtioId = virtioId;
+  if (values['pci-addr']) {
+    fields.pciAddrs = values['pci-addr'].map((p) => {
+      try {
+        return canonicalPci(p);
+      } catch (err) {
+        fail(PROGRAM, (err as Error).message);
+      }
+    });
+  }
+  if (values.name !== undefined) fields.name = values.name;
+  const mode = integerOption(PROGRAM, 'mode', values.mode, 0, 255);
+  if (mode !== undefined) {
+    try {
+      fields.mode = checkBondMode(mode);
+    } catch (err) {
+      fail(PROGRAM, (err as Error).message);
+    }
+  }
+  if (values['vhost-path'] !== undefined) fields.vhostPath = values['vhost-path'];
+  fields.conditional = values.conditional ?? false;
+
+  const timeout = integerOption(PROGRAM, 'timeout', values.timeout, 1, 600_000) ?? 2000;
+  const client = new ControlClient(values['zmq-ep'] ?? DEFAULT_ENDPOINTS.portControl, timeout);
+  try {
+    const reply = await client.request(op, fields);
+    if (reply.pci) process.stdout.write(`${reply.pci}\n`);
+  } finally {
+    client.close();
+  }
+}
+
+runMain(PROGRAM, main);

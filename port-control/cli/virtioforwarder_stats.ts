@@ -1,0 +1,74 @@
+// virtioforwarder_stats: counters and rates of the relays, in the original's flat key=value form
+// (or JSON). Rates are measured over this tool's own window: a first request opens the window,
+// a second one `--delay` ms later closes it; other clients' windows are not touched.
+import { randomUUID } from 'node:crypto';
+import { parseArgs } from 'node:util';
+import { ControlClient } from '../client.js';
+import { DEFAULT_ENDPOINTS, MAX_RELAYS } from '../protocol.js';
+import { formatStatsFlat } from './format.js';
+import { integerOption, parseCommandLine, runMain } from './common.js';
+
+const PROGRAM = 'virtioforwarder_stats';
+
+const HELP = `Usage: ${PROGRAM} [options]
+
+Prints the counters and rates of every relay of a running virtio-forwarder, one
+relay_<id>.<field>=<value> per line (both directions: vf_to_vm and vm_to_vf).
+
+Options:
+  --stats-ep=EP         stats endpoint (default ${DEFAULT_ENDPOINTS.stats}); --zmq-ep is an alias
+  --relay=ID            only this relay (repeatable)
+  --include-inactive    also relays without both a VM and a device
+  --delay=MS            rate window in milliseconds (default 200; 0: counters only)
+  -z, --hide-zero       leave out integer counters that are 0
+  --json                print the service's reply as JSON
+  --timeout=MS          how long to wait for each reply (default 2000)
+  -h, --help            this text
+`;
+
+async function main(): Promise<void> {
+  const { values } = parseCommandLine(PROGRAM, (args) =>
+    parseArgs({
+      args,
+      strict: true,
+      options: {
+        help: { type: 'boolean', short: 'h' },
+        'stats-ep': { type: 'string' },
+        'zmq-ep': { type: 'string' },
+        relay: { type: 'string', multiple: true },
+        'include-inactive': { type: 'boolean' },
+        delay: { type: 'string' },
+        'hide-zero': { type: 'boolean', short: 'z' },
+        json: { type: 'boolean' },
+        timeout: { type: 'string' },
+      },
+    }),
+  );
+  if (values.help) {
+    process.stdout.write(HELP);
+    return;
+  }
+  const relays = (values.relay ?? []).map((r) => integerOption(PROGRAM, 'relay', r, 0, MAX_RELAYS - 1) as number);
+  const delay = integerOption(PROGRAM, 'delay', values.delay, 0, 3_600_000) ?? 200;
+  const timeout = integerOption(PROGRAM, 'timeout', values.timeout, 1, 600_000) ?? 2000;
+  const client = new ControlClient(values['stats-ep'] ?? values['zmq-ep'] ?? DEFAULT_ENDPOINTS.stats, timeout);
+  const fields: Record<string, unknown> = { includeInactive: values['include-inactive'] ?? false };
+  if (relays.length > 0) fields.relays = relays;
+  try {
+    let reply;
+    if (delay > 0) {
+      const clientId = `stats-${process.pid}-${randomUUID()}`;
+      await client.request('stats', { ...fields, clientId });
+      await new Promise((r) => setTimeout(r, delay));
+      reply = await client.request('stats', { ...fields, clientId });
+    } else {
+      reply = await client.request('stats', fields);
+    }
+    if (values.json) process.stdout.write(`${JSON.stringify(reply, null, 2)}\n`);
+    else process.stdout.write(formatStatsFlat(reply.relays, { hideZero: values['hide-zero'] }));
+  } finally {
+    client.close();
+  }
+}
+
+runMain(PROGRAM, main);
