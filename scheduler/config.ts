@@ -61,10 +61,10 @@ export function parseKeyValueText(text: string, source: string): Map<string, str
     let rest = line.slice(eq + 1);
     if (rest.startsWith('(')) {
       // A bash array may span lines; gather up to the closing parenthesis.
-      while (!rest.includes(')') && i + 1 < lines.length) rest += ' ' + lines[++i].trim();
+      while (!rest.includes(')') && i + 1 < lines.length) rest += '\n' + lines[++i].trim();
       const close = rest.indexOf(')');
       if (close < 0) throw new ConfigError(`${where}: ${key} opens an array with ( that is never closed`);
-      out.set(key, rest.slice(1, close).trim().split(/\s+/).filter(Boolean).map(unquote).join(' '));
+      out.set(key, arrayWords(rest.slice(1, close), key, where).join(' '));
       continue;
     }
     out.set(key, readValue(rest, key, where));
@@ -72,9 +72,23 @@ export function parseKeyValueText(text: string, source: string): Map<string, str
   return out;
 }
 
-function unquote(word: string): string {
-  if (word.length >= 2 && (word[0] === '"' || word[0] === "'") && word.at(-1) === word[0]) return word.slice(1, -1);
-  return word;
+/** Splits the inside of `( ... )` into words, honouring quotes and dropping `#` comments. */
+function arrayWords(inner: string, key: string, where: string): string[] {
+  const words: string[] = [];
+  const re = /\s*(?:"([^"]*)"|'([^']*)'|(#[^\n]*)|([^\s"'#][^\s"']*))/y;
+  let at = 0;
+  while (at < inner.length) {
+    re.lastIndex = at;
+    const m = re.exec(inner);
+    if (!m || m[0].length === 0) {
+      if (inner.slice(at).trim() === '') break;
+      throw new ConfigError(`${where}: ${key} has an unbalanced quote in its array`);
+    }
+    at = re.lastIndex;
+    if (m[3] !== undefined) continue;
+    words.push(m[1] ?? m[2] ?? m[4]);
+  }
+  return words;
 }
 
 function readValue(rest: string, key: string, where: string): string {

@@ -1,0 +1,232 @@
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { DEFAULT_CONFIG_PATH, parseKeyValueText, pinoLevel, resolveSettings } from '../../scheduler/config.js';
+import { parseCpuList, readCpuNodes } from '../../scheduler/numa.js';
+
+const files = (map: Record<string, string>) => (path: string) => {
+  if (path in map) return map[path];
+  throw Object.assign(new Error(`ENOENT: no such file or directory, open '${path}'`), { code: 'ENOENT' });
+};
+
+const shipped = `
+# Core scheduler
+VIO4WD_CORE_SCHED_ENABLE=true
+VIO4WD_CORE_SCHED_SENSITIVITY=
+VIO4WD_CORE_SCHED_LOG_LEVEL=6
+VIO4WD_CORE_SCHED_POLL_INTERVAL=
+VIO4WD_CORE_SCHED_GLOBAL_NUMA_OPT=
+VIRTIOFWD_CPU_PINS=(0:1,2 1:2)
+VIRTIOFWD_STATIC_VFS=(
+  0000:05:08.1=1
+  0000:05:08.2=2
+)
+VIRTIOFWD_ZMQ_STATS_EP=ipc:///var/run/virtio-forwarder/stats
+VIRTIOFWD_ZMQ_CORE_SCHED_EP=ipc:///var/run/virtio-forwarder/core_sched
+`;
+
+describe('parseKeyValueText', () => {
+  it('reads plain, quoted, exported and commented values and bash arrays', () => {
+    const vars = parseKeyValueText(
+      [
+        'A=plain',
+        'B="double quoted # not a comment"',
+        "C='single'",
+        'export D=exported',
+        'E=value   # trailing comment',
+        'F=',
+        '  # indented comment',
+        'G=(x "y z")',
+        'H=a#b',
+      ].join('\n'),
+      'test',
+    );
+    expect(Object.fromEntries(vars)).toEqual({
+      A: 'plain',
+      B: 'double quoted # not a comment',
+      C: 'single',
+      D: 'exported',
+      E: 'value',
+      F: '',
+      G: 'x y z',
+      H: 'a#b',
+    });
+  });
+
+  it('reads a multi-line array and keeps going after it', () => {
+    const vars = parseKeyValueText(shipped, 'f');
+    expect(vars.get('VIRTIOFWD_STATIC_VFS')).toBe('0000:05:08.1=1 0000:05:08.2=2');
+    expect(vars.get('VIRTIOFWD_ZMQ_STATS_EP')).toBe('ipc:///var/run/virtio-forwarder/stats');
+  });
+
+  it('drops comments inside a multi-line array', () => {
+    const vars = parseKeyValueText('P=(\n  0:1 # first relay\n  # none here\n  1:2\n)\nQ=after', 'f');
+    expect(vars.get('P')).toBe('0:1 1:2');
+    expect(vars.get('Q')).toBe('after');
+  });
+
+  it('rejects malformed lines with file and line number', () => {
+    expect(() => parseKeyValueText('A=(x "y)', 'cfg')).toThrow(/cfg:1: A has an unbalanced quote in its array/);
+    expect(() => parseKeyValueText('A=1\nnot a line', 'cfg')).toThrow(/cfg:2: expected KEY=VALUE/);
+    expect(() => parseKeyValueText('=1', 'cfg')).toThrow(/cfg:1: expected KEY=VALUE/);
+    expect(() => parseKeyValueText('1A=1', 'cfg')).toThrow(/cfg:1: "1A" is not a variable name/);
+    expect(() => parseKeyValueText('A="open', 'cfg')).toThrow(/cfg:1: A has an unterminated " quote/);
+    expect(() => parseKeyValueText('A="x" y', 'cfg')).toThrow(/A has text after its closing quote/);
+    expect(() => parseKeyValueText('A=x y', 'cfg')).toThrow(/A has an unquoted space/);
+    expect(() => parseKeyValueText('A=(x y', 'cfg')).toThrow(/A opens an array with \( that is never closed/);
+  });
+});
+
+describe('resolveSettings', () => {
+  it('uses defaults when the default file is absent, and says so', () => {
+    const r = resolveSettings([], files({}));
+    if (r.help) throw new Error('unexpected help');
+    expect(r.settings).toMatchObject({
+      configPath: DEFAULT_CONFIG_PATH,
+      statsEndpoint: 'ipc:///var/run/virtio-forwarder/stats',
+      coreSchedEndpoint: 'ipc:///var/run/virtio-forwarder/core_sched',
+      configEndpoint: null,
+      pollIntervalMs: 5000,
+      sensitivity: 0.25,
+      logLevel: 6,
+      globalNuma: false,
+      sysfsRoot: '/sys',
+    });
+    expect(r.warnings.join()).toMatch(/does not exist; using defaults/);
+  });
+
+  it('treats blank variables in the shipped file as defaults', () => {
+    const r = resolveSettings(['--config', '/cfg'], files({ '/cfg': shipped }));
+    if (r.help) throw new Error('unexpected help');
+    expect(r.settings.sensitivity).toBe(0.25);
+    expect(r.settings.pollIntervalMs).toBe(5000);
+    expect(r.warnings).toEqual([]);
+  });
+
+  it('reads the scheduler variables and lets flags override them', () => {
+    const text = [
+      'VIO4WD_CORE_SCHED_SENSITIVITY=0.5',
+      'VIO4WD_CORE_SCHED_POLL_INTERVAL=2.5',
+      'VIO4WD_CORE_SCHED_LOG_LEVEL=7',
+      'VIO4WD_CORE_SCHED_GLOBAL_NUMA_OPT=yes',
+      'VIRTIOFWD_ZMQ_STATS_EP=ipc:///run/a/stats',
+      'VIRTIOFWD_ZMQ_CORE_SCHED_EP=tcp://127.0.0.1:5555',
+      'VIRTIOFWD_ZMQ_CONFIG_EP=ipc:///run/a/config',
+      'VIO4WD_CORE_SCHED_TYPO=1',
+    ].join('\n');
+    const fromFile = resolveSettings(['--config=/cfg'], files({ '/cfg': text }));
+    if (fromFile.help) throw new Error('unexpected help');
+    expect(fromFile.settings).toMatchObject({
+      sensitivity: 0.5,
+      pollIntervalMs: 2500,
+      logLevel: 7,
+      globalNuma: true,
+      statsEndpoint: 'ipc:///run/a/stats',
+      coreSchedEndpoint: 'tcp://127.0.0.1:5555',
+      configEndpoint: 'ipc:///run/a/config',
+    });
+    expect(fromFile.warnings).toEqual(['unknown variable VIO4WD_CORE_SCHED_TYPO ignored']);
+
+    const flagged = resolveSettings(
+      [
+        '--config', '/cfg',
+        '--sensitivity', '0',
+        '--poll-interval=0.2',
+        '--loglevel', '3',
+        '--global-numa-opt=false',
+        '--stats-ep', 'ipc:///x/stats',
+        '--sched-ep', 'ipc:///x/cs',
+        '--config-ep', 'ipc:///x/config',
+        '--sysfs-root', '/tmp/sys',
+        '--request-timeout', '250',
+      ],
+      files({ '/cfg': text }),
+    );
+    if (flagged.help) throw new Error('unexpected help');
+    expect(flagged.settings).toMatchObject({
+      sensitivity: 0,
+      pollIntervalMs: 200,
+      logLevel: 3,
+      globalNuma: false,
+      statsEndpoint: 'ipc:///x/stats',
+      coreSchedEndpoint: 'ipc:///x/cs',
+      configEndpoint: 'ipc:///x/config',
+      sysfsRoot: '/tmp/sys',
+      requestTimeoutMs: 250,
+    });
+    const bare = resolveSettings(['--global-numa-opt'], files({}));
+    expect(!bare.help && bare.settings.globalNuma).toBe(true);
+  });
+
+  it('answers --help without reading anything', () => {
+    expect(resolveSettings(['--sensitivity', 'x', '--help'], () => { throw new Error('read'); })).toEqual({ help: true });
+  });
+
+  it('rejects bad values naming the variable or flag', () => {
+    const bad = (text: string) => () => resolveSettings(['--config', '/c'], files({ '/c': text }));
+    expect(bad('VIO4WD_CORE_SCHED_SENSITIVITY=-0.1')).toThrow(/VIO4WD_CORE_SCHED_SENSITIVITY="-0.1" is not valid/);
+    expect(bad('VIO4WD_CORE_SCHED_SENSITIVITY=lots')).toThrow(/VIO4WD_CORE_SCHED_SENSITIVITY="lots"/);
+    expect(bad('VIO4WD_CORE_SCHED_POLL_INTERVAL=0')).toThrow(/VIO4WD_CORE_SCHED_POLL_INTERVAL="0" is not valid: expected seconds/);
+    expect(bad('VIO4WD_CORE_SCHED_POLL_INTERVAL=-5')).toThrow(/POLL_INTERVAL/);
+    expect(bad('VIO4WD_CORE_SCHED_LOG_LEVEL=8')).toThrow(/VIO4WD_CORE_SCHED_LOG_LEVEL="8" is not valid: expected a syslog severity 0..7/);
+    expect(bad('VIO4WD_CORE_SCHED_LOG_LEVEL=2.5')).toThrow(/LOG_LEVEL/);
+    expect(bad('VIO4WD_CORE_SCHED_GLOBAL_NUMA_OPT=maybe')).toThrow(/VIO4WD_CORE_SCHED_GLOBAL_NUMA_OPT="maybe" is not a boolean/);
+    expect(bad('VIO4WD_CORE_SCHED_ENABLE=sure')).toThrow(/VIO4WD_CORE_SCHED_ENABLE="sure" is not a boolean/);
+    expect(bad('VIRTIOFWD_ZMQ_STATS_EP=/var/run/stats')).toThrow(/VIRTIOFWD_ZMQ_STATS_EP="\/var\/run\/stats" is not a ZeroMQ endpoint/);
+    const flag = (...argv: string[]) => () => resolveSettings(argv, files({}));
+    expect(flag('--sensitivity', '-1')).toThrow(/--sensitivity="-1"/);
+    expect(flag('--poll-interval')).toThrow(/option --poll-interval needs a value/);
+    expect(flag('--frobnicate')).toThrow(/unknown option --frobnicate/);
+    expect(flag('stray')).toThrow(/unexpected argument "stray"/);
+    expect(flag('--global-numa-opt=perhaps')).toThrow(/--global-numa-opt="perhaps" is not a boolean/);
+    expect(flag('--request-timeout', '5')).toThrow(/--request-timeout/);
+    expect(flag('--sysfs-root=')).toThrow(/--sysfs-root needs a directory/);
+    expect(flag('--config', '/missing')).toThrow(/configuration file \/missing cannot be read/);
+  });
+});
+
+describe('pinoLevel', () => {
+  it('maps syslog severities onto pino levels', () => {
+    expect([0, 1, 2, 3, 4, 5, 6, 7].map(pinoLevel)).toEqual(['fatal', 'fatal', 'fatal', 'error', 'warn', 'info', 'info', 'debug']);
+  });
+});
+
+describe('NUMA topology from sysfs', () => {
+  const root = mkdtempSync(join(tmpdir(), `vio4wd-numa-${process.pid}-`));
+  afterAll(() => rmSync(root, { recursive: true, force: true }));
+
+  it('parses CPU lists', () => {
+    expect(parseCpuList('0-3,8,10-11\n', 'x')).toEqual([0, 1, 2, 3, 8, 10, 11]);
+    expect(parseCpuList('\n', 'x')).toEqual([]);
+    expect(() => parseCpuList('3-1', 'node0/cpulist')).toThrow(/node0\/cpulist: range 3-1 runs backwards/);
+    expect(() => parseCpuList('a', 'node0/cpulist')).toThrow(/"a" is not a CPU or CPU range/);
+    expect(() => parseCpuList('1,,2', 'x')).toThrow(/"" is not a CPU/);
+    expect(() => parseCpuList('0-9999999', 'x')).toThrow(/implausibly large/);
+  });
+
+  it('reads every node, including one without CPUs, and ignores other entries', () => {
+    const sys = join(root, 'a');
+    for (const [node, list] of [['node0', '0-1,4'], ['node1', '2-3'], ['node2', '']]) {
+      mkdirSync(join(sys, 'devices/system/node', node), { recursive: true });
+      writeFileSync(join(sys, 'devices/system/node', node, 'cpulist'), `${list}\n`);
+    }
+    writeFileSync(join(sys, 'devices/system/node/possible'), '0-2\n');
+    expect(Object.fromEntries(readCpuNodes(sys))).toEqual({ 0: 0, 1: 0, 4: 0, 2: 1, 3: 1 });
+  });
+
+  it('returns an empty map when the host has no node directory', () => {
+    expect(readCpuNodes(join(root, 'nothing')).size).toBe(0);
+  });
+
+  it('refuses a CPU listed under two nodes, or a node without cpulist', () => {
+    const sys = join(root, 'b');
+    for (const node of ['node0', 'node1']) mkdirSync(join(sys, 'devices/system/node', node), { recursive: true });
+    writeFileSync(join(sys, 'devices/system/node/node0/cpulist'), '0-1\n');
+    writeFileSync(join(sys, 'devices/system/node/node1/cpulist'), '1\n');
+    expect(() => readCpuNodes(sys)).toThrow(/CPU 1 is listed under node0 and node1/);
+    const sys2 = join(root, 'c');
+    mkdirSync(join(sys2, 'devices/system/node/node0'), { recursive: true });
+    expect(() => readCpuNodes(sys2)).toThrow(/cannot read .*node0\/cpulist/);
+  });
+});
