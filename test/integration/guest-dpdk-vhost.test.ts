@@ -18,10 +18,16 @@ const canRun =
   requireOrSkip(hasBinary('qemu-system-x86_64'), 'the DPDK vhost rig needs qemu-system-x86_64 (package qemu-system-x86)') &&
   requireOrSkip(hasBinary('dpdk-testpmd'), 'the DPDK vhost rig needs dpdk-testpmd (package dpdk-dev)');
 
-// testpmd's -m 256 and the guest's 256 MiB of hugetlbfs memory, 2 MiB each.
+// testpmd's -m 256 and, at most, the guest's 256 MiB of hugetlbfs memory, 2 MiB each.
 const HUGEPAGES_NEEDED = 256;
 
-describe.runIf(canRun)('test guest ⇄ QEMU vhost-user ⇄ DPDK net_vhost ⇄ AF_PACKET ⇄ veth in a netns', () => {
+// Both connection directions and both shareable memory kinds: the relay meets all of them.
+const variants = [
+  { qemuRole: 'client', qemuIsServer: false, memoryBackend: 'hugetlbfs' as const },
+  { qemuRole: 'server', qemuIsServer: true, memoryBackend: 'memfd' as const },
+];
+
+describe.runIf(canRun).each(variants)('test guest ⇄ QEMU vhost-user $qemuRole ($memoryBackend memory) ⇄ DPDK net_vhost ⇄ AF_PACKET ⇄ veth in a netns', ({ qemuIsServer, memoryBackend }) => {
   const tag = uniqueTag();
   const ns = `v4gns${tag}`;
   const hostVeth = `v4gA${tag}`;
@@ -36,7 +42,9 @@ describe.runIf(canRun)('test guest ⇄ QEMU vhost-user ⇄ DPDK net_vhost ⇄ AF
   beforeAll(async () => {
     await ensureGuestImage();
     ensureHugepages(768);
-    requireOrSkip(hugepagesFree() >= HUGEPAGES_NEEDED, `the DPDK vhost rig needs ${HUGEPAGES_NEEDED} free hugepages, ${hugepagesFree()} are free`);
+    if (hugepagesFree() < HUGEPAGES_NEEDED) {
+      throw new Error(`the DPDK vhost rig needs ${HUGEPAGES_NEEDED} free hugepages, only ${hugepagesFree()} are free`);
+    }
 
     dir = mkdtempSync(join(tmpdir(), 'vio4wd-guest-dpdk-'));
     const socketPath = join(dir, 'vhost.sock');
@@ -47,30 +55,36 @@ describe.runIf(canRun)('test guest ⇄ QEMU vhost-user ⇄ DPDK net_vhost ⇄ AF
     run('sysctl', ['-q', '-w', `net.ipv6.conf.${hostVeth}.disable_ipv6=1`]);
 
     // CPU 0 for the polling back-end, CPU 1 for QEMU: TCG starves if both share a core.
-    testpmd = startProcess(
-      'dpdk-testpmd',
-      [
-        '--lcores=0@0,1@0', '--no-pci', '--in-memory', `--file-prefix=v4g${process.pid}`, '-m', '256',
-        '--iova-mode=va', '--no-telemetry',
-        '--vdev', `net_vhost0,iface=${socketPath}`,
-        '--vdev', `net_af_packet1,iface=${hostVeth}`,
-        '--', '--forward-mode=io', '--port-topology=paired', '--total-num-mbufs=16384',
-        '--stats-period=1', '--auto-start', '--nb-cores=1',
-      ],
-      { label: 'dpdk-testpmd' },
-    );
-    await waitFor(() => existsSync(socketPath), 30_000, `dpdk-testpmd to create ${socketPath}`).catch((err: Error) => {
-      throw new Error(`${err.message}\n${testpmd!.output().slice(-3000)}`);
-    });
+    const startTestpmd = () =>
+      startProcess(
+        'dpdk-testpmd',
+        [
+          '--lcores=0@0,1@0', '--no-pci', '--in-memory', `--file-prefix=v4g${process.pid}`, '-m', '256',
+          '--iova-mode=va', '--no-telemetry',
+          '--vdev', `net_vhost0,iface=${socketPath}${qemuIsServer ? ',client=1' : ''}`,
+          '--vdev', `net_af_packet1,iface=${hostVeth}`,
+          '--', '--forward-mode=io', '--port-topology=paired', '--total-num-mbufs=16384',
+          '--stats-period=1', '--auto-start', '--nb-cores=1',
+        ],
+        { label: 'dpdk-testpmd' },
+      );
+    const startVm = () =>
+      startGuestVm({ machine: 'pc', memoryBackend, vhostUser: { socketPath, qemuIsServer }, mac: guestMac, ip: `${guestIp}/24`, cpu: 1 });
+    const socketAppears = (owner: string, output: () => string) =>
+      waitFor(() => existsSync(socketPath), 30_000, `${owner} to create ${socketPath}`).catch((err: Error) => {
+        throw new Error(`${err.message}\n${output().slice(-3000)}`);
+      });
 
-    vm = await startGuestVm({
-      machine: 'pc',
-      memoryBackend: 'hugetlbfs',
-      vhostUser: { socketPath, qemuIsServer: false },
-      mac: guestMac,
-      ip: `${guestIp}/24`,
-      cpu: 1,
-    });
+    // Whoever listens starts first, so the connecting side finds the socket.
+    if (qemuIsServer) {
+      vm = await startVm();
+      await socketAppears('QEMU', () => vm!.output());
+      testpmd = startTestpmd();
+    } else {
+      testpmd = startTestpmd();
+      await socketAppears('dpdk-testpmd', () => testpmd!.output());
+      vm = await startVm();
+    }
     await vm.ready();
   });
 
