@@ -1,0 +1,295 @@
+// AF_PACKET rings against a real veth pair: our end (A) in this namespace, the peer (B) in a
+// network namespace where a small raw-socket program injects and captures frames.
+import { describe, it, expect, beforeAll, afterAll } from 'vitest';
+import { existsSync, readFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { Worker } from 'node:worker_threads';
+import { spawnSync } from 'node:child_process';
+import { openPacketRing, closePacketRing, PacketRing, type PacketRingHandle } from '../../sys/packet-ring.js';
+import { requireRoot, requireBinary, createNetns, deleteNetns, createVethPair, deleteLink, nsExec, linkCounter, uniqueTag } from '../support/netns.js';
+import { startProcess, stopAll, sleep } from '../support/processes.js';
+import { requireOrSkip } from '../support/env.js';
+
+const koffiEntry = fileURLToPath(new URL('../../node_modules/koffi/index.js', import.meta.url));
+const compiledRing = fileURLToPath(new URL('../../dist/sys/packet-ring.js', import.meta.url));
+
+// The peer: `send <ifname>` sends the hex frames read from stdin as JSON; `capture <ifname>
+// <ethertype> <count> <timeoutMs>` prints every received frame of that ethertype.
+const PEER = `
+import { readFileSync } from 'node:fs';
+const koffi = (await import(process.env.KOFFI_ENTRY)).default;
+const libc = koffi.load('libc.so.6');
+const socket = libc.func('int socket(int, int, int)');
+const bind = libc.func('int bind(int, void *, uint32_t)');
+const send = libc.func('intptr_t send(int, void *, size_t, int)');
+const recv = libc.func('intptr_t recv(int, void *, size_t, int)');
+const poll = libc.func('int poll(void *, unsigned long, int)');
+const nametoindex = libc.func('unsigned int if_nametoindex(const char *)');
+const [mode, ifname, ...rest] = process.argv.slice(1);
+const fd = socket(17, 3, 0x0300);
+if (fd < 0) throw new Error('socket failed: errno ' + koffi.errno());
+const sll = new Uint8Array(20);
+const v = new DataView(sll.buffer);
+v.setUint16(0, 17, true); v.setUint16(2, 0x0300, true); v.setInt32(4, nametoindex(ifname), true);
+if (bind(fd, sll, 20) < 0) throw new Error('bind failed: errno ' + koffi.errno());
+if (mode === 'send') {
+  const frames = JSON.parse(readFileSync(0, 'utf8'));
+  let sent = 0;
+  for (const hex of frames) { const b = Buffer.from(hex, 'hex'); if (send(fd, b, b.length, 0) === b.length) sent++; }
+  console.log('sent ' + sent);
+} else {
+  const [ethertype, count, timeoutMs] = rest.map(Number);
+  console.log('ready');
+  const buf = Buffer.alloc(65536);
+  const pfd = new Int32Array([fd, 1]);
+  const deadline = Date.now() + timeoutMs;
+  let got = 0;
+  while (got < count && Date.now() < deadline) {
+    if (poll(pfd, 1, 100) <= 0) continue;
+    const n = Number(recv(fd, buf, buf.length, 0x40));
+    if (n >= 14 && buf.readUInt16BE(12) === ethertype) { got++; console.log('frame ' + buf.subarray(0, n).toString('hex')); }
+  }
+  console.log('done ' + got);
+}
+`;
+
+const ETHERTYPE = 0x88b5; // IEEE local experimental: nothing else on the link uses it
+const tag = uniqueTag();
+const ns = `sprns${tag}`;
+const ourEnd = `sprA${tag}`;
+const peerEnd = `sprB${tag}`;
+let ready = false;
+
+/** A broadcast frame of `length` bytes carrying `seq` and a pattern derived from it. */
+function makeFrame(seq: number, length: number, ethertype = ETHERTYPE): Uint8Array {
+  const f = new Uint8Array(length);
+  f.fill(0xff, 0, 6);
+  f.set([0x02, 0x00, 0x00, 0x00, 0x00, 0x0b], 6);
+  f[12] = ethertype >> 8;
+  f[13] = ethertype & 0xff;
+  f[14] = seq >> 8;
+  f[15] = seq & 0xff;
+  for (let i = 16; i < length; i++) f[i] = (seq * 7 + i) & 0xff;
+  return f;
+}
+
+const hex = (b: Uint8Array) => Buffer.from(b.buffer, b.byteOffset, b.byteLength).toString('hex');
+
+function peerSend(frames: Uint8Array[]): void {
+  const r = spawnSync('ip', ['netns', 'exec', ns, process.execPath, '--input-type=module', '-e', PEER, '--', 'send', peerEnd], {
+    input: JSON.stringify(frames.map(hex)),
+    env: { ...process.env, KOFFI_ENTRY: koffiEntry },
+    encoding: 'utf8',
+    timeout: 20_000,
+  });
+  if (r.status !== 0) throw new Error(`peer send failed: ${r.stderr}`);
+  expect(r.stdout.trim()).toBe(`sent ${frames.length}`);
+}
+
+function startCapture(count: number) {
+  return startProcess('ip', ['netns', 'exec', ns, process.execPath, '--input-type=module', '-e', PEER, '--', 'capture', peerEnd, String(ETHERTYPE), String(count), '15000'], {
+    env: { ...process.env, KOFFI_ENTRY: koffiEntry },
+    label: 'peer capture',
+  });
+}
+
+/** Receives until `count` frames of our ethertype arrived (or 10 s passed), copying each. */
+async function receiveFrames(ring: PacketRing, count: number, budget: number): Promise<{ frames: Uint8Array[]; calls: number }> {
+  const frames: Uint8Array[] = [];
+  const deadline = Date.now() + 10_000;
+  let calls = 0;
+  while (frames.length < count && Date.now() < deadline) {
+    calls++;
+    const n = ring.receive((bytes, offset, length) => {
+      if (((bytes[offset + 12] << 8) | bytes[offset + 13]) === ETHERTYPE) frames.push(bytes.slice(offset, offset + length));
+      else if (((bytes[offset + 12] << 8) | bytes[offset + 13]) === 0x8100) frames.push(bytes.slice(offset, offset + length));
+    }, budget);
+    expect(n).toBeLessThanOrEqual(budget);
+    if (n === 0) await sleep(5);
+  }
+  return { frames, calls };
+}
+
+describe('packet ring over a veth pair', () => {
+  beforeAll(() => {
+    if (!requireRoot() || !requireBinary('ip')) return;
+    createNetns(ns);
+    createVethPair(ourEnd, peerEnd, { nsB: ns });
+    // no IPv6 autoconfiguration chatter on the link
+    spawnSync('sysctl', ['-qw', `net.ipv6.conf.${ourEnd}.disable_ipv6=1`]);
+    nsExec(ns, 'sysctl', ['-qw', `net.ipv6.conf.${peerEnd}.disable_ipv6=1`]);
+    ready = true;
+  });
+
+  afterAll(async () => {
+    await stopAll();
+    deleteLink(ourEnd);
+    deleteNetns(ns);
+  });
+
+  it('refuses unknown interfaces and bad geometry with errors that say why', () => {
+    if (!ready) return;
+    expect(() => openPacketRing('nosuchif0')).toThrow(expect.objectContaining({ code: 'ENODEV' }));
+    expect(() => openPacketRing(ourEnd, { blockSize: 5000 })).toThrow(/block size 5000/);
+    expect(() => openPacketRing(ourEnd, { txFrameCount: 3 })).toThrow(/TX frame count 3/);
+    expect(() => openPacketRing(ourEnd, { frameSize: 100 })).toThrow(/frame size 100/);
+  });
+
+  it('receives frames across many blocks, keeping its place between calls and handing blocks back', async () => {
+    if (!ready) return;
+    const handle = openPacketRing(ourEnd, { blockSize: 8192, blockCount: 32 });
+    try {
+      const flags = Number(readFileSync(`/sys/class/net/${ourEnd}/flags`, 'utf8'));
+      expect(flags & 0x100).toBe(0x100); // IFF_PROMISC through the membership
+      const ring = PacketRing.attach(handle);
+      const sizes = [60, 128, 512, 1000, 1514];
+      let seq = 0;
+      // four rounds of 100 frames move ~290 KiB through a 256 KiB ring: only possible when
+      // consumed blocks go back to the kernel
+      for (let round = 0; round < 4; round++) {
+        const sent = Array.from({ length: 100 }, () => makeFrame(seq, sizes[seq++ % sizes.length]));
+        peerSend(sent);
+        const { frames, calls } = await receiveFrames(ring, sent.length, 7);
+        expect(frames.length).toBe(sent.length);
+        expect(calls).toBeGreaterThanOrEqual(15);
+        for (let i = 0; i < sent.length; i++) {
+          expect(frames[i].length).toBe(sent[i].length);
+          expect(hex(frames[i])).toBe(hex(sent[i]));
+        }
+      }
+      const counters = ring.readKernelStatistics();
+      expect(counters.rxFrames).toBe(400);
+      expect(counters.rxTruncated).toBe(0);
+      expect(counters.rxBlocks).toBeGreaterThan(32);
+      expect(counters.kernelDrops).toBe(0);
+      expect(counters.kernelPackets).toBeGreaterThanOrEqual(400);
+    } finally {
+      closePacketRing(handle);
+    }
+    const flags = Number(readFileSync(`/sys/class/net/${ourEnd}/flags`, 'utf8'));
+    expect(flags & 0x100).toBe(0);
+  });
+
+  it('gives back VLAN-tagged frames with their tag where it was', async () => {
+    if (!ready) return;
+    const handle = openPacketRing(ourEnd);
+    try {
+      const ring = PacketRing.attach(handle);
+      const tagged = makeFrame(1, 80);
+      tagged.set([0x81, 0x00, 0x20, 0x64, ETHERTYPE >> 8, ETHERTYPE & 0xff], 12); // PCP 1, VID 100
+      const plain = makeFrame(2, 64);
+      peerSend([tagged, plain]);
+      const { frames } = await receiveFrames(ring, 2, 32);
+      expect(frames.map(hex)).toEqual([hex(tagged), hex(plain)]);
+    } finally {
+      closePacketRing(handle);
+    }
+  });
+
+  it.each([true, false])('sends a burst of 64 frames with one flush, and does not receive them on its own RX ring (qdisc bypass %s)', async (qdiscBypass) => {
+    if (!ready) return;
+    const handle = openPacketRing(ourEnd, { qdiscBypass });
+    const capture = startCapture(64);
+    try {
+      await capture.waitForOutput(/ready/);
+      const ring = PacketRing.attach(handle);
+      const before = linkCounter(peerEnd, 'rx_packets', ns);
+      const sent: Uint8Array[] = [];
+      for (let i = 0; i < 64; i++) {
+        const slot = ring.txSlot();
+        expect(slot).not.toBeNull();
+        const frame = makeFrame(1000 + i, 60 + i * 20);
+        slot!.bytes.set(frame, slot!.offset);
+        expect(ring.txCommit(frame.length)).toBe(true);
+        sent.push(frame);
+      }
+      const flushed = ring.txFlush();
+      expect(flushed).toBe(sent.reduce((sum, f) => sum + f.length, 0));
+      expect(ring.txFlush()).toBe(0); // nothing new committed
+      await capture.waitForOutput(/done \d+/, 20_000);
+      const received = capture.output().split('\n').filter((l) => l.startsWith('frame ')).map((l) => l.slice(6));
+      expect(received).toEqual(sent.map(hex));
+      expect(linkCounter(peerEnd, 'rx_packets', ns) - before).toBeGreaterThanOrEqual(64);
+
+      await sleep(50); // well past the block retire timeout
+      let own = 0;
+      ring.receive((bytes, offset) => {
+        if (((bytes[offset + 12] << 8) | bytes[offset + 13]) === ETHERTYPE) own++;
+      }, 1000);
+      expect(own).toBe(0);
+      expect(ring.counters.txFrames).toBe(64);
+    } finally {
+      await capture.stop();
+      closePacketRing(handle);
+    }
+  });
+
+  it('refuses lengths the kernel would reject and reports a full ring', async () => {
+    if (!ready) return;
+    const handle = openPacketRing(ourEnd, { txFrameSize: 2048, txFrameCount: 8 });
+    try {
+      const ring = PacketRing.attach(handle);
+      const slot = ring.txSlot()!;
+      expect(slot.capacity).toBe(2048 - 32);
+      expect(ring.txCommit(13)).toBe(false);
+      expect(ring.txCommit(slot.capacity + 1)).toBe(false);
+      slot.bytes.set(makeFrame(1, 1518), slot.offset);
+      expect(ring.txCommit(1515)).toBe(false); // untagged, above MTU 1500
+      slot.bytes.set([0x81, 0x00, 0x00, 0x05], slot.offset + 12);
+      expect(ring.txCommit(1518)).toBe(true); // a tag may add 4 bytes
+      expect(ring.counters.txRejected).toBe(3);
+      for (let i = 1; i < 8; i++) {
+        const s = ring.txSlot()!;
+        s.bytes.set(makeFrame(i, 60), s.offset);
+        expect(ring.txCommit(60)).toBe(true);
+      }
+      expect(ring.txSlot()).toBeNull(); // every slot waits for the kernel
+      expect(ring.txPending()).toBe(true);
+      expect(ring.txFlush()).toBeGreaterThan(0);
+      const deadline = Date.now() + 5000;
+      while (ring.txSlot() === null && Date.now() < deadline) await sleep(5);
+      expect(ring.txSlot()).not.toBeNull();
+      expect(ring.txPending()).toBe(false);
+    } finally {
+      closePacketRing(handle);
+    }
+  });
+
+  it('polls the rings from a worker thread through the handle', async () => {
+    if (!ready) return;
+    if (!requireOrSkip(existsSync(compiledRing), `compiled sys/ missing at ${compiledRing}: run npx tsc -p . first`)) return;
+    const handle = openPacketRing(ourEnd);
+    const worker = new Worker(
+      `
+      const { workerData, parentPort } = require('node:worker_threads');
+      import(workerData.module).then(({ PacketRing }) => {
+        const ring = PacketRing.attach(workerData.handle);
+        const seqs = [];
+        const deadline = Date.now() + 10000;
+        const tick = () => {
+          ring.receive((bytes, offset, length) => {
+            if (bytes[offset + 12] === 0x88 && bytes[offset + 13] === 0xb5) seqs.push((bytes[offset + 14] << 8) | bytes[offset + 15]);
+          }, 32);
+          if (seqs.length >= 10 || Date.now() > deadline) parentPort.postMessage(seqs);
+          else setTimeout(tick, 5);
+        };
+        parentPort.postMessage('attached');
+        tick();
+      });
+      `,
+      { eval: true, workerData: { module: compiledRing, handle: handle satisfies PacketRingHandle } },
+    );
+    try {
+      const messages: unknown[] = [];
+      worker.on('message', (m) => messages.push(m));
+      const deadline = Date.now() + 10_000;
+      while (!messages.includes('attached') && Date.now() < deadline) await sleep(10);
+      peerSend(Array.from({ length: 10 }, (_, i) => makeFrame(500 + i, 100)));
+      while (messages.length < 2 && Date.now() < deadline + 10_000) await sleep(10);
+      expect(messages[1]).toEqual(Array.from({ length: 10 }, (_, i) => 500 + i));
+    } finally {
+      await worker.terminate();
+      closePacketRing(handle);
+    }
+  });
+});
