@@ -66,9 +66,9 @@ class Reader {
     while (!this.atEnd() && this.peek() !== '\n') this.pos++;
   }
   /** The rest of the current line, for error messages. */
-  restOfLine(): string {
-    const end = this.text.indexOf('\n', this.pos);
-    const rest = this.text.slice(this.pos, end < 0 ? undefined : end).trim();
+  restOfLine(from = this.pos): string {
+    const end = this.text.indexOf('\n', from);
+    const rest = this.text.slice(from, end < 0 ? undefined : end).trim();
     return rest.length > 40 ? `${rest.slice(0, 40)}…` : rest;
   }
   readName(): string {
@@ -221,6 +221,7 @@ export function parseConfigText(text: string, sourceLabel?: string): ParsedConfi
       continue;
     }
     const line = r.line;
+    const statementStart = r.pos;
     let name = r.readName();
     if (name === 'export' && (r.peek() === ' ' || r.peek() === '\t')) {
       r.skipBlanks();
@@ -239,7 +240,7 @@ export function parseConfigText(text: string, sourceLabel?: string): ParsedConfi
         }
       }
       if (op === '' || op === '\n' || op === '#') r.fail(`'${name}' has no '=' and no value; write ${name}=VALUE`);
-      r.fail(`expected NAME=VALUE, found "${name}${r.restOfLine()}"`);
+      r.fail(`expected NAME=VALUE, found "${r.restOfLine(statementStart)}"`);
     }
     r.next();
     let assignment: ConfigAssignment;

@@ -532,7 +532,7 @@ function readControlChannels(
   if (portControlMode !== 'zmq') zmq.portControl = null;
 
   if (!coreSchedEnabled) {
-    if (explicitlyOn.has('coreSched')) {
+    if (explicitlyOn.has('coreSched') && zmq.coreSched !== `ipc://${DEFAULT_ZMQ_DIR}/${ZMQ_DEFAULT_NAMES.coreSched}`) {
       s.warnings.push(
         `VIRTIOFWD_ZMQ_CORE_SCHED_EP="${zmq.coreSched}" is not bound because VIO4WD_CORE_SCHED_ENABLE is false`,
       );
