@@ -27,7 +27,9 @@ export type CycleOutcome =
   /** Sent a new map and the relay accepted it. */
   | 'updated'
   /** Sent a new map and the relay refused it. */
-  | 'rejected';
+  | 'rejected'
+  /** The cycle hit an unexpected error (logged); the next one starts from a new baseline. */
+  | 'failed';
 
 export interface CycleReport {
   outcome: CycleOutcome;
@@ -107,7 +109,7 @@ class SchedulerLoop extends EventEmitter implements Scheduler {
         // A bug in a cycle must not end the scheduler; the next interval tries again.
         this.log.error({ err }, `scheduler cycle failed: ${(err as Error).message}`);
         this.previous = null;
-        return { outcome: 'baseline', error: (err as Error).message };
+        return { outcome: 'failed', error: (err as Error).message };
       })
       .then((report) => {
         this.inFlight = null;
