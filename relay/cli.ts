@@ -56,7 +56,11 @@ export interface CliArgs {
   overrides: ConfigOverrides;
 }
 
-/** A command line that cannot be understood; the daemon prints it with a pointer to --help and exits 2. */
+/** Exit codes the systemd units treat as "do not restart" (RestartPreventExitStatus=64 78). */
+export const EXIT_USAGE = 64;
+export const EXIT_CONFIG = 78;
+
+/** A command line that cannot be understood; the daemon prints it with a pointer to --help and exits EXIT_USAGE. */
 export class UsageError extends Error {
   constructor(message: string) {
     super(message);
