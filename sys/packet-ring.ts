@@ -204,6 +204,19 @@ const EINTR = 4;
 const MSG_DONTWAIT = 0x40;
 const sendtoNative = libc.func('intptr_t sendto(int fd, intptr_t buf, size_t len, int flags, intptr_t addr, uint32_t addrlen)');
 
+/**
+ * Where a PacketRing stands, so another thread can take the rings over at a burst boundary
+ * without losing or repeating frames: the RX block and frame it was at, the next TX slot.
+ */
+export interface PacketRingState {
+  block: number;
+  framesLeftInBlock: number;
+  frameOffset: number;
+  txHead: number;
+  txUnflushed: boolean;
+  counters: PacketRingCounters;
+}
+
 /** The poller side: walks the RX blocks and fills the TX slots of one interface without system calls. */
 export class PacketRing {
   readonly handle: PacketRingHandle;
@@ -254,9 +267,43 @@ export class PacketRing {
     this.slot = { bytes: this.txBytes, offset: 0, capacity: this.txCapacity };
   }
 
-  /** Views of the handle's rings for this thread. One PacketRing per handle at a time. */
-  static attach(handle: PacketRingHandle): PacketRing {
-    return new PacketRing(handle);
+  /**
+   * Views of the handle's rings for this thread. One PacketRing per handle at a time; a ring
+   * that was polled before must be resumed from the state its previous owner exported, or the
+   * new owner would start at block 0 and TX slot 0 while the kernel is elsewhere.
+   */
+  static attach(handle: PacketRingHandle, state?: PacketRingState): PacketRing {
+    const ring = new PacketRing(handle);
+    if (state) ring.resume(state);
+    return ring;
+  }
+
+  /** The position to hand to the next owner; this PacketRing must not be used afterwards. */
+  exportState(): PacketRingState {
+    return {
+      block: this.block,
+      framesLeftInBlock: this.framesLeftInBlock,
+      frameOffset: this.frameOffset,
+      txHead: this.txHead,
+      txUnflushed: this.txUnflushed,
+      counters: { ...this.counters },
+    };
+  }
+
+  private resume(state: PacketRingState): void {
+    const blockStart = state.block * this.blockSize;
+    const valid =
+      Number.isInteger(state.block) && state.block >= 0 && state.block < this.blockCount &&
+      Number.isInteger(state.txHead) && state.txHead >= 0 && state.txHead < this.txFrameCount &&
+      Number.isInteger(state.framesLeftInBlock) && state.framesLeftInBlock >= 0 &&
+      (state.framesLeftInBlock === 0 || (state.frameOffset >= blockStart && state.frameOffset < blockStart + this.blockSize));
+    if (!valid) throw new RangeError(`packet ring on ${this.handle.ifname}: cannot resume from ${JSON.stringify({ ...state, counters: undefined })}`);
+    this.block = state.block;
+    this.framesLeftInBlock = state.framesLeftInBlock;
+    this.frameOffset = state.frameOffset;
+    this.txHead = state.txHead;
+    this.txUnflushed = state.txUnflushed;
+    Object.assign(this.counters, state.counters);
   }
 
   /**

@@ -255,6 +255,46 @@ describe('packet ring over a veth pair', () => {
     }
   });
 
+  it('hands the rings over mid-block to a new owner without losing or repeating frames', async () => {
+    if (!ready) return;
+    const handle = openPacketRing(ourEnd, { txFrameSize: 2048, txFrameCount: 16 });
+    try {
+      const first = PacketRing.attach(handle);
+      peerSend(Array.from({ length: 20 }, (_, i) => makeFrame(i, 100)));
+      const seqs: number[] = [];
+      const collect = (bytes: Uint8Array, offset: number) => {
+        if (((bytes[offset + 12] << 8) | bytes[offset + 13]) === ETHERTYPE) seqs.push((bytes[offset + 14] << 8) | bytes[offset + 15]);
+      };
+      const deadline = Date.now() + 5000;
+      // one frame at a time until the first owner stands inside a block with frames still to read
+      while ((seqs.length < 3 || first.exportState().framesLeftInBlock === 0) && seqs.length < 19 && Date.now() < deadline) {
+        if (first.receive(collect, 1) === 0) await sleep(5);
+      }
+      for (let i = 0; i < 5; i++) {
+        const slot = first.txSlot()!;
+        slot.bytes.set(makeFrame(i, 60), slot.offset);
+        first.txCommit(60);
+      }
+      first.txFlush();
+      const state = first.exportState();
+      expect(state.framesLeftInBlock).toBeGreaterThan(0); // the handover happens inside a block
+
+      const second = PacketRing.attach(handle, JSON.parse(JSON.stringify(state)));
+      while (seqs.length < 20 && Date.now() < deadline) {
+        second.receive(collect, 32);
+        if (seqs.length < 20) await sleep(5);
+      }
+      expect(seqs).toEqual(Array.from({ length: 20 }, (_, i) => i));
+      expect(second.txSlot()!.offset).toBe(5 * 2048 + handle.txDataOffset);
+      expect(second.counters.rxFrames).toBeGreaterThanOrEqual(20);
+      expect(second.counters.txFrames).toBe(5);
+      expect(() => PacketRing.attach(handle, { ...state, block: 99 })).toThrow(/cannot resume/);
+      expect(() => PacketRing.attach(handle, { ...state, txHead: 16 })).toThrow(/cannot resume/);
+    } finally {
+      closePacketRing(handle);
+    }
+  });
+
   it('polls the rings from a worker thread through the handle', async () => {
     if (!ready) return;
     if (!requireOrSkip(existsSync(compiledRing), `compiled sys/ missing at ${compiledRing}: run npx tsc -p . first`)) return;
