@@ -176,11 +176,13 @@ export class Frontend {
       const flags = VERSION | (ack ? FLAG_NEED_REPLY : 0);
       this.log.debug({ request: requestName(request), flags, size: payload.length, fds: fds.length }, `vhost-user front-end: ${requestName(request)}`);
       if (!intrinsic && !ack) {
-        this.connection.send(encodeMessage(request, flags, payload), fds);
+        this.sendRequest(request, flags, payload, fds);
         return null;
       }
       const reply = new Promise<Uint8Array>((resolve, reject) => (this.pending = { request, resolve, reject }));
-      this.connection.send(encodeMessage(request, flags, payload), fds);
+      // A failed send also closes the connection, which rejects `reply`; the send error is the one to report.
+      reply.catch(() => undefined);
+      this.sendRequest(request, flags, payload, fds);
       const body = await reply;
       if (ack) {
         const status = decodeU64(body, `ack of ${requestName(request)}`);
@@ -192,6 +194,15 @@ export class Frontend {
     const result = this.chain.then(run, run);
     this.chain = result.catch(() => undefined);
     return result;
+  }
+
+  private sendRequest(request: number, flags: number, payload: Uint8Array, fds: readonly number[]): void {
+    try {
+      this.connection.send(encodeMessage(request, flags, payload), fds);
+    } catch (err) {
+      this.pending = null;
+      throw new Error(`vhost-user front-end: ${requestName(request)} not sent: ${(err as Error).message}`);
+    }
   }
 
   private async requestU64(request: number): Promise<number> {
