@@ -92,6 +92,10 @@ function arrayWords(inner: string, key: string, where: string): string[] {
 }
 
 function readValue(rest: string, key: string, where: string): string {
+  // Expansion would need a shell; refusing it is better than reading a different value than bash would.
+  if (!rest.startsWith("'") && /[$`]/.test(rest.split(/\s#/)[0])) {
+    throw new ConfigError(`${where}: ${key} uses $ or \` expansion, which this file does not support; write the value out`);
+  }
   if (rest.startsWith('"') || rest.startsWith("'")) {
     const quote = rest[0];
     const end = rest.indexOf(quote, 1);
@@ -123,11 +127,14 @@ function parseNumber(value: string, name: string, check: (n: number) => boolean,
 
 const parseSensitivity = (v: string, name: string) => parseNumber(v, name, (n) => n >= 0, 'a number >= 0');
 const parsePollSeconds = (v: string, name: string) =>
-  Math.round(parseNumber(v, name, (n) => n > 0 && n <= 86_400, 'seconds, above 0 and at most 86400') * 1000);
+  Math.round(parseNumber(v, name, (n) => n > 0 && n <= 3600, 'seconds, above 0 and at most 3600') * 1000);
 const parseLogLevel = (v: string, name: string) =>
   parseNumber(v, name, (n) => Number.isInteger(n) && n >= 0 && n <= 7, 'a syslog severity 0..7');
 
 function parseEndpoint(value: string, name: string): string {
+  if (value.toLowerCase() === 'off') {
+    throw new ConfigError(`${name}=off: the scheduler cannot work without this service; give its endpoint`);
+  }
   if (!/^(ipc|tcp|inproc):\/\/\S+$/.test(value)) {
     throw new ConfigError(`${name}=${JSON.stringify(value)} is not a ZeroMQ endpoint (ipc://PATH or tcp://HOST:PORT)`);
   }
@@ -156,8 +163,13 @@ export function applyFileVariables(settings: SchedulerSettings, vars: Map<string
   if ((v = get('VIO4WD_CORE_SCHED_GLOBAL_NUMA_OPT')) !== undefined) settings.globalNuma = parseBoolean(v, 'VIO4WD_CORE_SCHED_GLOBAL_NUMA_OPT');
   if ((v = get('VIRTIOFWD_ZMQ_STATS_EP')) !== undefined) settings.statsEndpoint = parseEndpoint(v, 'VIRTIOFWD_ZMQ_STATS_EP');
   if ((v = get('VIRTIOFWD_ZMQ_CORE_SCHED_EP')) !== undefined) settings.coreSchedEndpoint = parseEndpoint(v, 'VIRTIOFWD_ZMQ_CORE_SCHED_EP');
-  if ((v = get('VIRTIOFWD_ZMQ_CONFIG_EP')) !== undefined) settings.configEndpoint = parseEndpoint(v, 'VIRTIOFWD_ZMQ_CONFIG_EP');
-  if ((v = get('VIO4WD_CORE_SCHED_ENABLE')) !== undefined) parseBoolean(v, 'VIO4WD_CORE_SCHED_ENABLE');
+  if ((v = get('VIRTIOFWD_ZMQ_CONFIG_EP')) !== undefined) {
+    // The config service only adds the pins to the logs, so the scheduler runs without it.
+    settings.configEndpoint = v.toLowerCase() === 'off' ? null : parseEndpoint(v, 'VIRTIOFWD_ZMQ_CONFIG_EP');
+  }
+  if ((v = get('VIO4WD_CORE_SCHED_ENABLE')) !== undefined && !parseBoolean(v, 'VIO4WD_CORE_SCHED_ENABLE')) {
+    warnings.push('VIO4WD_CORE_SCHED_ENABLE is false, so virtio-forwarder does not offer the core-sched service; the scheduler will keep retrying');
+  }
   for (const key of vars.keys()) {
     if (key.startsWith('VIO4WD_') && !KNOWN_SCHEDULER_KEYS.has(key)) warnings.push(`unknown variable ${key} ignored`);
   }

@@ -68,6 +68,10 @@ describe('parseKeyValueText', () => {
 
   it('rejects malformed lines with file and line number', () => {
     expect(() => parseKeyValueText('A=(x "y)', 'cfg')).toThrow(/cfg:1: A has an unbalanced quote in its array/);
+    expect(() => parseKeyValueText('A=$HOME/x', 'cfg')).toThrow(/cfg:1: A uses \$ or ` expansion/);
+    expect(() => parseKeyValueText('A="$(id)"', 'cfg')).toThrow(/A uses \$ or ` expansion/);
+    expect(() => parseKeyValueText('A=`id`', 'cfg')).toThrow(/A uses \$ or ` expansion/);
+    expect(parseKeyValueText("A='$literal' # $comment", 'cfg').get('A')).toBe('$literal');
     expect(() => parseKeyValueText('A=1\nnot a line', 'cfg')).toThrow(/cfg:2: expected KEY=VALUE/);
     expect(() => parseKeyValueText('=1', 'cfg')).toThrow(/cfg:1: expected KEY=VALUE/);
     expect(() => parseKeyValueText('1A=1', 'cfg')).toThrow(/cfg:1: "1A" is not a variable name/);
@@ -159,6 +163,21 @@ describe('resolveSettings', () => {
     expect(!bare.help && bare.settings.globalNuma).toBe(true);
   });
 
+  it('turns the config service off with "off" and warns when the core-sched service is disabled', () => {
+    const r = resolveSettings(['--config', '/c'], files({ '/c': 'VIRTIOFWD_ZMQ_CONFIG_EP=off\nVIO4WD_CORE_SCHED_ENABLE=false\n' }));
+    if (r.help) throw new Error('unexpected help');
+    expect(r.settings.configEndpoint).toBeNull();
+    expect(r.warnings).toEqual([expect.stringMatching(/VIO4WD_CORE_SCHED_ENABLE is false/)]);
+  });
+
+  it("accepts the project's shipped configuration file as it is", () => {
+    const shippedFile = join(import.meta.dirname, '..', '..', 'etc', 'default', 'virtioforwarder');
+    const r = resolveSettings(['--config', shippedFile]);
+    if (r.help) throw new Error('unexpected help');
+    expect(r.warnings).toEqual([]);
+    expect(r.settings).toMatchObject({ sensitivity: 0.25, pollIntervalMs: 5000, logLevel: 6, globalNuma: false });
+  });
+
   it('answers --help without reading anything', () => {
     expect(resolveSettings(['--sensitivity', 'x', '--help'], () => { throw new Error('read'); })).toEqual({ help: true });
   });
@@ -173,6 +192,9 @@ describe('resolveSettings', () => {
     expect(bad('VIO4WD_CORE_SCHED_LOG_LEVEL=2.5')).toThrow(/LOG_LEVEL/);
     expect(bad('VIO4WD_CORE_SCHED_GLOBAL_NUMA_OPT=maybe')).toThrow(/VIO4WD_CORE_SCHED_GLOBAL_NUMA_OPT="maybe" is not a boolean/);
     expect(bad('VIO4WD_CORE_SCHED_ENABLE=sure')).toThrow(/VIO4WD_CORE_SCHED_ENABLE="sure" is not a boolean/);
+    expect(bad('VIRTIOFWD_ZMQ_STATS_EP=off')).toThrow(/VIRTIOFWD_ZMQ_STATS_EP=off: the scheduler cannot work without this service/);
+    expect(bad('VIRTIOFWD_ZMQ_CORE_SCHED_EP=OFF')).toThrow(/VIRTIOFWD_ZMQ_CORE_SCHED_EP=off/);
+    expect(bad('VIO4WD_CORE_SCHED_POLL_INTERVAL=3601')).toThrow(/at most 3600/);
     expect(bad('VIRTIOFWD_ZMQ_STATS_EP=/var/run/stats')).toThrow(/VIRTIOFWD_ZMQ_STATS_EP="\/var\/run\/stats" is not a ZeroMQ endpoint/);
     const flag = (...argv: string[]) => () => resolveSettings(argv, files({}));
     expect(flag('--sensitivity', '-1')).toThrow(/--sensitivity="-1"/);
