@@ -5,7 +5,8 @@ import { parentPort, workerData } from 'node:worker_threads';
 import * as kvm from '../sys/kvm.js';
 import { setAffinity } from '../sys/affinity.js';
 import { Serial } from './devices/serial.js';
-import { MmioTransport, type StatusChange } from './devices/virtio-mmio.js';
+import { MmioTransport } from './devices/virtio-mmio.js';
+import { RUN_STATE, type VcpuMessage, type VcpuWorkerData } from './vcpu-protocol.js';
 import {
   ACPI_RESET_PORT,
   ACPI_RESET_VALUE,
@@ -16,27 +17,6 @@ import {
   SERIAL_GSI,
   SERIAL_PORT,
 } from './layout.js';
-
-export interface VcpuWorkerData {
-  index: number;
-  vcpuFd: number;
-  vmFd: number;
-  runSize: number;
-  hostCpu?: number;
-  serialState: SharedArrayBuffer;
-  transports: Array<{ base: number; size: number; state: SharedArrayBuffer }>;
-  /** [0] = run state (RUN/PAUSE/QUIT), [1 + i] = 1 while vCPU i is parked. */
-  control: SharedArrayBuffer;
-}
-
-export const RUN_STATE = { RUN: 0, PAUSE: 1, QUIT: 2 } as const;
-
-export type VcpuMessage =
-  | { type: 'ready'; index: number; tid: number; runAddress: number }
-  | { type: 'serial'; bytes: Uint8Array }
-  | { type: 'status'; device: number; change: StatusChange }
-  | { type: 'exit'; index: number; reason: string }
-  | { type: 'fatal'; index: number; message: string };
 
 const data = workerData as VcpuWorkerData;
 const port = parentPort!;

@@ -1,0 +1,350 @@
+// The KVM machine: VM with in-kernel irqchip and PIT, guest RAM slots, ACPI tables, the kernel,
+// virtio-mmio devices (ioeventfd kicks, irqfd calls), and one worker thread per vCPU.
+import { EventEmitter } from 'node:events';
+import { readFileSync } from 'node:fs';
+import { Worker } from 'node:worker_threads';
+import type { Logger } from 'pino';
+import * as kvm from '../sys/kvm.js';
+import { Reactor } from '../sys/poll.js';
+import { viewAt } from '../sys/memory.js';
+import { buildAcpiTables, type AcpiNumaNode } from './acpi.js';
+import { loadKernel, parseKernel } from './boot.js';
+import type { VmConfig } from './config-types.js';
+import { BOOT_MSRS, buildFpu, buildRegs, buildSregs, hostIsPvm, patchCpuid, patchLapic } from './cpu.js';
+import { Serial, createSerialState } from './devices/serial.js';
+import { createTransportState, type StatusChange } from './devices/virtio-mmio.js';
+import { createGuestRam, writeGuest, type GuestRam } from './guest-ram.js';
+import {
+  ACPI_TABLES_ADDR,
+  IDENTITY_MAP_ADDR,
+  RSDP_ADDR,
+  SERIAL_GSI,
+  TSS_ADDR,
+  VIRTIO_MMIO_SIZE,
+  virtioMmioAddress,
+  virtioMmioGsi,
+} from './layout.js';
+import { openVhostUserNet, type NetDeviceHandle } from './net-device.js';
+import { RUN_STATE, type VcpuMessage, type VcpuWorkerData } from './vcpu-protocol.js';
+
+export type VmStatus = 'created' | 'running' | 'paused' | 'shutdown';
+
+export interface VcpuInfo {
+  index: number;
+  tid: number;
+  hostCpu?: number;
+}
+
+export interface MachineEvents {
+  /** The guest ended (reboot=k, poweroff, triple fault): `code` 0; a fatal vCPU error: 1. */
+  exit: (code: number, reason: string) => void;
+  serial: (bytes: Uint8Array) => void;
+}
+
+interface Device {
+  index: number;
+  address: number;
+  gsi: number;
+  state: SharedArrayBuffer;
+  net?: NetDeviceHandle;
+  /** One status change at a time per device, in the order the guest made them. */
+  chain: Promise<void>;
+}
+
+export class Machine extends EventEmitter {
+  status: VmStatus = 'created';
+  readonly vcpus: VcpuInfo[] = [];
+  private workers: Worker[] = [];
+  private runAddresses: number[] = [];
+  private readonly control = new SharedArrayBuffer(4 * 256);
+  private readonly controlWords = new Int32Array(this.control);
+  private devices: Device[] = [];
+  private serialState = createSerialState();
+  private serial!: Serial;
+  private kvmFd = -1;
+  private vmFd = -1;
+  private vcpuFds: number[] = [];
+  ram!: GuestRam;
+  private reactor: Reactor | null = null;
+  private ended = false;
+  readonly bootTimes: { created: number; started?: number } = { created: Date.now() };
+
+  private constructor(
+    readonly config: VmConfig,
+    private readonly log: Logger,
+  ) {
+    super();
+  }
+
+  static async create(config: VmConfig, log: Logger): Promise<Machine> {
+    const m = new Machine(config, log);
+    try {
+      await m.build();
+    } catch (err) {
+      await m.destroy();
+      throw err;
+    }
+    return m;
+  }
+
+  private async build(): Promise<void> {
+    const c = this.config;
+    const kernelImage = parseKernel(readFileSync(c.kernel), c.kernel);
+    const initrd = c.initrd ? readFileSync(c.initrd) : undefined;
+
+    this.kvmFd = kvm.openKvm();
+    const maxVcpus = Math.max(kvm.checkExtension(this.kvmFd, kvm.caps.MAX_VCPUS), kvm.checkExtension(this.kvmFd, kvm.caps.NR_VCPUS));
+    if (c.vcpus > maxVcpus) throw new Error(`-smp: ${c.vcpus} vCPUs, but this host's KVM allows at most ${maxVcpus}`);
+    this.vmFd = kvm.createVm(this.kvmFd);
+    kvm.setIdentityMapAddr(this.vmFd, IDENTITY_MAP_ADDR);
+    kvm.setTssAddr(this.vmFd, TSS_ADDR);
+    kvm.createIrqchip(this.vmFd);
+    kvm.createPit2(this.vmFd);
+
+    this.ram = createGuestRam(c.memory);
+    this.ram.regions.forEach((r, slot) =>
+      kvm.setUserMemoryRegion(this.vmFd, { slot, guestPhysAddr: r.guestPhysAddr, size: r.size, userAddr: r.userAddr }),
+    );
+    this.log.info({ size: this.ram.size, zones: this.ram.zones.map((z) => ({ id: z.id, size: z.size, shared: z.shared })) }, 'guest RAM mapped');
+
+    this.serial = new Serial(
+      this.serialState,
+      (byte) => this.emit('serial', Uint8Array.of(byte)),
+      (level) => kvm.irqLine(this.vmFd, SERIAL_GSI, level),
+    );
+
+    if (c.nets.length > 0) this.reactor = new Reactor();
+    for (const net of c.nets) {
+      const handle = await openVhostUserNet(net, this.ram, this.reactor!, this.log);
+      this.addDevice({ net: handle });
+      handle.closed.then(() => {
+        if (!this.ended) this.log.warn({ nic: net.id }, `NIC ${net.id}: the vhost-user back-end closed the connection`);
+      });
+    }
+    if (c.drives.length > 0) {
+      throw new Error(`${c.drives[0].id}: virtio-blk is not available in this build of vio4wd-vmm`);
+    }
+
+    const acpi = buildAcpiTables({
+      vcpus: c.vcpus,
+      mmioDevices: this.devices.map((d) => ({ address: d.address, size: VIRTIO_MMIO_SIZE, gsi: d.gsi })),
+      numa: this.numaNodes(),
+      tablesAddress: ACPI_TABLES_ADDR,
+      rsdpAddress: RSDP_ADDR,
+    });
+    for (const t of acpi.tables) writeGuest(this.ram, t.address, t.bytes, `ACPI ${t.signature}`);
+
+    const boot = loadKernel(
+      { write: (gpa, bytes) => writeGuest(this.ram, gpa, bytes, 'kernel loader') },
+      { kernel: kernelImage, cmdline: c.append, initrd, ramSize: this.ram.size, rsdpAddress: RSDP_ADDR },
+    );
+    this.log.info({ format: kernelImage.format, entry: boot.entry, initrd: boot.initrdAddress }, 'kernel loaded');
+
+    const supported = kvm.getSupportedCpuid(this.kvmFd);
+    const hideCx16 = hostIsPvm();
+    for (let i = 0; i < c.vcpus; i++) {
+      const fd = kvm.createVcpu(this.vmFd, i);
+      this.vcpuFds.push(fd);
+      kvm.setCpuid2(fd, patchCpuid(supported, { vcpuIndex: i, vcpuCount: c.vcpus, hideCx16 }));
+      kvm.setMsrs(fd, BOOT_MSRS);
+      kvm.setFpu(fd, buildFpu());
+      kvm.setLapic(fd, patchLapic(kvm.getLapic(fd)));
+      // Application processors wait for INIT/SIPI from the boot CPU; only the BSP gets the entry state.
+      if (i === 0) {
+        kvm.setRegs(fd, buildRegs(boot.entry));
+        kvm.setSregs(fd, buildSregs(kvm.getSregs(fd), boot.entry));
+      }
+    }
+
+    for (const d of this.devices) {
+      if (!d.net) continue;
+      d.net.kickFds.forEach((fd, q) => kvm.ioeventfd(this.vmFd, { address: d.address + 0x50, length: 4, datamatch: q, fd }));
+      kvm.irqfd(this.vmFd, d.net.callFd, d.gsi);
+    }
+  }
+
+  private addDevice(p: { net: NetDeviceHandle }): void {
+    const index = this.devices.length;
+    const h = p.net;
+    this.devices.push({
+      index,
+      address: virtioMmioAddress(index),
+      gsi: virtioMmioGsi(index),
+      state: createTransportState({
+        deviceId: h.deviceId,
+        features: h.features,
+        numQueues: h.numQueues,
+        queueNumMax: h.queueNumMax,
+        vhostUser: true,
+        config: h.configSpace,
+      }),
+      net: h,
+      chain: Promise.resolve(),
+    });
+  }
+
+  private numaNodes(): AcpiNumaNode[] {
+    return this.config.numa.map((n) => ({
+      id: n.guestNumaId,
+      cpus: n.cpus,
+      memory: this.ram.regions.filter((r) => n.memoryZones.includes(r.zoneId)).map((r) => ({ base: r.guestPhysAddr, size: r.size })),
+      distances: new Map(n.distances.map((d) => [d.destination, d.distance])),
+    }));
+  }
+
+  /** Starts one worker per vCPU and resolves once every vCPU thread is in its run loop. */
+  async start(): Promise<void> {
+    const workerUrl = new URL('./vcpu-worker.js', import.meta.url);
+    // vCPU kicks are SIGUSR2 to the thread; a handler makes the signal interrupt KVM_RUN instead of killing us.
+    process.on('SIGUSR2', () => undefined);
+    const ready: Promise<void>[] = [];
+    for (let i = 0; i < this.config.vcpus; i++) {
+      const data: VcpuWorkerData = {
+        index: i,
+        vcpuFd: this.vcpuFds[i],
+        vmFd: this.vmFd,
+        runSize: kvm.vcpuMmapSize(this.kvmFd),
+        hostCpu: this.config.vcpuPin?.[i],
+        serialState: this.serialState,
+        transports: this.devices.map((d) => ({ base: d.address, size: VIRTIO_MMIO_SIZE, state: d.state })),
+        control: this.control,
+      };
+      const worker = new Worker(workerUrl, { workerData: data, name: `vcpu${i}` });
+      this.workers.push(worker);
+      ready.push(
+        new Promise((resolve, reject) => {
+          worker.once('error', reject);
+          worker.on('message', (m: VcpuMessage) => {
+            if (m.type === 'ready') {
+              this.vcpus[m.index] = { index: m.index, tid: m.tid, hostCpu: this.config.vcpuPin?.[m.index] };
+              this.runAddresses[m.index] = m.runAddress;
+              resolve();
+            }
+            this.onVcpuMessage(m);
+          });
+        }),
+      );
+      worker.on('error', (err) => this.finish(1, `vCPU ${i} thread failed: ${err.message}`));
+    }
+    this.status = 'running';
+    this.bootTimes.started = Date.now();
+    await Promise.all(ready);
+  }
+
+  private onVcpuMessage(m: VcpuMessage): void {
+    switch (m.type) {
+      case 'serial':
+        this.emit('serial', m.bytes);
+        break;
+      case 'status': {
+        const device = this.devices[m.device];
+        device.chain = device.chain.then(() => this.deviceStatus(device, m.change));
+        break;
+      }
+      case 'exit':
+        this.log.info({ vcpu: m.index, reason: m.reason }, `guest ended: ${m.reason}`);
+        this.finish(0, m.reason);
+        break;
+      case 'fatal':
+        this.log.error({ vcpu: m.index }, m.message);
+        this.finish(1, m.message);
+        break;
+      default:
+        break;
+    }
+  }
+
+  private async deviceStatus(device: Device, change: StatusChange): Promise<void> {
+    try {
+      await device.net?.onStatus(change);
+    } catch (err) {
+      this.log.error({ device: device.index, err: (err as Error).message }, `virtio device ${device.index}: ${(err as Error).message}`);
+      const { MmioTransport } = await import('./devices/virtio-mmio.js');
+      MmioTransport.setNeedsReset(device.state);
+    }
+  }
+
+  /** Bytes typed at the serial console. */
+  serialInput(bytes: Uint8Array): void {
+    this.serial.input(bytes);
+  }
+
+  private kickAll(): void {
+    const { signalThread } = kvm;
+    this.vcpus.forEach((v, i) => {
+      const run = new Uint8Array(viewRun(this.runAddresses[i]));
+      run[1] = 1; // immediate_exit
+      try {
+        signalThread(v.tid, 12 /* SIGUSR2 */);
+      } catch {
+        /* the thread has already left */
+      }
+    });
+  }
+
+  /** Stops every vCPU (QMP `stop`); resolves once all are parked. */
+  async pause(): Promise<void> {
+    if (this.status !== 'running') return;
+    Atomics.store(this.controlWords, 0, RUN_STATE.PAUSE);
+    this.kickAll();
+    const deadline = Date.now() + 5000;
+    for (let i = 0; i < this.vcpus.length; i++) {
+      while (Atomics.load(this.controlWords, 1 + i) !== 1) {
+        if (Date.now() > deadline) throw new Error(`vCPU ${i} did not stop within 5 s`);
+        await new Promise((r) => setTimeout(r, 5));
+      }
+    }
+    this.status = 'paused';
+  }
+
+  resume(): void {
+    if (this.status !== 'paused') return;
+    Atomics.store(this.controlWords, 0, RUN_STATE.RUN);
+    Atomics.notify(this.controlWords, 0);
+    this.status = 'running';
+  }
+
+  describeDevices(): Array<Record<string, unknown>> {
+    const list: Array<Record<string, unknown>> = [
+      { id: 'serial0', type: 'serial-8250', port: '0x3f8', irq: SERIAL_GSI, backend: this.config.serial.kind },
+    ];
+    for (const d of this.devices) {
+      list.push({ ...(d.net?.describe() ?? {}), transport: 'virtio-mmio', address: `0x${d.address.toString(16)}`, irq: d.gsi });
+    }
+    return list;
+  }
+
+  private finish(code: number, reason: string): void {
+    if (this.ended) return;
+    this.ended = true;
+    this.status = 'shutdown';
+    this.emit('exit', code, reason);
+  }
+
+  /** Stops the vCPUs and closes the vhost-user connections (SIGTERM, QMP quit). */
+  async shutdown(reason: string): Promise<void> {
+    Atomics.store(this.controlWords, 0, RUN_STATE.QUIT);
+    Atomics.notify(this.controlWords, 0);
+    if (this.vcpus.length) this.kickAll();
+    await this.destroy();
+    this.finish(0, reason);
+  }
+
+  private async destroy(): Promise<void> {
+    for (const d of this.devices) {
+      try {
+        await d.net?.close();
+      } catch {
+        /* closing is best effort at the end */
+      }
+    }
+    this.reactor?.close();
+    this.reactor = null;
+    await Promise.all(this.workers.map((w) => w.terminate().catch(() => undefined)));
+  }
+}
+
+function viewRun(address: number): ArrayBuffer {
+  // Only the first bytes (immediate_exit) are touched from the main thread.
+  return viewAt(address, 8);
+}

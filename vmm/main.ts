@@ -1,0 +1,197 @@
+// Entry point of bin/vio4wd-vmm: configuration, logging, pid file and daemon mode, the serial
+// console, the api-channel, and the VM's exit status (0 when the guest reboots or powers off).
+import { spawn } from 'node:child_process';
+import { createServer, type Socket } from 'node:net';
+import { closeSync, openSync, rmSync, writeFileSync } from 'node:fs';
+import pino, { type Logger } from 'pino';
+import { parseCommandLine } from './config-cli.js';
+import { ConfigError, type VmConfig } from './config-types.js';
+import { ApiChannel } from './api-channel.js';
+import { Machine } from './machine.js';
+
+const DAEMON_CHILD_ENV = 'VIO4WD_VMM_DAEMON_CHILD';
+
+function usage(): string {
+  return [
+    'usage: vio4wd-vmm -kernel FILE [-initrd FILE] [-append CMDLINE] [-smp N[,pin=H0:H1..]] [-m SIZE]',
+    '       [-machine microvm[,mem-share=on]] [-mem-path DIR] [--memory size=,shared=,hugepages=,mergeable=]',
+    '       [--memory-zone id=,size=,...] [--numa guest_numa_id=,...] [-chardev socket,id=,path=[,server]]',
+    '       [-netdev vhost-user,id=,chardev=[,queues=N,mac=]] [-device virtio-net-device,netdev=,mac=]',
+    '       [-serial stdio|none|unix:PATH] [-api-channel unix:PATH] [-D LOGFILE] [-pidfile FILE -daemonize]',
+    '   or: vio4wd-vmm -config FILE.json [-api-channel unix:PATH] [-D LOGFILE] [-pidfile FILE -daemonize]',
+  ].join('\n');
+}
+
+function makeLogger(config: VmConfig): Logger {
+  const destination = config.logFile ? pino.destination({ dest: config.logFile, sync: true, mkdir: true }) : pino.destination(2);
+  return pino({ name: 'vio4wd-vmm', base: { vm: config.name, pid: process.pid } }, destination);
+}
+
+/** Serial output and input: stdio, or a unix socket that one client at a time can attach to. */
+async function attachSerial(machine: Machine, config: VmConfig, log: Logger): Promise<() => void> {
+  const s = config.serial;
+  if (s.kind === 'stdio') {
+    machine.on('serial', (bytes: Uint8Array) => process.stdout.write(bytes));
+    if (process.stdin.isTTY) process.stdin.setRawMode(true);
+    process.stdin.on('data', (chunk: Buffer) => machine.serialInput(chunk));
+    process.stdin.on('error', () => undefined);
+    return () => process.stdin.pause();
+  }
+  if (s.kind === 'socket') {
+    rmSync(s.path, { force: true });
+    let client: Socket | null = null;
+    const backlog: Uint8Array[] = [];
+    const server = createServer((socket) => {
+      if (client) {
+        socket.end('serial console already in use\r\n');
+        return;
+      }
+      client = socket;
+      for (const b of backlog.splice(0)) socket.write(b);
+      socket.on('data', (chunk) => machine.serialInput(chunk));
+      socket.on('close', () => (client = null));
+      socket.on('error', () => undefined);
+    });
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', (err) => reject(new Error(`-serial: cannot listen on ${s.path}: ${err.message}`)));
+      server.listen(s.path, () => resolve());
+    });
+    machine.on('serial', (bytes: Uint8Array) => {
+      if (client) client.write(bytes);
+      else if (backlog.length < 65536) backlog.push(bytes);
+    });
+    log.info({ socket: s.path }, 'serial console listening');
+    return () => {
+      server.close();
+      client?.destroy();
+      rmSync(s.path, { force: true });
+    };
+  }
+  return () => undefined;
+}
+
+/** -daemonize: start a detached copy of ourselves and return once it has written its pid file. */
+async function daemonize(config: VmConfig): Promise<never> {
+  const child = spawn(process.execPath, process.argv.slice(1), {
+    detached: true,
+    stdio: ['ignore', 'ignore', 'pipe'],
+    env: { ...process.env, [DAEMON_CHILD_ENV]: '1' },
+  });
+  let errors = '';
+  child.stderr!.on('data', (d: Buffer) => (errors += d.toString()));
+  const code = await new Promise<number>((resolve) => {
+    child.on('exit', (c) => resolve(c ?? 1));
+    const timer = setInterval(() => {
+      if (errors.includes('VMM-DAEMON-READY')) {
+        clearInterval(timer);
+        resolve(0);
+      }
+    }, 20);
+  });
+  if (code !== 0) process.stderr.write(errors.replace('VMM-DAEMON-READY\n', ''));
+  child.stderr!.destroy();
+  child.unref();
+  process.exit(code === 0 && config.pidFile ? 0 : code);
+}
+
+export async function main(argv: string[]): Promise<number> {
+  if (argv.includes('-h') || argv.includes('--help') || argv.includes('-help')) {
+    process.stdout.write(usage() + '\n');
+    return 0;
+  }
+  let config: VmConfig;
+  try {
+    config = parseCommandLine(argv);
+    if (config.daemonize && config.serial.kind === 'stdio') throw new ConfigError('-daemonize: cannot be combined with -serial stdio');
+  } catch (err) {
+    process.stderr.write(`vio4wd-vmm: ${(err as Error).message}\n`);
+    return 2;
+  }
+  const isDaemonChild = process.env[DAEMON_CHILD_ENV] === '1';
+  if (config.daemonize && !isDaemonChild) await daemonize(config);
+
+  const log = makeLogger(config);
+  let machine: Machine;
+  try {
+    machine = await Machine.create(config, log);
+  } catch (err) {
+    log.error({ err: (err as Error).message }, 'VM creation failed');
+    process.stderr.write(`vio4wd-vmm: ${(err as Error).message}\n`);
+    return 1;
+  }
+
+  const detachSerial = await attachSerial(machine, config, log);
+  let api: ApiChannel | null = null;
+  let exitCode = 0;
+  const done = new Promise<void>((resolve) => {
+    machine.once('exit', (code: number, reason: string) => {
+      exitCode = code;
+      log.info({ code, reason }, 'VM ended');
+      resolve();
+    });
+  });
+  const stopVm = (reason: string) => {
+    machine.shutdown(reason).catch((err: Error) => log.error({ err: err.message }, 'shutdown failed'));
+  };
+  process.on('SIGTERM', () => stopVm('SIGTERM'));
+  process.on('SIGINT', () => stopVm('SIGINT'));
+
+  if (config.apiChannel) {
+    api = new ApiChannel(
+      config.apiChannel,
+      {
+        name: config.name,
+        status: () => machine.status,
+        cpus: () => machine.vcpus,
+        devices: () => machine.describeDevices(),
+        stop: () => machine.pause(),
+        cont: () => machine.resume(),
+        quit: () => stopVm('api-channel quit'),
+      },
+      log,
+    );
+    try {
+      await api.listen();
+    } catch (err) {
+      process.stderr.write(`vio4wd-vmm: ${(err as Error).message}\n`);
+      await machine.shutdown('api-channel failed');
+      return 1;
+    }
+  }
+
+  if (config.pidFile) {
+    try {
+      const fd = openSync(config.pidFile, 'wx');
+      writeFileSync(fd, `${process.pid}\n`);
+      closeSync(fd);
+    } catch (err) {
+      process.stderr.write(`vio4wd-vmm: -pidfile: cannot create ${config.pidFile} (${(err as NodeJS.ErrnoException).code}); does it exist already?\n`);
+      await machine.shutdown('pidfile failed');
+      return 1;
+    }
+  }
+
+  await machine.start();
+  log.info({ vcpus: machine.vcpus }, 'VM running');
+  if (isDaemonChild) process.stderr.write('VMM-DAEMON-READY\n');
+
+  await done;
+  await machine.shutdown('guest ended').catch(() => undefined);
+  detachSerial();
+  await api?.close();
+  if (config.pidFile) rmSync(config.pidFile, { force: true });
+  return exitCode;
+}
+
+/** Runs the VMM with the process's arguments and exits with the VM's status. */
+export function runMain(): void {
+  main(process.argv.slice(2)).then(
+    (code) => {
+      process.stdout.write('', () => process.exit(code));
+    },
+    (err: Error) => {
+      process.stderr.write(`vio4wd-vmm: ${err.stack ?? err.message}\n`);
+      process.exit(1);
+    },
+  );
+}
