@@ -1,7 +1,11 @@
 // An in-process RelayRegistry with the semantics (and error codes) the real one follows, for
 // testing the control channels without a data path. Every call is recorded. Run as a program
 // (`node dist/test/support/memory-registry.js serve '<json>'`) it starts the control services
-// over itself, so the CLIs can be exercised as real processes against a real service process.
+// over itself, so the CLIs can be exercised as real processes against a real service process
+// (startRegistryService and runCli below).
+import { execFile } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import pino from 'pino';
 import {
@@ -17,6 +21,7 @@ import {
 } from '../../relay/registry-api.js';
 import { MAX_RELAYS, MAX_BOND_MEMBERS } from '../../port-control/protocol.js';
 import { startControlServices, type ControlServiceOptions } from '../../port-control/services.js';
+import { startProcess, type StartedProcess } from './processes.js';
 
 export interface RegistryCall {
   method: string;
@@ -324,6 +329,74 @@ async function serve(json: string): Promise<void> {
   };
   process.on('SIGTERM', stop);
   process.on('SIGINT', stop);
+}
+
+// ---------------------------------------------------------------------------------------------
+// For tests: the operator CLIs as real processes, and this file as the service process they talk to.
+
+/** The checkout root (the directory holding package.json), from the source or the compiled file. */
+export const repoRoot = (() => {
+  let dir = import.meta.dirname;
+  while (!existsSync(join(dir, 'package.json')) && dir !== '/') dir = join(dir, '..');
+  return dir;
+})();
+
+export interface CliResult {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+/** Fails with the fix when the compiled tree the programs run is missing. */
+export function requireBuilt(): void {
+  for (const f of ['dist/port-control/cli/virtioforwarder_port_control.js', 'dist/test/support/memory-registry.js']) {
+    if (!existsSync(join(repoRoot, f))) throw new Error(`${f} is missing: run \`npx tsc -p .\` before this test`);
+  }
+}
+
+export function runCli(name: string, args: string[], timeoutMs = 20_000): Promise<CliResult> {
+  return new Promise((resolve) => {
+    execFile(
+      process.execPath,
+      [join(repoRoot, 'bin', name), ...args],
+      { timeout: timeoutMs, encoding: 'utf8' },
+      (err, stdout, stderr) => {
+        const code = err ? (typeof (err as { code?: unknown }).code === 'number' ? ((err as { code: number }).code) : -1) : 0;
+        resolve({ code, stdout, stderr });
+      },
+    );
+  });
+}
+
+export interface ServiceProcess {
+  proc: StartedProcess;
+  /** Registry calls the service made so far, in order. */
+  calls(): RegistryCall[];
+  /** Calls made after `mark` (a value returned by calls().length). */
+  callsSince(mark: number): RegistryCall[];
+  stop(): Promise<void>;
+}
+
+/** Starts `memory-registry.js serve` with `options` and waits until its services listen. */
+export async function startRegistryService(options: unknown): Promise<ServiceProcess> {
+  const proc = startProcess(process.execPath, [join(repoRoot, 'dist/test/support/memory-registry.js'), 'serve', JSON.stringify(options)], {
+    label: 'registry-service',
+  });
+  await proc.waitForOutput(/\{"ready":/, 15_000);
+  const calls = () =>
+    proc
+      .output()
+      .split('\n')
+      .filter((l) => l.startsWith('{"registryCall"'))
+      .map((l) => (JSON.parse(l) as { registryCall: RegistryCall }).registryCall);
+  return {
+    proc,
+    calls,
+    callsSince: (mark) => calls().slice(mark),
+    stop: async () => {
+      await proc.stop();
+    },
+  };
 }
 
 if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href && process.argv[2] === 'serve') {
