@@ -86,15 +86,19 @@ describe.runIf(canRun)('test guest on QEMU (pc, user network)', () => {
 describe.runIf(canRun)('test guest on QEMU (microvm, virtio-mmio found through ACPI)', () => {
   let vm: GuestVm | undefined;
 
+  // Booting belongs in the hook: under TCG on a busy machine it can outlast a test's time limit.
+  beforeAll(async () => {
+    vm = await startGuestVm({ machine: 'microvm', userNet: true, ip: '192.168.77.2/24', cpu: 1 });
+    await vm.ready();
+  });
+
   afterAll(async () => {
     await vm?.stop();
   });
 
   it('boots and brings up eth0 on virtio-mmio', async () => {
-    vm = await startGuestVm({ machine: 'microvm', userNet: true, ip: '192.168.77.2/24', cpu: 1 });
-    await vm.ready();
-    expect(vm.output()).toMatch(/eth0 up addr=192\.168\.77\.2\/24 .*driver=virtio_net/);
-    const bus = await vm.exec('readlink -f /sys/class/net/eth0/device');
+    expect(vm!.output()).toMatch(/eth0 up addr=192\.168\.77\.2\/24 .*driver=virtio_net/);
+    const bus = await vm!.exec('readlink -f /sys/class/net/eth0/device');
     expect(bus.output).toMatch(/LNRO0005/);
   });
 

@@ -227,11 +227,15 @@ export async function startGuestVm(opts: GuestVmOptions = {}): Promise<GuestVm> 
     const started = Date.now();
     send(line);
     let match: RegExpMatchArray;
+    // Slack over the guest's own limit: the guest kills late (whole seconds, then -k 2) and a TCG
+    // guest on a loaded machine runs slower than the wall clock.
+    const replyWaitMs = guestLimit * 1000 + 10_000;
     try {
-      // Slack over the guest's own limit: the guest kills late (whole seconds, then -k 2) and TCG is slow.
-      match = await proc.waitForOutput(reply, guestLimit * 1000 + 5000);
+      match = await proc.waitForOutput(reply, replyWaitMs);
     } catch (err) {
-      throw new Error(`qemu guest ${label}: no reply to "${commandText}" within ${timeoutMs} ms: ${(err as Error).message}`);
+      throw new Error(
+        `qemu guest ${label}: "${commandText}" timed out after ${timeoutMs} ms (no reply within ${replyWaitMs} ms): ${(err as Error).message}`,
+      );
     }
     const status = Number(match[2]);
     const output = match[1].replace(/\r\n/g, '\n');
