@@ -191,6 +191,32 @@ describe.runIf(ready)('virtio-user (dpdk-testpmd) against our back-end', () => {
     expect(client.connections).toBe(2);
   });
 
+  it('client mode: our back-end restarts under a running virtio-user (server=1) and resumes from used->idx', async () => {
+    const path = join(dir, 'restart.sock');
+    testpmd = startTestpmd({ vdevs: [virtioUserVdev({ path, server: true })], forwardMode: 'txonly', txpkts: 64, label: 'testpmd-restart' });
+    const first = new RecordingDevice();
+    const firstCounter = new TxCounter(first, 1);
+    client = connectBackend({ path, reactor, device: first, log, retryMs: 200 });
+    await first.waitFor(bothStartedAndEnabled(2), 30_000, 'vrings started (first back-end)');
+    await firstCounter.waitForPackets(500, 20_000);
+    await client.close();
+    client = null;
+    await first.waitFor((d) => d.disconnectedCount === 1, 10_000, 'first back-end disconnected');
+    const stoppedAt = first.events.find((e) => e.kind === 'vringStopped' && e.index === 1) as { lastAvail: number } | undefined;
+    expect(stoppedAt?.lastAvail).toBe(firstCounter.packets % 65536);
+
+    // A new daemon: virtio-user replays the start without SET_OWNER and with SET_VRING_BASE 0.
+    const second = new RecordingDevice();
+    const secondCounter = new TxCounter(second, 1);
+    client = connectBackend({ path, reactor, device: second, log, retryMs: 200 });
+    await second.waitFor(bothStartedAndEnabled(2), 30_000, 'vrings started (second back-end)');
+    expect(second.running.get(1)!.lastAvail).toBe(firstCounter.packets % 65536);
+    expect(trace()).toMatch(/vring 1 resumes from used index/);
+    await secondCounter.waitForPackets(500, 20_000);
+    expect(secondCounter.badChains).toBe(0);
+    secondCounter.stop();
+  });
+
   it('txonly: the device pops and completes the TX chains testpmd sends', async () => {
     const path = join(dir, 'tx.sock');
     const device = new RecordingDevice();
