@@ -253,7 +253,7 @@ export function configFromAssignments(assignments: Map<string, ConfigAssignment>
 
   if (s.problems.length > 0) throw new ConfigError(s.problems, options.sourcePath ?? 'configuration');
   const config: RelayConfig = {
-    cpus,
+    cpus: cpus ?? [],
     logLevel,
     pollMode,
     sysfsRoot,
@@ -300,14 +300,15 @@ function readSysfsRoot(s: Settings): string {
   return text;
 }
 
-function readCpuMask(s: Settings, injectedOnline: number[] | null, sysfsRoot: string): number[] {
+/** The worker CPUs, or null when the mask is unusable (pins are then checked for syntax only). */
+function readCpuMask(s: Settings, injectedOnline: number[] | null, sysfsRoot: string): number[] | null {
   const { text, setting } = s.scalar('VIRTIOFWD_CPU_MASK');
   let online: number[];
   try {
     online = injectedOnline ?? readOnlineCpus(sysfsRoot);
   } catch (err) {
     s.problems.push(`VIRTIOFWD_CPU_MASK cannot be checked: ${(err as Error).message}`);
-    return [];
+    return null;
   }
   if (text === '' || !setting) {
     // CPU 0 takes most interrupts and the control plane; leave it out when there is a choice.
@@ -319,7 +320,7 @@ function readCpuMask(s: Settings, injectedOnline: number[] | null, sysfsRoot: st
     cpus = parseCpuMask(text);
   } catch (err) {
     s.fail(setting, (err as Error).message);
-    return [];
+    return null;
   }
   const offline = cpus.filter((cpu) => !online.includes(cpu));
   if (offline.length > 0) {
@@ -327,7 +328,7 @@ function readCpuMask(s: Settings, injectedOnline: number[] | null, sysfsRoot: st
       setting,
       `CPU${offline.length > 1 ? 's' : ''} ${formatCpuList(offline)} ${offline.length > 1 ? 'are' : 'is'} not online (online: ${formatCpuList(online)})`,
     );
-    return [];
+    return null;
   }
   return cpus;
 }
@@ -338,7 +339,7 @@ function parseRelayId(text: string): number | null {
   return id < MAX_RELAYS ? id : null;
 }
 
-function readCpuPins(s: Settings, cpus: number[]): RelayCpu[] {
+function readCpuPins(s: Settings, cpus: number[] | null): RelayCpu[] {
   const { items, setting } = s.list('VIRTIOFWD_CPU_PINS', /;/);
   if (!setting) return [];
   const pins: RelayCpu[] = [];
@@ -361,11 +362,11 @@ function readCpuPins(s: Settings, cpus: number[]): RelayCpu[] {
     seen.add(relay);
     const vfToVmCpu = Number(m[2]);
     const vmToVfCpu = m[3] === undefined ? vfToVmCpu : Number(m[3]);
-    const outside = [vfToVmCpu, vmToVfCpu].filter((cpu) => !cpus.includes(cpu));
+    const outside = cpus === null ? [] : [vfToVmCpu, vmToVfCpu].filter((cpu) => !cpus.includes(cpu));
     if (outside.length > 0) {
       s.fail(
         setting,
-        `"${item}": CPU ${outside[0]} is not a worker CPU (VIRTIOFWD_CPU_MASK gives ${cpus.length ? formatCpuList(cpus) : 'none'})`,
+        `"${item}": CPU ${outside[0]} is not a worker CPU (VIRTIOFWD_CPU_MASK gives ${formatCpuList(cpus ?? [])})`,
       );
       continue;
     }

@@ -554,7 +554,30 @@ describe('every variable, good and bad', () => {
   });
 });
 
+describe('bash arrays in single-value variables', () => {
+  const listVariables = new Set(['VIRTIOFWD_STATIC_VFS', 'VIRTIOFWD_CPU_PINS']);
+  it.each(VARIABLES.map((v) => v.name).filter((name) => !listVariables.has(name)))(
+    '%s=(a b) is reported once',
+    (name) => {
+      const problems = problemsOf(`${name}=(a b)`);
+      expect(problems.filter((p) => p.startsWith(`${name}=(a b) (line 1)`))).toEqual([
+        `${name}=(a b) (line 1): this variable takes one value, not a bash array`,
+      ]);
+    },
+  );
+});
+
 describe('warnings and reporting', () => {
+  it('reports a bad CPU mask once, without blaming pins that use its CPUs', () => {
+    expect(problemsOf('VIRTIOFWD_CPU_MASK=7\nVIRTIOFWD_CPU_PINS=1:1')).toEqual([
+      'VIRTIOFWD_CPU_MASK="7" (line 1): CPU 7 is not online (online: 0-3)',
+    ]);
+    expect(problemsOf('VIRTIOFWD_CPU_MASK=7\nVIRTIOFWD_CPU_PINS=1:x')).toEqual([
+      'VIRTIOFWD_CPU_MASK="7" (line 1): CPU 7 is not online (online: 0-3)',
+      'VIRTIOFWD_CPU_PINS="1:x" (line 2): "1:x" is not <relay>:<cpu> or <relay>:<vf-to-vm cpu>,<vm-to-vf cpu>',
+    ]);
+  });
+
   it('warns about unknown VIRTIOFWD_/VIO4WD_ variables, suggesting a close name, and ignores other names', () => {
     const { warnings } = load('VIRTIOFWD_JUMB0=true\nVIO4WD_SOMETHING=1\nPATH=/bin\nOTHER_VAR=1');
     expect(warnings).toEqual([
