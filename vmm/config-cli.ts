@@ -75,7 +75,7 @@ export function parseCommandLine(argv: readonly string[], options: FinalizeOptio
   const devices: string[] = [];
 
   for (const { option, value } of given) {
-    const label = `-${option}`;
+    const label = ['memory', 'memory-zone', 'numa'].includes(option) ? `--${option}` : `-${option}`;
     const v = value ?? '';
     switch (option) {
       case 'config':
@@ -289,6 +289,10 @@ function applyNetdevs(draft: ConfigDraft, netdevs: NetdevDraft[], chardevs: Map<
   }
   const attached = new Set<string>();
   for (const text of devices) {
+    const name = text.split(',')[0];
+    if (!['virtio-net-device', 'virtio-net-mmio', 'virtio-blk-device', 'virtio-blk-mmio'].includes(name)) {
+      throw new ConfigError(`-device: device "${name}" is not supported (virtio-net-device, virtio-blk-device)`);
+    }
     const kv = parseKeyValues(text, '-device', ['driver', 'id', 'netdev', 'mac', 'mq', 'drive', 'iothread', 'serial'], 'driver');
     const driver = kv.get('driver');
     if (driver === 'virtio-net-device' || driver === 'virtio-net-mmio') {
