@@ -30,6 +30,28 @@ export interface LoadEstimate {
   loads: DirectionLoad[];
   /** Directions whose counters went backwards (the relay restarted or re-created it): load unknown, counted as 0. */
   resets: { relay: number; direction: string }[];
+  /** Relays left out because their report is malformed, with the reason. */
+  malformed: { relay: unknown; reason: string }[];
+}
+
+const isCount = (x: unknown): x is number => typeof x === 'number' && Number.isFinite(x) && x >= 0;
+const isCpu = (x: unknown): x is number => typeof x === 'number' && Number.isInteger(x) && x >= -1;
+
+/** Why a relay's report cannot be used, or null when it can. */
+export function sampleProblem(relay: RelaySample): string | null {
+  if (typeof relay !== 'object' || relay === null) return 'not an object';
+  if (typeof relay.id !== 'number' || !Number.isInteger(relay.id) || relay.id < 0) return `id ${JSON.stringify(relay.id)} is not a relay number`;
+  if (typeof relay.numaNode !== 'number' || !Number.isInteger(relay.numaNode) || relay.numaNode < -1) {
+    return `numaNode ${JSON.stringify(relay.numaNode)} is not a node number or -1`;
+  }
+  for (const direction of DIRECTIONS) {
+    const d = relay[direction];
+    if (typeof d !== 'object' || d === null) return `${direction} is missing`;
+    if (!isCount(d.busyNs) || !isCount(d.pollNs)) return `${direction} busyNs/pollNs are not counts`;
+    if (!isCpu(d.cpu)) return `${direction}.cpu ${JSON.stringify(d.cpu)} is not a CPU number or -1`;
+    if (typeof d.active !== 'boolean') return `${direction}.active is not true or false`;
+  }
+  return null;
 }
 
 /**
@@ -42,9 +64,16 @@ export function estimateLoads(previous: StatsSnapshot, current: StatsSnapshot): 
   if (!Number.isFinite(elapsedNs) || elapsedNs <= 0) {
     throw new Error(`load estimate: stats reads at ${previous.atNs} ns and ${current.atNs} ns are not in time order`);
   }
-  const before = new Map(previous.relays.map((r) => [r.id, r]));
-  const out: LoadEstimate = { loads: [], resets: [] };
+  const before = new Map(previous.relays.filter((r) => sampleProblem(r) === null).map((r) => [r.id, r]));
+  const out: LoadEstimate = { loads: [], resets: [], malformed: [] };
+  const seen = new Set<number>();
   for (const relay of current.relays) {
+    const problem = sampleProblem(relay) ?? (seen.has(relay.id) ? 'reported twice' : null);
+    if (problem) {
+      out.malformed.push({ relay: (relay as { id?: unknown } | null)?.id, reason: problem });
+      continue;
+    }
+    seen.add(relay.id);
     const old = before.get(relay.id);
     for (const direction of DIRECTIONS) {
       const now = relay[direction];

@@ -155,6 +155,9 @@ class SchedulerLoop extends EventEmitter implements Scheduler {
     }
 
     const estimate = estimateLoads(previous, snapshot);
+    for (const m of estimate.malformed) {
+      this.log.warn({ relay: m.relay }, `stats for relay ${String(m.relay)} ignored: ${m.reason}`);
+    }
     for (const r of estimate.resets) {
       this.log.info({ relay: r.relay, direction: r.direction }, `relay ${r.relay} ${r.direction}: counters restarted; load counted as 0 this interval`);
     }

@@ -16,6 +16,7 @@ describe('estimateLoads', () => {
     const cur = { atNs: 2e9, relays: [sample(0, [400e6, 50e6], [1400e6, 1400e6])] };
     const est = estimateLoads(prev, cur);
     expect(est.resets).toEqual([]);
+    expect(est.malformed).toEqual([]);
     expect(est.loads).toEqual([
       { relay: 0, direction: 'vfToVm', load: 0.3, cpu: 1, numaNode: 0 },
       { relay: 0, direction: 'vmToVf', load: 0.05, cpu: 2, numaNode: 0 },
@@ -62,6 +63,33 @@ describe('estimateLoads', () => {
     };
     const est = estimateLoads(prev, cur);
     expect(est.loads).toEqual([{ relay: 0, direction: 'vmToVf', load: 0, cpu: 2, numaNode: 0 }]);
+  });
+
+  it('leaves out malformed or duplicated relay reports and says why', () => {
+    const good = sample(1, [0, 0], [0, 0]);
+    const prev = { atNs: 0, relays: [sample(0, [0, 0], [0, 0]), good] };
+    const broken = (patch: Record<string, unknown>) => ({ ...sample(0, [1, 1], [2, 2]), ...patch }) as unknown as RelaySample;
+    const cases: [RelaySample, RegExp][] = [
+      [broken({ id: -3 }), /id -3 is not a relay number/],
+      [broken({ id: '0' }), /id "0" is not a relay number/],
+      [broken({ numaNode: 0.5 }), /numaNode 0.5/],
+      [broken({ numaNode: undefined }), /numaNode undefined/],
+      [broken({ vfToVm: null }), /vfToVm is missing/],
+      [broken({ vmToVf: { busyNs: '5', pollNs: 1, cpu: 1, active: true } }), /vmToVf busyNs\/pollNs are not counts/],
+      [broken({ vmToVf: { busyNs: 1, pollNs: -1, cpu: 1, active: true } }), /vmToVf busyNs\/pollNs are not counts/],
+      [broken({ vfToVm: { busyNs: 1, pollNs: 1, cpu: 1.5, active: true } }), /vfToVm.cpu 1.5/],
+      [broken({ vfToVm: { busyNs: 1, pollNs: 1, cpu: 1, active: 'yes' } }), /vfToVm.active/],
+      [null as unknown as RelaySample, /not an object/],
+    ];
+    for (const [relay, reason] of cases) {
+      const est = estimateLoads(prev, { atNs: 1e9, relays: [relay, good] });
+      expect(est.malformed).toHaveLength(1);
+      expect(est.malformed[0].reason).toMatch(reason);
+      expect(est.loads.map((l) => l.relay)).toEqual([1, 1]);
+    }
+    const twice = estimateLoads(prev, { atNs: 1e9, relays: [good, good] });
+    expect(twice.malformed).toEqual([{ relay: 1, reason: 'reported twice' }]);
+    expect(twice.loads).toHaveLength(2);
   });
 
   it('rejects reads out of time order', () => {
