@@ -321,6 +321,19 @@ export class SplitQueue {
   /** Translates one descriptor's buffer into segments, splitting it where it crosses regions. */
   private addSegments(chain: DescriptorChain, gpa: number, len: number, writable: boolean): boolean {
     const memory = this.memory;
+    const first = memory.regionIndexOf(gpa);
+    if (first >= 0 && gpa + len <= memory.regionEnd(first) && chain.segmentCount < chain.capacity) {
+      // The usual case: the whole buffer lies in one region.
+      const n = chain.segmentCount;
+      const region = memory.regions[first]!;
+      chain.segBytes[n] = region.bytes;
+      chain.segOffset[n] = gpa - region.guestPhysAddr;
+      chain.segLength[n] = len;
+      chain.segGpa[n] = gpa;
+      chain.segWritable[n] = writable ? 1 : 0;
+      chain.segmentCount = n + 1;
+      return true;
+    }
     let addr = gpa;
     let left = len;
     while (left > 0) {
