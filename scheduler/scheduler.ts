@@ -113,7 +113,12 @@ class SchedulerLoop extends EventEmitter implements Scheduler {
       })
       .then((report) => {
         this.inFlight = null;
-        this.emit('cycle', report);
+        try {
+          this.emit('cycle', report);
+        } catch (err) {
+          // A listener's mistake must not stop the loop that schedules the next cycle.
+          this.log.error({ err }, `cycle listener failed: ${(err as Error).message}`);
+        }
         return report;
       });
     return this.inFlight;
