@@ -28,6 +28,12 @@ export function copyBytes(src: Uint8Array, srcOffset: number, dst: Uint8Array, d
   }
 }
 
+function checkOffsets(method: string, chainOffset: number, bufferOffset: number): void {
+  if (!(chainOffset >= 0) || !(bufferOffset >= 0)) {
+    throw new RangeError(`DescriptorChain.${method}: offsets ${chainOffset}/${bufferOffset} must be non-negative`);
+  }
+}
+
 export class DescriptorChain {
   readonly capacity: number;
   /** Head descriptor index as read from the avail ring (the id to return in the used ring). */
@@ -95,6 +101,7 @@ export class DescriptorChain {
    * part of the chain. Returns the number of bytes copied.
    */
   copyOut(chainOffset: number, dst: Uint8Array, dstOffset: number, length: number): number {
+    checkOffsets('copyOut', chainOffset, dstOffset);
     let skip = chainOffset;
     let left = Math.min(length, dst.length - dstOffset, this.readableLength - chainOffset);
     if (left <= 0) return 0;
@@ -121,6 +128,7 @@ export class DescriptorChain {
    * Returns the number of bytes written.
    */
   copyIn(src: Uint8Array, srcOffset: number, length: number, chainOffset: number): number {
+    checkOffsets('copyIn', chainOffset, srcOffset);
     let skip = chainOffset;
     let left = Math.min(length, src.length - srcOffset, this.writableLength - chainOffset);
     if (left <= 0) return 0;
@@ -148,6 +156,7 @@ export class DescriptorChain {
    * into `segBytes` directly instead of through `copyIn`.
    */
   markWritten(chainOffset: number, length: number): void {
+    checkOffsets('markWritten', chainOffset, 0);
     const memory = this.memory;
     if (memory === null || !memory.dirtyLogging) return;
     let skip = chainOffset;

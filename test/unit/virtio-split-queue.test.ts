@@ -127,6 +127,10 @@ describe('SplitQueue good chains', () => {
     expect(readBytes(s.memory, 0x13000, 200)).toEqual(reply.subarray(0, 200));
     expect(readBytes(s.memory, 0x14000, 50)).toEqual(reply.subarray(200));
     expect(c.copyIn(reply, 0, 250, 290)).toBe(10); // only 10 bytes of room left past offset 290
+    expect(c.copyIn(reply, 0, 250, 300)).toBe(0);
+    expect(c.copyOut(60, out, 0, 10)).toBe(0);
+    expect(() => c.copyOut(-1, out, 0, 10)).toThrow(RangeError);
+    expect(() => c.copyIn(reply, -5, 10, 0)).toThrow(/non-negative/);
   });
 
   it('walks an indirect table, aligned or not, and an indirect descriptor ending a direct chain', () => {
