@@ -59,6 +59,8 @@ export interface PacketRingHandle {
   maxFrameLength: number;
   /** False on kernels before 4.20, where the RX ring also sees frames sent by other local sockets. */
   ignoresOutgoing: boolean;
+  /** A shared page holding where RX and TX stand and the counters (see PacketRing). */
+  position: RingMapping;
 }
 
 const TPACKET_ALIGNMENT = 16;
@@ -103,6 +105,8 @@ export function openPacketRing(ifname: string, opts: PacketRingOptions = {}): Pa
   const opened: number[] = [];
   const mapped: RingMapping[] = [];
   try {
+    const position = mmap({ length: 4096, prot: PROT_READ | PROT_WRITE, flags: MAP_SHARED });
+    mapped.push(position);
     // RX: V3 ring, then bind, so no frame is queued before the ring exists.
     const rxFd = packetSocket(ifname);
     opened.push(rxFd);
@@ -142,6 +146,7 @@ export function openPacketRing(ifname: string, opts: PacketRingOptions = {}): Pa
       txDataOffset: TX_DATA_OFFSET,
       maxFrameLength: mtu + ETH_HEADER,
       ignoresOutgoing,
+      position: { address: position.address, length: position.length },
     };
   } catch (err) {
     for (const m of mapped) munmap(m);
@@ -155,6 +160,7 @@ export function openPacketRing(ifname: string, opts: PacketRingOptions = {}): Pa
 export function closePacketRing(handle: PacketRingHandle): void {
   munmap(handle.rx);
   munmap(handle.tx);
+  munmap(handle.position);
   closeFd(handle.rxFd);
   closeFd(handle.txFd);
 }
@@ -204,36 +210,59 @@ const EINTR = 4;
 const MSG_DONTWAIT = 0x40;
 const sendtoNative = libc.func('intptr_t sendto(int fd, intptr_t buf, size_t len, int flags, intptr_t addr, uint32_t addrlen)');
 
-/**
- * Where a PacketRing stands, so another thread can take the rings over at a burst boundary
- * without losing or repeating frames: the RX block and frame it was at, the next TX slot.
- */
-export interface PacketRingState {
+// The position page shared by every PacketRing attached to a handle (any thread): where RX and
+// TX stand and the counters. The RX fields are written only by the RX poller and the TX fields
+// only by the TX poller, so one thread may receive while another sends, and a new owner resumes
+// exactly where the previous one stopped (handover at a burst boundary loses and repeats nothing).
+const POSITION_PAGE = 4096;
+const P_RX_BLOCK = 0;
+const P_RX_FRAMES_LEFT = 1;
+const P_RX_FRAME_OFFSET = 2;
+const P_TX_HEAD = 8;
+const P_TX_UNFLUSHED = 9;
+const COUNTERS_AT = 64;
+const COUNTER_NAMES = [
+  'rxFrames', 'rxTruncated', 'rxBlocks', 'kernelPackets', 'kernelDrops', 'kernelFreezes',
+  'txFrames', 'txRejected', 'txWrongFormat', 'txFlushBusy', 'txFlushErrors', 'txLastErrno',
+] as const satisfies readonly (keyof PacketRingCounters)[];
+const C_RX_FRAMES = 0;
+const C_RX_TRUNCATED = 1;
+const C_RX_BLOCKS = 2;
+const C_KERNEL_PACKETS = 3;
+const C_KERNEL_DROPS = 4;
+const C_KERNEL_FREEZES = 5;
+const C_TX_FRAMES = 6;
+const C_TX_REJECTED = 7;
+const C_TX_WRONG_FORMAT = 8;
+const C_TX_FLUSH_BUSY = 9;
+const C_TX_FLUSH_ERRORS = 10;
+const C_TX_LAST_ERRNO = 11;
+
+/** Where the rings stand (for logs and tests); the live copy is shared through the handle. */
+export interface PacketRingPosition {
   block: number;
   framesLeftInBlock: number;
   frameOffset: number;
   txHead: number;
   txUnflushed: boolean;
-  counters: PacketRingCounters;
 }
 
 /** The poller side: walks the RX blocks and fills the TX slots of one interface without system calls. */
 export class PacketRing {
   readonly handle: PacketRingHandle;
   readonly rxFd: number;
-  readonly counters: PacketRingCounters = {
-    rxFrames: 0, rxTruncated: 0, rxBlocks: 0, txFrames: 0, txRejected: 0, txWrongFormat: 0,
-    txFlushBusy: 0, txFlushErrors: 0, txLastErrno: 0, kernelPackets: 0, kernelDrops: 0, kernelFreezes: 0,
-  };
+
+  private readonly position: Int32Array;
+  private readonly count: Float64Array;
 
   private readonly rxBytes: Uint8Array;
   private readonly rxWords: Int32Array;
   private readonly rxHalves: Uint16Array;
   private readonly blockSize: number;
   private readonly blockCount: number;
-  private block = 0;
-  private framesLeftInBlock = 0;
-  private frameOffset = 0;
+  private block: number;
+  private framesLeftInBlock: number;
+  private frameOffset: number;
 
   private readonly txBytes: Uint8Array;
   private readonly txWords: Int32Array;
@@ -241,8 +270,8 @@ export class PacketRing {
   private readonly txFrameCount: number;
   private readonly txCapacity: number;
   private readonly maxFrameLength: number;
-  private txHead = 0;
-  private txUnflushed = false;
+  private txHead: number;
+  private txUnflushed: boolean;
   private readonly slot: TxSlot;
 
   private readonly statsOut = new Uint32Array(3);
@@ -251,12 +280,20 @@ export class PacketRing {
   private constructor(handle: PacketRingHandle) {
     this.handle = handle;
     this.rxFd = handle.rxFd;
+    const page = viewAt(handle.position.address, POSITION_PAGE);
+    this.position = new Int32Array(page, 0, COUNTERS_AT / 4);
+    this.count = new Float64Array(page, COUNTERS_AT, COUNTER_NAMES.length);
+
     const rx = viewAt(handle.rx.address, handle.rx.length);
     this.rxBytes = new Uint8Array(rx);
     this.rxWords = new Int32Array(rx);
     this.rxHalves = new Uint16Array(rx);
     this.blockSize = handle.rx.blockSize;
     this.blockCount = handle.rx.blockCount;
+    this.block = Atomics.load(this.position, P_RX_BLOCK);
+    this.framesLeftInBlock = Atomics.load(this.position, P_RX_FRAMES_LEFT);
+    this.frameOffset = Atomics.load(this.position, P_RX_FRAME_OFFSET);
+
     const tx = viewAt(handle.tx.address, handle.tx.length);
     this.txBytes = new Uint8Array(tx);
     this.txWords = new Int32Array(tx);
@@ -264,46 +301,34 @@ export class PacketRing {
     this.txFrameCount = handle.tx.frameCount;
     this.txCapacity = handle.tx.frameSize - handle.txDataOffset;
     this.maxFrameLength = handle.maxFrameLength;
+    this.txHead = Atomics.load(this.position, P_TX_HEAD);
+    this.txUnflushed = Atomics.load(this.position, P_TX_UNFLUSHED) !== 0;
     this.slot = { bytes: this.txBytes, offset: 0, capacity: this.txCapacity };
   }
 
   /**
-   * Views of the handle's rings for this thread. One PacketRing per handle at a time; a ring
-   * that was polled before must be resumed from the state its previous owner exported, or the
-   * new owner would start at block 0 and TX slot 0 while the kernel is elsewhere.
+   * Views of the handle's rings for this thread, resuming where the previous PacketRing of the
+   * same handle stopped. At most one thread receives and one sends through a handle at a time.
    */
-  static attach(handle: PacketRingHandle, state?: PacketRingState): PacketRing {
-    const ring = new PacketRing(handle);
-    if (state) ring.resume(state);
-    return ring;
+  static attach(handle: PacketRingHandle): PacketRing {
+    return new PacketRing(handle);
   }
 
-  /** The position to hand to the next owner; this PacketRing must not be used afterwards. */
-  exportState(): PacketRingState {
+  /** Counters of the handle (shared by every PacketRing attached to it), as a fresh object. */
+  get counters(): PacketRingCounters {
+    const out = {} as PacketRingCounters;
+    COUNTER_NAMES.forEach((name, i) => (out[name] = this.count[i]));
+    return out;
+  }
+
+  get currentPosition(): PacketRingPosition {
     return {
       block: this.block,
       framesLeftInBlock: this.framesLeftInBlock,
       frameOffset: this.frameOffset,
       txHead: this.txHead,
       txUnflushed: this.txUnflushed,
-      counters: { ...this.counters },
     };
-  }
-
-  private resume(state: PacketRingState): void {
-    const blockStart = state.block * this.blockSize;
-    const valid =
-      Number.isInteger(state.block) && state.block >= 0 && state.block < this.blockCount &&
-      Number.isInteger(state.txHead) && state.txHead >= 0 && state.txHead < this.txFrameCount &&
-      Number.isInteger(state.framesLeftInBlock) && state.framesLeftInBlock >= 0 &&
-      (state.framesLeftInBlock === 0 || (state.frameOffset >= blockStart && state.frameOffset < blockStart + this.blockSize));
-    if (!valid) throw new RangeError(`packet ring on ${this.handle.ifname}: cannot resume from ${JSON.stringify({ ...state, counters: undefined })}`);
-    this.block = state.block;
-    this.framesLeftInBlock = state.framesLeftInBlock;
-    this.frameOffset = state.frameOffset;
-    this.txHead = state.txHead;
-    this.txUnflushed = state.txUnflushed;
-    Object.assign(this.counters, state.counters);
   }
 
   /**
@@ -317,52 +342,69 @@ export class PacketRing {
     const bytes = this.rxBytes;
     let delivered = 0;
     let seen = 0;
-    while (seen < budget) {
-      const blockStart = this.block * this.blockSize;
-      if (this.framesLeftInBlock === 0) {
-        // block_status at byte 8 of tpacket_block_desc; num_pkts at 12; offset_to_first_pkt at 16
-        if ((Atomics.load(words, (blockStart + 8) >> 2) & TP_STATUS_USER) === 0) break;
-        this.framesLeftInBlock = words[(blockStart + 12) >> 2];
-        this.frameOffset = blockStart + words[(blockStart + 16) >> 2];
+    // A block whose last frame is being delivered; it goes back to the kernel after onFrame
+    // returns, or in the finally if onFrame throws, so a failing handler never re-reads a block.
+    let releaseAfterFrame = -1;
+    try {
+      while (seen < budget) {
+        const blockStart = this.block * this.blockSize;
         if (this.framesLeftInBlock === 0) {
-          this.releaseBlock(blockStart);
-          continue;
+          // block_status at byte 8 of tpacket_block_desc; num_pkts at 12; offset_to_first_pkt at 16
+          if ((Atomics.load(words, (blockStart + 8) >> 2) & TP_STATUS_USER) === 0) break;
+          this.framesLeftInBlock = words[(blockStart + 12) >> 2];
+          this.frameOffset = blockStart + words[(blockStart + 16) >> 2];
+          if (this.framesLeftInBlock === 0) {
+            this.releaseBlock(blockStart);
+            continue;
+          }
+        }
+        const at = this.frameOffset;
+        // tpacket3_hdr: tp_next_offset 0, tp_snaplen 12, tp_len 16, tp_status 20, tp_mac 24 (u16),
+        // hv1.tp_vlan_tci 32, hv1.tp_vlan_tpid 36 (u16)
+        const snaplen = words[(at + 12) >> 2];
+        const wireLength = words[(at + 16) >> 2];
+        const status = words[(at + 20) >> 2];
+        let mac = at + halves[(at + 24) >> 1];
+        let length = snaplen;
+        seen++;
+        if (--this.framesLeftInBlock === 0) releaseAfterFrame = blockStart;
+        else this.frameOffset = at + words[at >> 2];
+        if (wireLength !== snaplen) {
+          this.count[C_RX_TRUNCATED]++;
+        } else {
+          if ((status & TP_STATUS_VLAN_VALID) !== 0 && mac - VLAN_TAG >= at + RX_HEADROOM_START) {
+            const tci = words[(at + 32) >> 2] & 0xffff;
+            const tpid = (status & TP_STATUS_VLAN_TPID_VALID) !== 0 ? halves[(at + 36) >> 1] : ETH_P_8021Q;
+            bytes.copyWithin(mac - VLAN_TAG, mac, mac + 12);
+            mac -= VLAN_TAG;
+            length += VLAN_TAG;
+            bytes[mac + 12] = tpid >> 8;
+            bytes[mac + 13] = tpid & 0xff;
+            bytes[mac + 14] = tci >> 8;
+            bytes[mac + 15] = tci & 0xff;
+          }
+          delivered++;
+          onFrame(bytes, mac, length, status);
+        }
+        if (releaseAfterFrame >= 0) {
+          this.releaseBlock(releaseAfterFrame);
+          releaseAfterFrame = -1;
         }
       }
-      const at = this.frameOffset;
-      // tpacket3_hdr: tp_next_offset 0, tp_snaplen 12, tp_len 16, tp_status 20, tp_mac 24 (u16),
-      // hv1.tp_vlan_tci 32, hv1.tp_vlan_tpid 36 (u16)
-      const snaplen = words[(at + 12) >> 2];
-      const wireLength = words[(at + 16) >> 2];
-      const status = words[(at + 20) >> 2];
-      let mac = at + halves[(at + 24) >> 1];
-      let length = snaplen;
-      seen++;
-      if (wireLength !== snaplen) {
-        this.counters.rxTruncated++;
-      } else {
-        if ((status & TP_STATUS_VLAN_VALID) !== 0 && mac - VLAN_TAG >= at + RX_HEADROOM_START && length >= 12) {
-          const tci = words[(at + 32) >> 2] & 0xffff;
-          const tpid = (status & TP_STATUS_VLAN_TPID_VALID) !== 0 ? halves[(at + 36) >> 1] : ETH_P_8021Q;
-          bytes.copyWithin(mac - VLAN_TAG, mac, mac + 12);
-          mac -= VLAN_TAG;
-          length += VLAN_TAG;
-          bytes[mac + 12] = tpid >> 8;
-          bytes[mac + 13] = tpid & 0xff;
-          bytes[mac + 14] = tci >> 8;
-          bytes[mac + 15] = tci & 0xff;
-        }
-        delivered++;
-        onFrame(bytes, mac, length, status);
+    } finally {
+      if (releaseAfterFrame >= 0) this.releaseBlock(releaseAfterFrame);
+      if (seen > 0) {
+        this.count[C_RX_FRAMES] += delivered;
+        const p = this.position;
+        p[P_RX_BLOCK] = this.block;
+        p[P_RX_FRAMES_LEFT] = this.framesLeftInBlock;
+        Atomics.store(p, P_RX_FRAME_OFFSET, this.frameOffset);
       }
-      if (--this.framesLeftInBlock === 0) this.releaseBlock(blockStart);
-      else this.frameOffset = at + words[at >> 2];
     }
-    this.counters.rxFrames += delivered;
     return delivered;
   }
 
-  /** True when a block is ready, without consuming anything (for adaptive polling). */
+  /** True when a frame is waiting, without consuming anything (for adaptive polling). */
   rxReady(): boolean {
     if (this.framesLeftInBlock > 0) return true;
     return (Atomics.load(this.rxWords, (this.block * this.blockSize + 8) >> 2) & TP_STATUS_USER) !== 0;
@@ -370,7 +412,7 @@ export class PacketRing {
 
   private releaseBlock(blockStart: number): void {
     Atomics.store(this.rxWords, (blockStart + 8) >> 2, TP_STATUS_KERNEL);
-    this.counters.rxBlocks++;
+    this.count[C_RX_BLOCKS]++;
     this.block = this.block + 1 === this.blockCount ? 0 : this.block + 1;
   }
 
@@ -379,7 +421,7 @@ export class PacketRing {
     const index = (this.txHead * this.txFrameSize) >> 2;
     let status = Atomics.load(this.txWords, index);
     if (status === TP_STATUS_WRONG_FORMAT) {
-      this.counters.txWrongFormat++;
+      this.count[C_TX_WRONG_FORMAT]++;
       Atomics.store(this.txWords, index, TP_STATUS_AVAILABLE);
       status = TP_STATUS_AVAILABLE;
     }
@@ -396,7 +438,7 @@ export class PacketRing {
   txCommit(length: number): boolean {
     const start = this.txHead * this.txFrameSize;
     if (!this.txLengthAcceptable(start + TX_DATA_OFFSET, length)) {
-      this.counters.txRejected++;
+      this.count[C_TX_REJECTED]++;
       return false;
     }
     const words = this.txWords;
@@ -405,7 +447,9 @@ export class PacketRing {
     Atomics.store(words, start >> 2, TP_STATUS_SEND_REQUEST);
     this.txHead = this.txHead + 1 === this.txFrameCount ? 0 : this.txHead + 1;
     this.txUnflushed = true;
-    this.counters.txFrames++;
+    this.count[C_TX_FRAMES]++;
+    this.position[P_TX_UNFLUSHED] = 1;
+    Atomics.store(this.position, P_TX_HEAD, this.txHead);
     return true;
   }
 
@@ -433,14 +477,12 @@ export class PacketRing {
     // the newest committed slot tells whether anything is left.
     const newest = this.txHead === 0 ? this.txFrameCount - 1 : this.txHead - 1;
     this.txUnflushed = Atomics.load(this.txWords, (newest * this.txFrameSize) >> 2) === TP_STATUS_SEND_REQUEST;
+    Atomics.store(this.position, P_TX_UNFLUSHED, this.txUnflushed ? 1 : 0);
     if (sent >= 0) return sent;
     const errno = lastErrno();
-    if (errno === EAGAIN || errno === ENOBUFS) {
-      this.counters.txFlushBusy++;
-    } else {
-      this.counters.txFlushErrors++;
-    }
-    this.counters.txLastErrno = errno;
+    if (errno === EAGAIN || errno === ENOBUFS) this.count[C_TX_FLUSH_BUSY]++;
+    else this.count[C_TX_FLUSH_ERRORS]++;
+    this.count[C_TX_LAST_ERRNO] = errno;
     return -errno;
   }
 
@@ -452,9 +494,9 @@ export class PacketRing {
   /** Folds the kernel's PACKET_STATISTICS (which reset on every read) into the counters. */
   readKernelStatistics(): PacketRingCounters {
     const s = readPacketStatistics(this.rxFd, this.statsOut, this.statsLength);
-    this.counters.kernelPackets += s.packets;
-    this.counters.kernelDrops += s.drops;
-    this.counters.kernelFreezes += s.freezeCount;
+    this.count[C_KERNEL_PACKETS] += s.packets;
+    this.count[C_KERNEL_DROPS] += s.drops;
+    this.count[C_KERNEL_FREEZES] += s.freezeCount;
     return this.counters;
   }
 }
