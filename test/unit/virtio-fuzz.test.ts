@@ -3,6 +3,8 @@
 // RingError, and every segment it hands out lies inside guest memory and inside the limits.
 import { describe, expect, it } from 'vitest';
 import { DescriptorChain, RingError } from '../../virtio/split-queue.js';
+import { NetRxWriter, RX_DROPPED, RX_NO_BUFFERS } from '../../virtio/net-rx.js';
+import { TX_DROPPED, readTxFrame } from '../../virtio/net-tx.js';
 import type { GuestMemory } from '../../virtio/guest-memory.js';
 import { RingBuilder, createTestMemory, writeDescriptorAt, type RegionSpec } from '../support/ring-builder.js';
 
@@ -147,6 +149,51 @@ describe('popChain on random rings', () => {
     expect(broken).toBeGreaterThan(RINGS / 20);
     expect(goodIndirect).toBeGreaterThan(50);
     expect(goodMultiSegment).toBeGreaterThan(30);
+  });
+});
+
+describe('net helpers on random rings', () => {
+  it('return every chain they take exactly once and only throw RingError', () => {
+    const g = gen(SEED + 1);
+    const frame = new Uint8Array(70000).map((_, i) => i & 0xff);
+    const out = new Uint8Array(70000);
+    let delivered = 0;
+    let transmitted = 0;
+    for (let n = 0; n < RINGS / 2; n++) {
+      const memory = createTestMemory(randomRegions(g));
+      const size = 1 << g.int(7);
+      const ring = new RingBuilder(memory, { size });
+      const queue = ring.queue({ indirect: g.int(2) === 0, lastAvail: g.int(0x10000), lastUsed: g.int(0x10000) });
+      for (let i = 0; i < size; i++) writeRandomDescriptor(g, memory, ring.descGpa + i * 16, size);
+      for (let i = 0; i < size; i++) ring.setAvailEntry(i, g.int(size));
+      ring.setAvailIdx((queue.lastAvail + (g.int(16) === 0 ? g.int(0x10000) : g.int(size + 1))) & 0xffff);
+      const mergeable = g.int(2) === 0;
+      const writer = new NetRxWriter(queue, { headerLength: mergeable || g.int(2) === 0 ? 12 : 10, mergeable, maxBuffers: mergeable ? 1 + g.int(size) : undefined });
+      const chain = new DescriptorChain();
+      try {
+        for (let k = 0; k < 8; k++) {
+          const consumedBefore = queue.lastAvail;
+          const usedBefore = queue.lastUsed;
+          if (g.int(2) === 0) {
+            const result = writer.deliver(frame, g.int(100), g.pick([0, 1, 60, 1500, 9000, 65000]));
+            if (result > 0) delivered++;
+            else expect([RX_NO_BUFFERS, RX_DROPPED]).toContain(result);
+          } else if (queue.popChain(chain)) {
+            const len = readTxFrame(chain, 12, out, 0);
+            if (len !== TX_DROPPED) transmitted++;
+            queue.pushUsed(chain.head, 0);
+          }
+          const consumed = (queue.lastAvail - consumedBefore) & 0xffff;
+          const returned = (queue.lastUsed - usedBefore) & 0xffff;
+          if (consumed !== returned) throw new Error(`ring ${n}: ${consumed} chains taken, ${returned} returned`);
+          queue.flushUsed();
+        }
+      } catch (error) {
+        if (!(error instanceof RingError)) throw new Error(`ring ${n}: ${String(error)}`);
+      }
+    }
+    expect(delivered).toBeGreaterThan(20);
+    expect(transmitted).toBeGreaterThan(20);
   });
 });
 
