@@ -51,6 +51,9 @@ const munmapNative = libc.func('int munmap(intptr_t addr, size_t length)');
 const madviseNative = libc.func('int madvise(intptr_t addr, size_t length, int advice)');
 const syscallNative = libc.func('long syscall(long number, ...)');
 
+/** The largest ArrayBuffer koffi can make over native memory (a larger view aborts the process). */
+export const MAX_VIEW_BYTES = 2 ** 32;
+
 export interface Mapping {
   /** Host virtual address of the first byte. */
   address: number;
@@ -93,6 +96,7 @@ export function fstatSize(fd: number): number {
 export function mmap(opts: MmapOptions): Mapping {
   const { length } = opts;
   if (!Number.isSafeInteger(length) || length <= 0) throw new RangeError(`mmap: bad length ${length}`);
+  if (length > MAX_VIEW_BYTES) throw new RangeError(`mmap: ${length} bytes is more than one view can cover (${MAX_VIEW_BYTES}); map in pieces`);
   const fd = opts.fd ?? -1;
   const offset = opts.offset ?? 0;
   const prot = opts.prot ?? PROT_READ | PROT_WRITE;
@@ -114,7 +118,7 @@ export function munmap(mapping: { address: number; length: number }): void {
 /** An ArrayBuffer over `length` bytes at `address`, mapped elsewhere in this process. */
 export function viewAt(address: number, length: number): ArrayBuffer {
   if (!Number.isSafeInteger(address) || address <= 0) throw new RangeError(`viewAt: bad address ${address}`);
-  if (!Number.isSafeInteger(length) || length <= 0) throw new RangeError(`viewAt: bad length ${length}`);
+  if (!Number.isSafeInteger(length) || length <= 0 || length > MAX_VIEW_BYTES) throw new RangeError(`viewAt: bad length ${length}`);
   return koffi.view(BigInt(address), length);
 }
 

@@ -75,6 +75,8 @@ describe('memory', () => {
       expect(() => mmap({ length: -4096, fd })).toThrow(RangeError);
       expect(() => viewAt(0, 10)).toThrow(RangeError);
       expect(() => viewAt(4096, 0)).toThrow(RangeError);
+      expect(() => viewAt(4096, 2 ** 33)).toThrow(RangeError); // koffi would abort the process
+      expect(() => mmap({ length: 2 ** 33 })).toThrow(/map in pieces/);
       expect(() => ftruncate(fd, -1)).toThrow(RangeError);
       expect(() => mmap({ length: 4096, fd, offset: 100 })).toThrow(expect.objectContaining({ code: 'EINVAL' }));
     } finally {
