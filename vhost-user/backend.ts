@@ -414,8 +414,13 @@ export class BackendSession {
     };
     if (!this.featuresSet) this.log.warn({ vring: v.index }, `vhost-user: vring ${v.index} starts before SET_FEATURES`);
     v.started = true;
+    try {
+      await this.device.vringStarted(v.index, config);
+    } catch (err) {
+      v.started = false;
+      throw new Error(`vring ${v.index}: the device failed to start it: ${(err as Error).message}`);
+    }
     this.log.info({ vring: v.index, size: v.num, lastAvail: v.lastAvail, enabled: v.enabled }, `vhost-user: vring ${v.index} started`);
-    await this.device.vringStarted(v.index, config);
   }
 
   /** Stops a started vring through the device and records where it stopped. */

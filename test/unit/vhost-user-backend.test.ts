@@ -239,6 +239,38 @@ describe('a well-behaved front-end (virtio-user order)', () => {
     closeFd(call);
   });
 
+  it('waits for a slow device hook before reading the next message', async () => {
+    const order: string[] = [];
+    device.memoryChanged = async (memory) => {
+      await sleep(50);
+      device.memory = memory;
+      order.push('memoryChanged done');
+    };
+    const both = new Uint8Array([
+      ...encodeMessage(Request.SET_MEM_TABLE, VERSION, encodeMemTable([region()])),
+      ...encodeMessage(Request.GET_QUEUE_NUM, VERSION),
+    ]);
+    expect(sendMessage(peer, both, [memFd])).toBe(both.length);
+    const r = await reply();
+    order.push('GET_QUEUE_NUM answered');
+    expect(r!.request).toBe(Request.GET_QUEUE_NUM);
+    expect(order).toEqual(['memoryChanged done', 'GET_QUEUE_NUM answered']);
+    expect(session.memory).not.toBeNull();
+  });
+
+  it('NACKs a start the device refuses and leaves the ring stopped', async () => {
+    device.vringStarted = async () => {
+      throw new Error('no worker available');
+    };
+    expect(await ack(Request.SET_MEM_TABLE, encodeMemTable([region()]), [memFd])).toBe(0);
+    expect(await ack(Request.SET_VRING_NUM, encodeVringState({ index: 0, num: QSIZE }))).toBe(0);
+    expect(await ack(Request.SET_VRING_ADDR, encodeVringAddr(ringAddr(0)))).toBe(0);
+    const kick = eventfd();
+    expect(await ack(Request.SET_VRING_KICK, encodeVringFile({ index: 0, noFd: false }), [kick])).toBe(1);
+    closeFd(kick);
+    expect(session.vring(0).started).toBe(false);
+  });
+
   it('keeps running when the same memory table arrives again, and restarts rings on a new one', async () => {
     await startRings(2);
     const before = device.events.length;
