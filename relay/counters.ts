@@ -1,0 +1,66 @@
+// Per-relay, per-direction counters in one SharedArrayBuffer. The worker that owns a direction
+// writes its slots; the main thread reads them for stats without a message round trip. Slots are
+// indexed by relay and direction, not by worker, so a handover keeps the counts where they are.
+export const MAX_RELAYS = 64;
+
+export const enum Dir {
+  VfToVm = 0,
+  VmToVf = 1,
+}
+
+export const enum Counter {
+  RxPackets = 0,
+  RxBytes,
+  Packets,
+  Bytes,
+  DropsQueueFull,
+  DropsNotConnected,
+  DropsBadFrame,
+  BusyNs,
+  PollNs,
+  Count,
+}
+
+const SLOTS_PER_RELAY = 2 * Counter.Count;
+
+export function createCounterBuffer(): SharedArrayBuffer {
+  return new SharedArrayBuffer(MAX_RELAYS * SLOTS_PER_RELAY * 8);
+}
+
+/** The index of the first slot of one relay direction in the Float64Array over the buffer. */
+export function counterBase(relay: number, dir: Dir): number {
+  return relay * SLOTS_PER_RELAY + dir * Counter.Count;
+}
+
+export interface DirectionCounts {
+  rxPackets: number;
+  rxBytes: number;
+  packets: number;
+  bytes: number;
+  dropsQueueFull: number;
+  dropsNotConnected: number;
+  dropsBadFrame: number;
+  busyNs: number;
+  pollNs: number;
+}
+
+export function readCounts(view: Float64Array, relay: number, dir: Dir): DirectionCounts {
+  const b = counterBase(relay, dir);
+  return {
+    rxPackets: view[b + Counter.RxPackets],
+    rxBytes: view[b + Counter.RxBytes],
+    packets: view[b + Counter.Packets],
+    bytes: view[b + Counter.Bytes],
+    dropsQueueFull: view[b + Counter.DropsQueueFull],
+    dropsNotConnected: view[b + Counter.DropsNotConnected],
+    dropsBadFrame: view[b + Counter.DropsBadFrame],
+    busyNs: view[b + Counter.BusyNs],
+    pollNs: view[b + Counter.PollNs],
+  };
+}
+
+/** Per-worker busy and poll time, for the load monitor: [busyNs, pollNs] per worker slot. */
+export const WORKER_SLOTS = 2;
+export function createWorkerLoadBuffer(workers: number): SharedArrayBuffer {
+  return new SharedArrayBuffer(Math.max(1, workers) * WORKER_SLOTS * 8);
+}

@@ -1,0 +1,166 @@
+// virtio-forwarder: read the configuration, lock the PID file, start one pinned worker per CPU,
+// attach the static VFs, open the vhost-user sockets, start the control channels, and tell
+// systemd it is ready. SIGTERM/SIGINT undo all of it in reverse order and exit 0.
+import type { Logger } from 'pino';
+import { Reactor } from '../sys/poll.js';
+import { parseArgs, resolveConfigPath, helpText, versionText, UsageError, EXIT_USAGE, EXIT_CONFIG } from './cli.js';
+import { loadConfig, ConfigError, socketPathFor, MAX_RELAYS, type RelayConfig } from './config.js';
+import { createLogger, componentLogger } from './log.js';
+import { acquirePidFile, type PidFile } from './pidfile.js';
+import { notifyReady, notifyStopping } from './sd-notify.js';
+import { createCounterBuffer } from './counters.js';
+import { WorkerPool } from './worker-pool.js';
+import { RelayRegistryImpl } from './registry.js';
+import { startControlServices, type ControlServices } from '../port-control/services.js';
+
+export interface Daemon {
+  registry: RelayRegistryImpl;
+  config: RelayConfig;
+  stop(): Promise<void>;
+}
+
+/** Starts everything; throws (after undoing what it started) when something cannot start. */
+export async function startDaemon(config: RelayConfig, log: Logger): Promise<Daemon> {
+  const undo: (() => Promise<void> | void)[] = [];
+  const unwind = async () => {
+    for (const step of undo.reverse()) {
+      try {
+        await step();
+      } catch (err) {
+        log.warn({ err: (err as Error).message }, 'shutdown step failed');
+      }
+    }
+  };
+  try {
+    const pid: PidFile = acquirePidFile(config.pidDir);
+    undo.push(() => pid.release());
+
+    const counters = createCounterBuffer();
+    const pool = new WorkerPool({
+      cpus: config.cpus,
+      pollMode: config.pollMode,
+      counters,
+      log: componentLogger(log, 'workers'),
+      onRingError: (relay, dir, queue) => log.warn({ relay, dir, queue }, 'guest ring stopped after a protocol violation; the VM must reset the device'),
+    });
+    undo.push(() => pool.stop());
+    await pool.start();
+
+    const reactor = new Reactor();
+    undo.push(() => reactor.close());
+
+    const registry = new RelayRegistryImpl({ config, pool, reactor, counters, log: componentLogger(log, 'relays') });
+    undo.push(() => registry.shutdown());
+
+    for (const s of config.staticVfs) {
+      await registry.addVf(s.relay, s.vf);
+    }
+    if (!config.dynamicSockets) {
+      for (let id = 0; id < MAX_RELAYS; id++) registry.openSocket(id, socketPathFor(config, id));
+    }
+
+    const mode = config.portControl.mode;
+    const services: ControlServices = await startControlServices(
+      registry,
+      {
+        zmqPortControlEp: mode === 'zmq' ? config.zmq.portControl : null,
+        ovsdbSockPath: mode === 'ovsdb' ? config.portControl.ovsdbSocketPath : null,
+        ipcPortControl: mode === 'ipc',
+        ipcFile: config.portControl.ipcCommandFile,
+        statsEp: config.zmq.stats,
+        configEp: config.zmq.config,
+        coreSchedEp: config.zmq.coreSched,
+        coreSchedEnabled: config.coreScheduler.enabled,
+        socketGroup: config.socketGroup?.id,
+        sysfsRoot: config.sysfsRoot,
+      },
+      componentLogger(log, 'control'),
+    );
+    undo.push(() => services.close());
+
+    log.info(
+      {
+        cpus: config.cpus,
+        pollMode: config.pollMode,
+        sockets: config.dynamicSockets ? 'dynamic' : `${config.socketDir} (${config.vhostClient ? 'client' : 'server'} mode)`,
+        staticVfs: config.staticVfs.length,
+        portControl: services.portControl.mode,
+        endpoints: services.endpoints,
+      },
+      'virtio-forwarder ready',
+    );
+    return {
+      registry,
+      config,
+      stop: unwind,
+    };
+  } catch (err) {
+    await unwind();
+    throw err;
+  }
+}
+
+/** The program: exit 0 after a clean stop, 1 when it cannot start, EXIT_CONFIG for a bad configuration, EXIT_USAGE for a bad command line. */
+export async function main(argv: string[]): Promise<void> {
+  let args;
+  try {
+    args = parseArgs(argv);
+  } catch (err) {
+    if (err instanceof UsageError) {
+      process.stderr.write(`virtio-forwarder: ${err.message}\nTry 'virtio-forwarder --help'.\n`);
+      process.exit(EXIT_USAGE);
+    }
+    throw err;
+  }
+  if (args.help) {
+    process.stdout.write(helpText());
+    return;
+  }
+  if (args.version) {
+    process.stdout.write(`${versionText()}\n`);
+    return;
+  }
+  let config: RelayConfig;
+  let warnings: string[];
+  try {
+    ({ config, warnings } = loadConfig({ path: resolveConfigPath(args), overrides: args.overrides }));
+  } catch (err) {
+    const message = err instanceof ConfigError ? err.message : (err as Error).message;
+    process.stderr.write(`virtio-forwarder: ${message}\n`);
+    // A distinct status, so systemd does not restart a daemon whose configuration cannot work.
+    process.exit(EXIT_CONFIG);
+  }
+  const log = createLogger({ syslogLevel: config.logLevel, name: 'virtio-forwarder' });
+  for (const w of warnings) log.warn(w);
+
+  let daemon: Daemon;
+  try {
+    daemon = await startDaemon(config, log);
+  } catch (err) {
+    log.fatal({ err: (err as Error).message }, `cannot start: ${(err as Error).message}`);
+    process.stderr.write(`virtio-forwarder: ${(err as Error).message}\n`);
+    // Let pino flush before leaving.
+    setTimeout(() => process.exit(1), 50);
+    return;
+  }
+  notifyReady(`forwarding on CPUs ${config.cpus.join(',')}`);
+
+  let stopping = false;
+  const stop = async (signal: string) => {
+    if (stopping) return;
+    stopping = true;
+    notifyStopping();
+    log.info({ signal }, 'stopping');
+    const watchdog = setTimeout(() => {
+      log.error('shutdown took longer than 10 s; exiting anyway');
+      process.exit(1);
+    }, 10_000);
+    await daemon.stop();
+    clearTimeout(watchdog);
+    log.info('stopped');
+    setTimeout(() => process.exit(0), 20);
+  };
+  process.on('SIGTERM', () => void stop('SIGTERM'));
+  process.on('SIGINT', () => void stop('SIGINT'));
+  process.on('SIGHUP', () => log.info('SIGHUP ignored: restart the service to reload the configuration'));
+}

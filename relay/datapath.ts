@@ -1,0 +1,461 @@
+// The two directions of a relay, as a worker runs them: guest TX vrings → VF (vm2vf) and
+// VF → guest RX vrings (vf2vm). Each burst moves at most BURST frames per ring, publishes used
+// entries once, signals the guest once, and flushes each VF's TX ring once. Nothing here
+// allocates per packet.
+import { viewAt } from '../sys/memory.js';
+import { eventfdWrite } from '../sys/eventfd.js';
+import { GuestMemory, type MemoryRegion } from '../virtio/guest-memory.js';
+import { SplitQueue, RingError, DescriptorChain } from '../virtio/split-queue.js';
+import { NetRxWriter, RX_NO_BUFFERS, RX_DROPPED } from '../virtio/net-rx.js';
+import { readTxFrame, TX_DROPPED } from '../virtio/net-tx.js';
+import { Counter, Dir, counterBase } from './counters.js';
+import { flowHash } from './flow-hash.js';
+import { VfPort } from './vf-port.js';
+import type { DirectionSpec, DirectionState, GuestSpec, QueueSpec, QueueState } from './worker-protocol.js';
+
+export const BURST = 32;
+/** Largest frame a guest may hand us: 64 KiB plus Ethernet and VLAN headers. */
+const MAX_FRAME = 65562;
+
+/** Guest memory views of one memory table, shared by the directions of a worker that use it. */
+const memoryCache = new Map<number, { memory: GuestMemory; users: number }>();
+
+function acquireMemory(guest: GuestSpec): GuestMemory {
+  const cached = memoryCache.get(guest.memoryId);
+  if (cached) {
+    cached.users++;
+    return cached.memory;
+  }
+  const regions: MemoryRegion[] = guest.regions.map((r) => ({
+    guestPhysAddr: r.guestPhysAddr,
+    userAddr: r.userAddr,
+    size: r.size,
+    bytes: new Uint8Array(viewAt(r.hostAddress, r.size)),
+  }));
+  const memory = new GuestMemory(regions);
+  memoryCache.set(guest.memoryId, { memory, users: 1 });
+  return memory;
+}
+
+function releaseMemory(memoryId: number): void {
+  const cached = memoryCache.get(memoryId);
+  if (cached && --cached.users === 0) memoryCache.delete(memoryId);
+}
+
+/** One guest vring as a worker drives it. */
+export class GuestQueue {
+  readonly index: number;
+  readonly queue: SplitQueue;
+  readonly callFd: number;
+  readonly kickFd: number;
+  readonly enabled: boolean;
+
+  constructor(spec: QueueSpec, memory: GuestMemory, guest: GuestSpec, state: QueueState | undefined) {
+    this.index = spec.index;
+    this.callFd = spec.callFd;
+    this.kickFd = spec.kickFd;
+    this.enabled = spec.enabled;
+    const at = (p: { region: number; offset: number }) => {
+      const region = memory.regions.find((r) => r.guestPhysAddr === guest.regions[p.region]?.guestPhysAddr);
+      if (!region) throw new RingError(`vring ${spec.index}`, `ring part in unknown region ${p.region}`);
+      return { bytes: region.bytes, offset: p.offset };
+    };
+    this.queue = new SplitQueue({
+      memory,
+      size: spec.size,
+      descTable: at(spec.desc),
+      availRing: at(spec.avail),
+      usedRing: at(spec.used),
+      eventIdx: guest.eventIdx,
+      indirect: guest.indirect,
+      name: `vring ${spec.index}`,
+    });
+    if (state) {
+      this.queue.importState({
+        lastAvail: state.lastAvail,
+        lastUsed: state.lastUsed,
+        signalledUsed: state.signalledUsed,
+        signalledUsedValid: state.signalledValid,
+        notificationsDisabled: false,
+        broken: false,
+      });
+    }
+  }
+
+  exportState(): QueueState {
+    const s = this.queue.exportState();
+    return { lastAvail: s.lastAvail, lastUsed: s.lastUsed, signalledUsed: s.signalledUsed, signalledValid: s.signalledUsedValid };
+  }
+
+  /** Publishes used entries and signals the guest if it asked to be told. */
+  publish(): void {
+    const q = this.queue;
+    if (q.pendingUsedCount === 0) return;
+    q.flushUsed();
+    if (this.callFd >= 0 && q.needsNotification()) eventfdWrite(this.callFd, 1);
+  }
+}
+
+export type RingErrorReport = (queue: number, message: string) => void;
+
+/** Fields shared by both directions. */
+abstract class Direction {
+  readonly relay: number;
+  readonly guest: GuestSpec | null;
+  readonly queues: GuestQueue[] = [];
+  readonly port: VfPort | null;
+  protected readonly counters: Float64Array;
+  protected readonly base: number;
+  private readonly memoryId: number;
+  protected readonly onRingError: RingErrorReport;
+
+  constructor(spec: DirectionSpec, state: DirectionState | null, counters: Float64Array, dir: Dir, onRingError: RingErrorReport) {
+    this.relay = spec.relay;
+    this.guest = spec.guest;
+    this.counters = counters;
+    this.base = counterBase(spec.relay, dir);
+    this.onRingError = onRingError;
+    this.port = spec.port && spec.port.members.length > 0 ? new VfPort(spec.port, state?.rrMember ?? 0) : null;
+    this.memoryId = spec.guest?.memoryId ?? -1;
+    if (spec.guest && spec.guest.queues.length > 0) {
+      const memory = acquireMemory(spec.guest);
+      for (const q of spec.guest.queues) {
+        try {
+          this.queues.push(new GuestQueue(q, memory, spec.guest, state?.queues[q.index]));
+        } catch (err) {
+          onRingError(q.index, (err as Error).message);
+        }
+      }
+    }
+  }
+
+  /** Moves up to a burst; returns the number of frames handled (forwarded or dropped). */
+  abstract burst(): number;
+
+  /** Re-arms guest notifications before sleeping; true when work arrived meanwhile. */
+  abstract armForSleep(): boolean;
+
+  /** Turns guest notifications off again while polling. */
+  abstract disarm(): void;
+
+  /** fds that wake this direction when idle. */
+  abstract wakeFds(): number[];
+
+  exportState(rrQueue: number): DirectionState {
+    const queues: Record<number, QueueState> = {};
+    for (const q of this.queues) {
+      q.publish();
+      queues[q.index] = q.exportState();
+    }
+    return { queues, rrQueue, rrMember: this.port?.rrMember ?? 0 };
+  }
+
+  release(): void {
+    if (this.memoryId >= 0 && this.guest && this.guest.queues.length > 0) releaseMemory(this.memoryId);
+  }
+
+  protected dropQueue(q: GuestQueue, message: string): void {
+    const i = this.queues.indexOf(q);
+    if (i >= 0) this.queues.splice(i, 1);
+    this.onRingError(q.index, message);
+  }
+
+  protected add(counter: Counter, value: number): void {
+    this.counters[this.base + counter] += value;
+  }
+}
+
+/** Guest TX vrings → VF TX ring. */
+export class VmToVf extends Direction {
+  private readonly chain = new DescriptorChain();
+  private readonly scratch = new Uint8Array(MAX_FRAME);
+  private readonly hdrLen: number;
+  private rrQueue: number;
+
+  constructor(spec: DirectionSpec, state: DirectionState | null, counters: Float64Array, onRingError: RingErrorReport) {
+    super(spec, state, counters, Dir.VmToVf, onRingError);
+    this.hdrLen = spec.guest?.hdrLen ?? 12;
+    this.rrQueue = state?.rrQueue ?? 0;
+    for (const q of this.queues) q.queue.disableNotifications();
+  }
+
+  burst(): number {
+    const n = this.queues.length;
+    if (n === 0) return 0;
+    let handled = 0;
+    for (let k = 0; k < n; k++) {
+      const q = this.queues[(this.rrQueue + k) % n];
+      if (q === undefined) continue;
+      try {
+        handled += this.drain(q);
+      } catch (err) {
+        if (err instanceof RingError) this.dropQueue(q, err.message);
+        else throw err;
+      }
+    }
+    this.rrQueue = n > 0 ? (this.rrQueue + 1) % n : 0;
+    this.port?.flush();
+    return handled;
+  }
+
+  private drain(q: GuestQueue): number {
+    const queue = q.queue;
+    const available = queue.availableCount();
+    if (available === 0) return 0;
+    const budget = available < BURST ? available : BURST;
+    const chain = this.chain;
+    const port = this.port;
+    const hdrLen = this.hdrLen;
+    let handled = 0;
+    let packets = 0;
+    let bytes = 0;
+    let rxBytes = 0;
+    let notConnected = 0;
+    let bad = 0;
+    let full = 0;
+    for (; handled < budget; handled++) {
+      if (port === null || !q.enabled) {
+        if (!queue.popChain(chain)) break;
+        queue.pushUsed(chain.head, 0);
+        notConnected++;
+        continue;
+      }
+      if (!port.needsFrameForTx) {
+        const m = port.txMember();
+        if (m < 0) {
+          if (!queue.popChain(chain)) break;
+          queue.pushUsed(chain.head, 0);
+          notConnected++;
+          continue;
+        }
+        const ring = port.rings[m];
+        // Take a chain only when the VF has room: a full TX ring is backpressure, not loss.
+        const slot = ring.txSlot();
+        if (slot === null) {
+          full++;
+          break;
+        }
+        if (!queue.popChain(chain)) break;
+        const frameLength = chain.readableLength - hdrLen;
+        const len =
+          frameLength > slot.capacity ? TX_DROPPED : readTxFrame(chain, hdrLen, slot.bytes, slot.offset);
+        queue.pushUsed(chain.head, 0);
+        if (len === TX_DROPPED || !ring.txCommit(len)) {
+          bad++;
+          continue;
+        }
+        port.markDirty(m);
+        packets++;
+        bytes += len;
+        rxBytes += len;
+        continue;
+      }
+      // balance / broadcast: the frame decides the member(s), so copy it out first.
+      if (!queue.popChain(chain)) break;
+      const len = readTxFrame(chain, hdrLen, this.scratch, 0);
+      queue.pushUsed(chain.head, 0);
+      if (len === TX_DROPPED) {
+        bad++;
+        continue;
+      }
+      rxBytes += len;
+      if (port.mode === 'broadcast') {
+        let sent = false;
+        for (let m = 0; m < port.rings.length; m++) if (port.memberUp(m) && port.send(m, this.scratch, 0, len)) sent = true;
+        if (sent) {
+          packets++;
+          bytes += len;
+        } else full++;
+      } else {
+        const m = port.balanceMember(this.scratch, 0, len);
+        if (m < 0) notConnected++;
+        else if (port.send(m, this.scratch, 0, len)) {
+          packets++;
+          bytes += len;
+        } else full++;
+      }
+    }
+    q.publish();
+    const taken = packets + notConnected + bad + (port?.needsFrameForTx ? full : 0);
+    const c = this.counters;
+    const b = this.base;
+    c[b + Counter.RxPackets] += taken;
+    c[b + Counter.RxBytes] += rxBytes;
+    c[b + Counter.Packets] += packets;
+    c[b + Counter.Bytes] += bytes;
+    c[b + Counter.DropsNotConnected] += notConnected;
+    c[b + Counter.DropsBadFrame] += bad;
+    if (port?.needsFrameForTx) c[b + Counter.DropsQueueFull] += full;
+    return taken;
+  }
+
+  armForSleep(): boolean {
+    let work = false;
+    for (const q of this.queues) {
+      try {
+        if (q.queue.enableNotifications()) work = true;
+      } catch (err) {
+        if (err instanceof RingError) this.dropQueue(q, err.message);
+        else throw err;
+      }
+    }
+    return work;
+  }
+
+  disarm(): void {
+    for (const q of this.queues) q.queue.disableNotifications();
+  }
+
+  wakeFds(): number[] {
+    return this.queues.filter((q) => q.kickFd >= 0).map((q) => q.kickFd);
+  }
+
+  override exportState(): DirectionState {
+    return super.exportState(this.rrQueue);
+  }
+}
+
+/** VF RX ring(s) → guest RX vrings. */
+export class VfToVm extends Direction {
+  private readonly writers: NetRxWriter[];
+  private readonly onFrame: (bytes: Uint8Array, offset: number, length: number) => void;
+  private readonly dropFrame: (bytes: Uint8Array, offset: number, length: number) => void;
+  // Per-burst tallies, written by the frame callbacks.
+  private packets = 0;
+  private bytes = 0;
+  private rxBytes = 0;
+  private full = 0;
+  private bad = 0;
+  private dropped = 0;
+  private failed: GuestQueue | null = null;
+  private failure = '';
+
+  constructor(spec: DirectionSpec, state: DirectionState | null, counters: Float64Array, onRingError: RingErrorReport) {
+    super(spec, state, counters, Dir.VfToVm, onRingError);
+    const guest = spec.guest;
+    this.writers = this.queues.map(
+      (q) => new NetRxWriter(q.queue, { headerLength: guest?.hdrLen ?? 12, mergeable: guest?.mergeable ?? false }),
+    );
+    for (const q of this.queues) q.queue.disableNotifications();
+    this.onFrame = (bytes, offset, length) => this.deliver(bytes, offset, length);
+    this.dropFrame = (_bytes, _offset, length) => {
+      this.dropped++;
+      this.rxBytes += length;
+    };
+  }
+
+  private deliver(bytes: Uint8Array, offset: number, length: number): void {
+    this.rxBytes += length;
+    const writers = this.writers;
+    const n = writers.length;
+    const w = n === 1 ? writers[0] : writers[flowHash(bytes, offset, length) % n];
+    let r: number;
+    try {
+      r = w.deliver(bytes, offset, length);
+    } catch (err) {
+      if (!(err instanceof RingError)) throw err;
+      this.failed = this.queues[writers.indexOf(w)] ?? null;
+      this.failure = err.message;
+      this.full++;
+      return;
+    }
+    if (r === RX_NO_BUFFERS) this.full++;
+    else if (r === RX_DROPPED) this.bad++;
+    else {
+      this.packets++;
+      this.bytes += length;
+    }
+  }
+
+  burst(): number {
+    const port = this.port;
+    if (port === null) return 0;
+    this.packets = this.bytes = this.rxBytes = this.full = this.bad = this.dropped = 0;
+    let handled = 0;
+    const connected = this.writers.length > 0;
+    let budget = BURST;
+    if (connected) {
+      // Take no more frames than the guest has buffers for (one per frame is the common case),
+      // so the VF ring holds the rest instead of the relay dropping them.
+      let room = 0;
+      for (const q of this.queues) {
+        try {
+          room += q.queue.availableCount();
+        } catch (err) {
+          if (err instanceof RingError) this.failed = q, (this.failure = err.message);
+          else throw err;
+        }
+      }
+      if (room < budget) budget = room;
+    }
+    for (let m = 0; m < port.rings.length; m++) {
+      const ring = port.rings[m];
+      if (connected && port.acceptsFrom(m)) {
+        if (budget > 0) handled += ring.receive(this.onFrame, budget);
+      } else {
+        handled += ring.receive(this.dropFrame, BURST);
+      }
+    }
+    for (const q of this.queues) q.publish();
+    if (this.failed) {
+      const q = this.failed;
+      this.failed = null;
+      const i = this.queues.indexOf(q);
+      if (i >= 0) this.writers.splice(i, 1);
+      this.dropQueue(q, this.failure);
+    }
+    if (handled === 0) return 0;
+    const c = this.counters;
+    const b = this.base;
+    c[b + Counter.RxPackets] += handled;
+    c[b + Counter.RxBytes] += this.rxBytes;
+    c[b + Counter.Packets] += this.packets;
+    c[b + Counter.Bytes] += this.bytes;
+    c[b + Counter.DropsQueueFull] += this.full;
+    c[b + Counter.DropsBadFrame] += this.bad;
+    c[b + Counter.DropsNotConnected] += this.dropped;
+    return handled;
+  }
+
+  /** Guest buffers available for receive, or -1 when no guest is connected. */
+  private guestRoom(): number {
+    if (this.writers.length === 0) return -1;
+    let room = 0;
+    for (const q of this.queues) room += (q.queue.readAvailIdx() - q.queue.lastAvail) & 0xffff;
+    return room;
+  }
+
+  armForSleep(): boolean {
+    if (this.port === null) return false;
+    let framesWaiting = false;
+    for (const ring of this.port.rings) if (ring.rxReady()) framesWaiting = true;
+    if (!framesWaiting) return false;
+    // Frames wait in the VF ring because the guest has no buffers: ask the guest to kick when
+    // it adds some, and sleep on those kicks rather than on the (ready) packet socket.
+    let refilled = false;
+    for (const q of this.queues) {
+      try {
+        if (q.queue.enableNotifications()) refilled = true;
+      } catch (err) {
+        if (err instanceof RingError) this.dropQueue(q, err.message);
+        else throw err;
+      }
+    }
+    return refilled || this.guestRoom() !== 0;
+  }
+
+  disarm(): void {
+    for (const q of this.queues) q.queue.disableNotifications();
+  }
+
+  wakeFds(): number[] {
+    if (this.port === null) return [];
+    const room = this.guestRoom();
+    if (room === 0) return this.queues.filter((q) => q.kickFd >= 0).map((q) => q.kickFd);
+    return this.port.rings.map((r) => r.rxFd);
+  }
+
+  override exportState(): DirectionState {
+    return super.exportState(0);
+  }
+}

@@ -1,0 +1,335 @@
+// One relay: a vhost-user socket (with the VM's session behind it) joined to a VF or a bond. This
+// object is the NetDevice the vhost-user session drives; it turns ring and memory events into
+// direction specs for the workers, and it owns the VF packet rings. Every change to what the
+// workers run goes through `reconfigure`, one at a time, so a direction is always detached (and its
+// ring state saved) before it is attached again.
+import type { Logger } from 'pino';
+import { openPacketRing, closePacketRing, type PacketRingHandle } from '../sys/packet-ring.js';
+import { linkHasCarrier } from '../sys/netdev.js';
+import type { NetDevice, SessionMemory, VringConfig } from '../vhost-user/device.js';
+import type { PeerSession } from '../vhost-user/peer.js';
+import type { VhostUserServer } from '../vhost-user/server.js';
+import type { VhostUserClient } from '../vhost-user/client.js';
+import { resolveVf } from './vf.js';
+import type { WorkerPool } from './worker-pool.js';
+import type { DirName, DirectionSpec, DirectionState, GuestSpec, PortSpec, QueueSpec, QueueState } from './worker-protocol.js';
+import { BOND_MODE_NAMES, type BondMode, type DeviceRef, type VfRef } from './registry-api.js';
+
+export interface RelayContext {
+  pool: WorkerPool;
+  log: Logger;
+  sysfsRoot: string;
+  jumbo: boolean;
+  /** CPUs fixed for this relay by VIRTIOFWD_CPU_PINS, if any. */
+  pinnedCpus(relay: number): { vf2vm: number; vm2vf: number } | undefined;
+}
+
+interface Member {
+  ref: VfRef;
+  netdev: string;
+  handle: PacketRingHandle;
+  up: boolean;
+}
+
+interface VringEntry {
+  config: VringConfig;
+  enabled: boolean;
+}
+
+const BOND_PORT_MODE: Record<BondMode, PortSpec['mode']> = {
+  0: 'round-robin',
+  1: 'active-backup',
+  2: 'balance',
+  3: 'broadcast',
+};
+
+let memoryIds = 0;
+
+export class Relay implements NetDevice {
+  readonly id: number;
+  socketPath: string | undefined;
+  endpoint: VhostUserServer | VhostUserClient | undefined;
+  device: DeviceRef | undefined;
+  private members: Member[] = [];
+  private activeMember = 0;
+  private memory: SessionMemory | null = null;
+  private memoryId = -1;
+  private readonly vrings = new Map<number, VringEntry>();
+  /** Ring state saved when a direction was detached, keyed by vring index. */
+  private readonly saved = new Map<number, QueueState>();
+  private rr: Record<DirName, { rrQueue: number; rrMember: number }> = {
+    vf2vm: { rrQueue: 0, rrMember: 0 },
+    vm2vf: { rrQueue: 0, rrMember: 0 },
+  };
+  /** CPU chosen for each direction (kept across reconfigurations so a relay does not wander). */
+  private readonly cpus: Partial<Record<DirName, number>> = {};
+  private chain: Promise<void> = Promise.resolve();
+  private readonly log: Logger;
+  vmConnected = false;
+  queuePairs = 0;
+
+  constructor(id: number, private readonly ctx: RelayContext) {
+    this.id = id;
+    this.log = ctx.log.child({ relay: id });
+  }
+
+  /** Free for add_sock: no device, no VM, no socket. */
+  get free(): boolean {
+    return !this.device && !this.vmConnected && !this.socketPath;
+  }
+
+  get hasGuest(): boolean {
+    return this.vrings.size > 0;
+  }
+
+  /** Runs `fn` after every earlier change to this relay has finished. */
+  private serial<T>(fn: () => Promise<T>): Promise<T> {
+    const run = this.chain.then(fn, fn);
+    this.chain = run.then(
+      () => undefined,
+      () => undefined,
+    );
+    return run;
+  }
+
+  // ---- the host side ----------------------------------------------------------------------------
+
+  /** Resolves and opens every member, then starts forwarding. Nothing is kept when a member fails. */
+  attachDevice(device: DeviceRef): Promise<void> {
+    return this.serial(async () => {
+      const refs = device.kind === 'vf' ? [device.vf] : device.bond.members;
+      const opened: Member[] = [];
+      try {
+        for (const ref of refs) {
+          const resolved = resolveVf(ref, this.ctx.sysfsRoot);
+          const handle = openPacketRing(resolved.netdev, this.ctx.jumbo ? { txFrameSize: 16384, blockSize: 256 * 1024 } : {});
+          opened.push({ ref: { pci: resolved.pci, netdev: resolved.netdev }, netdev: resolved.netdev, handle, up: linkHasCarrier(resolved.netdev) });
+        }
+      } catch (err) {
+        for (const m of opened) closePacketRing(m.handle);
+        throw err;
+      }
+      this.members = opened;
+      this.device =
+        device.kind === 'vf'
+          ? { kind: 'vf', vf: opened[0].ref }
+          : { kind: 'bond', bond: { ...device.bond, members: opened.map((m) => m.ref) } };
+      this.activeMember = Math.max(0, opened.findIndex((m) => m.up));
+      this.log.info(
+        { netdevs: opened.map((m) => m.netdev), bond: device.kind === 'bond' ? `${device.bond.name} (${BOND_MODE_NAMES[device.bond.mode]})` : undefined },
+        'device attached',
+      );
+      await this.reconfigure();
+    });
+  }
+
+  /** Stops forwarding and closes the VF rings. */
+  detachDevice(): Promise<void> {
+    return this.serial(async () => {
+      const members = this.members;
+      this.members = [];
+      this.device = undefined;
+      await this.reconfigure();
+      for (const m of members) closePacketRing(m.handle);
+      if (members.length > 0) this.log.info({ netdevs: members.map((m) => m.netdev) }, 'device detached');
+    });
+  }
+
+  /** Re-reads carrier of bond members; fails over in active-backup mode. Cheap: called on a timer. */
+  checkCarrier(): void {
+    if (this.device?.kind !== 'bond' || this.members.length === 0) return;
+    let changed = false;
+    for (const m of this.members) {
+      const up = linkHasCarrier(m.netdev);
+      if (up !== m.up) {
+        m.up = up;
+        changed = true;
+        this.log.info({ netdev: m.netdev, carrier: up }, up ? 'bond member has carrier' : 'bond member lost carrier');
+      }
+    }
+    if (!changed) return;
+    if (!this.members[this.activeMember]?.up) {
+      const next = this.members.findIndex((m) => m.up);
+      if (next >= 0 && next !== this.activeMember) {
+        this.log.warn({ from: this.members[this.activeMember]?.netdev, to: this.members[next].netdev }, 'active-backup failover');
+        this.activeMember = next;
+      }
+    }
+    const up = this.members.map((m) => m.up);
+    for (const dir of ['vf2vm', 'vm2vf'] as const) this.ctx.pool.setActiveMember(this.id, dir, this.activeMember, up);
+  }
+
+  // ---- NetDevice: the guest side -----------------------------------------------------------------
+
+  memoryChanged(memory: SessionMemory): Promise<void> {
+    return this.serial(async () => {
+      // The session stopped every vring before this, so no worker still uses the old table.
+      this.memory = memory;
+      this.memoryId = ++memoryIds;
+    });
+  }
+
+  vringStarted(index: number, vring: VringConfig): Promise<void> {
+    return this.serial(async () => {
+      this.vrings.set(index, { config: vring, enabled: vring.enabled });
+      this.saved.set(index, { lastAvail: vring.lastAvail, lastUsed: vring.lastUsed, signalledUsed: 0, signalledValid: false });
+      this.vmConnected = true;
+      await this.reconfigure();
+    });
+  }
+
+  vringStopped(index: number): Promise<{ lastAvail: number }> {
+    return this.serial(async () => {
+      const entry = this.vrings.get(index);
+      this.vrings.delete(index);
+      await this.reconfigure();
+      const state = this.saved.get(index);
+      this.saved.delete(index);
+      return { lastAvail: state?.lastAvail ?? entry?.config.lastAvail ?? 0 };
+    });
+  }
+
+  vringEnabled(index: number, enabled: boolean): Promise<void> {
+    return this.serial(async () => {
+      const entry = this.vrings.get(index);
+      if (!entry || entry.enabled === enabled) return;
+      entry.enabled = enabled;
+      this.log.debug({ vring: index, enabled }, 'vring enable changed');
+      await this.reconfigure();
+    });
+  }
+
+  vringCallChanged(index: number, callFd: number): Promise<void> {
+    return this.serial(async () => {
+      const entry = this.vrings.get(index);
+      if (!entry) return;
+      entry.config = { ...entry.config, callFd };
+      await this.reconfigure();
+    });
+  }
+
+  disconnected(): Promise<void> {
+    return this.serial(async () => {
+      this.vrings.clear();
+      this.saved.clear();
+      this.memory = null;
+      this.vmConnected = false;
+      this.queuePairs = 0;
+      await this.reconfigure();
+      this.log.info('VM disconnected');
+    });
+  }
+
+  /** The session of the connected VM, if any. */
+  get session(): PeerSession | null {
+    return this.endpoint?.active ?? null;
+  }
+
+  // ---- workers ----------------------------------------------------------------------------------
+
+  private guestSpec(dir: DirName): GuestSpec | null {
+    if (!this.memory || this.vrings.size === 0) return null;
+    const wantRx = dir === 'vf2vm';
+    const queues: QueueSpec[] = [];
+    let sample: VringConfig | undefined;
+    for (const [index, entry] of [...this.vrings.entries()].sort((a, b) => a[0] - b[0])) {
+      const isRx = index % 2 === 0;
+      if (isRx !== wantRx) continue;
+      // RX queues deliver only when enabled; started TX queues are drained even when disabled.
+      if (isRx && !entry.enabled) continue;
+      const c = entry.config;
+      sample = c;
+      queues.push({
+        index,
+        size: c.size,
+        desc: { region: c.desc.region, offset: c.desc.offset },
+        avail: { region: c.avail.region, offset: c.avail.offset },
+        used: { region: c.used.region, offset: c.used.offset },
+        callFd: c.callFd,
+        kickFd: c.kickFd,
+        enabled: entry.enabled,
+      });
+    }
+    if (!sample) {
+      const any = this.vrings.values().next().value as VringEntry;
+      sample = any.config;
+    }
+    return {
+      memoryId: this.memoryId,
+      regions: this.memory.regions.map((r) => ({ guestPhysAddr: r.guestPhysAddr, userAddr: r.userAddr, size: r.size, hostAddress: r.hostAddress })),
+      eventIdx: sample.eventIdx,
+      indirect: sample.indirect,
+      mergeable: sample.mergeableRxBuffers,
+      hdrLen: sample.netHeaderLength,
+      queues,
+    };
+  }
+
+  private portSpec(): PortSpec | null {
+    if (this.members.length === 0) return null;
+    const mode = this.device?.kind === 'bond' ? BOND_PORT_MODE[this.device.bond.mode] : 'single';
+    return {
+      mode,
+      active: this.activeMember,
+      members: this.members.map((m) => ({ netdev: m.netdev, handle: m.handle, up: m.up })),
+    };
+  }
+
+  /** The CPU a direction runs on: the pin, else where it ran before, else the least busy worker. */
+  private cpuFor(dir: DirName): number {
+    const pinned = this.ctx.pinnedCpus(this.id);
+    if (this.cpus[dir] === undefined) this.cpus[dir] = pinned ? pinned[dir] : this.ctx.pool.leastBusyCpu();
+    return this.cpus[dir]!;
+  }
+
+  cpuOf(dir: DirName): number {
+    return this.ctx.pool.cpuOf(this.id, dir);
+  }
+
+  /** Moves a direction to another worker (scheduler, pinner): detach at a burst boundary, attach there. */
+  moveDirection(dir: DirName, cpu: number): Promise<void> {
+    return this.serial(async () => {
+      if (this.cpus[dir] === cpu && this.ctx.pool.cpuOf(this.id, dir) === cpu) return;
+      this.cpus[dir] = cpu;
+      await this.reconfigureDirection(dir);
+    });
+  }
+
+  private async reconfigure(): Promise<void> {
+    this.queuePairs = [...this.vrings.keys()].filter((i) => i % 2 === 0 && this.vrings.get(i)!.enabled).length;
+    await this.reconfigureDirection('vf2vm');
+    await this.reconfigureDirection('vm2vf');
+  }
+
+  private async reconfigureDirection(dir: DirName): Promise<void> {
+    const state = await this.ctx.pool.detach(this.id, dir);
+    if (state) {
+      for (const [index, qs] of Object.entries(state.queues)) this.saved.set(Number(index), qs);
+      this.rr[dir] = { rrQueue: state.rrQueue, rrMember: state.rrMember };
+    }
+    const guest = this.guestSpec(dir);
+    const port = this.portSpec();
+    if (!port && (!guest || guest.queues.length === 0)) return;
+    const spec: DirectionSpec = { relay: this.id, dir, guest, port };
+    const queues: Record<number, QueueState> = {};
+    for (const q of guest?.queues ?? []) {
+      const s = this.saved.get(q.index);
+      if (s) queues[q.index] = s;
+    }
+    const resume: DirectionState = { queues, ...this.rr[dir] };
+    await this.ctx.pool.attach(spec, resume, this.cpuFor(dir));
+  }
+
+  /** Closes the socket (and the VM session), stops forwarding and closes the VF rings. */
+  async shutdown(): Promise<void> {
+    const endpoint = this.endpoint;
+    this.endpoint = undefined;
+    this.socketPath = undefined;
+    if (endpoint) await endpoint.close();
+    await this.detachDevice();
+    await this.serial(async () => {
+      await this.ctx.pool.detach(this.id, 'vf2vm');
+      await this.ctx.pool.detach(this.id, 'vm2vf');
+    });
+  }
+}

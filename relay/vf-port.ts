@@ -1,0 +1,108 @@
+// The host side of a relay inside a worker: one VF, or a bond of several, each polled through its
+// AF_PACKET rings. The bond decides which member sends a frame and which members' traffic is
+// accepted; carrier changes come from the main thread (set-active-member), never from sysfs reads
+// on the hot path.
+import { PacketRing } from '../sys/packet-ring.js';
+import { flowHash } from './flow-hash.js';
+import type { PortSpec } from './worker-protocol.js';
+
+export class VfPort {
+  readonly mode: PortSpec['mode'];
+  readonly rings: PacketRing[];
+  readonly names: string[];
+  private up: boolean[];
+  private active: number;
+  /** Next member for round-robin transmission; carried across handovers. */
+  rrMember = 0;
+  /** Members with frames committed since the last flush. */
+  private readonly dirty: Uint8Array;
+
+  constructor(spec: PortSpec, rrMember = 0) {
+    this.mode = spec.mode;
+    this.rings = spec.members.map((m) => PacketRing.attach(m.handle));
+    this.names = spec.members.map((m) => m.netdev);
+    this.up = spec.members.map((m) => m.up);
+    this.active = spec.active;
+    this.rrMember = rrMember;
+    this.dirty = new Uint8Array(this.rings.length);
+  }
+
+  setActive(active: number, up: boolean[]): void {
+    this.active = active;
+    this.up = up.slice(0, this.rings.length);
+  }
+
+  /** True when the transmit member must be chosen from the frame's contents. */
+  get needsFrameForTx(): boolean {
+    return this.mode === 'balance' || this.mode === 'broadcast';
+  }
+
+  /** Member to send the next frame on, for modes that do not look at the frame; -1 when none can send. */
+  txMember(): number {
+    const n = this.rings.length;
+    switch (this.mode) {
+      case 'single':
+        return 0;
+      case 'active-backup':
+        return this.up[this.active] ? this.active : -1;
+      case 'round-robin':
+        for (let tries = 0; tries < n; tries++) {
+          const m = this.rrMember;
+          this.rrMember = m + 1 === n ? 0 : m + 1;
+          if (this.up[m]) return m;
+        }
+        return -1;
+      default:
+        return -1;
+    }
+  }
+
+  /** Member for a frame in balance mode: a flow hash over the members with carrier. */
+  balanceMember(frame: Uint8Array, offset: number, length: number): number {
+    const n = this.rings.length;
+    let upCount = 0;
+    for (let i = 0; i < n; i++) if (this.up[i]) upCount++;
+    if (upCount === 0) return -1;
+    let pick = flowHash(frame, offset, length) % upCount;
+    for (let i = 0; i < n; i++) {
+      if (!this.up[i]) continue;
+      if (pick-- === 0) return i;
+    }
+    return -1;
+  }
+
+  memberUp(i: number): boolean {
+    return this.up[i] === true;
+  }
+
+  /** Whether frames received on member `i` belong to the relay (active-backup listens to the active one only). */
+  acceptsFrom(i: number): boolean {
+    return this.mode !== 'active-backup' || i === this.active;
+  }
+
+  /** Copies a frame into member `m`'s TX ring; false when the ring is full or the kernel would refuse it. */
+  send(m: number, frame: Uint8Array, offset: number, length: number): boolean {
+    const ring = this.rings[m];
+    const slot = ring.txSlot();
+    if (slot === null || length > slot.capacity) return false;
+    slot.bytes.set(frame.subarray(offset, offset + length), slot.offset);
+    if (!ring.txCommit(length)) return false;
+    this.dirty[m] = 1;
+    return true;
+  }
+
+  markDirty(m: number): void {
+    this.dirty[m] = 1;
+  }
+
+  /** One sendto per member that has queued frames (or frames left from a busy socket). */
+  flush(): void {
+    for (let m = 0; m < this.rings.length; m++) {
+      const ring = this.rings[m];
+      if (this.dirty[m] === 1 || ring.txPending()) {
+        this.dirty[m] = 0;
+        ring.txFlush();
+      }
+    }
+  }
+}

@@ -1,0 +1,104 @@
+// Messages between the main thread and the forwarding workers. Everything here is plain data
+// (structured-cloneable): a worker rebuilds its own views of guest memory and packet rings from
+// addresses and fds, which are process-wide.
+import type { PacketRingHandle } from '../sys/packet-ring.js';
+
+export type DirName = 'vf2vm' | 'vm2vf';
+
+/** One mapped guest memory region as a worker sees it. */
+export interface RegionSpec {
+  guestPhysAddr: number;
+  userAddr: number;
+  size: number;
+  /** Host address of the region's first byte (mapping address + mmap offset). */
+  hostAddress: number;
+}
+
+export interface QueueSpec {
+  /** vring index: 2q for the guest's RX queue q, 2q+1 for its TX queue q. */
+  index: number;
+  size: number;
+  /** The ring parts as (region index, byte offset in the region), already translated. */
+  desc: RingPlace;
+  avail: RingPlace;
+  used: RingPlace;
+  callFd: number;
+  kickFd: number;
+  /** TX queues that are started but disabled are drained and their frames discarded. */
+  enabled: boolean;
+}
+
+export interface RingPlace {
+  region: number;
+  offset: number;
+}
+
+export interface QueueState {
+  lastAvail: number;
+  lastUsed: number;
+  signalledUsed: number;
+  signalledValid: boolean;
+}
+
+export interface GuestSpec {
+  /** Changes whenever the memory table changes, so workers can cache views per table. */
+  memoryId: number;
+  regions: RegionSpec[];
+  eventIdx: boolean;
+  indirect: boolean;
+  mergeable: boolean;
+  hdrLen: number;
+  /** Started and enabled queues this direction serves (RX vrings for vf2vm, TX vrings for vm2vf). */
+  queues: QueueSpec[];
+}
+
+export interface PortMember {
+  netdev: string;
+  handle: PacketRingHandle;
+  /** Carrier state as last seen by the main thread (active-backup fails over on it). */
+  up: boolean;
+}
+
+export interface PortSpec {
+  /** 'single' for one VF, otherwise the bond mode. */
+  mode: 'single' | 'round-robin' | 'active-backup' | 'balance' | 'broadcast';
+  members: PortMember[];
+  /** Index of the active member in active-backup mode. */
+  active: number;
+}
+
+export interface DirectionSpec {
+  relay: number;
+  dir: DirName;
+  guest: GuestSpec | null;
+  port: PortSpec | null;
+}
+
+export interface DirectionState {
+  queues: Record<number, QueueState>;
+  /** Round-robin positions (guest TX queue, bond member) carried across handovers. */
+  rrQueue: number;
+  rrMember: number;
+}
+
+export type ToWorker =
+  | { type: 'attach'; reqId: number; spec: DirectionSpec; state: DirectionState | null }
+  | { type: 'detach'; reqId: number; relay: number; dir: DirName }
+  | { type: 'set-active-member'; relay: number; dir: DirName; active: number; up: boolean[] }
+  | { type: 'stop'; reqId: number };
+
+export type FromWorker =
+  | { type: 'ready'; cpu: number; tid: number }
+  | { type: 'done'; reqId: number; state?: DirectionState | null; error?: string }
+  | { type: 'ring-error'; relay: number; dir: DirName; queue: number; message: string }
+  | { type: 'log'; level: 'debug' | 'info' | 'warn' | 'error'; msg: string; data?: Record<string, unknown> };
+
+export interface WorkerInit {
+  cpu: number;
+  slot: number;
+  pollMode: 'busy' | 'adaptive';
+  counters: SharedArrayBuffer;
+  workerLoad: SharedArrayBuffer;
+  /** eventfd the main thread writes after posting a message, so a sleeping worker wakes. */
+  wakeFd: number;
+}
