@@ -26,6 +26,7 @@ const EPOLL_CTL_MOD = 3;
 const EPOLL_EVENT_SIZE = 12; // packed on x86-64: u32 events, u64 data
 const ENOENT = 2;
 const EBADF = 9;
+const EEXIST = 17;
 
 const pollNative = libc.func('int poll(void *fds, unsigned long nfds, int timeout)');
 const epollCreateNative = libc.func('int epoll_create1(int flags)');
@@ -125,8 +126,17 @@ export class Reactor {
   watch(fd: number, onReadable: ReadinessCallback, events = EPOLLIN): void {
     if (this.closed) throw new Error(`reactor is closed; cannot watch fd ${fd}`);
     if (fd === this.wakeFd || !Number.isInteger(fd) || fd < 0) throw new RangeError(`reactor: cannot watch fd ${fd}`);
-    const op = this.callbacks.has(fd) ? EPOLL_CTL_MOD : EPOLL_CTL_ADD;
-    this.control(op, fd, events);
+    // The map and the epoll set can disagree when a watched fd was closed without unwatch (epoll
+    // drops it) and the number was reused, or when another reference keeps the old file in the set.
+    const first = this.callbacks.has(fd) ? EPOLL_CTL_MOD : EPOLL_CTL_ADD;
+    if (!this.tryControl(first, fd, events)) {
+      const errno = lastErrno();
+      const second = first === EPOLL_CTL_MOD ? EPOLL_CTL_ADD : EPOLL_CTL_MOD;
+      const recoverable = (first === EPOLL_CTL_MOD && errno === ENOENT) || (first === EPOLL_CTL_ADD && errno === EEXIST);
+      if (!recoverable || !this.tryControl(second, fd, events)) {
+        throw new SysError('epoll_ctl', recoverable ? lastErrno() : errno, `${first === EPOLL_CTL_ADD ? 'EPOLL_CTL_ADD' : 'EPOLL_CTL_MOD'} fd ${fd}`);
+      }
+    }
     this.callbacks.set(fd, onReadable);
     this.arm();
   }
@@ -166,12 +176,15 @@ export class Reactor {
     this.resolveClosed?.();
   }
 
-  private control(op: number, fd: number, events: number): void {
+  private tryControl(op: number, fd: number, events: number): boolean {
     this.eventView.setUint32(0, events >>> 0, true);
     this.eventView.setUint32(4, fd, true);
     this.eventView.setUint32(8, 0, true);
-    const name = op === EPOLL_CTL_ADD ? 'EPOLL_CTL_ADD' : 'EPOLL_CTL_MOD';
-    check(epollCtlNative(this.epfd, op, fd, this.eventBuffer), 'epoll_ctl', `${name} fd ${fd}`);
+    return epollCtlNative(this.epfd, op, fd, this.eventBuffer) === 0;
+  }
+
+  private control(op: number, fd: number, events: number): void {
+    if (!this.tryControl(op, fd, events)) throw new SysError('epoll_ctl', lastErrno(), `${op === EPOLL_CTL_ADD ? 'EPOLL_CTL_ADD' : 'EPOLL_CTL_MOD'} fd ${fd}`);
   }
 
   // Only one epoll_wait is ever in flight; it is re-armed after each batch while fds are watched,

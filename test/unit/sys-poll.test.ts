@@ -210,6 +210,26 @@ describe('Reactor', () => {
     await reactor.close();
   });
 
+  it('watches a reused fd number after the old fd was closed without unwatch', async () => {
+    const reactor = new Reactor();
+    try {
+      const old = eventfd();
+      reactor.watch(old, () => {});
+      close(old); // epoll forgets it; the reactor still has a callback for the number
+      const reused = track(eventfd());
+      expect(reused).toBe(old);
+      let calls = 0;
+      reactor.watch(reused, () => {
+        eventfdRead(reused);
+        calls++;
+      });
+      eventfdWrite(reused);
+      await expect.poll(() => calls).toBe(1);
+    } finally {
+      await reactor.close();
+    }
+  });
+
   it('rejects a bad fd with the errno', () => {
     const reactor = new Reactor();
     try {
