@@ -187,9 +187,45 @@ export async function startGuestVm(opts: GuestVmOptions = {}): Promise<GuestVm> 
 
   const label = opts.label ?? `qemu-guest-${++vmCounter}`;
   const proc = startProcess(command, commandArgs, { stdio: ['pipe', 'pipe', 'pipe'], label, echo: opts.echo });
-  // A guest that powered off closes the pipe; a late write must not crash the test runner.
-  proc.proc.stdin?.on('error', () => {});
   const commandLine = [command, ...commandArgs];
+  const guestConsole = attachGuestConsole(proc, { label, commandLine });
+
+  const stop = async (): Promise<number | string> => {
+    const status = await guestConsole.powerOff();
+    if (opts.vhostUser?.qemuIsServer && existsSync(opts.vhostUser.socketPath)) rmSync(opts.vhostUser.socketPath, { force: true });
+    return status;
+  };
+
+  return {
+    pid: proc.pid,
+    process: proc,
+    commandLine,
+    accel,
+    machine,
+    ready: guestConsole.ready,
+    exec: guestConsole.exec,
+    output: () => proc.output(),
+    stop,
+  };
+}
+
+export interface GuestConsole {
+  ready(timeoutMs?: number): Promise<void>;
+  exec(command: string, timeoutMs?: number): Promise<GuestExecResult>;
+  /** Asks the guest to power off; ends the process by PID (SIGTERM, then SIGKILL) if it does not exit. */
+  powerOff(): Promise<number | string>;
+}
+
+/**
+ * Drives the test guest's console protocol (test/guest/init) over any process whose stdin and
+ * stdout are the guest's serial console: QEMU here, the project's own VMM in other tests.
+ * The process must have been started with a piped stdin.
+ */
+export function attachGuestConsole(proc: StartedProcess, opts: { label: string; commandLine?: string[] }): GuestConsole {
+  const { label } = opts;
+  if (!proc.proc.stdin) throw new Error(`guest console ${label}: the process was started without a piped stdin`);
+  // A guest that powered off closes the pipe; a late write must not crash the test runner.
+  proc.proc.stdin.on('error', () => {});
 
   let readyPromise: Promise<void> | undefined;
   let isReady = false;
@@ -204,13 +240,14 @@ export async function startGuestVm(opts: GuestVmOptions = {}): Promise<GuestVm> 
       })
       .catch((err: Error) => {
         readyPromise = undefined;
-        throw new Error(`qemu guest ${label} did not reach ${GUEST_READY_MARKER}: ${err.message}\ncommand: ${commandLine.join(' ')}`);
+        const command = opts.commandLine ? `\ncommand: ${opts.commandLine.join(' ')}` : '';
+        throw new Error(`guest ${label} did not reach ${GUEST_READY_MARKER}: ${err.message}${command}`);
       });
     return readyPromise;
   };
 
   const send = (line: string) => {
-    if (!proc.proc.stdin || proc.proc.stdin.destroyed) throw new Error(`qemu guest ${label}: console input is closed`);
+    if (!proc.proc.stdin || proc.proc.stdin.destroyed) throw new Error(`guest ${label}: console input is closed`);
     proc.proc.stdin.write(`${line}\n`);
   };
 
@@ -221,7 +258,7 @@ export async function startGuestVm(opts: GuestVmOptions = {}): Promise<GuestVm> 
     const guestLimit = Math.max(1, Math.ceil(timeoutMs / 1000));
     const line = `run ${id} ${guestLimit} ${Buffer.from(commandText, 'utf8').toString('base64')}`;
     if (line.length > MAX_REQUEST_LINE) {
-      throw new Error(`qemu guest ${label}: command of ${commandText.length} bytes is too long for the serial console (request line ${line.length} > ${MAX_REQUEST_LINE})`);
+      throw new Error(`guest ${label}: command of ${commandText.length} bytes is too long for the serial console (request line ${line.length} > ${MAX_REQUEST_LINE})`);
     }
     const reply = new RegExp(`(?:^|\\n)<<<${id}\\r?\\n([\\s\\S]*?)\\r?\\n>>>${id} (\\d+)\\r?\\n`);
     const started = Date.now();
@@ -234,51 +271,36 @@ export async function startGuestVm(opts: GuestVmOptions = {}): Promise<GuestVm> 
       match = await proc.waitForOutput(reply, replyWaitMs);
     } catch (err) {
       throw new Error(
-        `qemu guest ${label}: "${commandText}" timed out after ${timeoutMs} ms (no reply within ${replyWaitMs} ms): ${(err as Error).message}`,
+        `guest ${label}: "${commandText}" timed out after ${timeoutMs} ms (no reply within ${replyWaitMs} ms): ${(err as Error).message}`,
       );
     }
     const status = Number(match[2]);
     const output = match[1].replace(/\r\n/g, '\n');
     if ((status === 143 || status === 137) && Date.now() - started >= guestLimit * 1000) {
-      throw new Error(`qemu guest ${label}: "${commandText}" timed out after ${timeoutMs} ms; output so far:\n${output}`);
+      throw new Error(`guest ${label}: "${commandText}" timed out after ${timeoutMs} ms; output so far:\n${output}`);
     }
     return { status, output };
   };
 
   const exec = (commandText: string, timeoutMs = 20_000): Promise<GuestExecResult> => {
-    // One request at a time: replies are matched by id, but the guest runs requests serially anyway.
+    // One request at a time: the guest serves requests serially, and a queued request must not
+    // start its reply timer while an earlier one is still running.
     const result = queue.then(() => runOne(commandText, timeoutMs));
     queue = result.catch(() => {});
     return result;
   };
 
-  const stop = async (): Promise<number | string> => {
-    let status: number | string;
-    if (isReady && proc.proc.exitCode === null && proc.proc.signalCode === null) {
-      try {
-        send(`run halt${requestCounter} 5 ${Buffer.from('poweroff -f').toString('base64')}`);
-      } catch {
-        /* console already gone: fall through to signals */
-      }
-      const timer = new Promise<'timeout'>((r) => setTimeout(() => r('timeout'), 10_000).unref());
-      const first = await Promise.race([proc.exited, timer]);
-      status = first === 'timeout' ? await proc.stop() : first;
-    } else {
-      status = await proc.stop();
+  const powerOff = async (): Promise<number | string> => {
+    if (!isReady || proc.proc.exitCode !== null || proc.proc.signalCode !== null) return proc.stop();
+    try {
+      send(`run halt${requestCounter} 5 ${Buffer.from('poweroff -f').toString('base64')}`);
+    } catch {
+      return proc.stop();
     }
-    if (opts.vhostUser?.qemuIsServer && existsSync(opts.vhostUser.socketPath)) rmSync(opts.vhostUser.socketPath, { force: true });
-    return status;
+    const timer = new Promise<'timeout'>((r) => setTimeout(() => r('timeout'), 10_000).unref());
+    const first = await Promise.race([proc.exited, timer]);
+    return first === 'timeout' ? proc.stop() : first;
   };
 
-  return {
-    pid: proc.pid,
-    process: proc,
-    commandLine,
-    accel,
-    machine,
-    ready,
-    exec,
-    output: () => proc.output(),
-    stop,
-  };
+  return { ready, exec, powerOff };
 }
