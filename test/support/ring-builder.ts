@@ -29,15 +29,16 @@ export interface RegionSpec {
 export const DEFAULT_USER_OFFSET = 0x7f00_0000_0000;
 
 /**
- * Guest memory with one separate ArrayBuffer per region (so a buffer that straddles two
- * adjacent regions really lives in two host buffers).
+ * Guest memory with one separate buffer per region (so a buffer that straddles two adjacent
+ * regions really lives in two host buffers). With `shared`, regions are SharedArrayBuffers that
+ * worker threads can map too, like guest RAM mapped by several workers.
  */
-export function createTestMemory(specs: readonly RegionSpec[] = [{ gpa: 0, size: 1 << 20 }]): GuestMemory {
+export function createTestMemory(specs: readonly RegionSpec[] = [{ gpa: 0, size: 1 << 20 }], options: { shared?: boolean } = {}): GuestMemory {
   const regions: MemoryRegion[] = specs.map((s) => ({
     guestPhysAddr: s.gpa,
     size: s.size,
     userAddr: s.userAddr ?? s.gpa + DEFAULT_USER_OFFSET,
-    bytes: new Uint8Array(new ArrayBuffer(s.size)),
+    bytes: new Uint8Array(options.shared ? new SharedArrayBuffer(s.size) : new ArrayBuffer(s.size)),
   }));
   return new GuestMemory(regions);
 }

@@ -6,8 +6,8 @@ import { DescriptorChain } from '../../virtio/split-queue.js';
 import { SplitQueueDriver } from '../../virtio/split-queue-driver.js';
 import { RingBuilder, createTestMemory, readBytes } from '../support/ring-builder.js';
 
-function pair(options: { size?: number; eventIdx?: boolean } = {}) {
-  const memory = createTestMemory([{ gpa: 0, size: 0x10000 }, { gpa: 0x10000, size: 0x30000 }]);
+function pair(options: { size?: number; eventIdx?: boolean; shared?: boolean } = {}) {
+  const memory = createTestMemory([{ gpa: 0, size: 0x10000 }, { gpa: 0x10000, size: 0x30000 }], { shared: options.shared });
   const ring = new RingBuilder(memory, { size: options.size ?? 4, base: 0x100 });
   const driver = ring.driver({ eventIdx: options.eventIdx ?? false });
   const device = ring.queue({ eventIdx: options.eventIdx ?? false, indirect: true });
@@ -79,6 +79,25 @@ describe('driver ↔ device round trip', () => {
       expect(s.ring.usedIdx()).toBe((rounds * 2) & 0xffff);
     });
   }
+
+  it('works the same over SharedArrayBuffer-backed memory', () => {
+    const s = pair({ shared: true, eventIdx: true });
+    expect(s.memory.regions[0]!.bytes.buffer).toBeInstanceOf(SharedArrayBuffer);
+    const head = s.driver.addBuffers([
+      { gpa: 0x20000, len: 8, writable: false },
+      { gpa: 0xffc0, len: 200, writable: true },
+    ]);
+    s.driver.publish();
+    expect(s.device.popChain(s.chain)).toBe(true);
+    expect(s.chain.head).toBe(head);
+    expect(s.chain.segmentCount).toBe(3);
+    const payload = Uint8Array.from({ length: 200 }, (_, i) => 255 - i);
+    expect(s.chain.copyIn(payload, 0, 200, 0)).toBe(200);
+    s.device.pushUsed(head, 200);
+    s.device.flushUsed();
+    expect(s.driver.popUsed()).toEqual({ id: head, len: 200 });
+    expect(readBytes(s.memory, 0xffc0, 200)).toEqual(payload);
+  });
 
   it('kicks follow used.flags NO_NOTIFY without EVENT_IDX', () => {
     const s = pair();
