@@ -1,7 +1,7 @@
 // Throughput probe for the AF_PACKET rings (not a test): how many frames per second one thread
 // moves through sys/packet-ring.ts, and what CPU that costs. Runs from dist/ as root:
 //
-//   npx tsc -p . && node dist/bench/sys-packet-ring.js [tx|rx] [--seconds 3] [--size 64] [--burst 32]
+//   npx tsc -p . && node dist/bench/sys-packet-ring.js [tx|rx] [--seconds 3] [--size 64] [--burst 32] [--no-bypass]
 //
 // tx: this process (pinned to CPU 0) sends bursts through the TX ring of vethA; delivery is
 //     counted on vethB (in its own network namespace) from rx_packets.
@@ -19,10 +19,11 @@ interface Args {
   size: number;
   burst: number;
   ifname?: string;
+  qdiscBypass: boolean;
 }
 
 function parseArgs(argv: string[]): Args {
-  const args: Args = { mode: 'tx', seconds: 3, size: 64, burst: 32 };
+  const args: Args = { mode: 'tx', seconds: 3, size: 64, burst: 32, qdiscBypass: true };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     const value = () => {
@@ -34,8 +35,9 @@ function parseArgs(argv: string[]): Args {
     else if (a === '--size') args.size = value();
     else if (a === '--burst') args.burst = value();
     else if (a === '--ifname') args.ifname = argv[++i];
+    else if (a === '--no-bypass') args.qdiscBypass = false;
     else if (['tx', 'rx', 'inject'].includes(a)) args.mode = a;
-    else throw new Error(`unknown argument ${a} (use tx|rx, --seconds, --size, --burst)`);
+    else throw new Error(`unknown argument ${a} (use tx|rx, --seconds, --size, --burst, --no-bypass)`);
   }
   if (args.size < 60 || args.size > 1514) throw new Error(`--size ${args.size} must be within 60..1514`);
   return args;
@@ -106,7 +108,7 @@ async function main(): Promise<void> {
     run('sysctl', ['-qw', `net.ipv6.conf.${ourEnd}.disable_ipv6=1`]);
     run('ip', ['link', 'set', ourEnd, 'up']);
     if (cpus.includes(0)) setAffinity([0]);
-    const handle = openPacketRing(ourEnd);
+    const handle = openPacketRing(ourEnd, { qdiscBypass: args.qdiscBypass });
     const ring = PacketRing.attach(handle);
     const peerRx = () => Number(run('ip', ['netns', 'exec', ns, 'cat', `/sys/class/net/${peerEnd}/statistics/rx_packets`]));
     try {
@@ -176,6 +178,7 @@ function report(mode: string, args: Args, elapsed: number, offered: number, deli
     mode,
     frameBytes: args.size,
     burst: args.burst,
+    qdiscBypass: args.qdiscBypass,
     seconds: Number(elapsed.toFixed(3)),
     offered,
     delivered,
