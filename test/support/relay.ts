@@ -24,6 +24,8 @@ export interface RelayOptions {
   noZmq?: boolean;
   logLevel?: number;
   echo?: boolean;
+  /** Reuse a socket directory (a restarted relay must find the same paths); kept on stop. */
+  socketDir?: string;
 }
 
 export interface RunningRelay {
@@ -40,7 +42,7 @@ export interface RunningRelay {
 
 export async function startRelay(o: RelayOptions = {}): Promise<RunningRelay> {
   const dir = mkdtempSync(join(tmpdir(), 'vio4wd-relay-'));
-  const socketDir = join(dir, 'sockets');
+  const socketDir = o.socketDir ?? join(dir, 'sockets');
   const configPath = join(dir, 'virtioforwarder');
   const lines = [
     `VIRTIOFWD_CPU_MASK=${(o.cpus ?? [0]).join(',')}`,
