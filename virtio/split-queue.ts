@@ -89,7 +89,7 @@ export class SplitQueue {
   readonly size: number;
   readonly eventIdx: boolean;
   readonly indirect: boolean;
-  maxChainBytes: number;
+  private chainByteLimit = DEFAULT_MAX_CHAIN_BYTES;
   /** Free-running u16 index of the next avail entry to consume. */
   lastAvail: number;
   /** Free-running u16 index of the next used entry to write. */
@@ -123,11 +123,7 @@ export class SplitQueue {
     this.mask = size - 1;
     this.eventIdx = options.eventIdx ?? false;
     this.indirect = options.indirect ?? false;
-    const maxChainBytes = options.maxChainBytes ?? DEFAULT_MAX_CHAIN_BYTES;
-    if (!Number.isInteger(maxChainBytes) || maxChainBytes < 1 || maxChainBytes > MAX_CHAIN_BYTES_LIMIT) {
-      throw new RingError(this.name, `maximum chain length ${maxChainBytes} is outside 1..2^32`);
-    }
-    this.maxChainBytes = maxChainBytes;
+    this.maxChainBytes = options.maxChainBytes ?? DEFAULT_MAX_CHAIN_BYTES;
     const lastAvail = options.lastAvail ?? 0;
     const lastUsed = options.lastUsed ?? 0;
     if (!isU16(lastAvail) || !isU16(lastUsed)) throw new RingError(this.name, `ring indexes ${lastAvail}/${lastUsed} are not u16 values`);
@@ -164,6 +160,21 @@ export class SplitQueue {
       throw new RingError(this.name, `${what} at host offset ${byteOffset} is not ${align}-byte aligned as the virtio spec requires`);
     }
     return { buffer: loc.bytes.buffer, byteOffset };
+  }
+
+  /**
+   * Longest chain (readable + writable bytes) accepted. Receive queues of a guest using big
+   * packets without MRG_RXBUF post chains of about 17 pages and need this raised.
+   */
+  get maxChainBytes(): number {
+    return this.chainByteLimit;
+  }
+
+  set maxChainBytes(value: number) {
+    if (!Number.isInteger(value) || value < 1 || value > MAX_CHAIN_BYTES_LIMIT) {
+      throw new RingError(this.name, `maximum chain length ${value} is outside 1..2^32`);
+    }
+    this.chainByteLimit = value;
   }
 
   /** Sets (or clears) the guest-physical address used ring writes are logged at. */
@@ -225,7 +236,7 @@ export class SplitQueue {
     const size = this.size;
     if (head >= size) return chain.reject(`head descriptor ${head} is outside the ring of ${size}`);
     const memory = this.memory;
-    const maxBytes = this.maxChainBytes;
+    const maxBytes = this.chainByteLimit;
     // The table being walked: the ring's own table, or an indirect table in some region.
     let t32 = this.desc32;
     let word = 0; // u32 index of descriptor 0 of the table in t32

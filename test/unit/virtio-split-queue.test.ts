@@ -70,6 +70,10 @@ describe('SplitQueue construction', () => {
     expect(() => make(65536, 0, 0x1000, 0x2000)).toThrow(/not a power of two/);
     expect(() => make(8, 0x10000 - 64, 0x1000, 0x2000)).toThrow(/does not fit/);
     expect(() => make(8, 0, 0x1000, 0xfff0)).toThrow(/does not fit/);
+    const q = make(8, 0, 0x1000, 0x2000);
+    q.maxChainBytes = 2 ** 32;
+    expect(() => (q.maxChainBytes = 2 ** 32 + 1)).toThrow(/outside 1..2\^32/);
+    expect(() => (q.maxChainBytes = 0)).toThrow(RingError);
   });
 });
 
