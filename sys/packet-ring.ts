@@ -26,9 +26,9 @@ export interface PacketRingOptions {
   blockCount?: number;
   /** Nominal RX frame size; V3 packs frames tighter, this only sizes the kernel's bookkeeping (default 2048). */
   frameSize?: number;
-  /** A partly filled RX block is handed over after this many ms (default 1; the kernel rounds up to a tick). */
+  /** A partly filled RX block is handed over after this many ms: the RX latency at low rates (default 1). */
   retireTimeoutMs?: number;
-  /** TX slot size, a power of two ≥ 64 (default 2048: frames up to 2016 bytes). */
+  /** TX slot size, a power of two in [128, 65536] (default 2048: frames up to 2016 bytes). */
   txFrameSize?: number;
   /** TX slots, a multiple of the slots per TX block (default 512). */
   txFrameCount?: number;
@@ -63,7 +63,6 @@ export interface PacketRingHandle {
   position: RingMapping;
 }
 
-const TPACKET_ALIGNMENT = 16;
 const TPACKET2_HDR_SIZE = 32;
 const TX_DATA_OFFSET = TPACKET2_HDR_SIZE; // tp_hdrlen - sizeof(sockaddr_ll) without PACKET_TX_HAS_OFF
 const TPACKET3_HDR_SIZE = 48;
@@ -73,6 +72,15 @@ const ETH_HEADER = 14;
 const VLAN_TAG = 4;
 const ETH_P_8021Q = 0x8100;
 const ETH_P_8021AD = 0x88a8;
+
+function mapRing(fd: number, length: number, what: string): RingMapping {
+  try {
+    return mmap({ length, prot: PROT_READ | PROT_WRITE, flags: MAP_SHARED | MAP_POPULATE, fd });
+  } catch (err) {
+    if (err instanceof SysError) throw new SysError('mmap', err.errno, what);
+    throw err;
+  }
+}
 
 const isPowerOfTwo = (n: number) => Number.isInteger(n) && n > 0 && (n & (n - 1)) === 0;
 
@@ -114,7 +122,7 @@ export function openPacketRing(ifname: string, opts: PacketRingOptions = {}): Pa
     const req3 = new Uint32Array([g.blockSize, g.blockCount, g.frameSize, (g.blockSize / g.frameSize) * g.blockCount, g.retireTimeoutMs, 0, 0]);
     setBytesOption(rxFd, SOL_PACKET, PACKET_RX_RING, req3, `PACKET_RX_RING ${g.blockCount}×${g.blockSize} on ${ifname}`);
     const rxLength = g.blockSize * g.blockCount;
-    const rxMap = mmap({ length: rxLength, prot: PROT_READ | PROT_WRITE, flags: MAP_SHARED | MAP_POPULATE, fd: rxFd });
+    const rxMap = mapRing(rxFd, rxLength, `RX ring of ${ifname}, ${rxLength} bytes`);
     mapped.push(rxMap);
     const ignoresOutgoing = tryIntOption(rxFd, SOL_PACKET, PACKET_IGNORE_OUTGOING, 1, `PACKET_IGNORE_OUTGOING on ${ifname}`);
     bindPacketSocket(rxFd, ifindex, ETH_P_ALL, ifname);
@@ -131,7 +139,7 @@ export function openPacketRing(ifname: string, opts: PacketRingOptions = {}): Pa
     const req = new Uint32Array([g.txBlockSize, txBlocks, g.txFrameSize, g.txFrameCount]);
     setBytesOption(txFd, SOL_PACKET, PACKET_TX_RING, req, `PACKET_TX_RING ${g.txFrameCount}×${g.txFrameSize} on ${ifname}`);
     const txLength = g.txFrameCount * g.txFrameSize;
-    const txMap = mmap({ length: txLength, prot: PROT_READ | PROT_WRITE, flags: MAP_SHARED | MAP_POPULATE, fd: txFd });
+    const txMap = mapRing(txFd, txLength, `TX ring of ${ifname}, ${txLength} bytes`);
     mapped.push(txMap);
     growSendBuffer(txFd, opts.sendBufferBytes ?? 4 * 1024 * 1024);
     bindPacketSocket(txFd, ifindex, 0, ifname);
