@@ -1,38 +1,24 @@
 // From a kernel interface name (what OVSDB rows and IPC commands carry) to the VfRef the registry
-// takes. A VF is recognised by its `device/physfn` link and named by its PCI address; anything
-// else (a veth, a PF, a tap) is handed over as a plain netdev. The sysfs root is configurable so
-// tests can point it at a fake tree.
+// takes. A VF is recognised by its `device/physfn` link (the relay's own sysfs lookup in
+// relay/vf.ts) and named by its PCI address; anything else (a veth, a PF, a tap) is handed over as
+// a plain netdev. The sysfs root is configurable so tests can point it at a fake tree.
 import { existsSync, readdirSync, realpathSync } from 'node:fs';
-import { basename, join } from 'node:path';
+import { join } from 'node:path';
 import type { VfRef } from '../relay/registry-api.js';
-import { canonicalPci } from './protocol.js';
+import { isValidInterfaceName, vfOfNetdev } from '../relay/vf.js';
 
 export type NetdevResolver = (netdev: string) => VfRef;
 
-const NETDEV_RE = /^[A-Za-z0-9_.:@-]{1,15}$/;
-
 export function checkNetdevName(netdev: string): void {
-  if (!NETDEV_RE.test(netdev) || netdev === '.' || netdev === '..') {
-    throw new Error(`${JSON.stringify(netdev)} is not a valid interface name (1 to 15 characters, no / or spaces)`);
-  }
-}
-
-/** The PCI address of `netdev` when it is an SR-IOV VF, else undefined. */
-export function vfPciOfNetdev(netdev: string, sysfsRoot = '/sys'): string | undefined {
-  checkNetdevName(netdev);
-  const device = join(sysfsRoot, 'class/net', netdev, 'device');
-  if (!existsSync(join(device, 'physfn'))) return undefined;
-  const pci = basename(realpathSync(device));
-  try {
-    return canonicalPci(pci);
-  } catch {
-    throw new Error(`interface ${netdev}: its device ${realpathSync(device)} is not named by a PCI address`);
+  if (!isValidInterfaceName(netdev)) {
+    throw new Error(`${JSON.stringify(netdev)} is not a valid interface name (1 to 15 characters, no '/', ':' or spaces)`);
   }
 }
 
 export function netdevResolver(sysfsRoot = '/sys'): NetdevResolver {
   return (netdev) => {
-    const pci = vfPciOfNetdev(netdev, sysfsRoot);
+    checkNetdevName(netdev);
+    const pci = vfOfNetdev(netdev, sysfsRoot);
     return pci ? { pci } : { netdev };
   };
 }
