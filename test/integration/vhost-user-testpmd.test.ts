@@ -13,85 +13,7 @@ import { RecordingDevice } from '../../vhost-user/recording-device.js';
 import { hasBinary, isRoot, requireOrSkip } from '../support/env.js';
 import { stopAll } from '../support/processes.js';
 import { startTestpmd, virtioUserVdev, type Testpmd } from '../support/testpmd.js';
-import { DescriptorChain, SplitQueue } from '../../virtio/split-queue.js';
-import type { VringConfig } from '../../vhost-user/device.js';
-
-/**
- * Completes every TX chain of one vring with the device-side SplitQueue, counting frames. Polls on
- * a 2 ms timer (virtio-user kicks rarely once the ring is busy) so nothing spins.
- */
-class TxCounter {
-  packets = 0;
-  badChains = 0;
-  lastFrameLength = -1;
-  private queue: SplitQueue | null = null;
-  private timer: NodeJS.Timeout | null = null;
-  private readonly chain = new DescriptorChain();
-
-  constructor(device: RecordingDevice, private readonly index: number) {
-    device.onStarted = (i, cfg) => {
-      if (i === this.index) this.attach(device, cfg);
-    };
-    device.onStopping = (i) => {
-      if (i === this.index) this.detach();
-    };
-    device.lastAvailOf = (i, cfg) => (i === this.index && this.queue ? this.queue.lastAvail : cfg.lastAvail);
-  }
-
-  private attach(device: RecordingDevice, cfg: VringConfig): void {
-    const memory = device.memory!.memory;
-    const at = (ua: number, len: number) => {
-      const loc = memory.userToHost(ua, len);
-      if (!loc) throw new Error(`vring ${cfg.index}: 0x${ua.toString(16)} not translatable`);
-      return loc;
-    };
-    this.queue = new SplitQueue({
-      memory,
-      size: cfg.size,
-      descTable: at(cfg.desc.userAddr, 16 * cfg.size),
-      availRing: at(cfg.avail.userAddr, 6 + 2 * cfg.size),
-      usedRing: at(cfg.used.userAddr, 6 + 8 * cfg.size),
-      eventIdx: cfg.eventIdx,
-      indirect: cfg.indirect,
-      lastAvail: cfg.lastAvail,
-      lastUsed: cfg.lastUsed,
-      name: `vring ${cfg.index}`,
-    });
-    const headerLength = cfg.netHeaderLength;
-    this.timer = setInterval(() => this.drain(headerLength), 2);
-  }
-
-  private drain(headerLength: number): void {
-    const q = this.queue;
-    if (!q) return;
-    for (let burst = 0; burst < 256 && q.popChain(this.chain); burst++) {
-      if (this.chain.ok && this.chain.writableLength === 0) {
-        this.packets++;
-        this.lastFrameLength = this.chain.readableLength - headerLength;
-      } else this.badChains++;
-      q.pushUsed(this.chain.head, 0);
-      if (q.pendingUsedCount >= 32) q.flushUsed();
-    }
-    q.flushUsed();
-  }
-
-  private detach(): void {
-    if (this.timer) clearInterval(this.timer);
-    this.timer = null;
-  }
-
-  stop(): void {
-    this.detach();
-  }
-
-  async waitForPackets(n: number, timeoutMs: number): Promise<void> {
-    const deadline = Date.now() + timeoutMs;
-    while (this.packets < n) {
-      if (Date.now() > deadline) throw new Error(`only ${this.packets} TX frames completed in ${timeoutMs} ms, wanted ${n}`);
-      await new Promise((r) => setTimeout(r, 50));
-    }
-  }
-}
+import { TxChainCounter } from '../../vhost-user/tx-chain-counter.js';
 
 const ready = requireOrSkip(hasBinary('dpdk-testpmd'), 'needs dpdk-testpmd (Debian package dpdk-dev)') && requireOrSkip(isRoot(), 'needs root for dpdk-testpmd');
 
@@ -195,7 +117,7 @@ describe.runIf(ready)('virtio-user (dpdk-testpmd) against our back-end', () => {
     const path = join(dir, 'restart.sock');
     testpmd = startTestpmd({ vdevs: [virtioUserVdev({ path, server: true })], forwardMode: 'txonly', txpkts: 64, label: 'testpmd-restart' });
     const first = new RecordingDevice();
-    const firstCounter = new TxCounter(first, 1);
+    const firstCounter = new TxChainCounter(first, 1);
     client = connectBackend({ path, reactor, device: first, log, retryMs: 200 });
     await first.waitFor(bothStartedAndEnabled(2), 30_000, 'vrings started (first back-end)');
     await firstCounter.waitForPackets(500, 20_000);
@@ -207,7 +129,7 @@ describe.runIf(ready)('virtio-user (dpdk-testpmd) against our back-end', () => {
 
     // A new daemon: virtio-user replays the start without SET_OWNER and with SET_VRING_BASE 0.
     const second = new RecordingDevice();
-    const secondCounter = new TxCounter(second, 1);
+    const secondCounter = new TxChainCounter(second, 1);
     client = connectBackend({ path, reactor, device: second, log, retryMs: 200 });
     await second.waitFor(bothStartedAndEnabled(2), 30_000, 'vrings started (second back-end)');
     expect(second.running.get(1)!.lastAvail).toBe(firstCounter.packets % 65536);
@@ -220,7 +142,7 @@ describe.runIf(ready)('virtio-user (dpdk-testpmd) against our back-end', () => {
   it('txonly: the device pops and completes the TX chains testpmd sends', async () => {
     const path = join(dir, 'tx.sock');
     const device = new RecordingDevice();
-    const counter = new TxCounter(device, 1);
+    const counter = new TxChainCounter(device, 1);
     server = listenBackend({ path, reactor, device, log });
     testpmd = startTestpmd({ vdevs: [virtioUserVdev({ path })], forwardMode: 'txonly', txpkts: 64, label: 'testpmd-txonly' });
     await device.waitFor(bothStartedAndEnabled(2), 30_000, 'vrings started');
