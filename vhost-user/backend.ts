@@ -263,8 +263,9 @@ export class BackendSession {
     this.table = table;
     if (old) unmapTable(old);
     this.log.info({ regions: descs.map((d) => ({ gpa: hex(d.guestPhysAddr), size: hex(d.size), ua: hex(d.userAddr), offset: hex(d.mmapOffset) })) }, 'vhost-user: memory table mapped');
-    // The front-end will not resend SET_VRING_ADDR: restart rings against the new mappings.
-    for (const v of running) await this.tryStart(v);
+    // The front-end will not resend SET_VRING_ADDR: restart rings against the new mappings, and
+    // start kicked rings whose addresses the old table could not translate.
+    for (const v of this.vrings) await this.tryStart(v);
   }
 
   // ---- vrings -----------------------------------------------------------------------------------

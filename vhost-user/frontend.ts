@@ -1,6 +1,7 @@
 // The driver side of vhost-user (what QEMU or DPDK virtio-user do): used by vmm/ for its virtio-net
 // device and by test tools. One request at a time; requests with a reply (or NEED_REPLY once
 // REPLY_ACK is negotiated) wait for it, so a back-end error surfaces at the request that caused it.
+import { rmSync } from 'node:fs';
 import pino, { type Logger } from 'pino';
 import { unixAccept, unixConnect, unixListen } from '../sys/unix-socket.js';
 import { close as closeFd } from '../sys/fd.js';
@@ -116,7 +117,6 @@ export class Frontend {
 
   /** Listens at `path` (replacing any file there) and waits for one back-end to connect. */
   static async accept(path: string, opts: FrontendOptions & { timeoutMs?: number }): Promise<Frontend> {
-    const { rmSync } = await import('node:fs');
     rmSync(path, { force: true });
     const listenFd = unixListen(path, 1);
     try {

@@ -529,3 +529,38 @@ describe('C12: unknown requests', () => {
     await expectClosedByBackend();
   });
 });
+
+describe('messages a net back-end tolerates or refuses without offering them', () => {
+  it('accepts SEND_RARP and a valid NET_SET_MTU, refuses an MTU out of range', async () => {
+    const mac = new Uint8Array([0x52, 0x54, 0, 0x12, 0x34, 0x56, 0, 0]);
+    expect(await ack(Request.SEND_RARP, mac)).toBe(0);
+    expect(await ack(Request.NET_SET_MTU, encodeU64(1500))).toBe(0);
+    expect(await ack(Request.NET_SET_MTU, encodeU64(40))).toBe(1);
+  });
+
+  it('NACKs ADD_MEM_REG (CONFIGURE_MEM_SLOTS not offered) and closes its fd', async () => {
+    const payload = new Uint8Array(40);
+    new DataView(payload.buffer).setUint32(16, 4096, true);
+    expect(await ack(Request.ADD_MEM_REG, payload, [memFd])).toBe(1);
+    expect(session.memory).toBeNull();
+  });
+
+  it('stops every ring and forgets features on RESET_OWNER', async () => {
+    await startRings(2);
+    expect(await ack(Request.RESET_OWNER)).toBe(0);
+    expect(device.running.size).toBe(0);
+    expect(session.features).toBe(0);
+    expect(session.vring(0).kickFd).toBe(-1);
+  });
+
+  it('keeps a ring stopped when a new memory table no longer holds it', async () => {
+    await startRings(1);
+    const shrunk = { ...region(), size: 0x8000 }; // rings sit at 0x10000 and above
+    expect(await ack(Request.SET_MEM_TABLE, encodeMemTable([shrunk]), [memFd])).toBe(0);
+    expect(device.running.size).toBe(0);
+    expect(session.vring(0).started).toBe(false);
+    // Restoring the table brings it back without a new kick.
+    expect(await ack(Request.SET_MEM_TABLE, encodeMemTable([region()]), [memFd])).toBe(0);
+    expect(session.vring(0).started).toBe(true);
+  });
+});
