@@ -11,8 +11,10 @@ const eventfdNative = libc.func('int eventfd(unsigned int initval, int flags)');
 const readNative = libc.func('intptr_t read(int fd, void *buf, size_t count)');
 const writeNative = libc.func('intptr_t write(int fd, const void *buf, size_t count)');
 
-// One 8-byte counter buffer per thread (each worker loads its own copy of this module).
-const counter = new BigUint64Array(1);
+// One 8-byte counter buffer per thread (each worker loads its own copy of this module), used as two
+// u32 halves so the kick/call path never allocates a BigInt.
+const counter = new Uint32Array(2);
+const TWO_32 = 2 ** 32;
 
 export function eventfd(initval = 0, opts: { nonblock?: boolean; semaphore?: boolean } = {}): number {
   let flags = EFD_CLOEXEC;
@@ -27,7 +29,8 @@ export function eventfd(initval = 0, opts: { nonblock?: boolean; semaphore?: boo
  */
 export function eventfdWrite(fd: number, value = 1): boolean {
   if (!Number.isSafeInteger(value) || value <= 0) throw new RangeError(`eventfd ${fd}: cannot add ${value}`);
-  counter[0] = BigInt(value);
+  counter[0] = value >>> 0;
+  counter[1] = Math.floor(value / TWO_32);
   for (;;) {
     const n = writeNative(fd, counter, 8) as number;
     if (n === 8) return true;
@@ -42,7 +45,7 @@ export function eventfdWrite(fd: number, value = 1): boolean {
 export function eventfdRead(fd: number): number | null {
   for (;;) {
     const n = readNative(fd, counter, 8) as number;
-    if (n === 8) return Number(counter[0]);
+    if (n === 8) return counter[0] + counter[1] * TWO_32;
     const errno = lastErrno();
     if (n < 0 && errno === EAGAIN) return null;
     if (n < 0 && errno === EINTR) continue;
