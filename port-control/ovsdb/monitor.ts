@@ -73,6 +73,8 @@ export class OvsdbMonitor {
   private retryTimer: NodeJS.Timeout | undefined;
   private closing = false;
   private outageLogged = false;
+  /** The last refusal of the monitor request, logged once rather than at every retry. */
+  private lastRefusal = '';
   private nextRequestId = 1;
   private monitorRequestId = 0;
   private queue: Promise<void> = Promise.resolve();
@@ -174,10 +176,19 @@ export class OvsdbMonitor {
     }
     if (msg.id !== undefined && msg.id === this.monitorRequestId) {
       if (msg.error) {
-        this.logger.error({ error: msg.error }, `OVSDB monitor: ovsdb-server refused the monitor request: ${JSON.stringify(msg.error)}`);
+        const refusal = JSON.stringify(msg.error);
+        if (refusal !== this.lastRefusal) {
+          this.logger.error(
+            { error: msg.error },
+            `OVSDB monitor: ovsdb-server at ${this.options.socketPath} refused to monitor ${DATABASE}.Interface: ${refusal}; retrying every ${this.retryMs} ms`,
+          );
+          this.lastRefusal = refusal;
+        }
+        this.outageLogged = true;
         this.sock?.destroy();
         return;
       }
+      this.lastRefusal = '';
       // A fresh snapshot: everything not in it is gone.
       this.rows = new Map();
       this.applyTableUpdates(msg.result);

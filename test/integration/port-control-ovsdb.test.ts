@@ -7,6 +7,7 @@ import { join } from 'node:path';
 import pino from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { netdevResolver } from '../../port-control/netdev.js';
+import { JsonStreamSplitter } from '../../port-control/ovsdb/json-stream.js';
 import { OvsdbMonitor } from '../../port-control/ovsdb/monitor.js';
 import { requireOrSkip } from '../support/env.js';
 import { MemoryRegistry, type RegistryCall } from '../support/memory-registry.js';
@@ -155,27 +156,18 @@ describe('OVSDB monitor against a scripted JSON-RPC peer', () => {
   let server: Server;
   const sockPath = join(dir, 'fake-ovsdb.sock');
   const received: unknown[] = [];
-  let peers: Socket[] = [];
+  const peers: Socket[] = [];
   let behaviour: (msg: Record<string, unknown>, sock: Socket) => void = () => {};
 
   beforeAll(async () => {
     server = createServer((sock) => {
       peers.push(sock);
-      let buf = '';
+      const splitter = new JsonStreamSplitter();
       sock.setEncoding('utf8');
       sock.on('data', (d: string) => {
-        buf += d;
-        // The monitor sends complete objects; this peer only needs to split on "}{" boundaries it produced.
-        for (;;) {
-          try {
-            const msg = JSON.parse(buf) as Record<string, unknown>;
-            buf = '';
-            received.push(msg);
-            behaviour(msg, sock);
-            break;
-          } catch {
-            break;
-          }
+        for (const msg of splitter.push(d) as Record<string, unknown>[]) {
+          received.push(msg);
+          behaviour(msg, sock);
         }
       });
     });
@@ -214,6 +206,30 @@ describe('OVSDB monitor against a scripted JSON-RPC peer', () => {
       await monitor.idle();
       expect(received.filter((m) => (m as { method?: string }).method === 'monitor').length).toBe(monitorsBefore + 1);
       expect(registry.mutations()).toHaveLength(1);
+    } finally {
+      await monitor.close();
+    }
+  });
+
+  it('retries when ovsdb-server refuses the monitor request, and syncs once it accepts', async () => {
+    const registry = new MemoryRegistry();
+    let refusals = 0;
+    behaviour = (msg, sock) => {
+      if (msg.method !== 'monitor') return;
+      if (refusals < 2) {
+        refusals++;
+        sock.write(JSON.stringify({ id: msg.id, result: null, error: 'unknown database', details: 'Open_vSwitch' }));
+        return;
+      }
+      sock.write(JSON.stringify({ id: msg.id, error: null, result: { Interface: { u2: { new: { name: 'eth8', external_ids: ['map', [['virtio_relay', '0x1']]] } } } } }));
+    };
+    const monitor = new OvsdbMonitor(registry, { socketPath: sockPath, resolveNetdev: (n) => ({ netdev: n }), retryMs: 50 }, logger);
+    monitor.start();
+    try {
+      await waitFor(() => monitor.syncCount === 1, 10_000, 'the sync after two refusals');
+      await monitor.idle();
+      expect(refusals).toBe(2);
+      expect(registry.mutations()).toEqual([{ method: 'addVf', args: [1, { netdev: 'eth8' }, { conditional: true }] }]);
     } finally {
       await monitor.close();
     }
