@@ -30,6 +30,8 @@ describe('eventfd', () => {
     eventfdWrite(fd, 41);
     expect(eventfdRead(fd)).toBe(42);
     expect(eventfdRead(fd)).toBeNull();
+    eventfdWrite(fd, 2 ** 40 + 5); // both 32-bit halves of the counter
+    expect(eventfdRead(fd)).toBe(2 ** 40 + 5);
   });
 
   it('starts from initval and counts down by one in semaphore mode', () => {
