@@ -16,6 +16,8 @@ import type { DirectionSpec, DirectionState, GuestSpec, QueueSpec, QueueState } 
 export const BURST = 32;
 /** Largest frame a guest may hand us: 64 KiB plus Ethernet and VLAN headers. */
 const MAX_FRAME = 65562;
+/** Receive chains may be larger than any frame we write into them; only the segment budget limits them. */
+const RX_MAX_CHAIN_BYTES = 1 << 20;
 
 /** Guest memory views of one memory table, shared by the directions of a worker that use it. */
 const memoryCache = new Map<number, { memory: GuestMemory; users: number }>();
@@ -68,6 +70,9 @@ export class GuestQueue {
       usedRing: at(spec.used),
       eventIdx: guest.eventIdx,
       indirect: guest.indirect,
+      // Guests without MRG_RXBUF post "big packet" receive chains of 17+ pages; transmit chains
+      // stay bounded by the largest frame.
+      maxChainBytes: spec.index % 2 === 0 ? RX_MAX_CHAIN_BYTES : MAX_FRAME,
       name: `vring ${spec.index}`,
     });
     if (state) {

@@ -1,11 +1,11 @@
 // Starts bin/virtio-forwarder as a real process for integration tests (run `npx tsc -p .` first).
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { dirname, join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
+import { repoRoot } from './guest-image.js';
 import { startProcess, type StartedProcess } from './processes.js';
 
-export const repoRoot = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
+export { repoRoot };
 export const relayBin = join(repoRoot, 'bin/virtio-forwarder');
 
 export interface RelayOptions {

@@ -1,0 +1,82 @@
+#!/bin/bash
+# Prepares a Debian 12 machine (as root) for the demo and the tests: the real peers (QEMU,
+# DPDK's testpmd, ovsdb-server), the npm dependencies and the build, hugepages, and the test
+# guest (Debian's kernel + a busybox initramfs, built from Debian packages and cached). Every
+# step is skipped when already done, so running it again is cheap.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+export DEBIAN_FRONTEND=noninteractive
+[ "$(id -u)" = 0 ] || { echo "setup: run as root (apt-get, hugepages, network namespaces)" >&2; exit 1; }
+
+run_start=$(date +%s)
+step_name=""
+step_start=0
+
+end_step() {
+  if [ -n "$step_name" ]; then
+    echo "--- $step_name: done in $(($(date +%s) - step_start)) s"
+    step_name=""
+  fi
+}
+
+begin_step() {
+  end_step
+  step_name=$1
+  step_start=$(date +%s)
+  echo
+  echo "=== $step_name ($(date -u +%H:%M:%S) UTC)"
+}
+
+on_exit() {
+  local status=$?
+  if [ -n "$step_name" ]; then
+    echo "--- $step_name: FAILED (exit $status) after $(($(date +%s) - step_start)) s"
+  fi
+  echo "=== setup: $(($(date +%s) - run_start)) s, exit $status"
+}
+trap on_exit EXIT
+
+# QEMU 7.2, dpdk-testpmd (it lives in dpdk-dev, not dpdk), ovsdb-server/ovs-vsctl, iasl for the
+# VMM's ACPI tables, gcc/binutils for the VMM's tiny test guest, and what the guest builder and
+# the network tests call.
+packages=(
+  qemu-system-x86 dpdk-dev openvswitch-common openvswitch-switch acpica-tools
+  iproute2 busybox-static cpio xz-utils iputils-ping procps util-linux systemd
+  gcc binutils python3
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f '${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  begin_step "apt-get update"
+  timeout 10m apt-get update -q
+  begin_step "install packages: ${missing[*]}"
+  # Recommends would add a desktop's worth of QEMU extras (GUI, OVMF, block drivers) nobody uses.
+  timeout 20m apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+begin_step "versions"
+node --version
+npm --version
+qemu-system-x86_64 --version | head -n1
+dpkg-query -W -f 'dpdk-dev ${Version}\n' dpdk-dev
+ovsdb-server --version | head -n1
+
+begin_step "npm dependencies and build"
+if [ -f node_modules/.package-lock.json ] && [ node_modules/.package-lock.json -nt package-lock.json ]; then
+  echo "node_modules is up to date"
+else
+  timeout 10m npm ci --no-audit --no-fund
+fi
+npm run build
+
+begin_step "hugepages (768 x 2 MiB) and hugetlbfs"
+scripts/reserve-hugepages.sh 768
+
+begin_step "test guest image (Debian kernel + busybox initramfs)"
+timeout 10m test/guest/build-guest-image.sh
+
+end_step

@@ -1,0 +1,14 @@
+#!/bin/bash
+# The test suite, from a fresh Debian 12 machine: sets up everything the tests use (see
+# scripts/setup.sh), then runs unit, integration (QEMU, DPDK testpmd, ovsdb-server, ZeroMQ,
+# veths in namespaces) and end-to-end tests. Run as root.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+scripts/setup.sh
+echo
+echo "=== npm test ($(date -u +%H:%M:%S) UTC)"
+start=$(date +%s)
+status=0
+timeout 50m npm test || status=$?
+echo "=== npm test: $(($(date +%s) - start)) s, exit $status"
+exit $status
