@@ -28,6 +28,8 @@ function measure(cmd: string, args: string[]): Promise<Sample> {
     const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
     let firstByteMs = -1;
     let errors = '';
+    let serial = '';
+    let measured = false;
     const timer = setTimeout(() => {
       child.kill('SIGKILL');
       reject(new Error(`${cmd}: no serial output within 30 s: ${errors.slice(-500)}`));
@@ -35,7 +37,9 @@ function measure(cmd: string, args: string[]): Promise<Sample> {
     child.stderr.on('data', (d: Buffer) => (errors += d.toString()));
     child.stdout.on('data', (d: Buffer) => {
       if (firstByteMs < 0) firstByteMs = Number(process.hrtime.bigint() - started) / 1e6;
-      if (d.toString().includes('tiny-guest') || errors.includes('tiny-guest')) {
+      serial += d.toString();
+      if (!measured && serial.includes('tiny-guest:')) {
+        measured = true;
         // Let the guest settle into its idle loop before reading memory.
         setTimeout(() => {
           const s = status(child.pid!);
