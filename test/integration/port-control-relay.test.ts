@@ -6,11 +6,13 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { createFakeSysfs, type FakeSysfs } from '../support/fake-sysfs.js';
+import { requireOrSkip } from '../support/env.js';
 import { requireBuilt, runCli } from '../support/memory-registry.js';
 import { createNetns, createVethPair, deleteLink, deleteNetns, nsExec, requireBinary, requireRoot, uniqueTag } from '../support/netns.js';
 import { startProcess, stopAll, waitFor } from '../support/processes.js';
 import { startRelay, type RunningRelay } from '../support/relay.js';
 import { startTestpmd, virtioUserVdev, type Testpmd } from '../support/testpmd.js';
+import { missingOvsdbPrerequisite, OvsdbSandbox } from '../support/ovsdb.js';
 
 vi.setConfig({ testTimeout: 90_000 });
 
@@ -42,25 +44,37 @@ const value = (text: string, key: RegExp) => {
   return m ? m[1] : undefined;
 };
 
+beforeAll(() => {
+  if (!ready) return;
+  requireBuilt();
+  createNetns(ns);
+    createVethPair(vf, peer, { nsB: ns });
+  nsExec(ns, 'ip', ['addr', 'add', '10.78.0.1/24', 'dev', peer]);
+  nsExec(ns, 'ip', ['neigh', 'add', '10.78.0.2', 'lladdr', '02:00:00:78:00:02', 'dev', peer]);
+  sysfs = createFakeSysfs({
+    devices: [
+      { pci: VF_PCI, ifnames: [vf], physfn: '0000:05:00.0', vfIndex: 1 },
+      { pci: NO_NETDEV_PCI, physfn: '0000:05:00.0', vfIndex: 2 },
+    ],
+  });
+});
+
+afterAll(async () => {
+  await stopAll();
+  deleteLink(vf);
+  deleteNetns(ns);
+  sysfs?.remove();
+  rmSync(dir, { recursive: true, force: true });
+});
+
 describe.skipIf(!ready)('operator tools against the real relay', () => {
   beforeAll(async () => {
-    requireBuilt();
-    createNetns(ns);
-    createVethPair(vf, peer, { nsB: ns });
-    nsExec(ns, 'ip', ['addr', 'add', '10.78.0.1/24', 'dev', peer]);
-    nsExec(ns, 'ip', ['neigh', 'add', '10.78.0.2', 'lladdr', '02:00:00:78:00:02', 'dev', peer]);
-    sysfs = createFakeSysfs({
-      devices: [
-        { pci: VF_PCI, ifnames: [vf], physfn: '0000:05:00.0', vfIndex: 1 },
-        { pci: NO_NETDEV_PCI, physfn: '0000:05:00.0', vfIndex: 2 },
-      ],
-    });
     relay = await startRelay({
       cpus: [0],
       dynamicSockets: true,
       noZmq: false,
       configLines: [
-        `VIRTIOFWD_SYSFS_ROOT=${sysfs.root}`,
+        `VIRTIOFWD_SYSFS_ROOT=${sysfs!.root}`,
         `VIRTIOFWD_ZMQ_PORT_CONTROL_EP=${EP.pc}`,
         `VIRTIOFWD_ZMQ_STATS_EP=${EP.stats}`,
         `VIRTIOFWD_ZMQ_CONFIG_EP=${EP.config}`,
@@ -73,11 +87,7 @@ describe.skipIf(!ready)('operator tools against the real relay', () => {
   afterAll(async () => {
     await testpmd?.stop().catch(() => undefined);
     await relay?.stop();
-    await stopAll();
-    deleteLink(vf);
-    deleteNetns(ns);
-    sysfs?.remove();
-    rmSync(dir, { recursive: true, force: true });
+    relay = undefined;
   });
 
   it('creates a socket for a VF with add_sock and names the VF with query_pci', async () => {
@@ -140,5 +150,52 @@ describe.skipIf(!ready)('operator tools against the real relay', () => {
     expect((await pc('remove', '--virtio-id=3', '--pci-addr=05:08.1')).code).toBe(0);
     const again = await pc('remove', '--virtio-id=3');
     expect(again.code).toBe(1);
+  });
+});
+
+const ovsdbReady = ready && requireOrSkip(missingOvsdbPrerequisite() === null, missingOvsdbPrerequisite() ?? '');
+
+describe.skipIf(!ovsdbReady)('OVSDB monitor in the real relay', () => {
+  const sandbox = new OvsdbSandbox(join(dir, 'ovsdb'));
+  const statsEp = `ipc://${dir}/zmq-ovsdb/stats`;
+  const relayOf = async (id: number) => {
+    const r = await runCli('virtioforwarder_stats', [`--stats-ep=${statsEp}`, '--include-inactive', '--delay=0', `--relay=${id}`]);
+    expect(r.code, r.stderr).toBe(0);
+    return value(r.stdout, new RegExp(`relay_${id}\\.vf\\.pci_addr_str`));
+  };
+
+  beforeAll(async () => {
+    await sandbox.start();
+    sandbox.vsctl('init');
+    sandbox.vsctl('add-br', 'br0');
+    relay = await startRelay({
+      cpus: [0],
+      dynamicSockets: true,
+      noZmq: false,
+      configLines: [
+        `VIRTIOFWD_SYSFS_ROOT=${sysfs!.root}`,
+        `VIRTIOFWD_OVSDB_SOCK_PATH=${sandbox.socketPath}`,
+        'VIRTIOFWD_ZMQ_PORT_CONTROL_EP=off',
+        `VIRTIOFWD_ZMQ_STATS_EP=${statsEp}`,
+        'VIRTIOFWD_ZMQ_CONFIG_EP=off',
+        'VIO4WD_CORE_SCHED_ENABLE=false',
+      ],
+    });
+  });
+
+  afterAll(async () => {
+    await relay?.stop();
+    relay = undefined;
+    await sandbox.stop();
+  });
+
+  it('attaches the VF behind a tagged interface, moves it on retag and detaches it on untag', async () => {
+    sandbox.vsctl('add-port', 'br0', vf, '--', 'set', 'Interface', vf, 'external_ids:virtio_forwarder=2');
+    await waitFor(async () => (await relayOf(2)) === VF_PCI, 15_000, `relay 2 to hold ${VF_PCI}`);
+    sandbox.vsctl('set', 'Interface', vf, 'external_ids:virtio_forwarder=4');
+    await waitFor(async () => (await relayOf(4)) === VF_PCI, 15_000, `relay 4 to hold ${VF_PCI}`);
+    expect(await relayOf(2)).not.toBe(VF_PCI);
+    sandbox.vsctl('remove', 'Interface', vf, 'external_ids', 'virtio_forwarder');
+    await waitFor(async () => (await relayOf(4)) !== VF_PCI, 15_000, `relay 4 to let go of ${VF_PCI}`);
   });
 });
