@@ -22,6 +22,7 @@ Options:
   --virtio-cpu=R:C1,C2  a relay and its CPUs (repeatable)
   --sched-ep=EP         core-sched endpoint (default ${DEFAULT_ENDPOINTS.coreSched}); --zmq-ep is an alias
   --print-core-map      print the map after an update too (always done)
+  --stats-ep=EP         accepted for compatibility; not needed
   --timeout=MS          how long to wait for each reply (default 2000)
   -h, --help            this text
 `;
@@ -37,6 +38,8 @@ async function main(): Promise<void> {
         'sched-ep': { type: 'string' },
         'zmq-ep': { type: 'string' },
         'print-core-map': { type: 'boolean' },
+        // The original pinner read stats too; accepted so existing scripts keep working.
+        'stats-ep': { type: 'string' },
         timeout: { type: 'string' },
       },
     }),

@@ -6,7 +6,7 @@ import { parseArgs } from 'node:util';
 import { ControlClient } from '../client.js';
 import { DEFAULT_ENDPOINTS, MAX_RELAYS } from '../protocol.js';
 import { formatStatsFlat } from './format.js';
-import { integerOption, parseCommandLine, runMain } from './common.js';
+import { fail, integerOption, parseCommandLine, runMain } from './common.js';
 
 const PROGRAM = 'virtioforwarder_stats';
 
@@ -21,7 +21,8 @@ Options:
   --include-inactive    also relays without both a VM and a device
   --delay=MS            rate window in milliseconds (default 200; 0: counters only)
   -z, --hide-zero       leave out integer counters that are 0
-  --json                print the service's reply as JSON
+  --json                print the service's reply as JSON (--output-format=json;
+                        the default is --output-format=flat)
   --timeout=MS          how long to wait for each reply (default 2000)
   -h, --help            this text
 `;
@@ -40,6 +41,7 @@ async function main(): Promise<void> {
         delay: { type: 'string' },
         'hide-zero': { type: 'boolean', short: 'z' },
         json: { type: 'boolean' },
+        'output-format': { type: 'string' },
         timeout: { type: 'string' },
       },
     }),
@@ -48,6 +50,8 @@ async function main(): Promise<void> {
     process.stdout.write(HELP);
     return;
   }
+  const format = values['output-format'] ?? (values.json ? 'json' : 'flat');
+  if (format !== 'flat' && format !== 'json') fail(PROGRAM, `--output-format ${JSON.stringify(format)} is not flat or json`);
   const relays = (values.relay ?? []).map((r) => integerOption(PROGRAM, 'relay', r, 0, MAX_RELAYS - 1) as number);
   const delay = integerOption(PROGRAM, 'delay', values.delay, 0, 3_600_000) ?? 200;
   const timeout = integerOption(PROGRAM, 'timeout', values.timeout, 1, 600_000) ?? 2000;
@@ -64,7 +68,7 @@ async function main(): Promise<void> {
     } else {
       reply = await client.request('stats', fields);
     }
-    if (values.json) process.stdout.write(`${JSON.stringify(reply, null, 2)}\n`);
+    if (format === 'json') process.stdout.write(`${JSON.stringify(reply, null, 2)}\n`);
     else process.stdout.write(formatStatsFlat(reply.relays, { hideZero: values['hide-zero'] }));
   } finally {
     client.close();

@@ -312,6 +312,11 @@ describe('virtioforwarder_stats', () => {
     expect(reply.windowMs).toBeGreaterThan(0);
     expect(reply.relays[0].vfToVm.rates.packets).toBeGreaterThan(0);
     expect(reply.workers.map((w: { cpu: number }) => w.cpu)).toEqual([0, 1]);
+    r = await runCli('virtioforwarder_stats', [`--stats-ep=${EP.stats}`, '--output-format=json', '--delay=0']);
+    expect(JSON.parse(r.stdout).windowMs).toBeNull();
+    r = await runCli('virtioforwarder_stats', [`--stats-ep=${EP.stats}`, '--output-format=protobuf']);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/--output-format "protobuf" is not flat or json/);
     r = await runCli('virtioforwarder_stats', [`--stats-ep=${EP.stats}`, '--relay=99']);
     expect(r.code).toBe(1);
     expect(r.stderr).toMatch(/--relay 99 is outside 0\.\.63/);
