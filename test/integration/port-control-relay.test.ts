@@ -1,6 +1,7 @@
-// The operator CLIs and the OVSDB monitor against the real daemon: a veth stands in for VF 0000:05:08.1 through a fake
-// sysfs, sockets are created on demand by add_sock, and DPDK virtio-user in a testpmd process is
-// the VM, so the stats and load tools report real traffic. Needs root and `npx tsc -p .` first.
+// The operator CLIs and the OVSDB monitor against the real daemon: a veth stands in for VF
+// 0000:05:08.1 through a fake sysfs, sockets are created on demand by add_sock, and DPDK virtio-user
+// in a testpmd process is the VM, so the stats and load tools report real traffic. Needs root and
+// `npx tsc -p .` first.
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
