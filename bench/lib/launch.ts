@@ -1,0 +1,247 @@
+// The processes of a benchmark run: the relay under test (ours or DPDK's) and the traffic process.
+// Every process is started through `setpriv --pdeathsig KILL`, so a busy poller cannot outlive the
+// bench even if the bench itself is killed with SIGKILL, and is registered here so that normal
+// ends, errors and SIGINT all stop it by PID.
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { sleep, startProcess, type StartedProcess } from '../../test/support/processes.js';
+import { findBinary } from '../../test/support/env.js';
+import { relayBin } from '../../test/support/relay.js';
+import { TestpmdStatsStream } from './testpmd-stats.js';
+
+const live = new Set<StartedProcess>();
+
+export interface BenchProcess {
+  pid: number;
+  label: string;
+  proc: StartedProcess;
+  /** The last `chars` characters of its output, for error messages. */
+  tail(chars?: number): string;
+  stop(): Promise<void>;
+}
+
+const setpriv = findBinary('setpriv');
+
+function launch(label: string, argv: string[], opts: { netns?: string; cpu?: number } = {}): BenchProcess {
+  const prefix: string[] = [];
+  if (opts.netns) prefix.push('ip', 'netns', 'exec', opts.netns);
+  // `ip netns exec`, setpriv and taskset all exec, so the pid we get is the final program's.
+  if (setpriv) prefix.push(setpriv, '--pdeathsig', 'KILL');
+  if (opts.cpu !== undefined) prefix.push('taskset', '-c', String(opts.cpu));
+  const full = [...prefix, ...argv];
+  const proc = startProcess(full[0], full.slice(1), { label });
+  live.add(proc);
+  void proc.exited.then(() => live.delete(proc));
+  return {
+    pid: proc.pid,
+    label,
+    proc,
+    tail: (chars = 2000) => proc.output().slice(-chars),
+    async stop() {
+      await proc.stop(5000);
+      live.delete(proc);
+    },
+  };
+}
+
+/** Stops everything still running: SIGTERM, SIGKILL after 5 s. */
+export async function stopAllBenchProcesses(): Promise<void> {
+  await Promise.all([...live].map((p) => p.stop(5000)));
+  live.clear();
+}
+
+/** Last resort from a synchronous exit path: SIGKILL by PID, no waiting. */
+export function killAllBenchProcessesNow(): void {
+  for (const p of live) {
+    try {
+      process.kill(p.pid, 'SIGKILL');
+    } catch {
+      /* already gone */
+    }
+  }
+}
+
+export function livePids(): number[] {
+  return [...live].map((p) => p.pid);
+}
+
+// ---- EAL arguments (perf-anchors §3): one process = one CPU, small memory, no PCI, IOVA as VA ----
+
+let prefixCounter = 0;
+
+function eal(cpu: number, extra: string[], vdevs: string[]): string[] {
+  const args = [
+    `--lcores=0@${cpu},1@${cpu}`,
+    '--no-pci',
+    '--in-memory',
+    `--file-prefix=vbench${process.pid}-${prefixCounter++}`,
+    '-m',
+    '256',
+    '--iova-mode=va',
+    '--no-telemetry',
+    ...extra,
+  ];
+  for (const v of vdevs) args.push('--vdev', v);
+  return args;
+}
+
+function app(forwardMode: string, topology: 'loop' | 'paired', extra: string[] = []): string[] {
+  return [
+    `--forward-mode=${forwardMode}`,
+    `--port-topology=${topology}`,
+    '--total-num-mbufs=16384',
+    '--stats-period=1',
+    '--auto-start',
+    '--nb-cores=1',
+    ...extra,
+  ];
+}
+
+export interface TestpmdProcess extends BenchProcess {
+  stats: TestpmdStatsStream;
+}
+
+function startTestpmd(label: string, argv: string[], opts: { netns?: string }): TestpmdProcess {
+  const p = launch(label, ['dpdk-testpmd', ...argv], opts);
+  const stats = new TestpmdStatsStream();
+  const feed = (chunk: Buffer) => stats.feed(chunk.toString('utf8'));
+  p.proc.proc.stdout?.on('data', feed);
+  p.proc.proc.stderr?.on('data', feed);
+  return { ...p, stats };
+}
+
+// ---- the relays under test ----
+
+export interface RelayUnderTest extends BenchProcess {
+  socketPath: string;
+}
+
+export type OurPollMode = 'busy' | 'adaptive';
+
+/**
+ * bin/virtio-forwarder with one static VF and its worker on `cpu`. The whole process (main thread,
+ * libuv threads, worker) is confined to that CPU like the DPDK relay, so nothing of the relay
+ * competes with the traffic process on the other CPU.
+ */
+export async function startOurRelay(o: { vf: string; cpu: number; pollMode: OurPollMode; pin: boolean }): Promise<RelayUnderTest> {
+  const dir = mkdtempSync(join(tmpdir(), 'vbench-relay-'));
+  const socketDir = join(dir, 'sockets');
+  const configPath = join(dir, 'virtioforwarder');
+  writeFileSync(
+    configPath,
+    [
+      `VIRTIOFWD_CPU_MASK=${o.cpu}`,
+      'VIRTIOFWD_LOG_LEVEL=6',
+      `VIRTIOFWD_SOCKET_DIR=${socketDir}`,
+      `VIRTIOFWD_PID_DIR=${dir}`,
+      `VIRTIOFWD_POLL_MODE=${o.pollMode}`,
+      'VIRTIOFWD_VHOST_CLIENT=false',
+      'VIRTIOFWD_DYNAMIC_SOCKETS=false',
+      `VIRTIOFWD_STATIC_VFS=(${o.vf}=1)`,
+      'VIO4WD_CORE_SCHED_ENABLE=false',
+      'VIRTIOFWD_ZMQ_PORT_CONTROL_EP=off',
+      'VIRTIOFWD_ZMQ_STATS_EP=off',
+      'VIRTIOFWD_ZMQ_CONFIG_EP=off',
+      'VIRTIOFWD_ZMQ_CORE_SCHED_EP=off',
+      '',
+    ].join('\n'),
+  );
+  const p = launch(`relay-${o.pollMode}`, [process.execPath, relayBin, '--config', configPath], { cpu: o.pin ? o.cpu : undefined });
+  const stop = async () => {
+    await p.stop();
+    rmSync(dir, { recursive: true, force: true });
+  };
+  try {
+    await p.proc.waitForOutput(/"msg":"virtio-forwarder ready"/, 30_000);
+  } catch (err) {
+    await stop();
+    throw new Error(`our relay (${o.pollMode}) did not become ready: ${(err as Error).message}`);
+  }
+  return { ...p, socketPath: join(socketDir, 'virtio-forwarder1.sock'), stop };
+}
+
+/** DPDK's relay: testpmd net_vhost (server) ⇄ net_af_packet in io forwarding, both lcores on `cpu`. */
+export async function startDpdkRelay(o: { vf: string; cpu: number; socketDir: string }): Promise<RelayUnderTest> {
+  const socketPath = join(o.socketDir, 'dpdk-relay.sock');
+  // A stale socket file makes net_vhost fail to bind and the port never starts (perf-anchors §6.7).
+  rmSync(socketPath, { force: true });
+  const p = startTestpmd(
+    'dpdk-relay',
+    [...eal(o.cpu, [], [`net_vhost0,iface=${socketPath}`, `net_af_packet1,iface=${o.vf}`]), '--', ...app('io', 'paired')],
+    {},
+  );
+  try {
+    await waitForOrExit(p, () => existsSync(socketPath), 30_000, `DPDK relay socket ${socketPath}`);
+  } catch (err) {
+    const tail = p.tail();
+    await p.stop();
+    throw new Error(`DPDK relay (dpdk-testpmd net_vhost ⇄ net_af_packet on ${o.vf}) did not start: ${(err as Error).message}\n${tail}`);
+  }
+  return { ...p, socketPath };
+}
+
+// ---- traffic ----
+
+const virtioUser = (id: number, path: string) => `net_virtio_user${id},path=${path},queue_size=1024`;
+
+/** VM→VF source: virtio-user txonly. Its single port is port 0. */
+export function startTxSource(o: { socketPath: string; size: number; cpu: number }): TestpmdProcess {
+  return startTestpmd(
+    'tx-source',
+    [...eal(o.cpu, ['--single-file-segments'], [virtioUser(0, o.socketPath)]), '--', ...app('txonly', 'loop', [`--txpkts=${o.size}`])],
+    {},
+  );
+}
+
+/**
+ * VF→VM endpoint (perf-anchors §3): ONE testpmd injects and counts, so only two pollers share the
+ * two CPUs. Port 0 (net_null generator) → port 1 (AF_PACKET on vethB) injects; port 2
+ * (virtio-user) → port 3 (net_null sink) counts. It runs in the peer's namespace to reach vethB.
+ */
+export const RX_ENDPOINT_PORTS = { injector: 1, virtio: 2 } as const;
+
+export function startRxEndpoint(o: { socketPath: string; size: number; cpu: number; netns: string; vethB: string }): TestpmdProcess {
+  return startTestpmd(
+    'rx-endpoint',
+    [
+      ...eal(o.cpu, ['--single-file-segments'], [
+        `net_null0,size=${o.size}`,
+        `net_af_packet1,iface=${o.vethB}`,
+        virtioUser(2, o.socketPath),
+        'net_null3,no-rx=1',
+      ]),
+      '--',
+      ...app('io', 'paired'),
+    ],
+    { netns: o.netns },
+  );
+}
+
+/** A process that does nothing inside the peer's namespace, so its /proc/<pid>/net/dev shows vethB. */
+export async function startNamespaceAnchor(netns: string): Promise<BenchProcess> {
+  const p = launch('ns-anchor', ['sleep', 'infinity'], { netns });
+  // Until `ip` has entered the namespace and exec'd, /proc/<pid>/net is still the root namespace's.
+  await waitForOrExit(p, () => commOf(p.pid) === 'sleep', 10_000, `sleep process inside ${netns}`);
+  return p;
+}
+
+function commOf(pid: number): string {
+  try {
+    return readFileSync(`/proc/${pid}/comm`, 'utf8').trim();
+  } catch {
+    return '';
+  }
+}
+
+/** Polls `probe` until it holds; gives up at once, with the process's output, if the process exits. */
+async function waitForOrExit(p: BenchProcess, probe: () => boolean, timeoutMs: number, what: string): Promise<void> {
+  let exited: number | string | undefined;
+  void p.proc.exited.then((s) => (exited = s));
+  const deadline = Date.now() + timeoutMs;
+  while (!probe()) {
+    if (exited !== undefined) throw new Error(`${p.label} exited (${exited}) while waiting for ${what}:\n${p.tail()}`);
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await sleep(100);
+  }
+}

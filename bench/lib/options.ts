@@ -1,0 +1,158 @@
+// Command line of bench/relay.ts.
+import type { Direction, RelayKind } from './report.js';
+
+export interface BenchOptions {
+  help: boolean;
+  runs: number;
+  warmupSeconds: number;
+  windowSeconds: number;
+  sizes: number[];
+  directions: Direction[];
+  /** Our relay's poll modes to measure (none = DPDK only). */
+  modes: Exclude<RelayKind, 'dpdk'>[];
+  dpdk: boolean;
+  relayCpu: number;
+  trafficCpu: number;
+  /** % of one core; a window above it is marked contaminated (and re-done up to `redo` times). */
+  maxForeign: number;
+  quietWaitSeconds: number;
+  redo: number;
+  pinRelay: boolean;
+  jsonPath: string | null;
+}
+
+export const USAGE = `usage: node dist/bench/relay.js [options]      (as root, after npx tsc -p .)
+
+Measures the relay's throughput VM→VF (tx) and VF→VM (rx) next to DPDK's relay
+(dpdk-testpmd net_vhost ⇄ net_af_packet, io forwarding), relay on one CPU, traffic on the other.
+
+  --runs N            runs per case; the table shows the median (default 3)
+  --warmup S          seconds of traffic before the window (default 3)
+  --window S          measurement window in seconds (default 10)
+  --sizes LIST        Ethernet frame sizes without FCS, 60..1514 (default 64,1500)
+  --directions LIST   tx,rx (default both)
+  --modes LIST        our relay's poll modes: busy,adaptive, or none (default busy,adaptive)
+  --no-dpdk           leave DPDK's relay out (no ours/DPDK ratio then)
+  --relay-cpu N       CPU of the relay under test (default 0)
+  --traffic-cpu N     CPU of the traffic process (default 1)
+  --max-foreign P     foreign CPU, % of one core, above which a run counts as contaminated (default 15)
+  --quiet-wait S      before each run, wait up to S seconds for foreign CPU to fall under
+                      --max-foreign, then measure anyway (default 10)
+  --redo N            re-do a contaminated run up to N times, keep the cleanest (default 1)
+  --no-pin-relay      do not confine our relay's whole process to --relay-cpu (only its worker is pinned)
+  --json FILE         also write every run and the summaries as JSON
+  --quick             smoke test: 1 run, 2 s warm-up, 3 s window, 64 bytes only, no re-do
+  -h, --help          this text
+
+Columns: Mpps = frames delivered per second (vethB rx_packets in tx, virtio-user Rx-pps in rx);
+relay CPU = the relay process's user+system time, % of one core; ns/pkt = relay CPU time per
+delivered frame; loss = 1 - delivered/offered (offered = virtio-user Tx-pps in tx, frames reaching
+vethA in rx); foreign = CPU used by processes the bench did not start; steal = CPU the hypervisor
+withheld; ours/DPDK = ratio of medians.
+`;
+
+function positive(flag: string, text: string | undefined, { integer = false, zero = false } = {}): number {
+  const v = Number(text);
+  if (text === undefined || !Number.isFinite(v) || v < 0 || (!zero && v === 0) || (integer && !Number.isInteger(v))) {
+    throw new Error(`${flag} needs a ${integer ? 'whole' : ''} number ${zero ? '≥ 0' : '> 0'}, got ${text ?? 'nothing'}`);
+  }
+  return v;
+}
+
+function list<T extends string>(flag: string, text: string | undefined, allowed: readonly T[]): T[] {
+  if (!text) throw new Error(`${flag} needs a comma-separated list of ${allowed.join(', ')}`);
+  const items = text.split(',').map((s) => s.trim()).filter(Boolean);
+  for (const item of items) if (!allowed.includes(item as T)) throw new Error(`${flag}: unknown value "${item}" (use ${allowed.join(', ')})`);
+  return [...new Set(items)] as T[];
+}
+
+export function parseOptions(argv: string[]): BenchOptions {
+  const o: BenchOptions = {
+    help: false,
+    runs: 3,
+    warmupSeconds: 3,
+    windowSeconds: 10,
+    sizes: [64, 1500],
+    directions: ['tx', 'rx'],
+    modes: ['busy', 'adaptive'],
+    dpdk: true,
+    relayCpu: 0,
+    trafficCpu: 1,
+    maxForeign: 15,
+    quietWaitSeconds: 10,
+    redo: 1,
+    pinRelay: true,
+    jsonPath: null,
+  };
+  // --quick sets defaults first, so explicit flags (wherever they appear) still win.
+  if (argv.includes('--quick')) Object.assign(o, { runs: 1, warmupSeconds: 2, windowSeconds: 3, sizes: [64], redo: 0 });
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i];
+    const next = () => argv[++i];
+    switch (a) {
+      case '-h':
+      case '--help':
+        o.help = true;
+        break;
+      case '--quick':
+        break;
+      case '--runs':
+        o.runs = positive(a, next(), { integer: true });
+        break;
+      case '--warmup':
+        o.warmupSeconds = positive(a, next(), { zero: true });
+        break;
+      case '--window':
+        o.windowSeconds = positive(a, next());
+        if (o.windowSeconds < 2) throw new Error(`--window ${o.windowSeconds}: at least 2 s (testpmd reports once a second)`);
+        break;
+      case '--sizes': {
+        const text = next();
+        o.sizes = (text ?? '').split(',').filter(Boolean).map((s) => positive(a, s, { integer: true }));
+        if (o.sizes.length === 0) throw new Error('--sizes needs at least one frame size');
+        for (const s of o.sizes) if (s < 60 || s > 1514) throw new Error(`--sizes: ${s} is outside 60..1514 (Ethernet frame without FCS)`);
+        break;
+      }
+      case '--directions':
+        o.directions = list(a, next(), ['tx', 'rx'] as const);
+        break;
+      case '--modes': {
+        const text = next();
+        o.modes = text === 'none' ? [] : list(a, text, ['busy', 'adaptive'] as const);
+        break;
+      }
+      case '--no-dpdk':
+        o.dpdk = false;
+        break;
+      case '--relay-cpu':
+        o.relayCpu = positive(a, next(), { integer: true, zero: true });
+        break;
+      case '--traffic-cpu':
+        o.trafficCpu = positive(a, next(), { integer: true, zero: true });
+        break;
+      case '--max-foreign':
+        o.maxForeign = positive(a, next(), { zero: true });
+        break;
+      case '--quiet-wait':
+        o.quietWaitSeconds = positive(a, next(), { zero: true });
+        break;
+      case '--redo':
+        o.redo = positive(a, next(), { integer: true, zero: true });
+        break;
+      case '--no-pin-relay':
+        o.pinRelay = false;
+        break;
+      case '--json': {
+        const path = next();
+        if (!path) throw new Error('--json needs a file name');
+        o.jsonPath = path;
+        break;
+      }
+      default:
+        throw new Error(`unknown option ${a}`);
+    }
+  }
+  if (!o.dpdk && o.modes.length === 0) throw new Error('nothing to measure: --no-dpdk and --modes none');
+  if (o.relayCpu === o.trafficCpu) throw new Error(`--relay-cpu and --traffic-cpu are both ${o.relayCpu}: the two pollers need a CPU each`);
+  return o;
+}

@@ -1,0 +1,142 @@
+// Results of the relay benchmark: one record per measured run, the per-case summary (median of the
+// runs, DPDK as the reference) and the printed table.
+import type { ForeignConsumer } from './cpu.js';
+
+export type Direction = 'tx' | 'rx';
+/** 'dpdk' is dpdk-testpmd net_vhost ⇄ net_af_packet; the others are bin/virtio-forwarder in a poll mode. */
+export type RelayKind = 'dpdk' | 'busy' | 'adaptive';
+
+export interface RunRecord {
+  direction: Direction;
+  size: number;
+  relay: RelayKind;
+  run: number;
+  /** Attempts made (more than one when a run was re-done because of foreign CPU). */
+  attempts: number;
+  windowSeconds: number;
+  /** Frames per second that reached the far end (vethB in tx, the virtio-user port in rx). */
+  deliveredPps: number;
+  /** Frames per second offered to the relay: virtio-user Tx-pps in tx, vethA rx_packets in rx. */
+  offeredPps: number | null;
+  /** rx only: Tx-pps of the injector on vethB. */
+  injectedPps: number | null;
+  relayCpu: { user: number; system: number };
+  trafficCpu: { user: number; system: number };
+  foreignCpu: number;
+  stealCpu: number;
+  busyCpu: number;
+  topForeign: ForeignConsumer[];
+  contaminated: boolean;
+}
+
+export interface FailedRun {
+  direction: Direction;
+  size: number;
+  relay: RelayKind;
+  run: number;
+  error: string;
+}
+
+export interface CaseSummary {
+  direction: Direction;
+  size: number;
+  relay: RelayKind;
+  runs: number;
+  deliveredMpps: { min: number; median: number; max: number };
+  relayCpu: { user: number; system: number; total: number };
+  /** Relay CPU time per delivered packet, in ns: comparable even when the injector sets the rate. */
+  relayNsPerPacket: number | null;
+  lossPercent: number | null;
+  foreignCpu: { median: number; max: number };
+  stealCpu: { median: number; max: number };
+  contaminatedRuns: number;
+  /** median delivered / DPDK's median delivered for the same direction and size. */
+  ratioToDpdk: number | null;
+}
+
+export function median(values: number[]): number {
+  if (values.length === 0) return NaN;
+  const s = [...values].sort((a, b) => a - b);
+  const mid = s.length >> 1;
+  return s.length % 2 ? s[mid] : (s[mid - 1] + s[mid]) / 2;
+}
+
+export function summarize(records: RunRecord[]): CaseSummary[] {
+  const groups = new Map<string, RunRecord[]>();
+  for (const r of records) {
+    const k = `${r.direction}/${r.size}/${r.relay}`;
+    groups.set(k, [...(groups.get(k) ?? []), r]);
+  }
+  const out: CaseSummary[] = [];
+  for (const rs of groups.values()) {
+    const { direction, size, relay } = rs[0];
+    const mpps = rs.map((r) => r.deliveredPps / 1e6);
+    const user = median(rs.map((r) => r.relayCpu.user));
+    const system = median(rs.map((r) => r.relayCpu.system));
+    const nsPerPacket = rs.filter((r) => r.deliveredPps > 0).map((r) => ((r.relayCpu.user + r.relayCpu.system) / 100 / r.deliveredPps) * 1e9);
+    const losses = rs.filter((r) => r.offeredPps && r.offeredPps > 0).map((r) => (1 - r.deliveredPps / r.offeredPps!) * 100);
+    out.push({
+      direction,
+      size,
+      relay,
+      runs: rs.length,
+      deliveredMpps: { min: Math.min(...mpps), median: median(mpps), max: Math.max(...mpps) },
+      relayCpu: { user, system, total: median(rs.map((r) => r.relayCpu.user + r.relayCpu.system)) },
+      relayNsPerPacket: nsPerPacket.length ? median(nsPerPacket) : null,
+      lossPercent: losses.length ? median(losses) : null,
+      foreignCpu: { median: median(rs.map((r) => r.foreignCpu)), max: Math.max(...rs.map((r) => r.foreignCpu)) },
+      stealCpu: { median: median(rs.map((r) => r.stealCpu)), max: Math.max(...rs.map((r) => r.stealCpu)) },
+      contaminatedRuns: rs.filter((r) => r.contaminated).length,
+      ratioToDpdk: null,
+    });
+  }
+  for (const s of out) {
+    if (s.relay === 'dpdk') continue;
+    const ref = out.find((d) => d.relay === 'dpdk' && d.direction === s.direction && d.size === s.size);
+    if (ref && ref.deliveredMpps.median > 0) s.ratioToDpdk = s.deliveredMpps.median / ref.deliveredMpps.median;
+  }
+  const relayOrder: RelayKind[] = ['dpdk', 'busy', 'adaptive'];
+  return out.sort(
+    (a, b) =>
+      (a.direction === b.direction ? 0 : a.direction === 'tx' ? -1 : 1) || a.size - b.size || relayOrder.indexOf(a.relay) - relayOrder.indexOf(b.relay),
+  );
+}
+
+const RELAY_LABEL: Record<RelayKind, string> = { dpdk: 'DPDK testpmd', busy: 'ours busy', adaptive: 'ours adaptive' };
+
+function pad(cells: string[][]): string {
+  const widths = cells[0].map((_, i) => Math.max(...cells.map((row) => row[i].length)));
+  return cells.map((row) => row.map((c, i) => (i < 3 ? c.padEnd(widths[i]) : c.padStart(widths[i]))).join('  ')).join('\n');
+}
+
+const f = (v: number, digits: number) => (Number.isFinite(v) ? v.toFixed(digits) : '-');
+
+export function formatTable(summaries: CaseSummary[]): string {
+  const rows: string[][] = [
+    ['dir', 'size', 'relay', 'Mpps median', '(min-max)', 'relay CPU usr+sys %', 'ns/pkt', 'loss %', 'foreign % med/max', 'steal %', 'ours/DPDK'],
+  ];
+  for (const s of summaries) {
+    rows.push([
+      s.direction,
+      String(s.size),
+      RELAY_LABEL[s.relay],
+      f(s.deliveredMpps.median, 3),
+      `(${f(s.deliveredMpps.min, 3)}-${f(s.deliveredMpps.max, 3)})`,
+      `${f(s.relayCpu.user, 0)}+${f(s.relayCpu.system, 0)}`,
+      s.relayNsPerPacket === null ? '-' : f(s.relayNsPerPacket, 0),
+      s.lossPercent === null ? '-' : f(s.lossPercent, 2),
+      `${f(s.foreignCpu.median, 0)}/${f(s.foreignCpu.max, 0)}${s.contaminatedRuns ? '!' : ''}`,
+      f(s.stealCpu.median, 0),
+      s.ratioToDpdk === null ? '' : f(s.ratioToDpdk, 2),
+    ]);
+  }
+  return pad(rows);
+}
+
+/** One line per foreign process that took ≥ 1 % of a core in some run, with its peak. */
+export function formatForeign(records: RunRecord[]): string {
+  const peak = new Map<string, number>();
+  for (const r of records) for (const c of r.topForeign) peak.set(c.comm, Math.max(peak.get(c.comm) ?? 0, c.percent));
+  const top = [...peak.entries()].sort((a, b) => b[1] - a[1]).slice(0, 6);
+  return top.length ? `foreign CPU seen (peak % of a core): ${top.map(([c, p]) => `${c} ${p.toFixed(0)}`).join(', ')}` : 'no foreign process used ≥ 1 % of a core';
+}
