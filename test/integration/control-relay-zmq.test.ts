@@ -138,15 +138,18 @@ describe.skipIf(!ready)('ZMQ port control against the running relay', () => {
       await sleep(300);
       const received = linkCounter(peerA, 'rx_packets', ns) - before;
       expect(ports[0].txPackets).toBeGreaterThan(5_000);
-      expect(received).toBeGreaterThanOrEqual(ports[0].txPackets);
 
       const s = stats('--include-inactive', '--delay=0', '--relay=0');
       expect(s.get('relay_0.vf.pci_addr_str')).toBe(PCI_A);
       expect(s.get('relay_0.vhost.vhost_socket_name')).toBe(path);
-      // The relay counted exactly what testpmd sent: every frame taken from the guest went to the VF.
-      expect(counter(s, 0, 'vm_to_vf', 'pkts_rx_from_vm')).toBe(ports[0].txPackets);
-      expect(counter(s, 0, 'vm_to_vf', 'pkts_tx_to_vf')).toBe(ports[0].txPackets);
-      expect(counter(s, 0, 'vm_to_vf', 'bytes_tx_to_vf')).toBe(ports[0].txPackets * 64);
+      // Every frame taken from the guest went to the VF and reached the peer. testpmd counts a frame
+      // as sent once it is in the vring, so up to one ring of frames may be left there at its exit.
+      const fromVm = counter(s, 0, 'vm_to_vf', 'pkts_rx_from_vm');
+      expect(fromVm).toBeLessThanOrEqual(ports[0].txPackets);
+      expect(fromVm).toBeGreaterThanOrEqual(ports[0].txPackets - 1024);
+      expect(counter(s, 0, 'vm_to_vf', 'pkts_tx_to_vf')).toBe(fromVm);
+      expect(counter(s, 0, 'vm_to_vf', 'bytes_tx_to_vf')).toBe(fromVm * 64);
+      expect(received).toBeGreaterThanOrEqual(fromVm);
     } finally {
       await testpmd?.stop();
     }
