@@ -4,7 +4,7 @@
 // The directory is watched with inotify (fs.watch), the file is taken away (renamed) before it is
 // read so a command is never run twice, and every line's outcome is logged.
 import { existsSync, readFileSync, renameSync, unlinkSync, watch, type FSWatcher } from 'node:fs';
-import { basename, dirname, join } from 'node:path';
+import { basename, dirname } from 'node:path';
 import type { Logger } from 'pino';
 import type { RelayRegistry } from '../relay/registry-api.js';
 import { MAX_RELAYS } from './protocol.js';
