@@ -3,7 +3,7 @@
 //   del_port <netdev>
 // The directory is watched with inotify (fs.watch), the file is taken away (renamed) before it is
 // read so a command is never run twice, and every line's outcome is logged.
-import { existsSync, readFileSync, renameSync, unlinkSync, watch, type FSWatcher } from 'node:fs';
+import { closeSync, constants, existsSync, fstatSync, mkdirSync, openSync, readSync, renameSync, unlinkSync, watch, type FSWatcher } from 'node:fs';
 import { basename, dirname } from 'node:path';
 import type { Logger } from 'pino';
 import type { RelayRegistry } from '../relay/registry-api.js';
@@ -61,6 +61,7 @@ export class IpcMonitor {
     const dir = dirname(this.options.file);
     const name = basename(this.options.file);
     try {
+      mkdirSync(dir, { recursive: true, mode: 0o755 });
       this.watcher = watch(dir, { persistent: false }, (_event, filename) => {
         if (filename === null || filename === name) this.poke();
       });
@@ -105,13 +106,9 @@ export class IpcMonitor {
     }
     let text: string;
     try {
-      const bytes = readFileSync(taken);
-      text = bytes.subarray(0, MAX_COMMAND_FILE_BYTES).toString('utf8');
-      if (bytes.length > MAX_COMMAND_FILE_BYTES) {
-        this.logger.error({ file }, `IPC monitor: ${file} holds ${bytes.length} bytes; only the first ${MAX_COMMAND_FILE_BYTES} are read`);
-      }
+      text = this.readCommandFile(taken);
     } catch (err) {
-      this.logger.error({ file }, `IPC monitor: cannot read ${file}: ${(err as Error).message}`);
+      this.logger.error({ file }, `IPC monitor: ${file} ignored: ${(err as Error).message}`);
       return;
     } finally {
       try {
@@ -122,6 +119,34 @@ export class IpcMonitor {
     }
     for (const [i, line] of text.split('\n').entries()) {
       await this.runLine(line, i + 1);
+    }
+  }
+
+  /**
+   * Reads the taken command file. The file usually lives in a world-writable directory, so a
+   * symlink or a hard link to another file (which would have its lines echoed into the log as
+   * refused commands) is not followed.
+   */
+  private readCommandFile(path: string): string {
+    let fd: number;
+    try {
+      fd = openSync(path, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ELOOP') throw new Error('it is a symbolic link');
+      throw err;
+    }
+    try {
+      const st = fstatSync(fd);
+      if (!st.isFile()) throw new Error('it is not a regular file');
+      if (st.nlink > 1) throw new Error('it is a hard link to another file');
+      const bytes = Buffer.alloc(Math.min(st.size, MAX_COMMAND_FILE_BYTES));
+      const length = readSync(fd, bytes, 0, bytes.length, 0);
+      if (st.size > MAX_COMMAND_FILE_BYTES) {
+        this.logger.error({ file: this.options.file }, `IPC monitor: ${this.options.file} holds ${st.size} bytes; only the first ${MAX_COMMAND_FILE_BYTES} are read`);
+      }
+      return bytes.subarray(0, length).toString('utf8');
+    } finally {
+      closeSync(fd);
     }
   }
 

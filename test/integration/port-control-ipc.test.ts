@@ -1,6 +1,6 @@
 // The IPC file monitor through startControlServices: commands written to the file reach the
 // registry, bad lines are reported without stopping the monitor, and the file is consumed.
-import { appendFileSync, existsSync, mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { appendFileSync, existsSync, linkSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pino from 'pino';
@@ -94,5 +94,23 @@ describe('IPC file monitor', () => {
     await services.ipc?.idle();
     expect(registry.mutations().slice(seen)).toEqual([{ method: 'removeDevice', args: [4, {}] }]);
     seen = registry.mutations().length;
+  });
+
+  it('does not follow a symlink or a hard link planted as the command file', async () => {
+    const secret = join(dir, 'secret');
+    writeFileSync(secret, 'add_port leaked 9\nroot:s3cr3t-hash:19000\n');
+    for (const [plant, reason] of [
+      [() => symlinkSync(secret, cmdFile), /ignored: it is a symbolic link/],
+      [() => linkSync(secret, cmdFile), /ignored: it is a hard link/],
+    ] as const) {
+      logLines.length = 0;
+      plant();
+      await waitFor(() => !existsSync(cmdFile), 10_000, `${cmdFile} to be taken away`, 20);
+      await services.ipc?.idle();
+      expect(errorsLogged()).toEqual([expect.stringMatching(reason)]);
+      expect(JSON.stringify(logLines)).not.toContain('s3cr3t');
+      expect(registry.mutations().slice(seen)).toEqual([]);
+    }
+    expect(readFileSync(secret, 'utf8')).toContain('s3cr3t');
   });
 });
