@@ -10,6 +10,8 @@ import { NetRxWriter, RX_NO_BUFFERS, RX_DROPPED } from '../virtio/net-rx.js';
 import { readTxFrame, TX_DROPPED } from '../virtio/net-tx.js';
 import { Counter, Dir, counterBase } from './counters.js';
 import { flowHash } from './flow-hash.js';
+import { completeL4Checksum } from './checksum.js';
+import { TP_STATUS_CSUMNOTREADY } from '../sys/packet-ring.js';
 import { VfPort } from './vf-port.js';
 import type { DirectionSpec, DirectionState, GuestSpec, QueueSpec, QueueState } from './worker-protocol.js';
 
@@ -323,7 +325,7 @@ export class VmToVf extends Direction {
 /** VF RX ring(s) → guest RX vrings. */
 export class VfToVm extends Direction {
   private readonly writers: NetRxWriter[];
-  private readonly onFrame: (bytes: Uint8Array, offset: number, length: number) => void;
+  private readonly onFrame: (bytes: Uint8Array, offset: number, length: number, status: number) => void;
   private readonly dropFrame: (bytes: Uint8Array, offset: number, length: number) => void;
   // Per-burst tallies, written by the frame callbacks.
   private packets = 0;
@@ -342,7 +344,11 @@ export class VfToVm extends Direction {
       (q) => new NetRxWriter(q.queue, { headerLength: guest?.hdrLen ?? 12, mergeable: guest?.mergeable ?? false }),
     );
     for (const q of this.queues) q.queue.disableNotifications();
-    this.onFrame = (bytes, offset, length) => this.deliver(bytes, offset, length);
+    this.onFrame = (bytes, offset, length, status) => {
+      // Frames from a local stack (veth peers) carry checksums left for offload; the guest gets none.
+      if ((status & TP_STATUS_CSUMNOTREADY) !== 0) completeL4Checksum(bytes, offset, length);
+      this.deliver(bytes, offset, length);
+    };
     this.dropFrame = (_bytes, _offset, length) => {
       this.dropped++;
       this.rxBytes += length;
