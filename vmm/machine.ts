@@ -24,6 +24,8 @@ import {
   virtioMmioAddress,
   virtioMmioGsi,
 } from './layout.js';
+import { openBlockDevice, type BlockDeviceHandle } from './block-device.js';
+import { IoThread } from './iothread.js';
 import { openVhostUserNet, type NetDeviceHandle } from './net-device.js';
 import { RUN_STATE, type VcpuMessage, type VcpuWorkerData } from './vcpu-protocol.js';
 
@@ -47,6 +49,7 @@ interface Device {
   gsi: number;
   state: SharedArrayBuffer;
   net?: NetDeviceHandle;
+  blk?: BlockDeviceHandle;
   /** One status change at a time per device, in the order the guest made them. */
   chain: Promise<void>;
 }
@@ -59,6 +62,7 @@ export class Machine extends EventEmitter {
   private readonly control = new SharedArrayBuffer(4 * 256);
   private readonly controlWords = new Int32Array(this.control);
   private devices: Device[] = [];
+  private iothreads: IoThread[] = [];
   private serialState = createSerialState();
   private serial!: Serial;
   private kvmFd = -1;
@@ -121,9 +125,8 @@ export class Machine extends EventEmitter {
         if (!this.ended) this.log.warn({ nic: net.id }, `NIC ${net.id}: the vhost-user back-end closed the connection`);
       });
     }
-    if (c.drives.length > 0) {
-      throw new Error(`${c.drives[0].id}: virtio-blk is not available in this build of vio4wd-vmm`);
-    }
+    for (const drive of c.drives) this.addDevice({ blk: openBlockDevice(drive) });
+    this.createIothreads();
 
     const acpi = buildAcpiTables({
       vcpus: c.vcpus,
@@ -157,15 +160,15 @@ export class Machine extends EventEmitter {
     }
 
     for (const d of this.devices) {
-      if (!d.net) continue;
-      d.net.kickFds.forEach((fd, q) => kvm.ioeventfd(this.vmFd, { address: d.address + 0x50, length: 4, datamatch: q, fd }));
-      kvm.irqfd(this.vmFd, d.net.callFd, d.gsi);
+      const kickFds = d.net ? d.net.kickFds : [d.blk!.kickFd];
+      kickFds.forEach((fd, q) => kvm.ioeventfd(this.vmFd, { address: d.address + 0x50, length: 4, datamatch: q, fd }));
+      kvm.irqfd(this.vmFd, d.net ? d.net.callFd : d.blk!.callFd, d.gsi);
     }
   }
 
-  private addDevice(p: { net: NetDeviceHandle }): void {
+  private addDevice(p: { net?: NetDeviceHandle; blk?: BlockDeviceHandle }): void {
     const index = this.devices.length;
-    const h = p.net;
+    const h = (p.net ?? p.blk)!;
     this.devices.push({
       index,
       address: virtioMmioAddress(index),
@@ -175,12 +178,29 @@ export class Machine extends EventEmitter {
         features: h.features,
         numQueues: h.numQueues,
         queueNumMax: h.queueNumMax,
-        vhostUser: true,
+        // A vhost-user back-end signals the irqfd itself; our own devices set InterruptStatus first.
+        vhostUser: p.net !== undefined,
         config: h.configSpace,
       }),
-      net: h,
+      net: p.net,
+      blk: p.blk,
       chain: Promise.resolve(),
     });
+  }
+
+  /** One worker per -iothread that serves drives, and one of its own for each drive that names none. */
+  private createIothreads(): void {
+    const groups = new Map<string, Device[]>();
+    for (const d of this.devices) {
+      if (!d.blk) continue;
+      const name = d.blk.config.iothread ?? `${d.blk.config.id}-io`;
+      groups.set(name, [...(groups.get(name) ?? []), d]);
+    }
+    for (const [name, devices] of groups) {
+      const thread = new IoThread(name, devices.map((d) => d.blk!.iothreadDrive(d.state)), this.ram, this.log);
+      for (const d of devices) d.blk!.attach(thread);
+      this.iothreads.push(thread);
+    }
   }
 
   private numaNodes(): AcpiNumaNode[] {
@@ -194,6 +214,8 @@ export class Machine extends EventEmitter {
 
   /** Starts one worker per vCPU and resolves once every vCPU thread is in its run loop. */
   async start(): Promise<void> {
+    if (this.ended) throw new Error('the VM has already been shut down');
+    for (const t of this.iothreads) await t.start();
     const workerUrl = new URL('./vcpu-worker.js', import.meta.url);
     // vCPU kicks are SIGUSR2 to the thread; a handler makes the signal interrupt KVM_RUN instead of killing us.
     process.on('SIGUSR2', () => undefined);
@@ -256,7 +278,7 @@ export class Machine extends EventEmitter {
 
   private async deviceStatus(device: Device, change: StatusChange): Promise<void> {
     try {
-      await device.net?.onStatus(change);
+      await (device.net ?? device.blk)?.onStatus(change);
     } catch (err) {
       this.log.error({ device: device.index, err: (err as Error).message }, `virtio device ${device.index}: ${(err as Error).message}`);
       const { MmioTransport } = await import('./devices/virtio-mmio.js');
@@ -309,7 +331,7 @@ export class Machine extends EventEmitter {
       { id: 'serial0', type: 'serial-8250', port: '0x3f8', irq: SERIAL_GSI, backend: this.config.serial.kind },
     ];
     for (const d of this.devices) {
-      list.push({ ...(d.net?.describe() ?? {}), transport: 'virtio-mmio', address: `0x${d.address.toString(16)}`, irq: d.gsi });
+      list.push({ ...((d.net ?? d.blk)?.describe() ?? {}), transport: 'virtio-mmio', address: `0x${d.address.toString(16)}`, irq: d.gsi });
     }
     return list;
   }
@@ -340,6 +362,9 @@ export class Machine extends EventEmitter {
     }
     this.reactor?.close();
     this.reactor = null;
+    const iothreads = this.iothreads.splice(0);
+    await Promise.all(iothreads.map((t) => t.stop()));
+    for (const d of this.devices) d.blk?.close();
     await Promise.all(this.workers.map((w) => w.terminate().catch(() => undefined)));
   }
 }

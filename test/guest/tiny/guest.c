@@ -1,12 +1,14 @@
 /*
- * A tiny test guest for vio4wd-vmm: prints to the 8250 serial port, finds a virtio-net device on
- * virtio-mmio, and answers ARP requests and ICMP echo requests for its address. It sleeps in
- * `hlt` between interrupts (virtio irq through the IOAPIC, plus a slow LAPIC timer as a safety
- * net), so an idle guest costs the host nothing.
+ * A tiny test guest for vio4wd-vmm: prints to the 8250 serial port, exercises a virtio-blk device
+ * if there is one, then finds a virtio-net device on virtio-mmio and answers ARP requests and
+ * ICMP echo requests for its address. It sleeps in `hlt` between interrupts (virtio irq through
+ * the IOAPIC, plus a slow LAPIC timer as a safety net), so an idle guest costs the host nothing.
  *
- * Command line (from boot_params): ip=A.B.C.D sets the address (default 10.0.2.15);
+ * Command line (PVH start info or boot_params): ip=A.B.C.D sets the address (default 10.0.2.15);
  * tiny.exit ends the VM right after the greeting (i8042 reset); tiny.exit-after=N ends it
- * after answering N echo requests.
+ * after answering N echo requests; tiny.blk-reads=N times N one-sector reads; tiny.blk-exit ends
+ * the VM after the disk checks; tiny.net-reinit initialises the NIC, resets it and initialises
+ * it again (what a rebooting driver does).
  */
 typedef unsigned char u8;
 typedef unsigned short u16;
@@ -109,24 +111,30 @@ static u8 mac[6];
 static u8 ip[4] = {10, 0, 2, 15};
 static u32 echo_count, exit_after;
 
-static int setup_queue(u32 index, struct queue *q) {
-  wr32(dev + 0x30, index);
-  u32 max = rd32(dev + 0x34);
+static int setup_queue(u64 base, u32 index, struct queue *q) {
+  memset(q, 0, sizeof(*q));
+  wr32(base + 0x30, index);
+  u32 max = rd32(base + 0x34);
   if (max < QUEUE_SIZE) return -1;
-  wr32(dev + 0x38, QUEUE_SIZE);
+  wr32(base + 0x38, QUEUE_SIZE);
   u64 d = (u64)q->d, a = (u64)&q->a, u = (u64)&q->u;
-  wr32(dev + 0x80, (u32)d); wr32(dev + 0x84, (u32)(d >> 32));
-  wr32(dev + 0x90, (u32)a); wr32(dev + 0x94, (u32)(a >> 32));
-  wr32(dev + 0xa0, (u32)u); wr32(dev + 0xa4, (u32)(u >> 32));
-  wr32(dev + 0x44, 1);
+  wr32(base + 0x80, (u32)d); wr32(base + 0x84, (u32)(d >> 32));
+  wr32(base + 0x90, (u32)a); wr32(base + 0x94, (u32)(a >> 32));
+  wr32(base + 0xa0, (u32)u); wr32(base + 0xa4, (u32)(u >> 32));
+  wr32(base + 0x44, 1);
+  return 0;
+}
+
+static u64 find_device(u32 device_id) {
+  for (u32 i = 0; i < MMIO_MAX_DEVICES; i++) {
+    u64 base = MMIO_BASE + i * MMIO_STRIDE;
+    if (rd32(base) == 0x74726976 && rd32(base + 4) == 2 && rd32(base + 8) == device_id) return base;
+  }
   return 0;
 }
 
 static int virtio_net_init(void) {
-  for (u32 i = 0; i < MMIO_MAX_DEVICES; i++) {
-    u64 base = MMIO_BASE + i * MMIO_STRIDE;
-    if (rd32(base) == 0x74726976 && rd32(base + 4) == 2 && rd32(base + 8) == 1) { dev = base; break; }
-  }
+  dev = find_device(1);
   if (!dev) return -1;
   wr32(dev + 0x70, 0);
   wr32(dev + 0x70, 1);
@@ -141,7 +149,7 @@ static int virtio_net_init(void) {
   wr32(dev + 0x70, 1 | 2 | 8);
   if (!(rd32(dev + 0x70) & 8)) return -3;
   for (int i = 0; i < 6; i++) mac[i] = (lo & (1u << 5)) ? rd8(dev + 0x100 + i) : (u8)(0x52 + i);
-  if (setup_queue(0, &rxq) || setup_queue(1, &txq)) return -4;
+  if (setup_queue(dev, 0, &rxq) || setup_queue(dev, 1, &txq)) return -4;
   for (u16 i = 0; i < QUEUE_SIZE; i++) {
     rxq.d[i].addr = (u64)rxbuf[i]; rxq.d[i].len = BUFFER_SIZE; rxq.d[i].flags = 2; /* device writes */
     rxq.a.ring[i] = i;
@@ -218,13 +226,115 @@ static void handle_frame(u8 *f, u32 len) {
   }
 }
 
+
+/* ---- virtio-blk: one request in flight, three descriptors (header, data, status) ---- */
+#define BLK_T_IN 0
+#define BLK_T_OUT 1
+#define BLK_T_GET_ID 8
+static struct queue blkq __attribute__((aligned(4096)));
+static struct { u32 type, reserved; u64 sector; } blkhdr;
+static u8 blkdata[512] __attribute__((aligned(512)));
+static volatile u8 blkstatus;
+static u64 blkdev, blk_sectors;
+static u32 blk_ro, interrupts_ready;
+
+static void wait_used(struct queue *q) {
+  for (;;) {
+    __asm__ volatile("cli");
+    if (*(volatile u16 *)&q->u.idx != q->last_used) break;
+    __asm__ volatile("sti; hlt" ::: "memory");
+  }
+  __asm__ volatile("sti");
+  barrier();
+  q->last_used++;
+}
+
+/* Returns the status byte the device wrote (0xff if it wrote none). */
+static u32 blk_request(u32 type, u64 sector, u32 len) {
+  blkhdr.type = type; blkhdr.reserved = 0; blkhdr.sector = sector;
+  blkstatus = 0xff;
+  blkq.d[0].addr = (u64)&blkhdr; blkq.d[0].len = 16; blkq.d[0].flags = 1; blkq.d[0].next = len ? 1 : 2;
+  blkq.d[1].addr = (u64)blkdata; blkq.d[1].len = len; blkq.d[1].flags = (u16)(1 | (type == BLK_T_OUT ? 0 : 2)); blkq.d[1].next = 2;
+  blkq.d[2].addr = (u64)&blkstatus; blkq.d[2].len = 1; blkq.d[2].flags = 2; blkq.d[2].next = 0;
+  blkq.a.ring[blkq.avail_idx % QUEUE_SIZE] = 0;
+  barrier();
+  blkq.avail_idx++;
+  *(volatile u16 *)&blkq.a.idx = blkq.avail_idx;
+  barrier();
+  wr32(blkdev + 0x50, 0);
+  wait_used(&blkq);
+  wr32(blkdev + 0x64, rd32(blkdev + 0x60)); /* acknowledge InterruptStatus */
+  return blkstatus;
+}
+
+static int virtio_blk_init(void) {
+  blkdev = find_device(2);
+  if (!blkdev) return -1;
+  wr32(blkdev + 0x70, 0);
+  wr32(blkdev + 0x70, 1 | 2);
+  wr32(blkdev + 0x14, 0);
+  u32 lo = rd32(blkdev + 0x10);
+  wr32(blkdev + 0x14, 1);
+  if (!(rd32(blkdev + 0x10) & 1)) return -2;
+  blk_ro = (lo >> 5) & 1;
+  wr32(blkdev + 0x24, 0); wr32(blkdev + 0x20, lo & (1u << 5));
+  wr32(blkdev + 0x24, 1); wr32(blkdev + 0x20, 1);
+  wr32(blkdev + 0x70, 1 | 2 | 8);
+  if (!(rd32(blkdev + 0x70) & 8)) return -3;
+  blk_sectors = (u64)rd32(blkdev + 0x100) | ((u64)rd32(blkdev + 0x104) << 32);
+  if (setup_queue(blkdev, 0, &blkq)) return -4;
+  wr32(blkdev + 0x70, 1 | 2 | 8 | 4);
+  return 0;
+}
+
+static void print_block(u32 n) {
+  putc_serial('"');
+  for (u32 i = 0; i < n && blkdata[i]; i++) putc_serial(blkdata[i] >= 32 && blkdata[i] < 127 ? (char)blkdata[i] : '.');
+  putc_serial('"');
+}
+
+static void blk_checks(u32 reads) {
+  int rc = virtio_blk_init();
+  if (rc) { puts_serial("tiny-guest: blk init failed ("); putdec((u32)-rc); puts_serial(")\n"); return; }
+  ioapic_route((u32)((blkdev - MMIO_BASE) / MMIO_STRIDE + 5), IRQ_VECTOR);
+  puts_serial("tiny-guest: blk sectors "); putdec((u32)blk_sectors); puts_serial(" ro "); putdec(blk_ro); puts_serial("\n");
+  memset(blkdata, 0, sizeof(blkdata));
+  u32 st = blk_request(BLK_T_GET_ID, 0, 20);
+  blkdata[20] = 0;
+  puts_serial("tiny-guest: blk id "); print_block(20); puts_serial(" status "); putdec(st); puts_serial("\n");
+  st = blk_request(BLK_T_IN, 0, 512);
+  puts_serial("tiny-guest: blk sector 0 "); print_block(64); puts_serial(" status "); putdec(st); puts_serial("\n");
+  memset(blkdata, 0, sizeof(blkdata));
+  const char *msg = "written by the tiny guest";
+  for (u32 i = 0; msg[i]; i++) blkdata[i] = (u8)msg[i];
+  st = blk_request(BLK_T_OUT, 1, 512);
+  puts_serial("tiny-guest: blk write sector 1 status "); putdec(st); puts_serial("\n");
+  memset(blkdata, 0, sizeof(blkdata));
+  st = blk_request(BLK_T_IN, 1, 512);
+  puts_serial("tiny-guest: blk sector 1 "); print_block(64); puts_serial(" status "); putdec(st); puts_serial("\n");
+  st = blk_request(BLK_T_IN, blk_sectors, 512);
+  puts_serial("tiny-guest: blk read past the end status "); putdec(st); puts_serial("\n");
+  st = blk_request(BLK_T_IN, 0, 100);
+  puts_serial("tiny-guest: blk short read status "); putdec(st); puts_serial("\n");
+  st = blk_request(99, 0, 0);
+  puts_serial("tiny-guest: blk unknown request status "); putdec(st); puts_serial("\n");
+  if (reads) {
+    puts_serial("tiny-guest: blk reads start\n");
+    u32 ok = 0;
+    for (u32 i = 0; i < reads; i++) ok += blk_request(BLK_T_IN, i % blk_sectors, 512) == 0;
+    puts_serial("tiny-guest: blk reads done "); putdec(ok); puts_serial("\n");
+  }
+  puts_serial("tiny-guest: blk done\n");
+}
+
 static void reset_vm(void) {
   puts_serial("tiny-guest: bye\n");
   for (;;) outb(0x64, 0xfe);
 }
 
-void guest_main(const u8 *boot_params) {
-  cmdline = (const char *)(u64) * (const u32 *)(boot_params + 0x228);
+void guest_main(const u8 *boot_info, u32 pvh) {
+  /* PVH: hvm_start_info.cmdline_paddr; otherwise boot_params.hdr.cmd_line_ptr. */
+  cmdline = pvh ? (const char *)*(const u64 *)(boot_info + 24) : (const char *)(u64) * (const u32 *)(boot_info + 0x228);
   puts_serial("tiny-guest: hello from the tiny guest\n");
   const char *v = find_arg("ip");
   if (v && *v) {
@@ -234,7 +344,19 @@ void guest_main(const u8 *boot_params) {
   v = find_arg("tiny.exit-after");
   if (v && *v) exit_after = parse_dec(&v);
 
+  if (find_device(2)) {
+    setup_interrupts();
+    interrupts_ready = 1;
+    v = find_arg("tiny.blk-reads");
+    blk_checks(v && *v ? parse_dec(&v) : 0);
+    if (find_arg("tiny.blk-exit")) reset_vm();
+  }
+
   int rc = virtio_net_init();
+  if (!rc && find_arg("tiny.net-reinit")) {
+    puts_serial("tiny-guest: net reset and re-initialised\n");
+    rc = virtio_net_init();
+  }
   if (rc) {
     puts_serial("tiny-guest: no usable virtio-net device (");
     putdec((u32)-rc);
@@ -247,7 +369,7 @@ void guest_main(const u8 *boot_params) {
   for (int i = 0; i < 4; i++) { putdec(ip[i]); if (i < 3) putc_serial('.'); }
   puts_serial("\ntiny-guest: net ready\n");
 
-  setup_interrupts();
+  if (!interrupts_ready) setup_interrupts();
   ioapic_route((u32)((dev - MMIO_BASE) / MMIO_STRIDE + 5), IRQ_VECTOR); /* GSI 5 + device index */
   for (;;) {
     __asm__ volatile("cli");
