@@ -45,6 +45,8 @@ export type ErrorSource = 'protocol' | 'registry';
 export interface ErrorReply {
   status: 'error';
   version: number;
+  /** The request's op, when the request was readable enough to have one. */
+  op?: string;
   code: number;
   source: ErrorSource;
   message: string;
@@ -141,6 +143,8 @@ export const SERVICE_OPS: Record<ServiceName, readonly string[]> = {
 export interface OkBase {
   status: 'ok';
   version: number;
+  /** The op this replies to (added by the server). */
+  op?: string;
 }
 
 export interface PortControlReply extends OkBase {

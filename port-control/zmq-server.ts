@@ -56,6 +56,17 @@ function toErrorReply(err: unknown, service: string, logger: Logger): ErrorReply
   return errorReply(ErrorCode.Internal, `${service} service failed internally: ${(err as Error)?.message ?? String(err)}`);
 }
 
+/** The op of a request that failed validation, for the error reply; undefined if unreadable. */
+function peekOp(frame: Buffer): string | undefined {
+  if (frame.length > MAX_REQUEST_BYTES) return undefined;
+  try {
+    const op = (JSON.parse(frame.toString('utf8')) as { op?: unknown } | null)?.op;
+    return typeof op === 'string' ? op.slice(0, 64) : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
 export async function startReplyService<S extends ServiceName>(
   service: S,
   options: ReplyServiceOptions,
@@ -108,10 +119,12 @@ export async function startReplyService<S extends ServiceName>(
           throw new ProtocolError(ErrorCode.BadMessage, `request has ${frames.length} frames; send one JSON message per request`);
         }
         const req = parseRequest(service, frames[0]);
-        reply = await handler(req);
+        reply = { ...(await handler(req)), op: req.op };
       } catch (err) {
         reply = toErrorReply(err, service, logger);
-        logger.warn({ service, code: reply.code }, `${service} request refused: ${reply.message}`);
+        const op = frames.length === 1 ? peekOp(frames[0]) : undefined;
+        if (op !== undefined) reply.op = op;
+        logger.warn({ service, code: reply.code, op }, `${service} request refused: ${reply.message}`);
       }
       try {
         await sock.send(JSON.stringify(reply));

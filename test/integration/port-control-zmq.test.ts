@@ -73,12 +73,21 @@ describe('service sockets', () => {
       expect(binary.code).toBe(ErrorCode.BadMessage);
       const big = JSON.parse(await client.requestRaw(`{"version":1,"op":"query_pci","vhostPath":"/${'x'.repeat(200_000)}"}`));
       expect(big.code).toBe(ErrorCode.BadMessage);
+      expect(garbage.op).toBeUndefined();
       const noVersion = JSON.parse(await client.requestRaw('{"op":"add"}'));
-      expect(noVersion.code).toBe(ErrorCode.BadVersion);
+      expect(noVersion).toMatchObject({ code: ErrorCode.BadVersion, op: 'add' });
+      const unknown = JSON.parse(await client.requestRaw(`{"version":${PROTOCOL_VERSION},"op":"reboot"}`));
+      expect(unknown).toMatchObject({ status: 'error', code: ErrorCode.UnknownOp, op: 'reboot', source: 'protocol' });
+      expect(unknown.message).toMatch(/"reboot" is unknown to the portControl service \(it takes add, remove, add_sock, remove_sock, query_pci\)/);
       await expect(client.request('stats' as 'add')).rejects.toMatchObject({ code: ErrorCode.UnknownOp });
       await expect(client.request('add', { virtioId: 'one', pciAddrs: ['05:08.1'] })).rejects.toMatchObject({ code: ErrorCode.BadField });
       // Still alive and answering properly.
-      expect(await client.request('query_pci', { vhostPath: '/tmp/vm5.sock' })).toMatchObject({ status: 'ok', pci: '0000:05:08.5' });
+      expect(await client.request('query_pci', { vhostPath: '/tmp/vm5.sock' })).toEqual({
+        status: 'ok',
+        version: PROTOCOL_VERSION,
+        op: 'query_pci',
+        pci: '0000:05:08.5',
+      });
     } finally {
       client.close();
     }
