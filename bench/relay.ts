@@ -28,6 +28,7 @@ import {
 } from './lib/launch.js';
 import { formatForeign, formatTable, summarize, type Direction, type FailedRun, type RelayKind, type RunRecord } from './lib/report.js';
 import { meanRate } from './lib/testpmd-stats.js';
+import { parseForwardStats } from '../test/support/testpmd.js';
 import { createTopology, deleteTopology, nsLinkCounters, rootLinkCounters, topologyNames, type Topology } from './lib/topology.js';
 import { parseOptions, USAGE, type BenchOptions } from './lib/options.js';
 
@@ -42,11 +43,15 @@ const abort = new AbortController();
 function pause(ms: number): Promise<void> {
   return new Promise((resolve, reject) => {
     if (abort.signal.aborted) return reject(new Aborted('interrupted'));
-    const t = setTimeout(resolve, ms);
-    abort.signal.addEventListener('abort', () => {
+    const onAbort = () => {
       clearTimeout(t);
       reject(new Aborted('interrupted'));
-    }, { once: true });
+    };
+    const t = setTimeout(() => {
+      abort.signal.removeEventListener('abort', onAbort);
+      resolve();
+    }, ms);
+    abort.signal.addEventListener('abort', onAbort, { once: true });
   });
 }
 
@@ -125,7 +130,11 @@ async function measureOnce(b: Bench, direction: Direction, size: number, kind: R
   await waitForQuiet(b);
   const relay = await startRelay(b, kind);
   let traffic: TestpmdProcess | null = null;
+  let stopped = false;
   try {
+    // Whole-run counts: the loss figure compares exact packet counts, not two sampled rates.
+    const vethBRun = vethBRx(b);
+    const vethARun = vethARx(b);
     traffic = startTraffic(b, direction, size, relay.socketPath);
     await waitForFlow(b, direction, relay, traffic);
     await pause(b.opts.warmupSeconds * 1000);
@@ -163,6 +172,20 @@ async function measureOnce(b: Bench, direction: Direction, size: number, kind: R
       offeredPps = (vethAB - vethAA) / seconds;
       injectedPps = meanRate(inWindow(RX_ENDPOINT_PORTS.injector), 'txPps');
     }
+
+    await traffic.stop();
+    stopped = true;
+    await pause(200); // frames still in the relay's rings reach the far end
+    const final = parseForwardStats(traffic.proc.output());
+    const port = (n: number) => final.find((p) => p.port === n);
+    let runTotals: RunRecord['runTotals'] = null;
+    if (direction === 'tx' && port(0)) {
+      runTotals = { offered: port(0)!.txPackets, delivered: vethBRx(b) - vethBRun };
+    } else if (direction === 'rx' && port(RX_ENDPOINT_PORTS.virtio)) {
+      runTotals = { offered: vethARx(b) - vethARun, delivered: port(RX_ENDPOINT_PORTS.virtio)!.rxPackets };
+    }
+    if (!runTotals) log.warn({ relay: kind, direction, size }, 'traffic testpmd printed no final forward statistics; no loss figure for this run');
+    const lossPercent = runTotals && runTotals.offered > 0 ? (1 - runTotals.delivered / runTotals.offered) * 100 : null;
     return {
       direction,
       size,
@@ -172,6 +195,8 @@ async function measureOnce(b: Bench, direction: Direction, size: number, kind: R
       deliveredPps,
       offeredPps,
       injectedPps,
+      runTotals,
+      lossPercent,
       relayCpu,
       trafficCpu,
       foreignCpu: cpu.foreignPercent,
@@ -181,7 +206,7 @@ async function measureOnce(b: Bench, direction: Direction, size: number, kind: R
       contaminated: cpu.foreignPercent > b.opts.maxForeign,
     };
   } finally {
-    await traffic?.stop();
+    if (!stopped) await traffic?.stop();
     await relay.stop();
   }
 }

@@ -46,9 +46,10 @@ Measures the relay's throughput VM→VF (tx) and VF→VM (rx) next to DPDK's rel
 
 Columns: Mpps = frames delivered per second (vethB rx_packets in tx, virtio-user Rx-pps in rx);
 relay CPU = the relay process's user+system time, % of one core; ns/pkt = relay CPU time per
-delivered frame; loss = 1 - delivered/offered (offered = virtio-user Tx-pps in tx, frames reaching
-vethA in rx); foreign = CPU used by processes the bench did not start; steal = CPU the hypervisor
-withheld; ours/DPDK = ratio of medians.
+delivered frame; loss = 1 - delivered/offered in exact counts over the whole run (tx: virtio-user
+TX-packets vs vethB rx_packets; rx: frames that reached vethA vs virtio-user RX-packets);
+foreign = CPU used by processes the bench did not start ('!' marks a contaminated run);
+steal = CPU the hypervisor withheld; ours/DPDK = ratio of the medians.
 `;
 
 function positive(flag: string, text: string | undefined, { integer = false, zero = false } = {}): number {

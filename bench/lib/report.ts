@@ -16,10 +16,18 @@ export interface RunRecord {
   windowSeconds: number;
   /** Frames per second that reached the far end (vethB in tx, the virtio-user port in rx). */
   deliveredPps: number;
-  /** Frames per second offered to the relay: virtio-user Tx-pps in tx, vethA rx_packets in rx. */
+  /** Frames per second offered to the relay in the window: virtio-user Tx-pps in tx, vethA rx_packets in rx. */
   offeredPps: number | null;
   /** rx only: Tx-pps of the injector on vethB. */
   injectedPps: number | null;
+  /**
+   * Exact packet counts over the whole run (start to stop of the traffic process): tx offered =
+   * virtio-user TX-packets, delivered = vethB rx_packets; rx offered = frames that reached vethA,
+   * delivered = virtio-user RX-packets. Null when testpmd printed no final statistics.
+   */
+  runTotals: { offered: number; delivered: number } | null;
+  /** 1 − delivered/offered over the whole run, %. */
+  lossPercent: number | null;
   relayCpu: { user: number; system: number };
   trafficCpu: { user: number; system: number };
   foreignCpu: number;
@@ -74,7 +82,7 @@ export function summarize(records: RunRecord[]): CaseSummary[] {
     const user = median(rs.map((r) => r.relayCpu.user));
     const system = median(rs.map((r) => r.relayCpu.system));
     const nsPerPacket = rs.filter((r) => r.deliveredPps > 0).map((r) => ((r.relayCpu.user + r.relayCpu.system) / 100 / r.deliveredPps) * 1e9);
-    const losses = rs.filter((r) => r.offeredPps && r.offeredPps > 0).map((r) => (1 - r.deliveredPps / r.offeredPps!) * 100);
+    const losses = rs.filter((r) => r.lossPercent !== null).map((r) => r.lossPercent!);
     out.push({
       direction,
       size,
