@@ -7,7 +7,9 @@ import { Reply } from 'zeromq';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ControlClient } from '../../port-control/client.js';
 import { ErrorCode, PROTOCOL_VERSION, type ConfigReply } from '../../port-control/protocol.js';
-import { requireBuilt, runCli, startRegistryService, type ServiceProcess } from '../support/memory-registry.js';
+import { MemoryRegistry, requireBuilt, runCli, startRegistryService, type ServiceProcess } from '../support/memory-registry.js';
+import { startControlServices } from '../../port-control/services.js';
+import pino from 'pino';
 
 const dir = mkdtempSync(join(tmpdir(), `pc-zmq-${process.pid}-`));
 // A subdirectory that does not exist yet: the service must create it.
@@ -403,6 +405,26 @@ describe('virtioforwarder_monitor_load', () => {
       expect(r.stderr).toMatch(/^virtioforwarder_monitor_load: /);
     }
     expect((await runCli('virtioforwarder_monitor_load', ['--help'])).code).toBe(0);
+  });
+});
+
+describe('service start failures', () => {
+  it('refuses a socket group that does not exist, naming it, and leaves nothing bound', async () => {
+    const registry = new MemoryRegistry();
+    const endpoint = `ipc://${dir}/d/pc`;
+    await expect(
+      startControlServices(registry, { zmqPortControlEp: endpoint, socketGroup: 'no-such-group-here' }, pino({ level: 'silent' })),
+    ).rejects.toThrow(/socket group no-such-group-here does not exist/);
+    // The endpoint is free: a second start with a valid group binds it.
+    const services = await startControlServices(registry, { zmqPortControlEp: endpoint, statsEp: `${endpoint}-stats` }, pino({ level: 'silent' }));
+    await services.close();
+  });
+
+  it('refuses an endpoint it cannot bind, naming the service and the endpoint', async () => {
+    const registry = new MemoryRegistry();
+    await expect(
+      startControlServices(registry, { statsEp: 'tcp://256.0.0.1:1' }, pino({ level: 'silent' })),
+    ).rejects.toThrow(/stats service: cannot bind tcp:\/\/256\.0\.0\.1:1/);
   });
 });
 

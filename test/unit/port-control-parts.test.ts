@@ -11,6 +11,8 @@ import { JsonStreamSplitter } from '../../port-control/ovsdb/json-stream.js';
 import { ovsdbMap, relayIdFromExternalIds } from '../../port-control/ovsdb/monitor.js';
 import { selectPortControl } from '../../port-control/services.js';
 import { MAX_TRACKED_CLIENTS, StatsService } from '../../port-control/stats.js';
+import { resolveGroup } from '../../port-control/zmq-server.js';
+import { ipcPath } from '../../port-control/protocol.js';
 import { MemoryRegistry } from '../support/memory-registry.js';
 
 describe('JSON stream splitter', () => {
@@ -243,5 +245,20 @@ describe('command-line details', () => {
     expect(() => parseVirtioCpu('3')).toThrow(/R:C1\[,C2\]/);
     expect(() => parseVirtioCpu('3:1,2,3')).toThrow(/R:C1\[,C2\]/);
     expect(() => parseVirtioCpu('64:1')).toThrow(/relay 64/);
+  });
+});
+
+describe('socket files', () => {
+  it('finds the file behind ipc endpoints only', () => {
+    expect(ipcPath('ipc:///var/run/virtio-forwarder/stats')).toBe('/var/run/virtio-forwarder/stats');
+    expect(ipcPath('ipc://@abstract')).toBeUndefined();
+    expect(ipcPath('tcp://127.0.0.1:5555')).toBeUndefined();
+  });
+
+  it('resolves socket groups by name or number and names a group that does not exist', () => {
+    expect(resolveGroup('root')).toBe(0);
+    expect(resolveGroup(42)).toBe(42);
+    expect(resolveGroup('42')).toBe(42);
+    expect(() => resolveGroup('no-such-group-here')).toThrow('socket group no-such-group-here does not exist in /etc/group');
   });
 });
