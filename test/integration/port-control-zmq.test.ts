@@ -166,7 +166,7 @@ describe('virtioforwarder_port_control', () => {
     r = await pc('add', '--virtio-id=7', '--pci-addr=05:08.1', '--conditional');
     expect(r.code, r.stderr).toBe(0);
     r = await pc('add', '--virtio-id=8', '--pci-addr=05:08.1');
-    expect(r.stderr).toMatch(/already attached to relay 7 \(code 3\)/);
+    expect(r.stderr).toMatch(/already attached to relay 7 \(code -17\)/);
     r = await pc('add', '--virtio-id=9', '--pci-addr=ee:00.1');
     expect(r.code).toBe(1);
     expect(r.stderr).toMatch(/VF 0000:ee:00.1 has no netdev .*\(code 2\)/);

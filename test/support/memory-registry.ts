@@ -170,7 +170,7 @@ export class MemoryRegistry implements RelayRegistry {
       throw new RegistryError(8, `relay ${id} already has ${describe(r.device)}`);
     }
     const holder = this.holderOf(vf);
-    if (holder) throw new RegistryError(3, `relay ${id}: ${vf.pci ?? vf.netdev} is already attached to relay ${holder.id}`);
+    if (holder) throw new RegistryError(-17, `relay ${id}: ${vf.pci ?? vf.netdev} is already attached to relay ${holder.id}`);
     this.probe(vf, id);
     r.device = { kind: 'vf', vf: { ...vf } };
     r.since = performance.now();
@@ -285,7 +285,7 @@ export class MemoryRegistry implements RelayRegistry {
     for (const m of map) {
       if (!this.get(m.relay)) throw new RegistryError(1, `CPU map names relay ${m.relay}, which has no device or socket`);
       for (const cpu of [m.vfToVmCpu, m.vmToVfCpu]) {
-        if (!this.workerCpus.includes(cpu)) throw new RegistryError(2, `CPU map puts relay ${m.relay} on CPU ${cpu}, which is not a worker (workers: ${this.workerCpus.join(',')})`);
+        if (!this.workerCpus.includes(cpu)) throw new RegistryError(1, `CPU map puts relay ${m.relay} on CPU ${cpu}, which is not a worker (workers: ${this.workerCpus.join(',')})`);
       }
     }
     for (const m of map) {
