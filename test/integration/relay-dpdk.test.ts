@@ -8,6 +8,18 @@ import { createNetns, createVethPair, deleteLink, deleteNetns, linkCounter, nsEx
 import { startTestpmd, virtioUserVdev, type Testpmd } from '../support/testpmd.js';
 import { startRelay, type RunningRelay } from '../support/relay.js';
 import { sleep, stopAll, waitFor, startProcess } from '../support/processes.js';
+import { execFileSync } from 'node:child_process';
+import { join } from 'node:path';
+import { repoRoot } from '../support/relay.js';
+
+/** The relay's own counters for one relay, through the stats service and virtioforwarder_stats --json. */
+function relayCounters(statsEp: string, id: number): { vfToVm: Record<string, number>; vmToVf: Record<string, number> } {
+  const out = execFileSync('node', [join(repoRoot, 'bin/virtioforwarder_stats'), `--stats-ep=${statsEp}`, '--json', '--delay=0', '--include-inactive'], { encoding: 'utf8' });
+  const reply = JSON.parse(out) as { relays: { id: number; vfToVm: Record<string, number>; vmToVf: Record<string, number> }[] };
+  const relay = reply.relays.find((r) => r.id === id);
+  if (!relay) throw new Error(`relay ${id} missing from stats: ${out}`);
+  return relay;
+}
 
 const ready = requireRoot() && requireBinary('dpdk-testpmd') && requireBinary('ip');
 const tag = uniqueTag();
@@ -46,8 +58,9 @@ describe.skipIf(!ready)('relay with DPDK virtio-user', () => {
     deleteNetns(ns);
   });
 
-  it('forwards VM→VF in server mode and stops cleanly on SIGTERM', async () => {
-    relay = await startRelay({ staticVfs: { [vf]: 1 } });
+  it('forwards VM→VF in server mode, counts every frame, and stops cleanly on SIGTERM', async () => {
+    const statsEp = `ipc:///tmp/vio4wd-stats-${tag}`;
+    relay = await startRelay({ staticVfs: { [vf]: 1 }, configLines: [`VIRTIOFWD_ZMQ_STATS_EP=${statsEp}`] });
     const before = linkCounter(peer, 'rx_packets', ns);
     testpmd = startTestpmd({ vdevs: [virtioUserVdev({ path: relay.socketPath(1), queueSize: 1024 })], forwardMode: 'txonly', txpkts: 64, cpu: 1 });
     await waitFor(() => linkCounter(peer, 'rx_packets', ns) - before > 10_000, 30_000, '10 000 frames on the veth peer');
@@ -55,9 +68,17 @@ describe.skipIf(!ready)('relay with DPDK virtio-user', () => {
     testpmd = null;
     await sleep(200);
     const received = linkCounter(peer, 'rx_packets', ns) - before;
-    // Every frame virtio-user says it sent reached the peer: the ring backpressures, nothing is lost.
+    const counters = relayCounters(statsEp, 1);
+    // Every frame the relay took from the guest reached the peer: the ring backpressures, nothing
+    // is dropped. Frames virtio-user queued but the relay had not taken when it stopped (at most a
+    // ring of 1024) are the only difference to testpmd's count.
     expect(stats[0].txPackets).toBeGreaterThan(10_000);
-    expect(received).toBeGreaterThanOrEqual(stats[0].txPackets);
+    expect(counters.vmToVf.rxPackets).toBeGreaterThan(10_000);
+    expect(counters.vmToVf.packets).toBe(counters.vmToVf.rxPackets);
+    expect(counters.vmToVf.dropsQueueFull + counters.vmToVf.dropsBadFrame + counters.vmToVf.dropsNotConnected).toBe(0);
+    expect(received).toBeGreaterThanOrEqual(counters.vmToVf.packets);
+    expect(stats[0].txPackets - counters.vmToVf.rxPackets).toBeLessThanOrEqual(1024);
+    expect(stats[0].txPackets - counters.vmToVf.rxPackets).toBeGreaterThanOrEqual(0);
     const status = await relay.stop();
     relay = null;
     expect(status).toBe(0);
