@@ -1,13 +1,15 @@
 // The wire protocol of the ZMQ control services: one JSON object per frame, REQ/REP.
 // Server, CLIs and the core scheduler all build and check messages through this module, so a
 // field rename or a new rule lands everywhere at once.
+import { MAX_BOND_MEMBERS } from '../relay/registry-api.js';
 import type { DirectionCounters, RelayCpu, WorkerInfo } from '../relay/registry-api.js';
+
+export { MAX_BOND_MEMBERS };
 
 export const PROTOCOL_VERSION = 1;
 
 /** Relay ids are 0..MAX_RELAYS-1 (the worker keeps 64-bit relay sets, as the original did). */
 export const MAX_RELAYS = 64;
-export const MAX_BOND_MEMBERS = 8;
 export const BOND_NAME_PREFIX = 'net_bonding';
 /** sun_path holds 108 bytes including the terminating NUL. */
 export const MAX_SOCKET_PATH_BYTES = 107;
