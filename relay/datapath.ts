@@ -7,7 +7,6 @@ import { eventfdWrite } from '../sys/eventfd.js';
 import { GuestMemory, type MemoryRegion } from '../virtio/guest-memory.js';
 import { SplitQueue, RingError, DescriptorChain } from '../virtio/split-queue.js';
 import { NetRxWriter, RX_NO_BUFFERS, RX_DROPPED } from '../virtio/net-rx.js';
-import { readTxFrame, TX_DROPPED } from '../virtio/net-tx.js';
 import { Counter, Dir, counterBase } from './counters.js';
 import { flowHash } from './flow-hash.js';
 import { completeL4Checksum } from './checksum.js';
@@ -16,19 +15,26 @@ import { VfPort } from './vf-port.js';
 import type { DirectionSpec, DirectionState, GuestSpec, QueueSpec, QueueState } from './worker-protocol.js';
 
 export const BURST = 32;
+const ETH_HEADER = 14;
 /** Largest frame a guest may hand us: 64 KiB plus Ethernet and VLAN headers. */
 const MAX_FRAME = 65562;
 /** Receive chains may be larger than any frame we write into them; only the segment budget limits them. */
 const RX_MAX_CHAIN_BYTES = 1 << 20;
 
 /** Guest memory views of one memory table, shared by the directions of a worker that use it. */
-const memoryCache = new Map<number, { memory: GuestMemory; users: number }>();
+interface MappedGuest {
+  memory: GuestMemory;
+  /** host address − guest-physical address, per region of `memory.regions` (sorted order). */
+  hostDelta: Float64Array;
+  users: number;
+}
+const memoryCache = new Map<number, MappedGuest>();
 
-function acquireMemory(guest: GuestSpec): GuestMemory {
+function acquireMemory(guest: GuestSpec): MappedGuest {
   const cached = memoryCache.get(guest.memoryId);
   if (cached) {
     cached.users++;
-    return cached.memory;
+    return cached;
   }
   const regions: MemoryRegion[] = guest.regions.map((r) => ({
     guestPhysAddr: r.guestPhysAddr,
@@ -37,8 +43,14 @@ function acquireMemory(guest: GuestSpec): GuestMemory {
     bytes: new Uint8Array(viewAt(r.hostAddress, r.size)),
   }));
   const memory = new GuestMemory(regions);
-  memoryCache.set(guest.memoryId, { memory, users: 1 });
-  return memory;
+  const hostDelta = new Float64Array(memory.regions.length);
+  memory.regions.forEach((r, i) => {
+    const spec = guest.regions.find((g) => g.guestPhysAddr === r.guestPhysAddr)!;
+    hostDelta[i] = spec.hostAddress - r.guestPhysAddr;
+  });
+  const mapped = { memory, hostDelta, users: 1 };
+  memoryCache.set(guest.memoryId, mapped);
+  return mapped;
 }
 
 function releaseMemory(memoryId: number): void {
@@ -115,6 +127,9 @@ abstract class Direction {
   protected readonly base: number;
   private readonly memoryId: number;
   protected readonly onRingError: RingErrorReport;
+  /** Host address − guest-physical address per region, for handing guest buffers to the kernel. */
+  protected hostDelta: Float64Array = new Float64Array(0);
+  protected memory: GuestMemory | null = null;
 
   constructor(spec: DirectionSpec, state: DirectionState | null, counters: Float64Array, dir: Dir, onRingError: RingErrorReport) {
     this.relay = spec.relay;
@@ -125,7 +140,10 @@ abstract class Direction {
     this.port = spec.port && spec.port.members.length > 0 ? new VfPort(spec.port, state?.rrMember ?? 0) : null;
     this.memoryId = spec.guest?.memoryId ?? -1;
     if (spec.guest && spec.guest.queues.length > 0) {
-      const memory = acquireMemory(spec.guest);
+      const mapped = acquireMemory(spec.guest);
+      const memory = mapped.memory;
+      this.memory = memory;
+      this.hostDelta = mapped.hostDelta;
       for (const q of spec.guest.queues) {
         try {
           this.queues.push(new GuestQueue(q, memory, spec.guest, state?.queues[q.index]));
@@ -175,7 +193,9 @@ abstract class Direction {
 /** Guest TX vrings → VF TX ring. */
 export class VmToVf extends Direction {
   private readonly chain = new DescriptorChain();
-  private readonly scratch = new Uint8Array(MAX_FRAME);
+  /** First bytes of a frame, for the balance bond's flow hash. */
+  private readonly scratch = new Uint8Array(64);
+  private readonly heads = new Uint32Array(BURST);
   private readonly hdrLen: number;
   private rrQueue: number;
 
@@ -201,10 +221,14 @@ export class VmToVf extends Direction {
       }
     }
     this.rrQueue = n > 0 ? (this.rrQueue + 1) % n : 0;
-    this.port?.flush();
     return handled;
   }
 
+  /**
+   * Takes up to a burst of chains from one TX vring and hands their frames to the VF with one
+   * sendmmsg per member: the kernel gathers each frame straight from guest memory. Chains go back
+   * to the guest (used, length 0) only after the kernel has copied them.
+   */
   private drain(q: GuestQueue): number {
     const queue = q.queue;
     const available = queue.availableCount();
@@ -212,78 +236,62 @@ export class VmToVf extends Direction {
     const budget = available < BURST ? available : BURST;
     const chain = this.chain;
     const port = this.port;
+    const heads = this.heads;
     const hdrLen = this.hdrLen;
-    let handled = 0;
-    let packets = 0;
-    let bytes = 0;
+    let taken = 0;
     let rxBytes = 0;
     let notConnected = 0;
     let bad = 0;
-    let full = 0;
-    for (; handled < budget; handled++) {
+    for (; taken < budget; ) {
+      if (!queue.popChain(chain)) break;
+      heads[taken++] = chain.head;
       if (port === null || !q.enabled) {
-        if (!queue.popChain(chain)) break;
-        queue.pushUsed(chain.head, 0);
         notConnected++;
         continue;
       }
-      if (!port.needsFrameForTx) {
-        const m = port.txMember();
-        if (m < 0) {
-          if (!queue.popChain(chain)) break;
-          queue.pushUsed(chain.head, 0);
-          notConnected++;
-          continue;
-        }
-        const ring = port.rings[m];
-        // Take a chain only when the VF has room: a full TX ring is backpressure, not loss.
-        const slot = ring.txSlot();
-        if (slot === null) {
-          full++;
-          break;
-        }
-        if (!queue.popChain(chain)) break;
-        const frameLength = chain.readableLength - hdrLen;
-        const len =
-          frameLength > slot.capacity ? TX_DROPPED : readTxFrame(chain, hdrLen, slot.bytes, slot.offset);
-        queue.pushUsed(chain.head, 0);
-        if (len === TX_DROPPED || !ring.txCommit(len)) {
-          bad++;
-          continue;
-        }
-        port.markDirty(m);
-        packets++;
-        bytes += len;
-        rxBytes += len;
-        continue;
-      }
-      // balance / broadcast: the frame decides the member(s), so copy it out first.
-      if (!queue.popChain(chain)) break;
-      const len = readTxFrame(chain, hdrLen, this.scratch, 0);
-      queue.pushUsed(chain.head, 0);
-      if (len === TX_DROPPED) {
+      if (chain.error !== null || chain.writableLength !== 0) {
         bad++;
         continue;
       }
-      rxBytes += len;
+      const frameLength = chain.readableLength - hdrLen;
+      if (frameLength < ETH_HEADER) {
+        bad++;
+        continue;
+      }
+      rxBytes += frameLength;
       if (port.mode === 'broadcast') {
-        let sent = false;
-        for (let m = 0; m < port.rings.length; m++) if (port.memberUp(m) && port.send(m, this.scratch, 0, len)) sent = true;
-        if (sent) {
-          packets++;
-          bytes += len;
-        } else full++;
-      } else {
-        const m = port.balanceMember(this.scratch, 0, len);
-        if (m < 0) notConnected++;
-        else if (port.send(m, this.scratch, 0, len)) {
-          packets++;
-          bytes += len;
-        } else full++;
+        let any = false;
+        for (let m = 0; m < port.rings.length; m++) {
+          if (port.memberUp(m) && this.addFrame(port, m, chain, frameLength)) any = true;
+        }
+        if (!any) notConnected++;
+        continue;
+      }
+      let m: number;
+      if (port.mode === 'balance') {
+        const peek = frameLength < 64 ? frameLength : 64;
+        chain.copyOut(hdrLen, this.scratch, 0, peek);
+        m = port.balanceMember(this.scratch, 0, peek);
+      } else m = port.txMember();
+      if (m < 0) notConnected++;
+      else if (!this.addFrame(port, m, chain, frameLength)) bad++;
+    }
+    let packets = 0;
+    let bytes = 0;
+    let full = 0;
+    if (port !== null) {
+      for (let m = 0; m < port.batches.length; m++) {
+        const batch = port.batches[m];
+        if (batch.count === 0) continue;
+        const queued = batch.count;
+        const sent = batch.send(port.sendFds[m]);
+        packets += sent;
+        bytes += batch.takenBytes;
+        full += queued - sent;
       }
     }
+    for (let i = 0; i < taken; i++) queue.pushUsed(heads[i], 0);
     q.publish();
-    const taken = packets + notConnected + bad + (port?.needsFrameForTx ? full : 0);
     const c = this.counters;
     const b = this.base;
     c[b + Counter.RxPackets] += taken;
@@ -292,8 +300,37 @@ export class VmToVf extends Direction {
     c[b + Counter.Bytes] += bytes;
     c[b + Counter.DropsNotConnected] += notConnected;
     c[b + Counter.DropsBadFrame] += bad;
-    if (port?.needsFrameForTx) c[b + Counter.DropsQueueFull] += full;
+    c[b + Counter.DropsQueueFull] += full;
     return taken;
+  }
+
+  /** Queues the chain's frame (everything after the virtio-net header) on member `m`'s batch. */
+  private addFrame(port: VfPort, m: number, chain: DescriptorChain, frameLength: number): boolean {
+    // A tagged frame may be 4 bytes longer than the link's untagged maximum.
+    if (frameLength > port.maxFrame[m] + 4) return false;
+    const batch = port.batches[m];
+    const segments = chain.readableSegments;
+    if (!batch.hasRoom(segments)) {
+      // Unusually fragmented chains can fill the batch before the burst ends: send what we have.
+      if (batch.count === 0) return false;
+      batch.send(port.sendFds[m]);
+      if (!batch.hasRoom(segments)) return false;
+    }
+    const memory = this.memory!;
+    const delta = this.hostDelta;
+    let skip = this.hdrLen;
+    for (let i = 0; i < segments; i++) {
+      const len = chain.segLength[i];
+      if (skip >= len) {
+        skip -= len;
+        continue;
+      }
+      const gpa = chain.segGpa[i];
+      batch.addPiece(gpa + skip + delta[memory.regionIndexOf(gpa)], len - skip);
+      skip = 0;
+    }
+    batch.endFrame();
+    return true;
   }
 
   armForSleep(): boolean {

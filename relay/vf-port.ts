@@ -3,12 +3,18 @@
 // accepted; carrier changes come from the main thread (set-active-member), never from sysfs reads
 // on the hot path.
 import { PacketRing } from '../sys/packet-ring.js';
+import { PacketBatch } from '../sys/packet-batch.js';
 import { flowHash } from './flow-hash.js';
 import type { PortSpec } from './worker-protocol.js';
 
 export class VfPort {
   readonly mode: PortSpec['mode'];
   readonly rings: PacketRing[];
+  /** Per member: the frames of the current burst, sent with one sendmmsg on `sendFds`. */
+  readonly batches: PacketBatch[];
+  readonly sendFds: number[];
+  /** Largest untagged frame each member's link accepts. */
+  readonly maxFrame: number[];
   readonly names: string[];
   private up: boolean[];
   private active: number;
@@ -20,6 +26,9 @@ export class VfPort {
   constructor(spec: PortSpec, rrMember = 0) {
     this.mode = spec.mode;
     this.rings = spec.members.map((m) => PacketRing.attach(m.handle));
+    this.batches = spec.members.map(() => new PacketBatch(64, 1024));
+    this.sendFds = spec.members.map((m) => m.handle.sendFd);
+    this.maxFrame = spec.members.map((m) => m.handle.maxFrameLength);
     this.names = spec.members.map((m) => m.netdev);
     this.up = spec.members.map((m) => m.up);
     this.active = spec.active;

@@ -51,6 +51,12 @@ export interface PacketRingHandle {
   ifindex: number;
   rxFd: number;
   txFd: number;
+  /**
+   * A third socket without a ring, bound to the interface, for sendmmsg(): frames are sent
+   * straight from wherever they are (guest memory) without a copy into the TX ring, and the kernel
+   * builds linear skbs instead of ring-page fragments it must copy again when they cross a veth.
+   */
+  sendFd: number;
   rx: RingMapping & { blockSize: number; blockCount: number; frameSize: number };
   tx: RingMapping & { frameSize: number; frameCount: number };
   /** Byte offset of frame data inside a TX slot. */
@@ -144,11 +150,18 @@ export function openPacketRing(ifname: string, opts: PacketRingOptions = {}): Pa
     growSendBuffer(txFd, opts.sendBufferBytes ?? 4 * 1024 * 1024);
     bindPacketSocket(txFd, ifindex, 0, ifname);
 
+    const sendFd = packetSocket(ifname);
+    opened.push(sendFd);
+    if (opts.qdiscBypass ?? true) setIntOption(sendFd, SOL_PACKET, PACKET_QDISC_BYPASS, 1, `PACKET_QDISC_BYPASS on ${ifname}`);
+    growSendBuffer(sendFd, opts.sendBufferBytes ?? 4 * 1024 * 1024);
+    bindPacketSocket(sendFd, ifindex, 0, ifname);
+
     return {
       ifname,
       ifindex,
       rxFd,
       txFd,
+      sendFd,
       rx: { address: rxMap.address, length: rxLength, blockSize: g.blockSize, blockCount: g.blockCount, frameSize: g.frameSize },
       tx: { address: txMap.address, length: txLength, frameSize: g.txFrameSize, frameCount: g.txFrameCount },
       txDataOffset: TX_DATA_OFFSET,
@@ -171,6 +184,7 @@ export function closePacketRing(handle: PacketRingHandle): void {
   munmap(handle.position);
   closeFd(handle.rxFd);
   closeFd(handle.txFd);
+  closeFd(handle.sendFd);
 }
 export { closePacketRing as close };
 
