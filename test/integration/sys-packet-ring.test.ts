@@ -6,6 +6,8 @@ import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
 import { spawnSync } from 'node:child_process';
 import { openPacketRing, closePacketRing, PacketRing, type PacketRingHandle } from '../../sys/packet-ring.js';
+import { PacketBatch } from '../../sys/packet-batch.js';
+import { nativeBuffer } from '../../sys/native-buffer.js';
 import { requireRoot, requireBinary, createNetns, deleteNetns, createVethPair, deleteLink, nsExec, linkCounter, uniqueTag } from '../support/netns.js';
 import { startProcess, stopAll, sleep } from '../support/processes.js';
 import { requireOrSkip } from '../support/env.js';
@@ -316,6 +318,64 @@ describe('packet ring over a veth pair', () => {
       ring.receive(handler, 32);
       expect(seqs).toEqual([1, 2, 3]); // the block went back to the kernel despite the throw
       expect(ring.currentPosition.framesLeftInBlock).toBe(0);
+    } finally {
+      closePacketRing(handle);
+    }
+  });
+
+  it('sends a sendmmsg batch whose frames are gathered from scattered pieces, byte-exact and in order', async () => {
+    if (!ready) return;
+    const handle = openPacketRing(ourEnd);
+    try {
+      // The frames live in native memory, cut into pieces placed out of order, like guest buffers.
+      const memory = nativeBuffer(64 * 1024);
+      const frames = Array.from({ length: 40 }, (_, i) => makeFrame(i, 60 + i * 31));
+      const capture = startCapture(frames.length);
+      await capture.waitForOutput(/ready/);
+      const batch = new PacketBatch(64, 512);
+      // Pieces are laid out backwards through the buffer, so each frame is gathered from descending addresses.
+      let at = 64 * 1024;
+      for (const f of frames) {
+        const cut = [0, 5, 14, Math.floor(f.length / 2), f.length].filter((v, k, a) => k === 0 || v > a[k - 1]);
+        for (let k = 0; k + 1 < cut.length; k++) {
+          const piece = f.subarray(cut[k], cut[k + 1]);
+          at -= piece.length + 13;
+          memory.bytes.set(piece, at);
+          batch.addPiece(memory.address + at, piece.length);
+        }
+        expect(batch.endFrame()).toBe(f.length);
+      }
+      expect(batch.send(handle.sendFd)).toBe(frames.length);
+      await capture.exited;
+      const got = capture.output().split('\n').filter((l) => l.startsWith('frame ')).map((l) => l.slice(6));
+      expect(got).toEqual(frames.map(hex));
+    } finally {
+      closePacketRing(handle);
+    }
+  });
+
+  it('refuses a frame longer than the link allows alone and sends the rest of the batch', async () => {
+    if (!ready) return;
+    const handle = openPacketRing(ourEnd);
+    try {
+      const memory = nativeBuffer(16 * 1024);
+      const frames = [makeFrame(1, 100), makeFrame(2, 3000), makeFrame(3, 200)];
+      const capture = startCapture(2);
+      await capture.waitForOutput(/ready/);
+      const batch = new PacketBatch(8, 8);
+      let at = 0;
+      for (const f of frames) {
+        memory.bytes.set(f, at);
+        batch.addPiece(memory.address + at, f.length);
+        batch.endFrame();
+        at += 4096;
+      }
+      expect(batch.send(handle.sendFd)).toBe(2);
+      expect(batch.lastErrno).not.toBe(0);
+      expect(batch.takenBytes).toBe(300);
+      await capture.exited;
+      const got = capture.output().split('\n').filter((l) => l.startsWith('frame ')).map((l) => l.slice(6));
+      expect(got).toEqual([hex(frames[0]), hex(frames[2])]);
     } finally {
       closePacketRing(handle);
     }
