@@ -35,12 +35,22 @@ let testpmd: Testpmd | null = null;
  */
 const QUEUE_SIZE = 1024;
 
-function portControl(...args: string[]): void {
+function portControl(...args: string[]): string {
   const r = spawnSync('node', [join(repoRoot, 'bin/virtioforwarder_port_control'), `--zmq-ep=${portControlEp}`, ...args], {
     encoding: 'utf8',
     timeout: 20_000,
   });
   if (r.status !== 0) throw new Error(`virtioforwarder_port_control ${args.join(' ')} exited ${r.status}: ${r.stderr}`);
+  return r.stdout;
+}
+
+function portControlFailure(...args: string[]): string {
+  const r = spawnSync('node', [join(repoRoot, 'bin/virtioforwarder_port_control'), `--zmq-ep=${portControlEp}`, ...args], {
+    encoding: 'utf8',
+    timeout: 20_000,
+  });
+  expect(r.status, r.stdout).toBe(1);
+  return r.stderr;
 }
 
 const peerRx = () => members.map((m) => linkCounter(m.peer, 'rx_packets', ns));
@@ -159,5 +169,12 @@ describe.skipIf(!ready)('bonds on the running relay', () => {
     const { perPeer, sent } = await sendThroughBond(13, 20_000);
     portControl('remove', '--virtio-id=13', '--name=net_bonding13');
     for (const n of perPeer) expect(n).toBeGreaterThanOrEqual(sent.txPackets - QUEUE_SIZE);
+  });
+
+  it('add_sock finds no free relay when every relay has its fixed socket', () => {
+    const pcis = members.map((m) => `--pci-addr=${m.pci}`);
+    expect(portControlFailure('add_sock', `--vhost-path=${join(dir, 'bonded-vm.sock')}`, '--name=net_bonding20', ...pcis)).toMatch(
+      /no free relay among 64 \(code 2\)/,
+    );
   });
 });

@@ -8,8 +8,9 @@ import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { run } from '../support/env.js';
 import { createFakeSysfs, type FakeSysfs } from '../support/fake-sysfs.js';
-import { createNetns, createVethPair, deleteLink, deleteNetns, linkCounter, requireBinary, requireRoot, uniqueTag } from '../support/netns.js';
+import { createNetns, createVethPair, deleteLink, deleteNetns, linkCounter, nsExec, requireBinary, requireRoot, uniqueTag } from '../support/netns.js';
 import { sleep, stopAll, waitFor } from '../support/processes.js';
 import { repoRoot, startRelay, type RunningRelay } from '../support/relay.js';
 import { startTestpmd, virtioUserVdev, type Testpmd } from '../support/testpmd.js';
@@ -85,6 +86,11 @@ describe.skipIf(!ready)('ZMQ port control against the running relay', () => {
     createNetns(ns);
     createVethPair(vfA, peerA, { nsB: ns });
     createVethPair(vfB, peerB, { nsB: ns });
+    // No IPv6 on the veths: their router solicitations and MLD reports would blur frame counts.
+    for (const [vf, peer] of [[vfA, peerA], [vfB, peerB]]) {
+      run('sysctl', ['-qw', `net.ipv6.conf.${vf}.disable_ipv6=1`]);
+      nsExec(ns, 'sysctl', ['-qw', `net.ipv6.conf.${peer}.disable_ipv6=1`]);
+    }
     sysfs = createFakeSysfs({
       devices: [
         { pci: PCI_A, ifnames: [vfA], physfn: '0000:05:00.0', vfIndex: 1 },
@@ -245,6 +251,37 @@ describe.skipIf(!ready)('ZMQ port control against the running relay', () => {
     const r = cli('virtioforwarder_port_control', [`--zmq-ep=ipc://${dir}/nobody`, '--timeout=300', 'query_pci', '--vhost-path=/x']);
     expect(r.status).toBe(1);
     expect(r.stderr).toMatch(/virtioforwarder_port_control: .*nobody does not exist \(is virtio-forwarder running/);
+  });
+
+  it('add_sock with a bond: query_pci names it, traffic follows its mode, remove_sock by name undoes it', async () => {
+    const path = join(dir, 'bonded-vm.sock');
+    const pcis = [`--pci-addr=${PCI_A}`, `--pci-addr=${PCI_B}`];
+    expectOk(portControl('add_sock', `--vhost-path=${path}`, '--name=net_bonding20', '--mode=3', ...pcis));
+    expect(expectOk(portControl('query_pci', `--vhost-path=${path}`)).trim()).toBe('net_bonding20');
+    // Its members are taken: neither a VF nor another bond may use them.
+    expectFailure(portControl('add_sock', `--vhost-path=${join(dir, 'other.sock')}`, `--pci-addr=${PCI_B}`), /0000:05:08\.2 is already attached to relay \d+.*code -17/);
+    expectFailure(portControl('add', '--virtio-id=30', '--name=net_bonding30', ...pcis), /member 0000:05:08\.1 is already attached.*code 3/);
+    const before = [linkCounter(peerA, 'rx_packets', ns), linkCounter(peerB, 'rx_packets', ns)];
+    const delta = () => [linkCounter(peerA, 'rx_packets', ns) - before[0], linkCounter(peerB, 'rx_packets', ns) - before[1]];
+    let testpmd: Testpmd | null = startTestpmd({ vdevs: [virtioUserVdev({ path, queueSize: 1024 })], forwardMode: 'txonly', txpkts: 64, cpu: 1 });
+    try {
+      await waitFor(() => delta().every((n) => n > 5_000), 30_000, '5 000 frames on each bond member peer');
+      await testpmd.stop();
+      testpmd = null;
+    } finally {
+      await testpmd?.stop();
+    }
+    await sleep(300);
+    // Broadcast: both members carry the same frames.
+    const [a, b] = delta();
+    expect(a).toBe(b);
+    expectFailure(portControl('remove_sock', `--vhost-path=${path}`, '--name=net_bonding21'), /not bond net_bonding21.*code 2/);
+    expectOk(portControl('remove_sock', '--name=net_bonding20'));
+    expect(existsSync(path)).toBe(false);
+    expectFailure(portControl('query_pci', `--vhost-path=${path}`), /no relay serves/);
+    // The members are free again.
+    expectOk(portControl('add', '--virtio-id=31', '--name=net_bonding31', '--mode=0', ...pcis));
+    expectOk(portControl('remove', '--virtio-id=31'));
   });
 });
 
