@@ -152,6 +152,28 @@ describe.skipIf(!ready)('bonds on the running relay', () => {
     portControl('remove', '--virtio-id=11', '--name=net_bonding11');
   });
 
+  it('mode 1 (active-backup) takes VF→VM frames from the active member only, and from the backup after failover', async () => {
+    addBond(14, 1);
+    testpmd = startTestpmd({ vdevs: [virtioUserVdev({ path: relay.socketPath(14), queueSize: QUEUE_SIZE })], forwardMode: 'rxonly', cpu: 1 });
+    await waitFor(() => relay.logs().some((l) => l.relay === 14 && typeof l.vring === 'number' && String(l.msg).includes('started')), 20_000, 'the VM on relay 14');
+    await sleep(300);
+    sendFrames(members[0].peer, 300);
+    sendFrames(members[1].peer, 200);
+    nsExec(ns, 'ip', ['link', 'set', members[0].peer, 'down']);
+    try {
+      await waitFor(() => relay.logs().some((l) => l.relay === 14 && l.msg === 'active-backup failover'), 5_000, 'the failover');
+      sendFrames(members[1].peer, 400);
+      await sleep(500);
+    } finally {
+      nsExec(ns, 'ip', ['link', 'set', members[0].peer, 'up']);
+    }
+    const [port] = await testpmd.stop();
+    testpmd = null;
+    portControl('remove', '--virtio-id=14');
+    // 300 from the active member, none of the 200 sent to the backup, then the 400 sent to the new active one.
+    expect(port.rxPackets).toBe(700);
+  });
+
   it('mode 2 (balance) keeps one flow on one member and spreads many flows over both', async () => {
     addBond(12, 2);
     const one = await sendThroughBond(12, 10_000);
@@ -178,3 +200,16 @@ describe.skipIf(!ready)('bonds on the running relay', () => {
     );
   });
 });
+
+/** Sends `count` frames out of `ifname` in the namespace through an AF_PACKET socket (python3). */
+function sendFrames(ifname: string, count: number): void {
+  const script = [
+    'import socket,sys',
+    's=socket.socket(socket.AF_PACKET,socket.SOCK_RAW)',
+    's.bind((sys.argv[1],0))',
+    "f=bytes.fromhex('ffffffffffff020000000001'+'88b5')+bytes(50)",
+    'for i in range(int(sys.argv[2])): s.send(f)',
+  ].join('\n');
+  const r = spawnSync('ip', ['netns', 'exec', ns, 'python3', '-c', script, ifname, String(count)], { encoding: 'utf8' });
+  if (r.status !== 0) throw new Error(`sending frames on ${ifname} failed: ${r.stderr}`);
+}
