@@ -153,7 +153,7 @@ export class RelayRegistryImpl implements RelayRegistry {
       socketPath: relay.socketPath,
       device: relay.device,
       vmConnected: relay.vmConnected,
-      numaNode: this.opts.config.cpus.length > 0 ? numaNodeOfCpu(this.opts.config.cpus[0], this.opts.config.sysfsRoot) : -1,
+      numaNode: relay.numaNode,
       queuePairs: relay.queuePairs,
       vfToVm: this.counters2(relay, Dir.VfToVm),
       vmToVf: this.counters2(relay, Dir.VmToVf),

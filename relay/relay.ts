@@ -6,6 +6,7 @@
 import type { Logger } from 'pino';
 import { openPacketRing, closePacketRing, type PacketRingHandle } from '../sys/packet-ring.js';
 import { linkHasCarrier } from '../sys/netdev.js';
+import { numaNodeOfAddress } from '../sys/memory.js';
 import type { NetDevice, SessionMemory, VringConfig } from '../vhost-user/device.js';
 import type { PeerSession } from '../vhost-user/peer.js';
 import type { VhostUserServer } from '../vhost-user/server.js';
@@ -67,6 +68,8 @@ export class Relay implements NetDevice {
   private readonly log: Logger;
   vmConnected = false;
   queuePairs = 0;
+  /** NUMA node of the VM's memory (its first region), -1 when unknown or no VM. */
+  numaNode = -1;
 
   constructor(id: number, private readonly ctx: RelayContext) {
     this.id = id;
@@ -166,6 +169,8 @@ export class Relay implements NetDevice {
       // The session stopped every vring before this, so no worker still uses the old table.
       this.memory = memory;
       this.memoryId = ++memoryIds;
+      const first = memory.regions[0];
+      this.numaNode = first ? numaNodeOfAddress(first.hostAddress) : -1;
     });
   }
 
@@ -213,6 +218,7 @@ export class Relay implements NetDevice {
       this.vrings.clear();
       this.saved.clear();
       this.memory = null;
+      this.numaNode = -1;
       this.vmConnected = false;
       this.queuePairs = 0;
       await this.reconfigure();

@@ -146,3 +146,24 @@ export function mbind(mapping: { address: number; length: number }, node: number
   ) as number;
   check(Number(ret), 'mbind', `node ${node} for ${mapping.length} bytes at 0x${mapping.address.toString(16)}`);
 }
+
+const SYS_get_mempolicy = 239;
+const MPOL_F_NODE = 1;
+const MPOL_F_ADDR = 2;
+
+/**
+ * The NUMA node holding the page at `address` (it is faulted in if it was not), or -1 when the
+ * kernel cannot tell (no NUMA support, unmapped address).
+ */
+export function numaNodeOfAddress(address: number): number {
+  const node = new Int32Array(1);
+  const ret = syscallNative(
+    SYS_get_mempolicy,
+    'void *', node,
+    'void *', null,
+    'size_t', 0,
+    'uintptr_t', address,
+    'unsigned int', MPOL_F_NODE | MPOL_F_ADDR,
+  ) as number;
+  return Number(ret) < 0 ? -1 : node[0];
+}

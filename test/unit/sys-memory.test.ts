@@ -1,5 +1,7 @@
+import { readdirSync } from 'node:fs';
 import { describe, it, expect } from 'vitest';
 import {
+  numaNodeOfAddress,
   memfdCreate, ftruncate, fstatSize, mmap, munmap, viewAt, madvise, mbind,
   PROT_READ, PROT_WRITE, MAP_SHARED, MAP_PRIVATE, MADV_MERGEABLE, MADV_DONTDUMP, MADV_DONTNEED,
 } from '../../sys/memory.js';
@@ -93,5 +95,15 @@ describe('memory', () => {
       // no hugetlb support configured on this kernel: the error must still say what failed
       expect((err as SysError).syscall).toBe('memfd_create');
     }
+  });
+
+  it('tells the NUMA node of a touched page, and -1 for an address that is not mapped', () => {
+    const m = mmap({ length: 4096, prot: PROT_READ | PROT_WRITE, flags: MAP_PRIVATE });
+    new Uint8Array(m.buffer)[0] = 1;
+    const node = numaNodeOfAddress(m.address);
+    const nodes = readdirSync('/sys/devices/system/node').filter((n) => /^node\d+$/.test(n)).map((n) => Number(n.slice(4)));
+    expect(nodes).toContain(node);
+    expect(numaNodeOfAddress(4096)).toBe(-1);
+    munmap(m);
   });
 });
