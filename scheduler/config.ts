@@ -1,11 +1,11 @@
 // The scheduler's settings: /etc/default/virtioforwarder (the file the daemon reads too), then
 // command-line flags on top.
 //
-// The file reader here is a small duplicate of relay/config.ts's parser, kept because the
-// scheduler may only import port-control/; it handles what the scheduler's variables need
-// (KEY=VALUE, quotes, comments, `export`, bash arrays skipped as values it never reads).
+// The file is read with the daemon's parser (relay/config-file.ts); the scheduler validates only
+// its own variables.
 
 import { readFileSync } from 'node:fs';
+import { parseConfigText, ConfigSyntaxError } from '../relay/config-file.js';
 import { DEFAULT_ENDPOINTS } from '../port-control/protocol.js';
 
 export const DEFAULT_CONFIG_PATH = '/etc/default/virtioforwarder';
@@ -45,76 +45,27 @@ export class ConfigError extends Error {
   }
 }
 
-/** Parses KEY=VALUE text into a map. Arrays `(a b)` become their space-joined elements. */
+/**
+ * Parses the file with the daemon's own parser (relay/config-file.ts, a leaf module with no
+ * relay internals), so both programs read the same file the same way. Arrays become their
+ * space-joined elements.
+ */
 export function parseKeyValueText(text: string, source: string): Map<string, string> {
-  const out = new Map<string, string>();
-  const lines = text.split('\n');
-  for (let i = 0; i < lines.length; i++) {
-    let line = lines[i].trim();
-    if (line === '' || line.startsWith('#')) continue;
-    if (line.startsWith('export ')) line = line.slice('export '.length).trim();
-    const eq = line.indexOf('=');
-    const where = `${source}:${i + 1}`;
-    if (eq <= 0) throw new ConfigError(`${where}: expected KEY=VALUE, got ${JSON.stringify(lines[i])}`);
-    const key = line.slice(0, eq);
-    if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(key)) throw new ConfigError(`${where}: ${JSON.stringify(key)} is not a variable name`);
-    let rest = line.slice(eq + 1);
-    if (rest.startsWith('(')) {
-      // A bash array may span lines; gather up to the closing parenthesis.
-      while (!rest.includes(')') && i + 1 < lines.length) rest += '\n' + lines[++i].trim();
-      const close = rest.indexOf(')');
-      if (close < 0) throw new ConfigError(`${where}: ${key} opens an array with ( that is never closed`);
-      out.set(key, arrayWords(rest.slice(1, close), key, where).join(' '));
-      continue;
-    }
-    out.set(key, readValue(rest, key, where));
+  try {
+    const parsed = parseConfigText(text, source);
+    return new Map([...parsed.assignments].map(([k, a]) => [k, a.value]));
+  } catch (err) {
+    if (err instanceof ConfigSyntaxError) throw new ConfigError(err.message);
+    throw err;
   }
-  return out;
-}
-
-/** Splits the inside of `( ... )` into words, honouring quotes and dropping `#` comments. */
-function arrayWords(inner: string, key: string, where: string): string[] {
-  const words: string[] = [];
-  const re = /\s*(?:"([^"]*)"|'([^']*)'|(#[^\n]*)|([^\s"'#][^\s"']*))/y;
-  let at = 0;
-  while (at < inner.length) {
-    re.lastIndex = at;
-    const m = re.exec(inner);
-    if (!m || m[0].length === 0) {
-      if (inner.slice(at).trim() === '') break;
-      throw new ConfigError(`${where}: ${key} has an unbalanced quote in its array`);
-    }
-    at = re.lastIndex;
-    if (m[3] !== undefined) continue;
-    words.push(m[1] ?? m[2] ?? m[4]);
-  }
-  return words;
-}
-
-function readValue(rest: string, key: string, where: string): string {
-  // Expansion would need a shell; refusing it is better than reading a different value than bash would.
-  if (!rest.startsWith("'") && /[$`]/.test(rest.split(/\s#/)[0])) {
-    throw new ConfigError(`${where}: ${key} uses $ or \` expansion, which this file does not support; write the value out`);
-  }
-  if (rest.startsWith('"') || rest.startsWith("'")) {
-    const quote = rest[0];
-    const end = rest.indexOf(quote, 1);
-    if (end < 0) throw new ConfigError(`${where}: ${key} has an unterminated ${quote} quote`);
-    const after = rest.slice(end + 1).trim();
-    if (after !== '' && !after.startsWith('#')) throw new ConfigError(`${where}: ${key} has text after its closing quote: ${after}`);
-    return rest.slice(1, end);
-  }
-  // An unquoted value ends at whitespace; a # after whitespace starts a comment, as in bash.
-  const m = /^(\S*)\s*(.*)$/.exec(rest)!;
-  if (m[2] !== '' && !m[2].startsWith('#')) throw new ConfigError(`${where}: ${key} has an unquoted space in its value; quote it`);
-  return m[1];
 }
 
 export function parseBoolean(value: string, name: string): boolean {
   const v = value.trim().toLowerCase();
-  if (['true', 'yes', '1', 'y', 'on'].includes(v)) return true;
-  if (['false', 'no', '0', 'n', 'off'].includes(v)) return false;
-  throw new ConfigError(`${name}=${JSON.stringify(value)} is not a boolean (use true or false)`);
+  // The same words the daemon accepts, so one file never means two things.
+  if (['true', 'yes', '1'].includes(v)) return true;
+  if (['false', 'no', '0'].includes(v)) return false;
+  throw new ConfigError(`${name}=${JSON.stringify(value)} is not a boolean (use true/false, yes/no or 1/0)`);
 }
 
 function parseNumber(value: string, name: string, check: (n: number) => boolean, expected: string): number {
