@@ -29,6 +29,7 @@ import {
 import { formatForeign, formatTable, summarize, type Direction, type FailedRun, type RelayKind, type RunRecord } from './lib/report.js';
 import { meanRate } from './lib/testpmd-stats.js';
 import { parseForwardStats } from '../test/support/testpmd.js';
+import { relayBuild } from './lib/build-info.js';
 import { createTopology, deleteTopology, nsLinkCounters, rootLinkCounters, topologyNames, type Topology } from './lib/topology.js';
 import { parseOptions, USAGE, type BenchOptions } from './lib/options.js';
 
@@ -128,6 +129,7 @@ async function waitForFlow(b: Bench, direction: Direction, relay: RelayUnderTest
 async function measureOnce(b: Bench, direction: Direction, size: number, kind: RelayKind, run: number): Promise<Omit<RunRecord, 'attempts'>> {
   await waitForHugepages();
   await waitForQuiet(b);
+  const build = kind === 'dpdk' ? null : relayBuild();
   const relay = await startRelay(b, kind);
   let traffic: TestpmdProcess | null = null;
   let stopped = false;
@@ -156,7 +158,11 @@ async function measureOnce(b: Bench, direction: Direction, size: number, kind: R
     const cpu = cpuWindow(cpuA, cpuB, ours);
     const relayCpu = processUsage(cpuA, cpuB, relay.pid);
     const trafficCpu = processUsage(cpuA, cpuB, traffic.pid);
-    if (!relayCpu || !trafficCpu) throw new Error(`${relayCpu ? traffic.label : relay.label} exited during the window`);
+    if (!relayCpu || !trafficCpu) {
+      const gone = relayCpu ? traffic : relay;
+      const status = await Promise.race([gone.proc.exited, pause(2000).then(() => 'still running?')]);
+      throw new Error(`${gone.label} (pid ${gone.pid}) exited during the window (status ${status}):\n${gone.tail(3000)}`);
+    }
     // A testpmd sample covers the second before it arrived: take those that lie inside the window.
     const inWindow = (port: number) => traffic!.stats.between(port, tA + 900, tB + 300);
     let deliveredPps: number;
@@ -197,6 +203,7 @@ async function measureOnce(b: Bench, direction: Direction, size: number, kind: R
       injectedPps,
       runTotals,
       lossPercent,
+      relayBuild: build,
       relayCpu,
       trafficCpu,
       foreignCpu: cpu.foreignPercent,
@@ -323,7 +330,12 @@ async function main(): Promise<number> {
   const header =
     `relay bench ${started.toISOString()}: ${opts.runs} run(s), ${opts.warmupSeconds} s warm-up, ${opts.windowSeconds} s window, ` +
     `relay on CPU ${opts.relayCpu}, traffic on CPU ${opts.trafficCpu}${interrupted ? ' (INTERRUPTED: partial results)' : ''}`;
-  process.stdout.write(`${header}\n${formatTable(summaries)}\n`);
+  const builds = [...new Set(records.filter((r) => r.relayBuild).map((r) => `commit ${r.relayBuild!.commit}, dist compiled ${r.relayBuild!.compiledAt}`))];
+  const buildLine =
+    builds.length <= 1
+      ? `our relay: ${builds[0] ?? 'not run'}`
+      : `our relay was RECOMPILED during the bench (${builds.length} builds, see --json): ${builds.join('; ')}`;
+  process.stdout.write(`${header}\n${buildLine}\n${formatTable(summaries)}\n`);
   process.stdout.write(
     `CPU: % of one core over the window. foreign = all CPU time minus the bench's processes; '!' = a run above ${opts.maxForeign} %.\n` +
       `${formatForeign(records)}\n`,

@@ -1,6 +1,7 @@
 // Results of the relay benchmark: one record per measured run, the per-case summary (median of the
 // runs, DPDK as the reference) and the printed table.
 import type { ForeignConsumer } from './cpu.js';
+import type { RelayBuild } from './build-info.js';
 
 export type Direction = 'tx' | 'rx';
 /** 'dpdk' is dpdk-testpmd net_vhost ⇄ net_af_packet; the others are bin/virtio-forwarder in a poll mode. */
@@ -28,6 +29,8 @@ export interface RunRecord {
   runTotals: { offered: number; delivered: number } | null;
   /** 1 − delivered/offered over the whole run, %. */
   lossPercent: number | null;
+  /** Our relay's commit and compile time (null for DPDK's). */
+  relayBuild: RelayBuild | null;
   relayCpu: { user: number; system: number };
   trafficCpu: { user: number; system: number };
   foreignCpu: number;
