@@ -487,3 +487,16 @@ function safeClose(fd: number): void {
 function hex(n: number): string {
   return `0x${n.toString(16)}`;
 }
+
+/** What server.ts and client.ts need to turn each accepted or connected socket into a session. */
+export type BackendFactoryOptions = Omit<BackendSessionOptions, 'label'> & { path: string };
+
+/** A factory of started BackendSessions for `device`, labelled with the socket path in logs. */
+export function backendSessionFactory(opts: BackendFactoryOptions): (fd: number) => BackendSession {
+  const { path, ...sessionOpts } = opts;
+  return (fd) => {
+    const session = new BackendSession(fd, { ...sessionOpts, label: path });
+    session.start();
+    return session;
+  };
+}

@@ -4,9 +4,9 @@
 import pino, { type Logger } from 'pino';
 import { unixConnect } from '../sys/unix-socket.js';
 import { close as closeFd } from '../sys/fd.js';
-import { BackendSession, type BackendSessionOptions } from './backend.js';
+import { backendSessionFactory, type BackendSessionOptions } from './backend.js';
 import type { ReadinessSource } from './connection.js';
-import type { PeerFactory, PeerSession } from './peer.js';
+import { endSession, type PeerFactory, type PeerSession } from './peer.js';
 
 export interface ClientOptions {
   path: string;
@@ -91,11 +91,7 @@ export class VhostUserClient {
     this.closed = true;
     if (this.timer) clearTimeout(this.timer);
     this.timer = null;
-    const session = this.current;
-    if (session) {
-      await session.close();
-      await session.ended;
-    }
+    await endSession(this.current);
   }
 }
 
@@ -103,15 +99,11 @@ export class VhostUserClient {
 export function connectBackend(
   opts: Omit<ClientOptions, 'onConnection'> & Omit<BackendSessionOptions, 'reactor' | 'log' | 'label'>,
 ): VhostUserClient {
-  const { device, maxQueuePairs, mergeableRxBuffers, ...clientOpts } = opts;
-  const client = new VhostUserClient({
-    ...clientOpts,
-    onConnection: (fd) => {
-      const session = new BackendSession(fd, { device, maxQueuePairs, mergeableRxBuffers, reactor: opts.reactor, log: opts.log, label: opts.path });
-      session.start();
-      return session;
-    },
+  const { device, maxQueuePairs, mergeableRxBuffers, ...endpointOpts } = opts;
+  const endpoint = new VhostUserClient({
+    ...endpointOpts,
+    onConnection: backendSessionFactory({ device, maxQueuePairs, mergeableRxBuffers, reactor: opts.reactor, log: opts.log, path: opts.path }),
   });
-  client.start();
-  return client;
+  endpoint.start();
+  return endpoint;
 }

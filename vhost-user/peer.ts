@@ -7,3 +7,10 @@ export interface PeerSession {
 }
 
 export type PeerFactory = (fd: number) => PeerSession;
+
+/** Ends a session (if any) and waits until its owner has cleaned up. */
+export async function endSession(session: PeerSession | null): Promise<void> {
+  if (!session) return;
+  await session.close();
+  await session.ended;
+}

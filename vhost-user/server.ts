@@ -6,9 +6,9 @@ import { chmodSync, chownSync, lstatSync, rmSync } from 'node:fs';
 import pino, { type Logger } from 'pino';
 import { close as closeFd } from '../sys/fd.js';
 import { unixAccept, unixConnect, unixListen } from '../sys/unix-socket.js';
-import { BackendSession, type BackendSessionOptions } from './backend.js';
+import { backendSessionFactory, type BackendSessionOptions } from './backend.js';
 import type { ReadinessSource } from './connection.js';
-import type { PeerFactory, PeerSession } from './peer.js';
+import { endSession, type PeerFactory, type PeerSession } from './peer.js';
 
 export interface ServerOptions {
   path: string;
@@ -126,11 +126,7 @@ export class VhostUserServer {
       this.listenFd = -1;
       rmSync(this.path, { force: true });
     }
-    const session = this.current;
-    if (session) {
-      await session.close();
-      await session.ended;
-    }
+    await endSession(this.current);
   }
 }
 
@@ -138,15 +134,11 @@ export class VhostUserServer {
 export function listenBackend(
   opts: Omit<ServerOptions, 'onConnection'> & Omit<BackendSessionOptions, 'reactor' | 'log' | 'label'>,
 ): VhostUserServer {
-  const { device, maxQueuePairs, mergeableRxBuffers, ...serverOpts } = opts;
-  const server = new VhostUserServer({
-    ...serverOpts,
-    onConnection: (fd) => {
-      const session = new BackendSession(fd, { device, maxQueuePairs, mergeableRxBuffers, reactor: opts.reactor, log: opts.log, label: opts.path });
-      session.start();
-      return session;
-    },
+  const { device, maxQueuePairs, mergeableRxBuffers, ...endpointOpts } = opts;
+  const endpoint = new VhostUserServer({
+    ...endpointOpts,
+    onConnection: backendSessionFactory({ device, maxQueuePairs, mergeableRxBuffers, reactor: opts.reactor, log: opts.log, path: opts.path }),
   });
-  server.listen();
-  return server;
+  endpoint.listen();
+  return endpoint;
 }
