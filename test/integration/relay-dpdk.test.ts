@@ -9,6 +9,8 @@ import { startTestpmd, virtioUserVdev, type Testpmd } from '../support/testpmd.j
 import { startRelay, type RunningRelay } from '../support/relay.js';
 import { sleep, stopAll, waitFor, startProcess } from '../support/processes.js';
 import { execFileSync } from 'node:child_process';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { repoRoot } from '../support/relay.js';
 
@@ -96,20 +98,49 @@ describe.skipIf(!ready)('relay with DPDK virtio-user', () => {
     expect(stats[0].rxPackets).toBeGreaterThanOrEqual(300);
   });
 
-  it('forwards in client mode and reconnects after the frontend restarts', async () => {
+  it('forwards both ways in client mode, and reconnects after the frontend restarts', async () => {
     relay = await startRelay({ staticVfs: { [vf]: 2 }, vhostClient: true });
     const path = relay.socketPath(2);
-    for (let round = 0; round < 2; round++) {
-      const before = linkCounter(peer, 'rx_packets', ns);
-      testpmd = startTestpmd({
-        vdevs: [virtioUserVdev({ path, queueSize: 1024, server: true })],
-        forwardMode: 'txonly',
-        txpkts: 64,
-        cpu: 1,
-      });
-      await waitFor(() => linkCounter(peer, 'rx_packets', ns) - before > 5_000, 30_000, `round ${round}: 5 000 frames on the veth peer`);
-      await testpmd.stop();
-      testpmd = null;
+    // First frontend: VM→VF.
+    const before = linkCounter(peer, 'rx_packets', ns);
+    testpmd = startTestpmd({ vdevs: [virtioUserVdev({ path, queueSize: 1024, server: true })], forwardMode: 'txonly', txpkts: 64, cpu: 1 });
+    await waitFor(() => linkCounter(peer, 'rx_packets', ns) - before > 5_000, 30_000, '5 000 frames on the veth peer');
+    await testpmd.stop();
+    // Second frontend on the same path, after the first went away: the relay reconnects; VF→VM.
+    testpmd = startTestpmd({ vdevs: [virtioUserVdev({ path, queueSize: 1024, server: true })], forwardMode: 'rxonly', cpu: 1 });
+    await waitFor(
+      () => {
+        const msgs = relay!.logs().map((l) => String(l.msg));
+        const gone = msgs.findIndex((m) => m.includes('went away'));
+        return gone >= 0 && msgs.slice(gone).includes('vhost-user: vring 0 started');
+      },
+      30_000,
+      'the relay to reconnect and start vring 0 again',
+    );
+    await sleep(500);
+    await sendFromPeer(300);
+    await sleep(300);
+    const stats = await testpmd.stop();
+    testpmd = null;
+    expect(stats[0].rxPackets).toBeGreaterThanOrEqual(300);
+  });
+
+  it('on SIGTERM unlinks every socket and its PID file, and exits 0', async () => {
+    const socketDir = mkdtempSync(join(tmpdir(), 'vio4wd-sock-'));
+    try {
+      relay = await startRelay({ staticVfs: { [vf]: 4 }, socketDir });
+      expect(readdirSync(socketDir).filter((f) => f.endsWith('.sock'))).toHaveLength(64);
+      expect(existsSync(join(relay.dir, 'virtio-forwarder.pid'))).toBe(true);
+      const pidFile = join(relay.dir, 'virtio-forwarder.pid');
+      expect(readFileSync(pidFile, 'utf8').trim()).toBe(String(relay.pid));
+      process.kill(relay.pid, 'SIGTERM');
+      expect(await relay.proc.exited).toBe(0);
+      expect(readdirSync(socketDir)).toEqual([]);
+      expect(existsSync(pidFile)).toBe(false);
+      await relay.stop();
+      relay = null;
+    } finally {
+      rmSync(socketDir, { recursive: true, force: true });
     }
   });
 
