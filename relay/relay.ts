@@ -44,6 +44,17 @@ const BOND_PORT_MODE: Record<BondMode, PortSpec['mode']> = {
   3: 'broadcast',
 };
 
+/**
+ * VF ring sizes. At low rates the kernel hands over an RX block after the retire timeout (1 ms)
+ * with only a few frames in it, and drops frames once every block waits for the relay: the ring
+ * then holds blockCount ms of traffic, not its size. 16 blocks (the packet-ring default) meant a
+ * worker delayed 16 ms by a busy CPU lost frames; 128 blocks of 32 KiB ride out 128 ms (4 MiB).
+ */
+const RING_GEOMETRY = {
+  standard: { blockSize: 32 * 1024, blockCount: 128 },
+  jumbo: { txFrameSize: 16384, blockSize: 128 * 1024, blockCount: 64 },
+} as const;
+
 let memoryIds = 0;
 
 export class Relay implements NetDevice {
@@ -105,7 +116,7 @@ export class Relay implements NetDevice {
       try {
         for (const ref of refs) {
           const resolved = resolveVf(ref, this.ctx.sysfsRoot);
-          const handle = openPacketRing(resolved.netdev, this.ctx.jumbo ? { txFrameSize: 16384, blockSize: 256 * 1024 } : {});
+          const handle = openPacketRing(resolved.netdev, RING_GEOMETRY[this.ctx.jumbo ? 'jumbo' : 'standard']);
           opened.push({ ref: { pci: resolved.pci, netdev: resolved.netdev }, netdev: resolved.netdev, handle, up: linkHasCarrier(resolved.netdev) });
         }
       } catch (err) {

@@ -3,7 +3,7 @@
 // sequence-numbered frames VM→VF; a sender in the namespace sends sequence-numbered frames VF→VM
 // on the veth peer. Meanwhile the core-sched service is told a hundred times to swap the relay's
 // two directions between CPU 0 and CPU 1. Every frame must arrive exactly once and in order.
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
@@ -17,7 +17,7 @@ import { VirtioNetFeature } from '../../vhost-user/features.js';
 import { GuestMemory } from '../../virtio/guest-memory.js';
 import { SplitQueueDriver } from '../../virtio/split-queue-driver.js';
 import { run } from '../support/env.js';
-import { createNetns, createVethPair, deleteLink, deleteNetns, nsExec, requireBinary, requireRoot, uniqueTag } from '../support/netns.js';
+import { createNetns, createVethPair, deleteLink, deleteNetns, linkCounter, nsExec, requireBinary, requireRoot, uniqueTag } from '../support/netns.js';
 import { sleep, startProcess, stopAll, waitFor, type StartedProcess } from '../support/processes.js';
 import { startRelay, type RunningRelay } from '../support/relay.js';
 
@@ -180,6 +180,14 @@ class TestVm {
   }
 }
 
+/** Frames the kernel dropped because a CPU's input backlog was full (all CPUs, /proc/net/softnet_stat). */
+function softnetDrops(): number {
+  return readFileSync('/proc/net/softnet_stat', 'utf8')
+    .trim()
+    .split('\n')
+    .reduce((sum, line) => sum + parseInt(line.trim().split(/\s+/)[1], 16), 0);
+}
+
 /** Checks that `seqs` is exactly 0..n-1 in order; returns a description of the first problem, or ''. */
 function sequenceProblem(seqs: number[], n: number): string {
   const seen = new Set<number>();
@@ -283,6 +291,7 @@ describe.skipIf(!ready)('relay directions handed over between workers under traf
         'the pinned placement (VF→VM on CPU 0, VM→VF on CPU 1)',
       );
 
+      const softnetDropsBefore = softnetDrops();
       sender = startProcess('ip', ['netns', 'exec', ns, 'python3', '-c', SENDER, peer, stopFile], { label: 'sender' });
       await waitFor(() => vm.received.length > 100 && vm.nextTxSeq > 100, 10_000, 'traffic in both directions before the first swap');
 
@@ -316,8 +325,23 @@ describe.skipIf(!ready)('relay directions handed over between workers under traf
       expect(busyIntervals).toBeGreaterThanOrEqual(SWAPS * 0.9);
       expect(sent).toBeGreaterThan(1000);
       expect(vmSent).toBeGreaterThan(1000);
-      expect(sequenceProblem(fromPeer(), vmSent), 'VM→VF').toBe('');
-      expect(sequenceProblem(vm.received, sent), 'VF→VM').toBe('');
+      const statsClient = new ControlClient(`ipc://${dir}/stats`, 5000);
+      const counters = (await statsClient.request('stats', { relays: [RELAY] })).relays[0];
+      statsClient.close();
+      const kernel = {
+        softnetDrops: softnetDrops() - softnetDropsBefore,
+        peerTxDropped: linkCounter(peer, 'tx_dropped', ns),
+        vfRxDropped: linkCounter(vf, 'rx_dropped'),
+        vfRxPackets: linkCounter(vf, 'rx_packets'),
+        // The relay's packet sockets: d<N> in skmem counts frames the kernel could not put in the ring.
+        relaySockets: run('ss', ['-0', '-m', '-p', '-n'])
+          .split('\n')
+          .map((l, i, all) => (l.includes(`pid=${relay.pid},`) ? `${l.trim()} ${all[i + 1]?.trim() ?? ''}` : ''))
+          .filter(Boolean),
+      };
+      const diagnosis = `relay counters: ${JSON.stringify({ vfToVm: counters?.vfToVm, vmToVf: counters?.vmToVf })}; kernel: ${JSON.stringify(kernel)}`;
+      expect(sequenceProblem(fromPeer(), vmSent), `VM→VF; ${diagnosis}`).toBe('');
+      expect(sequenceProblem(vm.received, sent), `VF→VM; ${diagnosis}`).toBe('');
     } finally {
       pumping = false;
       await pump;
