@@ -24,7 +24,12 @@ const ns = `scns${tag}`;
 const RELAYS = [0, 1, 2, 3];
 const links = RELAYS.map((r) => ({ vf: `s${r}v${tag}`, peer: `s${r}p${tag}` }));
 const INTERVAL_S = 1.5;
-const SENSITIVITY = 0.25;
+/**
+ * Above the 0.25 default: CPU 0 also runs this test, the relay's main thread and whatever else the
+ * machine runs, and a worker preempted in the middle of a burst counts the wait as busy time, so
+ * two equally loaded workers measure up to ~0.25 apart here. Still far below the 1.0 of the start.
+ */
+const SENSITIVITY = 0.4;
 
 let relay: RunningRelay;
 let dir: string;
