@@ -10,12 +10,12 @@ import { draftFromJson } from './config-json.js';
 
 const MIB = 1024 * 1024;
 
-const VALUE_OPTIONS = [
+export const VALUE_OPTIONS = [
   'name', 'machine', 'kernel', 'append', 'initrd', 'smp', 'm', 'drive', 'netdev', 'chardev', 'device',
   'api-channel', 'serial', 'D', 'pidfile', 'iothread', 'mem-path', 'balloon', 'config', 'memory',
   'memory-zone', 'numa',
 ] as const;
-const FLAG_OPTIONS = ['daemonize', 'disable-seccomp', 'omit_vm_memory'] as const;
+export const FLAG_OPTIONS = ['daemonize', 'disable-seccomp', 'omit_vm_memory'] as const;
 const REPEATABLE = new Set(['drive', 'netdev', 'chardev', 'device', 'iothread', 'memory-zone', 'numa']);
 const ALLOWED_WITH_CONFIG = new Set(['config', 'api-channel', 'D', 'pidfile', 'daemonize', 'disable-seccomp', 'omit_vm_memory']);
 

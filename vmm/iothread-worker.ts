@@ -22,6 +22,12 @@ const INTERRUPT_BATCH = 32;
 /** Malformed requests logged per drive; a guest hammering bad requests must not flood the log. */
 const MAX_LOGGED_PROBLEMS = 20;
 
+/**
+ * Longest sleep in poll(2). Commands arrive through the control eventfd at once; the bound only
+ * lets Worker.terminate() (which acts when JavaScript runs) reach a thread whose quit was lost.
+ */
+const MAX_SLEEP_MS = 1000;
+
 /** The largest piece one view may cover; RAM above 4 GiB can be larger. */
 const VIEW_PIECE = 2 ** 31;
 
@@ -173,7 +179,7 @@ function loop(): void {
     for (const d of drives) {
       if (d.throttledUntil > 0) timeout = timeout < 0 ? d.throttledUntil - now : Math.min(timeout, d.throttledUntil - now);
     }
-    polls.wait(timeout < 0 ? -1 : Math.max(1, Math.ceil(timeout)));
+    polls.wait(timeout < 0 ? MAX_SLEEP_MS : Math.min(MAX_SLEEP_MS, Math.max(1, Math.ceil(timeout))));
     if (polls.revents(0)) {
       eventfdRead(data.controlFd);
       for (let m = receiveMessageOnPort(port); m; m = receiveMessageOnPort(port)) {

@@ -58,6 +58,8 @@ export class Machine extends EventEmitter {
   status: VmStatus = 'created';
   readonly vcpus: VcpuInfo[] = [];
   private workers: Worker[] = [];
+  /** vCPU threads that have not exited yet. */
+  private readonly liveWorkers = new Set<Worker>();
   private runAddresses: number[] = [];
   private readonly control = new SharedArrayBuffer(4 * 256);
   private readonly controlWords = new Int32Array(this.control);
@@ -233,6 +235,8 @@ export class Machine extends EventEmitter {
       };
       const worker = new Worker(workerUrl, { workerData: data, name: `vcpu${i}` });
       this.workers.push(worker);
+      this.liveWorkers.add(worker);
+      worker.once('exit', () => this.liveWorkers.delete(worker));
       ready.push(
         new Promise((resolve, reject) => {
           worker.once('error', reject);
@@ -365,7 +369,31 @@ export class Machine extends EventEmitter {
     const iothreads = this.iothreads.splice(0);
     await Promise.all(iothreads.map((t) => t.stop()));
     for (const d of this.devices) d.blk?.close();
-    await Promise.all(this.workers.map((w) => w.terminate().catch(() => undefined)));
+    await this.joinVcpus();
+  }
+
+  /**
+   * Waits for the vCPU threads to leave KVM_RUN and exit. Worker.terminate() cannot interrupt a
+   * thread blocked in KVM_RUN (an idle guest halted with the in-kernel irqchip never comes back
+   * to user space), and process exit joins every worker: a thread left there would keep the
+   * process alive after the VM ended. So kick them again until they are gone, within a deadline.
+   */
+  private async joinVcpus(timeoutMs = 3000): Promise<void> {
+    Atomics.store(this.controlWords, 0, RUN_STATE.QUIT);
+    Atomics.notify(this.controlWords, 0);
+    const deadline = Date.now() + timeoutMs;
+    while (this.liveWorkers.size > 0 && Date.now() < deadline) {
+      if (this.vcpus.length) this.kickAll();
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    if (this.liveWorkers.size > 0) {
+      this.log.error({ threads: this.liveWorkers.size }, `${this.liveWorkers.size} vCPU thread(s) did not stop within ${timeoutMs} ms`);
+    }
+  }
+
+  /** Threads of this VM still running (vCPUs and iothreads); 0 once shutdown has completed. */
+  get liveThreads(): number {
+    return this.liveWorkers.size + this.iothreads.length;
   }
 }
 

@@ -8,19 +8,10 @@ import { parseCommandLine } from './config-cli.js';
 import { ConfigError, type VmConfig } from './config-types.js';
 import { ApiChannel } from './api-channel.js';
 import { Machine } from './machine.js';
+import { usage } from './usage.js';
+import { libc } from '../sys/libc.js';
 
 const DAEMON_CHILD_ENV = 'VIO4WD_VMM_DAEMON_CHILD';
-
-function usage(): string {
-  return [
-    'usage: vio4wd-vmm -kernel FILE [-initrd FILE] [-append CMDLINE] [-smp N[,pin=H0:H1..]] [-m SIZE]',
-    '       [-machine microvm[,mem-share=on]] [-mem-path DIR] [--memory size=,shared=,hugepages=,mergeable=]',
-    '       [--memory-zone id=,size=,...] [--numa guest_numa_id=,...] [-chardev socket,id=,path=[,server]]',
-    '       [-netdev vhost-user,id=,chardev=[,queues=N,mac=]] [-device virtio-net-device,netdev=,mac=]',
-    '       [-serial stdio|none|unix:PATH] [-api-channel unix:PATH] [-D LOGFILE] [-pidfile FILE -daemonize]',
-    '   or: vio4wd-vmm -config FILE.json [-api-channel unix:PATH] [-D LOGFILE] [-pidfile FILE -daemonize]',
-  ].join('\n');
-}
 
 function makeLogger(config: VmConfig): Logger {
   const destination = config.logFile ? pino.destination({ dest: config.logFile, sync: true, mkdir: true }) : pino.destination(2);
@@ -31,7 +22,16 @@ function makeLogger(config: VmConfig): Logger {
 async function attachSerial(machine: Machine, config: VmConfig, log: Logger): Promise<() => void> {
   const s = config.serial;
   if (s.kind === 'stdio') {
-    machine.on('serial', (bytes: Uint8Array) => process.stdout.write(bytes));
+    // A reader that went away (EPIPE) must not turn into an uncaught exception: the guest keeps
+    // running and its output is dropped.
+    let stdoutGone = false;
+    process.stdout.on('error', (err: Error) => {
+      if (!stdoutGone) log.warn({ err: err.message }, 'serial: stdout is gone; guest output is dropped');
+      stdoutGone = true;
+    });
+    machine.on('serial', (bytes: Uint8Array) => {
+      if (!stdoutGone) process.stdout.write(bytes);
+    });
     if (process.stdin.isTTY) process.stdin.setRawMode(true);
     process.stdin.on('data', (chunk: Buffer) => machine.serialInput(chunk));
     process.stdin.on('error', () => undefined);
@@ -114,6 +114,7 @@ export async function main(argv: string[]): Promise<number> {
   let machine: Machine;
   try {
     machine = await Machine.create(config, log);
+    currentMachine = machine;
   } catch (err) {
     log.error({ err: (err as Error).message }, 'VM creation failed');
     process.stderr.write(`vio4wd-vmm: ${(err as Error).message}\n`);
@@ -183,12 +184,37 @@ export async function main(argv: string[]): Promise<number> {
   return exitCode;
 }
 
+let currentMachine: Machine | null = null;
+const hardExit = libc.func('void _exit(int status)');
+
+/**
+ * Ends the process once the VM is down. process.exit() joins every worker thread, so a thread
+ * still blocked in a system call would keep the process alive; when one is left, _exit(2) ends
+ * the process anyway (the log is written synchronously, so nothing is lost). stdout is flushed
+ * first, but a reader that stopped reading cannot hold us either.
+ */
+function exitProcess(code: number): void {
+  const leave = () => {
+    const stuck = currentMachine?.liveThreads ?? 0;
+    if (stuck > 0) hardExit(code);
+    process.exit(code);
+  };
+  const timer = setTimeout(leave, 1000);
+  process.stdout.write('', () => {
+    clearTimeout(timer);
+    leave();
+  });
+}
+
 /** Runs the VMM with the process's arguments and exits with the VM's status. */
 export function runMain(): void {
+  // Default handling would exit through process.exit's worker joins and could hang on a vCPU.
+  process.on('uncaughtException', (err) => {
+    process.stderr.write(`vio4wd-vmm: ${err.stack ?? err.message}\n`);
+    hardExit(1);
+  });
   main(process.argv.slice(2)).then(
-    (code) => {
-      process.stdout.write('', () => process.exit(code));
-    },
+    (code) => exitProcess(code),
     (err: Error) => {
       process.stderr.write(`vio4wd-vmm: ${err.stack ?? err.message}\n`);
       process.exit(1);

@@ -1,0 +1,38 @@
+// The --help text: every command-line option with its keys.
+
+export function usage(): string {
+  return [
+    'usage: vio4wd-vmm -kernel FILE [options]',
+    '   or: vio4wd-vmm -config FILE.json [-api-channel unix:PATH] [-D LOGFILE] [-pidfile FILE] [-daemonize]',
+    '       [-disable-seccomp] [-omit_vm_memory]',
+    '',
+    'Options (one or two dashes):',
+    '  -name NAME                       VM name (logs, api-channel greeting)',
+    '  -machine [type=]microvm[,mem-share=on|off][,dump-guest-core=on|off][,accel=kvm]',
+    '  -kernel FILE                     ELF vmlinux (PVH entry when it has the note) or bzImage',
+    '  -append CMDLINE                  kernel command line',
+    '  -initrd FILE                     initial ramdisk',
+    '  -smp [cpus=]N[,pin=H0:H1:...]    vCPUs (1-254), optionally pinned to host CPUs',
+    '  -m SIZE                          guest RAM (256M-512G)',
+    '  -mem-path DIR|FILE               back guest RAM with a file (hugetlbfs)',
+    '  --memory size=SIZE[,shared=on][,hugepages=on][,hugepage_size=SIZE][,mergeable=on]',
+    '  --memory-zone id=ID,size=SIZE[,file=PATH][,shared=on][,hugepages=on][,hugepage_size=SIZE][,host_numa_node=N]',
+    '  --numa guest_numa_id=N[,cpus=LIST][,distances=DEST@DIST:...][,memory_zones=ID:...]',
+    '  -drive id=ID,file=PATH[,readonly=on|off][,direct=on|off][,serial=S][,iops=N][,iothread=ID][,if=none][,format=raw]',
+    '  -device virtio-blk-device,drive=ID[,id=ID][,iothread=ID][,serial=S]',
+    '  -chardev socket,id=ID,path=PATH[,server][,nowait]',
+    '  -netdev vhost-user,id=ID,chardev=ID[,queues=N][,mac=MAC]',
+    '  -device virtio-net-device,netdev=ID[,id=ID][,mac=MAC][,mq=on|off][,iothread=ID]',
+    '  -iothread id=ID                  a thread that serves the drives naming it',
+    '  -serial stdio|none|unix:PATH     the 16550A console on 0x3f8',
+    '  -api-channel unix:PATH           QMP-style control socket',
+    '  -D LOGFILE                       log (pino JSON) to a file instead of stderr',
+    '  -pidfile FILE                    write the pid (the file must not exist)',
+    '  -daemonize                       run in the background (with -pidfile; not with -serial stdio)',
+    '  -disable-seccomp                 accepted for StratoVirt compatibility',
+    '  -omit_vm_memory                  accepted for StratoVirt compatibility',
+    '  -balloon ...                     refused: no balloon device',
+    '  -config FILE.json                the JSON form (boot-source, machine-config, drive, net, iothread, ...)',
+    '  -h, --help                       this text',
+  ].join('\n');
+}
