@@ -158,6 +158,25 @@ describe.runIf(canRun)('virtio-blk with the tiny guest', () => {
     expect(await vmm.exited).toBe(0);
   });
 
+  it('SIGTERM ends a VM whose iothread sleeps in poll, even after the serial reader went away', async () => {
+    const image = makeImage('term.img', 64 * 1024);
+    const vmm = startProcess(
+      'node',
+      [vmmBin, '-kernel', guest, '-serial', 'stdio', '-append', 'tiny.blk-reads=50', '-iothread', 'id=io2',
+        '-drive', `id=disk0,file=${image},iops=100`, '-device', 'virtio-blk-device,drive=disk0,iothread=io2'],
+      { label: 'vmm-blk-term' },
+    );
+    await vmm.waitForOutput(/tiny-guest: blk reads start/, 60_000);
+    // The guest keeps printing: the next serial write fails with EPIPE.
+    vmm.proc.stdout!.destroy();
+    await vmm.waitForOutput(/serial: stdout is gone; guest output is dropped/, 30_000);
+    // Let the guest finish its reads and go idle (no NIC: it halts), then stop the VM.
+    await new Promise((r) => setTimeout(r, 1500));
+    process.kill(vmm.pid, 'SIGTERM');
+    expect(await vmm.exited).toBe(0);
+    expect(vmm.output()).toMatch(/"reason":"SIGTERM","msg":"VM ended"/);
+  });
+
   it('refuses an image that cannot hold one sector, naming the drive', async () => {
     const image = join(dir, 'tiny.img');
     writeFileSync(image, Buffer.alloc(100));

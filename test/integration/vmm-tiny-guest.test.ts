@@ -182,5 +182,23 @@ describe.runIf(canRun)('vio4wd-vmm with the tiny guest', () => {
       expect(await vmm.exited).toBe(0);
       await testpmd.proc.waitForOutput(/vhost peer closed/, 10_000);
     });
+
+    it.runIf(ready)('a guest that resets its NIC and initialises it again gets working rings: GET_VRING_BASE stops them, DRIVER_OK hands them over anew', async () => {
+      testpmd ??= startTestpmd({ vdevs: [vhostVdev({ iface: socket }), `net_af_packet0,iface=${hostVeth}`], forwardMode: 'io', label: 'testpmd', extraApp: ['--port-topology=paired'] });
+      const vmm = startVmm([
+        '-append', 'ip=10.77.0.3 tiny.net-reinit', '-machine', 'mem-share=on',
+        '-chardev', `socket,id=c0,path=${socket}`, '-netdev', 'vhost-user,id=net0,chardev=c0',
+        '-device', 'virtio-net-device,netdev=net0,mac=52:54:00:12:34:57',
+      ], 'vmm-net-reinit');
+      await vmm.waitForOutput(/tiny-guest: net reset and re-initialised/, 60_000);
+      await vmm.waitForOutput(/tiny-guest: net ready/, 60_000);
+      await vmm.waitForOutput(/NIC net0: guest reset the device; rings stopped[\s\S]*rings handed to the vhost-user back-end/, 30_000);
+      expect(vmm.output().match(/rings handed to the vhost-user back-end/g)?.length).toBe(2);
+      const ping = nsExec(ns, 'ping', ['-c', '2', '-W', '5', '10.77.0.3'], { timeoutMs: 60_000 });
+      expect(ping).toMatch(/2 received/);
+      await vmm.waitForOutput(/tiny-guest: icmp echo reply seq 2/, 10_000);
+      process.kill(vmm.pid, 'SIGTERM');
+      expect(await vmm.exited).toBe(0);
+    });
   });
 });
