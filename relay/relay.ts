@@ -335,6 +335,12 @@ export class Relay implements NetDevice {
     }
     const resume: DirectionState = { queues, ...this.rr[dir] };
     await this.ctx.pool.attach(spec, resume, this.cpuFor(dir));
+    // A carrier change seen while the attach was in flight could not reach the worker (the pool
+    // places a direction only once the worker has it), so the worker may run with the spec's
+    // stale bond state: hand it the current one.
+    if (port && (port.active !== this.activeMember || port.members.some((m, i) => m.up !== this.members[i]?.up))) {
+      this.ctx.pool.setActiveMember(this.id, dir, this.activeMember, this.members.map((m) => m.up));
+    }
   }
 
   /** Closes the socket (and the VM session), stops forwarding and closes the VF rings. */
