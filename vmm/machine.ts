@@ -60,6 +60,8 @@ export class Machine extends EventEmitter {
   private workers: Worker[] = [];
   /** vCPU threads that have not exited yet. */
   private readonly liveWorkers = new Set<Worker>();
+  private readonly vcpuReady: Promise<void>[] = [];
+  private vcpusStarted = false;
   private runAddresses: number[] = [];
   private readonly control = new SharedArrayBuffer(4 * 256);
   private readonly controlWords = new Int32Array(this.control);
@@ -97,6 +99,7 @@ export class Machine extends EventEmitter {
     const c = this.config;
     const kernelImage = parseKernel(readFileSync(c.kernel), c.kernel);
     const initrd = c.initrd ? readFileSync(c.initrd) : undefined;
+    this.spawnVcpuThreads();
 
     this.kvmFd = kvm.openKvm();
     const maxVcpus = Math.max(kvm.checkExtension(this.kvmFd, kvm.caps.MAX_VCPUS), kvm.checkExtension(this.kvmFd, kvm.caps.NR_VCPUS));
@@ -214,30 +217,19 @@ export class Machine extends EventEmitter {
     }));
   }
 
-  /** Starts one worker per vCPU and resolves once every vCPU thread is in its run loop. */
-  async start(): Promise<void> {
-    if (this.ended) throw new Error('the VM has already been shut down');
-    for (const t of this.iothreads) await t.start();
+  /**
+   * Starts one thread per vCPU before the machine is built: a worker takes tens of milliseconds to
+   * load its modules, which then overlaps with KVM and guest-memory setup. Each waits for its
+   * start data (VcpuWorkerData), sent by start().
+   */
+  private spawnVcpuThreads(): void {
     const workerUrl = new URL('./vcpu-worker.js', import.meta.url);
-    // vCPU kicks are SIGUSR2 to the thread; a handler makes the signal interrupt KVM_RUN instead of killing us.
-    process.on('SIGUSR2', () => undefined);
-    const ready: Promise<void>[] = [];
     for (let i = 0; i < this.config.vcpus; i++) {
-      const data: VcpuWorkerData = {
-        index: i,
-        vcpuFd: this.vcpuFds[i],
-        vmFd: this.vmFd,
-        runSize: kvm.vcpuMmapSize(this.kvmFd),
-        hostCpu: this.config.vcpuPin?.[i],
-        serialState: this.serialState,
-        transports: this.devices.map((d) => ({ base: d.address, size: VIRTIO_MMIO_SIZE, state: d.state })),
-        control: this.control,
-      };
-      const worker = new Worker(workerUrl, { workerData: data, name: `vcpu${i}` });
+      const worker = new Worker(workerUrl, { name: `vcpu${i}` });
       this.workers.push(worker);
       this.liveWorkers.add(worker);
       worker.once('exit', () => this.liveWorkers.delete(worker));
-      ready.push(
+      this.vcpuReady.push(
         new Promise((resolve, reject) => {
           worker.once('error', reject);
           worker.on('message', (m: VcpuMessage) => {
@@ -250,11 +242,36 @@ export class Machine extends EventEmitter {
           });
         }),
       );
+      // Not yet started: a failed build terminates the thread, and that is not an error of the VM.
+      this.vcpuReady[i].catch(() => undefined);
       worker.on('error', (err) => this.finish(1, `vCPU ${i} thread failed: ${err.message}`));
     }
+  }
+
+  /** Hands every vCPU thread its start data and resolves once each is in its run loop. */
+  async start(): Promise<void> {
+    if (this.ended) throw new Error('the VM has already been shut down');
+    for (const t of this.iothreads) await t.start();
+    // vCPU kicks are SIGUSR2 to the thread; a handler makes the signal interrupt KVM_RUN instead of killing us.
+    process.on('SIGUSR2', () => undefined);
+    const runSize = kvm.vcpuMmapSize(this.kvmFd);
+    this.workers.forEach((worker, i) => {
+      const data: VcpuWorkerData = {
+        index: i,
+        vcpuFd: this.vcpuFds[i],
+        vmFd: this.vmFd,
+        runSize,
+        hostCpu: this.config.vcpuPin?.[i],
+        serialState: this.serialState,
+        transports: this.devices.map((d) => ({ base: d.address, size: VIRTIO_MMIO_SIZE, state: d.state })),
+        control: this.control,
+      };
+      worker.postMessage(data);
+    });
+    this.vcpusStarted = true;
     this.status = 'running';
     this.bootTimes.started = Date.now();
-    await Promise.all(ready);
+    await Promise.all(this.vcpuReady);
   }
 
   private onVcpuMessage(m: VcpuMessage): void {
@@ -379,6 +396,11 @@ export class Machine extends EventEmitter {
    * process alive after the VM ended. So kick them again until they are gone, within a deadline.
    */
   private async joinVcpus(timeoutMs = 3000): Promise<void> {
+    if (!this.vcpusStarted) {
+      // Still waiting for their start data, in their event loop: terminate() reaches them.
+      await Promise.all(this.workers.map((w) => w.terminate().catch(() => undefined)));
+      return;
+    }
     Atomics.store(this.controlWords, 0, RUN_STATE.QUIT);
     Atomics.notify(this.controlWords, 0);
     const deadline = Date.now() + timeoutMs;

@@ -1,7 +1,7 @@
 // One vCPU: a worker thread that loops on KVM_RUN and serves PIO and MMIO exits itself (serial,
 // i8042, ACPI sleep/reset registers, virtio-mmio registers). Anything that needs the main thread
 // (serial bytes to stdout or a socket, a device's DRIVER_OK or reset, the VM's end) is posted.
-import { parentPort, workerData } from 'node:worker_threads';
+import { parentPort } from 'node:worker_threads';
 import * as kvm from '../sys/kvm.js';
 import { setAffinity } from '../sys/affinity.js';
 import { Serial } from './devices/serial.js';
@@ -18,8 +18,9 @@ import {
   SERIAL_PORT,
 } from './layout.js';
 
-const data = workerData as VcpuWorkerData;
 const port = parentPort!;
+// The thread is started while the machine is still being built; its start data comes last.
+const data = await new Promise<VcpuWorkerData>((resolve) => port.once('message', (m: VcpuWorkerData) => resolve(m)));
 const post = (m: VcpuMessage) => port.postMessage(m);
 
 const control = new Int32Array(data.control);

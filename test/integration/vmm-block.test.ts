@@ -149,7 +149,7 @@ describe.runIf(canRun)('virtio-blk with the tiny guest', () => {
     );
     await vmm.waitForOutput(/tiny-guest: blk reads start/, 60_000);
     const started = performance.now();
-    await vmm.waitForOutput(/tiny-guest: blk reads done (\d+)/, 60_000);
+    await vmm.waitForOutput(/tiny-guest: blk reads done \d+\r?\n/, 60_000);
     const seconds = (performance.now() - started) / 1000;
     expect(vmm.output()).toMatch(new RegExp(`tiny-guest: blk reads done ${reads}`));
     // The bucket holds one token at this rate, so only the first read can go at once; one more
