@@ -6,7 +6,7 @@
 // vethB, counted on vethB. rx = VF→VM: one testpmd injects on vethB and counts what its virtio-user
 // port receives. The relays alternate inside every round so drift in the machine's load hits all
 // of them alike; foreign CPU (work the bench did not start) is measured in every window.
-import { mkdirSync, rmSync, writeFileSync, mkdtempSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pino from 'pino';
@@ -239,6 +239,32 @@ function checkPrerequisites(): void {
   if (missing.length) throw new Error(`relay bench needs ${missing.join(', ')}`);
 }
 
+interface SavedResults {
+  started: string;
+  options: BenchOptions;
+  runs: RunRecord[];
+  failures: FailedRun[];
+}
+
+function printResults(saved: SavedResults, interrupted = false): void {
+  const { options: opts, runs: records, failures } = saved;
+  const summaries = summarize(records);
+  const header =
+    `relay bench ${saved.started}: ${opts.runs} run(s), ${opts.warmupSeconds} s warm-up, ${opts.windowSeconds} s window, ` +
+    `relay on CPU ${opts.relayCpu}, traffic on CPU ${opts.trafficCpu}${interrupted ? ' (INTERRUPTED: partial results)' : ''}`;
+  const builds = [...new Set(records.filter((r) => r.relayBuild).map((r) => `commit ${r.relayBuild!.commit}, dist compiled ${r.relayBuild!.compiledAt}`))];
+  const buildLine =
+    builds.length <= 1
+      ? `our relay: ${builds[0] ?? 'not run'}`
+      : `our relay was RECOMPILED during the bench: ${builds.length} builds, from ${builds[0]} to ${builds[builds.length - 1]} (each run's in --json)`;
+  process.stdout.write(`${header}\n${buildLine}\n${formatTable(summaries)}\n`);
+  process.stdout.write(
+    `CPU: % of one core over the window. foreign = all CPU time minus the bench's processes; '!' = a run above ${opts.maxForeign} %.\n` +
+      `${formatForeign(records)}\n`,
+  );
+  for (const f of failures) process.stdout.write(`FAILED ${f.direction} ${f.size} ${f.relay} run ${f.run}: ${f.error.split('\n')[0]}\n`);
+}
+
 async function main(): Promise<number> {
   let opts: BenchOptions;
   try {
@@ -249,6 +275,12 @@ async function main(): Promise<number> {
   }
   if (opts.help) {
     process.stdout.write(USAGE);
+    return 0;
+  }
+  if (opts.summarizePath) {
+    const saved = JSON.parse(readFileSync(opts.summarizePath, 'utf8')) as SavedResults;
+    if (!Array.isArray(saved.runs) || !saved.options) throw new Error(`${opts.summarizePath}: not a file written by --json (no runs or options)`);
+    printResults(saved);
     return 0;
   }
   checkPrerequisites();
@@ -326,22 +358,9 @@ async function main(): Promise<number> {
     await cleanup();
   }
 
-  const summaries = summarize(records);
-  const header =
-    `relay bench ${started.toISOString()}: ${opts.runs} run(s), ${opts.warmupSeconds} s warm-up, ${opts.windowSeconds} s window, ` +
-    `relay on CPU ${opts.relayCpu}, traffic on CPU ${opts.trafficCpu}${interrupted ? ' (INTERRUPTED: partial results)' : ''}`;
-  const builds = [...new Set(records.filter((r) => r.relayBuild).map((r) => `commit ${r.relayBuild!.commit}, dist compiled ${r.relayBuild!.compiledAt}`))];
-  const buildLine =
-    builds.length <= 1
-      ? `our relay: ${builds[0] ?? 'not run'}`
-      : `our relay was RECOMPILED during the bench (${builds.length} builds, see --json): ${builds.join('; ')}`;
-  process.stdout.write(`${header}\n${buildLine}\n${formatTable(summaries)}\n`);
-  process.stdout.write(
-    `CPU: % of one core over the window. foreign = all CPU time minus the bench's processes; '!' = a run above ${opts.maxForeign} %.\n` +
-      `${formatForeign(records)}\n`,
-  );
-  for (const f of failures) process.stdout.write(`FAILED ${f.direction} ${f.size} ${f.relay} run ${f.run}: ${f.error.split('\n')[0]}\n`);
+  printResults({ started: started.toISOString(), options: opts, runs: records, failures }, interrupted);
   if (opts.jsonPath) {
+    const summaries = summarize(records);
     writeFileSync(opts.jsonPath, `${JSON.stringify({ started: started.toISOString(), options: opts, summaries, runs: records, failures }, null, 2)}\n`);
   }
   return interrupted ? 130 : failures.length ? 1 : 0;

@@ -19,6 +19,8 @@ export interface BenchOptions {
   redo: number;
   pinRelay: boolean;
   jsonPath: string | null;
+  /** Print the table of a file written by --json instead of measuring. */
+  summarizePath: string | null;
 }
 
 export const USAGE = `usage: node dist/bench/relay.js [options]      (as root, after npx tsc -p .)
@@ -41,6 +43,7 @@ Measures the relay's throughput VM→VF (tx) and VF→VM (rx) next to DPDK's rel
   --redo N            re-do a contaminated run up to N times, keep the cleanest (default 1)
   --no-pin-relay      do not confine our relay's whole process to --relay-cpu (only its worker is pinned)
   --json FILE         also write every run and the summaries as JSON
+  --summarize FILE    print the table of a file written by --json, measure nothing
   --quick             smoke test: 1 run, 2 s warm-up, 3 s window, 64 bytes only, no re-do
   -h, --help          this text
 
@@ -49,7 +52,8 @@ relay CPU = the relay process's user+system time, % of one core; ns/pkt = relay 
 delivered frame; loss = 1 - delivered/offered in exact counts over the whole run (tx: virtio-user
 TX-packets vs vethB rx_packets; rx: frames that reached vethA vs virtio-user RX-packets);
 foreign = CPU used by processes the bench did not start ('!' marks a contaminated run);
-steal = CPU the hypervisor withheld; ours/DPDK = ratio of the medians.
+steal = CPU the hypervisor withheld; ours/DPDK = ratio of the medians; clean Mpps = median of
+the runs that were not contaminated (on a shared machine, the figure to compare).
 `;
 
 function positive(flag: string, text: string | undefined, { integer = false, zero = false } = {}): number {
@@ -84,6 +88,7 @@ export function parseOptions(argv: string[]): BenchOptions {
     redo: 1,
     pinRelay: true,
     jsonPath: null,
+    summarizePath: null,
   };
   // --quick sets defaults first, so explicit flags (wherever they appear) still win.
   if (argv.includes('--quick')) Object.assign(o, { runs: 1, warmupSeconds: 2, windowSeconds: 3, sizes: [64], redo: 0 });
@@ -147,6 +152,12 @@ export function parseOptions(argv: string[]): BenchOptions {
         const path = next();
         if (!path) throw new Error('--json needs a file name');
         o.jsonPath = path;
+        break;
+      }
+      case '--summarize': {
+        const path = next();
+        if (!path) throw new Error('--summarize needs the file written by --json');
+        o.summarizePath = path;
         break;
       }
       default:
