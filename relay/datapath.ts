@@ -280,15 +280,27 @@ export class VmToVf extends Direction {
     let bytes = 0;
     let full = 0;
     if (port !== null) {
+      const broadcast = port.mode === 'broadcast';
+      let frames = 0;
       for (let m = 0; m < port.batches.length; m++) {
         const batch = port.batches[m];
         if (batch.count === 0) continue;
         const queued = batch.count;
         const sent = batch.send(port.sendFds[m]);
-        packets += sent;
-        bytes += batch.takenBytes;
-        full += queued - sent;
+        if (broadcast) {
+          // One guest frame went to every member: count it once, as sent when the best member took it.
+          frames = Math.max(frames, queued);
+          if (sent > packets) {
+            packets = sent;
+            bytes = batch.takenBytes;
+          }
+        } else {
+          packets += sent;
+          bytes += batch.takenBytes;
+          full += queued - sent;
+        }
       }
+      if (broadcast) full = frames - packets;
     }
     for (let i = 0; i < taken; i++) queue.pushUsed(heads[i], 0);
     q.publish();
