@@ -5,6 +5,9 @@ import pino from 'pino';
 import { ConfigError, USAGE, pinoLevel, resolveSettings } from './config.js';
 import { startScheduler } from './scheduler.js';
 
+/** Same as the daemon (EX_CONFIG), so the systemd units' RestartPreventExitStatus covers both. */
+export const EXIT_CONFIG = 78;
+
 export async function main(argv: readonly string[]): Promise<number> {
   let parsed;
   try {
@@ -12,7 +15,7 @@ export async function main(argv: readonly string[]): Promise<number> {
   } catch (err) {
     if (err instanceof ConfigError) {
       process.stderr.write(`vio4wd_core_scheduler: ${err.message}\n`);
-      return 2;
+      return EXIT_CONFIG;
     }
     throw err;
   }

@@ -354,14 +354,14 @@ describe('vio4wd_core_scheduler process against a stand-in relay', () => {
     expect(proc.output()).not.toMatch(/EFSM|Operation cannot be accomplished in current state/);
   });
 
-  it('exits with status 2 and names the variable for a bad configuration value', async () => {
+  it('exits with status 78 (EX_CONFIG, no restart by systemd) and names the variable for a bad configuration value', async () => {
     if (!requireOrSkip(canRunBin, `${compiled} is missing; run npx tsc -p . first`)) return;
     const dir = freshDir();
     const config = join(dir, 'bad');
     writeFileSync(config, 'VIO4WD_CORE_SCHED_SENSITIVITY=-1\n');
     const p = startProcess(process.execPath, [bin, '--config', config], { label: 'vio4wd_core_scheduler' });
     procs.push(p);
-    expect(await p.exited).toBe(2);
+    expect(await p.exited).toBe(78);
     expect(p.output()).toMatch(/VIO4WD_CORE_SCHED_SENSITIVITY="-1" is not valid: expected a number >= 0/);
   });
 });
