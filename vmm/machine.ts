@@ -255,6 +255,9 @@ export class Machine extends EventEmitter {
     // vCPU kicks are SIGUSR2 to the thread; a handler makes the signal interrupt KVM_RUN instead of killing us.
     process.on('SIGUSR2', () => undefined);
     const runSize = kvm.vcpuMmapSize(this.kvmFd);
+    // Every vCPU thread parks until all have reported in, so the guest runs only once each thread
+    // (and its tid, for query-cpus and pinning) exists.
+    Atomics.store(this.controlWords, 0, RUN_STATE.PAUSE);
     this.workers.forEach((worker, i) => {
       const data: VcpuWorkerData = {
         index: i,
@@ -269,9 +272,12 @@ export class Machine extends EventEmitter {
       worker.postMessage(data);
     });
     this.vcpusStarted = true;
+    await Promise.all(this.vcpuReady);
+    if (this.ended) return;
     this.status = 'running';
     this.bootTimes.started = Date.now();
-    await Promise.all(this.vcpuReady);
+    Atomics.store(this.controlWords, 0, RUN_STATE.RUN);
+    Atomics.notify(this.controlWords, 0);
   }
 
   private onVcpuMessage(m: VcpuMessage): void {
