@@ -19,6 +19,8 @@ import {
 } from '../../vmm/block-request.js';
 import { VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, blockConfigSpace, blockFeatures } from '../../vmm/block-device.js';
 import { FLAG_OPTIONS, VALUE_OPTIONS } from '../../vmm/config-cli.js';
+import { finalizeConfig } from '../../vmm/config-build.js';
+import { draftFromJson } from '../../vmm/config-json.js';
 import { usage } from '../../vmm/usage.js';
 import { RingBuilder, createTestMemory, readBytes, writeBytes, type BufferSpec } from '../support/ring-builder.js';
 
@@ -246,6 +248,18 @@ describe('virtio-blk device', () => {
     expect(config.getBigUint64(0, true)).toBe(3n * 2n ** 32n);
     expect(config.getUint32(12, true)).toBe(254);
     expect(config.getUint32(20, true)).toBe(512);
+  });
+});
+
+describe('etc/vmm/vm-with-disk.json', () => {
+  it('is a valid configuration with two drives on one iothread', () => {
+    const doc = JSON.parse(readFileSync(new URL('../../etc/vmm/vm-with-disk.json', import.meta.url), 'utf8'));
+    const config = finalizeConfig(draftFromJson(doc), { checkFiles: false });
+    expect(config.iothreads).toEqual(['io0']);
+    expect(config.drives.map((d) => [d.id, d.readOnly, d.direct, d.iops, d.iothread])).toEqual([
+      ['rootfs', false, true, 2000, 'io0'],
+      ['seed', true, false, 0, 'io0'],
+    ]);
   });
 });
 
