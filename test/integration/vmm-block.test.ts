@@ -3,6 +3,7 @@
 // the test checks what the guest saw and what happened to the image file. Read-only, O_DIRECT,
 // the JSON form, a shared -iothread and the iops limit are covered too.
 import { accessSync, constants, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -175,6 +176,46 @@ describe.runIf(canRun)('virtio-blk with the tiny guest', () => {
     process.kill(vmm.pid, 'SIGTERM');
     expect(await vmm.exited).toBe(0);
     expect(vmm.output()).toMatch(/"reason":"SIGTERM","msg":"VM ended"/);
+  });
+
+  it('query-devices on the api-channel lists the disk with its iothread', async () => {
+    const image = makeImage('qmp.img', 64 * 1024);
+    const api = join(dir, 'qmp.sock');
+    const vmm = startProcess(
+      'node',
+      [vmmBin, '-kernel', guest, '-serial', 'stdio', '-api-channel', `unix:${api}`, '-iothread', 'id=io3',
+        '-drive', `id=disk7,file=${image},readonly=on,serial=Q-7`, '-device', 'virtio-blk-device,drive=disk7,iothread=io3'],
+      { label: 'vmm-blk-qmp' },
+    );
+    await vmm.waitForOutput(/no usable virtio-net device/, 60_000);
+    const socket = connect(api);
+    socket.setEncoding('utf8');
+    let buffer = '';
+    socket.on('data', (d: string) => (buffer += d));
+    const next = async (): Promise<Record<string, unknown>> => {
+      for (let i = 0; i < 200 && !buffer.includes('\n'); i++) await new Promise((r) => setTimeout(r, 25));
+      const nl = buffer.indexOf('\n');
+      if (nl < 0) throw new Error(`no QMP reply (buffer: ${buffer})`);
+      const line = buffer.slice(0, nl);
+      buffer = buffer.slice(nl + 1);
+      return JSON.parse(line);
+    };
+    try {
+      expect(await next()).toHaveProperty('QMP');
+      socket.write('{"execute":"qmp_capabilities"}\n');
+      expect(await next()).toEqual({ return: {} });
+      socket.write('{"execute":"query-devices"}\n');
+      const devices = (await next()).return as Array<Record<string, unknown>>;
+      expect(devices.find((d) => d.type === 'virtio-blk')).toMatchObject({
+        id: 'disk7', readonly: true, serial: 'Q-7', iothread: 'io3', sectors: 128, transport: 'virtio-mmio',
+      });
+      socket.write('{"execute":"quit"}\n');
+      expect(await next()).toEqual({ return: {} });
+      expect(await vmm.exited).toBe(0);
+    } finally {
+      socket.destroy();
+      await vmm.stop();
+    }
   });
 
   it('refuses an image that cannot hold one sector, naming the drive', async () => {
