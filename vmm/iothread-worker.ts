@@ -148,8 +148,9 @@ function serve(d: DriveState): void {
       if (!q.enableNotifications()) return;
     }
   } catch (err) {
-    if (err instanceof RingError) fail(d, err.message);
-    else throw err;
+    // A broken ring (RingError) or anything unexpected: this drive stops, the thread and the
+    // other drives it serves go on.
+    fail(d, err instanceof RingError ? err.message : `internal error: ${(err as Error).stack ?? err}`);
   }
 }
 
