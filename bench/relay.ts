@@ -278,8 +278,17 @@ async function main(): Promise<number> {
     return 0;
   }
   if (opts.summarizePath) {
-    const saved = JSON.parse(readFileSync(opts.summarizePath, 'utf8')) as SavedResults;
-    if (!Array.isArray(saved.runs) || !saved.options) throw new Error(`${opts.summarizePath}: not a file written by --json (no runs or options)`);
+    let saved: SavedResults;
+    try {
+      saved = JSON.parse(readFileSync(opts.summarizePath, 'utf8')) as SavedResults;
+    } catch (err) {
+      process.stderr.write(`relay bench: cannot read ${opts.summarizePath}: ${(err as Error).message}\n`);
+      return 2;
+    }
+    if (!Array.isArray(saved?.runs) || !saved.options) {
+      process.stderr.write(`relay bench: ${opts.summarizePath} is not a file written by --json (no runs or options)\n`);
+      return 2;
+    }
     printResults(saved);
     return 0;
   }
