@@ -157,6 +157,12 @@ abstract class Direction {
   /** Moves up to a burst; returns the number of frames handled (forwarded or dropped). */
   abstract burst(): number;
 
+  /**
+   * Whether a burst would find something to do: a few loads from shared memory, no system call
+   * and no clock read, so an idle worker can spin through it cheaply.
+   */
+  abstract hasWork(): boolean;
+
   /** Re-arms guest notifications before sleeping; true when work arrived meanwhile. */
   abstract armForSleep(): boolean;
 
@@ -345,6 +351,15 @@ export class VmToVf extends Direction {
     return true;
   }
 
+  hasWork(): boolean {
+    const queues = this.queues;
+    for (let i = 0; i < queues.length; i++) {
+      const q = queues[i].queue;
+      if (q.readAvailIdx() !== q.lastAvail) return true;
+    }
+    return false;
+  }
+
   armForSleep(): boolean {
     let work = false;
     for (const q of this.queues) {
@@ -385,6 +400,8 @@ export class VfToVm extends Direction {
   private dropped = 0;
   private failed: GuestQueue | null = null;
   private failure = '';
+  /** A VM is connected but has no RX queue right now: leave VF frames in the VF ring. */
+  private readonly hold: boolean;
 
   constructor(spec: DirectionSpec, state: DirectionState | null, counters: Float64Array, onRingError: RingErrorReport) {
     super(spec, state, counters, Dir.VfToVm, onRingError);
@@ -393,6 +410,7 @@ export class VfToVm extends Direction {
       (q) => new NetRxWriter(q.queue, { headerLength: guest?.hdrLen ?? 12, mergeable: guest?.mergeable ?? false }),
     );
     for (const q of this.queues) q.queue.disableNotifications();
+    this.hold = spec.vmConnected && this.writers.length === 0;
     this.onFrame = (bytes, offset, length, status) => {
       // Frames from a local stack (veth peers) carry checksums left for offload; the guest gets none.
       if ((status & TP_STATUS_CSUMNOTREADY) !== 0) completeL4Checksum(bytes, offset, length);
@@ -429,7 +447,7 @@ export class VfToVm extends Direction {
 
   burst(): number {
     const port = this.port;
-    if (port === null) return 0;
+    if (port === null || this.hold) return 0;
     this.packets = this.bytes = this.rxBytes = this.full = this.bad = this.dropped = 0;
     let handled = 0;
     const connected = this.writers.length > 0;
@@ -477,6 +495,15 @@ export class VfToVm extends Direction {
     return handled;
   }
 
+  hasWork(): boolean {
+    const port = this.port;
+    if (port === null || this.hold) return false;
+    let ready = false;
+    for (let m = 0; m < port.rings.length; m++) if (port.rings[m].rxReady()) ready = true;
+    // Frames with nowhere to go are not work: they wait in the VF ring for guest buffers.
+    return ready && this.guestRoom() !== 0;
+  }
+
   /** Guest buffers available for receive, or -1 when no guest is connected. */
   private guestRoom(): number {
     if (this.writers.length === 0) return -1;
@@ -486,7 +513,7 @@ export class VfToVm extends Direction {
   }
 
   armForSleep(): boolean {
-    if (this.port === null) return false;
+    if (this.port === null || this.hold) return false;
     let framesWaiting = false;
     for (const ring of this.port.rings) if (ring.rxReady()) framesWaiting = true;
     if (!framesWaiting) return false;
@@ -509,7 +536,8 @@ export class VfToVm extends Direction {
   }
 
   wakeFds(): number[] {
-    if (this.port === null) return [];
+    // Holding: the next reconfiguration (a queue starts) wakes the worker through its own eventfd.
+    if (this.port === null || this.hold) return [];
     const room = this.guestRoom();
     if (room === 0) return this.queues.filter((q) => q.kickFd >= 0).map((q) => q.kickFd);
     return this.port.rings.map((r) => r.rxFd);

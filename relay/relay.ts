@@ -327,7 +327,7 @@ export class Relay implements NetDevice {
     const guest = this.guestSpec(dir);
     const port = this.portSpec();
     if (!port && (!guest || guest.queues.length === 0)) return;
-    const spec: DirectionSpec = { relay: this.id, dir, guest, port };
+    const spec: DirectionSpec = { relay: this.id, dir, guest, port, vmConnected: this.vmConnected };
     const queues: Record<number, QueueState> = {};
     for (const q of guest?.queues ?? []) {
       const s = this.saved.get(q.index);

@@ -70,6 +70,11 @@ export interface PortSpec {
 export interface DirectionSpec {
   relay: number;
   dir: DirName;
+  /**
+   * A VM session is up. When it has no usable RX queue at the moment (rings being restarted,
+   * not enabled yet), VF frames wait in the VF ring instead of being dropped.
+   */
+  vmConnected: boolean;
   guest: GuestSpec | null;
   port: PortSpec | null;
 }
