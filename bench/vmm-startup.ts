@@ -110,6 +110,15 @@ function qemuArgs(guest: string, accel: 'kvm' | 'tcg'): string[] {
   ];
 }
 
+if (process.argv[2] === '--help' || process.argv[2] === '-h') {
+  process.stdout.write(
+    'usage: node dist/bench/vmm-startup.js [runs]   (default 7; as root, after npx tsc -p .)\n\n' +
+      'Boots the tiny test guest with vio4wd-vmm and with qemu-system-x86_64 -M microvm, one process at a\n' +
+      'time, and prints the median time from process start to the first guest output on serial and the\n' +
+      'resident memory beyond guest RAM for each.\n',
+  );
+  process.exit(0);
+}
 const runs = Number(process.argv[2] ?? 7);
 if (!Number.isInteger(runs) || runs < 1) throw new Error(`runs: "${process.argv[2]}" is not a positive integer`);
 const guest = ensureTinyGuest();

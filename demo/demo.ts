@@ -113,6 +113,16 @@ async function main(): Promise<void> {
   process.stdout.write('\ndemo finished\n');
 }
 
+if (process.argv.includes('--help') || process.argv.includes('-h')) {
+  process.stdout.write(
+    'usage: sudo scripts/demo.sh   (or, once set up: sudo node dist/demo/demo.js)\n\n' +
+      'Starts virtio-forwarder with a veth pair standing in for a VF, boots a Linux guest under QEMU whose\n' +
+      'NIC the relay serves over vhost-user, pings both ways, sends a burst, prints the relay counters and\n' +
+      'tears everything down. Uses network namespace vio4wd-demo and links vio4wd-vf0/vio4wd-host.\n',
+  );
+  process.exit(0);
+}
+
 main().catch((err) => {
   process.stderr.write(`demo failed: ${(err as Error).message}\n`);
   process.exit(1);

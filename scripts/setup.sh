@@ -4,6 +4,7 @@
 # guest (Debian's kernel + a busybox initramfs, built from Debian packages and cached). Every
 # step is skipped when already done, so running it again is cheap.
 set -euo pipefail
+case "${1:-}" in -h|--help) printf '%b\n' 'Usage: scripts/setup.sh\n\nPrepares a Debian 12 machine (as root) for the demo and the tests: the real peers (QEMU,\nDPDKs testpmd, ovsdb-server), the npm dependencies and the build, hugepages, and the test\nguest (Debians kernel + a busybox initramfs, built from Debian packages and cached). Every\nstep is skipped when already done, so running it again is cheap.'; exit 0 ;; esac
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export DEBIAN_FRONTEND=noninteractive

@@ -3,6 +3,7 @@
 # scripts/setup.sh), then runs unit, integration (QEMU, DPDK testpmd, ovsdb-server, ZeroMQ,
 # veths in namespaces) and end-to-end tests. Run as root.
 set -euo pipefail
+case "${1:-}" in -h|--help) printf '%b\n' 'Usage: scripts/test.sh\n\nThe test suite, from a fresh Debian 12 machine: sets up everything the tests use (see\nscripts/setup.sh), then runs unit, integration (QEMU, DPDK testpmd, ovsdb-server, ZeroMQ,\nveths in namespaces) and end-to-end tests. Run as root.'; exit 0 ;; esac
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 scripts/setup.sh
 echo
