@@ -10,6 +10,7 @@ import { Dir, MAX_RELAYS, readCounts } from './counters.js';
 import { canonicalPciAddress } from './pci.js';
 import { numaNodeOfCpu } from './config-cpus.js';
 import { Relay } from './relay.js';
+import { RingOpener } from './ring-opener.js';
 import type { WorkerPool } from './worker-pool.js';
 import type { RelayConfig } from './config-types.js';
 import {
@@ -59,12 +60,15 @@ export class RelayRegistryImpl implements RelayRegistry {
   private readonly counters: Float64Array;
   private readonly log: Logger;
   private carrierTimer: NodeJS.Timeout | null = null;
+  private readonly rings: RingOpener;
 
   constructor(private readonly opts: RegistryOptions) {
     this.counters = new Float64Array(opts.counters);
     this.log = opts.log;
     const pins = new Map(opts.config.cpuPins.map((p) => [p.relay, { vf2vm: p.vfToVmCpu, vm2vf: p.vmToVfCpu }]));
+    this.rings = new RingOpener();
     const ctx = {
+      rings: this.rings,
       pool: opts.pool,
       log: opts.log,
       sysfsRoot: opts.config.sysfsRoot,
@@ -344,6 +348,7 @@ export class RelayRegistryImpl implements RelayRegistry {
         this.log.warn({ relay: r.id, err: (err as Error).message }, 'relay shutdown failed');
       }
     }
+    await this.rings.stop();
   }
 }
 

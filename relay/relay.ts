@@ -4,7 +4,8 @@
 // workers run goes through `reconfigure`, one at a time, so a direction is always detached (and its
 // ring state saved) before it is attached again.
 import type { Logger } from 'pino';
-import { openPacketRing, closePacketRing, type PacketRingHandle } from '../sys/packet-ring.js';
+import type { PacketRingHandle } from '../sys/packet-ring.js';
+import type { RingOpener } from './ring-opener.js';
 import { linkHasCarrier } from '../sys/netdev.js';
 import { numaNodeOfAddress } from '../sys/memory.js';
 import type { NetDevice, SessionMemory, VringConfig } from '../vhost-user/device.js';
@@ -21,6 +22,8 @@ export interface RelayContext {
   log: Logger;
   sysfsRoot: string;
   jumbo: boolean;
+  /** Opens and closes VF packet rings off the main thread. */
+  rings: RingOpener;
   /** CPUs fixed for this relay by VIRTIOFWD_CPU_PINS, if any. */
   pinnedCpus(relay: number): { vf2vm: number; vm2vf: number } | undefined;
 }
@@ -116,11 +119,11 @@ export class Relay implements NetDevice {
       try {
         for (const ref of refs) {
           const resolved = resolveVf(ref, this.ctx.sysfsRoot);
-          const handle = openPacketRing(resolved.netdev, RING_GEOMETRY[this.ctx.jumbo ? 'jumbo' : 'standard']);
+          const handle = await this.ctx.rings.open(resolved.netdev, RING_GEOMETRY[this.ctx.jumbo ? 'jumbo' : 'standard']);
           opened.push({ ref: { pci: resolved.pci, netdev: resolved.netdev }, netdev: resolved.netdev, handle, up: linkHasCarrier(resolved.netdev) });
         }
       } catch (err) {
-        for (const m of opened) closePacketRing(m.handle);
+        for (const m of opened) await this.ctx.rings.close(m.handle);
         throw err;
       }
       this.members = opened;
@@ -144,7 +147,7 @@ export class Relay implements NetDevice {
       this.members = [];
       this.device = undefined;
       await this.reconfigure();
-      for (const m of members) closePacketRing(m.handle);
+      for (const m of members) await this.ctx.rings.close(m.handle);
       if (members.length > 0) this.log.info({ netdevs: members.map((m) => m.netdev) }, 'device detached');
     });
   }
