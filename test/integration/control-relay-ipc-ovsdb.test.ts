@@ -88,8 +88,10 @@ async function forwardedBy(id: number): Promise<number> {
 
 /** Waits until `peer` received `frames` more frames than now, all forwarded by relay `id`. */
 async function expectForwarding(id: number, peer: string, frames = 5_000): Promise<void> {
-  const peerBefore = linkCounter(peer, 'rx_packets', ns);
+  // The relay's count first: frames it forwards while the peer's count is read then land on both
+  // sides, so the relay's delta can only be the larger one.
   const relayBefore = await forwardedBy(id);
+  const peerBefore = linkCounter(peer, 'rx_packets', ns);
   await waitFor(() => linkCounter(peer, 'rx_packets', ns) - peerBefore >= frames, 20_000, `${frames} frames from relay ${id} on ${peer}`);
   expect((await forwardedBy(id)) - relayBefore).toBeGreaterThanOrEqual(frames);
 }

@@ -72,14 +72,18 @@ describe.skipIf(!ready)('relay with DPDK virtio-user', () => {
     const received = linkCounter(peer, 'rx_packets', ns) - before;
     const counters = relayCounters(statsEp, 1);
     // Every frame the relay took from the guest reached the peer: the ring backpressures, nothing
-    // is dropped. Frames virtio-user queued but the relay had not taken when it stopped (at most a
+    // is lost. The one exception is mandated: frames virtio-user queues on a TX ring that is started
+    // but not yet enabled (or already disabled) are consumed and discarded, and counted as "not
+    // connected". Frames virtio-user queued but the relay had not taken when it stopped (at most a
     // ring of 1024) are the only difference to testpmd's count.
     expect(stats[0].txPackets).toBeGreaterThan(10_000);
     expect(counters.vmToVf.rxPackets).toBeGreaterThan(10_000);
-    expect(counters.vmToVf.packets).toBe(counters.vmToVf.rxPackets);
-    expect(counters.vmToVf.dropsQueueFull + counters.vmToVf.dropsBadFrame + counters.vmToVf.dropsNotConnected).toBe(0);
+    expect(counters.vmToVf.packets + counters.vmToVf.dropsNotConnected).toBe(counters.vmToVf.rxPackets);
+    expect(counters.vmToVf.dropsNotConnected).toBeLessThanOrEqual(2 * 1024);
+    expect(counters.vmToVf.dropsQueueFull + counters.vmToVf.dropsBadFrame).toBe(0);
     expect(received).toBeGreaterThanOrEqual(counters.vmToVf.packets);
     expect(stats[0].txPackets - counters.vmToVf.rxPackets).toBeLessThanOrEqual(1024);
+    expect(received).toBeLessThanOrEqual(counters.vmToVf.packets + 64); // nothing else talks on the link
     expect(stats[0].txPackets - counters.vmToVf.rxPackets).toBeGreaterThanOrEqual(0);
     const status = await relay.stop();
     relay = null;
