@@ -133,20 +133,16 @@ export async function main(argv: string[]): Promise<void> {
   const log = createLogger({ syslogLevel: config.logLevel, name: 'virtio-forwarder' });
   for (const w of warnings) log.warn(w);
 
-  let daemon: Daemon;
-  try {
-    daemon = await startDaemon(config, log);
-  } catch (err) {
-    log.fatal({ err: (err as Error).message }, `cannot start: ${(err as Error).message}`);
-    process.stderr.write(`virtio-forwarder: ${(err as Error).message}\n`);
-    // Let pino flush before leaving.
-    setTimeout(() => process.exit(1), 50);
-    return;
-  }
-  notifyReady(`forwarding on CPUs ${config.cpus.join(',')}`);
-
+  // Signals are handled from the start: one that arrives while the daemon is still starting
+  // stops it as soon as the start has finished, with the same clean shutdown.
+  let daemon: Daemon | null = null;
+  let stopRequested: string | null = null;
   let stopping = false;
   const stop = async (signal: string) => {
+    if (!daemon) {
+      stopRequested ??= signal;
+      return;
+    }
     if (stopping) return;
     stopping = true;
     notifyStopping();
@@ -162,5 +158,18 @@ export async function main(argv: string[]): Promise<void> {
   };
   process.on('SIGTERM', () => void stop('SIGTERM'));
   process.on('SIGINT', () => void stop('SIGINT'));
+
+  try {
+    daemon = await startDaemon(config, log);
+  } catch (err) {
+    log.fatal({ err: (err as Error).message }, `cannot start: ${(err as Error).message}`);
+    process.stderr.write(`virtio-forwarder: ${(err as Error).message}\n`);
+    // Let pino flush before leaving.
+    setTimeout(() => process.exit(1), 50);
+    return;
+  }
+  notifyReady(`forwarding on CPUs ${config.cpus.join(',')}`);
+  if (stopRequested) void stop(stopRequested);
+
   process.on('SIGHUP', () => log.info('SIGHUP ignored: restart the service to reload the configuration'));
 }

@@ -79,7 +79,7 @@ describe.skipIf(!ready)('relay with DPDK virtio-user', () => {
     expect(stats[0].txPackets).toBeGreaterThan(10_000);
     expect(counters.vmToVf.rxPackets).toBeGreaterThan(10_000);
     expect(counters.vmToVf.packets + counters.vmToVf.dropsNotConnected).toBe(counters.vmToVf.rxPackets);
-    expect(counters.vmToVf.dropsNotConnected).toBeLessThanOrEqual(2 * 1024);
+    expect(counters.vmToVf.packets).toBeGreaterThan(10_000);
     expect(counters.vmToVf.dropsQueueFull + counters.vmToVf.dropsBadFrame).toBe(0);
     expect(received).toBeGreaterThanOrEqual(counters.vmToVf.packets);
     expect(stats[0].txPackets - counters.vmToVf.rxPackets).toBeLessThanOrEqual(1024);

@@ -20,8 +20,9 @@ function holder(dir: string) {
       console.log('REFUSED: ' + err.message);
       process.exit(3);
     }
-    console.log('LOCKED ' + process.pid);
+    // The handler goes first: the test may signal as soon as it reads LOCKED.
     process.on('SIGTERM', () => process.exit(0));
+    console.log('LOCKED ' + process.pid);
     setInterval(() => {}, 1000);
   `;
   return startProcess(process.execPath, ['--input-type=module', '-e', script], { label: 'pid holder' });

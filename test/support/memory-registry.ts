@@ -323,12 +323,13 @@ async function serve(json: string): Promise<void> {
   registry.onCall = (call) => process.stdout.write(`${JSON.stringify({ registryCall: call })}\n`);
   const logger = pino({ level: 'info' }, pino.destination({ fd: 2, sync: true }));
   const services = await startControlServices(registry, opts.services, logger);
-  process.stdout.write(`${JSON.stringify({ ready: services.endpoints })}\n`);
   const stop = () => {
     services.close().then(() => process.exit(0), () => process.exit(1));
   };
+  // Handlers before the ready line: a test may signal as soon as it reads it.
   process.on('SIGTERM', stop);
   process.on('SIGINT', stop);
+  process.stdout.write(`${JSON.stringify({ ready: services.endpoints })}\n`);
 }
 
 // ---------------------------------------------------------------------------------------------
