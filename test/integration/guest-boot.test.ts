@@ -88,7 +88,10 @@ describe.runIf(canRun)('test guest on QEMU (microvm, virtio-mmio found through A
 
   // Booting belongs in the hook: under TCG on a busy machine it can outlast a test's time limit.
   beforeAll(async () => {
-    vm = await startGuestVm({ machine: 'microvm', userNet: true, ip: '192.168.77.2/24', cpu: 1 });
+    // QEMU 7.2's microvm under TCG does not always act on the keyboard-controller reset that
+    // reboot=k uses (the guest prints "reboot: Restarting system" and QEMU stays up in about two
+    // runs of three here); a triple-fault reset (reboot=t) always ends QEMU under -no-reboot.
+    vm = await startGuestVm({ machine: 'microvm', userNet: true, ip: '192.168.77.2/24', cpu: 1, extraKernelArgs: ['reboot=t'] });
     await vm.ready();
   });
 
@@ -107,10 +110,9 @@ describe.runIf(canRun)('test guest on QEMU (microvm, virtio-mmio found through A
     vm!.process.proc.stdin!.write(`run reboot1 5 ${Buffer.from('reboot -f').toString('base64')}\n`);
     const outcome = await Promise.race([
       vm!.process.exited,
-      // The guest's shutdown path runs under TCG; on a busy machine it has taken over 20 s.
-      new Promise((r) => setTimeout(() => r('still running'), 60_000)),
+      new Promise((r) => setTimeout(() => r('still running'), 20_000)),
     ]);
     expect(outcome).toBe(0);
     vm = undefined;
-  }, 90_000);
+  });
 });
