@@ -124,7 +124,8 @@ abstract class Direction {
   readonly queues: GuestQueue[] = [];
   readonly port: VfPort | null;
   protected readonly counters: Float64Array;
-  protected readonly base: number;
+  /** First slot of this direction's counters (the worker adds its time measurements there). */
+  readonly base: number;
   private readonly memoryId: number;
   protected readonly onRingError: RingErrorReport;
   /** Host address − guest-physical address per region, for handing guest buffers to the kernel. */

@@ -138,7 +138,7 @@ export class RelayRegistryImpl implements RelayRegistry {
 
   // ---- RelayRegistry --------------------------------------------------------------------------------
 
-  private counters2(relay: Relay, dir: Dir): DirectionCounters {
+  private directionCounters(relay: Relay, dir: Dir): DirectionCounters {
     const c = readCounts(this.counters, relay.id, dir);
     const name = dir === Dir.VfToVm ? 'vf2vm' : 'vm2vf';
     const cpu = relay.cpuOf(name);
@@ -159,8 +159,8 @@ export class RelayRegistryImpl implements RelayRegistry {
       vmConnected: relay.vmConnected,
       numaNode: relay.numaNode,
       queuePairs: relay.queuePairs,
-      vfToVm: this.counters2(relay, Dir.VfToVm),
-      vmToVf: this.counters2(relay, Dir.VmToVf),
+      vfToVm: this.directionCounters(relay, Dir.VfToVm),
+      vmToVf: this.directionCounters(relay, Dir.VmToVf),
     };
   }
 

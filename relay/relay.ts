@@ -9,7 +9,6 @@ import type { RingOpener } from './ring-opener.js';
 import { linkHasCarrier } from '../sys/netdev.js';
 import { numaNodeOfAddress } from '../sys/memory.js';
 import type { NetDevice, SessionMemory, VringConfig } from '../vhost-user/device.js';
-import type { PeerSession } from '../vhost-user/peer.js';
 import type { VhostUserServer } from '../vhost-user/server.js';
 import type { VhostUserClient } from '../vhost-user/client.js';
 import { resolveVf } from './vf.js';
@@ -240,10 +239,6 @@ export class Relay implements NetDevice {
     });
   }
 
-  /** The session of the connected VM, if any. */
-  get session(): PeerSession | null {
-    return this.endpoint?.active ?? null;
-  }
 
   // ---- workers ----------------------------------------------------------------------------------
 

@@ -20,8 +20,6 @@ export class VfPort {
   private active: number;
   /** Next member for round-robin transmission; carried across handovers. */
   rrMember = 0;
-  /** Members with frames committed since the last flush. */
-  private readonly dirty: Uint8Array;
 
   constructor(spec: PortSpec, rrMember = 0) {
     this.mode = spec.mode;
@@ -33,7 +31,6 @@ export class VfPort {
     this.up = spec.members.map((m) => m.up);
     this.active = spec.active;
     this.rrMember = rrMember;
-    this.dirty = new Uint8Array(this.rings.length);
   }
 
   setActive(active: number, up: boolean[]): void {
@@ -41,10 +38,6 @@ export class VfPort {
     this.up = up.slice(0, this.rings.length);
   }
 
-  /** True when the transmit member must be chosen from the frame's contents. */
-  get needsFrameForTx(): boolean {
-    return this.mode === 'balance' || this.mode === 'broadcast';
-  }
 
   /** Member to send the next frame on, for modes that do not look at the frame; -1 when none can send. */
   txMember(): number {
@@ -87,31 +80,5 @@ export class VfPort {
   /** Whether frames received on member `i` belong to the relay (active-backup listens to the active one only). */
   acceptsFrom(i: number): boolean {
     return this.mode !== 'active-backup' || i === this.active;
-  }
-
-  /** Copies a frame into member `m`'s TX ring; false when the ring is full or the kernel would refuse it. */
-  send(m: number, frame: Uint8Array, offset: number, length: number): boolean {
-    const ring = this.rings[m];
-    const slot = ring.txSlot();
-    if (slot === null || length > slot.capacity) return false;
-    slot.bytes.set(frame.subarray(offset, offset + length), slot.offset);
-    if (!ring.txCommit(length)) return false;
-    this.dirty[m] = 1;
-    return true;
-  }
-
-  markDirty(m: number): void {
-    this.dirty[m] = 1;
-  }
-
-  /** One sendto per member that has queued frames (or frames left from a busy socket). */
-  flush(): void {
-    for (let m = 0; m < this.rings.length; m++) {
-      const ring = this.rings[m];
-      if (this.dirty[m] === 1 || ring.txPending()) {
-        this.dirty[m] = 0;
-        ring.txFlush();
-      }
-    }
   }
 }

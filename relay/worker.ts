@@ -7,7 +7,7 @@ import { performance } from 'node:perf_hooks';
 import { setAffinity, gettid } from '../sys/affinity.js';
 import { eventfdRead } from '../sys/eventfd.js';
 import { PollSet, POLLIN } from '../sys/poll.js';
-import { Counter, Dir, WORKER_SLOTS, counterBase } from './counters.js';
+import { Counter, WORKER_SLOTS } from './counters.js';
 import { VfToVm, VmToVf } from './datapath.js';
 import type { DirName, FromWorker, ToWorker, WorkerInit } from './worker-protocol.js';
 
@@ -96,7 +96,7 @@ function accountWall(now: number): void {
   const dt = (now - wallMark) * 1e6;
   wallMark = now;
   load[loadBase + 1] += dt;
-  for (const d of list) counters[counterBase(d.relay, d instanceof VfToVm ? Dir.VfToVm : Dir.VmToVf) + Counter.PollNs] += dt;
+  for (const d of list) counters[d.base + Counter.PollNs] += dt;
 }
 
 function sleepUntilWork(): void {
@@ -128,7 +128,7 @@ function slice(): void {
       const n = d.burst();
       if (n > 0) {
         const busy = (performance.now() - t0) * 1e6;
-        counters[counterBase(d.relay, d instanceof VfToVm ? Dir.VfToVm : Dir.VmToVf) + Counter.BusyNs] += busy;
+        counters[d.base + Counter.BusyNs] += busy;
         load[loadBase] += busy;
         moved += n;
       }
