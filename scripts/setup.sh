@@ -80,4 +80,8 @@ scripts/reserve-hugepages.sh 768
 begin_step "test guest image (Debian kernel + busybox initramfs)"
 timeout 10m test/guest/build-guest-image.sh
 
+# The KVM tests run in the nested-KVM rig where /dev/kvm cannot boot Linux (test/support/kvm.ts).
+begin_step "nested-KVM rig image (Debian kernel + kvm_amd, 9p; used where /dev/kvm is missing)"
+timeout 10m test/nested/build-nested-image.sh
+
 end_step

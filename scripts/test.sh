@@ -7,6 +7,9 @@ case "${1:-}" in -h|--help) printf '%b\n' 'Usage: scripts/test.sh\n\nThe test su
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 scripts/setup.sh
 echo
+node -e "import('./dist/test/support/kvm.js').then((k) => console.log(k.kvmRoute() === 'direct'
+  ? '=== KVM tests (test/kvm): directly on /dev/kvm (' + k.kvmRouteReason() + ')'
+  : '=== KVM tests (test/kvm): inside the nested-KVM rig, one boot for all files (' + k.kvmRouteReason() + ')'))"
 echo "=== npm test ($(date -u +%H:%M:%S) UTC)"
 start=$(date +%s)
 status=0

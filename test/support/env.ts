@@ -1,6 +1,7 @@
 // The rule for tests that need something from the machine (root, a binary, /dev/kvm, hugepages):
 // on CI a missing prerequisite is a failure, because .ci/run installs everything; on a developer's
-// machine the test is skipped with the reason printed.
+// machine the test is skipped with the reason printed. /dev/kvm is the exception, being hardware:
+// without it the KVM tests run inside the nested-KVM rig instead (test/support/kvm.ts).
 import { accessSync, constants } from 'node:fs';
 import { execFileSync } from 'node:child_process';
 

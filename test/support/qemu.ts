@@ -1,10 +1,13 @@
 // Boots the Linux test guest under QEMU and drives it over its serial console
 // (the request/reply framing is described in test/guest/init).
-import { existsSync, readFileSync, rmSync, accessSync, constants } from 'node:fs';
+import { existsSync, readFileSync, rmSync } from 'node:fs';
 import { ensureGuestImage, type GuestImage } from './guest-image.js';
 import { hugepageSize, hugepagesFree, hugetlbfsMounted, HUGEPAGE_MOUNT } from './hugepages.js';
 import { startProcess, type StartedProcess } from './processes.js';
 import { findBinary } from './env.js';
+import { hardwareKvmUsable } from './kvm.js';
+
+export { hardwareKvmUsable };
 
 export const GUEST_READY_MARKER = 'VIO4WD-GUEST-READY';
 export const DEFAULT_GUEST_IP = '10.0.2.15/24';
@@ -70,20 +73,6 @@ export interface GuestVm {
   output(): string;
   /** Powers the guest off, then ends QEMU by PID (SIGTERM, then SIGKILL) if it is still there. */
   stop(): Promise<number | string>;
-}
-
-/**
- * Hardware KVM can run the guest kernel; PVM's KVM (this project's build machines) cannot, because
- * its instruction emulator dies on int3 during boot, so it counts as unusable.
- */
-export function hardwareKvmUsable(): boolean {
-  if (existsSync('/sys/module/kvm_pvm')) return false;
-  try {
-    accessSync('/dev/kvm', constants.R_OK | constants.W_OK);
-  } catch {
-    return false;
-  }
-  return /^flags\s*:.*\b(vmx|svm)\b/m.test(readFileSync('/proc/cpuinfo', 'utf8'));
 }
 
 // microvm has neither HPET nor PM timer: when TCG jitter spoils the PIT calibration the boot hangs,

@@ -1,27 +1,20 @@
 // The VMM with the project's tiny guest under real KVM: serial output, reboot ends the VM with 0,
 // the api-channel, SIGTERM, and virtio-net over vhost-user against dpdk-testpmd's vhost back-end
 // forwarding to a veth whose peer sits in a network namespace and pings the guest.
-import { existsSync, accessSync, constants, rmSync } from 'node:fs';
+import { existsSync, rmSync } from 'node:fs';
 import { connect, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startProcess, stopAll, type StartedProcess } from '../support/processes.js';
 import { hasBinary, isRoot, requireOrSkip } from '../support/env.js';
+import { kvmTestsCanRun } from '../support/kvm.js';
 import { createNetns, createVethPair, deleteLink, deleteNetns, nsExec } from '../support/netns.js';
 import { startTestpmd, vhostVdev, type Testpmd } from '../support/testpmd.js';
 import { ensureTinyGuest, repoRoot } from '../guest/tiny/build.js';
 
 const vmmBin = resolve(repoRoot, 'bin/vio4wd-vmm');
-const kvmUsable = (() => {
-  try {
-    accessSync('/dev/kvm', constants.R_OK | constants.W_OK);
-    return existsSync(resolve(repoRoot, 'dist/vmm/main.js'));
-  } catch {
-    return false;
-  }
-})();
-const canRun = requireOrSkip(kvmUsable, '/dev/kvm is not usable or dist/ is not built (run npx tsc -p .)');
+const canRun = kvmTestsCanRun([resolve(repoRoot, 'dist/vmm/main.js')]);
 
 let guest = '';
 beforeAll(() => {
@@ -86,18 +79,6 @@ describe.runIf(canRun)('vio4wd-vmm with the tiny guest', () => {
     expect(vmm.output()).toMatch(/guest ended: i8042 reset/);
   });
 
-  it('fails with a message naming the kernel when it is not a kernel', async () => {
-    const vmm = startProcess('node', [vmmBin, '-kernel', resolve(repoRoot, 'package.json')], { label: 'vmm-bad' });
-    expect(await vmm.exited).toBe(1);
-    expect(vmm.output()).toMatch(/package.json: neither an ELF vmlinux nor a bzImage/);
-  });
-
-  it('refuses a configuration error with status 2 and the option name', async () => {
-    const vmm = startProcess('node', [vmmBin, '-kernel', guest, '-smp', '300'], { label: 'vmm-bad' });
-    expect(await vmm.exited).toBe(2);
-    expect(vmm.output()).toMatch(/-smp: 300 vCPUs is outside \[1, 254\]/);
-  });
-
   it('serves the api-channel: greeting, capabilities, status, cpus, devices, stop/cont, errors, quit', async () => {
     const api = join(tmpdir(), `vmm-api-${process.pid}.sock`);
     const vmm = startVmm(['-api-channel', `unix:${api}`, '-smp', '2']);
@@ -137,12 +118,6 @@ describe.runIf(canRun)('vio4wd-vmm with the tiny guest', () => {
     await vmm.waitForOutput(/no usable virtio-net device/, 30_000);
     process.kill(vmm.pid, 'SIGTERM');
     expect(await vmm.exited).toBe(0);
-  });
-
-  it('refuses a vhost-user NIC on private memory before touching the socket', async () => {
-    const vmm = startProcess('node', [vmmBin, '-kernel', guest, '-chardev', 'socket,id=c0,path=/nonexistent.sock', '-netdev', 'vhost-user,id=n0,chardev=c0'], { label: 'vmm-private' });
-    expect(await vmm.exited).toBe(2);
-    expect(vmm.output()).toMatch(/-netdev n0: a vhost-user NIC needs guest memory shared with the backend; share memory/);
   });
 
   describe('virtio-net over vhost-user with dpdk-testpmd as the back-end', () => {

@@ -1,23 +1,18 @@
 // End to end: the tiny guest behind the relay (bin/virtio-forwarder) answers ping from a veth
 // peer in a network namespace. The relay owns the vhost-user socket (server); the VMM connects.
-import { accessSync, constants, existsSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { startProcess, stopAll } from '../support/processes.js';
 import { isRoot, requireOrSkip } from '../support/env.js';
+import { kvmTestsCanRun } from '../support/kvm.js';
 import { createNetns, createVethPair, deleteLink, deleteNetns, nsExec } from '../support/netns.js';
 import { startRelay, type RunningRelay } from '../support/relay.js';
 import { ensureTinyGuest, repoRoot } from '../guest/tiny/build.js';
 
 const vmmBin = resolve(repoRoot, 'bin/vio4wd-vmm');
-const ready = (() => {
-  try {
-    accessSync('/dev/kvm', constants.R_OK | constants.W_OK);
-    return isRoot() && existsSync(resolve(repoRoot, 'dist/vmm/main.js')) && existsSync(resolve(repoRoot, 'dist/relay/daemon.js'));
-  } catch {
-    return false;
-  }
-})();
+const ready =
+  kvmTestsCanRun([resolve(repoRoot, 'dist/vmm/main.js'), resolve(repoRoot, 'dist/relay/daemon.js')]) &&
+  requireOrSkip(isRoot(), 'needs root (network namespaces, the relay)');
 
 const tag = `${process.pid % 100000}`;
 const ns = `vmrns${tag}`;
@@ -32,7 +27,7 @@ afterAll(async () => {
   deleteNetns(ns);
 });
 
-describe.runIf(requireOrSkip(ready, 'needs root, /dev/kvm and a built dist/ with the relay (npx tsc -p .)'))('tiny guest behind the relay', () => {
+describe.runIf(ready)('tiny guest behind the relay', () => {
   it('answers ping from a veth peer in a netns', { timeout: 180_000 }, async () => {
     const guest = ensureTinyGuest();
     createNetns(ns);

@@ -2,25 +2,17 @@
 // (GET_ID), writes sector 1, reads past the end, sends a short read and an unknown request type;
 // the test checks what the guest saw and what happened to the image file. Read-only, O_DIRECT,
 // the JSON form, a shared -iothread and the iops limit are covered too.
-import { accessSync, constants, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startProcess, stopAll } from '../support/processes.js';
-import { requireOrSkip } from '../support/env.js';
+import { kvmTestsCanRun } from '../support/kvm.js';
 import { ensureTinyGuest, repoRoot } from '../guest/tiny/build.js';
 
 const vmmBin = resolve(repoRoot, 'bin/vio4wd-vmm');
-const kvmUsable = (() => {
-  try {
-    accessSync('/dev/kvm', constants.R_OK | constants.W_OK);
-    return existsSync(resolve(repoRoot, 'dist/vmm/block-device.js'));
-  } catch {
-    return false;
-  }
-})();
-const canRun = requireOrSkip(kvmUsable, '/dev/kvm is not usable or dist/ is not built (run npx tsc -p .)');
+const canRun = kvmTestsCanRun([resolve(repoRoot, 'dist/vmm/block-device.js')]);
 
 const MARKER = 'VIO4WD-DISK sector zero marker';
 let guest = '';
