@@ -26,61 +26,15 @@ wanted=(kvm_amd virtio_pci 9pnet_virtio 9p veth af_packet loop crc32c_generic ex
 
 log() { echo "build-nested-image: $*" >&2; }
 die() { log "error: $*"; exit 1; }
-need() { command -v "$1" >/dev/null 2>&1 || die "the program '$1' is missing (Debian package: $2)"; }
-need apt-get apt
-need apt-cache apt
-need dpkg dpkg
+# shellcheck source=../guest/debian-kernel.sh
+. "$here/../guest/debian-kernel.sh"
 need modinfo kmod
 need gzip gzip
 need sha256sum coreutils
 
-recipe_id() {
-  printf 'recipe=%s init=%s builder=%s\n' "$RECIPE_VERSION" \
-    "$(sha256sum <"$init_script" | cut -d' ' -f1)" \
-    "$(sha256sum <"${BASH_SOURCE[0]}" | cut -d' ' -f1)"
-}
-
-outputs_match_stamp() {
-  [ -f "$out/stamp" ] || return 1
-  [ "$(head -n1 "$out/stamp")" = "$(recipe_id)" ] || return 1
-  local name size
-  while read -r name size; do
-    [ -f "$out/$name" ] && [ "$(stat -c %s "$out/$name")" = "$size" ] || return 1
-  done < <(tail -n +2 "$out/stamp")
-}
-
-if [ "$force" = 0 ] && outputs_match_stamp; then
-  log "up to date in $out ($(cat "$out/kernel-release"))"
-  exit 0
-fi
-
-apt_opts=()
-# As root apt drops to the _apt user for downloads, which cannot write into our private work dir.
-[ "$(id -u)" = 0 ] && apt_opts+=(-o APT::Sandbox::User=root)
-
-candidate_version() { apt-cache policy "$1" 2>/dev/null | awk '/Candidate:/ { print $2 }'; }
-if [ -z "$(candidate_version linux-image-amd64)" ] || [ "$(candidate_version linux-image-amd64)" = "(none)" ]; then
-  [ "$(id -u)" = 0 ] || die "apt knows no linux-image-amd64 and only root can run apt-get update"
-  log "apt has no package lists yet: running apt-get update"
-  apt-get update -qq >&2 || die "apt-get update failed"
-fi
-kernel_pkg=$(apt-cache depends linux-image-amd64 2>/dev/null |
-  awk '$1 == "Depends:" && $2 ~ /^linux-image-[0-9].*-amd64$/ { print $2; exit }')
-[ -n "$kernel_pkg" ] || die "could not read the kernel package from linux-image-amd64's dependencies"
-kernel_release=${kernel_pkg#linux-image-}
-log "kernel package $kernel_pkg ($(candidate_version "$kernel_pkg")), busybox-static $(candidate_version busybox-static)"
-
-work=$(mktemp -d "${TMPDIR:-/tmp}/vio4wd-nested-build.XXXXXX")
-trap 'rm -rf "$work"' EXIT
-chmod 755 "$work"
-(cd "$work" && apt-get "${apt_opts[@]}" -q download "$kernel_pkg" busybox-static >&2) ||
-  die "apt-get download $kernel_pkg busybox-static failed (is the Debian archive reachable?)"
-dpkg -x "$work"/linux-image-*_amd64.deb "$work/kernel"
-dpkg -x "$work"/busybox-static_*_amd64.deb "$work/busybox"
-bzimage=$work/kernel/boot/vmlinuz-$kernel_release
-[ -f "$bzimage" ] || die "the package $kernel_pkg has no /boot/vmlinuz-$kernel_release"
-busybox=$work/busybox/bin/busybox
-moddir=$work/kernel/lib/modules/$kernel_release
+recipe=$(recipe_id "$RECIPE_VERSION" "${BASH_SOURCE[0]}" "$init_script")
+exit_if_built_else_make_work "$recipe" nested-build
+fetch_kernel_and_busybox "$work"
 
 root=$work/initramfs
 mkdir -p "$root"/{bin,sbin,usr/bin,usr/sbin,proc,sys,dev,tmp,run,host,scratch,lib/modules}
@@ -107,36 +61,12 @@ place() {
   file=$(module_file "$name")
   [ -n "$file" ] || die "module $name is neither built into $kernel_release nor shipped as a .ko"
   for dep in $(modinfo -F depends "$file" | tr ',' ' '); do place "$dep"; done
-  case "$file" in
-    *.ko.xz) xz -dc "$file" >"$root/lib/modules/$name.ko" ;;
-    *.ko.zst) need zstd zstd; zstd -dcq "$file" >"$root/lib/modules/$name.ko" ;;
-    *) cp "$file" "$root/lib/modules/$name.ko" ;;
-  esac
+  copy_module "$file" "$root/lib/modules/$name.ko"
   order+=("$name")
 }
 for m in "${wanted[@]}"; do place "$m"; done
 printf '%s\n' "${order[@]}" >"$root/lib/modules/load-order"
 log "modules: ${order[*]}"
 
-if [ "$(id -u)" = 0 ]; then
-  mknod -m 600 "$root/dev/console" c 5 1
-  mknod -m 666 "$root/dev/null" c 1 3
-fi
-if command -v cpio >/dev/null 2>&1 && cpio --version 2>/dev/null | grep -q GNU; then
-  (cd "$root" && find . | LC_ALL=C sort | cpio --quiet -o -H newc -R 0:0) | gzip -6 >"$work/initramfs.cpio.gz"
-else
-  (cd "$root" && find . | LC_ALL=C sort | "$busybox" cpio -o -H newc 2>/dev/null) | gzip -6 >"$work/initramfs.cpio.gz"
-fi
-
-# The stamp is written last, so an interrupted build is redone.
-mkdir -p "$out"
-rm -f "$out/stamp"
-cp "$bzimage" "$out/vmlinuz"
-mv "$work/initramfs.cpio.gz" "$out/initramfs.cpio.gz"
-echo "$kernel_release" >"$out/kernel-release"
-{
-  recipe_id
-  for name in vmlinuz initramfs.cpio.gz kernel-release; do echo "$name $(stat -c %s "$out/$name")"; done
-} >"$out/stamp.new"
-mv "$out/stamp.new" "$out/stamp"
-log "built $kernel_release into $out"
+pack_initramfs "$root"
+publish_outputs "$recipe"
