@@ -4,26 +4,19 @@
 import { MAX_BOND_MEMBERS } from '../relay/registry-api.js';
 import type { DirectionCounters, RelayCpu, WorkerInfo } from '../relay/registry-api.js';
 
-export { MAX_BOND_MEMBERS };
+import { MAX_CPU_ID, MAX_RELAYS, MAX_SOCKET_PATH_BYTES } from '../vocabulary/limits.js';
+import { canonicalPciAddress } from '../vocabulary/pci.js';
+
+export { MAX_BOND_MEMBERS, MAX_RELAYS };
+export { DEFAULT_ENDPOINTS } from '../vocabulary/endpoints.js';
 
 export const PROTOCOL_VERSION = 1;
 
-/** Relay ids are 0..MAX_RELAYS-1 (the worker keeps 64-bit relay sets, as the original did). */
-export const MAX_RELAYS = 64;
 export const BOND_NAME_PREFIX = 'net_bonding';
-/** sun_path holds 108 bytes including the terminating NUL. */
-export const MAX_SOCKET_PATH_BYTES = 107;
 /** Requests larger than this are answered with an error instead of being parsed. */
 export const MAX_REQUEST_BYTES = 64 * 1024;
 export const MAX_CLIENT_ID_LENGTH = 64;
-export const MAX_CPU = 4095;
 
-export const DEFAULT_ENDPOINTS = {
-  portControl: 'ipc:///var/run/virtio-forwarder/port_control',
-  stats: 'ipc:///var/run/virtio-forwarder/stats',
-  config: 'ipc:///var/run/virtio-forwarder/config',
-  coreSched: 'ipc:///var/run/virtio-forwarder/core_sched',
-} as const;
 
 /**
  * Protocol-level error codes. Errors raised by the relay registry keep the registry's own code
@@ -233,30 +226,16 @@ export type AnyOp = keyof ReplyByOp;
 // ---------------------------------------------------------------------------------------------
 // PCI addresses and bonds
 
-const PCI_RE = /^(?:([0-9a-f]{1,4}):)?([0-9a-f]{1,2}):([0-9a-f]{1,2})\.([0-7])$/i;
-
-/** Canonical lower-case `dddd:bb:ss.f`; throws ProtocolError naming the address otherwise. */
+/**
+ * Canonical lower-case `dddd:bb:ss.f` (the grammar of vocabulary/pci.ts); throws ProtocolError
+ * naming the address otherwise. A field carries no surrounding white space.
+ */
 export function canonicalPci(text: string): string {
-  const m = PCI_RE.exec(text.trim());
-  if (!m || text.trim() !== text) {
-    throw new ProtocolError(
-      ErrorCode.BadField,
-      `PCI address ${JSON.stringify(text)} is not of the form dddd:bb:ss.f or bb:ss.f (hexadecimal)`,
-    );
-  }
-  const slot = parseInt(m[3], 16);
-  if (slot > 0x1f) {
-    throw new ProtocolError(ErrorCode.BadField, `PCI address ${text}: slot 0x${m[3]} is above 0x1f`);
-  }
-  const domain = (m[1] ?? '0').padStart(4, '0');
-  return `${domain}:${m[2].padStart(2, '0')}:${m[3].padStart(2, '0')}.${m[4]}`.toLowerCase();
-}
-
-export function samePci(a: string, b: string): boolean {
   try {
-    return canonicalPci(a) === canonicalPci(b);
-  } catch {
-    return false;
+    if (text.trim() !== text) throw new Error(`"${text}" has white space around it`);
+    return canonicalPciAddress(text);
+  } catch (err) {
+    throw new ProtocolError(ErrorCode.BadField, (err as Error).message);
   }
 }
 
@@ -449,8 +428,8 @@ function validateCpuMap(msg: Json): RelayCpu[] {
     seen.add(relay);
     return {
       relay,
-      vfToVmCpu: intFieldAt(e, 'vfToVmCpu', i, 0, MAX_CPU),
-      vmToVfCpu: intFieldAt(e, 'vmToVfCpu', i, 0, MAX_CPU),
+      vfToVmCpu: intFieldAt(e, 'vfToVmCpu', i, 0, MAX_CPU_ID),
+      vmToVfCpu: intFieldAt(e, 'vmToVfCpu', i, 0, MAX_CPU_ID),
     };
   });
 }

@@ -3,11 +3,10 @@
 // and the command line. Defaults are documented in etc/default/virtioforwarder.
 import type { RelayCpu, VfRef } from './registry-api.js';
 
-/** Relay ids run from 0 to MAX_RELAYS - 1 (64 like the original, one bit per relay in a worker's set). */
-export const MAX_RELAYS = 64;
+export { MAX_RELAYS } from '../vocabulary/limits.js';
+export { DEFAULT_ZMQ_DIR } from '../vocabulary/endpoints.js';
 
 export const DEFAULT_CONFIG_PATH = '/etc/default/virtioforwarder';
-export const DEFAULT_ZMQ_DIR = '/var/run/virtio-forwarder';
 
 /** Syslog severities: 0 emerg .. 7 debug. */
 export type SyslogLevel = 0 | 1 | 2 | 3 | 4 | 5 | 6 | 7;

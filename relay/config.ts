@@ -5,12 +5,14 @@
 import { readFileSync, statSync } from 'node:fs';
 import { isAbsolute } from 'node:path';
 import { lookupGroup, lookupUser, SYSTEM_ACCOUNT_FILES, type AccountFiles } from './config-accounts.js';
-import { parseCpuMask, readOnlineCpus, formatCpuList } from './config-cpus.js';
+import { formatCpuList, parseCpuMask } from '../vocabulary/cpu-list.js';
+import { DEFAULT_ENDPOINTS, ENDPOINT_VARIABLES, ZMQ_SERVICES, zmqEndpointProblem } from '../vocabulary/endpoints.js';
+import { MAX_RELAYS } from '../vocabulary/limits.js';
+import { canonicalPciAddress, looksLikePciAddress } from '../vocabulary/pci.js';
+import { readOnlineCpus } from '../sys/topology.js';
 import { parseConfigText, type ConfigAssignment } from './config-file.js';
 import {
   ConfigError,
-  DEFAULT_ZMQ_DIR,
-  MAX_RELAYS,
   type Account,
   type CoreSchedulerConfig,
   type LoadedConfig,
@@ -34,7 +36,6 @@ import {
   VARIABLES,
   suggestVariable,
 } from './config-variables.js';
-import { looksLikePciAddress, canonicalPciAddress } from './pci.js';
 import { isValidInterfaceName } from './vf.js';
 import type { RelayCpu } from './registry-api.js';
 
@@ -455,39 +456,6 @@ function readSocketPattern(s: Settings): string {
   return DEFAULT_SOCKET_PATTERN;
 }
 
-const ZMQ_SERVICES = {
-  config: 'VIRTIOFWD_ZMQ_CONFIG_EP',
-  portControl: 'VIRTIOFWD_ZMQ_PORT_CONTROL_EP',
-  stats: 'VIRTIOFWD_ZMQ_STATS_EP',
-  coreSched: 'VIRTIOFWD_ZMQ_CORE_SCHED_EP',
-} as const;
-
-const ZMQ_DEFAULT_NAMES: Record<keyof typeof ZMQ_SERVICES, string> = {
-  config: 'config',
-  portControl: 'port_control',
-  stats: 'stats',
-  coreSched: 'core_sched',
-};
-
-/** Checks a ZMQ endpoint: ipc:// with an absolute path, tcp://host:port, or inproc://name. */
-export function zmqEndpointProblem(endpoint: string): string | null {
-  const m = /^([a-z]+):\/\/(.*)$/.exec(endpoint);
-  if (!m) return 'expected a ZMQ endpoint such as ipc:///var/run/virtio-forwarder/stats, or off';
-  const [, transport, address] = m;
-  if (transport === 'ipc') {
-    if (!address.startsWith('/')) return 'an ipc:// endpoint needs an absolute path (ipc:///dir/name)';
-    if (address.endsWith('/')) return 'an ipc:// endpoint names a socket file, not a directory';
-    return null;
-  }
-  if (transport === 'tcp') {
-    const tcp = /^(\*|[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\]):(\d+|\*)$/.exec(address);
-    if (!tcp) return 'a tcp:// endpoint needs host:port';
-    if (tcp[2] !== '*' && (Number(tcp[2]) < 1 || Number(tcp[2]) > 65535)) return `port ${tcp[2]} is outside 1..65535`;
-    return null;
-  }
-  if (transport === 'inproc') return address === '' ? 'an inproc:// endpoint needs a name' : null;
-  return `transport ${transport}:// is not supported (use ipc, tcp or inproc)`;
-}
 
 function readControlChannels(
   s: Settings,
@@ -496,10 +464,10 @@ function readControlChannels(
   const zmq: ZmqEndpoints = { portControl: null, config: null, stats: null, coreSched: null };
   const explicitlyOn = new Set<keyof ZmqEndpoints>();
   const explicitlyOff = new Set<keyof ZmqEndpoints>();
-  for (const service of Object.keys(ZMQ_SERVICES) as (keyof typeof ZMQ_SERVICES)[]) {
-    const { text, setting } = s.scalar(ZMQ_SERVICES[service]);
+  for (const service of ZMQ_SERVICES) {
+    const { text, setting } = s.scalar(ENDPOINT_VARIABLES[service]);
     if (text === '' || !setting) {
-      zmq[service] = `ipc://${DEFAULT_ZMQ_DIR}/${ZMQ_DEFAULT_NAMES[service]}`;
+      zmq[service] = DEFAULT_ENDPOINTS[service];
     } else if (text.toLowerCase() === 'off') {
       explicitlyOff.add(service);
     } else {
@@ -533,7 +501,7 @@ function readControlChannels(
   if (portControlMode !== 'zmq') zmq.portControl = null;
 
   if (!coreSchedEnabled) {
-    if (explicitlyOn.has('coreSched') && zmq.coreSched !== `ipc://${DEFAULT_ZMQ_DIR}/${ZMQ_DEFAULT_NAMES.coreSched}`) {
+    if (explicitlyOn.has('coreSched') && zmq.coreSched !== DEFAULT_ENDPOINTS.coreSched) {
       s.warnings.push(
         `VIRTIOFWD_ZMQ_CORE_SCHED_EP="${zmq.coreSched}" is not bound because VIO4WD_CORE_SCHED_ENABLE is false`,
       );
@@ -549,12 +517,12 @@ function readControlChannels(
   }
 
   const used = new Map<string, string>();
-  for (const service of Object.keys(ZMQ_SERVICES) as (keyof typeof ZMQ_SERVICES)[]) {
+  for (const service of ZMQ_SERVICES) {
     const endpoint = zmq[service];
     if (endpoint === null || endpoint.startsWith('tcp://') && endpoint.endsWith(':*')) continue;
     const other = used.get(endpoint);
-    if (other) s.problems.push(`${ZMQ_SERVICES[service]} and ${other} are both "${endpoint}"; each service needs its own endpoint`);
-    else used.set(endpoint, ZMQ_SERVICES[service]);
+    if (other) s.problems.push(`${ENDPOINT_VARIABLES[service]} and ${other} are both "${endpoint}"; each service needs its own endpoint`);
+    else used.set(endpoint, ENDPOINT_VARIABLES[service]);
   }
   return { zmq, portControlMode };
 }

@@ -3,7 +3,7 @@
 // PCI addresses lead to veths.
 import { existsSync, readdirSync, readFileSync, realpathSync } from 'node:fs';
 import { basename, join } from 'node:path';
-import { canonicalPciAddress, looksLikePciAddress, tryCanonicalPciAddress } from './pci.js';
+import { canonicalPciAddress, looksLikePciAddress, tryCanonicalPciAddress } from '../vocabulary/pci.js';
 import type { VfRef } from './registry-api.js';
 
 /** Linux netdev names: 1..15 bytes, no '/', ':' or whitespace, not "." or "..". */

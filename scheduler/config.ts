@@ -6,7 +6,7 @@
 
 import { readFileSync } from 'node:fs';
 import { parseConfigText, ConfigSyntaxError } from '../relay/config-file.js';
-import { DEFAULT_ENDPOINTS } from '../port-control/protocol.js';
+import { DEFAULT_ENDPOINTS } from '../vocabulary/endpoints.js';
 
 export const DEFAULT_CONFIG_PATH = '/etc/default/virtioforwarder';
 

@@ -10,7 +10,7 @@ import type { ConfigReply, StatsReply, WorkerCpusReply } from '../port-control/p
 import { pinOverrides, planBalance, type BalancePlan, type WorkerCpu } from './balance.js';
 import { DEFAULTS, pinoLevel, type SchedulerSettings } from './config.js';
 import { estimateLoads, type StatsSnapshot } from './load.js';
-import { readCpuNodes } from './numa.js';
+import { readCpuNodes } from '../sys/topology.js';
 
 export type SchedulerOptions = Partial<Omit<SchedulerSettings, 'configPath'>> & {
   /** Where logs go; a pino logger on stdout at `logLevel` when absent. */

@@ -1,5 +1,4 @@
 // CPU pinning for worker threads: sched_setaffinity on the calling thread (tid 0) or a given tid.
-import { readFileSync } from 'node:fs';
 import { libc, check } from './libc.js';
 
 const SYS_gettid = 186;
@@ -33,22 +32,4 @@ export function getAffinity(tid = 0): number[] {
   return cpus;
 }
 
-/** Parses a kernel CPU list such as "0-3,8,10-11". */
-export function parseCpuList(text: string): number[] {
-  const cpus: number[] = [];
-  const trimmed = text.trim();
-  if (trimmed === '') return cpus;
-  for (const part of trimmed.split(',')) {
-    const m = /^(\d+)(?:-(\d+))?$/.exec(part.trim());
-    if (!m) throw new Error(`bad CPU list "${trimmed}": cannot read "${part}"`);
-    const first = Number(m[1]);
-    const last = m[2] === undefined ? first : Number(m[2]);
-    if (last < first) throw new Error(`bad CPU list "${trimmed}": range ${part} goes backwards`);
-    for (let cpu = first; cpu <= last; cpu++) cpus.push(cpu);
-  }
-  return cpus;
-}
-
-export function onlineCpus(path = '/sys/devices/system/cpu/online'): number[] {
-  return parseCpuList(readFileSync(path, 'utf8'));
-}
+export { readOnlineCpus as onlineCpus } from './topology.js';

@@ -1,27 +1,29 @@
 // The virtio and protocol feature sets this back-end offers. They are a pure function of the
 // device options, so a restarted daemon offers exactly what the front-end saw before (QEMU refuses
 // a back-end whose features shrank).
+import * as F from '../virtio/features.js';
 import { ProtocolFeature, PROTOCOL_FEATURES_BIT, bitsToMask, hasBit } from './messages.js';
 
+/** The feature bits this layer names, by their short names (for logs); the numbers are virtio/'s. */
 export const VirtioNetFeature = {
-  CSUM: 0,
-  GUEST_CSUM: 1,
-  MTU: 3,
-  MAC: 5,
-  MRG_RXBUF: 15,
-  STATUS: 16,
-  CTRL_VQ: 17,
-  GUEST_ANNOUNCE: 21,
-  MQ: 22,
-  LOG_ALL: 26,
-  ANY_LAYOUT: 27,
-  RING_INDIRECT_DESC: 28,
-  RING_EVENT_IDX: 29,
+  CSUM: F.VIRTIO_NET_F_CSUM,
+  GUEST_CSUM: F.VIRTIO_NET_F_GUEST_CSUM,
+  MTU: F.VIRTIO_NET_F_MTU,
+  MAC: F.VIRTIO_NET_F_MAC,
+  MRG_RXBUF: F.VIRTIO_NET_F_MRG_RXBUF,
+  STATUS: F.VIRTIO_NET_F_STATUS,
+  CTRL_VQ: F.VIRTIO_NET_F_CTRL_VQ,
+  GUEST_ANNOUNCE: F.VIRTIO_NET_F_GUEST_ANNOUNCE,
+  MQ: F.VIRTIO_NET_F_MQ,
+  LOG_ALL: F.VHOST_F_LOG_ALL,
+  ANY_LAYOUT: F.VIRTIO_F_ANY_LAYOUT,
+  RING_INDIRECT_DESC: F.VIRTIO_RING_F_INDIRECT_DESC,
+  RING_EVENT_IDX: F.VIRTIO_RING_F_EVENT_IDX,
   PROTOCOL_FEATURES: PROTOCOL_FEATURES_BIT,
-  VERSION_1: 32,
-  ACCESS_PLATFORM: 33,
-  RING_PACKED: 34,
-  IN_ORDER: 35,
+  VERSION_1: F.VIRTIO_F_VERSION_1,
+  ACCESS_PLATFORM: F.VIRTIO_F_ACCESS_PLATFORM,
+  RING_PACKED: F.VIRTIO_F_RING_PACKED,
+  IN_ORDER: F.VIRTIO_F_IN_ORDER,
 } as const;
 
 /** Virtio-net queue pairs a front-end may use: two vrings each, and the vring index must fit 8 bits. */
@@ -50,13 +52,9 @@ export function offeredProtocolFeatures(): number {
   return bitsToMask([ProtocolFeature.MQ, ProtocolFeature.REPLY_ACK]);
 }
 
-const featureNames = new Map<number, string>(Object.entries(VirtioNetFeature).map(([n, b]) => [b, n]));
-
-/** Names of the set bits, for logs. */
+/** Names of the set bits, for logs (virtio/features.ts names them). */
 export function describeFeatures(features: number): string[] {
-  const names: string[] = [];
-  for (let bit = 0; bit < 53; bit++) if (hasBit(features, bit)) names.push(featureNames.get(bit) ?? `bit${bit}`);
-  return names;
+  return F.featureNames(BigInt(features));
 }
 
 export function netHeaderLength(features: number): number {

@@ -2,6 +2,7 @@
 // that decide, before any handler runs, whether a message from the peer is well formed.
 // Decoding never trusts the peer: sizes are exact, u64 values that do not fit a JS number are refused,
 // and the number of attached fds is checked against what the request carries.
+import * as F from '../virtio/features.js';
 
 export class ProtocolError extends Error {
   constructor(message: string) {
@@ -67,28 +68,29 @@ export function isKnownRequest(id: number): boolean {
 }
 
 /** Protocol feature bits (GET/SET_PROTOCOL_FEATURES). */
+/** The protocol feature bits by short name; the numbers are virtio/features.ts's. */
 export const ProtocolFeature = {
-  MQ: 0,
-  LOG_SHMFD: 1,
-  RARP: 2,
-  REPLY_ACK: 3,
-  NET_MTU: 4,
-  BACKEND_REQ: 5,
-  CROSS_ENDIAN: 6,
-  CRYPTO_SESSION: 7,
-  PAGEFAULT: 8,
-  CONFIG: 9,
-  BACKEND_SEND_FD: 10,
-  HOST_NOTIFIER: 11,
-  INFLIGHT_SHMFD: 12,
-  RESET_DEVICE: 13,
-  INBAND_NOTIFICATIONS: 14,
-  CONFIGURE_MEM_SLOTS: 15,
-  STATUS: 16,
+  MQ: F.VHOST_USER_PROTOCOL_F_MQ,
+  LOG_SHMFD: F.VHOST_USER_PROTOCOL_F_LOG_SHMFD,
+  RARP: F.VHOST_USER_PROTOCOL_F_RARP,
+  REPLY_ACK: F.VHOST_USER_PROTOCOL_F_REPLY_ACK,
+  NET_MTU: F.VHOST_USER_PROTOCOL_F_NET_MTU,
+  BACKEND_REQ: F.VHOST_USER_PROTOCOL_F_SLAVE_REQ,
+  CROSS_ENDIAN: F.VHOST_USER_PROTOCOL_F_CROSS_ENDIAN,
+  CRYPTO_SESSION: F.VHOST_USER_PROTOCOL_F_CRYPTO_SESSION,
+  PAGEFAULT: F.VHOST_USER_PROTOCOL_F_PAGEFAULT,
+  CONFIG: F.VHOST_USER_PROTOCOL_F_CONFIG,
+  BACKEND_SEND_FD: F.VHOST_USER_PROTOCOL_F_SLAVE_SEND_FD,
+  HOST_NOTIFIER: F.VHOST_USER_PROTOCOL_F_HOST_NOTIFIER,
+  INFLIGHT_SHMFD: F.VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD,
+  RESET_DEVICE: F.VHOST_USER_PROTOCOL_F_RESET_DEVICE,
+  INBAND_NOTIFICATIONS: F.VHOST_USER_PROTOCOL_F_INBAND_NOTIFICATIONS,
+  CONFIGURE_MEM_SLOTS: F.VHOST_USER_PROTOCOL_F_CONFIGURE_MEM_SLOTS,
+  STATUS: F.VHOST_USER_PROTOCOL_F_STATUS,
 } as const;
 
 /** VHOST_USER_F_PROTOCOL_FEATURES: the virtio feature bit that announces GET_PROTOCOL_FEATURES. */
-export const PROTOCOL_FEATURES_BIT = 30;
+export const PROTOCOL_FEATURES_BIT = F.VHOST_USER_F_PROTOCOL_FEATURES;
 
 // Header layout and flags.
 export const HEADER_SIZE = 12;

@@ -1,5 +1,6 @@
 // Value syntax shared by the command line and the JSON file: sizes, booleans, key=value lists,
 // CPU lists. Every error names the option (or JSON key) it came from.
+import { parseCpuList as parseCpuListText } from '../vocabulary/cpu-list.js';
 import { ConfigError } from './config-types.js';
 
 const UNITS: Record<string, number> = {
@@ -120,23 +121,17 @@ export function parseKeyValues(
   return out;
 }
 
-/** A CPU list in cloud-hypervisor syntax: `0-3:7` or `0,1` style is not used there; `:` separates. */
+/**
+ * A CPU list in cloud-hypervisor syntax: items separated by `:` (or `,` inside brackets), each a
+ * CPU or a range, as in `0-3:7` or `[0-3,7]`; the grammar of vocabulary/cpu-list.ts otherwise.
+ * A CPU named twice is an error here: a pinning or NUMA list that repeats one is a typo.
+ */
 export function parseCpuList(text: string, label: string, max = 255): number[] {
-  const cpus: number[] = [];
-  for (const item of text.replace(/^\[|\]$/g, '').split(/[:,]/)) {
-    const range = /^(\d+)-(\d+)$/.exec(item);
-    if (range) {
-      const lo = Number(range[1]);
-      const hi = Number(range[2]);
-      if (lo > hi) throw new ConfigError(`${label}: range "${item}" runs backwards`);
-      if (hi > max) throw new ConfigError(`${label}: CPU ${hi} is above ${max}`);
-      for (let c = lo; c <= hi; c++) cpus.push(c);
-    } else {
-      cpus.push(parseUint(item, label, 0, max));
-    }
+  try {
+    return parseCpuListText(text.replace(/^\[|\]$/g, ''), { separator: /[:,]/, max, duplicatesAreErrors: true });
+  } catch (err) {
+    throw new ConfigError(`${label}: ${(err as Error).message}`);
   }
-  if (new Set(cpus).size !== cpus.length) throw new ConfigError(`${label}: a CPU is listed twice in "${text}"`);
-  return cpus;
 }
 
 const MAC = /^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$/;

@@ -130,7 +130,7 @@ describe('virtioforwarder_port_control', () => {
         [['attach'], /unknown operation "attach"/],
         [['add', '--virtio-id=x', '--pci-addr=05:08.1'], /--virtio-id "x" is not a whole number/],
         [['add', '--virtio-id=64', '--pci-addr=05:08.1'], /outside 0\.\.63/],
-        [['add', '--virtio-id=1', '--pci-addr=05:08'], /PCI address "05:08" is not of the form/],
+        [['add', '--virtio-id=1', '--pci-addr=05:08'], /"05:08" is not a PCI address: expected dddd:bb:ss.f or bb:ss.f/],
         [['add', '--virtio-id=1', '--bogus'], /Unknown option '--bogus'/],
         [['add', '--virtio-id=1', '--mode=5', '--name=net_bonding0', '--pci-addr=05:08.1', '--pci-addr=05:08.2'], /mode 5 \(balance-tlb\) is not supported/],
       ] as const) {

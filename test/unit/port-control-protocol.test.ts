@@ -1,3 +1,4 @@
+import { samePciAddress } from '../../vocabulary/pci.js';
 import { describe, expect, it } from 'vitest';
 import {
   ErrorCode,
@@ -8,7 +9,6 @@ import {
   checkBondMode,
   parseReply,
   parseRequest,
-  samePci,
   type ServiceName,
 } from '../../port-control/protocol.js';
 
@@ -31,9 +31,9 @@ describe('PCI addresses', () => {
     expect(canonicalPci('05:08.1')).toBe('0000:05:08.1');
     expect(canonicalPci('0000:AF:1F.7')).toBe('0000:af:1f.7');
     expect(canonicalPci('1:5:8.1')).toBe('0001:05:08.1');
-    expect(samePci('0000:AF:00.1', 'af:00.1')).toBe(true);
-    expect(samePci('0000:af:00.1', '0000:af:00.2')).toBe(false);
-    expect(samePci('garbage', 'garbage')).toBe(false);
+    expect(samePciAddress('0000:AF:00.1', 'af:00.1')).toBe(true);
+    expect(samePciAddress('0000:af:00.1', '0000:af:00.2')).toBe(false);
+    expect(samePciAddress('garbage', 'garbage')).toBe(false);
   });
 
   it.each(['', '05:08', '05:08.8', '0000:05:20.0', 'g0:08.1', '00000:05:08.1', '0000:005:08.1', ' 05:08.1', '05:08.1\n', '05-08.1', '0000:05:08.1.2'])(

@@ -264,7 +264,7 @@ describe('VIRTIOFWD_STATIC_VFS', () => {
     ['0000:05:08.1=', `"0000:05:08.1=": relay id "" is not an integer in 0..${MAX_RELAYS - 1}`],
     ['0000:05:20.1=1', '"0000:05:20.1" is not a PCI address: slot 0x20 is above 0x1f'],
     ['0000:05:08.8=1', '"0000:05:08.8" is not a PCI address: function 8 is above 7'],
-    ['0000:5:08.1=1', '"0000:5:08.1" is not a PCI address: expected dddd:bb:ss.f or bb:ss.f in hexadecimal (for example 0000:05:08.1)'],
+    ['0000:005:08.1=1', '"0000:005:08.1" is not a PCI address: expected dddd:bb:ss.f or bb:ss.f in hexadecimal (for example 0000:05:08.1)'],
     ['averyveryverylongname=1', '"averyveryverylongname" is neither a PCI address nor a network interface name'],
   ])('refuses %s', (element, reason) => {
     expect(problemOf(`VIRTIOFWD_STATIC_VFS=(${element})`)).toBe(`VIRTIOFWD_STATIC_VFS=(${element}) (line 1): ${reason}`);

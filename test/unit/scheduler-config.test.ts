@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { DEFAULT_CONFIG_PATH, parseKeyValueText,
   ConfigError, pinoLevel, resolveSettings } from '../../scheduler/config.js';
-import { parseCpuList, readCpuNodes } from '../../scheduler/numa.js';
+import { readCpuNodes } from '../../sys/topology.js';
 
 const files = (map: Record<string, string>) => (path: string) => {
   if (path in map) return map[path];
@@ -225,15 +225,6 @@ describe('pinoLevel', () => {
 describe('NUMA topology from sysfs', () => {
   const root = mkdtempSync(join(tmpdir(), `vio4wd-numa-${process.pid}-`));
   afterAll(() => rmSync(root, { recursive: true, force: true }));
-
-  it('parses CPU lists', () => {
-    expect(parseCpuList('0-3,8,10-11\n', 'x')).toEqual([0, 1, 2, 3, 8, 10, 11]);
-    expect(parseCpuList('\n', 'x')).toEqual([]);
-    expect(() => parseCpuList('3-1', 'node0/cpulist')).toThrow(/node0\/cpulist: range 3-1 runs backwards/);
-    expect(() => parseCpuList('a', 'node0/cpulist')).toThrow(/"a" is not a CPU or CPU range/);
-    expect(() => parseCpuList('1,,2', 'x')).toThrow(/"" is not a CPU/);
-    expect(() => parseCpuList('0-9999999', 'x')).toThrow(/implausibly large/);
-  });
 
   it('reads every node, including one without CPUs, and ignores other entries', () => {
     const sys = join(root, 'a');

@@ -1,6 +1,8 @@
 // PCI addresses in the one spelling the whole project compares: lower-case `dddd:bb:ss.f`.
-// The original mixed upper- and lower-case hex and matched by exact string; we canonicalise on
-// every way in (config, port control, sysfs) so "0000:05:08.1" and "05:08.1" are the same VF.
+// Every way in (the configuration file, port control, the OVSDB and IPC monitors, sysfs) reads
+// them with this one grammar: an optional domain of 1-4 hex digits, then bus and slot of 1-2 hex
+// digits and a function 0-7, any case, as lspci -s and the original's tools write them. So
+// "0000:05:08.1", "05:08.1" and "5:8.1" are the same VF everywhere.
 
 export interface PciAddress {
   domain: number;
@@ -9,17 +11,16 @@ export interface PciAddress {
   fn: number;
 }
 
-const PCI_PATTERN = /^(?:([0-9a-fA-F]{4}):)?([0-9a-fA-F]{2}):([0-9a-fA-F]{2})\.([0-9a-fA-F])$/;
+const PCI_PATTERN = /^(?:([0-9a-fA-F]{1,4}):)?([0-9a-fA-F]{1,2}):([0-9a-fA-F]{1,2})\.([0-9a-fA-F])$/;
 
 /** True when `text` has the shape of a PCI address (it may still be out of range). */
 export function looksLikePciAddress(text: string): boolean {
   return /^(?:[0-9a-fA-F]+:)?[0-9a-fA-F]+:[0-9a-fA-F]+\.[0-9a-fA-F]+$/.test(text.trim());
 }
 
-/** Parses `dddd:bb:ss.f` or `bb:ss.f` (domain 0), any case. Throws an Error that says what is wrong. */
+/** Parses the address; surrounding white space is allowed. Throws an Error that says what is wrong. */
 export function parsePciAddress(text: string): PciAddress {
-  const trimmed = text.trim();
-  const m = PCI_PATTERN.exec(trimmed);
+  const m = PCI_PATTERN.exec(text.trim());
   if (!m) {
     throw new Error(
       `"${text}" is not a PCI address: expected dddd:bb:ss.f or bb:ss.f in hexadecimal (for example 0000:05:08.1)`,
@@ -53,4 +54,10 @@ export function tryCanonicalPciAddress(text: string): string | null {
   } catch {
     return null;
   }
+}
+
+/** True when both are valid and name the same device. */
+export function samePciAddress(a: string, b: string): boolean {
+  const x = tryCanonicalPciAddress(a);
+  return x !== null && x === tryCanonicalPciAddress(b);
 }

@@ -1,0 +1,11 @@
+// The limits every layer shares. One copy each, so the daemon, the control channels, the tools
+// and the scheduler refuse the same values with the same bounds.
+
+/** Relay ids are 0..MAX_RELAYS-1: the workers keep 64-bit relay sets, as the original daemon did. */
+export const MAX_RELAYS = 64;
+
+/** Far above any real machine; stops a typo such as "1-99999999" from building a huge CPU array. */
+export const MAX_CPU_ID = 4095;
+
+/** sun_path holds 108 bytes including the terminating NUL. */
+export const MAX_SOCKET_PATH_BYTES = 107;
