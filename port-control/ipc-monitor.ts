@@ -6,9 +6,9 @@
 import { closeSync, constants, existsSync, fstatSync, mkdirSync, openSync, readSync, renameSync, unlinkSync, watch, type FSWatcher } from 'node:fs';
 import { basename, dirname } from 'node:path';
 import type { Logger } from 'pino';
-import type { RelayRegistry } from '../relay/registry-api.js';
+import type { NetdevResolver, RelayRegistry } from '../relay/registry-api.js';
 import { MAX_RELAYS } from './protocol.js';
-import { checkNetdevName, type NetdevResolver } from './netdev.js';
+import { checkInterfaceName } from '../vocabulary/netdev-name.js';
 
 export const DEFAULT_IPC_FILE = '/tmp/vio_cmd';
 /** Writers open, write and close; waiting this long after the last event avoids reading half a write. */
@@ -25,7 +25,7 @@ export function parseIpcLine(line: string): IpcCommand | null {
   const [op, netdev, id, ...rest] = words;
   if (op !== 'add_port' && op !== 'del_port') throw new Error(`unknown command ${JSON.stringify(op)} (expected add_port or del_port)`);
   if (netdev === undefined) throw new Error(`${op} needs an interface name`);
-  checkNetdevName(netdev);
+  checkInterfaceName(netdev);
   if (op === 'del_port') {
     if (id !== undefined) throw new Error(`del_port takes only an interface name, got extra ${JSON.stringify(words.slice(2).join(' '))}`);
     return { op, netdev };

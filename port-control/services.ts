@@ -1,10 +1,9 @@
 // What the daemon starts: the ZMQ services that are configured, and at most one run-time port
 // control channel (ZMQ port control, the OVSDB monitor or the IPC file monitor).
 import type { Logger } from 'pino';
-import type { RelayRegistry } from '../relay/registry-api.js';
+import type { NetdevResolver, RelayRegistry } from '../relay/registry-api.js';
 import { configHandler, coreSchedHandler, portControlHandler } from './handlers.js';
 import { IpcMonitor } from './ipc-monitor.js';
-import { netdevResolver, vfIndexOfNetdev, type NetdevResolver } from './netdev.js';
 import { OvsdbMonitor } from './ovsdb/monitor.js';
 import { DEFAULT_ENDPOINTS } from './protocol.js';
 import { StatsService } from './stats.js';
@@ -63,9 +62,7 @@ export interface ControlServiceOptions extends PortControlSettings {
   coreSchedEnabled?: boolean;
   /** Group given to ipc socket files (mode 0660). */
   socketGroup?: string | number;
-  /** Root of sysfs for netdev → VF resolution (tests use a fake tree). */
-  sysfsRoot?: string;
-  /** Overrides netdev → VfRef resolution (defaults to the sysfs lookup). */
+  /** Overrides netdev → VfRef resolution (defaults to the registry's describeNetdev). */
   resolveNetdev?: NetdevResolver;
   /** OVSDB reconnect interval (default 1000 ms). */
   ovsdbRetryMs?: number;
@@ -86,7 +83,7 @@ export async function startControlServices(
   logger: Logger,
 ): Promise<ControlServices> {
   const portControl = selectPortControl(options);
-  const resolveNetdev = options.resolveNetdev ?? netdevResolver(options.sysfsRoot);
+  const resolveNetdev: NetdevResolver = options.resolveNetdev ?? ((n) => registry.describeNetdev(n).ref);
   const services: ReplyService[] = [];
   const endpoints: ControlServices['endpoints'] = {};
   let ovsdb: OvsdbMonitor | undefined;
@@ -127,7 +124,7 @@ export async function startControlServices(
     } else if (portControl.mode === 'ipc') {
       ipc = new IpcMonitor(
         registry,
-        { file: portControl.file, resolveNetdev, vfIndexOf: (n) => vfIndexOfNetdev(n, options.sysfsRoot) },
+        { file: portControl.file, resolveNetdev, vfIndexOf: (n) => registry.describeNetdev(n).vfIndex },
         logger,
       );
       ipc.start();

@@ -36,7 +36,7 @@ import {
   VARIABLES,
   suggestVariable,
 } from './config-variables.js';
-import { isValidInterfaceName } from './vf.js';
+import { isValidInterfaceName } from '../vocabulary/netdev-name.js';
 import type { RelayCpu } from './registry-api.js';
 
 export * from './config-types.js';

@@ -107,4 +107,16 @@ export interface RelayRegistry {
   workers(): WorkerInfo[];
   /** The pins from the configuration (VIRTIOFWD_CPU_PINS), for the config service. */
   configuredPins(): RelayCpu[];
+  /** How the relay would take the interface `netdev` (VF by PCI address, or plain netdev); throws for a bad name. */
+  describeNetdev(netdev: string): NetdevInfo;
 }
+
+/** An interface named by a control channel, as the relay sees it. */
+export interface NetdevInfo {
+  ref: VfRef;
+  /** For a VF: its index under its PF (the IPC monitor maps it to a relay id). */
+  vfIndex?: number;
+}
+
+/** How a control channel turns an interface name into what the registry takes. */
+export type NetdevResolver = (netdev: string) => VfRef;

@@ -9,6 +9,7 @@ import { connectBackend } from '../vhost-user/client.js';
 import { Dir, MAX_RELAYS, readCounts } from './counters.js';
 import { canonicalPciAddress } from '../vocabulary/pci.js';
 import { numaNodeOfCpu } from '../sys/topology.js';
+import { describeNetdev } from './vf.js';
 import { Relay } from './relay.js';
 import { RingOpener } from './ring-opener.js';
 import type { WorkerPool } from './worker-pool.js';
@@ -19,6 +20,7 @@ import {
   type BondRef,
   type DeviceRef,
   type DirectionCounters,
+  type NetdevInfo,
   type RelayCpu,
   type RelayInfo,
   type RelayRegistry,
@@ -337,6 +339,10 @@ export class RelayRegistryImpl implements RelayRegistry {
 
   configuredPins(): RelayCpu[] {
     return this.opts.config.cpuPins;
+  }
+
+  describeNetdev(netdev: string): NetdevInfo {
+    return describeNetdev(netdev, this.opts.config.sysfsRoot);
   }
 
   async shutdown(): Promise<void> {

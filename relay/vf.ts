@@ -4,12 +4,9 @@
 import { existsSync, readdirSync, readFileSync, realpathSync } from 'node:fs';
 import { basename, join } from 'node:path';
 import { canonicalPciAddress, looksLikePciAddress, tryCanonicalPciAddress } from '../vocabulary/pci.js';
-import type { VfRef } from './registry-api.js';
+import { checkInterfaceName, isValidInterfaceName } from '../vocabulary/netdev-name.js';
+import type { NetdevInfo, VfRef } from './registry-api.js';
 
-/** Linux netdev names: 1..15 bytes, no '/', ':' or whitespace, not "." or "..". */
-export function isValidInterfaceName(name: string): boolean {
-  return /^[^/:\s]{1,15}$/.test(name) && name !== '.' && name !== '..';
-}
 
 export interface ResolvedVf {
   /** Canonical PCI address; undefined for a plain interface that is not a VF. */
@@ -94,4 +91,29 @@ export function numaNodeOf(ref: string | VfRef, sysfsRoot = '/sys'): number {
   const ifname = typeof ref === 'string' ? ref : ref.netdev;
   if (!ifname || !isValidInterfaceName(ifname)) return -1;
   return readNumaNode(join(sysfsRoot, 'class/net', ifname, 'device/numa_node'));
+}
+
+/** The VF's index under its PF (`physfn/virtfnN` pointing at it), or undefined for a non-VF. */
+export function vfIndexOfNetdev(netdev: string, sysfsRoot = '/sys'): number | undefined {
+  checkInterfaceName(netdev);
+  const device = join(sysfsRoot, 'class/net', netdev, 'device');
+  const physfn = join(device, 'physfn');
+  if (!existsSync(physfn)) return undefined;
+  const self = realpathSync(device);
+  for (const entry of readdirSync(physfn)) {
+    const m = /^virtfn(\d+)$/.exec(entry);
+    if (m && realpathSync(join(physfn, entry)) === self) return Number(m[1]);
+  }
+  return undefined;
+}
+
+/**
+ * What the control channels need to know of an interface they were given by name: a VF (it has a
+ * `device/physfn` link) is named by its PCI address, with its index under the PF; anything else (a
+ * veth, a PF, a tap) is handed over as a plain netdev.
+ */
+export function describeNetdev(netdev: string, sysfsRoot = '/sys'): NetdevInfo {
+  checkInterfaceName(netdev);
+  const pci = vfOfNetdev(netdev, sysfsRoot);
+  return pci ? { ref: { pci }, vfIndex: vfIndexOfNetdev(netdev, sysfsRoot) } : { ref: { netdev } };
 }

@@ -8,9 +8,9 @@
 // assignment really changed see a registry call.
 import { createConnection, type Socket } from 'node:net';
 import type { Logger } from 'pino';
-import type { RelayRegistry, VfRef } from '../../relay/registry-api.js';
+import type { NetdevResolver, RelayRegistry, VfRef } from '../../relay/registry-api.js';
 import { MAX_RELAYS } from '../protocol.js';
-import type { NetdevResolver } from '../netdev.js';
+
 import { JsonStreamSplitter } from './json-stream.js';
 
 export const RELAY_TAG_KEYS = ['virtio_forwarder', 'virtio_relay'] as const;

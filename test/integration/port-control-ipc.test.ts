@@ -26,7 +26,7 @@ function fakeSysfs(): void {
   symlinkSync(dev('0000:05:08.1'), join(dev('0000:05:00.0'), 'virtfn1'));
 }
 
-const registry = new MemoryRegistry();
+const registry = new MemoryRegistry({ sysfsRoot: sysfs });
 let services: ControlServices;
 let seen = 0;
 
@@ -45,7 +45,7 @@ beforeAll(async () => {
   fakeSysfs();
   // A command left before the daemon starts is still carried out.
   writeFileSync(cmdFile, 'add_port eth0 2\n');
-  services = await startControlServices(registry, { ipcPortControl: true, ipcFile: cmdFile, sysfsRoot: sysfs }, logger);
+  services = await startControlServices(registry, { ipcPortControl: true, ipcFile: cmdFile }, logger);
   expect(services.portControl).toEqual({ mode: 'ipc', file: cmdFile });
 });
 

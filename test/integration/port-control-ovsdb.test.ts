@@ -6,7 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pino from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { netdevResolver } from '../../port-control/netdev.js';
+import { describeNetdev } from '../../relay/vf.js';
 import { JsonStreamSplitter } from '../../port-control/ovsdb/json-stream.js';
 import { OvsdbMonitor } from '../../port-control/ovsdb/monitor.js';
 import { requireOrSkip } from '../support/env.js';
@@ -60,7 +60,7 @@ describe.skipIf(!canRun)('OVSDB monitor with a real ovsdb-server', () => {
     // Tagged before the monitor starts: must arrive with the initial rows.
     sandbox.vsctl('add-port', 'br0', 'eth1', '--', 'set', 'Interface', 'eth1', 'external_ids:virtio_forwarder=1');
     sandbox.vsctl('add-port', 'br0', 'eth0');
-    monitor = new OvsdbMonitor(registry, { socketPath: sandbox.socketPath, resolveNetdev: netdevResolver(sysfs), retryMs: 200 }, logger);
+    monitor = new OvsdbMonitor(registry, { socketPath: sandbox.socketPath, resolveNetdev: (n) => describeNetdev(n, sysfs).ref, retryMs: 200 }, logger);
     monitor.start();
   });
 

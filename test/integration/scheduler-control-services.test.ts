@@ -11,6 +11,7 @@ import { startControlServices, type ControlServices } from '../../port-control/s
 import {
   RegistryError,
   type DirectionCounters,
+  type NetdevInfo,
   type RelayCpu,
   type RelayInfo,
   type RelayRegistry,
@@ -87,6 +88,9 @@ class LoadRegistry implements RelayRegistry {
   }
   configuredPins(): RelayCpu[] {
     return this.pins;
+  }
+  describeNetdev(netdev: string): NetdevInfo {
+    return { ref: { netdev } };
   }
   workerLoads(): Map<number, number> {
     const out = new Map<number, number>();

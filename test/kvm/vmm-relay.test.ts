@@ -11,7 +11,7 @@ import { ensureTinyGuest, repoRoot } from '../guest/tiny/build.js';
 
 const vmmBin = resolve(repoRoot, 'bin/vio4wd-vmm');
 const ready =
-  kvmTestsCanRun([resolve(repoRoot, 'dist/vmm/main.js'), resolve(repoRoot, 'dist/relay/daemon.js')]) &&
+  kvmTestsCanRun([resolve(repoRoot, 'dist/vmm/main.js'), resolve(repoRoot, 'dist/daemon/main.js')]) &&
   requireOrSkip(isRoot(), 'needs root (network namespaces, the relay)');
 
 const tag = `${process.pid % 100000}`;

@@ -13,6 +13,7 @@ import {
   type BondRef,
   type DeviceRef,
   type DirectionCounters,
+  type NetdevInfo,
   type RelayCpu,
   type RelayInfo,
   type RelayRegistry,
@@ -20,6 +21,7 @@ import {
   type WorkerInfo,
 } from '../../relay/registry-api.js';
 import { MAX_RELAYS, MAX_BOND_MEMBERS } from '../../port-control/protocol.js';
+import { describeNetdev } from '../../relay/vf.js';
 import { startControlServices, type ControlServiceOptions } from '../../port-control/services.js';
 import { startProcess, type StartedProcess } from './processes.js';
 
@@ -44,6 +46,8 @@ export interface MemoryRegistryOptions {
   pins?: RelayCpu[];
   /** PCI addresses on this bus fail to "probe" (registry code 2), to exercise error paths. */
   failingBus?: string;
+  /** Where describeNetdev looks interfaces up, as the real registry does (default /sys). */
+  sysfsRoot?: string;
 }
 
 /** Packets per millisecond each active relay "forwards"; only used to make rates non-zero. */
@@ -58,6 +62,7 @@ export class MemoryRegistry implements RelayRegistry {
   private readonly workerCpus: number[];
   private readonly pins: RelayCpu[];
   private readonly failingBus: string;
+  private readonly sysfsRoot: string;
   private readonly started = performance.now();
   /** Called after every recorded call (the service program prints them). */
   onCall: ((call: RegistryCall) => void) | undefined;
@@ -66,6 +71,7 @@ export class MemoryRegistry implements RelayRegistry {
     this.workerCpus = opts.workerCpus ?? [0, 1];
     this.pins = opts.pins ?? [];
     this.failingBus = opts.failingBus ?? 'ee';
+    this.sysfsRoot = opts.sysfsRoot ?? '/sys';
   }
 
   private record(method: string, ...args: unknown[]): void {
@@ -303,6 +309,10 @@ export class MemoryRegistry implements RelayRegistry {
 
   configuredPins(): RelayCpu[] {
     return this.pins;
+  }
+
+  describeNetdev(netdev: string): NetdevInfo {
+    return describeNetdev(netdev, this.sysfsRoot);
   }
 }
 

@@ -6,7 +6,7 @@ import { formatCpuGrid, formatLoadBars, formatStatsFlat } from '../../port-contr
 import { normaliseArgv } from '../../port-control/cli/common.js';
 import { parseVirtioCpu } from '../../port-control/cli/virtio-cpu.js';
 import { parseIpcLine } from '../../port-control/ipc-monitor.js';
-import { netdevResolver, vfIndexOfNetdev } from '../../port-control/netdev.js';
+import { describeNetdev, vfIndexOfNetdev } from '../../relay/vf.js';
 import { JsonStreamSplitter } from '../../port-control/ovsdb/json-stream.js';
 import { ovsdbMap, relayIdFromExternalIds } from '../../port-control/ovsdb/monitor.js';
 import { selectPortControl } from '../../port-control/services.js';
@@ -93,7 +93,7 @@ describe('netdev resolution through a fake sysfs', () => {
   symlinkSync(dev('0000:05:08.1'), join(dev('0000:05:00.0'), 'virtfn1'));
 
   it('names a VF by PCI address and anything else by netdev', () => {
-    const resolve = netdevResolver(root);
+    const resolve = (n: string) => describeNetdev(n, root).ref;
     expect(resolve('vf1')).toEqual({ pci: '0000:05:08.1' });
     expect(resolve('pf')).toEqual({ netdev: 'pf' });
     expect(resolve('veth0')).toEqual({ netdev: 'veth0' });
@@ -105,6 +105,8 @@ describe('netdev resolution through a fake sysfs', () => {
     expect(vfIndexOfNetdev('vf0', root)).toBe(0);
     expect(vfIndexOfNetdev('vf1', root)).toBe(1);
     expect(vfIndexOfNetdev('pf', root)).toBeUndefined();
+    expect(describeNetdev('vf1', root)).toEqual({ ref: { pci: '0000:05:08.1' }, vfIndex: 1 });
+    expect(describeNetdev('veth0', root)).toEqual({ ref: { netdev: 'veth0' } });
   });
 });
 

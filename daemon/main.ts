@@ -1,16 +1,19 @@
-// virtio-forwarder: read the configuration, lock the PID file, start one pinned worker per CPU,
-// attach the static VFs, open the vhost-user sockets, start the control channels, and tell
-// systemd it is ready. SIGTERM/SIGINT undo all of it in reverse order and exit 0.
+// virtio-forwarder, the program: the composition root that wires the layers together. It reads
+// the configuration, locks the PID file, starts one pinned worker per CPU, attaches the static VFs,
+// opens the vhost-user sockets (relay/), starts the control channels and the core-sched service
+// (port-control/) on the relay's registry API, and tells systemd it is ready. SIGTERM/SIGINT undo
+// all of it in reverse order and exit 0. It lives above relay/ so that relay/ never imports the
+// control channels that drive it.
 import type { Logger } from 'pino';
 import { Reactor } from '../sys/poll.js';
-import { parseArgs, resolveConfigPath, helpText, versionText, UsageError, EXIT_USAGE, EXIT_CONFIG } from './cli.js';
-import { loadConfig, ConfigError, socketPathFor, MAX_RELAYS, type RelayConfig } from './config.js';
-import { createLogger, componentLogger } from './log.js';
-import { acquirePidFile, type PidFile } from './pidfile.js';
-import { notifyReady, notifyStopping } from './sd-notify.js';
-import { createCounterBuffer } from './counters.js';
-import { WorkerPool } from './worker-pool.js';
-import { RelayRegistryImpl } from './registry.js';
+import { parseArgs, resolveConfigPath, helpText, versionText, UsageError, EXIT_USAGE, EXIT_CONFIG } from '../relay/cli.js';
+import { loadConfig, ConfigError, socketPathFor, MAX_RELAYS, type RelayConfig } from '../relay/config.js';
+import { createLogger, componentLogger } from '../relay/log.js';
+import { acquirePidFile, type PidFile } from '../relay/pidfile.js';
+import { notifyReady, notifyStopping } from '../relay/sd-notify.js';
+import { createCounterBuffer } from '../relay/counters.js';
+import { WorkerPool } from '../relay/worker-pool.js';
+import { RelayRegistryImpl } from '../relay/registry.js';
 import { startControlServices, type ControlServices } from '../port-control/services.js';
 
 export interface Daemon {
@@ -72,7 +75,6 @@ export async function startDaemon(config: RelayConfig, log: Logger): Promise<Dae
         coreSchedEp: config.zmq.coreSched,
         coreSchedEnabled: config.coreScheduler.enabled,
         socketGroup: config.socketGroup?.id,
-        sysfsRoot: config.sysfsRoot,
       },
       componentLogger(log, 'control'),
     );
