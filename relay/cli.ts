@@ -5,8 +5,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { DEFAULT_CONFIG_PATH, VARIABLES, type ConfigOverrides } from './config.js';
-
-export type FlagKind = 'value' | 'boolean' | 'repeatable';
+import type { FlagKind } from './config-variables.js';
 
 export interface FlagInfo {
   flag: string;
@@ -16,36 +15,15 @@ export interface FlagInfo {
   meta?: string;
 }
 
-export const FLAGS: readonly FlagInfo[] = [
-  { flag: '--cpu-mask', variable: 'VIRTIOFWD_CPU_MASK', kind: 'value', meta: 'CPUS' },
-  { flag: '--log-level', variable: 'VIRTIOFWD_LOG_LEVEL', kind: 'value', meta: '0-7' },
-  { flag: '--poll-mode', variable: 'VIRTIOFWD_POLL_MODE', kind: 'value', meta: 'busy|adaptive' },
-  { flag: '--static-vf', variable: 'VIRTIOFWD_STATIC_VFS', kind: 'repeatable', meta: 'PCI=ID' },
-  { flag: '--cpu-pin', variable: 'VIRTIOFWD_CPU_PINS', kind: 'repeatable', meta: 'ID:CPU[,CPU]' },
-  { flag: '--socket-dir', variable: 'VIRTIOFWD_SOCKET_DIR', kind: 'value', meta: 'DIR' },
-  { flag: '--socket-pattern', variable: 'VIRTIOFWD_SOCKET_FNAME_PATTERN', kind: 'value', meta: 'NAME%u' },
-  { flag: '--socket-owner', variable: 'VIRTIOFWD_SOCKET_OWNER', kind: 'value', meta: 'USER' },
-  { flag: '--socket-group', variable: 'VIRTIOFWD_SOCKET_GROUP', kind: 'value', meta: 'GROUP' },
-  { flag: '--vhost-client', variable: 'VIRTIOFWD_VHOST_CLIENT', kind: 'boolean' },
-  { flag: '--dynamic-sockets', variable: 'VIRTIOFWD_DYNAMIC_SOCKETS', kind: 'boolean' },
-  { flag: '--jumbo', variable: 'VIRTIOFWD_JUMBO', kind: 'boolean' },
-  { flag: '--mrgbuf', variable: 'VIRTIOFWD_MRGBUF', kind: 'boolean' },
-  { flag: '--tso', variable: 'VIRTIOFWD_TSO', kind: 'boolean' },
-  { flag: '--pid-dir', variable: 'VIRTIOFWD_PID_DIR', kind: 'value', meta: 'DIR' },
-  { flag: '--sysfs-root', variable: 'VIRTIOFWD_SYSFS_ROOT', kind: 'value', meta: 'DIR' },
-  { flag: '--ipc-port-control', variable: 'VIRTIOFWD_IPC_PORT_CONTROL', kind: 'boolean' },
-  { flag: '--ipc-command-file', variable: 'VIRTIOFWD_IPC_COMMAND_FILE', kind: 'value', meta: 'FILE' },
-  { flag: '--ovsdb-sock', variable: 'VIRTIOFWD_OVSDB_SOCK_PATH', kind: 'value', meta: 'PATH' },
-  { flag: '--zmq-port-control-ep', variable: 'VIRTIOFWD_ZMQ_PORT_CONTROL_EP', kind: 'value', meta: 'EP|off' },
-  { flag: '--zmq-stats-ep', variable: 'VIRTIOFWD_ZMQ_STATS_EP', kind: 'value', meta: 'EP|off' },
-  { flag: '--zmq-config-ep', variable: 'VIRTIOFWD_ZMQ_CONFIG_EP', kind: 'value', meta: 'EP|off' },
-  { flag: '--zmq-core-sched-ep', variable: 'VIRTIOFWD_ZMQ_CORE_SCHED_EP', kind: 'value', meta: 'EP|off' },
-  { flag: '--core-sched', variable: 'VIO4WD_CORE_SCHED_ENABLE', kind: 'boolean' },
-  { flag: '--core-sched-sensitivity', variable: 'VIO4WD_CORE_SCHED_SENSITIVITY', kind: 'value', meta: 'N' },
-  { flag: '--core-sched-log-level', variable: 'VIO4WD_CORE_SCHED_LOG_LEVEL', kind: 'value', meta: '0-7' },
-  { flag: '--core-sched-poll-interval', variable: 'VIO4WD_CORE_SCHED_POLL_INTERVAL', kind: 'value', meta: 'SECONDS' },
-  { flag: '--core-sched-global-numa-opt', variable: 'VIO4WD_CORE_SCHED_GLOBAL_NUMA_OPT', kind: 'boolean' },
-];
+/** The daemon's flags, from the configuration table's rows (relay/config-variables.ts). */
+export const FLAGS: readonly FlagInfo[] = VARIABLES.flatMap((v) =>
+  v.flag ? [{ flag: v.flag.name, variable: v.name, kind: v.flag.kind, meta: v.flag.meta }] : [],
+);
+
+/** Variables only the core scheduler reads: a daemon flag for them would be checked and then unused. */
+const SCHEDULER_ONLY = new Map(
+  VARIABLES.filter((v) => v.section === 'core-scheduler' && !v.flag && v.schedulerFlag).map((v) => [v.name, v.schedulerFlag!]),
+);
 
 export interface CliArgs {
   /** The file named with --config, or null when none was given (see resolveConfigPath). */
@@ -118,7 +96,16 @@ export function parseArgs(argv: readonly string[]): CliArgs {
       }
     }
     const flag = BY_FLAG.get(name);
-    if (!flag) throw new UsageError(`unknown option ${name} (see --help)`);
+    if (!flag) {
+      const variable = /^--core-sched-(.+)$/.exec(name)?.[1].replace(/-/g, '_').toUpperCase();
+      const schedulerFlag = variable && SCHEDULER_ONLY.get(`VIO4WD_CORE_SCHED_${variable}`);
+      if (schedulerFlag) {
+        throw new UsageError(
+          `${name}: VIO4WD_CORE_SCHED_${variable} is read by vio4wd_core_scheduler, not by this daemon; set it in the configuration file or give ${schedulerFlag} to vio4wd_core_scheduler`,
+        );
+      }
+      throw new UsageError(`unknown option ${name} (see --help)`);
+    }
     if (flag.kind === 'boolean') {
       once(flag.flag);
       args.overrides[flag.variable] = inlineValue ?? 'true';

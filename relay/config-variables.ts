@@ -10,8 +10,20 @@ export type VariableTreatment =
   /** A value that asks for the feature stops the start with the reason. */
   | 'refused';
 
+export type FlagKind = 'value' | 'boolean' | 'repeatable';
+
+/**
+ * One row per variable: its name, default, what the daemon does with it, its command-line flags
+ * and its documentation. virtio-forwarder's flags and --help come from these rows, the tests check
+ * etc/default/virtioforwarder and vio4wd_core_scheduler's --help against them, and the values the
+ * two programs share are parsed by relay/config-values.ts for both.
+ */
 export interface VariableInfo {
   name: string;
+  /** virtio-forwarder's flag for it: a value replaces the file's and is checked by the same rules. */
+  flag?: { name: string; kind: FlagKind; meta?: string };
+  /** vio4wd_core_scheduler's flag, for the variables the scheduler reads. */
+  schedulerFlag?: string;
   section: 'general' | 'core-scheduler' | 'specialised';
   /** The value used when the variable is blank or absent, as it would be written in the file. */
   defaultText: string;
@@ -35,6 +47,7 @@ export const VARIABLES: readonly VariableInfo[] = [
   // Generally useful
   {
     name: 'VIRTIOFWD_CPU_MASK',
+    flag: { name: '--cpu-mask', kind: 'value', meta: 'CPUS' },
     section: 'general',
     defaultText: '',
     treatment: 'supported',
@@ -42,6 +55,7 @@ export const VARIABLES: readonly VariableInfo[] = [
   },
   {
     name: 'VIRTIOFWD_LOG_LEVEL',
+    flag: { name: '--log-level', kind: 'value', meta: '0-7' },
     section: 'general',
     defaultText: '6',
     treatment: 'supported',
@@ -49,6 +63,7 @@ export const VARIABLES: readonly VariableInfo[] = [
   },
   {
     name: 'VIRTIOFWD_POLL_MODE',
+    flag: { name: '--poll-mode', kind: 'value', meta: 'busy|adaptive' },
     section: 'general',
     defaultText: 'adaptive',
     treatment: 'supported',
@@ -56,6 +71,7 @@ export const VARIABLES: readonly VariableInfo[] = [
   },
   {
     name: 'VIRTIOFWD_IPC_PORT_CONTROL',
+    flag: { name: '--ipc-port-control', kind: 'boolean' },
     section: 'general',
     defaultText: 'false',
     treatment: 'supported',
@@ -63,6 +79,7 @@ export const VARIABLES: readonly VariableInfo[] = [
   },
   {
     name: 'VIRTIOFWD_OVSDB_SOCK_PATH',
+    flag: { name: '--ovsdb-sock', kind: 'value', meta: 'PATH' },
     section: 'general',
     defaultText: '',
     treatment: 'supported',
@@ -70,6 +87,7 @@ export const VARIABLES: readonly VariableInfo[] = [
   },
   {
     name: 'VIRTIOFWD_JUMBO',
+    flag: { name: '--jumbo', kind: 'boolean' },
     section: 'general',
     defaultText: 'false',
     treatment: 'supported',
@@ -77,6 +95,7 @@ export const VARIABLES: readonly VariableInfo[] = [
   },
   {
     name: 'VIRTIOFWD_MRGBUF',
+    flag: { name: '--mrgbuf', kind: 'boolean' },
     section: 'general',
     defaultText: 'true',
     treatment: 'supported',
@@ -84,6 +103,7 @@ export const VARIABLES: readonly VariableInfo[] = [
   },
   {
     name: 'VIRTIOFWD_TSO',
+    flag: { name: '--tso', kind: 'boolean' },
     section: 'general',
     defaultText: 'false',
     treatment: 'supported',
@@ -91,6 +111,7 @@ export const VARIABLES: readonly VariableInfo[] = [
   },
   {
     name: 'VIRTIOFWD_SOCKET_OWNER',
+    flag: { name: '--socket-owner', kind: 'value', meta: 'USER' },
     section: 'general',
     defaultText: '',
     treatment: 'supported',
@@ -98,6 +119,7 @@ export const VARIABLES: readonly VariableInfo[] = [
   },
   {
     name: 'VIRTIOFWD_SOCKET_GROUP',
+    flag: { name: '--socket-group', kind: 'value', meta: 'GROUP' },
     section: 'general',
     defaultText: '',
     treatment: 'supported',
@@ -114,6 +136,7 @@ export const VARIABLES: readonly VariableInfo[] = [
   },
   {
     name: 'VIRTIOFWD_STATIC_VFS',
+    flag: { name: '--static-vf', kind: 'repeatable', meta: 'PCI=ID' },
     section: 'general',
     defaultText: '',
     treatment: 'supported',
@@ -121,6 +144,7 @@ export const VARIABLES: readonly VariableInfo[] = [
   },
   {
     name: 'VIRTIOFWD_DYNAMIC_SOCKETS',
+    flag: { name: '--dynamic-sockets', kind: 'boolean' },
     section: 'general',
     defaultText: 'false',
     treatment: 'supported',
@@ -146,6 +170,7 @@ export const VARIABLES: readonly VariableInfo[] = [
   // Core scheduler
   {
     name: 'VIO4WD_CORE_SCHED_ENABLE',
+    flag: { name: '--core-sched', kind: 'boolean' },
     section: 'core-scheduler',
     defaultText: 'true',
     treatment: 'supported',
@@ -153,6 +178,7 @@ export const VARIABLES: readonly VariableInfo[] = [
   },
   {
     name: 'VIO4WD_CORE_SCHED_SENSITIVITY',
+    schedulerFlag: '--sensitivity',
     section: 'core-scheduler',
     defaultText: '0.25',
     treatment: 'supported',
@@ -160,6 +186,7 @@ export const VARIABLES: readonly VariableInfo[] = [
   },
   {
     name: 'VIO4WD_CORE_SCHED_LOG_LEVEL',
+    schedulerFlag: '--log-level',
     section: 'core-scheduler',
     defaultText: '6',
     treatment: 'supported',
@@ -167,6 +194,7 @@ export const VARIABLES: readonly VariableInfo[] = [
   },
   {
     name: 'VIO4WD_CORE_SCHED_POLL_INTERVAL',
+    schedulerFlag: '--poll-interval',
     section: 'core-scheduler',
     defaultText: '5',
     treatment: 'supported',
@@ -174,6 +202,7 @@ export const VARIABLES: readonly VariableInfo[] = [
   },
   {
     name: 'VIO4WD_CORE_SCHED_GLOBAL_NUMA_OPT',
+    schedulerFlag: '--global-numa-opt',
     section: 'core-scheduler',
     defaultText: 'false',
     treatment: 'supported',
@@ -182,6 +211,7 @@ export const VARIABLES: readonly VariableInfo[] = [
   // Specialised
   {
     name: 'VIRTIOFWD_CPU_PINS',
+    flag: { name: '--cpu-pin', kind: 'repeatable', meta: 'ID:CPU[,CPU]' },
     section: 'specialised',
     defaultText: '',
     treatment: 'supported',
@@ -189,6 +219,7 @@ export const VARIABLES: readonly VariableInfo[] = [
   },
   {
     name: 'VIRTIOFWD_PID_DIR',
+    flag: { name: '--pid-dir', kind: 'value', meta: 'DIR' },
     section: 'specialised',
     defaultText: DEFAULT_PID_DIR,
     treatment: 'supported',
@@ -196,6 +227,8 @@ export const VARIABLES: readonly VariableInfo[] = [
   },
   {
     name: 'VIRTIOFWD_ZMQ_CONFIG_EP',
+    flag: { name: '--zmq-config-ep', kind: 'value', meta: 'EP|off' },
+    schedulerFlag: '--config-ep',
     section: 'specialised',
     defaultText: 'ipc:///var/run/virtio-forwarder/config',
     treatment: 'supported',
@@ -203,6 +236,7 @@ export const VARIABLES: readonly VariableInfo[] = [
   },
   {
     name: 'VIRTIOFWD_ZMQ_PORT_CONTROL_EP',
+    flag: { name: '--zmq-port-control-ep', kind: 'value', meta: 'EP|off' },
     section: 'specialised',
     defaultText: 'ipc:///var/run/virtio-forwarder/port_control',
     treatment: 'supported',
@@ -210,6 +244,8 @@ export const VARIABLES: readonly VariableInfo[] = [
   },
   {
     name: 'VIRTIOFWD_ZMQ_STATS_EP',
+    flag: { name: '--zmq-stats-ep', kind: 'value', meta: 'EP|off' },
+    schedulerFlag: '--stats-ep',
     section: 'specialised',
     defaultText: 'ipc:///var/run/virtio-forwarder/stats',
     treatment: 'supported',
@@ -217,6 +253,8 @@ export const VARIABLES: readonly VariableInfo[] = [
   },
   {
     name: 'VIRTIOFWD_ZMQ_CORE_SCHED_EP',
+    flag: { name: '--zmq-core-sched-ep', kind: 'value', meta: 'EP|off' },
+    schedulerFlag: '--sched-ep',
     section: 'specialised',
     defaultText: 'ipc:///var/run/virtio-forwarder/core_sched',
     treatment: 'supported',
@@ -224,6 +262,7 @@ export const VARIABLES: readonly VariableInfo[] = [
   },
   {
     name: 'VIRTIOFWD_SOCKET_DIR',
+    flag: { name: '--socket-dir', kind: 'value', meta: 'DIR' },
     section: 'specialised',
     defaultText: DEFAULT_SOCKET_DIR,
     treatment: 'supported',
@@ -231,6 +270,7 @@ export const VARIABLES: readonly VariableInfo[] = [
   },
   {
     name: 'VIRTIOFWD_SOCKET_FNAME_PATTERN',
+    flag: { name: '--socket-pattern', kind: 'value', meta: 'NAME%u' },
     section: 'specialised',
     defaultText: DEFAULT_SOCKET_PATTERN,
     treatment: 'supported',
@@ -255,6 +295,7 @@ export const VARIABLES: readonly VariableInfo[] = [
   },
   {
     name: 'VIRTIOFWD_VHOST_CLIENT',
+    flag: { name: '--vhost-client', kind: 'boolean' },
     section: 'specialised',
     defaultText: 'false',
     treatment: 'supported',
@@ -280,6 +321,7 @@ export const VARIABLES: readonly VariableInfo[] = [
   },
   {
     name: 'VIRTIOFWD_SYSFS_ROOT',
+    flag: { name: '--sysfs-root', kind: 'value', meta: 'DIR' },
     section: 'specialised',
     defaultText: '/sys',
     treatment: 'supported',
@@ -287,6 +329,7 @@ export const VARIABLES: readonly VariableInfo[] = [
   },
   {
     name: 'VIRTIOFWD_IPC_COMMAND_FILE',
+    flag: { name: '--ipc-command-file', kind: 'value', meta: 'FILE' },
     section: 'specialised',
     defaultText: DEFAULT_IPC_COMMAND_FILE,
     treatment: 'supported',

@@ -12,6 +12,12 @@ import { canonicalPciAddress, looksLikePciAddress } from '../vocabulary/pci.js';
 import { readOnlineCpus } from '../sys/topology.js';
 import { parseConfigText, type ConfigAssignment } from './config-file.js';
 import {
+  parseBooleanValue,
+  parseSchedPollIntervalMs,
+  parseSchedSensitivity,
+  parseSyslogLevelValue,
+} from './config-values.js';
+import {
   ConfigError,
   type Account,
   type CoreSchedulerConfig,
@@ -154,24 +160,24 @@ class Settings {
     return { items, setting };
   }
 
-  boolean(name: string, fallback: boolean): boolean {
+  /** A scalar read with one of relay/config-values.ts's parsers; blank or absent gives `fallback`. */
+  parsed<T>(name: string, parse: (text: string) => T, fallback: T): T {
     const { text, setting } = this.scalar(name);
     if (text === '' || !setting) return fallback;
-    const lower = text.toLowerCase();
-    if (lower === 'true' || lower === 'yes' || lower === '1') return true;
-    if (lower === 'false' || lower === 'no' || lower === '0') return false;
-    this.fail(setting, 'expected true or false (also yes/no/1/0)');
-    return fallback;
+    try {
+      return parse(text);
+    } catch (err) {
+      this.fail(setting, (err as Error).message);
+      return fallback;
+    }
+  }
+
+  boolean(name: string, fallback: boolean): boolean {
+    return this.parsed(name, parseBooleanValue, fallback);
   }
 
   syslogLevel(name: string, fallback: number): SyslogLevel {
-    const { text, setting } = this.scalar(name);
-    if (text === '' || !setting) return fallback as SyslogLevel;
-    if (!/^\d+$/.test(text) || Number(text) > 7) {
-      this.fail(setting, 'expected a log level from 0 (emergencies only) to 7 (debug)');
-      return fallback as SyslogLevel;
-    }
-    return Number(text) as SyslogLevel;
+    return this.parsed(name, parseSyslogLevelValue, fallback) as SyslogLevel;
   }
 
   absolutePath(name: string, fallback: string): string {
@@ -528,19 +534,8 @@ function readControlChannels(
 }
 
 function readCoreScheduler(s: Settings, enabled: boolean, zmq: ZmqEndpoints): CoreSchedulerConfig {
-  let sensitivity = DEFAULT_SCHED_SENSITIVITY;
-  const sens = s.scalar('VIO4WD_CORE_SCHED_SENSITIVITY');
-  if (sens.text !== '' && sens.setting) {
-    if (/^(\d+(\.\d*)?|\.\d+)$/.test(sens.text)) sensitivity = Number(sens.text);
-    else s.fail(sens.setting, 'expected a decimal number >= 0, such as 0.25');
-  }
-  let pollIntervalMs = DEFAULT_SCHED_POLL_INTERVAL_S * 1000;
-  const poll = s.scalar('VIO4WD_CORE_SCHED_POLL_INTERVAL');
-  if (poll.text !== '' && poll.setting) {
-    const seconds = /^(\d+(\.\d*)?|\.\d+)$/.test(poll.text) ? Number(poll.text) : NaN;
-    if (!(seconds > 0 && seconds <= 3600)) s.fail(poll.setting, 'expected seconds, more than 0 and at most 3600');
-    else pollIntervalMs = Math.max(1, Math.round(seconds * 1000));
-  }
+  const sensitivity = s.parsed('VIO4WD_CORE_SCHED_SENSITIVITY', parseSchedSensitivity, DEFAULT_SCHED_SENSITIVITY);
+  const pollIntervalMs = s.parsed('VIO4WD_CORE_SCHED_POLL_INTERVAL', parseSchedPollIntervalMs, DEFAULT_SCHED_POLL_INTERVAL_S * 1000);
   return {
     enabled,
     sensitivity,

@@ -6,7 +6,8 @@
 
 import { readFileSync } from 'node:fs';
 import { parseConfigText, ConfigSyntaxError } from '../relay/config-file.js';
-import { DEFAULT_ENDPOINTS } from '../vocabulary/endpoints.js';
+import { DEFAULT_ENDPOINTS, zmqEndpointProblem } from '../vocabulary/endpoints.js';
+import { parseBooleanValue, parseSchedPollIntervalMs, parseSchedSensitivity, parseSyslogLevelValue } from '../relay/config-values.js';
 
 export const DEFAULT_CONFIG_PATH = '/etc/default/virtioforwarder';
 
@@ -60,13 +61,19 @@ export function parseKeyValueText(text: string, source: string): Map<string, str
   }
 }
 
-export function parseBoolean(value: string, name: string): boolean {
-  const v = value.trim().toLowerCase();
-  // The same words the daemon accepts, so one file never means two things.
-  if (['true', 'yes', '1'].includes(v)) return true;
-  if (['false', 'no', '0'].includes(v)) return false;
-  throw new ConfigError(`${name}=${JSON.stringify(value)} is not a boolean (use true/false, yes/no or 1/0)`);
+/** Reads `value` with one of the daemon's own value parsers; a refusal names the variable or flag. */
+function parseWith<T>(parse: (text: string) => T, value: string, name: string): T {
+  try {
+    return parse(value);
+  } catch (err) {
+    throw new ConfigError(`${name}=${JSON.stringify(value)} is not valid: ${(err as Error).message}`);
+  }
 }
+
+export const parseBoolean = (value: string, name: string) => parseWith(parseBooleanValue, value, name);
+const parseSensitivity = (v: string, name: string) => parseWith(parseSchedSensitivity, v, name);
+const parsePollSeconds = (v: string, name: string) => parseWith(parseSchedPollIntervalMs, v, name);
+const parseLogLevel = (v: string, name: string) => parseWith(parseSyslogLevelValue, v, name);
 
 function parseNumber(value: string, name: string, check: (n: number) => boolean, expected: string): number {
   const n = Number(value.trim());
@@ -76,19 +83,14 @@ function parseNumber(value: string, name: string, check: (n: number) => boolean,
   return n;
 }
 
-const parseSensitivity = (v: string, name: string) => parseNumber(v, name, (n) => n >= 0, 'a number >= 0');
-const parsePollSeconds = (v: string, name: string) =>
-  Math.round(parseNumber(v, name, (n) => n > 0 && n <= 3600, 'seconds, above 0 and at most 3600') * 1000);
-const parseLogLevel = (v: string, name: string) =>
-  parseNumber(v, name, (n) => Number.isInteger(n) && n >= 0 && n <= 7, 'a syslog severity 0..7');
-
 function parseEndpoint(value: string, name: string): string {
   if (value.toLowerCase() === 'off') {
     throw new ConfigError(`${name}=off: the scheduler cannot work without this service; give its endpoint`);
   }
-  if (!/^(ipc|tcp|inproc):\/\/\S+$/.test(value)) {
-    throw new ConfigError(`${name}=${JSON.stringify(value)} is not a ZeroMQ endpoint (ipc://PATH or tcp://HOST:PORT)`);
-  }
+  // The daemon's endpoint rules (vocabulary/endpoints.ts), so the scheduler connects only where
+  // the daemon could have bound.
+  const problem = zmqEndpointProblem(value);
+  if (problem) throw new ConfigError(`${name}=${JSON.stringify(value)} is not a ZeroMQ endpoint: ${problem}`);
   return value;
 }
 

@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { FLAGS, UsageError, helpText, parseArgs, resolveConfigPath, versionText } from '../../relay/cli.js';
 import { VARIABLES, loadConfig } from '../../relay/config.js';
+import { USAGE as SCHEDULER_USAGE } from '../../scheduler/config.js';
 
 const scratch = mkdtempSync(join(tmpdir(), `vio4wd-cli-${process.pid}-`));
 afterAll(() => rmSync(scratch, { recursive: true, force: true }));
@@ -136,9 +137,32 @@ describe('help and version', () => {
       expect(text).toContain(flag.variable);
     }
     const withFlags = new Set(FLAGS.map((f) => f.variable));
-    const supported = VARIABLES.filter((v) => v.treatment === 'supported').map((v) => v.name);
+    // Every supported variable has a flag: the daemon's, or the scheduler's for what only it reads.
+    const supported = VARIABLES.filter((v) => v.treatment === 'supported' && !v.schedulerFlag).map((v) => v.name);
     expect(supported.filter((name) => !withFlags.has(name))).toEqual([]);
     for (const flag of FLAGS) expect(VARIABLES.some((v) => v.name === flag.variable), flag.variable).toBe(true);
+  });
+
+  it('sends the scheduler-only settings to vio4wd_core_scheduler instead of taking them and doing nothing', () => {
+    for (const [flag, variable, schedulerFlag] of [
+      ['--core-sched-sensitivity=0.5', 'VIO4WD_CORE_SCHED_SENSITIVITY', '--sensitivity'],
+      ['--core-sched-log-level=3', 'VIO4WD_CORE_SCHED_LOG_LEVEL', '--log-level'],
+      ['--core-sched-poll-interval=2', 'VIO4WD_CORE_SCHED_POLL_INTERVAL', '--poll-interval'],
+      ['--core-sched-global-numa-opt', 'VIO4WD_CORE_SCHED_GLOBAL_NUMA_OPT', '--global-numa-opt'],
+    ]) {
+      expect(() => parseArgs([flag])).toThrow(UsageError);
+      expect(() => parseArgs([flag])).toThrow(`${variable} is read by vio4wd_core_scheduler, not by this daemon; set it in the configuration file or give ${schedulerFlag} to vio4wd_core_scheduler`);
+    }
+    expect(() => parseArgs(['--core-sched-frobnicate=1'])).toThrow('unknown option --core-sched-frobnicate (see --help)');
+    expect(parseArgs(['--core-sched']).overrides).toEqual({ VIO4WD_CORE_SCHED_ENABLE: 'true' });
+  });
+
+  it("lists in vio4wd_core_scheduler's --help every variable the scheduler reads, with the table's flag", () => {
+    const rows = VARIABLES.filter((v) => v.schedulerFlag);
+    expect(rows.map((v) => v.name)).toEqual(expect.arrayContaining([
+      'VIO4WD_CORE_SCHED_SENSITIVITY', 'VIO4WD_CORE_SCHED_POLL_INTERVAL', 'VIO4WD_CORE_SCHED_LOG_LEVEL', 'VIO4WD_CORE_SCHED_GLOBAL_NUMA_OPT',
+    ]));
+    for (const v of rows) expect(SCHEDULER_USAGE).toMatch(new RegExp(`${v.schedulerFlag}\\b[^\\n]*(\\n[^-\\n][^\\n]*)*\\(${v.name}`));
   });
 
   it('gives the package version', () => {

@@ -1,3 +1,4 @@
+import { configFromText } from '../../relay/config.js';
 import { parseConfigText } from '../../relay/config-file.js';
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -196,10 +197,10 @@ describe('resolveSettings', () => {
     expect(bad('VIO4WD_CORE_SCHED_SENSITIVITY=lots')).toThrow(/VIO4WD_CORE_SCHED_SENSITIVITY="lots"/);
     expect(bad('VIO4WD_CORE_SCHED_POLL_INTERVAL=0')).toThrow(/VIO4WD_CORE_SCHED_POLL_INTERVAL="0" is not valid: expected seconds/);
     expect(bad('VIO4WD_CORE_SCHED_POLL_INTERVAL=-5')).toThrow(/POLL_INTERVAL/);
-    expect(bad('VIO4WD_CORE_SCHED_LOG_LEVEL=8')).toThrow(/VIO4WD_CORE_SCHED_LOG_LEVEL="8" is not valid: expected a syslog severity 0..7/);
+    expect(bad('VIO4WD_CORE_SCHED_LOG_LEVEL=8')).toThrow(/VIO4WD_CORE_SCHED_LOG_LEVEL="8" is not valid: expected a log level from 0/);
     expect(bad('VIO4WD_CORE_SCHED_LOG_LEVEL=2.5')).toThrow(/LOG_LEVEL/);
-    expect(bad('VIO4WD_CORE_SCHED_GLOBAL_NUMA_OPT=maybe')).toThrow(/VIO4WD_CORE_SCHED_GLOBAL_NUMA_OPT="maybe" is not a boolean/);
-    expect(bad('VIO4WD_CORE_SCHED_ENABLE=sure')).toThrow(/VIO4WD_CORE_SCHED_ENABLE="sure" is not a boolean/);
+    expect(bad('VIO4WD_CORE_SCHED_GLOBAL_NUMA_OPT=maybe')).toThrow(/VIO4WD_CORE_SCHED_GLOBAL_NUMA_OPT="maybe" is not valid: expected true or false/);
+    expect(bad('VIO4WD_CORE_SCHED_ENABLE=sure')).toThrow(/VIO4WD_CORE_SCHED_ENABLE="sure" is not valid: expected true or false/);
     expect(bad('VIRTIOFWD_ZMQ_STATS_EP=off')).toThrow(/VIRTIOFWD_ZMQ_STATS_EP=off: the scheduler cannot work without this service/);
     expect(bad('VIRTIOFWD_ZMQ_CORE_SCHED_EP=OFF')).toThrow(/VIRTIOFWD_ZMQ_CORE_SCHED_EP=off/);
     expect(bad('VIO4WD_CORE_SCHED_POLL_INTERVAL=3601')).toThrow(/at most 3600/);
@@ -209,10 +210,53 @@ describe('resolveSettings', () => {
     expect(flag('--poll-interval')).toThrow(/option --poll-interval needs a value/);
     expect(flag('--frobnicate')).toThrow(/unknown option --frobnicate/);
     expect(flag('stray')).toThrow(/unexpected argument "stray"/);
-    expect(flag('--global-numa-opt=perhaps')).toThrow(/--global-numa-opt="perhaps" is not a boolean/);
+    expect(flag('--global-numa-opt=perhaps')).toThrow(/--global-numa-opt="perhaps" is not valid: expected true or false/);
     expect(flag('--request-timeout', '5')).toThrow(/--request-timeout/);
     expect(flag('--sysfs-root=')).toThrow(/--sysfs-root needs a directory/);
     expect(flag('--config', '/missing')).toThrow(/configuration file \/missing cannot be read/);
+  });
+});
+
+describe('one reading of the file for the daemon and the scheduler', () => {
+  // Values the two programs used to judge differently: 0x10 stopped the daemon and was taken by
+  // the scheduler as 16 seconds; now both refuse it, and both take the same good values.
+  it.each([
+    ['VIO4WD_CORE_SCHED_POLL_INTERVAL', '0x10', false],
+    ['VIO4WD_CORE_SCHED_POLL_INTERVAL', '1e1', false],
+    ['VIO4WD_CORE_SCHED_POLL_INTERVAL', ' 2.5', true],
+    ['VIO4WD_CORE_SCHED_POLL_INTERVAL', '.5', true],
+    ['VIO4WD_CORE_SCHED_SENSITIVITY', '0x1', false],
+    ['VIO4WD_CORE_SCHED_SENSITIVITY', 'Infinity', false],
+    ['VIO4WD_CORE_SCHED_SENSITIVITY', '0.1', true],
+    ['VIO4WD_CORE_SCHED_LOG_LEVEL', '7.0', false],
+    ['VIO4WD_CORE_SCHED_LOG_LEVEL', '3', true],
+    ['VIO4WD_CORE_SCHED_GLOBAL_NUMA_OPT', 'YES', true],
+    ['VIO4WD_CORE_SCHED_GLOBAL_NUMA_OPT', 'on', false],
+    ['VIRTIOFWD_ZMQ_STATS_EP', 'ipc://relative', false],
+    ['VIRTIOFWD_ZMQ_STATS_EP', 'tcp://127.0.0.1:5555', true],
+  ])('%s=%j: both accept it, or both refuse it (%s)', (name, value, good) => {
+    const text = `${name}="${value}"`;
+    const scheduler = () => resolveSettings(['--config', '/c'], files({ '/c': text }));
+    const daemon = () => configFromText(text, { onlineCpus: [0, 1] });
+    if (good) {
+      expect(scheduler).not.toThrow();
+      expect(daemon).not.toThrow();
+    } else {
+      expect(scheduler).toThrow(name);
+      expect(daemon).toThrow(name);
+    }
+  });
+
+  it('gives the same values', () => {
+    const text = 'VIO4WD_CORE_SCHED_POLL_INTERVAL=2.5\nVIO4WD_CORE_SCHED_SENSITIVITY=0.4\nVIO4WD_CORE_SCHED_LOG_LEVEL=4\n';
+    const r = resolveSettings(['--config', '/c'], files({ '/c': text }));
+    if (r.help) throw new Error('unexpected help');
+    const { config } = configFromText(text, { onlineCpus: [0, 1] });
+    expect([r.settings.pollIntervalMs, r.settings.sensitivity, r.settings.logLevel]).toEqual([
+      config.coreScheduler.pollIntervalMs,
+      config.coreScheduler.sensitivity,
+      config.coreScheduler.logLevel,
+    ]);
   });
 });
 
