@@ -89,6 +89,11 @@ export class BackendSession {
   private table: MappedTable | null = null;
   private readonly vrings: VringState[];
   private readonly handlers: Map<number, Handler>;
+
+  /** The requests this session has a handler for (each also has its row in messages.ts). */
+  get handledRequests(): number[] {
+    return [...this.handlers.keys()];
+  }
   /** Handler work and teardown run one after another on this chain. */
   private work: Promise<void> = Promise.resolve();
   private tornDown = false;

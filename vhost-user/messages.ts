@@ -124,52 +124,94 @@ export interface MessageHeader {
 }
 
 /**
- * Allowed payload sizes per request. A number is the exact size; `memTable` is 8+32·n with
- * 1 ≤ n ≤ 8; `range` is used for requests we never negotiate, which we still read in full so the
- * session can NACK them instead of losing framing.
+ * Allowed payload sizes. A number is the exact size; `memTable` is 8+32·n with 1 ≤ n ≤ 8; a range
+ * is used for requests we never negotiate, which we still read in full so the session can NACK
+ * them instead of losing framing.
  */
 type SizeRule = number | 'memTable' | { min: number; max: number };
+
+/**
+ * File descriptors a request carries: an exact count, `regions` (one per memory region of the
+ * table), `vringFile` (one, unless the payload's NOFD bit is set), or a range (REM_MEM_REG's stray
+ * fd is tolerated, then closed by the caller).
+ */
+type FdRule = number | 'regions' | 'vringFile' | { min: number; max: number };
+
+/**
+ * The reply a request gets whatever REPLY_ACK says: its exact payload size, `varies` (a reply
+ * whose size differs between back-ends), `logShmfd` (SET_LOG_BASE: a reply only once LOG_SHMFD
+ * is negotiated), or null (none; a NEED_REPLY flag under REPLY_ACK asks for a u64 ack).
+ */
+type ReplyRule = number | 'varies' | 'logShmfd' | null;
+
+interface RequestRule {
+  payload: SizeRule;
+  fds: FdRule;
+  reply: ReplyRule;
+}
 
 const U64 = 8;
 const STATE = 8;
 const ADDR = 40;
 const LOG = 16;
 const SINGLE_REGION = 8 + MEM_REGION_SIZE;
+const ANY: SizeRule = { min: 0, max: MAX_PAYLOAD };
 
-const requestSizes = new Map<number, SizeRule>([
-  [Request.GET_FEATURES, 0],
-  [Request.SET_FEATURES, U64],
-  [Request.SET_OWNER, 0],
-  [Request.RESET_OWNER, 0],
-  [Request.SET_MEM_TABLE, 'memTable'],
-  [Request.SET_LOG_BASE, LOG],
-  [Request.SET_LOG_FD, 0],
-  [Request.SET_VRING_NUM, STATE],
-  [Request.SET_VRING_ADDR, ADDR],
-  [Request.SET_VRING_BASE, STATE],
-  [Request.GET_VRING_BASE, STATE],
-  [Request.SET_VRING_KICK, U64],
-  [Request.SET_VRING_CALL, U64],
-  [Request.SET_VRING_ERR, U64],
-  [Request.GET_PROTOCOL_FEATURES, 0],
-  [Request.SET_PROTOCOL_FEATURES, U64],
-  [Request.GET_QUEUE_NUM, 0],
-  [Request.SET_VRING_ENABLE, STATE],
-  [Request.SEND_RARP, U64],
-  [Request.NET_SET_MTU, U64],
-  [Request.SET_BACKEND_REQ_FD, 0],
-  [Request.SET_VRING_ENDIAN, STATE],
-  [Request.RESET_DEVICE, 0],
-  [Request.VRING_KICK, STATE],
-  [Request.GET_MAX_MEM_SLOTS, 0],
-  [Request.ADD_MEM_REG, SINGLE_REGION],
-  [Request.REM_MEM_REG, SINGLE_REGION],
-  [Request.SET_STATUS, U64],
-  [Request.GET_STATUS, 0],
+/** One row per request: everything the wire says about it. Handlers are the back-end's (backend.ts). */
+const REQUESTS = new Map<number, RequestRule>([
+  [Request.GET_FEATURES, { payload: 0, fds: 0, reply: U64 }],
+  [Request.SET_FEATURES, { payload: U64, fds: 0, reply: null }],
+  [Request.SET_OWNER, { payload: 0, fds: 0, reply: null }],
+  [Request.RESET_OWNER, { payload: 0, fds: 0, reply: null }],
+  [Request.SET_MEM_TABLE, { payload: 'memTable', fds: 'regions', reply: null }],
+  [Request.SET_LOG_BASE, { payload: LOG, fds: 1, reply: 'logShmfd' }],
+  [Request.SET_LOG_FD, { payload: 0, fds: 1, reply: null }],
+  [Request.SET_VRING_NUM, { payload: STATE, fds: 0, reply: null }],
+  [Request.SET_VRING_ADDR, { payload: ADDR, fds: 0, reply: null }],
+  [Request.SET_VRING_BASE, { payload: STATE, fds: 0, reply: null }],
+  [Request.GET_VRING_BASE, { payload: STATE, fds: 0, reply: STATE }],
+  [Request.SET_VRING_KICK, { payload: U64, fds: 'vringFile', reply: null }],
+  [Request.SET_VRING_CALL, { payload: U64, fds: 'vringFile', reply: null }],
+  [Request.SET_VRING_ERR, { payload: U64, fds: 'vringFile', reply: null }],
+  [Request.GET_PROTOCOL_FEATURES, { payload: 0, fds: 0, reply: U64 }],
+  [Request.SET_PROTOCOL_FEATURES, { payload: U64, fds: 0, reply: null }],
+  [Request.GET_QUEUE_NUM, { payload: 0, fds: 0, reply: U64 }],
+  [Request.SET_VRING_ENABLE, { payload: STATE, fds: 0, reply: null }],
+  [Request.SEND_RARP, { payload: U64, fds: 0, reply: null }],
+  [Request.NET_SET_MTU, { payload: U64, fds: 0, reply: null }],
+  [Request.SET_BACKEND_REQ_FD, { payload: 0, fds: 1, reply: null }],
+  [Request.IOTLB_MSG, { payload: ANY, fds: 0, reply: 'varies' }],
+  [Request.SET_VRING_ENDIAN, { payload: STATE, fds: 0, reply: null }],
+  [Request.GET_CONFIG, { payload: ANY, fds: 0, reply: 'varies' }],
+  [Request.POSTCOPY_ADVISE, { payload: ANY, fds: 0, reply: 'varies' }],
+  [Request.POSTCOPY_LISTEN, { payload: ANY, fds: 0, reply: 'varies' }],
+  [Request.POSTCOPY_END, { payload: ANY, fds: 0, reply: 'varies' }],
+  [Request.GET_INFLIGHT_FD, { payload: ANY, fds: 0, reply: 'varies' }],
+  [Request.SET_INFLIGHT_FD, { payload: ANY, fds: 1, reply: null }],
+  [Request.GPU_SET_SOCKET, { payload: ANY, fds: 1, reply: null }],
+  [Request.RESET_DEVICE, { payload: 0, fds: 0, reply: null }],
+  [Request.VRING_KICK, { payload: STATE, fds: 0, reply: null }],
+  [Request.GET_MAX_MEM_SLOTS, { payload: 0, fds: 0, reply: U64 }],
+  [Request.ADD_MEM_REG, { payload: SINGLE_REGION, fds: 1, reply: null }],
+  [Request.REM_MEM_REG, { payload: SINGLE_REGION, fds: { min: 0, max: 1 }, reply: null }],
+  [Request.SET_STATUS, { payload: U64, fds: 0, reply: null }],
+  [Request.GET_STATUS, { payload: 0, fds: 0, reply: U64 }],
 ]);
 
+/** Requests this table does not know: read in full (bounded) so they can be refused cleanly. */
+const UNKNOWN_REQUEST: RequestRule = { payload: ANY, fds: 0, reply: null };
+
+/** True when the request has its own row (everything else is read as an unknown request). */
+export function hasRequestRow(request: number): boolean {
+  return REQUESTS.has(request);
+}
+
+function ruleFor(request: number): RequestRule {
+  return REQUESTS.get(request) ?? UNKNOWN_REQUEST;
+}
+
 function sizeRuleFor(request: number): SizeRule {
-  return requestSizes.get(request) ?? { min: 0, max: MAX_PAYLOAD };
+  return ruleFor(request).payload;
 }
 
 /** The largest payload the request may carry; the connection refuses a header announcing more. */
@@ -230,16 +272,6 @@ export function decodeRequestHeader(bytes: Uint8Array): MessageHeader {
   return header;
 }
 
-/** Sizes of the replies a back-end sends, by request. */
-const replySizes = new Map<number, number>([
-  [Request.GET_FEATURES, U64],
-  [Request.GET_PROTOCOL_FEATURES, U64],
-  [Request.GET_QUEUE_NUM, U64],
-  [Request.GET_VRING_BASE, STATE],
-  [Request.GET_MAX_MEM_SLOTS, U64],
-  [Request.GET_STATUS, U64],
-]);
-
 /** Decodes and validates the header of a back-end reply (flags exactly VERSION|REPLY). */
 export function decodeReplyHeader(bytes: Uint8Array): MessageHeader {
   const header = readHeader(bytes);
@@ -250,8 +282,8 @@ export function decodeReplyHeader(bytes: Uint8Array): MessageHeader {
   if (header.size > MAX_PAYLOAD) throw new ProtocolError(`reply to ${name}: payload size ${header.size} exceeds ${MAX_PAYLOAD}`);
   // SET_LOG_BASE replies vary between back-ends (DPDK: empty, rust-vmm: the 16-byte log), so only
   // replies with a fixed shape, and acks (u64), are checked exactly.
-  const expected = replySizes.get(header.request);
-  if (expected !== undefined && header.size !== expected) {
+  const expected = ruleFor(header.request).reply;
+  if (typeof expected === 'number' && header.size !== expected) {
     throw new ProtocolError(`reply to ${name}: payload size ${header.size}, expected ${expected}`);
   }
   return header;
@@ -523,29 +555,17 @@ export function decodeMtu(payload: Uint8Array): number {
  * REM_MEM_REG's optional stray fd is tolerated (then closed by the caller).
  */
 export function expectedFdCount(request: number, payload: Uint8Array): { min: number; max: number } {
-  switch (request) {
-    case Request.SET_MEM_TABLE: {
-      const count = payload.length >= 4 ? new DataView(payload.buffer, payload.byteOffset, 4).getUint32(0, true) : 0;
-      return { min: count, max: count };
-    }
-    case Request.SET_LOG_BASE:
-    case Request.SET_LOG_FD:
-    case Request.SET_BACKEND_REQ_FD:
-    case Request.ADD_MEM_REG:
-    case Request.SET_INFLIGHT_FD:
-    case Request.GPU_SET_SOCKET:
-      return { min: 1, max: 1 };
-    case Request.SET_VRING_KICK:
-    case Request.SET_VRING_CALL:
-    case Request.SET_VRING_ERR: {
-      const noFd = payload.length === U64 && (payload[1] & 0x01) !== 0;
-      return noFd ? { min: 0, max: 0 } : { min: 1, max: 1 };
-    }
-    case Request.REM_MEM_REG:
-      return { min: 0, max: 1 };
-    default:
-      return { min: 0, max: 0 };
+  const rule = ruleFor(request).fds;
+  if (typeof rule === 'number') return { min: rule, max: rule };
+  if (rule === 'regions') {
+    const count = payload.length >= 4 ? new DataView(payload.buffer, payload.byteOffset, 4).getUint32(0, true) : 0;
+    return { min: count, max: count };
   }
+  if (rule === 'vringFile') {
+    const noFd = payload.length === U64 && (payload[1] & 0x01) !== 0;
+    return noFd ? { min: 0, max: 0 } : { min: 1, max: 1 };
+  }
+  return rule;
 }
 
 /** Throws unless `fdCount` is what the request needs. */
@@ -565,23 +585,9 @@ export function encodeMessage(request: number, flags: number, payload: Uint8Arra
   return out;
 }
 
-/** Requests whose reply exists regardless of REPLY_ACK. */
-const requestsWithReply = new Set<number>([
-  Request.GET_FEATURES,
-  Request.GET_PROTOCOL_FEATURES,
-  Request.GET_VRING_BASE,
-  Request.GET_QUEUE_NUM,
-  Request.GET_MAX_MEM_SLOTS,
-  Request.GET_STATUS,
-  Request.GET_CONFIG,
-  Request.GET_INFLIGHT_FD,
-  Request.POSTCOPY_ADVISE,
-  Request.POSTCOPY_LISTEN,
-  Request.POSTCOPY_END,
-  Request.IOTLB_MSG,
-]);
-
+/** True when the request gets a reply whatever REPLY_ACK says. */
 export function hasIntrinsicReply(request: number, protocolFeatures = 0): boolean {
-  if (request === Request.SET_LOG_BASE) return hasBit(protocolFeatures, ProtocolFeature.LOG_SHMFD);
-  return requestsWithReply.has(request);
+  const reply = ruleFor(request).reply;
+  if (reply === 'logShmfd') return hasBit(protocolFeatures, ProtocolFeature.LOG_SHMFD);
+  return reply !== null;
 }

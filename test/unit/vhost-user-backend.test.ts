@@ -23,6 +23,8 @@ import {
   encodeVringAddr,
   encodeVringFile,
   encodeVringState,
+  hasRequestRow,
+  requestName,
   type MemRegionDesc,
 } from '../../vhost-user/messages.js';
 import { offeredFeatures } from '../../vhost-user/features.js';
@@ -292,6 +294,14 @@ describe('a well-behaved front-end (virtio-user order)', () => {
     const kinds = device.events.map((e) => e.kind);
     expect(kinds.slice(-3)).toEqual(['vringStopped', 'vringStopped', 'disconnected']);
     expect(session.memory).toBeNull();
+  });
+});
+
+describe('the request table', () => {
+  it('has a wire row (payload, fds, reply) for every request the back-end handles', () => {
+    // beforeEach started the session.
+    expect(session.handledRequests.length).toBeGreaterThan(15);
+    for (const request of session.handledRequests) expect(hasRequestRow(request), requestName(request)).toBe(true);
   });
 });
 
