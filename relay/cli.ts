@@ -31,6 +31,7 @@ export const FLAGS: readonly FlagInfo[] = [
   { flag: '--jumbo', variable: 'VIRTIOFWD_JUMBO', kind: 'boolean' },
   { flag: '--mrgbuf', variable: 'VIRTIOFWD_MRGBUF', kind: 'boolean' },
   { flag: '--tso', variable: 'VIRTIOFWD_TSO', kind: 'boolean' },
+  { flag: '--unsealed-memory', variable: 'VIRTIOFWD_UNSEALED_MEMORY', kind: 'value', meta: 'refuse|warn' },
   { flag: '--pid-dir', variable: 'VIRTIOFWD_PID_DIR', kind: 'value', meta: 'DIR' },
   { flag: '--sysfs-root', variable: 'VIRTIOFWD_SYSFS_ROOT', kind: 'value', meta: 'DIR' },
   { flag: '--ipc-port-control', variable: 'VIRTIOFWD_IPC_PORT_CONTROL', kind: 'boolean' },
