@@ -89,7 +89,7 @@ stop = sys.argv[2]
 head = bytes.fromhex('ffffffffffff02000000beef') + struct.pack('>H', ${LAYOUT.etherTypeIn})
 seq = 0
 while not os.path.exists(stop):
-    for _ in range(8):
+    for _ in range(int(sys.argv[3])):
         s.send(head + struct.pack('>I', seq) + bytes(42))
         seq += 1
     time.sleep(0.001)
@@ -98,6 +98,11 @@ print('sent %d' % seq, flush=True)
 
 /** A memfd sealed against shrinking, as QEMU's memory-backend-memfd makes guest RAM. */
 function sealedMemfd(name: string, size: number): number {
+  if (process.env.VIO4WD_RR_HUGE === '1') {
+    const huge = memfdCreate(name, { hugetlb: true });
+    ftruncate(huge, size);
+    return huge;
+  }
   const fd = memfdCreate(name, { allowSealing: true });
   ftruncate(fd, size);
   addSeals(fd, F_SEAL_SHRINK);
@@ -150,7 +155,8 @@ describe.skipIf(!ready)('a healthy VM restarting its rings under traffic', () =>
     const txSetup: VringSetup = { index: 1, size: q, ...NetTestVm.rings(LAYOUT.txRingGpa, mem.address, q), kickFd: fds[2], callFd: fds[3] };
     const vm = new NetTestVm(mem, LAYOUT, rxSetup, txSetup);
     const ram: FrontendRegion = { guestPhysAddr: 0, size: LAYOUT.memSize, userAddr: mem.address, mmapOffset: 0, fd: memFd };
-    const withExtra: FrontendRegion[] = [ram, { guestPhysAddr: EXTRA_GPA, size: EXTRA_SIZE, userAddr: extra.address, mmapOffset: 0, fd: extraFd }];
+    // The new region comes first, so the index of the region holding the rings changes with every table.
+    const withExtra: FrontendRegion[] = [{ guestPhysAddr: EXTRA_GPA, size: EXTRA_SIZE, userAddr: extra.address, mmapOffset: 0, fd: extraFd }, ram];
     const stopFile = join(dir, 'stop-sending');
     let frontend: Frontend | null = null;
     let receiver: StartedProcess | null = null;
@@ -169,6 +175,11 @@ describe.skipIf(!ready)('a healthy VM restarting its rings under traffic', () =>
       }
     })();
     const mismatches: string[] = [];
+    /** GET_VRING_BASE must answer what the ring consumed: used.idx as the driver sees it (the ring is stopped). */
+    const checkBase = (when: string, index: number, base: number) => {
+      const used = vm.usedIdx(index);
+      if (base !== used) mismatches.push(`${when}: vring ${index} GET_VRING_BASE ${base}, used.idx ${used}`);
+    };
     let resets = 0;
     let tableChanges = 0;
     /** Restarts that found chains the relay had not consumed yet, or frames waiting for the guest. */
@@ -180,22 +191,34 @@ describe.skipIf(!ready)('a healthy VM restarting its rings under traffic', () =>
       const negotiated = await frontend.negotiate({ features: 2 ** VirtioNetFeature.VERSION_1 + 2 ** VirtioNetFeature.RING_EVENT_IDX });
       vm.refillRx();
       await frontend.startDevice(negotiated.features, [ram], [rxSetup, txSetup]);
-      sender = startProcess('ip', ['netns', 'exec', ns, 'python3', '-c', SENDER, peer, stopFile], { label: 'sender' });
+      sender = startProcess('ip', ['netns', 'exec', ns, 'python3', '-c', SENDER, peer, stopFile, process.env.VIO4WD_RR_VF_PER_MS ?? '8'], { label: 'sender' });
       await waitFor(() => vm.received.length > 100 && vm.nextTxSeq > 100, 10_000, 'traffic in both directions before the first restart');
 
       let extraMapped = false;
       for (let round = 0; round < ROUNDS; round++) {
-        // A device reset of both rings, in QEMU's order, resuming from what GET_VRING_BASE answered.
-        for (const setup of [rxSetup, txSetup]) {
-          const availAhead = setup.index === 1 ? vm.txOutstanding : 0;
-          const base = await frontend.getVringBase(setup.index);
-          const used = vm.usedIdx(setup.index);
-          if (base !== used) mismatches.push(`round ${round}: vring ${setup.index} GET_VRING_BASE ${base}, used.idx ${used}`);
-          if (availAhead > 0) inFlight++;
-          await frontend.setVringAddr(setup.index, setup);
-          await frontend.setVringBase(setup.index, base);
-          await frontend.setVringKick(setup.index, setup.kickFd);
-          await frontend.setVringCall(setup.index, setup.callFd);
+        if (round % 2 === 0) {
+          // A device reset of each ring in turn, resuming from what GET_VRING_BASE answered.
+          for (const setup of [rxSetup, txSetup]) {
+            if (setup.index === 1 && vm.txOutstanding > 0) inFlight++;
+            const base = await frontend.getVringBase(setup.index);
+            checkBase(`round ${round}`, setup.index, base);
+            await frontend.setVringAddr(setup.index, setup);
+            await frontend.setVringBase(setup.index, base);
+            await frontend.setVringKick(setup.index, setup.kickFd);
+            await frontend.setVringCall(setup.index, setup.callFd);
+          }
+        } else {
+          // QEMU's vhost_dev_stop and vhost_dev_start: disable and stop every ring, then start
+          // every ring (NUM, BASE, ADDR, KICK, CALL) and enable them.
+          if (vm.txOutstanding > 0) inFlight++;
+          for (const setup of [rxSetup, txSetup]) await frontend.setVringEnable(setup.index, false);
+          const bases: number[] = [];
+          for (const setup of [rxSetup, txSetup]) {
+            bases.push(await frontend.getVringBase(setup.index));
+            checkBase(`round ${round}`, setup.index, bases[setup.index]);
+          }
+          for (const setup of [rxSetup, txSetup]) await frontend.startVring({ ...setup, base: bases[setup.index], enable: false });
+          for (const setup of [rxSetup, txSetup]) await frontend.setVringEnable(setup.index, true);
         }
         resets++;
         // The guest's memory map changes: QEMU sends the whole new table; the rings are not re-sent.
@@ -215,11 +238,7 @@ describe.skipIf(!ready)('a healthy VM restarting its rings under traffic', () =>
       pumping = false;
       await pump;
       await waitFor(() => vm.txOutstanding === 0, 10_000, 'the relay to take every frame the test VM queued').catch(() => undefined);
-      for (const setup of [rxSetup, txSetup]) {
-        const base = await frontend.getVringBase(setup.index);
-        const used = vm.usedIdx(setup.index);
-        if (base !== used) mismatches.push(`final: vring ${setup.index} GET_VRING_BASE ${base}, used.idx ${used}`);
-      }
+      for (const setup of [rxSetup, txSetup]) checkBase('final', setup.index, await frontend.getVringBase(setup.index));
       if (pumpError) throw pumpError;
       const vmSent = vm.nextTxSeq;
       const fromPeer = () => [...receiver!.output().matchAll(/seq (\d+)/g)].map((m) => Number(m[1]));
