@@ -131,6 +131,13 @@ abstract class Direction {
   /** Host address − guest-physical address per region, for handing guest buffers to the kernel. */
   protected hostDelta: Float64Array = new Float64Array(0);
   protected memory: GuestMemory | null = null;
+  /**
+   * Where each queue dropped after a ring error stopped. A dropped queue is no longer polled, but
+   * its state still leaves with the direction at detach: GET_VRING_BASE (and so a migration
+   * stream) must get the index the ring really reached, not the older one the relay saved at
+   * attach, which would make the VM's next start replay chains already completed.
+   */
+  private readonly droppedStates = new Map<number, QueueState>();
 
   constructor(spec: DirectionSpec, state: DirectionState | null, counters: Float64Array, dir: Dir, onRingError: RingErrorReport) {
     this.relay = spec.relay;
@@ -149,6 +156,8 @@ abstract class Direction {
         try {
           this.queues.push(new GuestQueue(q, memory, spec.guest, state?.queues[q.index]));
         } catch (err) {
+          const resumed = state?.queues[q.index];
+          if (resumed) this.droppedStates.set(q.index, resumed);
           onRingError(q.index, (err as Error).message);
         }
       }
@@ -175,6 +184,7 @@ abstract class Direction {
 
   exportState(rrQueue: number): DirectionState {
     const queues: Record<number, QueueState> = {};
+    for (const [index, qs] of this.droppedStates) queues[index] = qs;
     for (const q of this.queues) {
       q.publish();
       queues[q.index] = q.exportState();
@@ -189,6 +199,14 @@ abstract class Direction {
   protected dropQueue(q: GuestQueue, message: string): void {
     const i = this.queues.indexOf(q);
     if (i >= 0) this.queues.splice(i, 1);
+    // Completed chains go back to the guest before the queue is left alone.
+    try {
+      q.publish();
+    } catch {
+      /* the used ring is the guest's; a failed signal changes nothing here */
+    }
+    const s = q.queue.exportState();
+    this.droppedStates.set(q.index, { lastAvail: s.lastAvail, lastUsed: s.lastUsed, signalledUsed: s.signalledUsed, signalledValid: s.signalledUsedValid });
     this.onRingError(q.index, message);
   }
 

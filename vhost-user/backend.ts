@@ -338,13 +338,35 @@ export class BackendSession {
   private async getVringBase(m: ReceivedMessage): Promise<Uint8Array> {
     const { index } = decodeVringState(m.payload);
     const v = this.vringFor(index, 'GET_VRING_BASE');
+    const wasStarted = v.started;
     await this.stopVring(v);
+    if (wasStarted) this.checkStoppedAtUsedIdx(v);
     // Like DPDK: the fds and ring addresses die with the stop; a restart must send them again, so a
     // rebooted guest never sees stale rings.
     this.releaseVringFds(v);
     v.addr = null;
     v.kicked = false;
     return encodeVringState({ index, num: v.lastAvail });
+  }
+
+  /**
+   * A net device completes every chain it takes before it stops, so a stopped ring's last_avail
+   * equals used->idx in guest memory. A difference means the device lost track of the ring (its
+   * answer would go into a migration stream): say so with both numbers.
+   */
+  private checkStoppedAtUsedIdx(v: VringState): void {
+    if (!v.addr || !this.table || v.num === 0) return;
+    let usedIdx: number;
+    try {
+      const used = this.locateRings(v, v.addr, v.num).used;
+      const view = this.table.views[used.region];
+      usedIdx = new DataView(view.buffer, view.byteOffset + used.offset + 2, 2).getUint16(0, true);
+    } catch {
+      return;
+    }
+    if (usedIdx !== v.lastAvail) {
+      this.log.warn({ vring: v.index, lastAvail: v.lastAvail, usedIdx }, `vhost-user: vring ${v.index} stopped at last_avail ${v.lastAvail} but used.idx in guest memory is ${usedIdx}`);
+    }
   }
 
   private async setVringKick(m: ReceivedMessage): Promise<void> {
