@@ -421,6 +421,12 @@ export class VfToVm extends Direction {
   private failure = '';
   /** A VM is connected but has no RX queue right now: leave VF frames in the VF ring. */
   private readonly hold: boolean;
+  /**
+   * Kernel ring drops of each member as last folded into this relay's counters. The totals live
+   * in the packet ring's shared page, so a direction that moves to another worker continues from
+   * the same numbers and counts nothing twice.
+   */
+  private readonly kernelDropsSeen: Float64Array;
 
   constructor(spec: DirectionSpec, state: DirectionState | null, counters: Float64Array, onRingError: RingErrorReport) {
     super(spec, state, counters, Dir.VfToVm, onRingError);
@@ -430,6 +436,8 @@ export class VfToVm extends Direction {
     );
     for (const q of this.queues) q.queue.disableNotifications();
     this.hold = spec.vmConnected && this.writers.length === 0;
+    this.kernelDropsSeen = new Float64Array(this.port?.rings.length ?? 0);
+    this.port?.rings.forEach((r, m) => (this.kernelDropsSeen[m] = r.counters.kernelDrops));
     this.onFrame = (bytes, offset, length, status) => {
       // Frames from a local stack (veth peers) carry checksums left for offload; the guest gets none.
       if ((status & TP_STATUS_CSUMNOTREADY) !== 0) completeL4Checksum(bytes, offset, length);
@@ -514,6 +522,22 @@ export class VfToVm extends Direction {
     return handled;
   }
 
+  /**
+   * Reads the kernel's PACKET_STATISTICS of each VF ring (one system call per member; it resets
+   * on read, so only the owner of the direction reads it) and counts the frames the kernel
+   * dropped because the ring was full: frames that reached the VF and never reached the relay.
+   */
+  foldKernelDrops(): void {
+    const port = this.port;
+    if (port === null) return;
+    for (let m = 0; m < port.rings.length; m++) {
+      const total = port.rings[m].readKernelStatistics().kernelDrops;
+      const fresh = total - this.kernelDropsSeen[m];
+      this.kernelDropsSeen[m] = total;
+      if (fresh > 0) this.add(Counter.DropsKernelRing, fresh);
+    }
+  }
+
   hasWork(): boolean {
     const port = this.port;
     if (port === null || this.hold) return false;
@@ -563,6 +587,7 @@ export class VfToVm extends Direction {
   }
 
   override exportState(): DirectionState {
+    this.foldKernelDrops();
     return super.exportState(0);
   }
 }
