@@ -29,6 +29,7 @@ import {
 import { formatForeign, formatTable, summarize, type Direction, type FailedRun, type RelayKind, type RunRecord } from './lib/report.js';
 import { meanRate } from './lib/testpmd-stats.js';
 import { dpdkDrops, formatLossTable, lossByCause, ourDropCounters, type LossByCause } from './lib/loss-causes.js';
+import { foreignPacketDrops } from './lib/foreign-packet-drops.js';
 import { parseForwardStats } from '../test/support/testpmd.js';
 import { relayBuild } from './lib/build-info.js';
 import { createTopology, deleteTopology, nsLinkCounters, rootLinkCounters, topologyNames, type Topology } from './lib/topology.js';
@@ -197,11 +198,12 @@ async function measureOnce(b: Bench, direction: Direction, size: number, kind: R
       try {
         if (relay.statsEp) {
           const c = await ourDropCounters(relay.statsEp, 1);
-          causes = lossByCause({ entered: runTotals.offered, delivered: runTotals.delivered, kernelRing: c.kernelRing, guestRingFull: c.queueFull, badFrame: c.bad, notConnected: c.notConnected });
+          causes = lossByCause({ entered: runTotals.offered, delivered: runTotals.delivered, kernelRing: c.kernelRing, guestRingFull: c.queueFull, badFrame: c.bad, notConnected: c.notConnected, leftInGuestRing: c.packets - runTotals.delivered });
         } else {
+          const kernelRing = foreignPacketDrops(relay.pid);
           await relay.stop(); // testpmd prints its final statistics on SIGTERM
           const d = dpdkDrops(relay.proc.output());
-          if (d) causes = lossByCause({ entered: runTotals.offered, delivered: runTotals.delivered, kernelRing: d.afPacketRxDropped, guestRingFull: d.vhostTxDropped, badFrame: null, notConnected: null });
+          if (d) causes = lossByCause({ entered: runTotals.offered, delivered: runTotals.delivered, kernelRing: kernelRing + d.afPacketRxDropped, guestRingFull: d.vhostTxDropped, badFrame: null, notConnected: null, leftInGuestRing: d.vhostTxPackets - runTotals.delivered });
         }
       } catch (err) {
         log.warn({ relay: kind, err: (err as Error).message }, 'no loss-by-cause figures for this run');
