@@ -6,7 +6,7 @@
 // SET_VRING_CALL) and a changed memory table (SET_MEM_TABLE with a second region added or removed).
 // Every GET_VRING_BASE must answer exactly what the ring consumed (used.idx as the driver sees
 // it), no ring may break, and no VM→VF frame may be repeated or reordered.
-// Knobs for longer or harsher runs: VIO4WD_RING_RESTARTS (rounds, default 1500: about 80 s),
+// Knobs for longer or harsher runs: VIO4WD_RING_RESTARTS (rounds, default 1200: 60-90 s; each round restarts both rings and changes the memory table),
 // VIO4WD_RR_CPUS (worker CPUs, default 1), VIO4WD_RR_POLL (busy|adaptive), VIO4WD_RR_VF_PER_MS
 // (VF→VM frames per millisecond, default 8), VIO4WD_RR_HUGE=1 (hugetlb memfds instead of sealed
 // memfds; needs free 2 MiB hugepages).
@@ -26,7 +26,7 @@ import { createNetns, createVethPair, deleteLink, deleteNetns, nsExec, requireBi
 import { sleep, startProcess, stopAll, waitFor, type StartedProcess } from '../support/processes.js';
 import { startRelay, type RunningRelay } from '../support/relay.js';
 
-const ROUNDS = Number(process.env.VIO4WD_RING_RESTARTS ?? 1500);
+const ROUNDS = Number(process.env.VIO4WD_RING_RESTARTS ?? 1200);
 vi.setConfig({ testTimeout: Math.max(240_000, ROUNDS * 200), hookTimeout: 60_000 });
 
 const ready = requireRoot() && requireBinary('ip') && requireBinary('python3');
@@ -251,7 +251,7 @@ describe.skipIf(!ready)('a healthy VM restarting its rings under traffic', () =>
       const report = sequenceReport(fromPeer(), vmSent);
       console.log(
         `ring restarts: ${resets} device resets and ${tableChanges} memory-table changes, ${inFlight} with TX chains in flight; ` +
-          `VM→VF ${vmSent} sent, ${JSON.stringify(report)} (lost includes frames a started but disabled TX ring discards, as the spec requires); VF→VM ${vm.received.length} received`,
+          `VM→VF ${vmSent} sent, ${JSON.stringify(report)} (lost is not asserted: it includes frames a started but disabled TX ring discards, as the spec requires, and frames the receiving script did not keep up with); VF→VM ${vm.received.length} received`,
       );
       expect(broken.map((l) => l.msg)).toEqual([]);
       expect(mismatches).toEqual([]);
