@@ -531,7 +531,14 @@ export class VfToVm extends Direction {
     const port = this.port;
     if (port === null) return;
     for (let m = 0; m < port.rings.length; m++) {
-      const total = port.rings[m].readKernelStatistics().kernelDrops;
+      let total: number;
+      try {
+        total = port.rings[m].readKernelStatistics().kernelDrops;
+      } catch {
+        // A statistics read that fails (a socket being torn down) must not take the worker, and
+        // every relay on it, down with it; the next read catches up.
+        continue;
+      }
       const fresh = total - this.kernelDropsSeen[m];
       this.kernelDropsSeen[m] = total;
       if (fresh > 0) this.add(Counter.DropsKernelRing, fresh);
