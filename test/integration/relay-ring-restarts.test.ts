@@ -22,7 +22,8 @@ import { Frontend, type FrontendRegion, type VringSetup } from '../../vhost-user
 import { VirtioNetFeature } from '../../vhost-user/features.js';
 import { run } from '../support/env.js';
 import { NetTestVm, type NetTestVmLayout } from '../support/net-test-vm.js';
-import { createNetns, createVethPair, deleteLink, deleteNetns, nsExec, requireBinary, requireRoot, uniqueTag } from '../support/netns.js';
+import { SplitQueueDriver } from '../../virtio/split-queue-driver.js';
+import { createNetns, createVethPair, deleteLink, deleteNetns, linkCounter, nsExec, requireBinary, requireRoot, uniqueTag } from '../support/netns.js';
 import { sleep, startProcess, stopAll, waitFor, type StartedProcess } from '../support/processes.js';
 import { startRelay, type RunningRelay } from '../support/relay.js';
 
@@ -271,6 +272,65 @@ describe.skipIf(!ready)('a healthy VM restarting its rings under traffic', () =>
       munmap(extra);
       closeFd(memFd);
       closeFd(extraFd);
+      for (const fd of fds) closeFd(fd);
+    }
+  });
+  it('answers GET_VRING_BASE with what a broken ring consumed, and runs the ring again once the front-end restarts it', async () => {
+    const memFd = sealedMemfd('broken-ring-guest-ram', LAYOUT.memSize);
+    const mem = mmap({ length: LAYOUT.memSize, prot: PROT_READ | PROT_WRITE, flags: MAP_SHARED, fd: memFd });
+    const fds = [eventfd(), eventfd(), eventfd(), eventfd()];
+    const q = LAYOUT.queueSize;
+    const rxSetup: VringSetup = { index: 0, size: q, ...NetTestVm.rings(LAYOUT.rxRingGpa, mem.address, q), kickFd: fds[0], callFd: fds[1] };
+    const txSetup: VringSetup = { index: 1, size: q, ...NetTestVm.rings(LAYOUT.txRingGpa, mem.address, q), kickFd: fds[2], callFd: fds[3] };
+    const vm = new NetTestVm(mem, LAYOUT, rxSetup, txSetup);
+    const txAvailIdx = new Uint16Array(mem.buffer, SplitQueueDriver.layout(LAYOUT.txRingGpa, q).availGpa, 2);
+    let frontend: Frontend | null = null;
+    let pumping = true;
+    let sending = true;
+    const pump = (async () => {
+      while (pumping) {
+        vm.pollRx();
+        if (sending) vm.send(TX_PER_TICK);
+        await sleep(1);
+      }
+    })();
+    const brokenBefore = relay.logs().filter((l) => /ring broken/.test(String(l.msg))).length;
+    try {
+      // The socket takes one front-end at a time: the previous test's must be gone.
+      const count = (re: RegExp) => relay.logs().filter((l) => re.test(String(l.msg))).length;
+      await waitFor(() => count(/^VM disconnected$/) >= count(/front-end connected on/), 10_000, 'the previous front-end to be gone');
+      await sleep(500);
+      frontend = await Frontend.connect(relay.socketPath(RELAY), { reactor, retryMs: 100, timeoutMs: 20_000 });
+      const negotiated = await frontend.negotiate({ features: 2 ** VirtioNetFeature.VERSION_1 });
+      vm.refillRx();
+      await frontend.startDevice(negotiated.features, [{ guestPhysAddr: 0, size: LAYOUT.memSize, userAddr: mem.address, mmapOffset: 0, fd: memFd }], [rxSetup, txSetup]);
+      await waitFor(() => vm.usedIdx(1) > 500, 10_000, 'the relay to consume TX chains');
+
+      // The guest breaks its TX ring: avail.idx jumps far past anything it posted.
+      sending = false;
+      await sleep(20);
+      const realAvail = Atomics.load(txAvailIdx, 1);
+      Atomics.store(txAvailIdx, 1, (realAvail + 30_000) & 0xffff);
+      await waitFor(() => relay.logs().filter((l) => /ring broken/.test(String(l.msg))).length > brokenBefore, 10_000, 'the relay to drop the broken TX ring');
+      const consumed = vm.usedIdx(1);
+      expect(await frontend.getVringBase(1)).toBe(consumed);
+
+      // The front-end resets the ring the usual way and resumes from the answer.
+      Atomics.store(txAvailIdx, 1, realAvail);
+      await frontend.setVringAddr(1, txSetup);
+      await frontend.setVringBase(1, consumed);
+      await frontend.setVringKick(1, txSetup.kickFd);
+      await frontend.setVringCall(1, txSetup.callFd);
+      const peerBefore = linkCounter(peer, 'rx_packets', ns);
+      sending = true;
+      await waitFor(() => linkCounter(peer, 'rx_packets', ns) - peerBefore >= 500, 10_000, 'VM→VF frames after the restart');
+      expect(relay.logs().filter((l) => /ring broken/.test(String(l.msg))).length).toBe(brokenBefore + 1);
+    } finally {
+      pumping = false;
+      await pump;
+      await frontend?.close();
+      munmap(mem);
+      closeFd(memFd);
       for (const fd of fds) closeFd(fd);
     }
   });
