@@ -28,6 +28,8 @@ import {
 } from './lib/launch.js';
 import { formatForeign, formatTable, summarize, type Direction, type FailedRun, type RelayKind, type RunRecord } from './lib/report.js';
 import { meanRate } from './lib/testpmd-stats.js';
+import { dpdkDrops, formatLossTable, lossByCause, ourDropCounters, type LossByCause } from './lib/loss-causes.js';
+import { foreignPacketDrops } from './lib/foreign-packet-drops.js';
 import { parseForwardStats } from '../test/support/testpmd.js';
 import { relayBuild } from './lib/build-info.js';
 import { createTopology, deleteTopology, nsLinkCounters, rootLinkCounters, topologyNames, type Topology } from './lib/topology.js';
@@ -191,6 +193,22 @@ async function measureOnce(b: Bench, direction: Direction, size: number, kind: R
       runTotals = { offered: vethARx(b) - vethARun, delivered: port(RX_ENDPOINT_PORTS.virtio)!.rxPackets };
     }
     if (!runTotals) log.warn({ relay: kind, direction, size }, 'traffic testpmd printed no final forward statistics; no loss figure for this run');
+    let causes: LossByCause | null = null;
+    if (direction === 'rx' && runTotals) {
+      try {
+        if (relay.statsEp) {
+          const c = await ourDropCounters(relay.statsEp, 1);
+          causes = lossByCause({ entered: runTotals.offered, delivered: runTotals.delivered, kernelRing: c.kernelRing, guestRingFull: c.queueFull, badFrame: c.bad, notConnected: c.notConnected, leftInGuestRing: c.packets - runTotals.delivered });
+        } else {
+          const kernelRing = foreignPacketDrops(relay.pid);
+          await relay.stop(); // testpmd prints its final statistics on SIGTERM
+          const d = dpdkDrops(relay.proc.output());
+          if (d) causes = lossByCause({ entered: runTotals.offered, delivered: runTotals.delivered, kernelRing: kernelRing + d.afPacketRxDropped, guestRingFull: d.vhostTxDropped, badFrame: null, notConnected: null, leftInGuestRing: d.vhostTxPackets - runTotals.delivered });
+        }
+      } catch (err) {
+        log.warn({ relay: kind, err: (err as Error).message }, 'no loss-by-cause figures for this run');
+      }
+    }
     const lossPercent = runTotals && runTotals.offered > 0 ? (1 - runTotals.delivered / runTotals.offered) * 100 : null;
     return {
       direction,
@@ -203,6 +221,7 @@ async function measureOnce(b: Bench, direction: Direction, size: number, kind: R
       injectedPps,
       runTotals,
       lossPercent,
+      lossByCause: causes,
       relayBuild: build,
       relayCpu,
       trafficCpu,
@@ -262,6 +281,10 @@ function printResults(saved: SavedResults, interrupted = false): void {
     `CPU: % of one core over the window. foreign = all CPU time minus the bench's processes; '!' = a run above ${opts.maxForeign} %.\n` +
       `${formatForeign(records)}\n`,
   );
+  const lossRows = records
+    .filter((r) => r.lossByCause)
+    .map((r) => ({ relay: r.relay === 'dpdk' ? 'DPDK' : `ours ${r.relay}`, size: r.size, run: r.run, loss: r.lossByCause! }));
+  if (lossRows.length > 0) process.stdout.write(`rx loss by cause (whole runs; frames that entered the VF):\n${formatLossTable(lossRows)}\n`);
   for (const f of failures) process.stdout.write(`FAILED ${f.direction} ${f.size} ${f.relay} run ${f.run}: ${f.error.split('\n')[0]}\n`);
 }
 

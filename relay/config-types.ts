@@ -83,6 +83,8 @@ export interface RelayConfig {
   jumbo: boolean;
   /** Offer VIRTIO_NET_F_MRG_RXBUF to guests. */
   mergeableRxBuffers: boolean;
+  /** Guest memory whose file can shrink (not sealed, not sealable): refuse it or warn (VIRTIOFWD_UNSEALED_MEMORY). */
+  unsealedMemory: 'refuse' | 'warn';
   /** Offer HOST_TSO4/6 to guests and pass large frames to the VF. */
   tso: boolean;
   portControl: {

@@ -102,6 +102,15 @@ export const VARIABLES: readonly VariableInfo[] = [
     summary: 'offer mergeable receive buffers (VIRTIO_NET_F_MRG_RXBUF) to guests',
   },
   {
+    name: 'VIRTIOFWD_UNSEALED_MEMORY',
+    flag: { name: '--unsealed-memory', kind: 'value', meta: 'refuse|warn' },
+    section: 'general',
+    defaultText: 'warn',
+    treatment: 'supported',
+    summary:
+      'guest memory files that can shrink (not sealed with F_SEAL_SHRINK and not sealable by the relay: hugetlbfs, DPDK virtio-user memfds): refuse the VM\'s memory table, or warn and accept it (a shrink would then crash the daemon with SIGBUS)',
+  },
+  {
     name: 'VIRTIOFWD_TSO',
     flag: { name: '--tso', kind: 'boolean' },
     section: 'general',

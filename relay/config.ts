@@ -231,6 +231,7 @@ export function configFromAssignments(assignments: Map<string, ConfigAssignment>
 
   const jumbo = s.boolean('VIRTIOFWD_JUMBO', false);
   const mergeableRxBuffers = s.boolean('VIRTIOFWD_MRGBUF', true);
+  const unsealedMemory = readUnsealedMemory(s);
   const tso = s.boolean('VIRTIOFWD_TSO', false);
   const vhostClient = s.boolean('VIRTIOFWD_VHOST_CLIENT', false);
 
@@ -275,6 +276,7 @@ export function configFromAssignments(assignments: Map<string, ConfigAssignment>
     cpuPins,
     jumbo,
     mergeableRxBuffers,
+    unsealedMemory,
     tso,
     portControl: { mode: portControlMode, ovsdbSocketPath, ipcCommandFile },
     zmq,
@@ -282,6 +284,15 @@ export function configFromAssignments(assignments: Map<string, ConfigAssignment>
     sourcePath: options.sourcePath,
   };
   return { config, warnings: s.warnings };
+}
+
+function readUnsealedMemory(s: Settings): 'refuse' | 'warn' {
+  const { text, setting } = s.scalar('VIRTIOFWD_UNSEALED_MEMORY');
+  if (text === '' || !setting) return 'warn';
+  const lower = text.toLowerCase();
+  if (lower === 'refuse' || lower === 'warn') return lower;
+  s.fail(setting, 'expected refuse or warn');
+  return 'warn';
 }
 
 function readPollMode(s: Settings): PollMode {

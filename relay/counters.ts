@@ -20,6 +20,11 @@ export const enum Counter {
   DropsBadFrame,
   BusyNs,
   PollNs,
+  /**
+   * VF→VM: frames the kernel could not put in the VF packet ring because it was full
+   * (PACKET_STATISTICS tp_drops), folded in by the worker that owns the direction.
+   */
+  DropsKernelRing,
   Count,
 }
 
@@ -44,6 +49,7 @@ export interface DirectionCounts {
   dropsBadFrame: number;
   busyNs: number;
   pollNs: number;
+  dropsKernelRing: number;
 }
 
 export function readCounts(view: Float64Array, relay: number, dir: Dir): DirectionCounts {
@@ -58,6 +64,7 @@ export function readCounts(view: Float64Array, relay: number, dir: Dir): Directi
     dropsBadFrame: view[b + Counter.DropsBadFrame],
     busyNs: view[b + Counter.BusyNs],
     pollNs: view[b + Counter.PollNs],
+    dropsKernelRing: view[b + Counter.DropsKernelRing],
   };
 }
 

@@ -131,6 +131,13 @@ abstract class Direction {
   /** Host address − guest-physical address per region, for handing guest buffers to the kernel. */
   protected hostDelta: Float64Array = new Float64Array(0);
   protected memory: GuestMemory | null = null;
+  /**
+   * Where each queue dropped after a ring error stopped. A dropped queue is no longer polled, but
+   * its state still leaves with the direction at detach: GET_VRING_BASE (and so a migration
+   * stream) must get the index the ring really reached, not the older one the relay saved at
+   * attach, which would make the VM's next start replay chains already completed.
+   */
+  private readonly droppedStates = new Map<number, QueueState>();
 
   constructor(spec: DirectionSpec, state: DirectionState | null, counters: Float64Array, dir: Dir, onRingError: RingErrorReport) {
     this.relay = spec.relay;
@@ -149,6 +156,8 @@ abstract class Direction {
         try {
           this.queues.push(new GuestQueue(q, memory, spec.guest, state?.queues[q.index]));
         } catch (err) {
+          const resumed = state?.queues[q.index];
+          if (resumed) this.droppedStates.set(q.index, resumed);
           onRingError(q.index, (err as Error).message);
         }
       }
@@ -175,6 +184,7 @@ abstract class Direction {
 
   exportState(rrQueue: number): DirectionState {
     const queues: Record<number, QueueState> = {};
+    for (const [index, qs] of this.droppedStates) queues[index] = qs;
     for (const q of this.queues) {
       q.publish();
       queues[q.index] = q.exportState();
@@ -189,6 +199,14 @@ abstract class Direction {
   protected dropQueue(q: GuestQueue, message: string): void {
     const i = this.queues.indexOf(q);
     if (i >= 0) this.queues.splice(i, 1);
+    // Completed chains go back to the guest before the queue is left alone.
+    try {
+      q.publish();
+    } catch {
+      /* the used ring is the guest's; a failed signal changes nothing here */
+    }
+    const s = q.queue.exportState();
+    this.droppedStates.set(q.index, { lastAvail: s.lastAvail, lastUsed: s.lastUsed, signalledUsed: s.signalledUsed, signalledValid: s.signalledUsedValid });
     this.onRingError(q.index, message);
   }
 
@@ -403,6 +421,12 @@ export class VfToVm extends Direction {
   private failure = '';
   /** A VM is connected but has no RX queue right now: leave VF frames in the VF ring. */
   private readonly hold: boolean;
+  /**
+   * Kernel ring drops of each member as last folded into this relay's counters. The totals live
+   * in the packet ring's shared page, so a direction that moves to another worker continues from
+   * the same numbers and counts nothing twice.
+   */
+  private readonly kernelDropsSeen: Float64Array;
 
   constructor(spec: DirectionSpec, state: DirectionState | null, counters: Float64Array, onRingError: RingErrorReport) {
     super(spec, state, counters, Dir.VfToVm, onRingError);
@@ -412,6 +436,8 @@ export class VfToVm extends Direction {
     );
     for (const q of this.queues) q.queue.disableNotifications();
     this.hold = spec.vmConnected && this.writers.length === 0;
+    this.kernelDropsSeen = new Float64Array(this.port?.rings.length ?? 0);
+    this.port?.rings.forEach((r, m) => (this.kernelDropsSeen[m] = r.counters.kernelDrops));
     this.onFrame = (bytes, offset, length, status) => {
       // Frames from a local stack (veth peers) carry checksums left for offload; the guest gets none.
       if ((status & TP_STATUS_CSUMNOTREADY) !== 0) completeL4Checksum(bytes, offset, length);
@@ -496,6 +522,29 @@ export class VfToVm extends Direction {
     return handled;
   }
 
+  /**
+   * Reads the kernel's PACKET_STATISTICS of each VF ring (one system call per member; it resets
+   * on read, so only the owner of the direction reads it) and counts the frames the kernel
+   * dropped because the ring was full: frames that reached the VF and never reached the relay.
+   */
+  foldKernelDrops(): void {
+    const port = this.port;
+    if (port === null) return;
+    for (let m = 0; m < port.rings.length; m++) {
+      let total: number;
+      try {
+        total = port.rings[m].readKernelStatistics().kernelDrops;
+      } catch {
+        // A statistics read that fails (a socket being torn down) must not take the worker, and
+        // every relay on it, down with it; the next read catches up.
+        continue;
+      }
+      const fresh = total - this.kernelDropsSeen[m];
+      this.kernelDropsSeen[m] = total;
+      if (fresh > 0) this.add(Counter.DropsKernelRing, fresh);
+    }
+  }
+
   hasWork(): boolean {
     const port = this.port;
     if (port === null || this.hold) return false;
@@ -545,6 +594,7 @@ export class VfToVm extends Direction {
   }
 
   override exportState(): DirectionState {
+    this.foldKernelDrops();
     return super.exportState(0);
   }
 }

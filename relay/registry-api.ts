@@ -37,6 +37,11 @@ export interface DirectionCounters {
   dropsQueueFull: number;
   dropsNotConnected: number;
   dropsBadFrame: number;
+  /**
+   * VF→VM: frames the kernel dropped because the VF packet ring was full (the relay or the guest
+   * did not keep up); 0 for VM→VF.
+   */
+  dropsKernelRing: number;
   /** Busy time measured by the owning worker: nanoseconds spent in polls that moved packets. */
   busyNs: number;
   /** Nanoseconds of all polls of this direction (busy and empty). */

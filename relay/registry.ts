@@ -110,6 +110,7 @@ export class RelayRegistryImpl implements RelayRegistry {
       device: relay,
       maxQueuePairs: MAX_QUEUE_PAIRS,
       mergeableRxBuffers: config.mergeableRxBuffers,
+      unsealedMemory: config.unsealedMemory,
     };
     // In client mode the VM's QEMU creates the socket, so the directory must exist for it too.
     const dir = dirname(path);

@@ -31,6 +31,9 @@ const IDLE_POLLS_BEFORE_SLEEP = 4096;
 const SLEEP_MS = 200;
 /** Longest stretch of polling before the event loop gets a turn for messages. */
 const SLICE_MS = 2;
+/** How often the kernel's VF ring drop counts are folded into the relay counters (a system call per VF). */
+const KERNEL_STATS_MS = 100;
+let kernelStatsDue = 0;
 
 function refreshList(): void {
   list = [...directions.values()];
@@ -141,7 +144,12 @@ function slice(): void {
     }
     if ((iteration & 63) === 0 && performance.now() >= sliceEnd) break;
   }
-  accountWall(performance.now());
+  const now = performance.now();
+  accountWall(now);
+  if (now >= kernelStatsDue) {
+    kernelStatsDue = now + KERNEL_STATS_MS;
+    for (const d of list) if (d instanceof VfToVm) d.foldKernelDrops();
+  }
   // The wake eventfd may have been written while we were polling; clear it so poll() can block next time.
   eventfdRead(init.wakeFd);
   setImmediate(slice);

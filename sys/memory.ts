@@ -85,6 +85,26 @@ export function ftruncate(fd: number, size: number): void {
   check(ftruncateNative(fd, size), 'ftruncate', `fd ${fd} to ${size} bytes`);
 }
 
+// File seals (fcntl F_ADD_SEALS / F_GET_SEALS, memfd_create(2)). fcntl is variadic; both commands
+// take an int (or nothing), which this fixed prototype passes the same way on x86-64 and aarch64.
+const fcntlSealNative = libc.func('int fcntl(int fd, int cmd, ...)');
+const F_ADD_SEALS = 1033;
+const F_GET_SEALS = 1034;
+export const F_SEAL_SEAL = 0x0001;
+export const F_SEAL_SHRINK = 0x0002;
+export const F_SEAL_GROW = 0x0004;
+export const F_SEAL_WRITE = 0x0008;
+
+/** Seals on `fd`. Files that do not support sealing (hugetlbfs without MFD_ALLOW_SEALING, ext4, shm) give EINVAL. */
+export function fileSeals(fd: number): number {
+  return check(fcntlSealNative(fd, F_GET_SEALS, 'int', 0), 'fcntl', `F_GET_SEALS on fd ${fd}`);
+}
+
+/** Adds seals to a memfd created with `allowSealing` (EPERM once F_SEAL_SEAL is set). */
+export function addSeals(fd: number, seals: number): void {
+  check(fcntlSealNative(fd, F_ADD_SEALS, 'int', seals), 'fcntl', `F_ADD_SEALS 0x${seals.toString(16)} on fd ${fd}`);
+}
+
 const statBuffer = new BigInt64Array(18); // struct stat is 144 bytes on x86-64 and aarch64
 const ST_SIZE_INDEX = 6; // st_size sits at byte 48 on both
 

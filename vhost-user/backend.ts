@@ -15,6 +15,7 @@ import {
   offeredProtocolFeatures,
 } from './features.js';
 import { locateUserRange, mapTable, sameTable, unmapTable, type MappedTable } from './guest-mapping.js';
+import { protectAgainstShrink, type UnsealedMemoryPolicy } from './memory-seals.js';
 import {
   FLAG_NEED_REPLY,
   ProtocolError,
@@ -51,6 +52,12 @@ export interface BackendSessionOptions {
   mergeableRxBuffers?: boolean;
   /** Shown in logs, e.g. the socket path. */
   label?: string;
+  /**
+   * A memory region whose file can shrink (not sealed with F_SEAL_SHRINK, and not sealable here):
+   * 'refuse' the table or accept it with a 'warn'ing (default 'warn', what DPDK virtio-user and
+   * QEMU on hugetlbfs need). See memory-seals.ts.
+   */
+  unsealedMemory?: UnsealedMemoryPolicy;
 }
 
 interface VringState {
@@ -80,6 +87,7 @@ export class BackendSession {
   private readonly device: NetDevice;
   private readonly log: Logger;
   private readonly connection: Connection;
+  private readonly unsealedMemory: UnsealedMemoryPolicy;
   readonly maxQueuePairs: number;
   readonly offeredFeatures: number;
   readonly offeredProtocolFeatures: number;
@@ -107,6 +115,7 @@ export class BackendSession {
       throw new RangeError(`vhost-user backend: maxQueuePairs ${pairs} is outside 1..${MAX_QUEUE_PAIRS}`);
     }
     this.device = opts.device;
+    this.unsealedMemory = opts.unsealedMemory ?? 'warn';
     this.maxQueuePairs = pairs;
     this.offeredFeatures = offeredFeatures({ mergeableRxBuffers: opts.mergeableRxBuffers });
     this.offeredProtocolFeatures = offeredProtocolFeatures();
@@ -254,6 +263,7 @@ export class BackendSession {
       this.log.debug('vhost-user: SET_MEM_TABLE identical to the current table, kept');
       return;
     }
+    this.checkShrinkable(descs.length, m.fds);
     const table = mapTable(descs, m.fds);
     // The mappings keep the memory alive; the fds are not needed any more (closed by the connection).
     const running = this.vrings.filter((v) => v.started);
@@ -271,6 +281,31 @@ export class BackendSession {
     // The front-end will not resend SET_VRING_ADDR: restart rings against the new mappings, and
     // start kicked rings whose addresses the old table could not translate.
     for (const v of this.vrings) await this.tryStart(v);
+  }
+
+  /**
+   * A region file that shrinks under its mapping kills the daemon with SIGBUS at the next touch
+   * (Node cannot catch it), so each file must be sealed against shrinking, or sealable by us, or
+   * accepted by policy with a warning naming the region.
+   */
+  private checkShrinkable(count: number, fds: readonly number[]): void {
+    const unprotected: string[] = [];
+    for (let i = 0; i < count; i++) {
+      const p = protectAgainstShrink(fds[i]);
+      if (p.kind === 'sealed-here') this.log.info({ region: i }, `vhost-user: memory region ${i} sealed against shrinking (F_SEAL_SHRINK) by the back-end`);
+      else if (p.kind === 'unprotected') unprotected.push(`memory region ${i}: ${p.why}`);
+    }
+    if (unprotected.length === 0) return;
+    if (this.unsealedMemory === 'refuse') {
+      throw new ProtocolError(
+        `SET_MEM_TABLE refused: guest memory can shrink under the mapping, and a shrink would crash the daemon (SIGBUS): ${unprotected.join('; ')}. ` +
+          'Seal it (QEMU: memory-backend-memfd, whose default seals=on) or set VIRTIOFWD_UNSEALED_MEMORY=warn',
+      );
+    }
+    this.log.warn(
+      { regions: unprotected },
+      `vhost-user: guest memory can shrink under the mapping (${unprotected.join('; ')}); a front-end that shrinks it would crash the daemon (SIGBUS). Accepted because VIRTIOFWD_UNSEALED_MEMORY=warn`,
+    );
   }
 
   // ---- vrings -----------------------------------------------------------------------------------
@@ -308,13 +343,35 @@ export class BackendSession {
   private async getVringBase(m: ReceivedMessage): Promise<Uint8Array> {
     const { index } = decodeVringState(m.payload);
     const v = this.vringFor(index, 'GET_VRING_BASE');
+    const wasStarted = v.started;
     await this.stopVring(v);
+    if (wasStarted) this.checkStoppedAtUsedIdx(v);
     // Like DPDK: the fds and ring addresses die with the stop; a restart must send them again, so a
     // rebooted guest never sees stale rings.
     this.releaseVringFds(v);
     v.addr = null;
     v.kicked = false;
     return encodeVringState({ index, num: v.lastAvail });
+  }
+
+  /**
+   * A net device completes every chain it takes before it stops, so a stopped ring's last_avail
+   * equals used->idx in guest memory. A difference means the device lost track of the ring (its
+   * answer would go into a migration stream): say so with both numbers.
+   */
+  private checkStoppedAtUsedIdx(v: VringState): void {
+    if (!v.addr || !this.table || v.num === 0) return;
+    let usedIdx: number;
+    try {
+      const used = this.locateRings(v, v.addr, v.num).used;
+      const view = this.table.views[used.region];
+      usedIdx = new DataView(view.buffer, view.byteOffset + used.offset + 2, 2).getUint16(0, true);
+    } catch {
+      return;
+    }
+    if (usedIdx !== v.lastAvail) {
+      this.log.warn({ vring: v.index, lastAvail: v.lastAvail, usedIdx }, `vhost-user: vring ${v.index} stopped at last_avail ${v.lastAvail} but used.idx in guest memory is ${usedIdx}`);
+    }
   }
 
   private async setVringKick(m: ReceivedMessage): Promise<void> {

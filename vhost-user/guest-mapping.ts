@@ -31,7 +31,15 @@ function mapRegion(desc: MemRegionDesc, fd: number, i: number): Mapping {
   let lastError: unknown;
   for (const alignment of [MIB2, GIB]) {
     try {
-      return mmap({ length: alignUp(end, alignment), prot: PROT_READ | PROT_WRITE, flags: MAP_SHARED, fd, offset: 0 });
+      const mapping = mmap({ length: alignUp(end, alignment), prot: PROT_READ | PROT_WRITE, flags: MAP_SHARED, fd, offset: 0 });
+      // The file may have shrunk between the fstat and the mmap (an unsealed file, see
+      // memory-seals.ts): check again before anyone touches the mapping.
+      const sizeNow = fstatSize(fd);
+      if (end > sizeNow) {
+        unmapQuietly(mapping);
+        throw new Error(`memory region ${i}: its file shrank to 0x${sizeNow.toString(16)} bytes while being mapped (region ends at 0x${end.toString(16)})`);
+      }
+      return mapping;
     } catch (err) {
       // EINVAL: hugetlbfs with pages larger than the alignment tried; retry with 1 GiB.
       lastError = err;

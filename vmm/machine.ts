@@ -12,7 +12,7 @@ import { loadKernel, parseKernel } from './boot.js';
 import type { VmConfig } from './config-types.js';
 import { BOOT_MSRS, buildFpu, buildRegs, buildSregs, hostIsPvm, patchCpuid, patchLapic } from './cpu.js';
 import { Serial, createSerialState } from './devices/serial.js';
-import { createTransportState, type StatusChange } from './devices/virtio-mmio.js';
+import { MmioTransport, createTransportState, type StatusChange } from './devices/virtio-mmio.js';
 import { createGuestRam, writeGuest, type GuestRam } from './guest-ram.js';
 import {
   ACPI_TABLES_ADDR,
@@ -308,8 +308,10 @@ export class Machine extends EventEmitter {
       await (device.net ?? device.blk)?.onStatus(change);
     } catch (err) {
       this.log.error({ device: device.index, err: (err as Error).message }, `virtio device ${device.index}: ${(err as Error).message}`);
-      const { MmioTransport } = await import('./devices/virtio-mmio.js');
       MmioTransport.setNeedsReset(device.state);
+    } finally {
+      // The vCPU that wrote the reset waits for this before the guest may touch its rings again.
+      if (change.status === 0) MmioTransport.resetDone(device.state);
     }
   }
 

@@ -36,7 +36,7 @@ const serial = new Serial(
   (level) => kvm.irqLine(data.vmFd, SERIAL_GSI, level),
 );
 const transports = data.transports.map(
-  (t, device) => ({ base: t.base, end: t.base + t.size, mmio: new MmioTransport(t.state, (change) => post({ type: 'status', device, change })) }),
+  (t, device) => ({ base: t.base, end: t.base + t.size, mmio: new MmioTransport(t.state, (change) => post({ type: 'status', device, change }), { waitForReset: true }) }),
 );
 
 function handleIo(): string | null {

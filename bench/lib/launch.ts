@@ -115,6 +115,8 @@ function startTestpmd(label: string, argv: string[], opts: { netns?: string }): 
 
 export interface RelayUnderTest extends BenchProcess {
   socketPath: string;
+  /** Our relay's stats service (its VF→VM drop counters by cause); absent for DPDK's relay. */
+  statsEp?: string;
 }
 
 export type OurPollMode = 'busy' | 'adaptive';
@@ -141,7 +143,8 @@ export async function startOurRelay(o: { vf: string; cpu: number; pollMode: OurP
       `VIRTIOFWD_STATIC_VFS=(${o.vf}=1)`,
       'VIO4WD_CORE_SCHED_ENABLE=false',
       'VIRTIOFWD_ZMQ_PORT_CONTROL_EP=off',
-      'VIRTIOFWD_ZMQ_STATS_EP=off',
+      // Idle until the bench asks once, after the window, for the loss by cause.
+      `VIRTIOFWD_ZMQ_STATS_EP=ipc://${dir}/stats`,
       'VIRTIOFWD_ZMQ_CONFIG_EP=off',
       'VIRTIOFWD_ZMQ_CORE_SCHED_EP=off',
       '',
@@ -158,7 +161,7 @@ export async function startOurRelay(o: { vf: string; cpu: number; pollMode: OurP
     await stop();
     throw new Error(`our relay (${o.pollMode}) did not become ready: ${(err as Error).message}`);
   }
-  return { ...p, socketPath: join(socketDir, 'virtio-forwarder1.sock'), stop };
+  return { ...p, socketPath: join(socketDir, 'virtio-forwarder1.sock'), statsEp: `ipc://${dir}/stats`, stop };
 }
 
 /** DPDK's relay: testpmd net_vhost (server) ⇄ net_af_packet in io forwarding, both lcores on `cpu`. */

@@ -7,6 +7,8 @@ export type Direction = 'tx' | 'rx';
 /** 'dpdk' is dpdk-testpmd net_vhost ⇄ net_af_packet; the others are bin/virtio-forwarder in a poll mode. */
 export type RelayKind = 'dpdk' | 'busy' | 'adaptive';
 
+import type { LossByCause } from './loss-causes.js';
+
 export interface RunRecord {
   direction: Direction;
   size: number;
@@ -29,6 +31,8 @@ export interface RunRecord {
   runTotals: { offered: number; delivered: number } | null;
   /** 1 − delivered/offered over the whole run, %. */
   lossPercent: number | null;
+  /** rx only: where the frames that entered the VF went, by cause (null when unknown). */
+  lossByCause?: LossByCause | null;
   /** Our relay's commit and compile time (null for DPDK's). */
   relayBuild: RelayBuild | null;
   relayCpu: { user: number; system: number };

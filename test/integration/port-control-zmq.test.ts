@@ -297,6 +297,7 @@ describe('virtioforwarder_stats', () => {
       'vf_to_vm.cpu_\\d+.pkts_tx_to_vm',
       'vf_to_vm.cpu_\\d+.bytes_tx_to_vm',
       'vf_to_vm.cpu_\\d+.pkts_dropped_vm_not_connected',
+      'vf_to_vm.cpu_\\d+.pkts_dropped_vf_ring_full',
       'vm_to_vf.cpu_\\d+.pkts_rx_from_vm',
       'vm_to_vf.cpu_\\d+.bytes_tx_to_vf',
       'vm_to_vf.cpu_\\d+.pkts_dropped_vf_queue_full',

@@ -149,6 +149,7 @@ export class MemoryRegistry implements RelayRegistry {
         dropsQueueFull: 0,
         dropsNotConnected: r.device && !r.vmConnected ? 1 : 0,
         dropsBadFrame: 0,
+        dropsKernelRing: 0,
         busyNs: Math.floor(ms * 1e6 * 0.1),
         pollNs: Math.floor(ms * 1e6),
         cpu: r.device || r.vmConnected ? cpu : -1,

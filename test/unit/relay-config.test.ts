@@ -64,6 +64,7 @@ describe('defaults', () => {
       cpuPins: [],
       jumbo: false,
       mergeableRxBuffers: true,
+      unsealedMemory: 'warn',
       tso: false,
       portControl: { mode: 'zmq', ovsdbSocketPath: '/var/run/openvswitch/db.sock', ipcCommandFile: '/tmp/vio_cmd' },
       zmq: {
@@ -359,6 +360,9 @@ describe('log level, poll mode, sysfs root', () => {
     expect(load('VIRTIOFWD_POLL_MODE=BUSY').config.pollMode).toBe('busy');
     expect(load('VIRTIOFWD_POLL_MODE=adaptive').config.pollMode).toBe('adaptive');
     expect(problemOf('VIRTIOFWD_POLL_MODE=spin')).toBe('VIRTIOFWD_POLL_MODE="spin" (line 1): expected busy or adaptive');
+    expect(load('VIRTIOFWD_UNSEALED_MEMORY=Refuse').config.unsealedMemory).toBe('refuse');
+    expect(load('VIRTIOFWD_UNSEALED_MEMORY=').config.unsealedMemory).toBe('warn');
+    expect(problemOf('VIRTIOFWD_UNSEALED_MEMORY=ignore')).toBe('VIRTIOFWD_UNSEALED_MEMORY="ignore" (line 1): expected refuse or warn');
   });
 
   it('refuses a sysfs root that is relative or missing', () => {
@@ -512,6 +516,7 @@ describe('every variable, good and bad', () => {
     VIRTIOFWD_JUMBO: ['true', 'y'],
     VIRTIOFWD_MRGBUF: ['no', 'n'],
     VIRTIOFWD_TSO: ['1', 'enabled'],
+    VIRTIOFWD_UNSEALED_MEMORY: ['refuse', 'allow'],
     VIRTIOFWD_SOCKET_OWNER: ['root', 'nobody-here'],
     VIRTIOFWD_SOCKET_GROUP: ['kvm', 'nogroup-here'],
     VIRTIOFWD_HUGETLBFS_MOUNT_POINT: ['/mnt/huge', '(a b)'],

@@ -5,10 +5,10 @@ import { readdirSync } from 'node:fs';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { close as closeFd } from '../../sys/fd.js';
 import { eventfd } from '../../sys/eventfd.js';
-import { MAP_SHARED, PROT_READ, PROT_WRITE, ftruncate, memfdCreate, mmap, munmap, type Mapping } from '../../sys/memory.js';
+import { F_SEAL_SHRINK, MAP_SHARED, PROT_READ, PROT_WRITE, addSeals, fileSeals, ftruncate, memfdCreate, mmap, munmap, type Mapping } from '../../sys/memory.js';
 import { Reactor } from '../../sys/poll.js';
 import { receiveMessage, sendMessage, socketPair } from '../../sys/unix-socket.js';
-import { BackendSession } from '../../vhost-user/backend.js';
+import { BackendSession, type BackendSessionOptions } from '../../vhost-user/backend.js';
 import {
   FLAG_NEED_REPLY,
   REPLY_FLAGS,
@@ -112,11 +112,11 @@ async function expectClosedByBackend(): Promise<void> {
   await session.ended;
 }
 
-function startSession(maxQueuePairs = 1): void {
+function startSession(maxQueuePairs = 1, extra: Partial<BackendSessionOptions> = {}): void {
   const [a, b] = socketPair();
   peer = a;
   device = new RecordingDevice();
-  session = new BackendSession(b, { device, reactor, maxQueuePairs });
+  session = new BackendSession(b, { device, reactor, maxQueuePairs, ...extra });
   session.start();
 }
 
@@ -572,5 +572,59 @@ describe('messages a net back-end tolerates or refuses without offering them', (
     // Restoring the table brings it back without a new kick.
     expect(await ack(Request.SET_MEM_TABLE, encodeMemTable([region()]), [memFd])).toBe(0);
     expect(session.vring(0).started).toBe(true);
+  });
+});
+
+describe('guest memory that could shrink under the mapping (SIGBUS)', () => {
+  /** Replaces the default session with one using `policy` for unsealed memory. */
+  async function restartWith(policy: 'refuse' | 'warn'): Promise<void> {
+    closeFd(peer);
+    await session.ended;
+    startSession(1, { unsealedMemory: policy });
+  }
+
+  function memfd(opts: { sealable: boolean; sealed: boolean }): number {
+    const fd = memfdCreate('vhost-user-seal-test', { allowSealing: opts.sealable });
+    ftruncate(fd, MEM_SIZE);
+    if (opts.sealed) addSeals(fd, F_SEAL_SHRINK);
+    return fd;
+  }
+
+  it('refuses a memfd that can no longer be sealed when the policy is refuse, and maps nothing', async () => {
+    await restartWith('refuse');
+    // memFd was made without MFD_ALLOW_SEALING, like DPDK virtio-user's: it can shrink for ever.
+    expect(await ack(Request.SET_MEM_TABLE, encodeMemTable([region()]), [memFd])).toBe(1);
+    expect(session.memory).toBeNull();
+    expect(device.events.map((e) => e.kind)).not.toContain('memoryChanged');
+  });
+
+  it('accepts a memfd sealed against shrinking when the policy is refuse', async () => {
+    await restartWith('refuse');
+    const fd = memfd({ sealable: true, sealed: true });
+    try {
+      expect(await ack(Request.SET_MEM_TABLE, encodeMemTable([region()]), [fd])).toBe(0);
+      expect(session.memory).not.toBeNull();
+    } finally {
+      closeFd(fd);
+    }
+  });
+
+  it('seals a sealable but unsealed memfd itself, so the front-end can no longer shrink it', async () => {
+    await restartWith('refuse');
+    const fd = memfd({ sealable: true, sealed: false });
+    try {
+      expect(fileSeals(fd) & F_SEAL_SHRINK).toBe(0);
+      expect(await ack(Request.SET_MEM_TABLE, encodeMemTable([region()]), [fd])).toBe(0);
+      expect(fileSeals(fd) & F_SEAL_SHRINK).toBe(F_SEAL_SHRINK);
+      expect(() => ftruncate(fd, 0)).toThrow(expect.objectContaining({ code: 'EPERM' }));
+    } finally {
+      closeFd(fd);
+    }
+  });
+
+  it('accepts memory that cannot be sealed when the policy is warn', async () => {
+    await restartWith('warn');
+    expect(await ack(Request.SET_MEM_TABLE, encodeMemTable([region()]), [memFd])).toBe(0);
+    expect(session.memory).not.toBeNull();
   });
 });

@@ -68,6 +68,8 @@ const W = {
   queueNumMax: 13,
   /** 1: the back end signals the irqfd directly, so InterruptStatus must always claim a vring event. */
   vhostUser: 14,
+  /** 1 while a device reset waits for its back end to stop (see MmioTransport.write). */
+  resetPending: 15,
   queues: 16,
 } as const;
 const QUEUE_WORDS = 8;
@@ -118,13 +120,21 @@ export function createTransportState(o: TransportOptions): SharedArrayBuffer {
   return sab;
 }
 
+/** Longest a vCPU waits for a device's back end to stop after the guest reset the device. */
+const RESET_WAIT_MS = 5000;
+
 export class MmioTransport {
   private readonly w: Int32Array;
   private readonly config: Uint8Array;
 
+  /**
+   * `waitForReset`: a Status write of 0 (device reset) does not return to the guest until
+   * `resetDone()` says the device's back end stopped (vCPU threads only: it blocks the caller).
+   */
   constructor(
     state: SharedArrayBuffer,
     private readonly onStatus: (change: StatusChange) => void,
+    private readonly opts: { waitForReset?: boolean } = {},
   ) {
     this.w = new Int32Array(state, 0, WORDS);
     this.config = new Uint8Array(state, WORDS * 4, CONFIG_BYTES);
@@ -258,7 +268,26 @@ export class MmioTransport {
     } finally {
       unlock(w);
     }
-    if (change) this.onStatus(change);
+    if (!change) return;
+    if (change.status !== 0 || !this.opts.waitForReset) {
+      this.onStatus(change);
+      return;
+    }
+    // A reset must complete before the guest sees its write done, as on QEMU, where the vhost-user
+    // rings are stopped (GET_VRING_BASE) inside the MMIO write. The guest frees and re-initialises
+    // its rings right after the write (Linux's virtio-mmio does not wait for Status to read 0); a
+    // back end still running them would then read the zeroed avail.idx of a new ring against the
+    // old ring's last_avail and declare the ring broken.
+    Atomics.store(w, W.resetPending, 1);
+    this.onStatus(change);
+    Atomics.wait(w, W.resetPending, 1, RESET_WAIT_MS);
+  }
+
+  /** Lets a vCPU blocked in a device reset return to the guest (the back end stopped, or gave up). */
+  static resetDone(state: SharedArrayBuffer): void {
+    const w = new Int32Array(state, 0, WORDS);
+    Atomics.store(w, W.resetPending, 0);
+    Atomics.notify(w, W.resetPending);
   }
 
   /** Applies a Status write; returns the change to report, if any. Lock held. */
