@@ -1,4 +1,5 @@
 // eventfd(2): vhost-user kick and call notifications, and the wake-up fd of the Reactor.
+import { readFileSync, readlinkSync } from 'node:fs';
 import { libc, check, lastErrno, SysError } from './libc.js';
 
 const EFD_SEMAPHORE = 1;
@@ -15,6 +16,7 @@ const writeNative = libc.func('intptr_t write(int fd, const void *buf, size_t co
 // u32 halves so the kick/call path never allocates a BigInt.
 const counter = new Uint32Array(2);
 const TWO_32 = 2 ** 32;
+const EVENTFD_LINK = 'anon_inode:[eventfd]';
 
 export function eventfd(initval = 0, opts: { nonblock?: boolean; semaphore?: boolean } = {}): number {
   let flags = EFD_CLOEXEC;
@@ -26,6 +28,9 @@ export function eventfd(initval = 0, opts: { nonblock?: boolean; semaphore?: boo
 /**
  * Adds `value` to the counter. Returns false when the counter is saturated and the fd is
  * non-blocking (the reader has not drained it; a pending notification is already there).
+ * Throws SysError for any other outcome, a short write included (EIO): the fd is not a working
+ * eventfd. On a blocking fd a saturated counter blocks: guest-supplied fds are made non-blocking
+ * when they are accepted, never written blocking.
  */
 export function eventfdWrite(fd: number, value = 1): boolean {
   if (!Number.isSafeInteger(value) || value <= 0) throw new RangeError(`eventfd ${fd}: cannot add ${value}`);
@@ -52,3 +57,54 @@ export function eventfdRead(fd: number): number | null {
     throw new SysError('read', n < 0 ? errno : 5, `eventfd ${fd}`);
   }
 }
+
+/** What a vhost-user kick or call fd turned out to be, for the check at SET_VRING_KICK/CALL. */
+export interface NotifierCheck {
+  ok: boolean;
+  /** What the fd is, as /proc names it (`anon_inode:[eventfd]`, `pipe:[123]`, `/dev/null`...). */
+  kind: string;
+  /** Why it is refused; empty when ok. */
+  reason: string;
+}
+
+/**
+ * Whether `fd` is an eventfd that a worker can poll and drain: the only kind of fd a vhost-user
+ * front-end may hand over as kick or call. Anything else (pipes, sockets, /dev/null, memfds) reads
+ * and writes with other sizes and readiness rules, and one of them must not be able to stall or
+ * spin the worker that serves other VMs. A semaphore-mode eventfd is refused too: each read takes
+ * only 1 from its counter, so a guest that fills it would keep the worker's poll() returning.
+ * (Kernels before 6.4 do not show the mode; the worker's drain catches such an fd at run time.)
+ */
+export function checkNotifierFd(fd: number): NotifierCheck {
+  let kind: string;
+  try {
+    kind = readlinkSync(`/proc/self/fd/${fd}`);
+  } catch (err) {
+    return { ok: false, kind: 'unknown', reason: `fd ${fd} cannot be inspected: ${(err as Error).message}` };
+  }
+  if (kind !== EVENTFD_LINK) return { ok: false, kind, reason: `fd ${fd} is ${kind}, not an eventfd` };
+  try {
+    if (/^eventfd-semaphore:\s*1\s*$/m.test(readFileSync(`/proc/self/fdinfo/${fd}`, 'utf8'))) {
+      return { ok: false, kind, reason: `fd ${fd} is a semaphore-mode eventfd` };
+    }
+  } catch {
+    /* no fdinfo: nothing more to learn */
+  }
+  return { ok: true, kind, reason: '' };
+}
+
+/**
+ * Reads a kick eventfd until it is empty, at most a few times. Returns how many reads found a
+ * count; NOTIFIER_STUCK when every read found one, which an ordinary eventfd cannot do (a read
+ * resets it) unless a guest writes faster than we read: the fd would keep a sleeping worker
+ * awake forever, so the caller treats it as a broken ring. Errors throw SysError (short reads
+ * included), like eventfdRead.
+ */
+export function eventfdDrain(fd: number): number {
+  for (let i = 0; i < DRAIN_READS; i++) if (eventfdRead(fd) === null) return i;
+  return NOTIFIER_STUCK;
+}
+
+/** eventfdDrain's answer for an fd that stays readable after every read. */
+export const NOTIFIER_STUCK = -1;
+const DRAIN_READS = 4;
