@@ -18,6 +18,10 @@ export const enum Counter {
   DropsBadFrame,
   BusyNs,
   PollNs,
+  /** Descriptor chains dropped because they broke a rule (loop, bounds, direction, length). */
+  BadChains,
+  /** Guest rings stopped after a fault: a broken ring, a failing kick or call fd, an unexpected error. */
+  RingsStopped,
   Count,
 }
 
@@ -42,6 +46,8 @@ export interface DirectionCounts {
   dropsBadFrame: number;
   busyNs: number;
   pollNs: number;
+  badChains: number;
+  ringsStopped: number;
 }
 
 export function readCounts(view: Float64Array, relay: number, dir: Dir): DirectionCounts {
@@ -56,6 +62,8 @@ export function readCounts(view: Float64Array, relay: number, dir: Dir): Directi
     dropsBadFrame: view[b + Counter.DropsBadFrame],
     busyNs: view[b + Counter.BusyNs],
     pollNs: view[b + Counter.PollNs],
+    badChains: view[b + Counter.BadChains],
+    ringsStopped: view[b + Counter.RingsStopped],
   };
 }
 

@@ -15,12 +15,19 @@ import { startControlServices, type ControlServices } from '../port-control/serv
 
 export interface Daemon {
   registry: RelayRegistryImpl;
+  pool: WorkerPool;
   config: RelayConfig;
   stop(): Promise<void>;
 }
 
 /** Starts everything; throws (after undoing what it started) when something cannot start. */
-export async function startDaemon(config: RelayConfig, log: Logger): Promise<Daemon> {
+/** VIO4WD_TEST_HOOKS=1 lets tests end a worker thread (SIGUSR2) to check its supervision. */
+export const testHooksEnabled = (): boolean => process.env.VIO4WD_TEST_HOOKS === '1';
+
+/** Exit status when worker supervision gives up: not 0, so that systemd restarts the daemon. */
+export const EXIT_WORKER_FAILED = 1;
+
+export async function startDaemon(config: RelayConfig, log: Logger, onFatal?: (message: string) => void): Promise<Daemon> {
   const undo: (() => Promise<void> | void)[] = [];
   const unwind = async () => {
     for (const step of undo.reverse()) {
@@ -42,6 +49,8 @@ export async function startDaemon(config: RelayConfig, log: Logger): Promise<Dae
       counters,
       log: componentLogger(log, 'workers'),
       onRingError: (relay, dir, queue) => log.warn({ relay, dir, queue }, 'guest ring stopped after a protocol violation; the VM must reset the device'),
+      onFatal,
+      testHooks: testHooksEnabled(),
     });
     undo.push(() => pool.stop());
     await pool.start();
@@ -91,6 +100,7 @@ export async function startDaemon(config: RelayConfig, log: Logger): Promise<Dae
     );
     return {
       registry,
+      pool,
       config,
       stop: unwind,
     };
@@ -159,8 +169,16 @@ export async function main(argv: string[]): Promise<void> {
   process.on('SIGTERM', () => void stop('SIGTERM'));
   process.on('SIGINT', () => void stop('SIGINT'));
 
+  // Worker supervision gave up: leave with a failure status (after pino has flushed) so that
+  // systemd starts the daemon again rather than leaving every VM without forwarding.
+  const fatal = (message: string) => {
+    if (stopping) return;
+    stopping = true;
+    process.stderr.write(`virtio-forwarder: ${message}\n`);
+    setTimeout(() => process.exit(EXIT_WORKER_FAILED), 50);
+  };
   try {
-    daemon = await startDaemon(config, log);
+    daemon = await startDaemon(config, log, fatal);
   } catch (err) {
     log.fatal({ err: (err as Error).message }, `cannot start: ${(err as Error).message}`);
     process.stderr.write(`virtio-forwarder: ${(err as Error).message}\n`);
@@ -172,4 +190,10 @@ export async function main(argv: string[]): Promise<void> {
   if (stopRequested) void stop(stopRequested);
 
   process.on('SIGHUP', () => log.info('SIGHUP ignored: restart the service to reload the configuration'));
+  if (testHooksEnabled()) {
+    process.on('SIGUSR2', () => {
+      log.warn('test hook: ending the first worker thread');
+      daemon?.pool.crashWorker();
+    });
+  }
 }

@@ -47,6 +47,8 @@ export function formatStatsFlat(relays: RelayStats[], opts: { hideZero?: boolean
       counter(`${c}.pkts_dropped_${side.to}_queue_full`, d.dropsQueueFull);
       counter(`${c}.pkts_dropped_${side.to}_not_connected`, d.dropsNotConnected);
       counter(`${c}.pkts_dropped_bad_frame`, d.dropsBadFrame);
+      counter(`${c}.bad_chains`, d.badChains ?? 0);
+      counter(`${c}.rings_stopped`, d.ringsStopped ?? 0);
       put(`${c}.pkt_rate_rx_from_${side.from}`, rate(d.rates?.rxPackets));
       put(`${c}.byte_rate_rx_from_${side.from}`, rate(d.rates?.rxBytes));
       put(`${c}.pkt_rate_tx_to_${side.to}`, rate(d.rates?.packets));
