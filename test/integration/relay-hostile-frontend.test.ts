@@ -1,0 +1,323 @@
+// Fault isolation against a hostile front-end: two VMs (our own front-end and driver, test-vm.ts)
+// on two relays served by ONE worker CPU, each relay's VF a veth whose peer sits in a network
+// namespace. The hostile VM hands the relay every kind of bad kick and call fd, a full blocking
+// eventfd, always-readable kicks, broken descriptor chains and a seeded random stream of requests.
+// After every case: the daemon is alive, the healthy VM still forwards a frame each way, and the
+// hostile VM can reconnect and forward too. Around the campaign, the daemon's fds and RSS.
+//
+// VIO4WD_HOSTILE_CASES=N (default 24) random cases, VIO4WD_HOSTILE_SEED=S to replay a run.
+import { readdirSync, readFileSync, readlinkSync } from 'node:fs';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { isNonBlocking } from '../../sys/fd.js';
+import { Reactor } from '../../sys/poll.js';
+import { ControlClient } from '../../port-control/client.js';
+import { createNetns, createVethPair, deleteLink, deleteNetns, linkCounter, nsExec, requireBinary, requireRoot, uniqueTag } from '../support/netns.js';
+import { run } from '../support/env.js';
+import { startRelay, type RunningRelay } from '../support/relay.js';
+import { sleep, startProcess, stopAll, waitFor, type StartedProcess } from '../support/processes.js';
+import { SCRATCH_AT, TestVm, testFrame } from '../support/test-vm.js';
+import { CHAIN_CASES, FD_CASES, HOSTILE_FDS, pick, randomMessages, rng } from '../support/hostile-frontend.js';
+
+vi.setConfig({ testTimeout: 150_000, hookTimeout: 60_000 });
+
+const ready = requireRoot() && requireBinary('ip') && requireBinary('python3');
+const tag = uniqueTag();
+const BROADCAST = new Uint8Array(6).fill(0xff);
+
+/** One VM's surroundings: its relay id, the veth pair standing in for its VF, and a UDP sender in the namespace. */
+interface Site {
+  relayId: number;
+  ns: string;
+  vf: string;
+  peer: string;
+  ip: string;
+  mac: Uint8Array;
+  sender: StartedProcess | null;
+}
+
+const sites: Site[] = [1, 2].map((relayId) => ({
+  relayId,
+  ns: `hns${relayId}${tag}`,
+  vf: `hvf${relayId}${tag}`,
+  peer: `hpr${relayId}${tag}`,
+  ip: `10.8${relayId}.0.2`,
+  mac: new Uint8Array([0x02, 0, 0, 0x80 + relayId, 0, 2]),
+  sender: null,
+}));
+
+// Sends UDP datagrams to the VM's address on request ("count interval" per line); a static
+// neighbour entry makes them leave as unicast frames at once.
+const SENDER = `
+import socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+print("ready", flush=True)
+for line in sys.stdin:
+    n, gap = line.split()
+    for i in range(int(n)):
+        s.sendto(b"hostile-test", (sys.argv[1], 9))
+        time.sleep(float(gap))
+`;
+
+function setUpSite(s: Site): void {
+  createNetns(s.ns);
+  createVethPair(s.vf, s.peer, { nsB: s.ns });
+  // Nothing else may talk on the link, or a count of frames would prove nothing.
+  run('sysctl', ['-q', '-w', `net.ipv6.conf.${s.vf}.disable_ipv6=1`]);
+  nsExec(s.ns, 'sysctl', ['-q', '-w', 'net.ipv6.conf.all.disable_ipv6=1']);
+  nsExec(s.ns, 'ip', ['addr', 'add', `10.8${s.relayId}.0.1/24`, 'dev', s.peer]);
+  const mac = [...s.mac].map((b) => b.toString(16).padStart(2, '0')).join(':');
+  nsExec(s.ns, 'ip', ['neigh', 'add', s.ip, 'lladdr', mac, 'dev', s.peer]);
+}
+
+async function startSender(s: Site): Promise<void> {
+  s.sender = startProcess('ip', ['netns', 'exec', s.ns, 'python3', '-u', '-c', SENDER, s.ip], { label: `sender-${s.relayId}`, stdio: ['pipe', 'pipe', 'pipe'] });
+  await s.sender.waitForOutput(/ready/, 10_000);
+}
+
+function sendFromPeer(s: Site, count = 1, gapSeconds = 0): void {
+  s.sender!.proc.stdin!.write(`${count} ${gapSeconds}\n`);
+}
+
+let marker = 1;
+
+/** VM → VF: a frame from the VM reaches the veth peer in the namespace. */
+async function checkVmToVf(vm: TestVm, s: Site, what: string): Promise<void> {
+  const before = linkCounter(s.peer, 'rx_packets', s.ns);
+  vm.sendFrame(testFrame(BROADCAST, s.mac, marker++));
+  await waitFor(() => linkCounter(s.peer, 'rx_packets', s.ns) > before, 3000, `${what}: a frame from ${vm.name} on ${s.peer}`, 20);
+}
+
+/** VF → VM: a datagram sent in the namespace arrives in the VM's receive ring. */
+async function checkVfToVm(vm: TestVm, s: Site, what: string): Promise<void> {
+  vm.receiveFrames();
+  sendFromPeer(s);
+  await waitFor(
+    () => vm.receiveFrames().some((f) => f[12] === 0x08 && f[13] === 0x00 && f.subarray(0, 6).every((b, i) => b === s.mac[i])),
+    3000,
+    `${what}: a datagram from ${s.ns} in ${vm.name}'s receive ring`,
+    10,
+  );
+}
+
+async function checkBothWays(vm: TestVm, s: Site, what: string): Promise<void> {
+  await checkVmToVf(vm, s, what);
+  await checkVfToVm(vm, s, what);
+}
+
+function processStats(pid: number): { fds: number; rssKiB: number; targets: string[] } {
+  const targets = readdirSync(`/proc/${pid}/fd`).map((fd) => {
+    try {
+      return readlinkSync(`/proc/${pid}/fd/${fd}`).replace(/\d+/g, 'N');
+    } catch {
+      return 'gone';
+    }
+  });
+  const rss = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+  return { fds: targets.length, rssKiB: Number(rss?.[1] ?? 0), targets };
+}
+
+/** The kinds of fd the daemon holds more of at `end` than at `start`, for a leak's failure message. */
+function fdGrowth(start: { targets: string[] }, end: { targets: string[] }): string {
+  const count = (xs: string[]) => xs.reduce((m, x) => m.set(x, (m.get(x) ?? 0) + 1), new Map<string, number>());
+  const a = count(start.targets);
+  const b = count(end.targets);
+  return [...new Set([...a.keys(), ...b.keys()])].filter((k) => a.get(k) !== b.get(k)).map((k) => `${k}: ${a.get(k) ?? 0} → ${b.get(k) ?? 0}`).join(', ');
+}
+
+/** The daemon's fds once the last disconnection has been processed: the same count three reads in a row. */
+async function settledStats(pid: number): Promise<ReturnType<typeof processStats>> {
+  let last = processStats(pid);
+  for (let same = 0, tries = 0; same < 3 && tries < 40; tries++) {
+    await sleep(100);
+    const now = processStats(pid);
+    same = now.fds === last.fds ? same + 1 : 0;
+    last = now;
+  }
+  return last;
+}
+
+type RelayCounters = { vfToVm: Record<string, number>; vmToVf: Record<string, number> };
+
+async function relayCounters(client: ControlClient, id: number): Promise<RelayCounters> {
+  const reply = await client.request('stats', { includeInactive: true, relays: [id] });
+  const r = reply.relays.find((x) => x.id === id);
+  if (!r) throw new Error(`relay ${id} missing from stats`);
+  return r as unknown as RelayCounters;
+}
+
+describe.skipIf(!ready)('relay against a hostile front-end on the same worker as a healthy one', () => {
+  let relay: RunningRelay;
+  let reactor: Reactor;
+  let healthy: TestVm;
+  let hostile: TestVm;
+  let stats: ControlClient;
+  const [siteA, siteB] = sites;
+  const statsEp = `ipc:///tmp/vio4wd-hostile-stats-${tag}`;
+
+  beforeAll(async () => {
+    for (const s of sites) setUpSite(s);
+    for (const s of sites) await startSender(s);
+    relay = await startRelay({
+      cpus: [0],
+      logLevel: 6,
+      staticVfs: { [siteA.vf]: siteA.relayId, [siteB.vf]: siteB.relayId },
+      configLines: [`VIRTIOFWD_ZMQ_STATS_EP=${statsEp}`],
+    });
+    stats = new ControlClient(statsEp, 3000);
+    reactor = new Reactor();
+    healthy = new TestVm('healthy');
+    hostile = new TestVm('hostile');
+    await healthy.connect(relay.socketPath(siteA.relayId), reactor);
+  });
+
+  afterAll(async () => {
+    await healthy?.close();
+    await hostile?.close();
+    stats?.close();
+    await reactor?.close();
+    const status = await relay?.stop();
+    for (const s of sites) s.sender?.proc.stdin?.end();
+    await stopAll();
+    for (const s of sites) {
+      deleteLink(s.vf);
+      deleteNetns(s.ns);
+    }
+    expect(status).toBe(0);
+  });
+
+  /** The checks after every case: alive, the healthy VM forwards, the hostile VM reconnects and forwards. */
+  async function afterCase(what: string): Promise<void> {
+    expect(relay.proc.proc.exitCode, `${what}: the daemon exited`).toBeNull();
+    process.kill(relay.pid, 0);
+    try {
+      await checkBothWays(healthy, siteA, `${what} (healthy VM)`);
+      await hostile.connect(relay.socketPath(siteB.relayId), reactor);
+      await checkBothWays(hostile, siteB, `${what} (hostile VM reconnected)`);
+      await hostile.disconnect();
+    } catch (err) {
+      const tail = relay.proc.output().split('\n').slice(-12).join('\n');
+      const counters = JSON.stringify(await relayCounters(stats, siteB.relayId).catch((e) => String(e)));
+      throw new Error(`${(err as Error).message}\nrelay ${siteB.relayId} counters: ${counters}\nrelay log:\n${tail}`);
+    }
+  }
+
+  /** One of the campaign's fd findings; returns a description for failure messages. */
+  async function fdCase(c: (typeof FD_CASES)[number]): Promise<string> {
+    const what = `${c.role} fd of vring ${c.ring}: ${c.fd}`;
+    const f = HOSTILE_FDS[c.fd]();
+    try {
+      const attempt = hostile.connect(relay.socketPath(siteB.relayId), reactor, { [c.role]: { [c.ring]: f.fd } });
+      if (f.acceptable) {
+        await attempt;
+        // Accepted, but never written blocking: the relay made the shared description non-blocking.
+        expect(isNonBlocking(f.fd), `${what}: made non-blocking`).toBe(true);
+        await checkBothWays(hostile, siteB, `${what} (the hostile VM itself)`);
+      } else {
+        await expect(attempt, what).rejects.toThrow(new RegExp(`refused SET_VRING_${c.role.toUpperCase()}`));
+        await waitFor(
+          () => relay.logs().some((l) => l.relay === siteB.relayId && l.vring === c.ring && String(l.msg).includes(`${c.role} fd refused`)),
+          2000,
+          `${what}: the refusal logged with relay and vring`,
+        );
+      }
+    } finally {
+      await hostile.disconnect();
+      f.cleanup();
+    }
+    return what;
+  }
+
+  /** A broken descriptor chain on the hostile VM's ring: returned to the guest, counted, warned about. */
+  async function chainCase(c: (typeof CHAIN_CASES)[number]): Promise<string> {
+    const what = `broken chain (${c.name}) on vring ${c.ring}`;
+    const dir = c.ring === 0 ? 'vfToVm' : 'vmToVf';
+    const before = (await relayCounters(stats, siteB.relayId))[dir];
+    await hostile.connect(relay.socketPath(siteB.relayId), reactor, {}, { postRx: c.ring !== 0 });
+    try {
+      const used = hostile.usedIndex(c.ring);
+      hostile.postRawChain(c.ring, c.descs, c.head);
+      if (c.ring === 0) sendFromPeer(siteB, 1);
+      await waitFor(() => hostile.usedIndex(c.ring) === ((used + 1) & 0xffff), 3000, `${what}: the chain given back to the guest`, 10);
+      const after = (await relayCounters(stats, siteB.relayId))[dir];
+      expect(after.badChains - before.badChains, `${what}: counted`).toBe(1);
+      const problems = relay.logs().filter((l) => ['warn', 'error', 'fatal'].includes(String(l.level)) && l.relay === siteB.relayId).map((l) => l.msg);
+      expect(after.ringsStopped - before.ringsStopped, `${what}: a bad chain does not stop the ring; ${JSON.stringify(problems.slice(-4))}`).toBe(0);
+    } finally {
+      await hostile.disconnect();
+    }
+    return what;
+  }
+
+  it('refuses every non-eventfd kick and call fd with a log line, survives a full blocking eventfd, and isolates broken chains', async () => {
+    await checkBothWays(healthy, siteA, 'before the campaign');
+    // Warm-up: one hostile connection, so lazily opened fds are there before the first count.
+    await afterCase('warm-up');
+    await relayCounters(stats, siteB.relayId);
+    const start = await settledStats(relay.pid);
+
+    for (const c of FD_CASES) await afterCase(await fdCase(c));
+    for (const c of CHAIN_CASES) await afterCase(await chainCase(c));
+
+    // Broken chains are visible: one warning per ring (rate-limited), naming relay, vring and reason.
+    const warnings = relay.logs().filter((l) => l.relay === siteB.relayId && String(l.msg).includes('descriptor chain dropped'));
+    expect(warnings.map((l) => l.vring).sort()).toEqual(expect.arrayContaining([0, 1]));
+    expect(warnings.find((l) => l.vring === 1)?.msg).toMatch(/loop|TTL|cycle|more than/i);
+    // The healthy relay saw none of it.
+    const healthyCounters = await relayCounters(stats, siteA.relayId);
+    expect(healthyCounters.vmToVf.badChains + healthyCounters.vfToVm.badChains).toBe(0);
+    expect(healthyCounters.vmToVf.ringsStopped + healthyCounters.vfToVm.ringsStopped).toBe(0);
+    // Nothing ended a worker.
+    expect(relay.logs().some((l) => String(l.msg).includes('ended unexpectedly'))).toBe(false);
+
+    const end = await settledStats(relay.pid);
+    console.log(`hostile fixed cases: fds ${start.fds} → ${end.fds}, RSS ${start.rssKiB} → ${end.rssKiB} KiB`);
+    expect(end.fds, `fd growth: ${fdGrowth(start, end)}`).toBe(start.fds);
+    expect(end.rssKiB - start.rssKiB).toBeLessThan(64 * 1024);
+  });
+
+  it('survives a seeded random campaign over messages, fds and rings', async () => {
+    const cases = Number(process.env.VIO4WD_HOSTILE_CASES ?? 24);
+    const seed = Number(process.env.VIO4WD_HOSTILE_SEED ?? Math.floor(Math.random() * 2 ** 31));
+    console.log(`hostile random campaign: VIO4WD_HOSTILE_SEED=${seed} VIO4WD_HOSTILE_CASES=${cases}`);
+    const r = rng(seed);
+    const start = await settledStats(relay.pid);
+    for (let i = 0; i < cases; i++) {
+      const kind = r();
+      let what: string;
+      try {
+        if (kind < 0.5) {
+          const log = await randomMessages(hostile, relay.socketPath(siteB.relayId), reactor, r);
+          what = `messages: ${log.steps.join('; ')}`;
+        } else if (kind < 0.75) {
+          what = await fdCase({ role: r() < 0.5 ? 'kick' : 'call', ring: r() < 0.5 ? 0 : 1, fd: pick(r, Object.keys(HOSTILE_FDS)) });
+        } else {
+          // A random chain: random flags, next, length and address (inside or outside memory).
+          const ring: 0 | 1 = r() < 0.5 ? 0 : 1;
+          const n = 1 + Math.floor(r() * 4);
+          const slots = Array.from({ length: n }, (_, k) => 200 + k);
+          const descs = slots.map((slot) => ({
+            slot,
+            addr: r() < 0.7 ? SCRATCH_AT + Math.floor(r() * 0x10000) : Math.floor(r() * 2 ** 40),
+            len: pick(r, [0, 1, 12, 100, 2048, 0x7fffffff, 0xffffffff]),
+            flags: Math.floor(r() * 8),
+            next: r() < 0.7 ? 200 + Math.floor(r() * n) : Math.floor(r() * 0x10000),
+          }));
+          what = `random chain on vring ${ring}: ${JSON.stringify(descs)}`;
+          await hostile.connect(relay.socketPath(siteB.relayId), reactor, {}, { postRx: ring !== 0 });
+          hostile.postRawChain(ring, descs, 200);
+          if (ring === 0) sendFromPeer(siteB, 1);
+          await sleep(50);
+          await hostile.disconnect();
+        }
+        await afterCase(what);
+      } catch (err) {
+        throw new Error(`random case ${i} of seed ${seed} failed: ${(err as Error).message}`);
+      }
+    }
+    const end = await settledStats(relay.pid);
+    console.log(`hostile random campaign (${cases} cases, seed ${seed}): fds ${start.fds} → ${end.fds}, RSS ${start.rssKiB} → ${end.rssKiB} KiB`);
+    expect(end.fds, `fd growth: ${fdGrowth(start, end)}`).toBe(start.fds);
+    expect(end.rssKiB - start.rssKiB).toBeLessThan(64 * 1024);
+    expect(relay.logs().some((l) => String(l.msg).includes('ended unexpectedly'))).toBe(false);
+  });
+});
