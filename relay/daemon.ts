@@ -171,11 +171,25 @@ export async function main(argv: string[]): Promise<void> {
 
   // Worker supervision gave up: leave with a failure status (after pino has flushed) so that
   // systemd starts the daemon again rather than leaving every VM without forwarding.
+  // The daemon is stopped first: process.exit waits for the reactor's pending epoll_wait on the
+  // thread pool, so exiting without closing it hangs. When the stop itself cannot finish (a
+  // worker stuck in a system call), abort: the process ends whatever its threads do, and
+  // systemd restarts it after the signal just as after a failure status.
   const fatal = (message: string) => {
     if (stopping) return;
     stopping = true;
     process.stderr.write(`virtio-forwarder: ${message}\n`);
-    setTimeout(() => process.exit(EXIT_WORKER_FAILED), 50);
+    notifyStopping();
+    const abort = setTimeout(() => {
+      log.fatal('stopping after the worker failure took longer than 5 s; aborting');
+      process.abort();
+    }, 5000);
+    void Promise.resolve(daemon?.stop())
+      .catch(() => undefined)
+      .then(() => {
+        clearTimeout(abort);
+        setTimeout(() => process.exit(EXIT_WORKER_FAILED), 50);
+      });
   };
   try {
     daemon = await startDaemon(config, log, fatal);

@@ -215,4 +215,3 @@ export function testFrame(dst: Uint8Array, src: Uint8Array, marker: number, leng
   return f;
 }
 
-export const markerOf = (frame: Uint8Array): number => (frame.length >= 18 ? new DataView(frame.buffer, frame.byteOffset).getUint32(14) : -1);
