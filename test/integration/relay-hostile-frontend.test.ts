@@ -5,7 +5,7 @@
 // After every case: the daemon is alive, the healthy VM still forwards a frame each way, and the
 // hostile VM can reconnect and forward too. Around the campaign, the daemon's fds and RSS.
 //
-// VIO4WD_HOSTILE_CASES=N (default 24) random cases, VIO4WD_HOSTILE_SEED=S to replay a run.
+// VIO4WD_HOSTILE_CASES=N (default 80) random cases, VIO4WD_HOSTILE_SEED=S to replay a run.
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { isNonBlocking } from '../../sys/fd.js';
 import { Reactor } from '../../sys/poll.js';
@@ -158,7 +158,7 @@ describe.skipIf(!ready)('relay against a hostile front-end on the same worker as
   });
 
   it('survives a seeded random campaign over messages, fds and rings', async () => {
-    const cases = Number(process.env.VIO4WD_HOSTILE_CASES ?? 24);
+    const cases = Number(process.env.VIO4WD_HOSTILE_CASES ?? 80);
     const seed = Number(process.env.VIO4WD_HOSTILE_SEED ?? Math.floor(Math.random() * 2 ** 31));
     console.log(`hostile random campaign: VIO4WD_HOSTILE_SEED=${seed} VIO4WD_HOSTILE_CASES=${cases}`);
     const r = rng(seed);
