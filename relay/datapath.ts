@@ -307,13 +307,14 @@ export class VmToVf extends Direction {
     for (; taken < budget; ) {
       if (!queue.popChain(chain)) break;
       heads[taken++] = chain.head;
-      if (port === null || !q.enabled) {
-        notConnected++;
-        continue;
-      }
+      // A broken chain is counted as such whether or not its frame could have gone anywhere.
       if (chain.error !== null || chain.writableLength !== 0) {
         bad++;
         this.badChain(q, chain.error ?? `chain at head ${chain.head} has device-writable descriptors in a transmit queue`);
+        continue;
+      }
+      if (port === null || !q.enabled) {
+        notConnected++;
         continue;
       }
       const frameLength = chain.readableLength - hdrLen;
