@@ -13,6 +13,7 @@ import { completeL4Checksum } from './checksum.js';
 import { TP_STATUS_CSUMNOTREADY } from '../sys/packet-ring.js';
 import { VfPort } from './vf-port.js';
 import { reportBadChain } from './chain-warnings.js';
+import { callWriteBegins, callWriteEnds } from './call-guard.js';
 import type { DirectionSpec, DirectionState, GuestSpec, QueueSpec, QueueState } from './worker-protocol.js';
 
 export const BURST = 32;
@@ -117,10 +118,15 @@ export class GuestQueue {
     if (q.pendingUsedCount === 0) return;
     q.flushUsed();
     if (this.callFd >= 0 && q.needsNotification()) {
+      callWriteBegins(this.callFd);
       try {
         eventfdWrite(this.callFd, 1);
       } catch (err) {
         throw new RingError(`vring ${this.index}`, `call fd ${this.callFd} failed: ${(err as Error).message}`);
+      } finally {
+        if (callWriteEnds()) {
+          throw new RingError(`vring ${this.index}`, `call fd ${this.callFd} blocked a write (its front-end made it blocking again and left it full); the relay drained it`);
+        }
       }
     }
   }

@@ -11,6 +11,9 @@ import { eventfd, eventfdWrite } from '../sys/eventfd.js';
 import { close } from '../sys/fd.js';
 import { createWorkerLoadBuffer, WORKER_SLOTS } from './counters.js';
 import { resumeStateFromGuest } from './resume-state.js';
+import { CallGuardWatch, createCallGuardBuffer } from './call-guard.js';
+import { eventfdReadNoWait } from '../sys/eventfd.js';
+import { readFileSync } from 'node:fs';
 import type { DirName, DirectionSpec, DirectionState, FromWorker, ToWorker, WorkerInit } from './worker-protocol.js';
 
 interface WorkerHandle {
@@ -32,6 +35,11 @@ interface WorkerHandle {
   /** The watchdog's last view of the worker's poll-time counter, and when it last moved. */
   lastPollNs: number;
   lastProgress: number;
+  /** The worker's call-fd write announcements (relay/call-guard.ts) and our view of them. */
+  callGuard: SharedArrayBuffer;
+  callWatch: CallGuardWatch;
+  /** Kernel thread id, for /proc/self/task/<tid>/syscall. */
+  tid: number;
 }
 
 export interface WorkerPoolOptions {
@@ -59,6 +67,20 @@ const RESTART_WINDOW_MS = 60_000;
  */
 const STUCK_MS = 10_000;
 const WATCHDOG_PERIOD_MS = 1000;
+/** A call-fd write still in progress after a whole period of this, and blocked in the kernel, is stuck. */
+const CALL_WATCH_PERIOD_MS = 200;
+/** write(2)'s number, as /proc/<pid>/task/<tid>/syscall shows it. */
+const SYS_WRITE = process.arch === 'arm64' ? 64 : 1;
+
+/** Whether thread `tid` of this process sleeps in write(fd, ...) right now. */
+function blockedInWrite(tid: number, fd: number): boolean {
+  try {
+    const fields = readFileSync(`/proc/self/task/${tid}/syscall`, 'utf8').trim().split(' ');
+    return Number(fields[0]) === SYS_WRITE && Number(fields[1]) === fd;
+  } catch {
+    return false;
+  }
+}
 
 /** VF→VM costs more per packet than VM→VF (header write, mergeable buffers), so it weighs more when placing. */
 const WEIGHT: Record<DirName, number> = { vf2vm: 12, vm2vf: 10 };
@@ -73,6 +95,7 @@ export class WorkerPool {
   private readonly loadView: Float64Array;
   private stopping = false;
   private watchdog: NodeJS.Timeout | null = null;
+  private callWatchdog: NodeJS.Timeout | null = null;
 
   constructor(private readonly opts: WorkerPoolOptions) {
     if (opts.cpus.length === 0) throw new Error('worker pool: VIRTIOFWD_CPU_MASK names no CPU');
@@ -97,13 +120,19 @@ export class WorkerPool {
           restartTimes: [],
           lastPollNs: -1,
           lastProgress: Date.now(),
+          callGuard: createCallGuardBuffer(),
+          callWatch: null as unknown as CallGuardWatch,
+          tid: -1,
         };
+        handle.callWatch = new CallGuardWatch(handle.callGuard);
         this.workers.push(handle);
         return this.spawn(handle);
       }),
     );
     this.watchdog = setInterval(() => this.checkProgress(), WATCHDOG_PERIOD_MS);
     this.watchdog.unref();
+    this.callWatchdog = setInterval(() => this.checkCallWrites(), CALL_WATCH_PERIOD_MS);
+    this.callWatchdog.unref();
   }
 
   /** Starts the thread of `w` (again); resolves once it is pinned and ready. */
@@ -118,6 +147,7 @@ export class WorkerPool {
         counters: this.opts.counters,
         workerLoad: this.workerLoad,
         wakeFd: w.wakeFd,
+        callGuard: w.callGuard,
         testHooks: this.opts.testHooks,
       };
       const thread = new Worker(script, { workerData: init, name: `vio4wd-worker-cpu${cpu}` });
@@ -128,6 +158,7 @@ export class WorkerPool {
         if (msg.type === 'ready') {
           ready = true;
           w.lastProgress = Date.now();
+          w.tid = msg.tid;
           this.opts.log.info({ cpu, tid: msg.tid }, 'worker started and pinned');
           resolve();
         } else this.onMessage(w, msg);
@@ -190,6 +221,26 @@ export class WorkerPool {
       throw err;
     } finally {
       w.restarting = null;
+    }
+  }
+
+  /**
+   * A worker whose write to a guest's call fd has been in progress for a whole period, and which
+   * the kernel shows blocked in that write, is unblocked: the eventfd is drained here without
+   * blocking (which lets the write complete), and the worker then stops that ring.
+   */
+  private checkCallWrites(): void {
+    for (const w of this.workers) {
+      const stuck = w.callWatch.stuckWrite();
+      if (!stuck || w.exited || w.restarting || w.tid < 0 || !blockedInWrite(w.tid, stuck.fd)) continue;
+      w.callWatch.markUnblocked(stuck.seq);
+      try {
+        eventfdReadNoWait(stuck.fd);
+      } catch (err) {
+        this.opts.log.warn({ cpu: w.cpu, fd: stuck.fd, err: (err as Error).message }, 'could not drain a call fd that blocks a worker');
+        continue;
+      }
+      this.opts.log.warn({ cpu: w.cpu, fd: stuck.fd }, `worker on CPU ${w.cpu} was blocked writing call fd ${stuck.fd}; drained it, the ring stops`);
     }
   }
 
@@ -347,6 +398,7 @@ export class WorkerPool {
   async stop(): Promise<void> {
     this.stopping = true;
     if (this.watchdog) clearInterval(this.watchdog);
+    if (this.callWatchdog) clearInterval(this.callWatchdog);
     await Promise.all(
       this.workers.map(async (w) => {
         try {

@@ -110,6 +110,8 @@ export interface WorkerInit {
   workerLoad: SharedArrayBuffer;
   /** eventfd the main thread writes after posting a message, so a sleeping worker wakes. */
   wakeFd: number;
+  /** Where the worker announces its writes to guests' call fds (relay/call-guard.ts). */
+  callGuard: SharedArrayBuffer;
   /** Accept the test-only 'crash' message (VIO4WD_TEST_HOOKS=1). */
   testHooks?: boolean;
 }

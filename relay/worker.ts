@@ -10,6 +10,7 @@ import { setAffinity, gettid } from '../sys/affinity.js';
 import { NOTIFIER_STUCK, eventfdDrain, eventfdRead } from '../sys/eventfd.js';
 import { PollSet, POLLERR, POLLHUP, POLLIN, POLLNVAL } from '../sys/poll.js';
 import { ChainWarnings, setChainWarnings } from './chain-warnings.js';
+import { setCallGuard } from './call-guard.js';
 import { Counter, WORKER_SLOTS } from './counters.js';
 import { VfToVm, VmToVf } from './datapath.js';
 import type { DirName, FromWorker, ToWorker, WorkerInit } from './worker-protocol.js';
@@ -38,6 +39,8 @@ const SLICE_MS = 2;
 function refreshList(): void {
   list = [...directions.values()];
 }
+
+setCallGuard(init.callGuard);
 
 setChainWarnings(
   new ChainWarnings((relay, vring, reason, unreported) =>

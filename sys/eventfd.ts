@@ -1,6 +1,7 @@
 // eventfd(2): vhost-user kick and call notifications, and the wake-up fd of the Reactor.
 import { readFileSync, readlinkSync } from 'node:fs';
 import { libc, check, lastErrno, SysError } from './libc.js';
+import { nativeBuffer, type NativeBuffer } from './native-buffer.js';
 
 const EFD_SEMAPHORE = 1;
 const EFD_CLOEXEC = 0o2000000;
@@ -11,6 +12,9 @@ const EINTR = 4;
 const eventfdNative = libc.func('int eventfd(unsigned int initval, int flags)');
 const readNative = libc.func('intptr_t read(int fd, void *buf, size_t count)');
 const writeNative = libc.func('intptr_t write(int fd, const void *buf, size_t count)');
+const preadv2Native = libc.func('intptr_t preadv2(int fd, intptr_t iov, int iovcnt, int64_t offset, int flags)');
+const RWF_NOWAIT = 0x8;
+const EOPNOTSUPP = 95;
 
 // One 8-byte counter buffer per thread (each worker loads its own copy of this module), used as two
 // u32 halves so the kick/call path never allocates a BigInt.
@@ -58,6 +62,33 @@ export function eventfdRead(fd: number): number | null {
   }
 }
 
+/** One iovec and its 8-byte target per thread, for preadv2 (the kernel follows the pointer). */
+let nowaitArea: NativeBuffer | null = null;
+
+/**
+ * Like eventfdRead, but never blocks, whatever the fd's O_NONBLOCK: a front-end shares the file
+ * description of its kick and call fds with us and can clear that flag at any time, so a read that
+ * relies on it could hang a worker (or the main thread). preadv2 with RWF_NOWAIT decides per call.
+ * Falls back to a plain read on kernels whose eventfd does not take RWF_NOWAIT.
+ */
+export function eventfdReadNoWait(fd: number): number | null {
+  let area = nowaitArea;
+  if (area === null) {
+    area = nowaitArea = nativeBuffer(24);
+    area.view.setBigUint64(0, BigInt(area.address + 16), true);
+    area.view.setBigUint64(8, 8n, true);
+  }
+  for (;;) {
+    const n = preadv2Native(fd, area.address, 1, -1, RWF_NOWAIT) as number;
+    if (n === 8) return area.view.getUint32(16, true) + area.view.getUint32(20, true) * TWO_32;
+    const errno = lastErrno();
+    if (n < 0 && errno === EAGAIN) return null;
+    if (n < 0 && errno === EINTR) continue;
+    if (n < 0 && errno === EOPNOTSUPP) return eventfdRead(fd);
+    throw new SysError('read', n < 0 ? errno : 5, `eventfd ${fd}`);
+  }
+}
+
 /** What a vhost-user kick or call fd turned out to be, for the check at SET_VRING_KICK/CALL. */
 export interface NotifierCheck {
   ok: boolean;
@@ -98,10 +129,10 @@ export function checkNotifierFd(fd: number): NotifierCheck {
  * count; NOTIFIER_STUCK when every read found one, which an ordinary eventfd cannot do (a read
  * resets it) unless a guest writes faster than we read: the fd would keep a sleeping worker
  * awake forever, so the caller treats it as a broken ring. Errors throw SysError (short reads
- * included), like eventfdRead.
+ * included), like eventfdRead. Never blocks (eventfdReadNoWait).
  */
 export function eventfdDrain(fd: number): number {
-  for (let i = 0; i < DRAIN_READS; i++) if (eventfdRead(fd) === null) return i;
+  for (let i = 0; i < DRAIN_READS; i++) if (eventfdReadNoWait(fd) === null) return i;
   return NOTIFIER_STUCK;
 }
 

@@ -358,8 +358,9 @@ export class BackendSession {
    * the write, while with O_NONBLOCK a saturated counter makes the write fail with EAGAIN and the
    * notification is dropped (a reader that has not drained a full counter has one pending anyway,
    * which is what DPDK relies on too). QEMU and DPDK create their eventfds non-blocking already.
-   * A front-end could clear O_NONBLOCK again with fcntl on its own copy; the worker pool's
-   * watchdog ends the daemon (exit code 1, restarted by systemd) if a worker ever stays blocked.
+   * A front-end could clear O_NONBLOCK again with fcntl on its own copy and fill the counter: the
+   * relay's call guard (relay/call-guard.ts) sees the worker blocked in that write, drains the fd
+   * without blocking, and stops the ring; kick reads use RWF_NOWAIT and never depend on the flag.
    */
   private acceptNotifier(fd: number, v: VringState, what: 'kick' | 'call'): number {
     const checked = checkNotifierFd(fd);

@@ -7,7 +7,8 @@
 //
 // VIO4WD_HOSTILE_CASES=N (default 80) random cases, VIO4WD_HOSTILE_SEED=S to replay a run.
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
-import { isNonBlocking } from '../../sys/fd.js';
+import { isNonBlocking, setNonBlocking } from '../../sys/fd.js';
+import { eventfdRead } from '../../sys/eventfd.js';
 import { Reactor } from '../../sys/poll.js';
 import { ControlClient } from '../../port-control/client.js';
 import { requireBinary, requireRoot, uniqueTag } from '../support/netns.js';
@@ -15,7 +16,7 @@ import { checkBothWays, fdGrowth, makeSite, sendFromPeer, settledStats, setUpSit
 import { startRelay, type RunningRelay } from '../support/relay.js';
 import { sleep, stopAll, waitFor } from '../support/processes.js';
 import { SCRATCH_AT, TestVm } from '../support/test-vm.js';
-import { CHAIN_CASES, FD_CASES, HOSTILE_FDS, pick, randomMessages, rng } from '../support/hostile-frontend.js';
+import { CHAIN_CASES, FD_CASES, HOSTILE_FDS, fillEventfd, pick, randomMessages, rng } from '../support/hostile-frontend.js';
 
 vi.setConfig({ testTimeout: 150_000, hookTimeout: 60_000 });
 
@@ -109,6 +110,34 @@ describe.skipIf(!ready)('relay against a hostile front-end on the same worker as
     return what;
   }
 
+  /**
+   * The attack the non-blocking call fd leaves open: after the relay accepted (and made
+   * non-blocking) an eventfd, the front-end makes it blocking again and fills it. The relay's next
+   * interrupt write blocks; the pool must notice, drain the fd, and stop that ring only.
+   */
+  async function reblockedCallCase(ring: 0 | 1): Promise<string> {
+    const what = `call fd of vring ${ring} made blocking again and filled after it was accepted`;
+    await hostile.connect(relay.socketPath(siteB.relayId), reactor);
+    try {
+      const call = hostile.callFds[ring];
+      expect(isNonBlocking(call)).toBe(true);
+      fillEventfd(call); // leaves the shared description blocking
+      const stopped = () =>
+        relay.logs().some((l) => l.relay === siteB.relayId && String(l.msg).includes(`vring ${ring}: call fd`) && String(l.msg).includes('blocked a write'));
+      // Make the relay signal that ring: a frame to receive, or a frame sent.
+      if (ring === 0) sendFromPeer(siteB, 1);
+      else hostile.sendFrame(new Uint8Array(60).fill(0xff, 0, 6));
+      await waitFor(stopped, 5000, `${what}: the ring stopped with a log line`, 20);
+      // The worker is free again: the healthy VM forwards at once.
+      await checkBothWays(healthy, siteA, `${what} (healthy VM right after)`);
+    } finally {
+      await hostile.disconnect();
+      setNonBlocking(hostile.callFds[ring], true);
+      eventfdRead(hostile.callFds[ring]);
+    }
+    return what;
+  }
+
   /** A broken descriptor chain on the hostile VM's ring: returned to the guest, counted, warned about. */
   async function chainCase(c: (typeof CHAIN_CASES)[number]): Promise<string> {
     const what = `broken chain (${c.name}) on vring ${c.ring}`;
@@ -138,6 +167,7 @@ describe.skipIf(!ready)('relay against a hostile front-end on the same worker as
     const start = await settledStats(relay.pid);
 
     for (const c of FD_CASES) await afterCase(await fdCase(c));
+    for (const ring of [0, 1] as const) await afterCase(await reblockedCallCase(ring));
     for (const c of CHAIN_CASES) await afterCase(await chainCase(c));
 
     // Broken chains are visible: one warning per ring (rate-limited), naming relay, vring and reason.

@@ -2,7 +2,7 @@
 // what the acceptance check says about each, and how reads and writes fail on the wrong kind.
 import { closeSync, openSync } from 'node:fs';
 import { afterEach, describe, expect, it } from 'vitest';
-import { NOTIFIER_STUCK, checkNotifierFd, eventfd, eventfdDrain, eventfdRead, eventfdWrite } from '../../sys/eventfd.js';
+import { NOTIFIER_STUCK, checkNotifierFd, eventfd, eventfdDrain, eventfdRead, eventfdReadNoWait, eventfdWrite } from '../../sys/eventfd.js';
 import { close, pipe, setNonBlocking, write } from '../../sys/fd.js';
 import { memfdCreate } from '../../sys/memory.js';
 import { socketPair } from '../../sys/unix-socket.js';
@@ -105,6 +105,25 @@ describe('eventfd reads and writes on the wrong kind of fd', () => {
     for (let step = 2 ** 53 - 1; step >= 1; step = Math.floor(step / 2)) while (eventfdWrite(fd, step)) writes++;
     expect(writes).toBeGreaterThan(2000);
     expect(eventfdWrite(fd, 1)).toBe(false);
+  });
+});
+
+describe('eventfdReadNoWait', () => {
+  it('never blocks, even on an empty eventfd whose description is blocking', () => {
+    const [fd] = ours(eventfd(0, { nonblock: false }));
+    expect(eventfdReadNoWait(fd)).toBeNull();
+    eventfdWrite(fd, 9);
+    expect(eventfdReadNoWait(fd)).toBe(9);
+    expect(eventfdReadNoWait(fd)).toBeNull();
+  });
+
+  it('drains a full blocking eventfd, which lets a blocked writer go on', () => {
+    const [fd] = ours(eventfd(0, { nonblock: false }));
+    setNonBlocking(fd, true);
+    for (let step = 2 ** 53 - 1; step >= 1; step = Math.floor(step / 2)) while (eventfdWrite(fd, step));
+    setNonBlocking(fd, false);
+    expect(eventfdReadNoWait(fd)).toBeGreaterThan(2 ** 53);
+    expect(eventfdWrite(fd, 1)).toBe(true);
   });
 });
 
