@@ -5,7 +5,7 @@
 // After every case: the daemon is alive, the healthy VM still forwards a frame each way, and the
 // hostile VM can reconnect and forward too. Around the campaign, the daemon's fds and RSS.
 //
-// VIO4WD_HOSTILE_CASES=N (default 80) random cases, VIO4WD_HOSTILE_SEED=S to replay a run.
+// VIO4WD_HOSTILE_CASES=N (default 50) random cases, VIO4WD_HOSTILE_SEED=S to replay a run.
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { isNonBlocking, setNonBlocking } from '../../sys/fd.js';
 import { eventfdRead } from '../../sys/eventfd.js';
@@ -187,7 +187,7 @@ describe.skipIf(!ready)('relay against a hostile front-end on the same worker as
     expect(end.rssKiB - start.rssKiB).toBeLessThan(64 * 1024);
   });
 
-  const cases = Number(process.env.VIO4WD_HOSTILE_CASES ?? 80);
+  const cases = Number(process.env.VIO4WD_HOSTILE_CASES ?? 50);
   const seed = Number(process.env.VIO4WD_HOSTILE_SEED ?? Math.floor(Math.random() * 2 ** 31));
   // About 0.3 s a case here; the limit grows with the count asked for.
   it('survives a seeded random campaign over messages, fds and rings', { timeout: 60_000 + cases * 2000 }, async () => {
