@@ -21,8 +21,12 @@ export interface Daemon {
 }
 
 /** Starts everything; throws (after undoing what it started) when something cannot start. */
-/** VIO4WD_TEST_HOOKS=1 lets tests end a worker thread (SIGUSR2) to check its supervision. */
-export const testHooksEnabled = (): boolean => process.env.VIO4WD_TEST_HOOKS === '1';
+/**
+ * Test hooks: with VIO4WD_TEST_HOOKS=1, SIGUSR2 ends the first worker thread (its supervision is
+ * tested); with VIO4WD_TEST_HOOKS=block, it leaves that thread stuck in a system call (the
+ * watchdog is tested). Without the variable SIGUSR2 has its default meaning.
+ */
+export const testHooksEnabled = (): boolean => process.env.VIO4WD_TEST_HOOKS === '1' || process.env.VIO4WD_TEST_HOOKS === 'block';
 
 /** Exit status when worker supervision gives up: not 0, so that systemd restarts the daemon. */
 export const EXIT_WORKER_FAILED = 1;
@@ -173,21 +177,22 @@ export async function main(argv: string[]): Promise<void> {
   // systemd starts the daemon again rather than leaving every VM without forwarding.
   // The daemon is stopped first: process.exit waits for the reactor's pending epoll_wait on the
   // thread pool, so exiting without closing it hangs. When the stop itself cannot finish (a
-  // worker stuck in a system call), abort: the process ends whatever its threads do, and
-  // systemd restarts it after the signal just as after a failure status.
+  // worker stuck in a system call), the process kills itself (SIGKILL: it ends whatever its
+  // threads do, and leaves no core file), and systemd restarts it after the signal just as
+  // after a failure status.
   const fatal = (message: string) => {
     if (stopping) return;
     stopping = true;
     process.stderr.write(`virtio-forwarder: ${message}\n`);
     notifyStopping();
-    const abort = setTimeout(() => {
-      log.fatal('stopping after the worker failure took longer than 5 s; aborting');
-      process.abort();
+    const killTimer = setTimeout(() => {
+      log.fatal('stopping after the worker failure took longer than 5 s; killing the process');
+      process.kill(process.pid, 'SIGKILL');
     }, 5000);
     void Promise.resolve(daemon?.stop())
       .catch(() => undefined)
       .then(() => {
-        clearTimeout(abort);
+        clearTimeout(killTimer);
         setTimeout(() => process.exit(EXIT_WORKER_FAILED), 50);
       });
   };
@@ -206,8 +211,9 @@ export async function main(argv: string[]): Promise<void> {
   process.on('SIGHUP', () => log.info('SIGHUP ignored: restart the service to reload the configuration'));
   if (testHooksEnabled()) {
     process.on('SIGUSR2', () => {
-      log.warn('test hook: ending the first worker thread');
-      daemon?.pool.crashWorker();
+      const how = process.env.VIO4WD_TEST_HOOKS === 'block' ? 'block' : 'throw';
+      log.warn({ how }, 'test hook: ending the first worker thread');
+      daemon?.pool.crashWorker(how);
     });
   }
 }

@@ -54,7 +54,7 @@ export interface WorkerPoolOptions {
    * stuck): the daemon exits non-zero so that systemd restarts it.
    */
   onFatal?: (message: string) => void;
-  /** Accept the test-only crash request (VIO4WD_TEST_HOOKS=1). */
+  /** Accept the test-only crash request (VIO4WD_TEST_HOOKS). */
   testHooks?: boolean;
 }
 
@@ -263,11 +263,11 @@ export class WorkerPool {
     }
   }
 
-  /** Test hook: makes the worker on `cpu` (or the first) end with an uncaught error. */
-  crashWorker(cpu?: number): boolean {
-    const w = cpu === undefined ? this.workers[0] : this.workers.find((x) => x.cpu === cpu);
+  /** Test hook: makes the first worker end with an uncaught error, or block in the kernel for good. */
+  crashWorker(how: 'throw' | 'block' = 'throw'): boolean {
+    const w = this.workers[0];
     if (!w || !this.opts.testHooks) return false;
-    this.post(w, { type: 'crash' });
+    this.post(w, { type: 'crash', how });
     return true;
   }
 

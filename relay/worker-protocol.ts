@@ -91,8 +91,11 @@ export type ToWorker =
   | { type: 'detach'; reqId: number; relay: number; dir: DirName }
   | { type: 'set-active-member'; relay: number; dir: DirName; active: number; up: boolean[] }
   | { type: 'stop'; reqId: number }
-  /** Test hook: the worker ends with an uncaught error (honoured only when WorkerInit.testHooks). */
-  | { type: 'crash' };
+  /**
+   * Test hook (honoured only when WorkerInit.testHooks): the worker ends with an uncaught error
+   * ('throw') or blocks forever in a system call ('block').
+   */
+  | { type: 'crash'; how: 'throw' | 'block' };
 
 export type FromWorker =
   | { type: 'ready'; cpu: number; tid: number }
@@ -112,6 +115,6 @@ export interface WorkerInit {
   wakeFd: number;
   /** Where the worker announces its writes to guests' call fds (relay/call-guard.ts). */
   callGuard: SharedArrayBuffer;
-  /** Accept the test-only 'crash' message (VIO4WD_TEST_HOOKS=1). */
+  /** Accept the test-only 'crash' message (VIO4WD_TEST_HOOKS). */
   testHooks?: boolean;
 }

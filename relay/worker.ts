@@ -7,6 +7,7 @@
 import { parentPort, workerData } from 'node:worker_threads';
 import { performance } from 'node:perf_hooks';
 import { setAffinity, gettid } from '../sys/affinity.js';
+import { pipe, readInto } from '../sys/fd.js';
 import { NOTIFIER_STUCK, eventfdDrain, eventfdRead } from '../sys/eventfd.js';
 import { PollSet, POLLERR, POLLHUP, POLLIN, POLLNVAL } from '../sys/poll.js';
 import { ChainWarnings, setChainWarnings } from './chain-warnings.js';
@@ -118,13 +119,17 @@ function handle(msg: ToWorker): void {
       break;
     }
     case 'crash':
-      // Test hook (VIO4WD_TEST_HOOKS=1 only): end this thread the way an unexpected error
-      // outside any direction would, so the pool's supervision can be tested.
-      if (init.testHooks) {
-        setImmediate(() => {
-          throw new Error('worker ended by the test hook');
-        });
+      // Test hook (VIO4WD_TEST_HOOKS only): end this thread the way an unexpected error outside
+      // any direction would, or leave it stuck in the kernel, so the pool's supervision and
+      // watchdog can be tested.
+      if (!init.testHooks) break;
+      if (msg.how === 'block') {
+        const [r] = pipe({ nonblock: false });
+        readInto(r, new Uint8Array(1)); // nobody ever writes the pipe
       }
+      setImmediate(() => {
+        throw new Error('worker ended by the test hook');
+      });
       break;
     case 'stop':
       running = false;

@@ -2,7 +2,8 @@
 // thread; the test hook (VIO4WD_TEST_HOOKS=1, SIGUSR2) ends that thread the way an unexpected
 // error would. The pool must start it again and traffic must resume on both relays, both ways,
 // within a second, with the restart in the log and in the stats; a worker that keeps ending
-// must end the daemon with a non-zero status (systemd then restarts it).
+// must end the daemon with a non-zero status (systemd then restarts it), and so must a worker
+// stuck in a system call (VIO4WD_TEST_HOOKS=block).
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { Reactor } from '../../sys/poll.js';
 import { ControlClient } from '../../port-control/client.js';
@@ -116,5 +117,23 @@ describe.skipIf(!ready)('worker supervision', () => {
     expect(r.logs().filter((l) => String(l.msg).includes('restarted;'))).toHaveLength(5);
     await r.stop();
     relay = null;
+  });
+
+  it('ends the daemon, not 0, when a worker is stuck in the kernel for 10 s', async () => {
+    const r = await startRelay({ cpus: [0], logLevel: 6, env: { VIO4WD_TEST_HOOKS: 'block' } });
+    try {
+      const t0 = Date.now();
+      process.kill(r.pid, 'SIGUSR2');
+      const status = await Promise.race([r.proc.exited, sleep(30_000).then(() => 'still running')]);
+      const seconds = (Date.now() - t0) / 1000;
+      console.log(`a stuck worker ended the daemon after ${seconds.toFixed(1)} s with ${status}`);
+      // Stuck in a system call, the thread cannot be stopped: the clean stop gives up and the
+      // process kills itself; either way systemd (Restart=on-failure) starts it again.
+      expect([1, 'SIGKILL']).toContain(status);
+      expect(seconds).toBeGreaterThanOrEqual(9);
+      expect(r.logs().some((l) => l.level === 'fatal' && /worker on CPU 0 has made no progress for 1\d s/.test(String(l.msg)))).toBe(true);
+    } finally {
+      await r.stop();
+    }
   });
 });
