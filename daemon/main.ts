@@ -18,12 +18,23 @@ import { startControlServices, type ControlServices } from '../port-control/serv
 
 export interface Daemon {
   registry: RelayRegistryImpl;
+  pool: WorkerPool;
   config: RelayConfig;
   stop(): Promise<void>;
 }
 
 /** Starts everything; throws (after undoing what it started) when something cannot start. */
-export async function startDaemon(config: RelayConfig, log: Logger): Promise<Daemon> {
+/**
+ * Test hooks: with VIO4WD_TEST_HOOKS=1, SIGUSR2 ends the first worker thread (its supervision is
+ * tested); with VIO4WD_TEST_HOOKS=block, it leaves that thread stuck in a system call (the
+ * watchdog is tested). Without the variable SIGUSR2 has its default meaning.
+ */
+export const testHooksEnabled = (): boolean => process.env.VIO4WD_TEST_HOOKS === '1' || process.env.VIO4WD_TEST_HOOKS === 'block';
+
+/** Exit status when worker supervision gives up: not 0, so that systemd restarts the daemon. */
+export const EXIT_WORKER_FAILED = 1;
+
+export async function startDaemon(config: RelayConfig, log: Logger, onFatal?: (message: string) => void): Promise<Daemon> {
   const undo: (() => Promise<void> | void)[] = [];
   const unwind = async () => {
     for (const step of undo.reverse()) {
@@ -45,6 +56,8 @@ export async function startDaemon(config: RelayConfig, log: Logger): Promise<Dae
       counters,
       log: componentLogger(log, 'workers'),
       onRingError: (relay, dir, queue) => log.warn({ relay, dir, queue }, 'guest ring stopped after a protocol violation; the VM must reset the device'),
+      onFatal,
+      testHooks: testHooksEnabled(),
     });
     undo.push(() => pool.stop());
     await pool.start();
@@ -93,6 +106,7 @@ export async function startDaemon(config: RelayConfig, log: Logger): Promise<Dae
     );
     return {
       registry,
+      pool,
       config,
       stop: unwind,
     };
@@ -161,8 +175,31 @@ export async function main(argv: string[]): Promise<void> {
   process.on('SIGTERM', () => void stop('SIGTERM'));
   process.on('SIGINT', () => void stop('SIGINT'));
 
+  // Worker supervision gave up: leave with a failure status (after pino has flushed) so that
+  // systemd starts the daemon again rather than leaving every VM without forwarding.
+  // The daemon is stopped first: process.exit waits for the reactor's pending epoll_wait on the
+  // thread pool, so exiting without closing it hangs. When the stop itself cannot finish (a
+  // worker stuck in a system call), the process kills itself (SIGKILL: it ends whatever its
+  // threads do, and leaves no core file), and systemd restarts it after the signal just as
+  // after a failure status.
+  const fatal = (message: string) => {
+    if (stopping) return;
+    stopping = true;
+    process.stderr.write(`virtio-forwarder: ${message}\n`);
+    notifyStopping();
+    const killTimer = setTimeout(() => {
+      log.fatal('stopping after the worker failure took longer than 5 s; killing the process');
+      process.kill(process.pid, 'SIGKILL');
+    }, 5000);
+    void Promise.resolve(daemon?.stop())
+      .catch(() => undefined)
+      .then(() => {
+        clearTimeout(killTimer);
+        setTimeout(() => process.exit(EXIT_WORKER_FAILED), 50);
+      });
+  };
   try {
-    daemon = await startDaemon(config, log);
+    daemon = await startDaemon(config, log, fatal);
   } catch (err) {
     log.fatal({ err: (err as Error).message }, `cannot start: ${(err as Error).message}`);
     process.stderr.write(`virtio-forwarder: ${(err as Error).message}\n`);
@@ -174,4 +211,11 @@ export async function main(argv: string[]): Promise<void> {
   if (stopRequested) void stop(stopRequested);
 
   process.on('SIGHUP', () => log.info('SIGHUP ignored: restart the service to reload the configuration'));
+  if (testHooksEnabled()) {
+    process.on('SIGUSR2', () => {
+      const how = process.env.VIO4WD_TEST_HOOKS === 'block' ? 'block' : 'throw';
+      log.warn({ how }, 'test hook: ending the first worker thread');
+      daemon?.pool.crashWorker(how);
+    });
+  }
 }

@@ -25,6 +25,10 @@ export const enum Counter {
    * (PACKET_STATISTICS tp_drops), folded in by the worker that owns the direction.
    */
   DropsKernelRing,
+  /** Descriptor chains dropped because they broke a rule (loop, bounds, direction, length). */
+  BadChains,
+  /** Guest rings stopped after a fault: a broken ring, a failing kick or call fd, an unexpected error. */
+  RingsStopped,
   Count,
 }
 
@@ -50,6 +54,8 @@ export interface DirectionCounts {
   busyNs: number;
   pollNs: number;
   dropsKernelRing: number;
+  badChains: number;
+  ringsStopped: number;
 }
 
 export function readCounts(view: Float64Array, relay: number, dir: Dir): DirectionCounts {
@@ -65,6 +71,8 @@ export function readCounts(view: Float64Array, relay: number, dir: Dir): Directi
     busyNs: view[b + Counter.BusyNs],
     pollNs: view[b + Counter.PollNs],
     dropsKernelRing: view[b + Counter.DropsKernelRing],
+    badChains: view[b + Counter.BadChains],
+    ringsStopped: view[b + Counter.RingsStopped],
   };
 }
 

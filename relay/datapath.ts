@@ -12,6 +12,8 @@ import { flowHash } from './flow-hash.js';
 import { completeL4Checksum } from './checksum.js';
 import { TP_STATUS_CSUMNOTREADY } from '../sys/packet-ring.js';
 import { VfPort } from './vf-port.js';
+import { reportBadChain } from './chain-warnings.js';
+import { callWriteBegins, callWriteEnds } from './call-guard.js';
 import type { DirectionSpec, DirectionState, GuestSpec, QueueSpec, QueueState } from './worker-protocol.js';
 
 export const BURST = 32;
@@ -106,12 +108,27 @@ export class GuestQueue {
     return { lastAvail: s.lastAvail, lastUsed: s.lastUsed, signalledUsed: s.signalledUsed, signalledValid: s.signalledUsedValid };
   }
 
-  /** Publishes used entries and signals the guest if it asked to be told. */
+  /**
+   * Publishes used entries and signals the guest if it asked to be told. A call fd that fails
+   * (any errno, a short write) is a broken ring: RingError, which stops this ring only. A full
+   * counter (EAGAIN; the fd is non-blocking) just drops the notification: one is pending.
+   */
   publish(): void {
     const q = this.queue;
     if (q.pendingUsedCount === 0) return;
     q.flushUsed();
-    if (this.callFd >= 0 && q.needsNotification()) eventfdWrite(this.callFd, 1);
+    if (this.callFd >= 0 && q.needsNotification()) {
+      callWriteBegins(this.callFd);
+      try {
+        eventfdWrite(this.callFd, 1);
+      } catch (err) {
+        throw new RingError(`vring ${this.index}`, `call fd ${this.callFd} failed: ${(err as Error).message}`);
+      } finally {
+        if (callWriteEnds()) {
+          throw new RingError(`vring ${this.index}`, `call fd ${this.callFd} blocked a write (its front-end made it blocking again and left it full); the relay drained it`);
+        }
+      }
+    }
   }
 }
 
@@ -185,8 +202,17 @@ abstract class Direction {
   exportState(rrQueue: number): DirectionState {
     const queues: Record<number, QueueState> = {};
     for (const [index, qs] of this.droppedStates) queues[index] = qs;
-    for (const q of this.queues) {
-      q.publish();
+    for (const q of [...this.queues]) {
+      try {
+        q.publish();
+      } catch (err) {
+        // The used entries are in guest memory; only the notification failed. Stop the ring, and
+        // hand back where it stopped (dropQueue keeps that state).
+        this.dropQueue(q, (err as Error).message);
+        const dropped = this.droppedStates.get(q.index);
+        if (dropped) queues[q.index] = dropped;
+        continue;
+      }
       queues[q.index] = q.exportState();
     }
     return { queues, rrQueue, rrMember: this.port?.rrMember ?? 0 };
@@ -207,7 +233,45 @@ abstract class Direction {
     }
     const s = q.queue.exportState();
     this.droppedStates.set(q.index, { lastAvail: s.lastAvail, lastUsed: s.lastUsed, signalledUsed: s.signalledUsed, signalledValid: s.signalledUsedValid });
+    this.counters[this.base + Counter.RingsStopped]++;
     this.onRingError(q.index, message);
+  }
+
+  /** Publishes every ring; a ring whose call fd fails stops, the others go on. */
+  protected publishAll(): void {
+    const queues = this.queues;
+    for (let i = queues.length - 1; i >= 0; i--) {
+      const q = queues[i];
+      try {
+        q.publish();
+      } catch (err) {
+        if (err instanceof RingError) this.dropQueue(q, err.message);
+        else throw err;
+      }
+    }
+  }
+
+  /**
+   * The worker found the kick fd `fd` failing (an error or a short read, POLLERR, POLLHUP,
+   * POLLNVAL, or readable after every read): the ring it belongs to stops. Returns false when no
+   * ring of this direction uses it.
+   */
+  kickFault(fd: number, reason: string): boolean {
+    const q = this.queues.find((x) => x.kickFd === fd);
+    if (!q) return false;
+    this.dropQueue(q, `vring ${q.index}: kick fd ${fd} ${reason}`);
+    return true;
+  }
+
+  /** Whether `fd` is the kick fd of one of this direction's rings. */
+  isKickFd(fd: number): boolean {
+    return this.queues.some((q) => q.kickFd === fd);
+  }
+
+  /** Counts a dropped chain and warns (rate-limited per ring) with the reason. */
+  protected badChain(q: GuestQueue, reason: string, count = 1): void {
+    this.counters[this.base + Counter.BadChains] += count;
+    reportBadChain(this.relay, q.index, reason);
   }
 
   protected add(counter: Counter, value: number): void {
@@ -270,12 +334,14 @@ export class VmToVf extends Direction {
     for (; taken < budget; ) {
       if (!queue.popChain(chain)) break;
       heads[taken++] = chain.head;
-      if (port === null || !q.enabled) {
-        notConnected++;
-        continue;
-      }
+      // A broken chain is counted as such whether or not its frame could have gone anywhere.
       if (chain.error !== null || chain.writableLength !== 0) {
         bad++;
+        this.badChain(q, chain.error ?? `chain at head ${chain.head} has device-writable descriptors in a transmit queue`);
+        continue;
+      }
+      if (port === null || !q.enabled) {
+        notConnected++;
         continue;
       }
       const frameLength = chain.readableLength - hdrLen;
@@ -449,6 +515,14 @@ export class VfToVm extends Direction {
     };
   }
 
+  /** The writer of a stopped ring goes with it (writers and queues stay index-aligned). */
+  protected override dropQueue(q: GuestQueue, message: string): void {
+    const i = this.queues.indexOf(q);
+    if (i < 0) return;
+    this.writers.splice(i, 1);
+    super.dropQueue(q, message);
+  }
+
   private deliver(bytes: Uint8Array, offset: number, length: number): void {
     this.rxBytes += length;
     const writers = this.writers;
@@ -501,12 +575,17 @@ export class VfToVm extends Direction {
         handled += ring.receive(this.dropFrame, BURST);
       }
     }
-    for (const q of this.queues) q.publish();
+    for (let i = 0; i < this.writers.length; i++) {
+      const w = this.writers[i];
+      if (w.badChains !== 0) {
+        this.badChain(this.queues[i], w.lastBadChain, w.badChains);
+        w.badChains = 0;
+      }
+    }
+    this.publishAll();
     if (this.failed) {
       const q = this.failed;
       this.failed = null;
-      const i = this.queues.indexOf(q);
-      if (i >= 0) this.writers.splice(i, 1);
       this.dropQueue(q, this.failure);
     }
     if (handled === 0) return 0;

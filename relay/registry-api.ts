@@ -42,6 +42,10 @@ export interface DirectionCounters {
    * did not keep up); 0 for VM→VF.
    */
   dropsKernelRing: number;
+  /** Guest descriptor chains dropped because they broke a rule (loop, out-of-range address, wrong direction, length). */
+  badChains: number;
+  /** Guest rings stopped after a fault: a broken ring, a failing kick or call fd, an unexpected error in the direction. */
+  ringsStopped: number;
   /** Busy time measured by the owning worker: nanoseconds spent in polls that moved packets. */
   busyNs: number;
   /** Nanoseconds of all polls of this direction (busy and empty). */
@@ -80,6 +84,8 @@ export interface WorkerInfo {
   /** Nanoseconds of busy polls and of all polls since the worker started. */
   busyNs: number;
   pollNs: number;
+  /** Times the worker thread ended unexpectedly and was started again by the pool. */
+  restarts: number;
 }
 
 /** Error codes follow the original daemon's port-control codes where one exists. */

@@ -90,12 +90,19 @@ export type ToWorker =
   | { type: 'attach'; reqId: number; spec: DirectionSpec; state: DirectionState | null }
   | { type: 'detach'; reqId: number; relay: number; dir: DirName }
   | { type: 'set-active-member'; relay: number; dir: DirName; active: number; up: boolean[] }
-  | { type: 'stop'; reqId: number };
+  | { type: 'stop'; reqId: number }
+  /**
+   * Test hook (honoured only when WorkerInit.testHooks): the worker ends with an uncaught error
+   * ('throw') or blocks forever in a system call ('block').
+   */
+  | { type: 'crash'; how: 'throw' | 'block' };
 
 export type FromWorker =
   | { type: 'ready'; cpu: number; tid: number }
   | { type: 'done'; reqId: number; state?: DirectionState | null; error?: string }
   | { type: 'ring-error'; relay: number; dir: DirName; queue: number; message: string }
+  /** An unexpected error stopped this direction (its rings); the worker's other directions go on. */
+  | { type: 'direction-failed'; relay: number; dir: DirName; message: string }
   | { type: 'log'; level: 'debug' | 'info' | 'warn' | 'error'; msg: string; data?: Record<string, unknown> };
 
 export interface WorkerInit {
@@ -106,4 +113,8 @@ export interface WorkerInit {
   workerLoad: SharedArrayBuffer;
   /** eventfd the main thread writes after posting a message, so a sleeping worker wakes. */
   wakeFd: number;
+  /** Where the worker announces its writes to guests' call fds (relay/call-guard.ts). */
+  callGuard: SharedArrayBuffer;
+  /** Accept the test-only 'crash' message (VIO4WD_TEST_HOOKS). */
+  testHooks?: boolean;
 }

@@ -2,11 +2,16 @@
 // assigns to it. Messages are handled between bursts, so a detach always happens at a burst
 // boundary and the ring state it returns is exact. In adaptive mode the worker sleeps in poll()
 // on the guests' kick eventfds, the VF packet sockets and its wake eventfd when nothing moves.
+// Faults stay where they happen: a failing kick or call fd or a broken ring stops that ring, an
+// unexpected error stops that direction, and the other relays on this worker keep forwarding.
 import { parentPort, workerData } from 'node:worker_threads';
 import { performance } from 'node:perf_hooks';
 import { setAffinity, gettid } from '../sys/affinity.js';
-import { eventfdRead } from '../sys/eventfd.js';
-import { PollSet, POLLIN } from '../sys/poll.js';
+import { pipe, readInto } from '../sys/fd.js';
+import { NOTIFIER_STUCK, eventfdDrain, eventfdRead } from '../sys/eventfd.js';
+import { PollSet, POLLERR, POLLHUP, POLLIN, POLLNVAL } from '../sys/poll.js';
+import { ChainWarnings, setChainWarnings } from './chain-warnings.js';
+import { setCallGuard } from './call-guard.js';
 import { Counter, WORKER_SLOTS } from './counters.js';
 import { VfToVm, VmToVf } from './datapath.js';
 import type { DirName, FromWorker, ToWorker, WorkerInit } from './worker-protocol.js';
@@ -37,6 +42,41 @@ let kernelStatsDue = 0;
 
 function refreshList(): void {
   list = [...directions.values()];
+}
+
+setCallGuard(init.callGuard);
+
+setChainWarnings(
+  new ChainWarnings((relay, vring, reason, unreported) =>
+    send({
+      type: 'log',
+      level: 'warn',
+      msg: `vring ${vring}: descriptor chain dropped: ${reason}${unreported > 0 ? ` (${unreported} more on this ring since the last warning)` : ''}`,
+      data: { relay, vring, unreported },
+    }),
+  ),
+);
+
+/**
+ * An unexpected error in one direction (not a guest ring fault, which the data path handles per
+ * ring): that direction stops, its rings count as stopped, and the main thread logs it. The
+ * other directions on this worker never see it.
+ */
+function failDirection(d: Direction, err: unknown): void {
+  let k: string | undefined;
+  for (const [key, value] of directions) if (value === d) k = key;
+  if (k === undefined) return;
+  directions.delete(k);
+  refreshList();
+  counters[d.base + Counter.RingsStopped] += Math.max(1, d.queues.length);
+  try {
+    d.release();
+  } catch {
+    /* the direction is gone either way */
+  }
+  const dir: DirName = d instanceof VmToVf ? 'vm2vf' : 'vf2vm';
+  const message = err instanceof Error ? `${err.name}: ${err.message}` : String(err);
+  send({ type: 'direction-failed', relay: d.relay, dir, message });
 }
 
 function reportRingError(relay: number, dir: DirName) {
@@ -81,6 +121,19 @@ function handle(msg: ToWorker): void {
       d?.port?.setActive(msg.active, msg.up);
       break;
     }
+    case 'crash':
+      // Test hook (VIO4WD_TEST_HOOKS only): end this thread the way an unexpected error outside
+      // any direction would, or leave it stuck in the kernel, so the pool's supervision and
+      // watchdog can be tested.
+      if (!init.testHooks) break;
+      if (msg.how === 'block') {
+        const [r] = pipe({ nonblock: false });
+        readInto(r, new Uint8Array(1)); // nobody ever writes the pipe
+      }
+      setImmediate(() => {
+        throw new Error('worker ended by the test hook');
+      });
+      break;
     case 'stop':
       running = false;
       for (const d of directions.values()) d.release();
@@ -102,19 +155,57 @@ function accountWall(now: number): void {
   for (const d of list) counters[d.base + Counter.PollNs] += dt;
 }
 
+const FAULT_EVENTS = POLLERR | POLLHUP | POLLNVAL;
+
 function sleepUntilWork(): void {
   let work = false;
-  for (const d of list) if (d.armForSleep()) work = true;
+  for (const d of list) {
+    try {
+      if (d.armForSleep()) work = true;
+    } catch (err) {
+      failDirection(d, err);
+    }
+  }
   if (!work) {
     const fds: number[] = [init.wakeFd];
-    for (const d of list) for (const fd of d.wakeFds()) fds.push(fd);
+    const owners: (Direction | null)[] = [null];
+    for (const d of list) {
+      for (const fd of d.wakeFds()) {
+        fds.push(fd);
+        owners.push(d.isKickFd(fd) ? d : null);
+      }
+    }
     const set = new PollSet(fds.map((fd) => ({ fd, events: POLLIN })));
     set.wait(SLEEP_MS);
-    // Kicks are edge information only: drain them so the next sleep does not return at once.
-    for (let i = 1; i < fds.length; i++) if (set.revents(i) & POLLIN) eventfdRead(fds[i]);
+    // Kicks are edge information only: drain them so the next sleep does not return at once. A
+    // kick fd that reports an error or a hang-up, fails a read, or stays readable would wake
+    // this worker forever: its ring stops instead.
+    for (let i = 1; i < fds.length; i++) {
+      const owner = owners[i];
+      const revents = set.revents(i);
+      if (owner === null || revents === 0) continue;
+      let fault = '';
+      if (revents & FAULT_EVENTS) fault = `reported ${describeRevents(revents)}`;
+      else {
+        try {
+          if (eventfdDrain(fds[i]) === NOTIFIER_STUCK) fault = 'stays readable after every read';
+        } catch (err) {
+          fault = `failed: ${(err as Error).message}`;
+        }
+      }
+      if (fault !== '') owner.kickFault(fds[i], fault);
+    }
   }
   for (const d of list) d.disarm();
   idlePolls = 0;
+}
+
+function describeRevents(revents: number): string {
+  const names: string[] = [];
+  if (revents & POLLERR) names.push('POLLERR');
+  if (revents & POLLHUP) names.push('POLLHUP');
+  if (revents & POLLNVAL) names.push('POLLNVAL');
+  return names.join('|');
 }
 
 function slice(): void {
@@ -126,9 +217,16 @@ function slice(): void {
       const d = list[i];
       // The clock is read only around bursts that have work: on this kind of host a clock read
       // costs as much as an empty poll, and spinning on it halved the forwarding rate.
-      if (!d.hasWork()) continue;
-      const t0 = performance.now();
-      const n = d.burst();
+      let n: number;
+      let t0: number;
+      try {
+        if (!d.hasWork()) continue;
+        t0 = performance.now();
+        n = d.burst();
+      } catch (err) {
+        failDirection(d, err);
+        continue;
+      }
       if (n > 0) {
         const busy = (performance.now() - t0) * 1e6;
         counters[d.base + Counter.BusyNs] += busy;

@@ -20,6 +20,8 @@ const writeNative = libc.func('intptr_t write(int fd, const void *buf, size_t co
 // fcntl is variadic; every command used here takes an int (or nothing), which this fixed
 // prototype passes the same way on x86-64 and aarch64.
 const fcntlNative = libc.func('int fcntl(int fd, int cmd, ...)');
+const pipe2Native = libc.func('int pipe2(_Out_ int *fds, int flags)');
+const O_CLOEXEC = 0o2000000;
 
 function fcntl(fd: number, cmd: number, arg: number, what: string): number {
   return check(fcntlNative(fd, cmd, 'int', arg), 'fcntl', `${what} on fd ${fd}`);
@@ -78,4 +80,11 @@ export function isCloexec(fd: number): boolean {
 /** Duplicates `fd`; the copy is close-on-exec so it never leaks into child processes. */
 export function dup(fd: number): number {
   return fcntl(fd, F_DUPFD_CLOEXEC, 0, 'F_DUPFD_CLOEXEC');
+}
+
+/** A close-on-exec pipe: [read end, write end]; non-blocking on both ends unless `nonblock` is false. */
+export function pipe(opts: { nonblock?: boolean } = {}): [number, number] {
+  const fds = [0, 0];
+  check(pipe2Native(fds, O_CLOEXEC | ((opts.nonblock ?? true) ? O_NONBLOCK : 0)), 'pipe2');
+  return [fds[0], fds[1]];
 }

@@ -2,7 +2,8 @@
 // state machine (stopped → started on kick with translatable rings; enabled is orthogonal), the
 // memory table, the REPLY_ACK rule, and the only place that owns the fds a front-end sends.
 import pino, { type Logger } from 'pino';
-import { close as closeFd } from '../sys/fd.js';
+import { close as closeFd, setNonBlocking } from '../sys/fd.js';
+import { checkNotifierFd } from '../sys/eventfd.js';
 import { availRingBytes, descTableBytes, isValidSplitQueueSize, usedRingBytes } from '../virtio/ring-layout.js';
 import { Connection, closeFds, takeFd, type ReadinessSource, type ReceivedMessage } from './connection.js';
 import type { NetDevice, VringConfig } from './device.js';
@@ -377,8 +378,9 @@ export class BackendSession {
   private async setVringKick(m: ReceivedMessage): Promise<void> {
     const file = decodeVringFile(m.payload);
     const v = this.vringFor(file.index, 'SET_VRING_KICK');
+    const fd = file.noFd ? -1 : this.acceptNotifier(takeFd(m), v, 'kick');
     if (v.started) await this.stopVring(v, false);
-    replaceFd(v, 'kickFd', file.noFd ? -1 : takeFd(m));
+    replaceFd(v, 'kickFd', fd);
     v.kicked = true;
     await this.tryStart(v);
   }
@@ -386,7 +388,7 @@ export class BackendSession {
   private async setVringCall(m: ReceivedMessage): Promise<void> {
     const file = decodeVringFile(m.payload);
     const v = this.vringFor(file.index, 'SET_VRING_CALL');
-    const fd = file.noFd ? -1 : takeFd(m);
+    const fd = file.noFd ? -1 : this.acceptNotifier(takeFd(m), v, 'call');
     if (!v.started) {
       replaceFd(v, 'callFd', fd);
       return;
@@ -404,6 +406,39 @@ export class BackendSession {
     await this.stopVring(v, false);
     replaceFd(v, 'callFd', fd);
     await this.tryStart(v);
+  }
+
+  /**
+   * Kick and call fds must be eventfds: a worker serving many VMs polls, reads and writes them, and
+   * any other kind (a pipe, a socket, /dev/null) could make it fail, spin or block. A refused fd
+   * is closed and the request fails (NACK with REPLY_ACK, else the connection ends); the vring
+   * keeps its previous fd.
+   *
+   * Accepted fds are made non-blocking here, on the file description the front-end shares with us.
+   * That is the choice over checking POLLOUT before each write: a poll costs a second system call
+   * per notification and still races with a front-end filling the counter between the poll and
+   * the write, while with O_NONBLOCK a saturated counter makes the write fail with EAGAIN and the
+   * notification is dropped (a reader that has not drained a full counter has one pending anyway,
+   * which is what DPDK relies on too). QEMU and DPDK create their eventfds non-blocking already.
+   * A front-end could clear O_NONBLOCK again with fcntl on its own copy and fill the counter: the
+   * relay's call guard (relay/call-guard.ts) sees the worker blocked in that write, drains the fd
+   * without blocking, and stops the ring; kick reads use RWF_NOWAIT and never depend on the flag.
+   */
+  private acceptNotifier(fd: number, v: VringState, what: 'kick' | 'call'): number {
+    const checked = checkNotifierFd(fd);
+    let reason = checked.reason;
+    if (checked.ok) {
+      try {
+        setNonBlocking(fd, true);
+        return fd;
+      } catch (err) {
+        reason = `fd ${fd} cannot be made non-blocking: ${(err as Error).message}`;
+      }
+    }
+    safeClose(fd);
+    const request = what === 'kick' ? 'SET_VRING_KICK' : 'SET_VRING_CALL';
+    this.log.warn({ vring: v.index, fdKind: checked.kind }, `vhost-user: vring ${v.index} ${what} fd refused: ${reason}`);
+    throw new ProtocolError(`${request}: vring ${v.index}: ${reason}`);
   }
 
   private setVringErr(m: ReceivedMessage): void {

@@ -29,6 +29,9 @@ export class NetRxWriter {
   private readonly segmentsPerChain: number;
   private readonly pool: DescriptorChain[] = [];
   private readonly header = new Uint8Array(NET_HEADER_LENGTH);
+  /** Broken or unusable receive chains handed back so far, and why the last one was. */
+  badChains = 0;
+  lastBadChain = '';
 
   constructor(readonly queue: SplitQueue, options: NetRxWriterOptions) {
     if (options.headerLength !== NET_HEADER_LENGTH && options.headerLength !== NET_HEADER_LEGACY_LENGTH) {
@@ -62,6 +65,14 @@ export class NetRxWriter {
     return chain.error === null && chain.readableLength === 0 && chain.writableLength >= this.headerLength;
   }
 
+  /** Counts a chain no receive could use; the reason is kept for the caller's warning. */
+  private noteBadChain(chain: DescriptorChain): void {
+    this.badChains++;
+    if (chain.error !== null) this.lastBadChain = chain.error;
+    else if (chain.readableLength !== 0) this.lastBadChain = `chain at head ${chain.head} has device-readable descriptors in a receive queue`;
+    else this.lastBadChain = `chain at head ${chain.head} has ${chain.writableLength} writable bytes, less than the ${this.headerLength}-byte header`;
+  }
+
   /**
    * Writes `header` (or a plain header when null) and `frame[offset, offset+length)` into the
    * guest and pushes the used entries; the caller publishes them with `queue.flushUsed()` at the
@@ -84,7 +95,9 @@ export class NetRxWriter {
         if (taken > 0) queue.rewind(taken);
         return RX_NO_BUFFERS;
       }
-      if (!this.usable(chain) || (!this.mergeable && chain.writableLength < needed)) {
+      const usable = this.usable(chain);
+      if (!usable) this.noteBadChain(chain);
+      if (!usable || (!this.mergeable && chain.writableLength < needed)) {
         if (taken === 0 && this.mergeable) {
           // Nothing reserved yet: hand the bad buffer back on its own and keep looking.
           queue.pushUsed(chain.head, 0);

@@ -150,6 +150,8 @@ export class MemoryRegistry implements RelayRegistry {
         dropsNotConnected: r.device && !r.vmConnected ? 1 : 0,
         dropsBadFrame: 0,
         dropsKernelRing: 0,
+        badChains: 0,
+        ringsStopped: 0,
         busyNs: Math.floor(ms * 1e6 * 0.1),
         pollNs: Math.floor(ms * 1e6),
         cpu: r.device || r.vmConnected ? cpu : -1,
@@ -305,7 +307,7 @@ export class MemoryRegistry implements RelayRegistry {
   /** Worker N reports a busy share of (N+1)/4 of its polls, exactly, so load output is predictable. */
   workers(): WorkerInfo[] {
     const pollNs = Math.floor((performance.now() - this.started) * 1e6 / 4) * 4;
-    return this.workerCpus.map((cpu, i) => ({ cpu, numaNode: 0, pollNs, busyNs: (pollNs / 4) * ((i % 4) + 1) }));
+    return this.workerCpus.map((cpu, i) => ({ cpu, numaNode: 0, pollNs, busyNs: (pollNs / 4) * ((i % 4) + 1), restarts: 0 }));
   }
 
   configuredPins(): RelayCpu[] {

@@ -24,6 +24,8 @@ export interface RelayOptions {
   noZmq?: boolean;
   logLevel?: number;
   echo?: boolean;
+  /** Extra environment variables of the daemon (e.g. VIO4WD_TEST_HOOKS=1). */
+  env?: Record<string, string>;
   /** Reuse a socket directory (a restarted relay must find the same paths); kept on stop. */
   socketDir?: string;
 }
@@ -66,7 +68,11 @@ export async function startRelay(o: RelayOptions = {}): Promise<RunningRelay> {
   }
   lines.push(...(o.configLines ?? []));
   writeFileSync(configPath, `${lines.join('\n')}\n`);
-  const proc = startProcess('node', [relayBin, '--config', configPath, ...(o.args ?? [])], { label: 'relay', echo: o.echo });
+  const proc = startProcess('node', [relayBin, '--config', configPath, ...(o.args ?? [])], {
+    label: 'relay',
+    echo: o.echo,
+    env: o.env ? { ...process.env, ...o.env } : undefined,
+  });
   await proc.waitForOutput(/"msg":"virtio-forwarder ready"/, 20_000);
   return {
     proc,

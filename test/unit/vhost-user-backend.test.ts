@@ -1,9 +1,9 @@
 // The control-plane checklist (vhost-user reference §3.2, C1–C12) driven over a real socketpair
 // against a BackendSession with a recording device. The peer side speaks raw bytes so malformed
 // messages can be sent exactly as a hostile front-end would.
-import { readdirSync } from 'node:fs';
+import { closeSync, openSync, readdirSync } from 'node:fs';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { close as closeFd } from '../../sys/fd.js';
+import { close as closeFd, isNonBlocking, pipe } from '../../sys/fd.js';
 import { eventfd } from '../../sys/eventfd.js';
 import { F_SEAL_SHRINK, MAP_SHARED, PROT_READ, PROT_WRITE, addSeals, fileSeals, ftruncate, memfdCreate, mmap, munmap, type Mapping } from '../../sys/memory.js';
 import { Reactor } from '../../sys/poll.js';
@@ -626,5 +626,45 @@ describe('guest memory that could shrink under the mapping (SIGBUS)', () => {
     await restartWith('warn');
     expect(await ack(Request.SET_MEM_TABLE, encodeMemTable([region()]), [memFd])).toBe(0);
     expect(session.memory).not.toBeNull();
+  });
+});
+
+describe('kick and call fds that are not eventfds', () => {
+  it('refuses a pipe, a socket, /dev/null and a semaphore eventfd as kick or call, keeps the vring as it was, and closes them', async () => {
+    await startRings(1);
+    const goodCall = eventfd();
+    expect(await ack(Request.SET_VRING_CALL, encodeVringFile({ index: 0, noFd: false }), [goodCall])).toBe(0);
+    closeFd(goodCall);
+    const before = openFds();
+    const { kickFd, callFd } = session.vring(0);
+    const [pr, pw] = pipe();
+    const [s1, s2] = socketPair();
+    const devNull = openSync('/dev/null', 'r+');
+    const sem = eventfd(3, { semaphore: true });
+    for (const fd of [pr, pw, s1, devNull, sem]) {
+      expect(await ack(Request.SET_VRING_KICK, encodeVringFile({ index: 0, noFd: false }), [fd])).toBe(1);
+      expect(await ack(Request.SET_VRING_CALL, encodeVringFile({ index: 0, noFd: false }), [fd])).toBe(1);
+    }
+    for (const fd of [pr, pw, s1, s2, sem]) closeFd(fd);
+    closeSync(devNull);
+    expect(session.vring(0)).toMatchObject({ kickFd, callFd, started: true });
+    expect(device.running.get(0)!.callFd).toBe(callFd);
+    expect(openFds()).toBe(before);
+  });
+
+  it('ends the connection on a refused kick fd without REPLY_ACK', async () => {
+    const [pr, pw] = pipe();
+    send(Request.SET_VRING_KICK, encodeVringFile({ index: 0, noFd: false }), [pr]);
+    closeFd(pr);
+    closeFd(pw);
+    await expectClosedByBackend();
+  });
+
+  it('makes an accepted blocking eventfd non-blocking, so a full counter can never block a write', async () => {
+    await startRings(1);
+    const call = eventfd(0, { nonblock: false });
+    expect(await ack(Request.SET_VRING_CALL, encodeVringFile({ index: 0, noFd: false }), [call])).toBe(0);
+    expect(isNonBlocking(call)).toBe(true);
+    closeFd(call);
   });
 });
