@@ -6,14 +6,14 @@
 // control channels that drive it.
 import type { Logger } from 'pino';
 import { Reactor } from '../sys/poll.js';
-import { parseArgs, resolveConfigPath, helpText, versionText, UsageError, EXIT_USAGE, EXIT_CONFIG } from '../relay/cli.js';
-import { loadConfig, ConfigError, socketPathFor, MAX_RELAYS, type RelayConfig } from '../relay/config.js';
-import { createLogger, componentLogger } from '../relay/log.js';
-import { acquirePidFile, type PidFile } from '../relay/pidfile.js';
-import { notifyReady, notifyStopping } from '../relay/sd-notify.js';
-import { createCounterBuffer } from '../relay/counters.js';
-import { WorkerPool } from '../relay/worker-pool.js';
-import { RelayRegistryImpl } from '../relay/registry.js';
+import { parseArgs, resolveConfigPath, helpText, versionText, UsageError, EXIT_USAGE, EXIT_CONFIG } from './cli.js';
+import { loadConfig, ConfigError, socketPathFor, MAX_RELAYS, type RelayConfig } from '../relay/config/load.js';
+import { createLogger, componentLogger } from './log.js';
+import { acquirePidFile, type PidFile } from './pidfile.js';
+import { notifyReady, notifyStopping } from './sd-notify.js';
+import { createCounterBuffer } from '../relay/datapath/counters.js';
+import { WorkerPool } from '../relay/control/worker-pool.js';
+import { RelayRegistryImpl } from '../relay/control/registry.js';
 import { startControlServices, type ControlServices } from '../port-control/services.js';
 
 export interface Daemon {

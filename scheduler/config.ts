@@ -1,13 +1,13 @@
 // The scheduler's settings: /etc/default/virtioforwarder (the file the daemon reads too), then
 // command-line flags on top.
 //
-// The file is read with the daemon's parser (relay/config-file.ts); the scheduler validates only
+// The file is read with the daemon's parser (relay/config/file.ts); the scheduler validates only
 // its own variables.
 
 import { readFileSync } from 'node:fs';
-import { parseConfigText, ConfigSyntaxError } from '../relay/config-file.js';
+import { parseConfigText, ConfigSyntaxError } from '../relay/config/file.js';
 import { DEFAULT_ENDPOINTS, zmqEndpointProblem } from '../vocabulary/endpoints.js';
-import { parseBooleanValue, parseSchedPollIntervalMs, parseSchedSensitivity, parseSyslogLevelValue } from '../relay/config-values.js';
+import { parseBooleanValue, parseSchedPollIntervalMs, parseSchedSensitivity, parseSyslogLevelValue } from '../relay/config/values.js';
 
 export const DEFAULT_CONFIG_PATH = '/etc/default/virtioforwarder';
 
@@ -47,7 +47,7 @@ export class ConfigError extends Error {
 }
 
 /**
- * Parses the file with the daemon's own parser (relay/config-file.ts, a leaf module with no
+ * Parses the file with the daemon's own parser (relay/config/file.ts, a leaf module with no
  * relay internals), so both programs read the same file the same way. Arrays become their
  * space-joined elements.
  */

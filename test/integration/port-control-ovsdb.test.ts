@@ -6,7 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pino from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { describeNetdev } from '../../relay/vf.js';
+import { describeNetdev } from '../../relay/control/vf.js';
 import { JsonStreamSplitter } from '../../port-control/ovsdb/json-stream.js';
 import { OvsdbMonitor } from '../../port-control/ovsdb/monitor.js';
 import { requireOrSkip } from '../support/env.js';

@@ -3,7 +3,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { notify, notifyReady, notifyStatus, notifyStopping } from '../../relay/sd-notify.js';
+import { notify, notifyReady, notifyStatus, notifyStopping } from '../../daemon/sd-notify.js';
 import { findBinary } from '../support/env.js';
 import { requireBinary } from '../support/netns.js';
 import { startProcess, stopAll } from '../support/processes.js';

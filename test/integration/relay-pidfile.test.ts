@@ -3,10 +3,10 @@ import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'no
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { acquirePidFile, PID_FILE_NAME } from '../../relay/pidfile.js';
+import { acquirePidFile, PID_FILE_NAME } from '../../daemon/pidfile.js';
 import { startProcess, stopAll, waitFor } from '../support/processes.js';
 
-const distPidfile = new URL('../../dist/relay/pidfile.js', import.meta.url).pathname;
+const distPidfile = new URL('../../dist/daemon/pidfile.js', import.meta.url).pathname;
 const scratch = mkdtempSync(join(tmpdir(), `vio4wd-pid-${process.pid}-`));
 
 /** A node process that takes the lock in `dir`, prints the outcome, and keeps the lock until SIGTERM. */

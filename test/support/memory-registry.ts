@@ -21,7 +21,7 @@ import {
   type WorkerInfo,
 } from '../../relay/registry-api.js';
 import { MAX_RELAYS, MAX_BOND_MEMBERS } from '../../port-control/protocol.js';
-import { describeNetdev } from '../../relay/vf.js';
+import { describeNetdev } from '../../relay/control/vf.js';
 import { startControlServices, type ControlServiceOptions } from '../../port-control/services.js';
 import { startProcess, type StartedProcess } from './processes.js';
 

@@ -6,7 +6,7 @@ import { formatCpuGrid, formatLoadBars, formatStatsFlat } from '../../port-contr
 import { normaliseArgv } from '../../port-control/cli/common.js';
 import { parseVirtioCpu } from '../../port-control/cli/virtio-cpu.js';
 import { parseIpcLine } from '../../port-control/ipc-monitor.js';
-import { describeNetdev, vfIndexOfNetdev } from '../../relay/vf.js';
+import { describeNetdev, vfIndexOfNetdev } from '../../relay/control/vf.js';
 import { JsonStreamSplitter } from '../../port-control/ovsdb/json-stream.js';
 import { ovsdbMap, relayIdFromExternalIds } from '../../port-control/ovsdb/monitor.js';
 import { selectPortControl } from '../../port-control/services.js';

@@ -1,7 +1,7 @@
 // The rate limit on broken-chain warnings: one per ring per interval, with the count of the ones
 // it held back, independent per ring and per relay.
 import { describe, expect, it } from 'vitest';
-import { ChainWarnings } from '../../relay/chain-warnings.js';
+import { ChainWarnings } from '../../relay/datapath/chain-warnings.js';
 
 describe('ChainWarnings', () => {
   it('warns once per ring per interval and says how many it held back', () => {

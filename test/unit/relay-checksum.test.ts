@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { completeL4Checksum } from '../../relay/checksum.js';
+import { completeL4Checksum } from '../../relay/datapath/checksum.js';
 
 /** One's-complement sum of 16-bit words, folded: a correct segment plus pseudo-header sums to 0xffff. */
 function onesSum(words: number[]): number {

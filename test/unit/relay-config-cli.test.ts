@@ -2,8 +2,8 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { FLAGS, UsageError, helpText, parseArgs, resolveConfigPath, versionText } from '../../relay/cli.js';
-import { VARIABLES, loadConfig } from '../../relay/config.js';
+import { FLAGS, UsageError, helpText, parseArgs, resolveConfigPath, versionText } from '../../daemon/cli.js';
+import { VARIABLES, loadConfig } from '../../relay/config/load.js';
 import { USAGE as SCHEDULER_USAGE } from '../../scheduler/config.js';
 
 const scratch = mkdtempSync(join(tmpdir(), `vio4wd-cli-${process.pid}-`));

@@ -1,6 +1,6 @@
 import { Writable } from 'node:stream';
 import { describe, expect, it } from 'vitest';
-import { componentLogger, createLogger, pinoLevelForSyslog } from '../../relay/log.js';
+import { componentLogger, createLogger, pinoLevelForSyslog } from '../../daemon/log.js';
 
 function capture(): { stream: Writable & { write(chunk: string): boolean }; lines: () => Record<string, unknown>[] } {
   const chunks: string[] = [];

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { ConfigSyntaxError, parseConfigText } from '../../relay/config-file.js';
+import { ConfigSyntaxError, parseConfigText } from '../../relay/config/file.js';
 
 const values = (text: string) => {
   const out: Record<string, string | string[]> = {};

@@ -12,7 +12,7 @@ import {
   socketPathFor,
   type ConfigOverrides,
   type LoadedConfig,
-} from '../../relay/config.js';
+} from '../../relay/config/load.js';
 import { createFakeSysfs } from '../support/fake-sysfs.js';
 
 const scratch = mkdtempSync(join(tmpdir(), `vio4wd-config-${process.pid}-`));

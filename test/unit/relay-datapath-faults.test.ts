@@ -7,10 +7,10 @@ import { close, pipe } from '../../sys/fd.js';
 import { MAP_SHARED, PROT_READ, PROT_WRITE, ftruncate, memfdCreate, mmap, munmap, type Mapping } from '../../sys/memory.js';
 import { GuestMemory } from '../../virtio/guest-memory.js';
 import { SplitQueueDriver } from '../../virtio/split-queue-driver.js';
-import { VmToVf } from '../../relay/datapath.js';
-import { ChainWarnings, setChainWarnings } from '../../relay/chain-warnings.js';
-import { Counter, counterBase, createCounterBuffer, Dir } from '../../relay/counters.js';
-import type { DirectionSpec, QueueSpec } from '../../relay/worker-protocol.js';
+import { VmToVf } from '../../relay/datapath/directions.js';
+import { ChainWarnings, setChainWarnings } from '../../relay/datapath/chain-warnings.js';
+import { Counter, counterBase, createCounterBuffer, Dir } from '../../relay/datapath/counters.js';
+import type { DirectionSpec, QueueSpec } from '../../relay/datapath/worker-protocol.js';
 
 const SIZE = 1 << 20;
 const QSIZE = 16;

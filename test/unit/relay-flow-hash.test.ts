@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { flowHash } from '../../relay/flow-hash.js';
+import { flowHash } from '../../relay/datapath/flow-hash.js';
 
 function udp4(src: number, dst: number, sport: number, dport: number, vlan = false): Uint8Array {
   const f = new Uint8Array(vlan ? 64 : 60);

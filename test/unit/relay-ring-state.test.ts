@@ -6,9 +6,9 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { MAP_PRIVATE, PROT_READ, PROT_WRITE, mmap, munmap, type Mapping } from '../../sys/memory.js';
 import { GuestMemory } from '../../virtio/guest-memory.js';
 import { SplitQueueDriver } from '../../virtio/split-queue-driver.js';
-import { createCounterBuffer } from '../../relay/counters.js';
-import { VmToVf } from '../../relay/datapath.js';
-import type { DirectionSpec, DirectionState } from '../../relay/worker-protocol.js';
+import { createCounterBuffer } from '../../relay/datapath/counters.js';
+import { VmToVf } from '../../relay/datapath/directions.js';
+import type { DirectionSpec, DirectionState } from '../../relay/datapath/worker-protocol.js';
 
 const MEM = 1 << 20;
 const QSIZE = 64;

@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { readNumaNodeCpus, numaNodeOfCpu } from '../../sys/topology.js';
 import { isValidInterfaceName } from '../../vocabulary/netdev-name.js';
-import { netdevOfPci, numaNodeOf, resolveVf, vfOfNetdev } from '../../relay/vf.js';
+import { netdevOfPci, numaNodeOf, resolveVf, vfOfNetdev } from '../../relay/control/vf.js';
 import { isRoot, run } from '../support/env.js';
 import { createFakeSysfs, type FakeSysfs } from '../support/fake-sysfs.js';
 import { deleteLink, uniqueTag } from '../support/netns.js';

@@ -1,5 +1,5 @@
-import { configFromText } from '../../relay/config.js';
-import { parseConfigText } from '../../relay/config-file.js';
+import { configFromText } from '../../relay/config/load.js';
+import { parseConfigText } from '../../relay/config/file.js';
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';

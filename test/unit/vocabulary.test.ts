@@ -12,7 +12,7 @@ import {
   tryCanonicalPciAddress,
 } from '../../vocabulary/pci.js';
 import { canonicalPci, ProtocolError } from '../../port-control/protocol.js';
-import { configFromText } from '../../relay/config.js';
+import { configFromText } from '../../relay/config/load.js';
 
 describe('PCI addresses', () => {
   it.each([

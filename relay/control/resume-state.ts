@@ -2,8 +2,8 @@
 // the used index each ring published in guest memory. Chains the dead worker had taken but not
 // completed are taken again (a transmit frame may go out twice; nothing is lost or leaked), which
 // is also how a reconnecting front-end's rings resume.
-import { viewAt } from '../sys/memory.js';
-import type { DirectionSpec, DirectionState, QueueState } from './worker-protocol.js';
+import { viewAt } from '../../sys/memory.js';
+import type { DirectionSpec, DirectionState, QueueState } from '../datapath/worker-protocol.js';
 
 export function resumeStateFromGuest(spec: DirectionSpec): DirectionState {
   const queues: Record<number, QueueState> = {};

@@ -4,17 +4,17 @@
 // workers run goes through `reconfigure`, one at a time, so a direction is always detached (and its
 // ring state saved) before it is attached again.
 import type { Logger } from 'pino';
-import type { PacketRingHandle } from '../sys/packet-ring.js';
+import type { PacketRingHandle } from '../../sys/packet-ring.js';
 import type { RingOpener } from './ring-opener.js';
-import { linkHasCarrier } from '../sys/netdev.js';
-import { numaNodeOfAddress } from '../sys/memory.js';
-import type { NetDevice, SessionMemory, VringConfig } from '../vhost-user/device.js';
-import type { VhostUserServer } from '../vhost-user/server.js';
-import type { VhostUserClient } from '../vhost-user/client.js';
+import { linkHasCarrier } from '../../sys/netdev.js';
+import { numaNodeOfAddress } from '../../sys/memory.js';
+import type { NetDevice, SessionMemory, VringConfig } from '../../vhost-user/device.js';
+import type { VhostUserServer } from '../../vhost-user/server.js';
+import type { VhostUserClient } from '../../vhost-user/client.js';
 import { resolveVf } from './vf.js';
 import type { WorkerPool } from './worker-pool.js';
-import type { DirName, DirectionSpec, DirectionState, GuestSpec, PortSpec, QueueSpec, QueueState } from './worker-protocol.js';
-import { BOND_MODE_NAMES, type BondMode, type DeviceRef, type VfRef } from './registry-api.js';
+import type { DirName, DirectionSpec, DirectionState, GuestSpec, PortSpec, QueueSpec, QueueState } from '../datapath/worker-protocol.js';
+import { BOND_MODE_NAMES, type BondMode, type DeviceRef, type VfRef } from '../registry-api.js';
 
 export interface RelayContext {
   pool: WorkerPool;

@@ -1,5 +1,5 @@
 // How one value of /etc/default/virtioforwarder is read, for the values more than one program
-// reads: the daemon (relay/config.ts) and the core scheduler (scheduler/config.ts) both parse
+// reads: the daemon (relay/config/load.ts) and the core scheduler (scheduler/config.ts) both parse
 // with these, so one file can never mean two things or pass in one program and fail in the other.
 // A leaf module: each parser takes the value's text and returns the value, or throws an Error
 // saying what was expected; the caller names the variable or flag.

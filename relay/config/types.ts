@@ -1,10 +1,10 @@
 // The validated daemon configuration. The relay daemon, the control channels (through the relay)
-// and the scheduler read these shapes; `relay/config.ts` builds them from /etc/default/virtioforwarder
+// and the scheduler read these shapes; `relay/config/load.ts` builds them from /etc/default/virtioforwarder
 // and the command line. Defaults are documented in etc/default/virtioforwarder.
-import type { RelayCpu, VfRef } from './registry-api.js';
+import type { RelayCpu, VfRef } from '../registry-api.js';
 
-export { MAX_RELAYS } from '../vocabulary/limits.js';
-export { DEFAULT_ZMQ_DIR } from '../vocabulary/endpoints.js';
+export { MAX_RELAYS } from '../../vocabulary/limits.js';
+export { DEFAULT_ZMQ_DIR } from '../../vocabulary/endpoints.js';
 
 export const DEFAULT_CONFIG_PATH = '/etc/default/virtioforwarder';
 

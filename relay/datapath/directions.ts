@@ -2,15 +2,15 @@
 // VF → guest RX vrings (vf2vm). Each burst moves at most BURST frames per ring, publishes used
 // entries once, signals the guest once, and flushes each VF's TX ring once. Nothing here
 // allocates per packet.
-import { viewAt } from '../sys/memory.js';
-import { eventfdWrite } from '../sys/eventfd.js';
-import { GuestMemory, type MemoryRegion } from '../virtio/guest-memory.js';
-import { SplitQueue, RingError, DescriptorChain } from '../virtio/split-queue.js';
-import { NetRxWriter, RX_NO_BUFFERS, RX_DROPPED } from '../virtio/net-rx.js';
+import { viewAt } from '../../sys/memory.js';
+import { eventfdWrite } from '../../sys/eventfd.js';
+import { GuestMemory, type MemoryRegion } from '../../virtio/guest-memory.js';
+import { SplitQueue, RingError, DescriptorChain } from '../../virtio/split-queue.js';
+import { NetRxWriter, RX_NO_BUFFERS, RX_DROPPED } from '../../virtio/net-rx.js';
 import { Counter, Dir, counterBase } from './counters.js';
 import { flowHash } from './flow-hash.js';
 import { completeL4Checksum } from './checksum.js';
-import { TP_STATUS_CSUMNOTREADY } from '../sys/packet-ring.js';
+import { TP_STATUS_CSUMNOTREADY } from '../../sys/packet-ring.js';
 import { VfPort } from './vf-port.js';
 import { reportBadChain } from './chain-warnings.js';
 import { callWriteBegins, callWriteEnds } from './call-guard.js';

@@ -6,14 +6,14 @@
 // unexpected error stops that direction, and the other relays on this worker keep forwarding.
 import { parentPort, workerData } from 'node:worker_threads';
 import { performance } from 'node:perf_hooks';
-import { setAffinity, gettid } from '../sys/affinity.js';
-import { pipe, readInto } from '../sys/fd.js';
-import { NOTIFIER_STUCK, eventfdDrain, eventfdRead } from '../sys/eventfd.js';
-import { PollSet, POLLERR, POLLHUP, POLLIN, POLLNVAL } from '../sys/poll.js';
+import { setAffinity, gettid } from '../../sys/affinity.js';
+import { pipe, readInto } from '../../sys/fd.js';
+import { NOTIFIER_STUCK, eventfdDrain, eventfdRead } from '../../sys/eventfd.js';
+import { PollSet, POLLERR, POLLHUP, POLLIN, POLLNVAL } from '../../sys/poll.js';
 import { ChainWarnings, setChainWarnings } from './chain-warnings.js';
 import { setCallGuard } from './call-guard.js';
 import { Counter, WORKER_SLOTS } from './counters.js';
-import { VfToVm, VmToVf } from './datapath.js';
+import { VfToVm, VmToVf } from './directions.js';
 import type { DirName, FromWorker, ToWorker, WorkerInit } from './worker-protocol.js';
 
 const init = workerData as WorkerInit;

@@ -2,8 +2,8 @@
 // AF_PACKET rings. The bond decides which member sends a frame and which members' traffic is
 // accepted; carrier changes come from the main thread (set-active-member), never from sysfs reads
 // on the hot path.
-import { PacketRing } from '../sys/packet-ring.js';
-import { PacketBatch } from '../sys/packet-batch.js';
+import { PacketRing } from '../../sys/packet-ring.js';
+import { PacketBatch } from '../../sys/packet-batch.js';
 import { flowHash } from './flow-hash.js';
 import type { PortSpec } from './worker-protocol.js';
 

@@ -3,9 +3,9 @@
 // PCI addresses lead to veths.
 import { existsSync, readdirSync, readFileSync, realpathSync } from 'node:fs';
 import { basename, join } from 'node:path';
-import { canonicalPciAddress, looksLikePciAddress, tryCanonicalPciAddress } from '../vocabulary/pci.js';
-import { checkInterfaceName, isValidInterfaceName } from '../vocabulary/netdev-name.js';
-import type { NetdevInfo, VfRef } from './registry-api.js';
+import { canonicalPciAddress, looksLikePciAddress, tryCanonicalPciAddress } from '../../vocabulary/pci.js';
+import { checkInterfaceName, isValidInterfaceName } from '../../vocabulary/netdev-name.js';
+import type { NetdevInfo, VfRef } from '../registry-api.js';
 
 
 export interface ResolvedVf {

@@ -3,17 +3,17 @@
 import { mkdirSync, existsSync } from 'node:fs';
 import { dirname } from 'node:path';
 import type { Logger } from 'pino';
-import type { Reactor } from '../sys/poll.js';
-import { listenBackend } from '../vhost-user/server.js';
-import { connectBackend } from '../vhost-user/client.js';
-import { Dir, MAX_RELAYS, readCounts } from './counters.js';
-import { canonicalPciAddress } from '../vocabulary/pci.js';
-import { numaNodeOfCpu } from '../sys/topology.js';
+import type { Reactor } from '../../sys/poll.js';
+import { listenBackend } from '../../vhost-user/server.js';
+import { connectBackend } from '../../vhost-user/client.js';
+import { Dir, MAX_RELAYS, readCounts } from '../datapath/counters.js';
+import { canonicalPciAddress } from '../../vocabulary/pci.js';
+import { numaNodeOfCpu } from '../../sys/topology.js';
 import { describeNetdev } from './vf.js';
 import { Relay } from './relay.js';
 import { RingOpener } from './ring-opener.js';
 import type { WorkerPool } from './worker-pool.js';
-import type { RelayConfig } from './config-types.js';
+import type { RelayConfig } from '../config/types.js';
 import {
   MAX_BOND_MEMBERS,
   RegistryError,
@@ -26,7 +26,7 @@ import {
   type RelayRegistry,
   type VfRef,
   type WorkerInfo,
-} from './registry-api.js';
+} from '../registry-api.js';
 
 const EEXIST = 17;
 const ENOENT = 2;

@@ -7,14 +7,14 @@
 import { Worker } from 'node:worker_threads';
 import { fileURLToPath } from 'node:url';
 import type { Logger } from 'pino';
-import { eventfd, eventfdWrite } from '../sys/eventfd.js';
-import { close } from '../sys/fd.js';
-import { createWorkerLoadBuffer, WORKER_SLOTS } from './counters.js';
+import { eventfd, eventfdWrite } from '../../sys/eventfd.js';
+import { close } from '../../sys/fd.js';
+import { createWorkerLoadBuffer, WORKER_SLOTS } from '../datapath/counters.js';
 import { resumeStateFromGuest } from './resume-state.js';
-import { CallGuardWatch, createCallGuardBuffer } from './call-guard.js';
-import { eventfdReadNoWait } from '../sys/eventfd.js';
+import { CallGuardWatch, createCallGuardBuffer } from '../datapath/call-guard.js';
+import { eventfdReadNoWait } from '../../sys/eventfd.js';
 import { readFileSync } from 'node:fs';
-import type { DirName, DirectionSpec, DirectionState, FromWorker, ToWorker, WorkerInit } from './worker-protocol.js';
+import type { DirName, DirectionSpec, DirectionState, FromWorker, ToWorker, WorkerInit } from '../datapath/worker-protocol.js';
 
 interface WorkerHandle {
   cpu: number;
@@ -137,7 +137,7 @@ export class WorkerPool {
 
   /** Starts the thread of `w` (again); resolves once it is pinned and ready. */
   private spawn(w: WorkerHandle): Promise<void> {
-    const script = fileURLToPath(new URL('./worker.js', import.meta.url));
+    const script = fileURLToPath(new URL('../datapath/worker.js', import.meta.url));
     const cpu = w.cpu;
     return new Promise<void>((resolve, reject) => {
       const init: WorkerInit = {

@@ -4,7 +4,7 @@
 // to the process, so the handle it returns is usable everywhere.
 import { Worker, isMainThread, parentPort } from 'node:worker_threads';
 import { fileURLToPath } from 'node:url';
-import { openPacketRing, closePacketRing, type PacketRingHandle, type PacketRingOptions } from '../sys/packet-ring.js';
+import { openPacketRing, closePacketRing, type PacketRingHandle, type PacketRingOptions } from '../../sys/packet-ring.js';
 
 type RequestBody = { op: 'open'; ifname: string; options: PacketRingOptions } | { op: 'close'; handle: PacketRingHandle };
 type Request = RequestBody & { id: number };

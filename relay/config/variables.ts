@@ -16,7 +16,7 @@ export type FlagKind = 'value' | 'boolean' | 'repeatable';
  * One row per variable: its name, default, what the daemon does with it, its command-line flags
  * and its documentation. virtio-forwarder's flags and --help come from these rows, the tests check
  * etc/default/virtioforwarder and vio4wd_core_scheduler's --help against them, and the values the
- * two programs share are parsed by relay/config-values.ts for both.
+ * two programs share are parsed by relay/config/values.ts for both.
  */
 export interface VariableInfo {
   name: string;

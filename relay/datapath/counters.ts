@@ -1,7 +1,7 @@
 // Per-relay, per-direction counters in one SharedArrayBuffer. The worker that owns a direction
 // writes its slots; the main thread reads them for stats without a message round trip. Slots are
 // indexed by relay and direction, not by worker, so a handover keeps the counts where they are.
-import { MAX_RELAYS } from '../vocabulary/limits.js';
+import { MAX_RELAYS } from '../../vocabulary/limits.js';
 
 export { MAX_RELAYS };
 

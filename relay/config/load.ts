@@ -4,19 +4,19 @@
 // and where it came from. All problems are reported together so one edit fixes the file.
 import { readFileSync, statSync } from 'node:fs';
 import { isAbsolute } from 'node:path';
-import { lookupGroup, lookupUser, SYSTEM_ACCOUNT_FILES, type AccountFiles } from './config-accounts.js';
-import { formatCpuList, parseCpuMask } from '../vocabulary/cpu-list.js';
-import { DEFAULT_ENDPOINTS, ENDPOINT_VARIABLES, ZMQ_SERVICES, zmqEndpointProblem } from '../vocabulary/endpoints.js';
-import { MAX_RELAYS } from '../vocabulary/limits.js';
-import { canonicalPciAddress, looksLikePciAddress } from '../vocabulary/pci.js';
-import { readOnlineCpus } from '../sys/topology.js';
-import { parseConfigText, type ConfigAssignment } from './config-file.js';
+import { lookupGroup, lookupUser, SYSTEM_ACCOUNT_FILES, type AccountFiles } from './accounts.js';
+import { formatCpuList, parseCpuMask } from '../../vocabulary/cpu-list.js';
+import { DEFAULT_ENDPOINTS, ENDPOINT_VARIABLES, ZMQ_SERVICES, zmqEndpointProblem } from '../../vocabulary/endpoints.js';
+import { MAX_RELAYS } from '../../vocabulary/limits.js';
+import { canonicalPciAddress, looksLikePciAddress } from '../../vocabulary/pci.js';
+import { readOnlineCpus } from '../../sys/topology.js';
+import { parseConfigText, type ConfigAssignment } from './file.js';
 import {
   parseBooleanValue,
   parseSchedPollIntervalMs,
   parseSchedSensitivity,
   parseSyslogLevelValue,
-} from './config-values.js';
+} from './values.js';
 import {
   ConfigError,
   type Account,
@@ -28,7 +28,7 @@ import {
   type StaticVf,
   type SyslogLevel,
   type ZmqEndpoints,
-} from './config-types.js';
+} from './types.js';
 import {
   DEFAULT_IPC_COMMAND_FILE,
   DEFAULT_LOG_LEVEL,
@@ -41,13 +41,13 @@ import {
   VARIABLE_NAMES,
   VARIABLES,
   suggestVariable,
-} from './config-variables.js';
-import { isValidInterfaceName } from '../vocabulary/netdev-name.js';
-import type { RelayCpu } from './registry-api.js';
+} from './variables.js';
+import { isValidInterfaceName } from '../../vocabulary/netdev-name.js';
+import type { RelayCpu } from '../registry-api.js';
 
-export * from './config-types.js';
-export { parseConfigText, ConfigSyntaxError, type ConfigAssignment, type ParsedConfigText } from './config-file.js';
-export { VARIABLES, type VariableInfo } from './config-variables.js';
+export * from './types.js';
+export { parseConfigText, ConfigSyntaxError, type ConfigAssignment, type ParsedConfigText } from './file.js';
+export { VARIABLES, type VariableInfo } from './variables.js';
 
 /** Values that replace the file's, keyed by variable name. Arrays stand for bash arrays (repeated flags). */
 export type ConfigOverrides = Record<string, string | string[]>;
@@ -160,7 +160,7 @@ class Settings {
     return { items, setting };
   }
 
-  /** A scalar read with one of relay/config-values.ts's parsers; blank or absent gives `fallback`. */
+  /** A scalar read with one of relay/config/values.ts's parsers; blank or absent gives `fallback`. */
   parsed<T>(name: string, parse: (text: string) => T, fallback: T): T {
     const { text, setting } = this.scalar(name);
     if (text === '' || !setting) return fallback;

@@ -4,8 +4,8 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { DEFAULT_CONFIG_PATH, VARIABLES, type ConfigOverrides } from './config.js';
-import type { FlagKind } from './config-variables.js';
+import { DEFAULT_CONFIG_PATH, VARIABLES, type ConfigOverrides } from '../relay/config/load.js';
+import type { FlagKind } from '../relay/config/variables.js';
 
 export interface FlagInfo {
   flag: string;
@@ -15,7 +15,7 @@ export interface FlagInfo {
   meta?: string;
 }
 
-/** The daemon's flags, from the configuration table's rows (relay/config-variables.ts). */
+/** The daemon's flags, from the configuration table's rows (relay/config/variables.ts). */
 export const FLAGS: readonly FlagInfo[] = VARIABLES.flatMap((v) =>
   v.flag ? [{ flag: v.flag.name, variable: v.name, kind: v.flag.kind, meta: v.flag.meta }] : [],
 );

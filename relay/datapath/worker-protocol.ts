@@ -1,7 +1,7 @@
 // Messages between the main thread and the forwarding workers. Everything here is plain data
 // (structured-cloneable): a worker rebuilds its own views of guest memory and packet rings from
 // addresses and fds, which are process-wide.
-import type { PacketRingHandle } from '../sys/packet-ring.js';
+import type { PacketRingHandle } from '../../sys/packet-ring.js';
 
 export type DirName = 'vf2vm' | 'vm2vf';
 

@@ -1,7 +1,7 @@
 // Socket owner and group lookup. Node has no getpwnam, and the accounts the sockets are handed to
 // (libvirt-qemu, qemu, kvm) are local system accounts, so /etc/passwd and /etc/group are read directly.
 import { readFileSync } from 'node:fs';
-import type { Account } from './config-types.js';
+import type { Account } from './types.js';
 
 export interface AccountFiles {
   passwd: string;
