@@ -233,6 +233,7 @@ export function configFromAssignments(assignments: Map<string, ConfigAssignment>
   const mergeableRxBuffers = s.boolean('VIRTIOFWD_MRGBUF', true);
   const unsealedMemory = readUnsealedMemory(s);
   const tso = s.boolean('VIRTIOFWD_TSO', false);
+  if (tso) s.warnings.push(`VIRTIOFWD_TSO=true is ignored: ${reasonOf('VIRTIOFWD_TSO')}`);
   const vhostClient = s.boolean('VIRTIOFWD_VHOST_CLIENT', false);
 
   if (s.boolean('VIRTIOFWD_ZERO_COPY', false)) {

@@ -115,8 +115,9 @@ export const VARIABLES: readonly VariableInfo[] = [
     flag: { name: '--tso', kind: 'boolean' },
     section: 'general',
     defaultText: 'false',
-    treatment: 'supported',
-    summary: 'offer TCP segmentation offload (HOST_TSO4/6) to guests',
+    treatment: 'ignored',
+    summary: 'offer TCP segmentation offload (HOST_TSO4/6) to guests; not implemented yet, true logs a warning',
+    reason: 'the relay offers no checksum or segmentation offload yet, so guests send and receive whole frames whatever this says',
   },
   {
     name: 'VIRTIOFWD_SOCKET_OWNER',

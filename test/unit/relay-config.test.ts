@@ -106,6 +106,19 @@ describe('defaults', () => {
     const text = readFileSync(path, 'utf8');
     for (const v of VARIABLES) expect(text).toMatch(new RegExp(`^${v.name}=`, 'm'));
   });
+
+  it('says that VIRTIOFWD_TSO=true does nothing yet instead of taking it silently', () => {
+    expect(load('VIRTIOFWD_TSO=true').warnings).toEqual([expect.stringMatching(/^VIRTIOFWD_TSO=true is ignored: the relay offers no checksum or segmentation offload yet/)]);
+    expect(load('VIRTIOFWD_TSO=false').warnings).toEqual([]);
+  });
+
+  it("documents every supported variable in the README's configuration table", () => {
+    const readme = readFileSync(new URL('../../README.md', import.meta.url).pathname, 'utf8');
+    const tableCells = readme.split('\n').filter((l) => /^\| `(VIRTIOFWD|VIO4WD)_/.test(l)).map((l) => l.split('|')[1]);
+    const patterns = tableCells.flatMap((cell) => [...cell.matchAll(/`([A-Z0-9_*]+)`/g)].map((m) => new RegExp(`^${m[1].replace(/\*/g, '[A-Z0-9_]+')}$`)));
+    const missing = VARIABLES.filter((v) => v.treatment === 'supported' && !patterns.some((p) => p.test(v.name))).map((v) => v.name);
+    expect(missing).toEqual([]);
+  });
 });
 
 describe('booleans', () => {
