@@ -5,6 +5,7 @@ import { rmSync } from 'node:fs';
 import pino, { type Logger } from 'pino';
 import { unixAccept, unixConnect, unixListen } from '../sys/unix-socket.js';
 import { close as closeFd } from '../sys/fd.js';
+import { claimSocketPath } from '../sys/socket-path.js';
 import { Connection, type ReadinessSource, type ReceivedMessage } from './connection.js';
 import {
   FLAG_NEED_REPLY,
@@ -115,9 +116,16 @@ export class Frontend {
     }
   }
 
-  /** Listens at `path` (replacing any file there) and waits for one back-end to connect. */
+  /**
+   * Listens at `path` and waits for one back-end to connect. Only a stale socket (nobody listening)
+   * at the path is replaced; a regular file or a live socket there is an error.
+   */
   static async accept(path: string, opts: FrontendOptions & { timeoutMs?: number }): Promise<Frontend> {
-    rmSync(path, { force: true });
+    try {
+      claimSocketPath(path);
+    } catch (err) {
+      throw new Error(`vhost-user front-end: cannot listen: ${(err as Error).message}`);
+    }
     const listenFd = unixListen(path, 1);
     try {
       const fd = await new Promise<number>((resolve, reject) => {

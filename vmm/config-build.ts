@@ -22,6 +22,8 @@ export interface NetDraft {
   server: boolean;
   /** The option that declared the NIC, for messages. */
   label: string;
+  /** The option or key that gave the socket path. */
+  socketLabel: string;
 }
 
 export interface ConfigDraft {
@@ -149,6 +151,7 @@ export function finalizeConfig(d: ConfigDraft, options: FinalizeOptions = {}): V
       mac: n.mac ?? defaultMac(name, index),
       queuePairs: n.queuePairs,
       iothread: n.iothread,
+      socketLabel: n.socketLabel,
     };
   });
 
@@ -179,6 +182,7 @@ export function finalizeConfig(d: ConfigDraft, options: FinalizeOptions = {}): V
     daemonize: d.daemonize,
     disableSeccomp: d.disableSeccomp,
     omitVmMemory: d.omitVmMemory,
+    labels: { ...d.labels },
   };
 }
 

@@ -127,6 +127,7 @@ export function parseCommandLine(argv: readonly string[], options: FinalizeOptio
       case 'mem-path':
         if (!v.startsWith('/')) throw new ConfigError(`${label}: "${v}" must be an absolute path`);
         draft.memPath = v;
+        draft.labels.memPath = label;
         break;
       case 'memory': {
         const kv = parseKeyValues(v, label, ['size', 'shared', 'hugepages', 'hugepage_size', 'mergeable'], 'size');
@@ -232,13 +233,16 @@ export function parseCommandLine(argv: readonly string[], options: FinalizeOptio
         const m = /^unix:(.+)$/.exec(v);
         if (!m) throw new ConfigError(`${label}: "${v}" must be unix:/path/to/socket`);
         draft.apiChannel = m[1];
+        draft.labels.apiChannel = label;
         break;
       }
       case 'serial':
         draft.serial = parseSerial(v, label, chardevs);
+        draft.labels.serial = label;
         break;
       case 'D':
         draft.logFile = v;
+        draft.labels.logFile = label;
         break;
       case 'pidfile':
         draft.pidFile = v;
@@ -285,6 +289,7 @@ function applyNetdevs(draft: ConfigDraft, netdevs: NetdevDraft[], chardevs: Map<
       socketPath: chardev.path,
       server: chardev.server,
       label: `-netdev ${n.id}`,
+      socketLabel: `-chardev ${chardev.id}`,
     });
   }
   const attached = new Set<string>();

@@ -53,6 +53,7 @@ export function draftFromJson(root: unknown): ConfigDraft {
     if ('mem_share' in m) d.memShare = boolean(m.mem_share, 'machine-config.mem_share');
     if ('mem_path' in m) {
       d.memPath = string(m.mem_path, 'machine-config.mem_path');
+      d.labels.memPath = 'machine-config.mem_path';
       if (!d.memPath.startsWith('/')) throw new ConfigError(`machine-config.mem_path: "${d.memPath}" must be an absolute path`);
     }
     if ('omit_vm_memory' in m) d.omitVmMemory = boolean(m.omit_vm_memory, 'machine-config.omit_vm_memory');
@@ -162,6 +163,7 @@ export function draftFromJson(root: unknown): ConfigDraft {
         queuePairs: 'queues' in o ? integer(o.queues, `${where}.queues`) : 1,
         iothread: 'iothread' in o ? string(o.iothread, `${where}.iothread`) : undefined,
         label: `${where} ${String(o.iface_id)}`,
+        socketLabel: `${where}.socket_path`,
       });
     });
     d.labels.nets = 'net';
@@ -173,7 +175,10 @@ export function draftFromJson(root: unknown): ConfigDraft {
     if ('stdio' in s && 'socket_path' in s && boolean(s.stdio, 'serial.stdio')) {
       throw new ConfigError('serial: give either stdio or socket_path, not both');
     }
-    if ('socket_path' in s) d.serial = { kind: 'socket', path: string(s.socket_path, 'serial.socket_path') };
+    if ('socket_path' in s) {
+      d.serial = { kind: 'socket', path: string(s.socket_path, 'serial.socket_path') };
+      d.labels.serial = 'serial.socket_path';
+    }
     else if ('stdio' in s) d.serial = boolean(s.stdio, 'serial.stdio') ? { kind: 'stdio' } : { kind: 'none' };
   }
 

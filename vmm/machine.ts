@@ -99,11 +99,12 @@ export class Machine extends EventEmitter {
     const c = this.config;
     const kernelImage = parseKernel(readFileSync(c.kernel), c.kernel);
     const initrd = c.initrd ? readFileSync(c.initrd) : undefined;
-    this.spawnVcpuThreads();
 
+    // KVM first: without it (or with too few vCPUs allowed) no thread is worth starting.
     this.kvmFd = kvm.openKvm();
     const maxVcpus = Math.max(kvm.checkExtension(this.kvmFd, kvm.caps.MAX_VCPUS), kvm.checkExtension(this.kvmFd, kvm.caps.NR_VCPUS));
-    if (c.vcpus > maxVcpus) throw new Error(`-smp: ${c.vcpus} vCPUs, but this host's KVM allows at most ${maxVcpus}`);
+    if (c.vcpus > maxVcpus) throw new Error(`${c.labels.vcpus ?? '-smp'}: ${c.vcpus} vCPUs, but this host's KVM allows at most ${maxVcpus}`);
+    this.spawnVcpuThreads();
     this.vmFd = kvm.createVm(this.kvmFd);
     kvm.setIdentityMapAddr(this.vmFd, IDENTITY_MAP_ADDR);
     kvm.setTssAddr(this.vmFd, TSS_ADDR);
@@ -218,12 +219,14 @@ export class Machine extends EventEmitter {
   }
 
   /**
-   * Starts one thread per vCPU before the machine is built: a worker takes tens of milliseconds to
-   * load its modules, which then overlaps with KVM and guest-memory setup. Each waits for its
+   * Starts one thread per vCPU once /dev/kvm is open, before the rest of the machine is built: a
+   * worker takes tens of milliseconds to load its modules, which then overlaps with VM and
+   * guest-memory setup. Each waits for its
    * start data (VcpuWorkerData), sent by start().
    */
   private spawnVcpuThreads(): void {
     const workerUrl = new URL('./vcpu-worker.js', import.meta.url);
+    this.log.info({ vcpus: this.config.vcpus }, 'starting vCPU threads');
     for (let i = 0; i < this.config.vcpus; i++) {
       const worker = new Worker(workerUrl, { name: `vcpu${i}` });
       this.workers.push(worker);
