@@ -35,23 +35,37 @@ export function checkHostResources(config: VmConfig, options: HostCheckOptions =
       throw new ConfigError(`${where}: ${(err as Error).message}`);
     }
   }
+  const listens: Array<{ path: string; label: string }> = [];
   for (const net of config.nets) {
     // A client waits for the back-end to create its socket; a server takes the path itself.
-    if (net.server) listenPath(net.socketPath, net.socketLabel);
+    if (net.server) listens.push({ path: net.socketPath, label: net.socketLabel });
     else checkClientSocketPath(net.socketPath, net.socketLabel);
   }
-  if (config.serial.kind === 'socket') listenPath(config.serial.path, label('serial', '-serial'));
-  if (config.apiChannel) listenPath(config.apiChannel, label('apiChannel', '-api-channel'));
+  if (config.serial.kind === 'socket') listens.push({ path: config.serial.path, label: label('serial', '-serial') });
+  if (config.apiChannel) listens.push({ path: config.apiChannel, label: label('apiChannel', '-api-channel') });
+  const seen = new Map<string, string>();
+  for (const l of listens) {
+    const other = seen.get(l.path);
+    if (other) throw new ConfigError(`${l.label}: ${l.path} is also the socket of ${other}`);
+    seen.set(l.path, l.label);
+  }
+  // Probe every path before removing any stale socket: a refused start changes nothing on the host.
+  for (const l of listens) withLabel(l.label, () => probeSocketPath(l.path));
+  for (const l of listens) listenPath(l.path, l.label);
 }
 
-/** Frees a path we are going to bind: a stale socket is removed, anything else is refused. */
-export function listenPath(path: string, label: string): void {
+function withLabel<T>(label: string, f: () => T): T {
   try {
-    claimSocketPath(path);
+    return f();
   } catch (err) {
     if (err instanceof SocketPathError) throw new ConfigError(`${label}: ${err.message}`);
     throw err;
   }
+}
+
+/** Frees a path we are going to bind: a stale socket is removed, anything else is refused. */
+export function listenPath(path: string, label: string): void {
+  withLabel(label, () => claimSocketPath(path));
 }
 
 function checkClientSocketPath(path: string, label: string): void {
