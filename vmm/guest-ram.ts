@@ -5,6 +5,7 @@
 import { closeSync, mkdtempSync, openSync, readFileSync, rmdirSync, statSync, unlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import {
+  MADV_DONTDUMP,
   MADV_MERGEABLE,
   MAP_PRIVATE,
   MAP_SHARED,
@@ -99,7 +100,12 @@ function openBackingFile(path: string, size: number, what: string): number {
   return fd;
 }
 
-function mapZone(zone: MemoryZoneConfig, mergeable: boolean): { mapping: Mapping; fd: number } {
+export interface GuestRamOptions {
+  /** false (dump-guest-core=off, -omit_vm_memory): guest RAM is left out of a core dump of the VMM. */
+  dumpGuestCore?: boolean;
+}
+
+function mapZone(zone: MemoryZoneConfig, mergeable: boolean, dumpGuestCore: boolean): { mapping: Mapping; fd: number } {
   const what = `memory zone ${zone.id}`;
   if (zone.hugepages && zone.hugepageSize !== undefined && !zone.file) {
     const systemSize = defaultHugepageSize();
@@ -132,6 +138,13 @@ function mapZone(zone: MemoryZoneConfig, mergeable: boolean): { mapping: Mapping
       throw new Error(`${what}: mergeable=on failed (${(err as Error).message}); is the kernel built with KSM?`);
     }
   }
+  if (!dumpGuestCore) {
+    try {
+      madvise(mapping, MADV_DONTDUMP);
+    } catch (err) {
+      throw new Error(`${what}: cannot leave guest RAM out of core dumps (${(err as Error).message})`);
+    }
+  }
   if (zone.hostNumaNode !== undefined) {
     try {
       mbind(mapping, zone.hostNumaNode);
@@ -142,11 +155,11 @@ function mapZone(zone: MemoryZoneConfig, mergeable: boolean): { mapping: Mapping
   return { mapping, fd };
 }
 
-export function createGuestRam(config: MemoryConfig): GuestRam {
+export function createGuestRam(config: MemoryConfig, options: GuestRamOptions = {}): GuestRam {
   const zones: RamZone[] = [];
   let ramOffset = 0;
   for (const zone of zonesOf(config)) {
-    const { mapping, fd } = mapZone(zone, config.mergeable);
+    const { mapping, fd } = mapZone(zone, config.mergeable, options.dumpGuestCore ?? true);
     zones.push({ id: zone.id, size: zone.size, ramOffset, mapping, fd, shared: zone.shared, hostNumaNode: zone.hostNumaNode });
     ramOffset += zone.size;
   }

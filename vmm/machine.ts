@@ -8,6 +8,7 @@ import * as kvm from '../sys/kvm.js';
 import { Reactor } from '../sys/poll.js';
 import { viewAt } from '../sys/memory.js';
 import { buildAcpiTables, type AcpiNumaNode } from './acpi.js';
+import { numaLayout } from './numa-layout.js';
 import { loadKernel, parseKernel } from './boot.js';
 import type { VmConfig } from './config-types.js';
 import { BOOT_MSRS, buildFpu, buildRegs, buildSregs, hostIsPvm, patchCpuid, patchLapic } from './cpu.js';
@@ -111,11 +112,12 @@ export class Machine extends EventEmitter {
     kvm.createIrqchip(this.vmFd);
     kvm.createPit2(this.vmFd);
 
-    this.ram = createGuestRam(c.memory);
+    this.ram = createGuestRam(c.memory, { dumpGuestCore: c.dumpGuestCore });
     this.ram.regions.forEach((r, slot) =>
       kvm.setUserMemoryRegion(this.vmFd, { slot, guestPhysAddr: r.guestPhysAddr, size: r.size, userAddr: r.userAddr }),
     );
-    this.log.info({ size: this.ram.size, zones: this.ram.zones.map((z) => ({ id: z.id, size: z.size, shared: z.shared })) }, 'guest RAM mapped');
+    if (c.disableSeccomp) this.log.info('-disable-seccomp: this VMM installs no seccomp filter, so there is none to disable');
+    this.log.info({ size: this.ram.size, dumpGuestCore: c.dumpGuestCore, zones: this.ram.zones.map((z) => ({ id: z.id, size: z.size, shared: z.shared })) }, 'guest RAM mapped');
 
     this.serial = new Serial(
       this.serialState,
@@ -210,12 +212,7 @@ export class Machine extends EventEmitter {
   }
 
   private numaNodes(): AcpiNumaNode[] {
-    return this.config.numa.map((n) => ({
-      id: n.guestNumaId,
-      cpus: n.cpus,
-      memory: this.ram.regions.filter((r) => n.memoryZones.includes(r.zoneId)).map((r) => ({ base: r.guestPhysAddr, size: r.size })),
-      distances: new Map(n.distances.map((d) => [d.destination, d.distance])),
-    }));
+    return numaLayout(this.config.numa, this.ram.regions, this.config.vcpus);
   }
 
   /**
