@@ -7,6 +7,7 @@ import { join } from 'node:path';
 import {
   MADV_DONTDUMP,
   MADV_MERGEABLE,
+  MAP_NORESERVE,
   MAP_PRIVATE,
   MAP_SHARED,
   madvise,
@@ -15,6 +16,8 @@ import {
   ftruncate,
   fstatSize,
   mmap,
+  viewAt,
+  MAX_VIEW_BYTES,
   type Mapping,
 } from '../sys/memory.js';
 import type { MemoryConfig, MemoryZoneConfig } from './config-types.js';
@@ -39,7 +42,6 @@ export interface RamRegion {
   fd: number;
   /** Offset of this region in `fd` (vhost-user mmap_offset). */
   fdOffset: number;
-  bytes: Uint8Array;
   zoneId: string;
 }
 
@@ -126,7 +128,10 @@ function mapZone(zone: MemoryZoneConfig, mergeable: boolean, dumpGuestCore: bool
   }
   let mapping: Mapping;
   try {
-    mapping = mmap({ length: zone.size, fd, flags: zone.shared ? MAP_SHARED : MAP_PRIVATE });
+    // No view over the whole zone: one view covers at most 4 GiB, and the VMM itself only writes
+    // the boot data (guestSlice makes views of just those ranges). Private RAM is not reserved
+    // against the commit limit up front: a guest touches only part of it, as with memfd RAM.
+    mapping = mmap({ length: zone.size, fd, flags: zone.shared ? MAP_SHARED : MAP_PRIVATE | (fd < 0 ? MAP_NORESERVE : 0), view: false });
   } catch (err) {
     if (fd >= 0) closeSync(fd);
     throw new Error(`${what}: cannot map ${zone.size} bytes (${(err as Error).message})${zone.hugepages ? '; are enough huge pages reserved?' : ''}`);
@@ -181,7 +186,6 @@ export function createGuestRam(config: MemoryConfig, options: GuestRamOptions = 
         userAddr: zone.mapping.address + inZone,
         fd: zone.fd,
         fdOffset: inZone,
-        bytes: new Uint8Array(zone.mapping.buffer, inZone, to - from),
         zoneId: zone.id,
       });
     }
@@ -189,11 +193,13 @@ export function createGuestRam(config: MemoryConfig, options: GuestRamOptions = 
   return { size: ramOffset, zones, regions, shared: zones.every((z) => z.shared) };
 }
 
-/** The host bytes of [gpa, gpa+len) when the range lies in one region; throws otherwise. */
+/** The host bytes of [gpa, gpa+len) when the range lies in one region (a view of just them); throws otherwise. */
 export function guestSlice(ram: GuestRam, gpa: number, length: number, what: string): Uint8Array {
   for (const r of ram.regions) {
     if (gpa >= r.guestPhysAddr && gpa + length <= r.guestPhysAddr + r.size) {
-      return r.bytes.subarray(gpa - r.guestPhysAddr, gpa - r.guestPhysAddr + length);
+      if (length === 0) return new Uint8Array(0);
+      if (length > MAX_VIEW_BYTES) throw new Error(`${what}: ${length} bytes is more than one view can cover`);
+      return new Uint8Array(viewAt(r.userAddr + (gpa - r.guestPhysAddr), length));
     }
   }
   throw new Error(`${what}: guest range [0x${gpa.toString(16)}, +0x${length.toString(16)}) is not inside guest RAM`);

@@ -43,4 +43,33 @@ describe.runIf(kvmTestsCanRun([resolve(repoRoot, 'dist/vmm/main.js')]))('Debian 
       await vmm.stop();
     }
   });
+
+  // One zone of 5 GiB: 3 GiB below the 32-bit MMIO hole and 2 GiB from 4 GiB up. Guest RAM is
+  // sparse (only what the guest touches is allocated), so this runs in the rig's 4 GiB L1 too.
+  it('boots with 5 GiB of RAM: the e820 map puts 2 GiB above 4 GiB and Linux counts all of it', { timeout: 420_000 }, async () => {
+    const image = await ensureGuestImage();
+    const vmm = startProcess(
+      'node',
+      [
+        vmmBin, '-kernel', image.vmlinux, '-initrd', image.initrd, '-m', '5G', '-serial', 'stdio',
+        '-append', 'console=ttyS0 reboot=k panic=-1 nokaslr',
+      ],
+      { label: 'vmm-linux-5g', stdio: ['pipe', 'pipe', 'pipe'] },
+    );
+    try {
+      await vmm.waitForOutput(/VIO4WD-GUEST-READY/, 300_000);
+      const out = vmm.output();
+      expect(out).toMatch(/BIOS-e820: \[mem 0x0000000000100000-0x00000000bfffffff\] usable/);
+      expect(out).toMatch(/BIOS-e820: \[mem 0x0000000100000000-0x000000017fffffff\] usable/);
+      vmm.proc.stdin!.write(`run 1 30 ${Buffer.from('grep MemTotal /proc/meminfo').toString('base64')}\n`);
+      const reply = await vmm.waitForOutput(/<<<1\r?\n([\s\S]*?)\r?\n>>>1 (\d+)/, 60_000);
+      expect(reply[2]).toBe('0');
+      const kib = Number(/MemTotal:\s+(\d+) kB/.exec(reply[1])?.[1]);
+      // The kernel keeps some for itself; more than 4 GiB must be left.
+      expect(kib).toBeGreaterThan(4 * 1024 * 1024);
+      expect(kib).toBeLessThanOrEqual(5 * 1024 * 1024);
+    } finally {
+      await vmm.stop();
+    }
+  });
 });

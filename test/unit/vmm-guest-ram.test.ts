@@ -2,8 +2,9 @@
 // that a core dump of the VMM leaves it out. Read back from /proc/self/smaps.
 import { describe, expect, it } from 'vitest';
 import { readFileSync } from 'node:fs';
-import { createGuestRam } from '../../vmm/guest-ram.js';
-import { munmap } from '../../sys/memory.js';
+import { createGuestRam, guestSlice, writeGuest } from '../../vmm/guest-ram.js';
+import { e820Map } from '../../vmm/boot.js';
+import { munmap, viewAt } from '../../sys/memory.js';
 import { closeSync } from 'node:fs';
 
 function vmFlags(address: number): string[] {
@@ -33,5 +34,42 @@ describe('guest RAM and core dumps', () => {
         }
       }
     }
+  });
+});
+
+describe('guest RAM over 4 GiB in one zone', () => {
+  const GiB = 2 ** 30;
+  it.each([false, true])('shared=%s: 5 GiB maps as 3 GiB below the MMIO hole and 2 GiB from 4 GiB, both writable', (shared) => {
+    const ram = createGuestRam({ size: 5 * GiB, shared, hugepages: false, mergeable: false, zones: [] });
+    try {
+      expect(ram.size).toBe(5 * GiB);
+      expect(ram.regions.map((r) => [r.guestPhysAddr, r.size, r.userAddr - ram.zones[0].mapping.address])).toEqual([
+        [0, 3 * GiB, 0],
+        [4 * GiB, 2 * GiB, 3 * GiB],
+      ]);
+      // The last page, and a write that a view of the whole zone could not have covered.
+      writeGuest(ram, 6 * GiB - 4, Uint8Array.of(1, 2, 3, 4), 'test');
+      writeGuest(ram, 3 * GiB - 2, Uint8Array.of(9, 9), 'test');
+      expect([...guestSlice(ram, 6 * GiB - 4, 4, 'test')]).toEqual([1, 2, 3, 4]);
+      expect([...guestSlice(ram, 3 * GiB - 2, 2, 'test')]).toEqual([9, 9]);
+      // The same bytes through the host address: the regions really are one mapping.
+      expect([...new Uint8Array(viewAt(ram.zones[0].mapping.address + 5 * GiB - 4, 4))]).toEqual([1, 2, 3, 4]);
+      // The hole is not RAM, nor is anything past the end.
+      expect(() => guestSlice(ram, 3 * GiB, 4, 'test')).toThrow(/not inside guest RAM/);
+      expect(() => guestSlice(ram, 6 * GiB - 2, 4, 'test')).toThrow(/not inside guest RAM/);
+    } finally {
+      for (const z of ram.zones) {
+        munmap(z.mapping);
+        if (z.fd >= 0) closeSync(z.fd);
+      }
+    }
+  });
+
+  it('the e820 map has the RAM above 4 GiB', () => {
+    expect(e820Map(5 * GiB).filter((e) => e.type === 1).map((e) => [e.addr, e.size])).toEqual([
+      [0, 0x9fc00],
+      [0x100000, 3 * GiB - 0x100000],
+      [4 * GiB, 2 * GiB],
+    ]);
   });
 });
