@@ -23,19 +23,7 @@ export type SocketPathState = 'free' | 'stale';
  * not a socket, or a process is listening on it.
  */
 export function probeSocketPath(path: string): SocketPathState {
-  const bytes = Buffer.byteLength(path);
-  if (bytes === 0) throw new SocketPathError('the socket path is empty');
-  if (bytes > SOCKET_PATH_MAX) throw new SocketPathError(`${path} is ${bytes} bytes; a unix socket path may have at most ${SOCKET_PATH_MAX}`);
-  let isSocket: boolean;
-  try {
-    isSocket = lstatSync(path).isSocket();
-  } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code;
-    if (code !== 'ENOENT') throw new SocketPathError(`${path} cannot be examined (${code ?? String(err)})`);
-    requireDirectory(dirname(path));
-    return 'free';
-  }
-  if (!isSocket) throw new SocketPathError(`${path} exists and is not a socket; it is left alone (remove it or choose another path)`);
+  if (inspectSocketPath(path) === 'absent') return 'free';
   let fd: number;
   try {
     fd = unixConnect(path);
@@ -48,6 +36,28 @@ export function probeSocketPath(path: string): SocketPathState {
   }
   close(fd);
   throw new SocketPathError(`${path} is in use: another process is listening on it`);
+}
+
+/**
+ * What a client may check without connecting (a connection would be seen by the server):
+ * 'absent' (its directory exists) or 'socket'. Throws SocketPathError for a path that is too long,
+ * in a missing directory, or that is something other than a socket.
+ */
+export function inspectSocketPath(path: string): 'absent' | 'socket' {
+  const bytes = Buffer.byteLength(path);
+  if (bytes === 0) throw new SocketPathError('the socket path is empty');
+  if (bytes > SOCKET_PATH_MAX) throw new SocketPathError(`${path} is ${bytes} bytes; a unix socket path may have at most ${SOCKET_PATH_MAX}`);
+  let isSocket: boolean;
+  try {
+    isSocket = lstatSync(path).isSocket();
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code !== 'ENOENT') throw new SocketPathError(`${path} cannot be examined (${code ?? String(err)})`);
+    requireDirectory(dirname(path));
+    return 'absent';
+  }
+  if (!isSocket) throw new SocketPathError(`${path} exists and is not a socket; it is left alone (remove it or choose another path)`);
+  return 'socket';
 }
 
 /** probeSocketPath, then removes a stale socket file so that bind() can take the path. */

@@ -5,7 +5,7 @@
 import { accessSync, closeSync, constants, existsSync, statSync, statfsSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { getAffinity } from '../sys/affinity.js';
-import { claimSocketPath, probeSocketPath, SocketPathError } from '../sys/socket-path.js';
+import { claimSocketPath, inspectSocketPath, probeSocketPath, SocketPathError } from '../sys/socket-path.js';
 import { openImage } from './block-device.js';
 import { ConfigError, type MemoryZoneConfig, type VmConfig } from './config-types.js';
 import { formatSize } from './config-values.js';
@@ -68,15 +68,9 @@ export function listenPath(path: string, label: string): void {
   withLabel(label, () => claimSocketPath(path));
 }
 
+/** A client's socket: not probed by connecting (the back-end would see a connection come and go). */
 function checkClientSocketPath(path: string, label: string): void {
-  try {
-    probeSocketPath(path);
-  } catch (err) {
-    if (!(err instanceof SocketPathError)) throw err;
-    // Someone listening is exactly what a client wants.
-    if (/is in use/.test(err.message)) return;
-    throw new ConfigError(`${label}: ${err.message}`);
-  }
+  withLabel(label, () => inspectSocketPath(path));
 }
 
 /** A file we append to (the log): an existing regular file we may write, or a new one in an existing directory. */

@@ -5,7 +5,7 @@ import { existsSync, lstatSync, mkdirSync, mkdtempSync, readFileSync, rmSync, wr
 import { createServer, type Server } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { claimSocketPath, probeSocketPath, SocketPathError } from '../../sys/socket-path.js';
+import { claimSocketPath, inspectSocketPath, probeSocketPath, SocketPathError } from '../../sys/socket-path.js';
 import { unixListen } from '../../sys/unix-socket.js';
 import { close } from '../../sys/fd.js';
 
@@ -88,5 +88,25 @@ describe('claimSocketPath', () => {
   it('refuses a path longer than sockaddr_un holds', () => {
     const path = join(dir, 'x'.repeat(120));
     expect(() => claimSocketPath(path)).toThrow(/bytes; a unix socket path may have at most 107/);
+  });
+});
+
+describe('inspectSocketPath (for clients: no connection is made)', () => {
+  it('says absent or socket, and refuses anything else', async () => {
+    expect(inspectSocketPath(join(dir, 'none.sock'))).toBe('absent');
+    let connections = 0;
+    const path = join(dir, 'served.sock');
+    const server = createServer((c) => {
+      connections++;
+      c.destroy();
+    });
+    servers.push(server);
+    await new Promise<void>((r) => server.listen(path, r));
+    expect(inspectSocketPath(path)).toBe('socket');
+    await new Promise((r) => setTimeout(r, 100));
+    expect(connections).toBe(0);
+    writeFileSync(join(dir, 'plain'), 'x');
+    expect(() => inspectSocketPath(join(dir, 'plain'))).toThrow(/exists and is not a socket/);
+    expect(() => inspectSocketPath(join(dir, 'nodir', 'x.sock'))).toThrow(/directory .*nodir does not exist/);
   });
 });
