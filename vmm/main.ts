@@ -166,6 +166,20 @@ export async function main(argv: string[]): Promise<number> {
   process.on('SIGTERM', () => stopVm('SIGTERM'));
   process.on('SIGINT', () => stopVm('SIGINT'));
 
+  if (config.pidFile) {
+    const pidFile = config.pidFile;
+    try {
+      const fd = openSync(pidFile, 'wx');
+      cleanups.push(() => rmSync(pidFile, { force: true }));
+      writeFileSync(fd, `${process.pid}\n`);
+      closeSync(fd);
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      const why = code === 'EEXIST' ? 'it exists already; is another VM using it?' : String(code ?? err);
+      return fail(`${config.labels.pidFile ?? '-pidfile'}: cannot create ${pidFile} (${why})`, 1, 'pidfile failed');
+    }
+  }
+
   if (config.apiChannel) {
     const api = new ApiChannel(
       config.apiChannel,
@@ -187,20 +201,6 @@ export async function main(argv: string[]): Promise<number> {
       return fail((err as Error).message, err instanceof ConfigError ? 2 : 1, 'api-channel failed');
     }
     cleanups.push(() => api.close());
-  }
-
-  if (config.pidFile) {
-    const pidFile = config.pidFile;
-    try {
-      const fd = openSync(pidFile, 'wx');
-      cleanups.push(() => rmSync(pidFile, { force: true }));
-      writeFileSync(fd, `${process.pid}\n`);
-      closeSync(fd);
-    } catch (err) {
-      const code = (err as NodeJS.ErrnoException).code;
-      const why = code === 'EEXIST' ? 'it exists already; is another VM using it?' : String(code ?? err);
-      return fail(`${config.labels.pidFile ?? '-pidfile'}: cannot create ${pidFile} (${why})`, 1, 'pidfile failed');
-    }
   }
 
   try {
