@@ -71,6 +71,11 @@ export interface MmapOptions {
   offset?: number;
   /** A hint, or the exact place with MAP_FIXED. */
   address?: number;
+  /**
+   * false: no ArrayBuffer over the mapping (`buffer` is empty), so it may be larger than one view
+   * can cover; the caller makes views of the parts it touches with viewAt.
+   */
+  view?: boolean;
 }
 
 export function memfdCreate(name: string, opts: { hugetlb?: boolean; allowSealing?: boolean } = {}): number {
@@ -116,7 +121,10 @@ export function fstatSize(fd: number): number {
 export function mmap(opts: MmapOptions): Mapping {
   const { length } = opts;
   if (!Number.isSafeInteger(length) || length <= 0) throw new RangeError(`mmap: bad length ${length}`);
-  if (length > MAX_VIEW_BYTES) throw new RangeError(`mmap: ${length} bytes is more than one view can cover (${MAX_VIEW_BYTES}); map in pieces`);
+  const view = opts.view ?? true;
+  if (view && length > MAX_VIEW_BYTES) {
+    throw new RangeError(`mmap: ${length} bytes is more than one view can cover (${MAX_VIEW_BYTES}); map with view: false or in pieces`);
+  }
   const fd = opts.fd ?? -1;
   const offset = opts.offset ?? 0;
   const prot = opts.prot ?? PROT_READ | PROT_WRITE;
@@ -126,7 +134,7 @@ export function mmap(opts: MmapOptions): Mapping {
   if (address === MAP_FAILED) {
     throw new SysError('mmap', lastErrno(), `${length} bytes of ${fd < 0 ? 'anonymous memory' : `fd ${fd} at offset ${offset}`}`);
   }
-  const buffer = prot === PROT_NONE ? new ArrayBuffer(0) : viewAt(address, length);
+  const buffer = prot === PROT_NONE || !view ? new ArrayBuffer(0) : viewAt(address, length);
   return { address, length, buffer };
 }
 

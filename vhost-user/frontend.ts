@@ -5,6 +5,7 @@ import { rmSync } from 'node:fs';
 import pino, { type Logger } from 'pino';
 import { unixAccept, unixConnect, unixListen } from '../sys/unix-socket.js';
 import { close as closeFd } from '../sys/fd.js';
+import { claimSocketPath } from '../sys/socket-path.js';
 import { Connection, type ReadinessSource, type ReceivedMessage } from './connection.js';
 import {
   FLAG_NEED_REPLY,
@@ -32,7 +33,15 @@ export interface FrontendOptions {
   reactor: ReadinessSource;
   log?: Logger;
   label?: string;
+  /**
+   * How long a request waits for its reply (default 10 s). A back-end that accepts the connection
+   * but never answers would otherwise hold VM creation forever; on expiry the request fails and
+   * the connection is closed, since a late reply could no longer be matched to its request.
+   */
+  replyTimeoutMs?: number;
 }
+
+export const DEFAULT_REPLY_TIMEOUT_MS = 10_000;
 
 export interface FrontendRegion extends MemRegionDesc {
   /** The fd backing the region (memfd, hugetlbfs, shm), sent with SET_MEM_TABLE; still owned by the caller. */
@@ -81,8 +90,13 @@ export class Frontend {
   /** Resolves when the connection is gone. */
   readonly closed: Promise<void>;
 
+  private readonly replyTimeoutMs: number;
+  private readonly label: string;
+
   constructor(fd: number, opts: FrontendOptions) {
-    this.log = (opts.log ?? silentLog).child({ vhostUserFrontend: opts.label ?? `fd ${fd}` });
+    this.label = opts.label ?? `fd ${fd}`;
+    this.replyTimeoutMs = opts.replyTimeoutMs ?? DEFAULT_REPLY_TIMEOUT_MS;
+    this.log = (opts.log ?? silentLog).child({ vhostUserFrontend: this.label });
     this.connection = new Connection(fd, {
       role: 'frontend',
       reactor: opts.reactor,
@@ -115,9 +129,16 @@ export class Frontend {
     }
   }
 
-  /** Listens at `path` (replacing any file there) and waits for one back-end to connect. */
+  /**
+   * Listens at `path` and waits for one back-end to connect. Only a stale socket (nobody listening)
+   * at the path is replaced; a regular file or a live socket there is an error.
+   */
   static async accept(path: string, opts: FrontendOptions & { timeoutMs?: number }): Promise<Frontend> {
-    rmSync(path, { force: true });
+    try {
+      claimSocketPath(path);
+    } catch (err) {
+      throw new Error(`vhost-user front-end: cannot listen: ${(err as Error).message}`);
+    }
     const listenFd = unixListen(path, 1);
     try {
       const fd = await new Promise<number>((resolve, reject) => {
@@ -179,11 +200,27 @@ export class Frontend {
         this.sendRequest(request, flags, payload, fds);
         return null;
       }
-      const reply = new Promise<Uint8Array>((resolve, reject) => (this.pending = { request, resolve, reject }));
+      let timer: NodeJS.Timeout | undefined;
+      const reply = new Promise<Uint8Array>((resolve, reject) => {
+        this.pending = { request, resolve, reject };
+        timer = setTimeout(() => {
+          if (this.pending?.request !== request) return;
+          this.pending = null;
+          const what = ack ? 'acknowledgement of' : 'reply to';
+          const err = new Error(`vhost-user front-end ${this.label}: no ${what} ${requestName(request)} within ${this.replyTimeoutMs} ms; the back-end accepted the connection but does not answer`);
+          reject(err);
+          this.connection.close(err);
+        }, this.replyTimeoutMs);
+      });
       // A failed send also closes the connection, which rejects `reply`; the send error is the one to report.
       reply.catch(() => undefined);
-      this.sendRequest(request, flags, payload, fds);
-      const body = await reply;
+      let body: Uint8Array;
+      try {
+        this.sendRequest(request, flags, payload, fds);
+        body = await reply;
+      } finally {
+        clearTimeout(timer);
+      }
       if (ack) {
         const status = decodeU64(body, `ack of ${requestName(request)}`);
         if (status !== 0) throw new Error(`vhost-user back-end refused ${requestName(request)} (status ${status})`);

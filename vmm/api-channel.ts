@@ -2,8 +2,10 @@
 // `qmp_capabilities` before anything else). Malformed input gets an error reply and the
 // connection stays open.
 import { createServer, type Server, type Socket } from 'node:net';
-import { rmSync, existsSync, lstatSync } from 'node:fs';
+import { rmSync } from 'node:fs';
 import type { Logger } from 'pino';
+import { claimSocketPath, SocketPathError } from '../sys/socket-path.js';
+import { ConfigError } from './config-types.js';
 
 export interface ApiTarget {
   status(): string;
@@ -152,19 +154,24 @@ export class ApiChannel {
     private readonly path: string,
     private readonly target: ApiTarget,
     private readonly log: Logger,
+    private readonly label = '-api-channel',
   ) {}
 
+  /** Listens at the path; only a stale socket there is replaced (ConfigError for anything else). */
   async listen(): Promise<void> {
-    if (existsSync(this.path)) {
-      if (!lstatSync(this.path).isSocket()) throw new Error(`-api-channel: ${this.path} exists and is not a socket`);
-      rmSync(this.path);
+    try {
+      claimSocketPath(this.path);
+    } catch (err) {
+      if (err instanceof SocketPathError) throw new ConfigError(`${this.label}: ${err.message}`);
+      throw err;
     }
     const server = createServer((socket) => this.serve(socket));
-    this.server = server;
     await new Promise<void>((resolve, reject) => {
-      server.once('error', (err) => reject(new Error(`-api-channel: cannot listen on ${this.path}: ${err.message}`)));
+      server.once('error', (err) => reject(new Error(`${this.label}: cannot listen on ${this.path}: ${err.message}`)));
       server.listen(this.path, () => resolve());
     });
+    // Only a socket we bound is ours to remove at close().
+    this.server = server;
   }
 
   private serve(socket: Socket): void {
@@ -193,7 +200,9 @@ export class ApiChannel {
 
   async close(): Promise<void> {
     for (const s of this.sockets) s.destroy();
-    await new Promise<void>((resolve) => (this.server ? this.server.close(() => resolve()) : resolve()));
+    if (!this.server) return;
+    await new Promise<void>((resolve) => this.server!.close(() => resolve()));
+    this.server = null;
     rmSync(this.path, { force: true });
   }
 }

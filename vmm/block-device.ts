@@ -65,9 +65,13 @@ export interface BlockDeviceHandle {
   describe(): Record<string, unknown>;
 }
 
-/** Opens the image (read-only when the drive is, O_DIRECT when asked) and sizes the disk. */
-export function openBlockDevice(config: DriveConfig): BlockDeviceHandle {
-  const where = `drive ${config.id} (${config.path})`;
+/**
+ * Opens the image as the drive will use it (read-only when the drive is, O_DIRECT when asked) and
+ * sizes the disk. Errors start with the image path; the caller says which drive it is. Used once
+ * before KVM is opened, to refuse a bad image early, and again when the device is built.
+ */
+export function openImage(config: DriveConfig): { fd: number; capacityBytes: number } {
+  const where = config.path;
   let flags = config.readOnly ? constants.O_RDONLY : constants.O_RDWR;
   if (config.direct) flags |= constants.O_DIRECT;
   let fd: number;
@@ -90,6 +94,18 @@ export function openBlockDevice(config: DriveConfig): BlockDeviceHandle {
     closeFd(fd);
     throw new Error(`${where}: the image is ${stat.size} bytes, smaller than one ${unit}-byte block`);
   }
+  return { fd, capacityBytes };
+}
+
+/** Opens the image and sets up the transport side of the disk. */
+export function openBlockDevice(config: DriveConfig): BlockDeviceHandle {
+  let image: { fd: number; capacityBytes: number };
+  try {
+    image = openImage(config);
+  } catch (err) {
+    throw new Error(`drive ${config.id}: ${(err as Error).message}`);
+  }
+  const { fd, capacityBytes } = image;
   const features = blockFeatures(config.readOnly);
   const kickFd = eventfd(0, { nonblock: true });
   const callFd = eventfd(0, { nonblock: true });

@@ -22,11 +22,14 @@ export interface NetDraft {
   server: boolean;
   /** The option that declared the NIC, for messages. */
   label: string;
+  /** The option or key that gave the socket path. */
+  socketLabel: string;
 }
 
 export interface ConfigDraft {
   name?: string;
-  dumpGuestCore: boolean;
+  /** undefined = on, as in QEMU and StratoVirt. */
+  dumpGuestCore?: boolean;
   memShare?: boolean;
   kernel?: string;
   append?: string;
@@ -54,7 +57,6 @@ export interface ConfigDraft {
 
 export function emptyDraft(): ConfigDraft {
   return {
-    dumpGuestCore: false,
     zones: [],
     numa: [],
     drives: [],
@@ -130,8 +132,11 @@ export function finalizeConfig(d: ConfigDraft, options: FinalizeOptions = {}): V
     if (ids.has(n.id)) throw new ConfigError(`${n.label}: id "${n.id}" is used twice`);
     ids.add(n.id);
     if (!n.socketPath) throw new ConfigError(`${n.label}: no vhost-user socket path (give chardev=<id> with -chardev socket,id=<id>,path=...)`);
-    if (n.iothread && !iothreads.includes(n.iothread)) {
-      throw new ConfigError(`${n.label}: iothread "${n.iothread}" is not declared (add -iothread id=${n.iothread})`);
+    if (n.iothread) {
+      throw new ConfigError(
+        `${n.label}: iothread "${n.iothread}" cannot serve a vhost-user NIC: its queues are served by the back-end ` +
+          `(the relay's worker threads), not by this VMM; remove iothread`,
+      );
     }
     if (n.queuePairs < 1 || n.queuePairs > LIMITS.maxQueuePairs) {
       throw new ConfigError(`${n.label}: ${n.queuePairs} queue pairs is outside [1, ${LIMITS.maxQueuePairs}]`);
@@ -149,10 +154,17 @@ export function finalizeConfig(d: ConfigDraft, options: FinalizeOptions = {}): V
       mac: n.mac ?? defaultMac(name, index),
       queuePairs: n.queuePairs,
       iothread: n.iothread,
+      socketLabel: n.socketLabel,
     };
   });
 
   checkNuma(d, vcpus, memory.zones);
+
+  // Both say whether guest RAM goes into a core dump of the VMM; they must not disagree.
+  if (d.omitVmMemory && d.dumpGuestCore === true) {
+    throw new ConfigError(`${label('omitVmMemory', '-omit_vm_memory')}: contradicts ${label('dumpGuestCore', 'dump-guest-core')}=on; give one`);
+  }
+  const dumpGuestCore = !d.omitVmMemory && (d.dumpGuestCore ?? true);
 
   if (d.pidFile && !d.daemonize) {
     throw new ConfigError(`${label('pidFile', '-pidfile')}: must be used together with -daemonize`);
@@ -161,7 +173,7 @@ export function finalizeConfig(d: ConfigDraft, options: FinalizeOptions = {}): V
   return {
     name,
     machineType: 'microvm',
-    dumpGuestCore: d.dumpGuestCore,
+    dumpGuestCore,
     kernel: d.kernel,
     append: d.append ?? '',
     initrd: d.initrd,
@@ -179,6 +191,7 @@ export function finalizeConfig(d: ConfigDraft, options: FinalizeOptions = {}): V
     daemonize: d.daemonize,
     disableSeccomp: d.disableSeccomp,
     omitVmMemory: d.omitVmMemory,
+    labels: { ...d.labels },
   };
 }
 
@@ -258,10 +271,11 @@ function checkNuma(d: ConfigDraft, vcpus: number, zones: MemoryZoneConfig[]): vo
       if (distance < 10 || distance > 254) throw new ConfigError(`${where}: distance ${distance} is outside [10, 254]`);
     }
   }
-  if (d.numa.length > 0) {
+  // Nodes that name no zones at all leave the RAM to the lowest node (numa-layout.ts); once one
+  // node names zones, every zone must have a node.
+  if (zoneOwner.size > 0) {
     const unplaced = zones.filter((z) => !zoneOwner.has(z.id));
     if (unplaced.length) throw new ConfigError(`${numaLabel}: memory zone "${unplaced[0].id}" belongs to no NUMA node`);
-    if (zones.length === 0) throw new ConfigError(`${numaLabel}: guest NUMA nodes need memory zones (--memory size=0 --memory-zone ...)`);
   }
 }
 

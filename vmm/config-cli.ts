@@ -7,22 +7,32 @@ import { ConfigError, type VmConfig } from './config-types.js';
 import { emptyDraft, finalizeConfig, type ConfigDraft, type FinalizeOptions, type NetDraft } from './config-build.js';
 import { parseBool, parseCpuList, parseKeyValues, parseMac, parseSize, parseUint } from './config-values.js';
 import { draftFromJson } from './config-json.js';
+import { findDuplicateKey } from './json-duplicates.js';
 
 const MIB = 1024 * 1024;
 
 export const VALUE_OPTIONS = [
   'name', 'machine', 'kernel', 'append', 'initrd', 'smp', 'm', 'drive', 'netdev', 'chardev', 'device',
   'api-channel', 'serial', 'D', 'pidfile', 'iothread', 'mem-path', 'balloon', 'config', 'memory',
-  'memory-zone', 'numa',
+  'memory-zone', 'numa', 'cpus',
 ] as const;
 export const FLAG_OPTIONS = ['daemonize', 'disable-seccomp', 'omit_vm_memory'] as const;
 const REPEATABLE = new Set(['drive', 'netdev', 'chardev', 'device', 'iothread', 'memory-zone', 'numa']);
+/**
+ * cloud-hypervisor takes several values after one option (`--numa A B`, `--memory-zone A B`):
+ * each further word that is not an option is one more occurrence.
+ */
+const MULTI_VALUE = new Set(['memory-zone', 'numa']);
+/** The cloud-hypervisor options, written with two dashes in messages. */
+const CLOUD_HYPERVISOR = new Set(['memory', 'memory-zone', 'numa', 'cpus']);
+const isOption = (arg: string) => /^--?[A-Za-z]/.test(arg);
 const ALLOWED_WITH_CONFIG = new Set(['config', 'api-channel', 'D', 'pidfile', 'daemonize', 'disable-seccomp', 'omit_vm_memory']);
 
 interface Chardev {
   id: string;
   path: string;
   server: boolean;
+  nowait: boolean;
 }
 
 interface NetdevDraft {
@@ -53,6 +63,14 @@ export function parseCommandLine(argv: readonly string[], options: FinalizeOptio
     }
     if (i + 1 >= argv.length) throw new ConfigError(`-${option}: a value is required`);
     given.push({ option, value: argv[++i] });
+    if (option === 'append') {
+      // StratoVirt joins the words of an unquoted command line: `-append console=ttyS0 root=/dev/vda rw`.
+      const words = [argv[i]];
+      while (i + 1 < argv.length && !isOption(argv[i + 1])) words.push(argv[++i]);
+      given[given.length - 1].value = words.join(' ');
+    } else if (MULTI_VALUE.has(option)) {
+      while (i + 1 < argv.length && !isOption(argv[i + 1])) given.push({ option, value: argv[++i] });
+    }
   }
   const seen = new Set<string>();
   for (const { option } of given) {
@@ -75,7 +93,7 @@ export function parseCommandLine(argv: readonly string[], options: FinalizeOptio
   const devices: string[] = [];
 
   for (const { option, value } of given) {
-    const label = ['memory', 'memory-zone', 'numa'].includes(option) ? `--${option}` : `-${option}`;
+    const label = CLOUD_HYPERVISOR.has(option) ? `--${option}` : `-${option}`;
     const v = value ?? '';
     switch (option) {
       case 'config':
@@ -92,7 +110,10 @@ export function parseCommandLine(argv: readonly string[], options: FinalizeOptio
         }
         const accel = kv.get('accel');
         if (accel !== undefined && accel !== 'kvm') throw new ConfigError(`${label}: accel=${accel} is not supported (only kvm)`);
-        if (kv.has('dump-guest-core')) draft.dumpGuestCore = parseBool(kv.get('dump-guest-core')!, `${label} dump-guest-core`);
+        if (kv.has('dump-guest-core')) {
+          draft.dumpGuestCore = parseBool(kv.get('dump-guest-core')!, `${label} dump-guest-core`);
+          draft.labels.dumpGuestCore = `${label} dump-guest-core`;
+        }
         if (kv.has('mem-share')) draft.memShare = parseBool(kv.get('mem-share')!, `${label} mem-share`);
         draft.labels.memShare = label;
         break;
@@ -108,7 +129,17 @@ export function parseCommandLine(argv: readonly string[], options: FinalizeOptio
         draft.initrd = v;
         draft.labels.initrd = label;
         break;
+      case 'cpus': {
+        // cloud-hypervisor's --cpus boot=N: only the boot count; there is no CPU hotplug here.
+        const kv = parseKeyValues(v, label, ['boot']);
+        if (!kv.has('boot')) throw new ConfigError(`${label}: boot= is required`);
+        if (draft.vcpus !== undefined) throw new ConfigError(`${label}: the vCPU count is given twice (${draft.labels.vcpus} and ${label}); use one`);
+        draft.vcpus = parseUint(kv.get('boot')!, `${label} boot`);
+        draft.labels.vcpus = label;
+        break;
+      }
       case 'smp': {
+        if (draft.vcpus !== undefined) throw new ConfigError(`${label}: the vCPU count is given twice (${draft.labels.vcpus} and ${label}); use one`);
         const kv = parseKeyValues(v, label, ['cpus', 'pin'], 'cpus');
         if (!kv.has('cpus')) throw new ConfigError(`${label}: cpus= is required`);
         draft.vcpus = parseUint(kv.get('cpus')!, `${label} cpus`);
@@ -127,9 +158,11 @@ export function parseCommandLine(argv: readonly string[], options: FinalizeOptio
       case 'mem-path':
         if (!v.startsWith('/')) throw new ConfigError(`${label}: "${v}" must be an absolute path`);
         draft.memPath = v;
+        draft.labels.memPath = label;
         break;
       case 'memory': {
-        const kv = parseKeyValues(v, label, ['size', 'shared', 'hugepages', 'hugepage_size', 'mergeable'], 'size');
+        const kv = parseKeyValues(v, label, ['size', 'shared', 'hugepages', 'hugepage_size', 'mergeable', ...HOTPLUG_KEYS], 'size');
+        refuseHotplug(kv, label);
         if (!kv.has('size')) throw new ConfigError(`${label}: size= is required`);
         draft.memory = {
           size: parseSize(kv.get('size')!, `${label} size`),
@@ -142,7 +175,8 @@ export function parseCommandLine(argv: readonly string[], options: FinalizeOptio
         break;
       }
       case 'memory-zone': {
-        const kv = parseKeyValues(v, label, ['id', 'size', 'file', 'shared', 'hugepages', 'hugepage_size', 'host_numa_node']);
+        const kv = parseKeyValues(v, label, ['id', 'size', 'file', 'shared', 'hugepages', 'hugepage_size', 'host_numa_node', ...HOTPLUG_KEYS]);
+        refuseHotplug(kv, `${label} ${kv.get('id') ?? ''}`.trim());
         if (!kv.get('id')) throw new ConfigError(`${label}: id= is required`);
         if (!kv.has('size')) throw new ConfigError(`${label} ${kv.get('id')}: size= is required`);
         const where = `${label} ${kv.get('id')}`;
@@ -159,7 +193,8 @@ export function parseCommandLine(argv: readonly string[], options: FinalizeOptio
         break;
       }
       case 'numa': {
-        const kv = parseKeyValues(v, label, ['guest_numa_id', 'cpus', 'distances', 'memory_zones']);
+        const kv = parseKeyValues(v, label, ['guest_numa_id', 'cpus', 'distances', 'memory_zones', 'sgx_epc_sections']);
+        if (kv.has('sgx_epc_sections')) throw new ConfigError(`${label}: sgx_epc_sections: SGX EPC sections are not implemented by this VMM`);
         if (!kv.has('guest_numa_id')) throw new ConfigError(`${label}: guest_numa_id= is required`);
         const id = parseUint(kv.get('guest_numa_id')!, `${label} guest_numa_id`, 0, 255);
         draft.numa.push({
@@ -195,16 +230,22 @@ export function parseCommandLine(argv: readonly string[], options: FinalizeOptio
       case 'chardev': {
         const kv = parseKeyValues(v, label, ['backend', 'id', 'path', 'server', 'nowait'], 'backend');
         const backend = kv.get('backend');
-        if (backend !== 'socket') throw new ConfigError(`${label}: backend "${backend ?? ''}" is not supported (only socket)`);
+        if (backend === undefined) {
+          // StratoVirt's `-chardev id=ID,path=PATH` is a virtio-console.
+          throw new ConfigError(
+            `${label}: virtio-console is not implemented by this VMM; a chardev here is the socket of a vhost-user NIC ` +
+              `or of the serial port: -chardev socket,id=ID,path=PATH[,server] (use -serial for a console)`,
+          );
+        }
+        if (backend !== 'socket') throw new ConfigError(`${label}: backend "${backend}" is not supported (only socket)`);
         const id = kv.get('id');
         if (!id) throw new ConfigError(`${label}: id= is required`);
         if (!kv.get('path')) throw new ConfigError(`${label} ${id}: path= is required`);
         if (chardevs.has(id)) throw new ConfigError(`${label}: id "${id}" is used twice`);
-        chardevs.set(id, {
-          id,
-          path: kv.get('path')!,
-          server: kv.has('server') ? parseBool(kv.get('server')!, `${label} ${id} server`) : false,
-        });
+        const server = kv.has('server') ? parseBool(kv.get('server')!, `${label} ${id} server`) : false;
+        const nowait = kv.has('nowait') ? parseBool(kv.get('nowait')!, `${label} ${id} nowait`) : false;
+        if (nowait && !server) throw new ConfigError(`${label} ${id}: nowait needs server (a client always connects first)`);
+        chardevs.set(id, { id, path: kv.get('path')!, server, nowait });
         break;
       }
       case 'netdev': {
@@ -212,6 +253,13 @@ export function parseCommandLine(argv: readonly string[], options: FinalizeOptio
         const type = kv.get('type');
         const id = kv.get('id');
         if (!id) throw new ConfigError(`${label}: id= is required`);
+        if (kv.has('netdev')) {
+          // StratoVirt's `-netdev id=ID,netdev=tap0` is a tap NIC.
+          throw new ConfigError(
+            `${label} ${id}: tap NICs (netdev=${kv.get('netdev')}) are not implemented by this VMM; its NICs are vhost-user: ` +
+              `-chardev socket,id=char0,path=SOCKET -netdev vhost-user,id=${id},chardev=char0`,
+          );
+        }
         if (type !== 'vhost-user') {
           throw new ConfigError(`${label} ${id}: type "${type ?? ''}" is not supported (only vhost-user, e.g. -netdev vhost-user,id=${id},chardev=char0)`);
         }
@@ -232,13 +280,16 @@ export function parseCommandLine(argv: readonly string[], options: FinalizeOptio
         const m = /^unix:(.+)$/.exec(v);
         if (!m) throw new ConfigError(`${label}: "${v}" must be unix:/path/to/socket`);
         draft.apiChannel = m[1];
+        draft.labels.apiChannel = label;
         break;
       }
       case 'serial':
         draft.serial = parseSerial(v, label, chardevs);
+        draft.labels.serial = label;
         break;
       case 'D':
         draft.logFile = v;
+        draft.labels.logFile = label;
         break;
       case 'pidfile':
         draft.pidFile = v;
@@ -262,6 +313,7 @@ export function parseCommandLine(argv: readonly string[], options: FinalizeOptio
         break;
       case 'omit_vm_memory':
         draft.omitVmMemory = true;
+        draft.labels.omitVmMemory = label;
         break;
     }
   }
@@ -277,6 +329,12 @@ function applyNetdevs(draft: ConfigDraft, netdevs: NetdevDraft[], chardevs: Map<
   for (const n of netdevs) {
     const chardev = chardevs.get(n.chardev);
     if (!chardev) throw new ConfigError(`-netdev ${n.id}: chardev "${n.chardev}" is not declared (add -chardev socket,id=${n.chardev},path=...)`);
+    if (chardev.nowait) {
+      throw new ConfigError(
+        `-chardev ${chardev.id}: nowait is not supported for a vhost-user socket: the NIC's features are negotiated with ` +
+          `the back-end before the guest boots, so the VMM waits (up to 30 s) for the back-end to connect`,
+      );
+    }
     nets.set(n.id, {
       id: n.id,
       mac: n.mac,
@@ -285,6 +343,7 @@ function applyNetdevs(draft: ConfigDraft, netdevs: NetdevDraft[], chardevs: Map<
       socketPath: chardev.path,
       server: chardev.server,
       label: `-netdev ${n.id}`,
+      socketLabel: `-chardev ${chardev.id}`,
     });
   }
   const attached = new Set<string>();
@@ -321,6 +380,14 @@ function applyNetdevs(draft: ConfigDraft, netdevs: NetdevDraft[], chardevs: Map<
   if (nets.size) draft.labels.nets = '-netdev';
 }
 
+/** cloud-hypervisor's memory hotplug keys: known, so that the refusal says why. */
+const HOTPLUG_KEYS = ['hotplug_method', 'hotplug_size', 'hotplugged_size'];
+
+function refuseHotplug(kv: Map<string, string>, label: string): void {
+  const key = HOTPLUG_KEYS.find((k) => kv.has(k));
+  if (key) throw new ConfigError(`${label}: ${key}: memory hotplug is not implemented by this VMM (guest RAM is fixed at start)`);
+}
+
 function parseSerial(v: string, label: string, chardevs: Map<string, Chardev>): ConfigDraft['serial'] {
   if (v === 'stdio') return { kind: 'stdio' };
   if (v === 'none') return { kind: 'none' };
@@ -353,9 +420,13 @@ function readJsonFile(path: string): unknown {
   } catch (err) {
     throw new ConfigError(`-config: cannot read ${path} (${(err as NodeJS.ErrnoException).code ?? err})`);
   }
+  let doc: unknown;
   try {
-    return JSON.parse(text);
+    doc = JSON.parse(text);
   } catch (err) {
     throw new ConfigError(`-config: ${path} is not valid JSON (${(err as Error).message})`);
   }
+  const duplicate = findDuplicateKey(text);
+  if (duplicate) throw new ConfigError(`${duplicate}: the key is given twice in ${path}`);
+  return doc;
 }

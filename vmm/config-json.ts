@@ -13,9 +13,7 @@ export function draftFromJson(root: unknown): ConfigDraft {
   checkKeys(doc, TOP_KEYS, 'config');
   const d = emptyDraft();
 
-  for (const unsupported of ['console', 'vsock', 'balloon']) {
-    if (unsupported in doc) throw new ConfigError(`${unsupported}: the ${unsupported} device is not supported by this VMM`);
-  }
+  refuseUnimplemented(doc);
   if ('name' in doc) {
     d.name = string(doc.name, 'name');
     d.labels.name = 'name';
@@ -47,15 +45,22 @@ export function draftFromJson(root: unknown): ConfigDraft {
       d.memSize = size(m.mem_size, 'machine-config.mem_size');
       d.labels.memSize = 'machine-config.mem_size';
     }
-    if ('dump_guest_core' in m) d.dumpGuestCore = boolean(m.dump_guest_core, 'machine-config.dump_guest_core');
+    if ('dump_guest_core' in m) {
+      d.dumpGuestCore = boolean(m.dump_guest_core, 'machine-config.dump_guest_core');
+      d.labels.dumpGuestCore = 'machine-config.dump_guest_core';
+    }
     if ('mem-share' in m && 'mem_share' in m) throw new ConfigError('machine-config: mem-share and mem_share are both given');
     if ('mem-share' in m) d.memShare = boolean(m['mem-share'], 'machine-config.mem-share');
     if ('mem_share' in m) d.memShare = boolean(m.mem_share, 'machine-config.mem_share');
     if ('mem_path' in m) {
       d.memPath = string(m.mem_path, 'machine-config.mem_path');
+      d.labels.memPath = 'machine-config.mem_path';
       if (!d.memPath.startsWith('/')) throw new ConfigError(`machine-config.mem_path: "${d.memPath}" must be an absolute path`);
     }
-    if ('omit_vm_memory' in m) d.omitVmMemory = boolean(m.omit_vm_memory, 'machine-config.omit_vm_memory');
+    if ('omit_vm_memory' in m) {
+      d.omitVmMemory = boolean(m.omit_vm_memory, 'machine-config.omit_vm_memory');
+      d.labels.omitVmMemory = 'machine-config.omit_vm_memory';
+    }
     if ('vcpu_pin' in m) {
       d.vcpuPin = array(m.vcpu_pin, 'machine-config.vcpu_pin').map((c, i) => integer(c, `machine-config.vcpu_pin[${i}]`, 0, 4095));
     }
@@ -150,9 +155,6 @@ export function draftFromJson(root: unknown): ConfigDraft {
       const o = object(nv, where);
       checkKeys(o, ['iface_id', 'host_dev_name', 'socket_path', 'server', 'mac', 'queues', 'iothread'], where);
       if (!('iface_id' in o)) throw new ConfigError(`${where}.iface_id: is required`);
-      if ('host_dev_name' in o) {
-        throw new ConfigError(`${where}.host_dev_name: tap NICs are not supported; give socket_path (the vhost-user socket)`);
-      }
       if (!('socket_path' in o)) throw new ConfigError(`${where}.socket_path: is required (the vhost-user socket)`);
       d.nets.push({
         id: string(o.iface_id, `${where}.iface_id`),
@@ -162,6 +164,7 @@ export function draftFromJson(root: unknown): ConfigDraft {
         queuePairs: 'queues' in o ? integer(o.queues, `${where}.queues`) : 1,
         iothread: 'iothread' in o ? string(o.iothread, `${where}.iothread`) : undefined,
         label: `${where} ${String(o.iface_id)}`,
+        socketLabel: `${where}.socket_path`,
       });
     });
     d.labels.nets = 'net';
@@ -173,7 +176,10 @@ export function draftFromJson(root: unknown): ConfigDraft {
     if ('stdio' in s && 'socket_path' in s && boolean(s.stdio, 'serial.stdio')) {
       throw new ConfigError('serial: give either stdio or socket_path, not both');
     }
-    if ('socket_path' in s) d.serial = { kind: 'socket', path: string(s.socket_path, 'serial.socket_path') };
+    if ('socket_path' in s) {
+      d.serial = { kind: 'socket', path: string(s.socket_path, 'serial.socket_path') };
+      d.labels.serial = 'serial.socket_path';
+    }
     else if ('stdio' in s) d.serial = boolean(s.stdio, 'serial.stdio') ? { kind: 'stdio' } : { kind: 'none' };
   }
 
@@ -186,6 +192,25 @@ export function draftFromJson(root: unknown): ConfigDraft {
     d.labels.iothreads = 'iothread';
   }
   return d;
+}
+
+/**
+ * StratoVirt's example configuration has devices this VMM does not implement. They are refused
+ * all in one message (rather than one per attempt, or silently dropped), each with what to use.
+ */
+function refuseUnimplemented(doc: Json): void {
+  const found: string[] = [];
+  if ('console' in doc) found.push('console (virtio-console; use serial)');
+  if ('vsock' in doc) found.push('vsock (vhost-vsock)');
+  if ('balloon' in doc) found.push('balloon (virtio-balloon)');
+  if (Array.isArray(doc.net)) {
+    doc.net.forEach((n, i) => {
+      if (typeof n === 'object' && n !== null && 'host_dev_name' in n) {
+        found.push(`net[${i}].host_dev_name (a tap NIC; give socket_path, the vhost-user socket)`);
+      }
+    });
+  }
+  if (found.length) throw new ConfigError(`not implemented by this VMM: ${found.join(', ')}; remove ${found.length > 1 ? 'them' : 'it'}`);
 }
 
 function checkKeys(o: Json, allowed: string[], where: string): void {

@@ -64,6 +64,8 @@ export interface NetConfig {
   mac: string;
   queuePairs: number;
   iothread?: string;
+  /** The option or key that named the socket (`-chardev char0`, `net[0].socket_path`), for messages. */
+  socketLabel: string;
 }
 
 export type SerialConfig =
@@ -93,6 +95,8 @@ export interface VmConfig {
   daemonize: boolean;
   disableSeccomp: boolean;
   omitVmMemory: boolean;
+  /** Where each field came from (`-smp` or `machine-config.vcpu_count`), so that checks made later still name it. */
+  labels: Record<string, string>;
 }
 
 export class ConfigError extends Error {

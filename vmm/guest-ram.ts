@@ -5,7 +5,9 @@
 import { closeSync, mkdtempSync, openSync, readFileSync, rmdirSync, statSync, unlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import {
+  MADV_DONTDUMP,
   MADV_MERGEABLE,
+  MAP_NORESERVE,
   MAP_PRIVATE,
   MAP_SHARED,
   madvise,
@@ -14,6 +16,8 @@ import {
   ftruncate,
   fstatSize,
   mmap,
+  viewAt,
+  MAX_VIEW_BYTES,
   type Mapping,
 } from '../sys/memory.js';
 import type { MemoryConfig, MemoryZoneConfig } from './config-types.js';
@@ -38,7 +42,6 @@ export interface RamRegion {
   fd: number;
   /** Offset of this region in `fd` (vhost-user mmap_offset). */
   fdOffset: number;
-  bytes: Uint8Array;
   zoneId: string;
 }
 
@@ -99,7 +102,12 @@ function openBackingFile(path: string, size: number, what: string): number {
   return fd;
 }
 
-function mapZone(zone: MemoryZoneConfig, mergeable: boolean): { mapping: Mapping; fd: number } {
+export interface GuestRamOptions {
+  /** false (dump-guest-core=off, -omit_vm_memory): guest RAM is left out of a core dump of the VMM. */
+  dumpGuestCore?: boolean;
+}
+
+function mapZone(zone: MemoryZoneConfig, mergeable: boolean, dumpGuestCore: boolean): { mapping: Mapping; fd: number } {
   const what = `memory zone ${zone.id}`;
   if (zone.hugepages && zone.hugepageSize !== undefined && !zone.file) {
     const systemSize = defaultHugepageSize();
@@ -120,7 +128,10 @@ function mapZone(zone: MemoryZoneConfig, mergeable: boolean): { mapping: Mapping
   }
   let mapping: Mapping;
   try {
-    mapping = mmap({ length: zone.size, fd, flags: zone.shared ? MAP_SHARED : MAP_PRIVATE });
+    // No view over the whole zone: one view covers at most 4 GiB, and the VMM itself only writes
+    // the boot data (guestSlice makes views of just those ranges). Private RAM is not reserved
+    // against the commit limit up front: a guest touches only part of it, as with memfd RAM.
+    mapping = mmap({ length: zone.size, fd, flags: zone.shared ? MAP_SHARED : MAP_PRIVATE | (fd < 0 ? MAP_NORESERVE : 0), view: false });
   } catch (err) {
     if (fd >= 0) closeSync(fd);
     throw new Error(`${what}: cannot map ${zone.size} bytes (${(err as Error).message})${zone.hugepages ? '; are enough huge pages reserved?' : ''}`);
@@ -130,6 +141,13 @@ function mapZone(zone: MemoryZoneConfig, mergeable: boolean): { mapping: Mapping
       madvise(mapping, MADV_MERGEABLE);
     } catch (err) {
       throw new Error(`${what}: mergeable=on failed (${(err as Error).message}); is the kernel built with KSM?`);
+    }
+  }
+  if (!dumpGuestCore) {
+    try {
+      madvise(mapping, MADV_DONTDUMP);
+    } catch (err) {
+      throw new Error(`${what}: cannot leave guest RAM out of core dumps (${(err as Error).message})`);
     }
   }
   if (zone.hostNumaNode !== undefined) {
@@ -142,11 +160,11 @@ function mapZone(zone: MemoryZoneConfig, mergeable: boolean): { mapping: Mapping
   return { mapping, fd };
 }
 
-export function createGuestRam(config: MemoryConfig): GuestRam {
+export function createGuestRam(config: MemoryConfig, options: GuestRamOptions = {}): GuestRam {
   const zones: RamZone[] = [];
   let ramOffset = 0;
   for (const zone of zonesOf(config)) {
-    const { mapping, fd } = mapZone(zone, config.mergeable);
+    const { mapping, fd } = mapZone(zone, config.mergeable, options.dumpGuestCore ?? true);
     zones.push({ id: zone.id, size: zone.size, ramOffset, mapping, fd, shared: zone.shared, hostNumaNode: zone.hostNumaNode });
     ramOffset += zone.size;
   }
@@ -168,7 +186,6 @@ export function createGuestRam(config: MemoryConfig): GuestRam {
         userAddr: zone.mapping.address + inZone,
         fd: zone.fd,
         fdOffset: inZone,
-        bytes: new Uint8Array(zone.mapping.buffer, inZone, to - from),
         zoneId: zone.id,
       });
     }
@@ -176,11 +193,13 @@ export function createGuestRam(config: MemoryConfig): GuestRam {
   return { size: ramOffset, zones, regions, shared: zones.every((z) => z.shared) };
 }
 
-/** The host bytes of [gpa, gpa+len) when the range lies in one region; throws otherwise. */
+/** The host bytes of [gpa, gpa+len) when the range lies in one region (a view of just them); throws otherwise. */
 export function guestSlice(ram: GuestRam, gpa: number, length: number, what: string): Uint8Array {
   for (const r of ram.regions) {
     if (gpa >= r.guestPhysAddr && gpa + length <= r.guestPhysAddr + r.size) {
-      return r.bytes.subarray(gpa - r.guestPhysAddr, gpa - r.guestPhysAddr + length);
+      if (length === 0) return new Uint8Array(0);
+      if (length > MAX_VIEW_BYTES) throw new Error(`${what}: ${length} bytes is more than one view can cover`);
+      return new Uint8Array(viewAt(r.userAddr + (gpa - r.guestPhysAddr), length));
     }
   }
   throw new Error(`${what}: guest range [0x${gpa.toString(16)}, +0x${length.toString(16)}) is not inside guest RAM`);

@@ -8,6 +8,7 @@ import * as kvm from '../sys/kvm.js';
 import { Reactor } from '../sys/poll.js';
 import { viewAt } from '../sys/memory.js';
 import { buildAcpiTables, type AcpiNumaNode } from './acpi.js';
+import { numaLayout } from './numa-layout.js';
 import { loadKernel, parseKernel } from './boot.js';
 import type { VmConfig } from './config-types.js';
 import { BOOT_MSRS, buildFpu, buildRegs, buildSregs, hostIsPvm, patchCpuid, patchLapic } from './cpu.js';
@@ -99,22 +100,24 @@ export class Machine extends EventEmitter {
     const c = this.config;
     const kernelImage = parseKernel(readFileSync(c.kernel), c.kernel);
     const initrd = c.initrd ? readFileSync(c.initrd) : undefined;
-    this.spawnVcpuThreads();
 
+    // KVM first: without it (or with too few vCPUs allowed) no thread is worth starting.
     this.kvmFd = kvm.openKvm();
     const maxVcpus = Math.max(kvm.checkExtension(this.kvmFd, kvm.caps.MAX_VCPUS), kvm.checkExtension(this.kvmFd, kvm.caps.NR_VCPUS));
-    if (c.vcpus > maxVcpus) throw new Error(`-smp: ${c.vcpus} vCPUs, but this host's KVM allows at most ${maxVcpus}`);
+    if (c.vcpus > maxVcpus) throw new Error(`${c.labels.vcpus ?? '-smp'}: ${c.vcpus} vCPUs, but this host's KVM allows at most ${maxVcpus}`);
+    this.spawnVcpuThreads();
     this.vmFd = kvm.createVm(this.kvmFd);
     kvm.setIdentityMapAddr(this.vmFd, IDENTITY_MAP_ADDR);
     kvm.setTssAddr(this.vmFd, TSS_ADDR);
     kvm.createIrqchip(this.vmFd);
     kvm.createPit2(this.vmFd);
 
-    this.ram = createGuestRam(c.memory);
+    this.ram = createGuestRam(c.memory, { dumpGuestCore: c.dumpGuestCore });
     this.ram.regions.forEach((r, slot) =>
       kvm.setUserMemoryRegion(this.vmFd, { slot, guestPhysAddr: r.guestPhysAddr, size: r.size, userAddr: r.userAddr }),
     );
-    this.log.info({ size: this.ram.size, zones: this.ram.zones.map((z) => ({ id: z.id, size: z.size, shared: z.shared })) }, 'guest RAM mapped');
+    if (c.disableSeccomp) this.log.info('-disable-seccomp: this VMM installs no seccomp filter, so there is none to disable');
+    this.log.info({ size: this.ram.size, dumpGuestCore: c.dumpGuestCore, zones: this.ram.zones.map((z) => ({ id: z.id, size: z.size, shared: z.shared })) }, 'guest RAM mapped');
 
     this.serial = new Serial(
       this.serialState,
@@ -209,21 +212,18 @@ export class Machine extends EventEmitter {
   }
 
   private numaNodes(): AcpiNumaNode[] {
-    return this.config.numa.map((n) => ({
-      id: n.guestNumaId,
-      cpus: n.cpus,
-      memory: this.ram.regions.filter((r) => n.memoryZones.includes(r.zoneId)).map((r) => ({ base: r.guestPhysAddr, size: r.size })),
-      distances: new Map(n.distances.map((d) => [d.destination, d.distance])),
-    }));
+    return numaLayout(this.config.numa, this.ram.regions, this.config.vcpus);
   }
 
   /**
-   * Starts one thread per vCPU before the machine is built: a worker takes tens of milliseconds to
-   * load its modules, which then overlaps with KVM and guest-memory setup. Each waits for its
+   * Starts one thread per vCPU once /dev/kvm is open, before the rest of the machine is built: a
+   * worker takes tens of milliseconds to load its modules, which then overlaps with VM and
+   * guest-memory setup. Each waits for its
    * start data (VcpuWorkerData), sent by start().
    */
   private spawnVcpuThreads(): void {
     const workerUrl = new URL('./vcpu-worker.js', import.meta.url);
+    this.log.info({ vcpus: this.config.vcpus }, 'starting vCPU threads');
     for (let i = 0; i < this.config.vcpus; i++) {
       const worker = new Worker(workerUrl, { name: `vcpu${i}` });
       this.workers.push(worker);

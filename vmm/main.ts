@@ -7,15 +7,24 @@ import pino, { type Logger } from 'pino';
 import { parseCommandLine } from './config-cli.js';
 import { ConfigError, type VmConfig } from './config-types.js';
 import { ApiChannel } from './api-channel.js';
+import { checkHostResources, listenPath } from './host-resources.js';
 import { Machine } from './machine.js';
 import { usage } from './usage.js';
 import { libc } from '../sys/libc.js';
 
 const DAEMON_CHILD_ENV = 'VIO4WD_VMM_DAEMON_CHILD';
 
+/** The log goes to -D FILE (appended; its directory must exist, it is not created) or stderr. */
 function makeLogger(config: VmConfig): Logger {
-  const destination = config.logFile ? pino.destination({ dest: config.logFile, sync: true, mkdir: true }) : pino.destination(2);
-  return pino({ name: 'vio4wd-vmm', base: { vm: config.name, pid: process.pid } }, destination);
+  let fd = 2;
+  if (config.logFile) {
+    try {
+      fd = openSync(config.logFile, 'a', 0o640);
+    } catch (err) {
+      throw new ConfigError(`${config.labels.logFile ?? '-D'}: cannot open ${config.logFile} (${(err as NodeJS.ErrnoException).code ?? err})`);
+    }
+  }
+  return pino({ name: 'vio4wd-vmm', base: { vm: config.name, pid: process.pid } }, pino.destination({ fd, sync: true }));
 }
 
 /** Serial output and input: stdio, or a unix socket that one client at a time can attach to. */
@@ -38,7 +47,8 @@ async function attachSerial(machine: Machine, config: VmConfig, log: Logger): Pr
     return () => process.stdin.pause();
   }
   if (s.kind === 'socket') {
-    rmSync(s.path, { force: true });
+    // Checked before KVM already; checked again because the path may have changed since.
+    listenPath(s.path, config.labels.serial ?? '-serial');
     let client: Socket | null = null;
     const backlog: Uint8Array[] = [];
     const server = createServer((socket) => {
@@ -100,17 +110,24 @@ export async function main(argv: string[]): Promise<number> {
     return 0;
   }
   let config: VmConfig;
+  let log: Logger;
+  const isDaemonChild = process.env[DAEMON_CHILD_ENV] === '1';
   try {
     config = parseCommandLine(argv);
     if (config.daemonize && config.serial.kind === 'stdio') throw new ConfigError('-daemonize: cannot be combined with -serial stdio');
+    checkHostResources(config);
+    if (config.daemonize && !isDaemonChild) await daemonize(config);
+    log = makeLogger(config);
   } catch (err) {
     process.stderr.write(`vio4wd-vmm: ${(err as Error).message}\n`);
-    return 2;
+    return err instanceof ConfigError ? 2 : 1;
   }
-  const isDaemonChild = process.env[DAEMON_CHILD_ENV] === '1';
-  if (config.daemonize && !isDaemonChild) await daemonize(config);
 
-  const log = makeLogger(config);
+  // What this process created on the host, removed again however it ends.
+  const cleanups: Array<() => void | Promise<void>> = [];
+  const cleanUp = async () => {
+    for (const c of cleanups.splice(0).reverse()) await Promise.resolve(c()).catch(() => undefined);
+  };
   let machine: Machine;
   try {
     machine = await Machine.create(config, log);
@@ -118,11 +135,23 @@ export async function main(argv: string[]): Promise<number> {
   } catch (err) {
     log.error({ err: (err as Error).message }, 'VM creation failed');
     process.stderr.write(`vio4wd-vmm: ${(err as Error).message}\n`);
-    return 1;
+    return err instanceof ConfigError ? 2 : 1;
   }
+  const fail = async (message: string, code: number, reason: string): Promise<number> => {
+    log.error({ err: message }, reason);
+    process.stderr.write(`vio4wd-vmm: ${message}\n`);
+    await machine.shutdown(reason).catch(() => undefined);
+    await cleanUp();
+    return code;
+  };
 
-  const detachSerial = await attachSerial(machine, config, log);
-  let api: ApiChannel | null = null;
+  let detachSerial: () => void;
+  try {
+    detachSerial = await attachSerial(machine, config, log);
+  } catch (err) {
+    return fail((err as Error).message, err instanceof ConfigError ? 2 : 1, 'serial console failed');
+  }
+  cleanups.push(detachSerial);
   let exitCode = 0;
   const done = new Promise<void>((resolve) => {
     machine.once('exit', (code: number, reason: string) => {
@@ -137,8 +166,22 @@ export async function main(argv: string[]): Promise<number> {
   process.on('SIGTERM', () => stopVm('SIGTERM'));
   process.on('SIGINT', () => stopVm('SIGINT'));
 
+  if (config.pidFile) {
+    const pidFile = config.pidFile;
+    try {
+      const fd = openSync(pidFile, 'wx');
+      cleanups.push(() => rmSync(pidFile, { force: true }));
+      writeFileSync(fd, `${process.pid}\n`);
+      closeSync(fd);
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      const why = code === 'EEXIST' ? 'it exists already; is another VM using it?' : String(code ?? err);
+      return fail(`${config.labels.pidFile ?? '-pidfile'}: cannot create ${pidFile} (${why})`, 1, 'pidfile failed');
+    }
+  }
+
   if (config.apiChannel) {
-    api = new ApiChannel(
+    const api = new ApiChannel(
       config.apiChannel,
       {
         name: config.name,
@@ -150,37 +193,27 @@ export async function main(argv: string[]): Promise<number> {
         quit: () => stopVm('api-channel quit'),
       },
       log,
+      config.labels.apiChannel ?? '-api-channel',
     );
     try {
       await api.listen();
     } catch (err) {
-      process.stderr.write(`vio4wd-vmm: ${(err as Error).message}\n`);
-      await machine.shutdown('api-channel failed');
-      return 1;
+      return fail((err as Error).message, err instanceof ConfigError ? 2 : 1, 'api-channel failed');
     }
+    cleanups.push(() => api.close());
   }
 
-  if (config.pidFile) {
-    try {
-      const fd = openSync(config.pidFile, 'wx');
-      writeFileSync(fd, `${process.pid}\n`);
-      closeSync(fd);
-    } catch (err) {
-      process.stderr.write(`vio4wd-vmm: -pidfile: cannot create ${config.pidFile} (${(err as NodeJS.ErrnoException).code}); does it exist already?\n`);
-      await machine.shutdown('pidfile failed');
-      return 1;
-    }
+  try {
+    await machine.start();
+  } catch (err) {
+    return fail(`the VM did not start: ${(err as Error).message}`, 1, 'start failed');
   }
-
-  await machine.start();
   log.info({ vcpus: machine.vcpus }, 'VM running');
   if (isDaemonChild) process.stderr.write('VMM-DAEMON-READY\n');
 
   await done;
   await machine.shutdown('guest ended').catch(() => undefined);
-  detachSerial();
-  await api?.close();
-  if (config.pidFile) rmSync(config.pidFile, { force: true });
+  await cleanUp();
   return exitCode;
 }
 

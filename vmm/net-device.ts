@@ -6,7 +6,7 @@ import type { Logger } from 'pino';
 import { eventfd } from '../sys/eventfd.js';
 import { close as closeFd } from '../sys/fd.js';
 import type { ReadinessSource } from '../vhost-user/connection.js';
-import { Frontend, type FrontendRegion, type VringSetup } from '../vhost-user/frontend.js';
+import { DEFAULT_REPLY_TIMEOUT_MS, Frontend, type FrontendRegion, type VringSetup } from '../vhost-user/frontend.js';
 import { PROTOCOL_FEATURES_BIT, ProtocolFeature, hasBit, maskAnd, maskOr } from '../vhost-user/messages.js';
 import * as F from '../virtio/features.js';
 import type { NetConfig } from './config-types.js';
@@ -73,11 +73,12 @@ export async function openVhostUserNet(
   reactor: ReadinessSource,
   log: Logger,
   timeoutMs = 30_000,
+  replyTimeoutMs = DEFAULT_REPLY_TIMEOUT_MS,
 ): Promise<NetDeviceHandle> {
   const label = `${config.id} (${config.socketPath})`;
   const frontend = config.server
-    ? await Frontend.accept(config.socketPath, { reactor, log, label, timeoutMs })
-    : await Frontend.connect(config.socketPath, { reactor, log, label, timeoutMs, retryMs: 200 });
+    ? await Frontend.accept(config.socketPath, { reactor, log, label, timeoutMs, replyTimeoutMs })
+    : await Frontend.connect(config.socketPath, { reactor, log, label, timeoutMs, retryMs: 200, replyTimeoutMs });
   let negotiated;
   try {
     negotiated = await frontend.negotiate({

@@ -1,12 +1,12 @@
 // The VMM with the project's tiny guest under real KVM: serial output, reboot ends the VM with 0,
 // the api-channel, SIGTERM, and virtio-net over vhost-user against dpdk-testpmd's vhost back-end
 // forwarding to a veth whose peer sits in a network namespace and pings the guest.
-import { existsSync, rmSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
 import { connect, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startProcess, stopAll, type StartedProcess } from '../support/processes.js';
+import { startProcess, stopAll, waitFor, type StartedProcess } from '../support/processes.js';
 import { hasBinary, isRoot, requireOrSkip } from '../support/env.js';
 import { kvmTestsCanRun } from '../support/kvm.js';
 import { createNetns, createVethPair, deleteLink, deleteNetns, nsExec } from '../support/netns.js';
@@ -175,5 +175,41 @@ describe.runIf(canRun)('vio4wd-vmm with the tiny guest', () => {
       process.kill(vmm.pid, 'SIGTERM');
       expect(await vmm.exited).toBe(0);
     });
+  });
+});
+
+describe.runIf(canRun)('vio4wd-vmm removes what it created', () => {
+  const dir = join(tmpdir(), `vmm-created-${process.pid}`);
+  beforeAll(() => mkdirSync(dir, { recursive: true }));
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+  it('a daemon creates its pid file, serial and api sockets, and removes all three when it quits', async () => {
+    const [pidFile, serial, api] = ['vm.pid', 'serial.sock', 'api.sock'].map((n) => join(dir, n));
+    const vmm = startProcess('node', [vmmBin, '-kernel', guest, '-daemonize', '-pidfile', pidFile, '-serial', `unix:${serial}`, '-api-channel', `unix:${api}`], { label: 'vmm-daemon' });
+    expect(await vmm.exited).toBe(0);
+    const pid = Number(readFileSync(pidFile, 'utf8').trim());
+    expect(pid).toBeGreaterThan(0);
+    expect(existsSync(serial) && existsSync(api)).toBe(true);
+    const qmp = await QmpClient.open(api);
+    try {
+      await qmp.next();
+      await qmp.send('{"execute":"qmp_capabilities"}');
+      await qmp.send('{"execute":"quit"}');
+    } finally {
+      qmp.close();
+    }
+    await waitFor(() => !existsSync(`/proc/${pid}`), 30_000, 'the daemon to exit');
+    expect([pidFile, serial, api].filter((p) => existsSync(p))).toEqual([]);
+  });
+
+  it('a start that fails after creating the pid file and the serial socket removes them (exit 1, the api path named)', async () => {
+    const [pidFile, serial] = ['failed.pid', 'failed-serial.sock'].map((n) => join(dir, n));
+    // procfs refuses bind(), after the up-front check has found the path free.
+    const api = `/proc/vio4wd-test-${process.pid}.api`;
+    const vmm = startProcess('node', [vmmBin, '-kernel', guest, '-daemonize', '-pidfile', pidFile, '-serial', `unix:${serial}`, '-api-channel', `unix:${api}`], { label: 'vmm-daemon-fail' });
+    expect(await vmm.exited).toBe(1);
+    expect(vmm.output()).toContain(`-api-channel: cannot listen on ${api}`);
+    expect(existsSync(pidFile)).toBe(false);
+    expect(existsSync(serial)).toBe(false);
   });
 });

@@ -3,7 +3,7 @@ import { describe, it, expect } from 'vitest';
 import {
   numaNodeOfAddress,
   memfdCreate, ftruncate, fstatSize, mmap, munmap, viewAt, madvise, mbind,
-  PROT_READ, PROT_WRITE, MAP_SHARED, MAP_PRIVATE, MADV_MERGEABLE, MADV_DONTDUMP, MADV_DONTNEED,
+  PROT_READ, PROT_WRITE, MAP_SHARED, MAP_PRIVATE, MAP_NORESERVE, MADV_MERGEABLE, MADV_DONTDUMP, MADV_DONTNEED,
 } from '../../sys/memory.js';
 import { close } from '../../sys/fd.js';
 import { SysError } from '../../sys/libc.js';
@@ -78,7 +78,13 @@ describe('memory', () => {
       expect(() => viewAt(0, 10)).toThrow(RangeError);
       expect(() => viewAt(4096, 0)).toThrow(RangeError);
       expect(() => viewAt(4096, 2 ** 33)).toThrow(RangeError); // koffi would abort the process
-      expect(() => mmap({ length: 2 ** 33 })).toThrow(/map in pieces/);
+      expect(() => mmap({ length: 2 ** 33 })).toThrow(/map with view: false or in pieces/);
+      // Without a view, a mapping may be larger than one view covers (guest RAM over 4 GiB).
+      const big = mmap({ length: 2 ** 33, flags: MAP_PRIVATE | MAP_NORESERVE, view: false });
+      expect(big.buffer.byteLength).toBe(0);
+      new Uint8Array(viewAt(big.address + 2 ** 33 - 4096, 4096))[4095] = 7;
+      expect(new Uint8Array(viewAt(big.address + 2 ** 33 - 1, 1))[0]).toBe(7);
+      munmap(big);
       expect(() => ftruncate(fd, -1)).toThrow(RangeError);
       expect(() => mmap({ length: 4096, fd, offset: 100 })).toThrow(expect.objectContaining({ code: 'EINVAL' }));
     } finally {
