@@ -198,6 +198,20 @@ export async function main(argv: string[]): Promise<void> {
         setTimeout(() => process.exit(EXIT_WORKER_FAILED), 50);
       });
   };
+  // The test hook is in place before the start, like the signal handlers: a SIGUSR2 sent as soon
+  // as the daemon logs that it is ready must not meet the default action (the process ending).
+  let crashRequested = false;
+  const crashFirstWorker = () => {
+    const how = process.env.VIO4WD_TEST_HOOKS === 'block' ? 'block' : 'throw';
+    log.warn({ how }, 'test hook: ending the first worker thread');
+    daemon?.pool.crashWorker(how);
+  };
+  if (testHooksEnabled()) {
+    process.on('SIGUSR2', () => {
+      if (daemon) crashFirstWorker();
+      else crashRequested = true;
+    });
+  }
   try {
     daemon = await startDaemon(config, log, fatal);
   } catch (err) {
@@ -211,11 +225,5 @@ export async function main(argv: string[]): Promise<void> {
   if (stopRequested) void stop(stopRequested);
 
   process.on('SIGHUP', () => log.info('SIGHUP ignored: restart the service to reload the configuration'));
-  if (testHooksEnabled()) {
-    process.on('SIGUSR2', () => {
-      const how = process.env.VIO4WD_TEST_HOOKS === 'block' ? 'block' : 'throw';
-      log.warn({ how }, 'test hook: ending the first worker thread');
-      daemon?.pool.crashWorker(how);
-    });
-  }
+  if (crashRequested) crashFirstWorker();
 }

@@ -362,7 +362,7 @@ describe('vio4wd_core_scheduler process against a stand-in relay', () => {
     const p = startProcess(process.execPath, [bin, '--config', config], { label: 'vio4wd_core_scheduler' });
     procs.push(p);
     expect(await p.exited).toBe(78);
-    expect(p.output()).toMatch(/VIO4WD_CORE_SCHED_SENSITIVITY="-1" is not valid: expected a number >= 0/);
+    expect(p.output()).toMatch(/VIO4WD_CORE_SCHED_SENSITIVITY="-1" is not valid: expected a decimal number >= 0/);
   });
 });
 

@@ -4,7 +4,7 @@
 // Under the nested-KVM rig this takes about half a minute; on hardware KVM about a second.
 import { resolve } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { startProcess, stopAll } from '../support/processes.js';
+import { startProcess, stopAll, type StartedProcess } from '../support/processes.js';
 import { ensureGuestImage } from '../support/guest-image.js';
 import { kvmTestsCanRun } from '../support/kvm.js';
 import { repoRoot } from '../guest/tiny/build.js';
@@ -15,21 +15,40 @@ afterAll(async () => {
   await stopAll();
 });
 
+/**
+ * Starts the VMM and waits for the guest's ready marker. A boot that ends in a guest triple fault
+ * before userspace is started again, at most three boots in all, each one reported: about one
+ * Debian boot in five under the nested-KVM rig ends that way, at varying points of the boot, and
+ * the same command line boots on the next try (docs/vmm.md, "Known problems"). Any other early
+ * end, or three triple faults in a row, fails the test.
+ */
+async function bootToUserspace(args: string[], label: string): Promise<StartedProcess> {
+  for (let attempt = 1; ; attempt++) {
+    const vmm = startProcess('node', [vmmBin, ...args], { label, stdio: ['pipe', 'pipe', 'pipe'] });
+    try {
+      await vmm.waitForOutput(/VIO4WD-GUEST-READY/, 300_000);
+      return vmm;
+    } catch (err) {
+      await vmm.stop();
+      if (attempt >= 3 || !/guest ended: triple fault/.test(vmm.output())) throw err;
+      console.warn(`${label}: boot ${attempt} ended in a guest triple fault before userspace; booting again`);
+    }
+  }
+}
+
 describe.runIf(kvmTestsCanRun([resolve(repoRoot, 'dist/vmm/main.js')]))('Debian Linux under vio4wd-vmm', () => {
   it('boots the vmlinux through PVH to userspace and runs a command sent over the serial port', { timeout: 420_000 }, async () => {
     const image = await ensureGuestImage();
-    const vmm = startProcess(
-      'node',
+    const vmm = await bootToUserspace(
       [
-        vmmBin, '-kernel', image.vmlinux, '-initrd', image.initrd, '-m', '512M', '-smp', '2', '-serial', 'stdio',
+        '-kernel', image.vmlinux, '-initrd', image.initrd, '-m', '512M', '-smp', '2', '-serial', 'stdio',
         '-append', 'console=ttyS0 earlyprintk=serial,ttyS0 reboot=k panic=-1 nokaslr',
       ],
-      { label: 'vmm-linux', stdio: ['pipe', 'pipe', 'pipe'] },
+      'vmm-linux',
     );
     try {
-      await vmm.waitForOutput(/Linux version \d+\.\d+/, 120_000);
+      expect(vmm.output()).toMatch(/Linux version \d+\.\d+/);
       expect(vmm.output()).toMatch(/"format":"elf-pvh"/);
-      await vmm.waitForOutput(/VIO4WD-GUEST-READY/, 300_000);
       // The init's console protocol (test/guest/init): run <id> <timeout> <base64 command>.
       const command = 'uname -r; grep -c ^processor /proc/cpuinfo; cat /proc/cmdline';
       vmm.proc.stdin!.write(`run 1 30 ${Buffer.from(command).toString('base64')}\n`);
@@ -48,16 +67,11 @@ describe.runIf(kvmTestsCanRun([resolve(repoRoot, 'dist/vmm/main.js')]))('Debian 
   // sparse (only what the guest touches is allocated), so this runs in the rig's 4 GiB L1 too.
   it('boots with 5 GiB of RAM: the e820 map puts 2 GiB above 4 GiB and Linux counts all of it', { timeout: 420_000 }, async () => {
     const image = await ensureGuestImage();
-    const vmm = startProcess(
-      'node',
-      [
-        vmmBin, '-kernel', image.vmlinux, '-initrd', image.initrd, '-m', '5G', '-serial', 'stdio',
-        '-append', 'console=ttyS0 reboot=k panic=-1 nokaslr',
-      ],
-      { label: 'vmm-linux-5g', stdio: ['pipe', 'pipe', 'pipe'] },
+    const vmm = await bootToUserspace(
+      ['-kernel', image.vmlinux, '-initrd', image.initrd, '-m', '5G', '-serial', 'stdio', '-append', 'console=ttyS0 reboot=k panic=-1 nokaslr'],
+      'vmm-linux-5g',
     );
     try {
-      await vmm.waitForOutput(/VIO4WD-GUEST-READY/, 300_000);
       const out = vmm.output();
       expect(out).toMatch(/BIOS-e820: \[mem 0x0000000000100000-0x00000000bfffffff\] usable/);
       expect(out).toMatch(/BIOS-e820: \[mem 0x0000000100000000-0x000000017fffffff\] usable/);
@@ -77,17 +91,15 @@ describe.runIf(kvmTestsCanRun([resolve(repoRoot, 'dist/vmm/main.js')]))('Debian 
   // naming memory zones. All RAM belongs to node 0, node 1 has a CPU and no memory.
   it('--cpus boot=2 --numa A B without memory zones: Linux sees two nodes, all RAM on node 0', { timeout: 420_000 }, async () => {
     const image = await ensureGuestImage();
-    const vmm = startProcess(
-      'node',
+    const vmm = await bootToUserspace(
       [
-        vmmBin, '-kernel', image.vmlinux, '-initrd', image.initrd, '-m', '512M', '--cpus', 'boot=2',
+        '-kernel', image.vmlinux, '-initrd', image.initrd, '-m', '512M', '--cpus', 'boot=2',
         '--numa', 'guest_numa_id=0,cpus=0', 'guest_numa_id=1,cpus=1,distances=0@20', '-serial', 'stdio',
         '-append', 'console=ttyS0', 'reboot=k', 'panic=-1', 'nokaslr',
       ],
-      { label: 'vmm-linux-numa', stdio: ['pipe', 'pipe', 'pipe'] },
+      'vmm-linux-numa',
     );
     try {
-      await vmm.waitForOutput(/VIO4WD-GUEST-READY/, 300_000);
       const command = 'cat /proc/cmdline; cat /sys/devices/system/node/possible; cat /sys/devices/system/node/node0/cpulist; ' +
         'cat /sys/devices/system/node/node1/cpulist; grep MemTotal /sys/devices/system/node/node0/meminfo /proc/meminfo; cat /sys/devices/system/node/node0/distance';
       vmm.proc.stdin!.write(`run 1 30 ${Buffer.from(command).toString('base64')}\n`);
