@@ -10,6 +10,7 @@ import type { DriveConfig } from './config-types.js';
 import { DEVICE_ID_BLOCK, STATUS_DRIVER_OK, type StatusChange } from './devices/virtio-mmio.js';
 import type { IoThread } from './iothread.js';
 import type { IothreadDrive } from './iothread-protocol.js';
+import type { VirtioDevice } from './devices/virtio-device.js';
 
 export const BLK_QUEUE_NUM_MAX = 256;
 export const VIRTIO_BLK_F_SIZE_MAX = 1;
@@ -47,22 +48,12 @@ export function blockConfigSpace(capacityBytes: number, queueSize: number): Uint
   return config;
 }
 
-export interface BlockDeviceHandle {
+/** A virtio-blk disk: a VirtioDevice whose one queue an iothread serves. */
+export interface BlockDeviceHandle extends VirtioDevice {
   config: DriveConfig;
-  deviceId: number;
-  features: [number, number];
-  numQueues: number;
-  queueNumMax: number;
-  configSpace: Uint8Array;
   capacityBytes: number;
-  kickFd: number;
-  callFd: number;
-  /** What the iothread needs; `transport` is filled in by the machine. */
-  iothreadDrive(transport: SharedArrayBuffer): IothreadDrive;
-  attach(thread: IoThread): void;
-  onStatus(change: StatusChange): Promise<void>;
+  readonly iothread: NonNullable<VirtioDevice['iothread']>;
   close(): void;
-  describe(): Record<string, unknown>;
 }
 
 /**
@@ -113,6 +104,7 @@ export function openBlockDevice(config: DriveConfig): BlockDeviceHandle {
   let started = false;
   let closed = false;
   return {
+    id: config.id,
     config,
     deviceId: DEVICE_ID_BLOCK,
     features: [features % 2 ** 32, Math.floor(features / 2 ** 32)],
@@ -120,10 +112,13 @@ export function openBlockDevice(config: DriveConfig): BlockDeviceHandle {
     queueNumMax: BLK_QUEUE_NUM_MAX,
     configSpace: blockConfigSpace(capacityBytes, BLK_QUEUE_NUM_MAX),
     capacityBytes,
-    kickFd,
+    kickFds: [kickFd],
     callFd,
-    iothreadDrive(transport) {
-      return {
+    servedBy: 'iothread',
+    iothread: {
+      // Drives that name no -iothread get one of their own.
+      name: config.iothread ?? `${config.id}-io`,
+      drive: (transport) => ({
         id: config.id,
         fd,
         capacityBytes,
@@ -134,10 +129,10 @@ export function openBlockDevice(config: DriveConfig): BlockDeviceHandle {
         kickFd,
         callFd,
         transport,
-      };
-    },
-    attach(t) {
-      thread = t;
+      }),
+      attach(t) {
+        thread = t;
+      },
     },
     async onStatus(change) {
       if (!thread) return;

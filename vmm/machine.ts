@@ -25,9 +25,10 @@ import {
   virtioMmioAddress,
   virtioMmioGsi,
 } from './layout.js';
-import { openBlockDevice, type BlockDeviceHandle } from './block-device.js';
+import { openBlockDevice } from './block-device.js';
 import { IoThread } from './iothread.js';
-import { openVhostUserNet, type NetDeviceHandle } from './net-device.js';
+import { openVhostUserNet } from './net-device.js';
+import type { VirtioDevice } from './devices/virtio-device.js';
 import { RUN_STATE, type VcpuMessage, type VcpuWorkerData } from './vcpu-protocol.js';
 
 export type VmStatus = 'created' | 'running' | 'paused' | 'shutdown';
@@ -44,13 +45,13 @@ export interface MachineEvents {
   serial: (bytes: Uint8Array) => void;
 }
 
+/** A virtio device in its virtio-mmio slot. */
 interface Device {
   index: number;
   address: number;
   gsi: number;
   state: SharedArrayBuffer;
-  net?: NetDeviceHandle;
-  blk?: BlockDeviceHandle;
+  device: VirtioDevice;
   /** One status change at a time per device, in the order the guest made them. */
   chain: Promise<void>;
 }
@@ -128,12 +129,12 @@ export class Machine extends EventEmitter {
     if (c.nets.length > 0) this.reactor = new Reactor();
     for (const net of c.nets) {
       const handle = await openVhostUserNet(net, this.ram, this.reactor!, this.log);
-      this.addDevice({ net: handle });
+      this.addDevice(handle);
       handle.closed.then(() => {
         if (!this.ended) this.log.warn({ nic: net.id }, `NIC ${net.id}: the vhost-user back-end closed the connection`);
       });
     }
-    for (const drive of c.drives) this.addDevice({ blk: openBlockDevice(drive) });
+    for (const drive of c.drives) this.addDevice(openBlockDevice(drive));
     this.createIothreads();
 
     const acpi = buildAcpiTables({
@@ -168,15 +169,14 @@ export class Machine extends EventEmitter {
     }
 
     for (const d of this.devices) {
-      const kickFds = d.net ? d.net.kickFds : [d.blk!.kickFd];
-      kickFds.forEach((fd, q) => kvm.ioeventfd(this.vmFd, { address: d.address + 0x50, length: 4, datamatch: q, fd }));
-      kvm.irqfd(this.vmFd, d.net ? d.net.callFd : d.blk!.callFd, d.gsi);
+      d.device.kickFds.forEach((fd, q) => kvm.ioeventfd(this.vmFd, { address: d.address + 0x50, length: 4, datamatch: q, fd }));
+      kvm.irqfd(this.vmFd, d.device.callFd, d.gsi);
     }
   }
 
-  private addDevice(p: { net?: NetDeviceHandle; blk?: BlockDeviceHandle }): void {
+  private addDevice(device: VirtioDevice): void {
     const index = this.devices.length;
-    const h = (p.net ?? p.blk)!;
+    const h = device;
     this.devices.push({
       index,
       address: virtioMmioAddress(index),
@@ -187,26 +187,24 @@ export class Machine extends EventEmitter {
         numQueues: h.numQueues,
         queueNumMax: h.queueNumMax,
         // A vhost-user back-end signals the irqfd itself; our own devices set InterruptStatus first.
-        vhostUser: p.net !== undefined,
+        vhostUser: device.servedBy === 'vhost-user',
         config: h.configSpace,
       }),
-      net: p.net,
-      blk: p.blk,
+      device,
       chain: Promise.resolve(),
     });
   }
 
-  /** One worker per -iothread that serves drives, and one of its own for each drive that names none. */
+  /** One worker per iothread the devices name (a drive without -iothread names one of its own). */
   private createIothreads(): void {
     const groups = new Map<string, Device[]>();
     for (const d of this.devices) {
-      if (!d.blk) continue;
-      const name = d.blk.config.iothread ?? `${d.blk.config.id}-io`;
-      groups.set(name, [...(groups.get(name) ?? []), d]);
+      const io = d.device.iothread;
+      if (io) groups.set(io.name, [...(groups.get(io.name) ?? []), d]);
     }
     for (const [name, devices] of groups) {
-      const thread = new IoThread(name, devices.map((d) => d.blk!.iothreadDrive(d.state)), this.ram, this.log);
-      for (const d of devices) d.blk!.attach(thread);
+      const thread = new IoThread(name, devices.map((d) => d.device.iothread!.drive(d.state)), this.ram, this.log);
+      for (const d of devices) d.device.iothread!.attach(thread);
       this.iothreads.push(thread);
     }
   }
@@ -305,7 +303,7 @@ export class Machine extends EventEmitter {
 
   private async deviceStatus(device: Device, change: StatusChange): Promise<void> {
     try {
-      await (device.net ?? device.blk)?.onStatus(change);
+      await device.device.onStatus(change);
     } catch (err) {
       this.log.error({ device: device.index, err: (err as Error).message }, `virtio device ${device.index}: ${(err as Error).message}`);
       MmioTransport.setNeedsReset(device.state);
@@ -360,7 +358,7 @@ export class Machine extends EventEmitter {
       { id: 'serial0', type: 'serial-8250', port: '0x3f8', irq: SERIAL_GSI, backend: this.config.serial.kind },
     ];
     for (const d of this.devices) {
-      list.push({ ...((d.net ?? d.blk)?.describe() ?? {}), transport: 'virtio-mmio', address: `0x${d.address.toString(16)}`, irq: d.gsi });
+      list.push({ ...d.device.describe(), transport: 'virtio-mmio', address: `0x${d.address.toString(16)}`, irq: d.gsi });
     }
     return list;
   }
@@ -382,9 +380,10 @@ export class Machine extends EventEmitter {
   }
 
   private async destroy(): Promise<void> {
-    for (const d of this.devices) {
+    // vhost-user devices first: their connections live on the reactor closed next.
+    for (const d of this.devices.filter((x) => x.device.servedBy === 'vhost-user')) {
       try {
-        await d.net?.close();
+        await d.device.close();
       } catch {
         /* closing is best effort at the end */
       }
@@ -393,7 +392,8 @@ export class Machine extends EventEmitter {
     this.reactor = null;
     const iothreads = this.iothreads.splice(0);
     await Promise.all(iothreads.map((t) => t.stop()));
-    for (const d of this.devices) d.blk?.close();
+    // Devices an iothread served, once no iothread touches them any more.
+    for (const d of this.devices.filter((x) => x.device.servedBy === 'iothread')) await d.device.close();
     await this.joinVcpus();
   }
 

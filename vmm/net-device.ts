@@ -2,6 +2,7 @@
 // features are negotiated with the back-end before the guest boots, and at the guest's DRIVER_OK
 // the memory table and rings are handed over. Kicks are KVM ioeventfds on QueueNotify and calls
 // go straight to a KVM irqfd, so no packet ever passes through this process.
+import type { VirtioDevice } from './devices/virtio-device.js';
 import type { Logger } from 'pino';
 import { eventfd } from '../sys/eventfd.js';
 import { close as closeFd } from '../sys/fd.js';
@@ -50,21 +51,12 @@ export function netConfigSpace(mac: string, queuePairs: number): Uint8Array {
   return config;
 }
 
-export interface NetDeviceHandle {
+/** A virtio-net NIC: a VirtioDevice whose queues a vhost-user back-end serves. */
+export interface NetDeviceHandle extends VirtioDevice {
   config: NetConfig;
-  deviceId: number;
-  /** Offered to the guest: [low 32 bits, high 32 bits]. */
-  features: [number, number];
-  numQueues: number;
-  queueNumMax: number;
-  configSpace: Uint8Array;
-  kickFds: number[];
-  callFd: number;
-  onStatus(change: StatusChange): Promise<void>;
   close(): Promise<void>;
   /** Resolves when the back-end goes away. */
   closed: Promise<void>;
-  describe(): Record<string, unknown>;
 }
 
 export async function openVhostUserNet(
@@ -119,6 +111,8 @@ export async function openVhostUserNet(
   };
 
   return {
+    id: config.id,
+    servedBy: 'vhost-user',
     config,
     deviceId: DEVICE_ID_NET,
     features: [guestFeatures % 2 ** 32, Math.floor(guestFeatures / 2 ** 32)],
