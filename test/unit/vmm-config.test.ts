@@ -1,3 +1,4 @@
+import { FLAG_OPTIONS, OPTION_HANDLERS, VALUE_OPTIONS } from '../../vmm/config-cli.js';
 import { mkdtempSync, writeFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -19,6 +20,12 @@ const cli = (...args: string[]) => parseCommandLine([...base, ...args]);
 const json = (doc: unknown) => finalizeConfig(draftFromJson(doc));
 const bootSource = { 'boot-source': { kernel_image_path: kernel } };
 const vhost = ['-machine', 'mem-share=on', '-chardev', 'socket,id=c0,path=/tmp/x.sock', '-netdev', 'vhost-user,id=net0,chardev=c0'];
+
+describe('the command-line table', () => {
+  it('has one handler row for every option the tokenizer accepts, and no other', () => {
+    expect(Object.keys(OPTION_HANDLERS).sort()).toEqual([...VALUE_OPTIONS, ...FLAG_OPTIONS].sort());
+  });
+});
 
 describe('value syntax', () => {
   it('parses sizes with units and rejects garbage', () => {
