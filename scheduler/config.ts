@@ -7,7 +7,7 @@
 import { readFileSync } from 'node:fs';
 import { parseConfigText, ConfigSyntaxError } from '../relay/config/file.js';
 import { DEFAULT_ENDPOINTS, zmqEndpointProblem } from '../vocabulary/endpoints.js';
-import { parseBooleanValue, parseSchedPollIntervalMs, parseSchedSensitivity, parseSyslogLevelValue } from '../relay/config/values.js';
+import { defaultOf, parseVariable } from '../relay/config/variables.js';
 
 export const DEFAULT_CONFIG_PATH = '/etc/default/virtioforwarder';
 
@@ -31,10 +31,10 @@ export const DEFAULTS: Omit<SchedulerSettings, 'configPath'> = {
   statsEndpoint: DEFAULT_ENDPOINTS.stats,
   coreSchedEndpoint: DEFAULT_ENDPOINTS.coreSched,
   configEndpoint: null,
-  pollIntervalMs: 5000,
-  sensitivity: 0.25,
-  logLevel: 6,
-  globalNuma: false,
+  pollIntervalMs: defaultOf<number>('VIO4WD_CORE_SCHED_POLL_INTERVAL'),
+  sensitivity: defaultOf<number>('VIO4WD_CORE_SCHED_SENSITIVITY'),
+  logLevel: defaultOf<number>('VIO4WD_CORE_SCHED_LOG_LEVEL'),
+  globalNuma: defaultOf<boolean>('VIO4WD_CORE_SCHED_GLOBAL_NUMA_OPT'),
   sysfsRoot: '/sys',
   requestTimeoutMs: 2000,
 };
@@ -70,10 +70,13 @@ function parseWith<T>(parse: (text: string) => T, value: string, name: string): 
   }
 }
 
-export const parseBoolean = (value: string, name: string) => parseWith(parseBooleanValue, value, name);
-const parseSensitivity = (v: string, name: string) => parseWith(parseSchedSensitivity, v, name);
-const parsePollSeconds = (v: string, name: string) => parseWith(parseSchedPollIntervalMs, v, name);
-const parseLogLevel = (v: string, name: string) => parseWith(parseSyslogLevelValue, v, name);
+/** Reads a variable's value (from the file, or its flag) with its row's parser in the daemon's table. */
+const parseAs = (variable: string) => (value: string, name: string) => parseWith((text) => parseVariable(variable, text), value, name);
+
+const parseSensitivity = parseAs('VIO4WD_CORE_SCHED_SENSITIVITY') as (v: string, name: string) => number;
+const parsePollSeconds = parseAs('VIO4WD_CORE_SCHED_POLL_INTERVAL') as (v: string, name: string) => number;
+const parseLogLevel = parseAs('VIO4WD_CORE_SCHED_LOG_LEVEL') as (v: string, name: string) => number;
+const parseGlobalNuma = parseAs('VIO4WD_CORE_SCHED_GLOBAL_NUMA_OPT') as (v: string, name: string) => boolean;
 
 function parseNumber(value: string, name: string, check: (n: number) => boolean, expected: string): number {
   const n = Number(value.trim());
@@ -113,14 +116,14 @@ export function applyFileVariables(settings: SchedulerSettings, vars: Map<string
   if ((v = get('VIO4WD_CORE_SCHED_SENSITIVITY')) !== undefined) settings.sensitivity = parseSensitivity(v, 'VIO4WD_CORE_SCHED_SENSITIVITY');
   if ((v = get('VIO4WD_CORE_SCHED_POLL_INTERVAL')) !== undefined) settings.pollIntervalMs = parsePollSeconds(v, 'VIO4WD_CORE_SCHED_POLL_INTERVAL');
   if ((v = get('VIO4WD_CORE_SCHED_LOG_LEVEL')) !== undefined) settings.logLevel = parseLogLevel(v, 'VIO4WD_CORE_SCHED_LOG_LEVEL');
-  if ((v = get('VIO4WD_CORE_SCHED_GLOBAL_NUMA_OPT')) !== undefined) settings.globalNuma = parseBoolean(v, 'VIO4WD_CORE_SCHED_GLOBAL_NUMA_OPT');
+  if ((v = get('VIO4WD_CORE_SCHED_GLOBAL_NUMA_OPT')) !== undefined) settings.globalNuma = parseGlobalNuma(v, 'VIO4WD_CORE_SCHED_GLOBAL_NUMA_OPT');
   if ((v = get('VIRTIOFWD_ZMQ_STATS_EP')) !== undefined) settings.statsEndpoint = parseEndpoint(v, 'VIRTIOFWD_ZMQ_STATS_EP');
   if ((v = get('VIRTIOFWD_ZMQ_CORE_SCHED_EP')) !== undefined) settings.coreSchedEndpoint = parseEndpoint(v, 'VIRTIOFWD_ZMQ_CORE_SCHED_EP');
   if ((v = get('VIRTIOFWD_ZMQ_CONFIG_EP')) !== undefined) {
     // The config service only adds the pins to the logs, so the scheduler runs without it.
     settings.configEndpoint = v.toLowerCase() === 'off' ? null : parseEndpoint(v, 'VIRTIOFWD_ZMQ_CONFIG_EP');
   }
-  if ((v = get('VIO4WD_CORE_SCHED_ENABLE')) !== undefined && !parseBoolean(v, 'VIO4WD_CORE_SCHED_ENABLE')) {
+  if ((v = get('VIO4WD_CORE_SCHED_ENABLE')) !== undefined && !(parseAs('VIO4WD_CORE_SCHED_ENABLE')(v, 'VIO4WD_CORE_SCHED_ENABLE') as boolean)) {
     warnings.push('VIO4WD_CORE_SCHED_ENABLE is false, so virtio-forwarder does not offer the core-sched service; the scheduler will keep retrying');
   }
   for (const key of vars.keys()) {
@@ -197,7 +200,7 @@ export function resolveSettings(argv: readonly string[], readFile: (path: string
   if ((v = flags.get('poll-interval')) !== undefined) settings.pollIntervalMs = parsePollSeconds(v, '--poll-interval');
   if ((v = flags.get('sensitivity')) !== undefined) settings.sensitivity = parseSensitivity(v, '--sensitivity');
   if ((v = flags.get('log-level')) !== undefined) settings.logLevel = parseLogLevel(v, '--log-level');
-  if ((v = flags.get('global-numa-opt')) !== undefined) settings.globalNuma = parseBoolean(v, '--global-numa-opt');
+  if ((v = flags.get('global-numa-opt')) !== undefined) settings.globalNuma = parseGlobalNuma(v, '--global-numa-opt');
   if ((v = flags.get('sysfs-root')) !== undefined) {
     if (v === '') throw new ConfigError('--sysfs-root needs a directory');
     settings.sysfsRoot = v;

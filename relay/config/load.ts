@@ -12,12 +12,6 @@ import { canonicalPciAddress, looksLikePciAddress } from '../../vocabulary/pci.j
 import { readOnlineCpus } from '../../sys/topology.js';
 import { parseConfigText, type ConfigAssignment } from './file.js';
 import {
-  parseBooleanValue,
-  parseSchedPollIntervalMs,
-  parseSchedSensitivity,
-  parseSyslogLevelValue,
-} from './values.js';
-import {
   ConfigError,
   type Account,
   type CoreSchedulerConfig,
@@ -31,14 +25,13 @@ import {
 } from './types.js';
 import {
   DEFAULT_IPC_COMMAND_FILE,
-  DEFAULT_LOG_LEVEL,
   DEFAULT_OVSDB_SOCKET,
   DEFAULT_PID_DIR,
-  DEFAULT_SCHED_POLL_INTERVAL_S,
-  DEFAULT_SCHED_SENSITIVITY,
   DEFAULT_SOCKET_DIR,
   DEFAULT_SOCKET_PATTERN,
   VARIABLE_NAMES,
+  defaultOf,
+  parseVariable,
   VARIABLES,
   suggestVariable,
 } from './variables.js';
@@ -172,12 +165,9 @@ class Settings {
     }
   }
 
-  boolean(name: string, fallback: boolean): boolean {
-    return this.parsed(name, parseBooleanValue, fallback);
-  }
-
-  syslogLevel(name: string, fallback: number): SyslogLevel {
-    return this.parsed(name, parseSyslogLevelValue, fallback) as SyslogLevel;
+  /** A variable whose row has a value parser: the row's parser, and its default when blank or absent. */
+  value<T>(name: string): T {
+    return this.parsed(name, (text) => parseVariable<T>(name, text), defaultOf<T>(name));
   }
 
   absolutePath(name: string, fallback: string): string {
@@ -213,12 +203,12 @@ interface BuildOptions extends Omit<LoadConfigOptions, 'path'> {
 export function configFromAssignments(assignments: Map<string, ConfigAssignment>, options: BuildOptions): LoadedConfig {
   const s = new Settings(assignments, options.overrides ?? {});
 
-  const logLevel = s.syslogLevel('VIRTIOFWD_LOG_LEVEL', DEFAULT_LOG_LEVEL);
+  const logLevel = s.value<SyslogLevel>('VIRTIOFWD_LOG_LEVEL');
   const pollMode = readPollMode(s);
   const sysfsRoot = readSysfsRoot(s);
   const cpus = readCpuMask(s, options.onlineCpus ?? null, sysfsRoot);
   const cpuPins = readCpuPins(s, cpus);
-  const dynamicSockets = s.boolean('VIRTIOFWD_DYNAMIC_SOCKETS', false);
+  const dynamicSockets = s.value<boolean>('VIRTIOFWD_DYNAMIC_SOCKETS');
   const staticVfs = readStaticVfs(s);
   if (dynamicSockets && staticVfs.length > 0) {
     s.problems.push(
@@ -229,21 +219,21 @@ export function configFromAssignments(assignments: Map<string, ConfigAssignment>
   const socketOwner = readAccount(s, 'VIRTIOFWD_SOCKET_OWNER', (v) => lookupUser(v, accountFiles));
   const socketGroup = readAccount(s, 'VIRTIOFWD_SOCKET_GROUP', (v) => lookupGroup(v, accountFiles));
 
-  const jumbo = s.boolean('VIRTIOFWD_JUMBO', false);
-  const mergeableRxBuffers = s.boolean('VIRTIOFWD_MRGBUF', true);
+  const jumbo = s.value<boolean>('VIRTIOFWD_JUMBO');
+  const mergeableRxBuffers = s.value<boolean>('VIRTIOFWD_MRGBUF');
   const unsealedMemory = readUnsealedMemory(s);
-  const tso = s.boolean('VIRTIOFWD_TSO', false);
+  const tso = s.value<boolean>('VIRTIOFWD_TSO');
   if (tso) s.warnings.push(`VIRTIOFWD_TSO=true is ignored: ${reasonOf('VIRTIOFWD_TSO')}`);
-  const vhostClient = s.boolean('VIRTIOFWD_VHOST_CLIENT', false);
+  const vhostClient = s.value<boolean>('VIRTIOFWD_VHOST_CLIENT');
 
-  if (s.boolean('VIRTIOFWD_ZERO_COPY', false)) {
+  if (s.value<boolean>('VIRTIOFWD_ZERO_COPY')) {
     s.problems.push(`VIRTIOFWD_ZERO_COPY=true: ${reasonOf('VIRTIOFWD_ZERO_COPY')}; set it to false or leave it blank`);
   }
   const bind = s.scalar('VIRTIOFWD_BIND_VFIO_PCI');
   if (bind.text !== '' && bind.setting) {
     s.fail(bind.setting, `${reasonOf('VIRTIOFWD_BIND_VFIO_PCI')}; leave it blank`);
   }
-  if (s.boolean('VIRTIOFWD_CPU_NIC_SAME_NUMA', false)) {
+  if (s.value<boolean>('VIRTIOFWD_CPU_NIC_SAME_NUMA')) {
     s.warnings.push(`VIRTIOFWD_CPU_NIC_SAME_NUMA=true is ignored: ${reasonOf('VIRTIOFWD_CPU_NIC_SAME_NUMA')}`);
   }
   for (const name of ['VIRTIOFWD_HUGETLBFS_MOUNT_POINT', 'VIRTIOFWD_VFIO_VF_TOKEN', 'VIRTIOFWD_BINARY', 'VIRTIOFWD_MASTER_LCORE']) {
@@ -254,7 +244,7 @@ export function configFromAssignments(assignments: Map<string, ConfigAssignment>
   const socketDir = s.absolutePath('VIRTIOFWD_SOCKET_DIR', DEFAULT_SOCKET_DIR);
   const socketFilenamePattern = readSocketPattern(s);
 
-  const coreSchedEnabled = s.boolean('VIO4WD_CORE_SCHED_ENABLE', true);
+  const coreSchedEnabled = s.value<boolean>('VIO4WD_CORE_SCHED_ENABLE');
   const { zmq, portControlMode } = readControlChannels(s, coreSchedEnabled);
   const ovsdbSocketPath = s.absolutePath('VIRTIOFWD_OVSDB_SOCK_PATH', DEFAULT_OVSDB_SOCKET);
   const ipcCommandFile = s.absolutePath('VIRTIOFWD_IPC_COMMAND_FILE', DEFAULT_IPC_COMMAND_FILE);
@@ -500,7 +490,7 @@ function readControlChannels(
 
   // One port-control channel at a time, as in the original, but a conflict is an error
   // instead of a silent precedence rule.
-  const ipc = s.boolean('VIRTIOFWD_IPC_PORT_CONTROL', false);
+  const ipc = s.value<boolean>('VIRTIOFWD_IPC_PORT_CONTROL');
   const ovsdb = s.has('VIRTIOFWD_OVSDB_SOCK_PATH');
   const chosen = [
     ipc ? 'VIRTIOFWD_IPC_PORT_CONTROL=true' : null,
@@ -546,14 +536,14 @@ function readControlChannels(
 }
 
 function readCoreScheduler(s: Settings, enabled: boolean, zmq: ZmqEndpoints): CoreSchedulerConfig {
-  const sensitivity = s.parsed('VIO4WD_CORE_SCHED_SENSITIVITY', parseSchedSensitivity, DEFAULT_SCHED_SENSITIVITY);
-  const pollIntervalMs = s.parsed('VIO4WD_CORE_SCHED_POLL_INTERVAL', parseSchedPollIntervalMs, DEFAULT_SCHED_POLL_INTERVAL_S * 1000);
+  const sensitivity = s.value<number>('VIO4WD_CORE_SCHED_SENSITIVITY');
+  const pollIntervalMs = s.value<number>('VIO4WD_CORE_SCHED_POLL_INTERVAL');
   return {
     enabled,
     sensitivity,
-    logLevel: s.syslogLevel('VIO4WD_CORE_SCHED_LOG_LEVEL', DEFAULT_LOG_LEVEL),
+    logLevel: s.value<SyslogLevel>('VIO4WD_CORE_SCHED_LOG_LEVEL'),
     pollIntervalMs,
-    globalNumaOpt: s.boolean('VIO4WD_CORE_SCHED_GLOBAL_NUMA_OPT', false),
+    globalNumaOpt: s.value<boolean>('VIO4WD_CORE_SCHED_GLOBAL_NUMA_OPT'),
     statsEndpoint: zmq.stats,
     coreSchedEndpoint: zmq.coreSched,
   };

@@ -10,6 +10,8 @@ export type VariableTreatment =
   /** A value that asks for the feature stops the start with the reason. */
   | 'refused';
 
+import { parseBooleanValue, parseSchedPollIntervalMs, parseSchedSensitivity, parseSyslogLevelValue } from './values.js';
+
 export type FlagKind = 'value' | 'boolean' | 'repeatable';
 
 /**
@@ -24,6 +26,12 @@ export interface VariableInfo {
   flag?: { name: string; kind: FlagKind; meta?: string };
   /** vio4wd_core_scheduler's flag, for the variables the scheduler reads. */
   schedulerFlag?: string;
+  /**
+   * How a plain value is read (relay/config/values.ts), for the variables whose value stands
+   * alone; the daemon and the scheduler both read them with it. Variables whose meaning depends
+   * on others (CPU lists, static VFs, endpoints, paths) are read in load.ts.
+   */
+  parse?: (text: string) => unknown;
   section: 'general' | 'core-scheduler' | 'specialised';
   /** The value used when the variable is blank or absent, as it would be written in the file. */
   defaultText: string;
@@ -39,9 +47,6 @@ export const DEFAULT_SOCKET_PATTERN = 'virtio-forwarder%u.sock';
 export const DEFAULT_PID_DIR = '/var/run';
 export const DEFAULT_OVSDB_SOCKET = '/var/run/openvswitch/db.sock';
 export const DEFAULT_IPC_COMMAND_FILE = '/tmp/vio_cmd';
-export const DEFAULT_LOG_LEVEL = 6;
-export const DEFAULT_SCHED_SENSITIVITY = 0.25;
-export const DEFAULT_SCHED_POLL_INTERVAL_S = 5;
 
 export const VARIABLES: readonly VariableInfo[] = [
   // Generally useful
@@ -55,6 +60,7 @@ export const VARIABLES: readonly VariableInfo[] = [
   },
   {
     name: 'VIRTIOFWD_LOG_LEVEL',
+    parse: parseSyslogLevelValue,
     flag: { name: '--log-level', kind: 'value', meta: '0-7' },
     section: 'general',
     defaultText: '6',
@@ -71,6 +77,7 @@ export const VARIABLES: readonly VariableInfo[] = [
   },
   {
     name: 'VIRTIOFWD_IPC_PORT_CONTROL',
+    parse: parseBooleanValue,
     flag: { name: '--ipc-port-control', kind: 'boolean' },
     section: 'general',
     defaultText: 'false',
@@ -87,6 +94,7 @@ export const VARIABLES: readonly VariableInfo[] = [
   },
   {
     name: 'VIRTIOFWD_JUMBO',
+    parse: parseBooleanValue,
     flag: { name: '--jumbo', kind: 'boolean' },
     section: 'general',
     defaultText: 'false',
@@ -95,6 +103,7 @@ export const VARIABLES: readonly VariableInfo[] = [
   },
   {
     name: 'VIRTIOFWD_MRGBUF',
+    parse: parseBooleanValue,
     flag: { name: '--mrgbuf', kind: 'boolean' },
     section: 'general',
     defaultText: 'true',
@@ -112,6 +121,7 @@ export const VARIABLES: readonly VariableInfo[] = [
   },
   {
     name: 'VIRTIOFWD_TSO',
+    parse: parseBooleanValue,
     flag: { name: '--tso', kind: 'boolean' },
     section: 'general',
     defaultText: 'false',
@@ -154,6 +164,7 @@ export const VARIABLES: readonly VariableInfo[] = [
   },
   {
     name: 'VIRTIOFWD_DYNAMIC_SOCKETS',
+    parse: parseBooleanValue,
     flag: { name: '--dynamic-sockets', kind: 'boolean' },
     section: 'general',
     defaultText: 'false',
@@ -162,6 +173,7 @@ export const VARIABLES: readonly VariableInfo[] = [
   },
   {
     name: 'VIRTIOFWD_CPU_NIC_SAME_NUMA',
+    parse: parseBooleanValue,
     section: 'general',
     defaultText: 'false',
     treatment: 'ignored',
@@ -180,6 +192,7 @@ export const VARIABLES: readonly VariableInfo[] = [
   // Core scheduler
   {
     name: 'VIO4WD_CORE_SCHED_ENABLE',
+    parse: parseBooleanValue,
     flag: { name: '--core-sched', kind: 'boolean' },
     section: 'core-scheduler',
     defaultText: 'true',
@@ -188,6 +201,7 @@ export const VARIABLES: readonly VariableInfo[] = [
   },
   {
     name: 'VIO4WD_CORE_SCHED_SENSITIVITY',
+    parse: parseSchedSensitivity,
     schedulerFlag: '--sensitivity',
     section: 'core-scheduler',
     defaultText: '0.25',
@@ -196,6 +210,7 @@ export const VARIABLES: readonly VariableInfo[] = [
   },
   {
     name: 'VIO4WD_CORE_SCHED_LOG_LEVEL',
+    parse: parseSyslogLevelValue,
     schedulerFlag: '--log-level',
     section: 'core-scheduler',
     defaultText: '6',
@@ -204,6 +219,7 @@ export const VARIABLES: readonly VariableInfo[] = [
   },
   {
     name: 'VIO4WD_CORE_SCHED_POLL_INTERVAL',
+    parse: parseSchedPollIntervalMs,
     schedulerFlag: '--poll-interval',
     section: 'core-scheduler',
     defaultText: '5',
@@ -212,6 +228,7 @@ export const VARIABLES: readonly VariableInfo[] = [
   },
   {
     name: 'VIO4WD_CORE_SCHED_GLOBAL_NUMA_OPT',
+    parse: parseBooleanValue,
     schedulerFlag: '--global-numa-opt',
     section: 'core-scheduler',
     defaultText: 'false',
@@ -305,6 +322,7 @@ export const VARIABLES: readonly VariableInfo[] = [
   },
   {
     name: 'VIRTIOFWD_VHOST_CLIENT',
+    parse: parseBooleanValue,
     flag: { name: '--vhost-client', kind: 'boolean' },
     section: 'specialised',
     defaultText: 'false',
@@ -313,6 +331,7 @@ export const VARIABLES: readonly VariableInfo[] = [
   },
   {
     name: 'VIRTIOFWD_ZERO_COPY',
+    parse: parseBooleanValue,
     section: 'specialised',
     defaultText: 'false',
     treatment: 'refused',
@@ -379,4 +398,22 @@ function editDistance(a: string, b: string): number {
     }
   }
   return row[b.length];
+}
+
+/** The row of `name`; throws for a name the table does not know (a programming error). */
+function rowWithParser(name: string): VariableInfo & { parse: (text: string) => unknown } {
+  const row = VARIABLES.find((v) => v.name === name);
+  if (!row?.parse) throw new Error(`${name} has no value parser in the configuration table`);
+  return row as VariableInfo & { parse: (text: string) => unknown };
+}
+
+/** Reads `text` as the value of `name` with the row's parser; throws an Error saying what was expected. */
+export function parseVariable<T>(name: string, text: string): T {
+  return rowWithParser(name).parse(text) as T;
+}
+
+/** The value of `name` when it is blank or absent: its row's default, read by its row's parser. */
+export function defaultOf<T>(name: string): T {
+  const row = rowWithParser(name);
+  return row.parse(row.defaultText) as T;
 }

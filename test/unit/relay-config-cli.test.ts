@@ -165,6 +165,15 @@ describe('help and version', () => {
     for (const v of rows) expect(SCHEDULER_USAGE).toMatch(new RegExp(`${v.schedulerFlag}\\b[^\\n]*(\\n[^-\\n][^\\n]*)*\\(${v.name}`));
   });
 
+  it('parses each plain value with its row: every row with a parser reads its own default', () => {
+    const withParser = VARIABLES.filter((v) => v.parse);
+    expect(withParser.length).toBeGreaterThan(10);
+    for (const v of withParser) expect(() => v.parse!(v.defaultText), v.name).not.toThrow();
+    const { config } = loadConfig({ path: null, onlineCpus: [0, 1] });
+    expect(config.logLevel).toBe(Number(VARIABLES.find((v) => v.name === 'VIRTIOFWD_LOG_LEVEL')!.defaultText));
+    expect(config.coreScheduler.sensitivity).toBe(Number(VARIABLES.find((v) => v.name === 'VIO4WD_CORE_SCHED_SENSITIVITY')!.defaultText));
+  });
+
   it('gives the package version', () => {
     expect(versionText()).toMatch(/^virtio-forwarder \d+\.\d+\.\d+$/);
   });
