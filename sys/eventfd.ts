@@ -126,9 +126,8 @@ export function checkNotifierFd(fd: number): NotifierCheck {
 
 /**
  * Reads a kick eventfd until it is empty, at most a few times. Returns how many reads found a
- * count; NOTIFIER_STUCK when every read found one, which an ordinary eventfd cannot do (a read
- * resets it) unless a guest writes faster than we read: the fd would keep a sleeping worker
- * awake forever, so the caller treats it as a broken ring. Errors throw SysError (short reads
+ * count; NOTIFIER_STUCK when every read found one: a semaphore eventfd, or a writer faster than
+ * the reads (a busy guest can be). The caller decides over time which it is. Errors throw SysError (short reads
  * included), like eventfdRead. Never blocks (eventfdReadNoWait).
  */
 export function eventfdDrain(fd: number): number {
