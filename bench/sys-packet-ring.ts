@@ -7,10 +7,11 @@
 //     counted on vethB (in its own network namespace) from rx_packets.
 // rx: a copy of this program inside the namespace (pinned to CPU 1) floods vethB through its TX
 //     ring; this process receives on vethA with receive() and copies every frame once.
+import { readOnlineCpus } from '../sys/topology.js';
 import { spawn, execFileSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { openPacketRing, closePacketRing, PacketRing } from '../sys/packet-ring.js';
-import { setAffinity, onlineCpus } from '../sys/affinity.js';
+import { setAffinity } from '../sys/affinity.js';
 import { PollSet, POLLIN } from '../sys/poll.js';
 
 interface Args {
@@ -91,7 +92,7 @@ function run(cmd: string, args: string[]): string {
 
 async function main(): Promise<void> {
   const args = parseArgs(process.argv.slice(2));
-  const cpus = onlineCpus();
+  const cpus = readOnlineCpus();
 
   if (args.mode === 'inject') {
     // the flooding side of `rx`, started inside the namespace by the parent

@@ -7,7 +7,8 @@
 import type { Logger } from 'pino';
 import { Reactor } from '../sys/poll.js';
 import { parseArgs, resolveConfigPath, helpText, versionText, UsageError, EXIT_USAGE, EXIT_CONFIG } from './cli.js';
-import { loadConfig, ConfigError, socketPathFor, MAX_RELAYS, type RelayConfig } from '../relay/config/load.js';
+import { loadConfig, ConfigError, socketPathFor, type RelayConfig } from '../relay/config/load.js';
+import { MAX_RELAYS } from '../vocabulary/limits.js';
 import { createLogger, componentLogger } from './log.js';
 import { acquirePidFile, type PidFile } from './pidfile.js';
 import { notifyReady, notifyStopping } from './sd-notify.js';

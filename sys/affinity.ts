@@ -32,4 +32,3 @@ export function getAffinity(tid = 0): number[] {
   return cpus;
 }
 
-export { readOnlineCpus as onlineCpus } from './topology.js';

@@ -3,9 +3,6 @@
 // and the command line. Defaults are documented in etc/default/virtioforwarder.
 import type { RelayCpu, VfRef } from '../registry-api.js';
 
-export { MAX_RELAYS } from '../../vocabulary/limits.js';
-export { DEFAULT_ZMQ_DIR } from '../../vocabulary/endpoints.js';
-
 export const DEFAULT_CONFIG_PATH = '/etc/default/virtioforwarder';
 
 /** Syslog severities: 0 emerg .. 7 debug. */

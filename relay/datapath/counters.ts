@@ -3,8 +3,6 @@
 // indexed by relay and direction, not by worker, so a handover keeps the counts where they are.
 import { MAX_RELAYS } from '../../vocabulary/limits.js';
 
-export { MAX_RELAYS };
-
 export const enum Dir {
   VfToVm = 0,
   VmToVf = 1,

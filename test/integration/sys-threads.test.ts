@@ -1,10 +1,11 @@
 // The shim inside worker threads (run from dist/): each thread has its own tid and affinity, and
 // memory mapped by the main thread is visible through viewAt.
+import { readOnlineCpus } from '../../sys/topology.js';
 import { describe, it, expect } from 'vitest';
 import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
-import { getAffinity, gettid, onlineCpus } from '../../sys/affinity.js';
+import { getAffinity, gettid } from '../../sys/affinity.js';
 import { mmap, munmap, MAP_SHARED } from '../../sys/memory.js';
 import { requireOrSkip } from '../support/env.js';
 
@@ -26,7 +27,7 @@ describe('sys in worker threads', () => {
 
   it('pins a worker thread without moving the main thread', async () => {
     if (!requireOrSkip(compiled, `compiled sys/ missing under ${compiledSys}: run npx tsc -p . first`)) return;
-    const cpus = onlineCpus();
+    const cpus = readOnlineCpus();
     const target = cpus[cpus.length - 1];
     const before = getAffinity();
     const result = (await runWorker(

@@ -5,7 +5,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { EXIT_CONFIG, EXIT_USAGE } from '../../daemon/cli.js';
-import { DEFAULT_CONFIG_PATH, DEFAULT_ZMQ_DIR } from '../../relay/config/load.js';
+import { DEFAULT_CONFIG_PATH } from '../../relay/config/load.js';
+import { DEFAULT_ZMQ_DIR } from '../../vocabulary/endpoints.js';
 import { requireBinary } from '../support/netns.js';
 
 const unitDir = new URL('../../etc/systemd/', import.meta.url).pathname;

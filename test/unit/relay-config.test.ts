@@ -1,3 +1,4 @@
+import { MAX_RELAYS } from '../../vocabulary/limits.js';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -5,7 +6,6 @@ import { afterAll, describe, expect, it } from 'vitest';
 import {
   ConfigError,
   ConfigSyntaxError,
-  MAX_RELAYS,
   VARIABLES,
   configFromText,
   loadConfig,

@@ -1,8 +1,9 @@
+import { readOnlineCpus } from '../../sys/topology.js';
 import { describe, it, expect } from 'vitest';
 import { mkdtempSync, mkdirSync, writeFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { gettid, setAffinity, getAffinity, onlineCpus } from '../../sys/affinity.js';
+import { gettid, setAffinity, getAffinity } from '../../sys/affinity.js';
 import { ifNameToIndex, ifIndexToName, linkHasCarrier, linkMtu } from '../../sys/netdev.js';
 
 describe('affinity', () => {
@@ -30,7 +31,7 @@ describe('affinity', () => {
   });
 
   it('reads the online CPUs', () => {
-    const online = onlineCpus();
+    const online = readOnlineCpus();
     expect(online.length).toBeGreaterThan(0);
     expect(online).toContain(0);
   });
