@@ -32,7 +32,7 @@ import { dpdkDrops, formatLossTable, lossByCause, ourDropCounters, type LossByCa
 import { foreignPacketDrops } from './lib/foreign-packet-drops.js';
 import { parseForwardStats } from '../test/support/testpmd.js';
 import { relayBuild } from './lib/build-info.js';
-import { createTopology, deleteTopology, nsLinkCounters, rootLinkCounters, topologyNames, type Topology } from './lib/topology.js';
+import { createTopology, deleteTopology, limitVethBRate, nsLinkCounters, rootLinkCounters, topologyNames, type Topology } from './lib/topology.js';
 import { parseOptions, USAGE, type BenchOptions } from './lib/options.js';
 
 const log = pino({ base: { bench: 'relay' } }, pino.destination(2));
@@ -97,7 +97,8 @@ function startRelay(b: Bench, kind: RelayKind): Promise<RelayUnderTest> {
 
 function startTraffic(b: Bench, direction: Direction, size: number, socketPath: string): TestpmdProcess {
   if (direction === 'tx') return startTxSource({ socketPath, size, cpu: b.opts.trafficCpu });
-  return startRxEndpoint({ socketPath, size, cpu: b.opts.trafficCpu, netns: b.topo.ns, vethB: b.topo.vethB });
+  if (b.opts.rxRateMpps !== null) limitVethBRate(b.topo, b.opts.rxRateMpps, size);
+  return startRxEndpoint({ socketPath, size, cpu: b.opts.trafficCpu, netns: b.topo.ns, vethB: b.topo.vethB, throughQdisc: b.opts.rxRateMpps !== null });
 }
 
 const vethBRx = (b: Bench) => nsLinkCounters(b.anchor.pid, b.topo.vethB).rxPackets;
@@ -198,12 +199,12 @@ async function measureOnce(b: Bench, direction: Direction, size: number, kind: R
       try {
         if (relay.statsEp) {
           const c = await ourDropCounters(relay.statsEp, 1);
-          causes = lossByCause({ entered: runTotals.offered, delivered: runTotals.delivered, kernelRing: c.kernelRing, guestRingFull: c.queueFull, badFrame: c.bad, notConnected: c.notConnected, leftInGuestRing: c.packets - runTotals.delivered });
+          causes = lossByCause({ entered: runTotals.offered, delivered: runTotals.delivered, kernelRing: c.kernelRing, kernelRingGuestNoBuffers: c.kernelRingGuestNoBuffers, guestRingFull: c.queueFull, badFrame: c.bad, notConnected: c.notConnected, leftInGuestRing: c.packets - runTotals.delivered });
         } else {
           const kernelRing = foreignPacketDrops(relay.pid);
           await relay.stop(); // testpmd prints its final statistics on SIGTERM
           const d = dpdkDrops(relay.proc.output());
-          if (d) causes = lossByCause({ entered: runTotals.offered, delivered: runTotals.delivered, kernelRing: kernelRing + d.afPacketRxDropped, guestRingFull: d.vhostTxDropped, badFrame: null, notConnected: null, leftInGuestRing: d.vhostTxPackets - runTotals.delivered });
+          if (d) causes = lossByCause({ entered: runTotals.offered, delivered: runTotals.delivered, kernelRing: kernelRing + d.afPacketRxDropped, kernelRingGuestNoBuffers: null, guestRingFull: d.vhostTxDropped, badFrame: null, notConnected: null, leftInGuestRing: d.vhostTxPackets - runTotals.delivered });
         }
       } catch (err) {
         log.warn({ relay: kind, err: (err as Error).message }, 'no loss-by-cause figures for this run');
@@ -270,7 +271,8 @@ function printResults(saved: SavedResults, interrupted = false): void {
   const summaries = summarize(records);
   const header =
     `relay bench ${saved.started}: ${opts.runs} run(s), ${opts.warmupSeconds} s warm-up, ${opts.windowSeconds} s window, ` +
-    `relay on CPU ${opts.relayCpu}, traffic on CPU ${opts.trafficCpu}${interrupted ? ' (INTERRUPTED: partial results)' : ''}`;
+    `relay on CPU ${opts.relayCpu}, traffic on CPU ${opts.trafficCpu}` +
+    `${opts.rxRateMpps ? `, rx offered at most ${opts.rxRateMpps} Mpps (tbf on vethB)` : ''}${interrupted ? ' (INTERRUPTED: partial results)' : ''}`;
   const builds = [...new Set(records.filter((r) => r.relayBuild).map((r) => `commit ${r.relayBuild!.commit}, dist compiled ${r.relayBuild!.compiledAt}`))];
   const buildLine =
     builds.length <= 1

@@ -42,6 +42,12 @@ export interface DirectionCounters {
    * did not keep up); 0 for VM→VF.
    */
   dropsKernelRing: number;
+  /**
+   * The part of dropsKernelRing counted in 100 ms intervals in which the guest had no receive
+   * buffers while frames waited: the guest did not keep up. dropsKernelRing minus this is what
+   * fell while the guest had room, when the relay itself did not keep up.
+   */
+  dropsKernelRingGuestNoBuffers: number;
   /** Guest descriptor chains dropped because they broke a rule (loop, out-of-range address, wrong direction, length). */
   badChains: number;
   /** Guest rings stopped after a fault: a broken ring, a failing kick or call fd, an unexpected error in the direction. */

@@ -204,13 +204,14 @@ export function startTxSource(o: { socketPath: string; size: number; cpu: number
  */
 export const RX_ENDPOINT_PORTS = { injector: 1, virtio: 2 } as const;
 
-export function startRxEndpoint(o: { socketPath: string; size: number; cpu: number; netns: string; vethB: string }): TestpmdProcess {
+export function startRxEndpoint(o: { socketPath: string; size: number; cpu: number; netns: string; vethB: string; throughQdisc?: boolean }): TestpmdProcess {
   return startTestpmd(
     'rx-endpoint',
     [
       ...eal(o.cpu, ['--single-file-segments'], [
         `net_null0,size=${o.size}`,
-        `net_af_packet1,iface=${o.vethB}`,
+        // qdisc_bypass=0 only when a rate limit sits on vethB's qdisc: bypass is faster otherwise.
+        `net_af_packet1,iface=${o.vethB}${o.throughQdisc ? ',qdisc_bypass=0' : ''}`,
         virtioUser(2, o.socketPath),
         'net_null3,no-rx=1',
       ]),

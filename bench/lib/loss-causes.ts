@@ -15,6 +15,11 @@ export interface LossByCause {
   delivered: number;
   /** The VF packet ring was full (the kernel's tp_drops as each relay counts them). */
   kernelRing: number;
+  /**
+   * The part of kernelRing that fell while the endpoint had no receive buffers posted and frames
+   * waited (ours only: dropsKernelRingGuestNoBuffers; DPDK's relay keeps no such count).
+   */
+  kernelRingGuestNoBuffers: number | null;
   /** The relay held a frame the guest ring had no room for (ours: dropsQueueFull; DPDK: vhost TX-dropped). */
   guestRingFull: number;
   /** The guest's buffers could not take the frame (ours only; DPDK has no such count). */
@@ -31,12 +36,12 @@ export interface LossByCause {
 }
 
 /** Our relay's VF→VM drop counters for relay `id`, through its stats service. */
-export async function ourDropCounters(statsEp: string, id: number): Promise<{ packets: number; kernelRing: number; queueFull: number; bad: number; notConnected: number }> {
+export async function ourDropCounters(statsEp: string, id: number): Promise<{ packets: number; kernelRing: number; kernelRingGuestNoBuffers: number; queueFull: number; bad: number; notConnected: number }> {
   const client = new ControlClient(statsEp, 5000);
   try {
     const reply = await client.request('stats', { relays: [id] });
     const c = reply.relays[0].vfToVm;
-    return { packets: c.packets, kernelRing: c.dropsKernelRing, queueFull: c.dropsQueueFull, bad: c.dropsBadFrame, notConnected: c.dropsNotConnected };
+    return { packets: c.packets, kernelRing: c.dropsKernelRing, kernelRingGuestNoBuffers: c.dropsKernelRingGuestNoBuffers, queueFull: c.dropsQueueFull, bad: c.dropsBadFrame, notConnected: c.dropsNotConnected };
   } finally {
     client.close();
   }
@@ -57,7 +62,7 @@ export function lossByCause(o: Omit<LossByCause, 'unexplained'>): LossByCause {
 
 /** The loss table: one row per rx run. */
 export function formatLossTable(rows: { relay: string; size: number; run: number; loss: LossByCause }[]): string {
-  const header = ['size', 'relay', 'run', 'entered VF', 'delivered', 'loss %', 'VF ring full', 'guest ring full', 'bad frame', 'no guest', 'left in guest ring', 'unexplained'];
+  const header = ['size', 'relay', 'run', 'entered VF', 'delivered', 'loss %', 'VF ring full', 'of which guest had no buffers', 'guest ring full', 'bad frame', 'no guest', 'left in guest ring', 'unexplained'];
   const pct = (n: number, of: number) => (of > 0 ? ((100 * n) / of).toFixed(2) : '-');
   const table = [header, ...rows.map((r) => [
     String(r.size),
@@ -67,6 +72,7 @@ export function formatLossTable(rows: { relay: string; size: number; run: number
     String(r.loss.delivered),
     pct(r.loss.entered - r.loss.delivered, r.loss.entered),
     `${r.loss.kernelRing} (${pct(r.loss.kernelRing, r.loss.entered)} %)`,
+    r.loss.kernelRingGuestNoBuffers == null ? '-' : `${r.loss.kernelRingGuestNoBuffers} (${pct(r.loss.kernelRingGuestNoBuffers, r.loss.entered)} %)`,
     `${r.loss.guestRingFull} (${pct(r.loss.guestRingFull, r.loss.entered)} %)`,
     r.loss.badFrame === null ? '-' : String(r.loss.badFrame),
     r.loss.notConnected === null ? '-' : String(r.loss.notConnected),

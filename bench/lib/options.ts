@@ -21,6 +21,8 @@ export interface BenchOptions {
   jsonPath: string | null;
   /** Print the table of a file written by --json instead of measuring. */
   summarizePath: string | null;
+  /** rx only: cap the injector at this many Mpps (a tbf qdisc on vethB), to measure below saturation. */
+  rxRateMpps: number | null;
 }
 
 export const USAGE = `usage: node dist/bench/relay.js [options]      (as root, after npx tsc -p .)
@@ -41,6 +43,9 @@ Measures the relay's throughput VM→VF (tx) and VF→VM (rx) next to DPDK's rel
   --quiet-wait S      before each run, wait up to S seconds for foreign CPU to fall under
                       --max-foreign, then measure anyway (default 10)
   --redo N            re-do a contaminated run up to N times, keep the cleanest (default 1)
+  --rx-rate MPPS      rx: offer at most MPPS (a tbf qdisc on vethB; the injector's AF_PACKET
+                      port then goes through the qdisc). Shows loss below saturation, where a
+                      relay with CPU to spare should lose nothing (default: as fast as it can)
   --no-pin-relay      do not confine our relay's whole process to --relay-cpu (only its worker is pinned)
   --json FILE         also write every run and the summaries as JSON
   --summarize FILE    print the table of a file written by --json, measure nothing
@@ -89,6 +94,7 @@ export function parseOptions(argv: string[]): BenchOptions {
     pinRelay: true,
     jsonPath: null,
     summarizePath: null,
+    rxRateMpps: null,
   };
   // --quick sets defaults first, so explicit flags (wherever they appear) still win.
   if (argv.includes('--quick')) Object.assign(o, { runs: 1, warmupSeconds: 2, windowSeconds: 3, sizes: [64], redo: 0 });
@@ -144,6 +150,9 @@ export function parseOptions(argv: string[]): BenchOptions {
         break;
       case '--redo':
         o.redo = positive(a, next(), { integer: true, zero: true });
+        break;
+      case '--rx-rate':
+        o.rxRateMpps = positive(a, next());
         break;
       case '--no-pin-relay':
         o.pinRelay = false;

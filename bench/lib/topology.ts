@@ -28,6 +28,17 @@ export function createTopology(t: Topology): void {
   run('ip', ['link', 'set', t.vethA, 'up']);
 }
 
+/**
+ * Caps what leaves vethB at `mpps` frames of `size` bytes a second with a token bucket (tbf counts
+ * skb->len, the frame without FCS). The bucket holds 10 ms of traffic, so bursts stay short.
+ */
+export function limitVethBRate(t: Topology, mpps: number, size: number): void {
+  const bytesPerSecond = Math.round(mpps * 1e6 * size);
+  const burst = Math.max(size * 64, Math.round(bytesPerSecond / 100));
+  run('ip', ['netns', 'exec', t.ns, 'tc', 'qdisc', 'replace', 'dev', t.vethB, 'root', 'tbf',
+    'rate', `${bytesPerSecond * 8}bit`, 'burst', String(burst), 'latency', '20ms']);
+}
+
 /** Best effort: every step is tried even when an earlier one fails; returns what could not be removed. */
 export function deleteTopology(t: Topology): string[] {
   const left: string[] = [];

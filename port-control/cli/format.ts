@@ -47,7 +47,10 @@ export function formatStatsFlat(relays: RelayStats[], opts: { hideZero?: boolean
       counter(`${c}.pkts_dropped_${side.to}_queue_full`, d.dropsQueueFull);
       counter(`${c}.pkts_dropped_${side.to}_not_connected`, d.dropsNotConnected);
       counter(`${c}.pkts_dropped_bad_frame`, d.dropsBadFrame);
-      if (side.key === 'vf_to_vm') counter(`${c}.pkts_dropped_vf_ring_full`, d.dropsKernelRing ?? 0);
+      if (side.key === 'vf_to_vm') {
+        counter(`${c}.pkts_dropped_vf_ring_full`, d.dropsKernelRing ?? 0);
+        counter(`${c}.pkts_dropped_vf_ring_full_vm_no_buffers`, d.dropsKernelRingGuestNoBuffers ?? 0);
+      }
       counter(`${c}.bad_chains`, d.badChains ?? 0);
       counter(`${c}.rings_stopped`, d.ringsStopped ?? 0);
       put(`${c}.pkt_rate_rx_from_${side.from}`, rate(d.rates?.rxPackets));

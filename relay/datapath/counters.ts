@@ -27,6 +27,12 @@ export const enum Counter {
   BadChains,
   /** Guest rings stopped after a fault: a broken ring, a failing kick or call fd, an unexpected error. */
   RingsStopped,
+  /**
+   * VF→VM: the part of DropsKernelRing that fell in a fold interval (100 ms) in which the guest
+   * had run out of receive buffers while frames waited in the VF ring. The rest fell while the
+   * guest had room, so the relay did not keep up.
+   */
+  DropsKernelRingGuestNoBuffers,
   Count,
 }
 
@@ -54,6 +60,7 @@ export interface DirectionCounts {
   dropsKernelRing: number;
   badChains: number;
   ringsStopped: number;
+  dropsKernelRingGuestNoBuffers: number;
 }
 
 export function readCounts(view: Float64Array, relay: number, dir: Dir): DirectionCounts {
@@ -71,6 +78,7 @@ export function readCounts(view: Float64Array, relay: number, dir: Dir): Directi
     dropsKernelRing: view[b + Counter.DropsKernelRing],
     badChains: view[b + Counter.BadChains],
     ringsStopped: view[b + Counter.RingsStopped],
+    dropsKernelRingGuestNoBuffers: view[b + Counter.DropsKernelRingGuestNoBuffers],
   };
 }
 

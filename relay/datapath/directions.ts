@@ -493,6 +493,11 @@ export class VfToVm extends Direction {
    * the same numbers and counts nothing twice.
    */
   private readonly kernelDropsSeen: Float64Array;
+  /**
+   * Set when frames waited in the VF ring while the guest had no buffers for them, cleared at
+   * each fold: kernel drops folded while it is set are the guest's doing, not the relay's.
+   */
+  private guestOutOfBuffers = false;
 
   constructor(spec: DirectionSpec, state: DirectionState | null, counters: Float64Array, onRingError: RingErrorReport) {
     super(spec, state, counters, Dir.VfToVm, onRingError);
@@ -566,6 +571,7 @@ export class VfToVm extends Direction {
         }
       }
       if (room < budget) budget = room;
+      if (room === 0 && port.rings.some((r) => r.rxReady())) this.guestOutOfBuffers = true;
     }
     for (let m = 0; m < port.rings.length; m++) {
       const ring = port.rings[m];
@@ -620,8 +626,12 @@ export class VfToVm extends Direction {
       }
       const fresh = total - this.kernelDropsSeen[m];
       this.kernelDropsSeen[m] = total;
-      if (fresh > 0) this.add(Counter.DropsKernelRing, fresh);
+      if (fresh > 0) {
+        this.add(Counter.DropsKernelRing, fresh);
+        if (this.guestOutOfBuffers) this.add(Counter.DropsKernelRingGuestNoBuffers, fresh);
+      }
     }
+    this.guestOutOfBuffers = false;
   }
 
   hasWork(): boolean {
@@ -629,8 +639,11 @@ export class VfToVm extends Direction {
     if (port === null || this.hold) return false;
     let ready = false;
     for (let m = 0; m < port.rings.length; m++) if (port.rings[m].rxReady()) ready = true;
+    if (!ready) return false;
     // Frames with nowhere to go are not work: they wait in the VF ring for guest buffers.
-    return ready && this.guestRoom() !== 0;
+    if (this.guestRoom() !== 0) return true;
+    this.guestOutOfBuffers = true;
+    return false;
   }
 
   /** Guest buffers available for receive, or -1 when no guest is connected. */

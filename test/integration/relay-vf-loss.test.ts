@@ -133,11 +133,14 @@ describe.skipIf(!ready)('frames lost between the VF and the guest are counted by
       const entered = linkCounter(vf, 'rx_packets') - vfRxBefore;
       const c = await counters();
       const accounted = c.packets + c.dropsKernelRing + c.dropsQueueFull + c.dropsBadFrame + c.dropsNotConnected;
-      const detail = `VF received ${entered}; guest got ${vm.received.length}; relay ${JSON.stringify({ packets: c.packets, kernelRing: c.dropsKernelRing, queueFull: c.dropsQueueFull, bad: c.dropsBadFrame, notConnected: c.dropsNotConnected })}`;
+      const detail = `VF received ${entered}; guest got ${vm.received.length}; relay ${JSON.stringify({ packets: c.packets, kernelRing: c.dropsKernelRing, kernelRingGuestNoBuffers: c.dropsKernelRingGuestNoBuffers, queueFull: c.dropsQueueFull, bad: c.dropsBadFrame, notConnected: c.dropsNotConnected })}`;
       console.log(`VF→VM loss by cause: ${detail}`);
       expect(entered, detail).toBeGreaterThanOrEqual(FLOOD);
       expect(c.packets, detail).toBe(vm.received.length);
       expect(c.dropsKernelRing, detail).toBeGreaterThan(0);
+      // The VM posted no buffers while the flood waited in the VF ring: every kernel drop is the
+      // guest's, none the relay's.
+      expect(c.dropsKernelRingGuestNoBuffers, detail).toBe(c.dropsKernelRing);
       expect(accounted, detail).toBe(entered);
       // The numbered frames the guest missed are exactly the counted drops.
       const missed = FLOOD - new Set(vm.received).size;
