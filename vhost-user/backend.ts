@@ -15,7 +15,7 @@ import {
   offeredFeatures,
   offeredProtocolFeatures,
 } from './features.js';
-import { locateUserRange, mapTable, sameTable, unmapTable, type MappedTable } from './guest-mapping.js';
+import { locateUserRange, mapTable, readUsedIdx, sameTable, unmapTable, type MappedTable } from './guest-mapping.js';
 import { protectAgainstShrink, type UnsealedMemoryPolicy } from './memory-seals.js';
 import {
   FLAG_NEED_REPLY,
@@ -365,8 +365,7 @@ export class BackendSession {
     let usedIdx: number;
     try {
       const used = this.locateRings(v, v.addr, v.num).used;
-      const view = this.table.views[used.region];
-      usedIdx = new DataView(view.buffer, view.byteOffset + used.offset + 2, 2).getUint16(0, true);
+      usedIdx = readUsedIdx(used.hostAddress);
     } catch {
       return;
     }
@@ -480,8 +479,7 @@ export class BackendSession {
     }
     // used->idx in guest memory is the truth after a reconnect (virtio-user sends base 0 for running
     // rings, QEMU its rewound index): resume from it when it disagrees with the base.
-    const usedView = this.table.views[rings.used.region];
-    const usedIdx = new DataView(usedView.buffer, usedView.byteOffset + rings.used.offset + 2, 2).getUint16(0, true);
+    const usedIdx = readUsedIdx(rings.used.hostAddress);
     if (usedIdx !== v.lastUsed) {
       this.log.info({ vring: v.index, base: v.lastAvail, usedIdx }, `vhost-user: vring ${v.index} resumes from used index ${usedIdx}`);
       v.lastAvail = usedIdx;

@@ -2,8 +2,8 @@
 // Regions are mapped like DPDK does: from file offset 0 up to mmap_offset+size rounded up to the huge
 // page size (hugetlbfs refuses unaligned lengths), MAP_SHARED, then the region starts at
 // mapping + mmap_offset.
-import { MAP_SHARED, PROT_READ, PROT_WRITE, fstatSize, mmap, munmap, type Mapping } from '../sys/memory.js';
-import { GuestMemory } from '../virtio/guest-memory.js';
+import { MAP_SHARED, PROT_READ, PROT_WRITE, fstatSize, mmap, munmap, viewAt, type Mapping } from '../sys/memory.js';
+import { GuestMemory, regionPieces } from '../virtio/guest-memory.js';
 import type { RingLocation, SessionMemory, SessionRegion } from './device.js';
 import type { MemRegionDesc } from './messages.js';
 
@@ -17,8 +17,6 @@ export function alignUp(value: number, alignment: number): number {
 export interface MappedTable extends SessionMemory {
   readonly descs: readonly MemRegionDesc[];
   readonly mappings: readonly Mapping[];
-  /** Host views of each region, parallel to `regions`. */
-  readonly views: readonly Uint8Array[];
 }
 
 function mapRegion(desc: MemRegionDesc, fd: number, i: number): Mapping {
@@ -31,7 +29,9 @@ function mapRegion(desc: MemRegionDesc, fd: number, i: number): Mapping {
   let lastError: unknown;
   for (const alignment of [MIB2, GIB]) {
     try {
-      const mapping = mmap({ length: alignUp(end, alignment), prot: PROT_READ | PROT_WRITE, flags: MAP_SHARED, fd, offset: 0 });
+      // No view over the whole mapping: a region may be larger than one typed array can cover;
+      // GuestMemory gets views of at most REGION_VIEW_BYTES each.
+      const mapping = mmap({ length: alignUp(end, alignment), prot: PROT_READ | PROT_WRITE, flags: MAP_SHARED, fd, offset: 0, view: false });
       // The file may have shrunk between the fstat and the mmap (an unsealed file, see
       // memory-seals.ts): check again before anyone touches the mapping.
       const sizeNow = fstatSize(fd);
@@ -54,7 +54,6 @@ export function mapTable(descs: readonly MemRegionDesc[], fds: readonly number[]
   const mappings: Mapping[] = [];
   try {
     descs.forEach((d, i) => mappings.push(mapRegion(d, fds[i], i)));
-    const views = descs.map((d, i) => new Uint8Array(mappings[i].buffer, d.mmapOffset, d.size));
     const regions: SessionRegion[] = descs.map((d, i) => ({
       guestPhysAddr: d.guestPhysAddr,
       size: d.size,
@@ -64,8 +63,8 @@ export function mapTable(descs: readonly MemRegionDesc[], fds: readonly number[]
       mmapLength: mappings[i].length,
       mmapOffset: d.mmapOffset,
     }));
-    const memory = new GuestMemory(descs.map((d, i) => ({ guestPhysAddr: d.guestPhysAddr, size: d.size, userAddr: d.userAddr, bytes: views[i] })));
-    return { descs, mappings, views, regions, memory };
+    const memory = new GuestMemory(regionPieces(regions, (address, length) => new Uint8Array(viewAt(address, length))));
+    return { descs, mappings, regions, memory };
   } catch (err) {
     for (const m of mappings) unmapQuietly(m);
     throw err;
@@ -90,6 +89,11 @@ export function sameTable(a: readonly MemRegionDesc[], b: readonly MemRegionDesc
     a.length === b.length &&
     a.every((r, i) => r.guestPhysAddr === b[i].guestPhysAddr && r.size === b[i].size && r.userAddr === b[i].userAddr && r.mmapOffset === b[i].mmapOffset)
   );
+}
+
+/** used->idx of a used ring at `usedHostAddress` (it follows the 2-byte flags). */
+export function readUsedIdx(usedHostAddress: number): number {
+  return new DataView(viewAt(usedHostAddress + 2, 2)).getUint16(0, true);
 }
 
 /** Locates `length` bytes at front-end address `userAddr` inside one region, or explains why not. */

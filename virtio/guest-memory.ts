@@ -34,6 +34,38 @@ export interface RegionWords {
   u32: Uint32Array;
 }
 
+/**
+ * The largest host view one MemoryRegion gets. A typed array cannot cover more than 4 GiB, and a
+ * front-end's region can be far larger (a VM's RAM above 4 GiB is one region), so a large region
+ * is described as consecutive pieces of this size. Descriptors that straddle two pieces are
+ * split like those that straddle two regions; rings and indirect tables are page-allocated by
+ * guests and never straddle a 1 GiB boundary.
+ */
+export const REGION_VIEW_BYTES = 2 ** 30;
+
+/** A front-end region as the host has mapped it: `size` bytes at `hostAddress`. */
+export interface HostRegion {
+  guestPhysAddr: number;
+  userAddr: number;
+  size: number;
+  hostAddress: number;
+}
+
+/**
+ * Cuts regions into pieces of at most REGION_VIEW_BYTES, each with its own view made by
+ * `viewOf(hostAddress, length)`. The pieces keep their host address (for translation tables).
+ */
+export function regionPieces(regions: readonly HostRegion[], viewOf: (hostAddress: number, length: number) => Uint8Array): (MemoryRegion & { hostAddress: number })[] {
+  const pieces: (MemoryRegion & { hostAddress: number })[] = [];
+  for (const r of regions) {
+    for (let at = 0; at < r.size; at += REGION_VIEW_BYTES) {
+      const size = Math.min(REGION_VIEW_BYTES, r.size - at);
+      pieces.push({ guestPhysAddr: r.guestPhysAddr + at, userAddr: r.userAddr + at, size, hostAddress: r.hostAddress + at, bytes: viewOf(r.hostAddress + at, size) });
+    }
+  }
+  return pieces;
+}
+
 function describeRegion(r: MemoryRegion): string {
   return `[gpa 0x${r.guestPhysAddr.toString(16)}, size 0x${r.size.toString(16)}, ua 0x${r.userAddr.toString(16)}]`;
 }

@@ -4,7 +4,8 @@
 // allocates per packet.
 import { viewAt } from '../../sys/memory.js';
 import { eventfdWrite } from '../../sys/eventfd.js';
-import { GuestMemory, type MemoryRegion } from '../../virtio/guest-memory.js';
+import { GuestMemory, regionPieces } from '../../virtio/guest-memory.js';
+import { availRingBytes, descTableBytes, usedRingBytes } from '../../virtio/ring-layout.js';
 import { SplitQueue, RingError, DescriptorChain } from '../../virtio/split-queue.js';
 import { NetRxWriter, RX_NO_BUFFERS, RX_DROPPED } from '../../virtio/net-rx.js';
 import { Counter, Dir, counterBase } from './counters.js';
@@ -38,17 +39,12 @@ function acquireMemory(guest: GuestSpec): MappedGuest {
     cached.users++;
     return cached;
   }
-  const regions: MemoryRegion[] = guest.regions.map((r) => ({
-    guestPhysAddr: r.guestPhysAddr,
-    userAddr: r.userAddr,
-    size: r.size,
-    bytes: new Uint8Array(viewAt(r.hostAddress, r.size)),
-  }));
-  const memory = new GuestMemory(regions);
+  const pieces = regionPieces(guest.regions, (address, length) => new Uint8Array(viewAt(address, length)));
+  const memory = new GuestMemory(pieces);
   const hostDelta = new Float64Array(memory.regions.length);
   memory.regions.forEach((r, i) => {
-    const spec = guest.regions.find((g) => g.guestPhysAddr === r.guestPhysAddr)!;
-    hostDelta[i] = spec.hostAddress - r.guestPhysAddr;
+    const piece = pieces.find((p) => p.guestPhysAddr === r.guestPhysAddr)!;
+    hostDelta[i] = piece.hostAddress - r.guestPhysAddr;
   });
   const mapped = { memory, hostDelta, users: 1 };
   memoryCache.set(guest.memoryId, mapped);
@@ -73,17 +69,24 @@ export class GuestQueue {
     this.callFd = spec.callFd;
     this.kickFd = spec.kickFd;
     this.enabled = spec.enabled;
-    const at = (p: { region: number; offset: number }) => {
-      const region = memory.regions.find((r) => r.guestPhysAddr === guest.regions[p.region]?.guestPhysAddr);
+    // A ring part sits in one front-end region; GuestMemory may hold that region as several
+    // pieces, so find the piece, and give a part that crosses into the next piece a view of its own.
+    const at = (p: { region: number; offset: number }, length: number) => {
+      const region = guest.regions[p.region];
       if (!region) throw new RingError(`vring ${spec.index}`, `ring part in unknown region ${p.region}`);
-      return { bytes: region.bytes, offset: p.offset };
+      const gpa = region.guestPhysAddr + p.offset;
+      const piece = memory.regions[memory.regionIndexOf(gpa)];
+      if (!piece) throw new RingError(`vring ${spec.index}`, `ring part at offset ${p.offset} is outside region ${p.region}`);
+      const offset = gpa - piece.guestPhysAddr;
+      if (offset + length <= piece.size) return { bytes: piece.bytes, offset };
+      return { bytes: new Uint8Array(viewAt(region.hostAddress + p.offset, length)), offset: 0 };
     };
     this.queue = new SplitQueue({
       memory,
       size: spec.size,
-      descTable: at(spec.desc),
-      availRing: at(spec.avail),
-      usedRing: at(spec.used),
+      descTable: at(spec.desc, descTableBytes(spec.size)),
+      availRing: at(spec.avail, availRingBytes(spec.size)),
+      usedRing: at(spec.used, usedRingBytes(spec.size)),
       eventIdx: guest.eventIdx,
       indirect: guest.indirect,
       // Guests without MRG_RXBUF post "big packet" receive chains of 17+ pages; transmit chains

@@ -23,6 +23,11 @@ export interface NetTestVmLayout {
   etherTypeIn: number;
   /** VIRTIO_RING_F_EVENT_IDX negotiated. */
   eventIdx?: boolean;
+  /**
+   * Guest-physical address of the first byte of the VM's mapping (default 0): the VM may be a
+   * window into a larger region, and every *Gpa above is absolute.
+   */
+  gpaBase?: number;
 }
 
 export class NetTestVm {
@@ -34,6 +39,7 @@ export class NetTestVm {
   private readonly rxHeadSlot = new Map<number, number>();
   private readonly rxUsed16: Uint16Array;
   private readonly txUsed16: Uint16Array;
+  private readonly base: number;
   nextTxSeq = 0;
   readonly received: number[] = [];
   foreignRx = 0;
@@ -45,15 +51,16 @@ export class NetTestVm {
     readonly txSetup: VringSetup,
   ) {
     this.bytes = new Uint8Array(mem.buffer);
-    const memory = new GuestMemory([{ guestPhysAddr: 0, size: layout.memSize, userAddr: mem.address, bytes: this.bytes }]);
+    const base = (this.base = layout.gpaBase ?? 0);
+    const memory = new GuestMemory([{ guestPhysAddr: base, size: layout.memSize, userAddr: mem.address, bytes: this.bytes }]);
     const rxl = SplitQueueDriver.layout(layout.rxRingGpa, layout.queueSize);
     const txl = SplitQueueDriver.layout(layout.txRingGpa, layout.queueSize);
     const size = layout.queueSize;
     const eventIdx = layout.eventIdx ?? false;
     this.rx = new SplitQueueDriver({ memory, size, eventIdx, descGpa: rxl.descGpa, availGpa: rxl.availGpa, usedGpa: rxl.usedGpa, name: 'test RX' });
     this.tx = new SplitQueueDriver({ memory, size, eventIdx, descGpa: txl.descGpa, availGpa: txl.availGpa, usedGpa: txl.usedGpa, name: 'test TX' });
-    this.rxUsed16 = new Uint16Array(mem.buffer, rxl.usedGpa, 2);
-    this.txUsed16 = new Uint16Array(mem.buffer, txl.usedGpa, 2);
+    this.rxUsed16 = new Uint16Array(mem.buffer, rxl.usedGpa - base, 2);
+    this.txUsed16 = new Uint16Array(mem.buffer, txl.usedGpa - base, 2);
     for (let i = 0; i < size; i++) this.freeTxSlots.push(i);
   }
 
@@ -87,7 +94,7 @@ export class NetTestVm {
     for (let u = this.rx.popUsed(); u !== null; u = this.rx.popUsed()) {
       const gpa = this.rxHeadSlot.get(u.id);
       if (gpa === undefined) throw new Error(`RX head ${u.id} was never posted`);
-      const at = gpa + netHdr;
+      const at = gpa - this.base + netHdr;
       const etherType = (this.bytes[at + 12] << 8) | this.bytes[at + 13];
       if (etherType === etherTypeIn && u.len >= netHdr + 18) {
         this.received.push(new DataView(this.bytes.buffer, at + 14, 4).getUint32(0, false));
@@ -111,12 +118,13 @@ export class NetTestVm {
     while (queued < count && this.freeTxSlots.length > 0) {
       const slot = this.freeTxSlots.pop()!;
       const gpa = txBuffersGpa + slot * bufferSize;
-      const frame = this.bytes.subarray(gpa, gpa + netHdr + 60);
+      const at = gpa - this.base;
+      const frame = this.bytes.subarray(at, at + netHdr + 60);
       frame.fill(0);
       frame.set([0x02, 0, 0, 0, 0xbe, 0xef, 0x02, 0, 0, 0, 0, 0x01], netHdr);
       frame[netHdr + 12] = etherTypeOut >> 8;
       frame[netHdr + 13] = etherTypeOut & 0xff;
-      new DataView(this.bytes.buffer, gpa + netHdr + 14, 4).setUint32(0, this.nextTxSeq++, false);
+      new DataView(this.bytes.buffer, at + netHdr + 14, 4).setUint32(0, this.nextTxSeq++, false);
       this.txHeadSlot.set(this.tx.addBuffers([{ gpa, len: netHdr + 60, writable: false }]), slot);
       queued++;
     }
