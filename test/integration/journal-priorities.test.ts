@@ -9,6 +9,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startProcess, stopAll, type StartedProcess } from '../support/processes.js';
 import { relayBin, repoRoot } from '../support/relay.js';
+import { readOnlineCpus } from '../../sys/topology.js';
 
 const schedulerBin = join(repoRoot, 'bin', 'vio4wd_core_scheduler');
 const scratch = mkdtempSync(join(tmpdir(), `vio4wd-journal-${process.pid}-`));
@@ -84,7 +85,7 @@ function daemonConfig(dir: string, lines: string[]): string {
   writeFileSync(
     path,
     [
-      'VIRTIOFWD_CPU_MASK=1',
+      `VIRTIOFWD_CPU_MASK=${readOnlineCpus('/sys').at(-1)}`,
       `VIRTIOFWD_PID_DIR=${dir}`,
       `VIRTIOFWD_SOCKET_DIR=${join(dir, 'sockets')}`,
       'VIRTIOFWD_LOG_LEVEL=7',
