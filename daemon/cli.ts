@@ -158,6 +158,12 @@ export function parseArgs(argv: readonly string[]): CliArgs {
     if (arg.startsWith('-') && !arg.startsWith('--') && arg.length > 1) {
       // The original's short options, bundled as getopt allows (-JR, -C1, -C 1).
       for (let j = 1; j < arg.length; j++) {
+        if (arg[j] === 'v' || arg[j] === 'h') {
+          // Bundled with others (-Jv): getopt reads them like any flag.
+          if (arg[j] === 'v') args.version = true;
+          else args.help = true;
+          continue;
+        }
         const option = ORIGINAL_BY_SHORT.get(arg[j]);
         if (!option) throw new UsageError(`unknown option -${shownValue(arg[j])} in "${shownValue(arg)}" (see --help)`);
         const spelled = `-${option.short}`;

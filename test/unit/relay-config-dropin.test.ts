@@ -202,6 +202,8 @@ describe("the original's command line", () => {
       VIRTIOFWD_SOCKET_GROUP: 'kvm',
     });
     expect(parseArgs(['--zmq-stats-ep', '-J']).overrides).toEqual({ VIRTIOFWD_ZMQ_STATS_EP: 'ipc:///var/run/virtio-forwarder/stats', VIRTIOFWD_JUMBO: 'true' });
+    expect(parseArgs(['-Jv'])).toMatchObject({ version: true, help: false, overrides: { VIRTIOFWD_JUMBO: 'true' } });
+    expect(parseArgs(['-Rh'])).toMatchObject({ version: false, help: true, overrides: { VIRTIOFWD_MRGBUF: 'true' } });
     expect(parseArgs(['-n']).overrides).toEqual({});
     expect(parseArgs(['-nlog_syslog', '--nodaemon']).overrides).toEqual({});
   });
