@@ -4,7 +4,11 @@
 //   5 notice, 6 info         -> info     7 debug -> debug
 // pino has no notice level, so 5 and 6 show the same messages; pino's trace is reached only by
 // setting the level in code (tests).
+// When stdout is the journal's stream (JOURNAL_STREAM, sys/journal.ts), each line starts with its
+// syslog priority, <2> fatal, <3> error, <4> warn, <6> info, <7> debug, which journald takes as
+// the entry's priority and strips; anywhere else the lines are plain JSON.
 import pino, { type DestinationStream, type Level, type Logger } from 'pino';
+import { journalLineHook } from '../sys/journal.js';
 
 export type { Logger } from 'pino';
 
@@ -31,6 +35,8 @@ export function createLogger(options: LoggerOptions = {}): Logger {
   const destination = options.destination ?? pino.destination({ dest: 1, sync: true });
   return pino(
     {
+      // Only for our own stdout: a destination given by the caller is not the journal's stream.
+      ...(options.destination ? {} : { hooks: { streamWrite: journalLineHook(1) } }),
       name: options.name ?? 'virtio-forwarder',
       level: pinoLevelForSyslog(options.syslogLevel ?? 6),
       base: { pid: process.pid },

@@ -15,13 +15,42 @@ import { notifyReady, notifyStopping } from './sd-notify.js';
 import { createCounterBuffer } from '../relay/datapath/counters.js';
 import { WorkerPool } from '../relay/control/worker-pool.js';
 import { RelayRegistryImpl } from '../relay/control/registry.js';
-import { startControlServices, type ControlServices } from '../port-control/services.js';
+import { startControlServices, EndpointStartError, type ControlServices } from '../port-control/services.js';
+import { ENDPOINT_VARIABLES } from '../vocabulary/endpoints.js';
+import { escapeInvisible, shownValue } from '../relay/config/values.js';
+import { writeStderr } from '../sys/journal.js';
+import { statSync } from 'node:fs';
 
 export interface Daemon {
   registry: RelayRegistryImpl;
   pool: WorkerPool;
   config: RelayConfig;
   stop(): Promise<void>;
+}
+
+/**
+ * A fault of the configuration found while starting: a directory, a device or an endpoint the
+ * file names cannot be used. Restarting cannot help, so the daemon exits EXIT_CONFIG (which the
+ * unit's RestartPreventExitStatus= covers) with a message naming the variable.
+ */
+export class StartupConfigError extends Error {
+  constructor(
+    readonly variable: string,
+    message: string,
+  ) {
+    super(message);
+    this.name = 'StartupConfigError';
+  }
+}
+
+/** Runs `step`; its failure becomes a StartupConfigError naming `variable` and its value. */
+async function asConfigFault<T>(variable: string, value: string, step: () => T | Promise<T>): Promise<T> {
+  try {
+    return await step();
+  } catch (err) {
+    if (err instanceof StartupConfigError) throw err;
+    throw new StartupConfigError(variable, `${variable}="${shownValue(value)}": ${escapeInvisible((err as Error).message)}`);
+  }
 }
 
 /** Starts everything; throws (after undoing what it started) when something cannot start. */
@@ -47,8 +76,19 @@ export async function startDaemon(config: RelayConfig, log: Logger, onFatal?: (m
     }
   };
   try {
-    const pid: PidFile = acquirePidFile(config.pidDir);
+    let pid: PidFile;
+    try {
+      pid = acquirePidFile(config.pidDir);
+    } catch (err) {
+      // Another instance holding the lock may be on its way out: that one is worth a restart.
+      if ((err as Error).message.startsWith('another virtio-forwarder is running')) throw err;
+      throw new StartupConfigError(
+        'VIRTIOFWD_PID_DIR',
+        `VIRTIOFWD_PID_DIR="${shownValue(config.pidDir)}" cannot hold the PID file: ${escapeInvisible((err as Error).message)}`,
+      );
+    }
     undo.push(() => pid.release());
+    if (!config.dynamicSockets) checkSocketDir(config.socketDir);
 
     const counters = createCounterBuffer();
     const pool = new WorkerPool({
@@ -70,14 +110,17 @@ export async function startDaemon(config: RelayConfig, log: Logger, onFatal?: (m
     undo.push(() => registry.shutdown());
 
     for (const s of config.staticVfs) {
-      await registry.addVf(s.relay, s.vf);
+      const device = s.vf.pci ?? s.vf.netdev ?? '';
+      await asConfigFault('VIRTIOFWD_STATIC_VFS', `${device}=${s.relay}`, () => registry.addVf(s.relay, s.vf));
     }
     if (!config.dynamicSockets) {
-      for (let id = 0; id < MAX_RELAYS; id++) registry.openSocket(id, socketPathFor(config, id));
+      await asConfigFault('VIRTIOFWD_SOCKET_DIR', config.socketDir, () => {
+        for (let id = 0; id < MAX_RELAYS; id++) registry.openSocket(id, socketPathFor(config, id));
+      });
     }
 
     const mode = config.portControl.mode;
-    const services: ControlServices = await startControlServices(
+    const services: ControlServices = await startServices(
       registry,
       {
         zmqPortControlEp: mode === 'zmq' ? config.zmq.portControl : null,
@@ -117,6 +160,30 @@ export async function startDaemon(config: RelayConfig, log: Logger, onFatal?: (m
   }
 }
 
+/** startControlServices, with an endpoint that cannot be bound reported as its variable's fault. */
+async function startServices(...args: Parameters<typeof startControlServices>): Promise<ControlServices> {
+  try {
+    return await startControlServices(...args);
+  } catch (err) {
+    if (!(err instanceof EndpointStartError)) throw err;
+    const variable = ENDPOINT_VARIABLES[err.service];
+    throw new StartupConfigError(variable, `${variable}="${shownValue(err.endpoint)}" cannot be used: ${escapeInvisible(err.message)}`);
+  }
+}
+
+/** The socket directory, when it exists, must be a directory (a file there would fail every socket, or, in client mode, every retry). */
+function checkSocketDir(dir: string): void {
+  let isDirectory = true;
+  try {
+    isDirectory = statSync(dir).isDirectory();
+  } catch {
+    return; // missing: created when the sockets are opened
+  }
+  if (!isDirectory) {
+    throw new StartupConfigError('VIRTIOFWD_SOCKET_DIR', `VIRTIOFWD_SOCKET_DIR="${shownValue(dir)}" is not a directory`);
+  }
+}
+
 /** The program: exit 0 after a clean stop, 1 when it cannot start, EXIT_CONFIG for a bad configuration, EXIT_USAGE for a bad command line. */
 export async function main(argv: string[]): Promise<void> {
   let args;
@@ -124,7 +191,7 @@ export async function main(argv: string[]): Promise<void> {
     args = parseArgs(argv);
   } catch (err) {
     if (err instanceof UsageError) {
-      process.stderr.write(`virtio-forwarder: ${err.message}\nTry 'virtio-forwarder --help'.\n`);
+      writeStderr(`virtio-forwarder: ${err.message}\nTry 'virtio-forwarder --help'.\n`, 3);
       process.exit(EXIT_USAGE);
     }
     throw err;
@@ -142,8 +209,8 @@ export async function main(argv: string[]): Promise<void> {
   try {
     ({ config, warnings } = loadConfig({ path: resolveConfigPath(args), overrides: args.overrides }));
   } catch (err) {
-    const message = err instanceof ConfigError ? err.message : (err as Error).message;
-    process.stderr.write(`virtio-forwarder: ${message}\n`);
+    const message = err instanceof ConfigError ? err.message : escapeInvisible((err as Error).message);
+    writeStderr(`virtio-forwarder: ${message}\n`, 3);
     // A distinct status, so systemd does not restart a daemon whose configuration cannot work.
     process.exit(EXIT_CONFIG);
   }
@@ -186,7 +253,7 @@ export async function main(argv: string[]): Promise<void> {
   const fatal = (message: string) => {
     if (stopping) return;
     stopping = true;
-    process.stderr.write(`virtio-forwarder: ${message}\n`);
+    writeStderr(`virtio-forwarder: ${message}\n`, 2);
     notifyStopping();
     const killTimer = setTimeout(() => {
       log.fatal('stopping after the worker failure took longer than 5 s; killing the process');
@@ -216,10 +283,13 @@ export async function main(argv: string[]): Promise<void> {
   try {
     daemon = await startDaemon(config, log, fatal);
   } catch (err) {
-    log.fatal({ err: (err as Error).message }, `cannot start: ${(err as Error).message}`);
-    process.stderr.write(`virtio-forwarder: ${(err as Error).message}\n`);
-    // Let pino flush before leaving.
-    setTimeout(() => process.exit(1), 50);
+    const configFault = err instanceof StartupConfigError;
+    const fields = configFault ? { err: err.message, variable: err.variable } : { err: (err as Error).message };
+    log.fatal(fields, `cannot start: ${(err as Error).message}`);
+    writeStderr(`virtio-forwarder: ${(err as Error).message}\n`, 2);
+    // A fault of the configuration stays until the file is fixed: EXIT_CONFIG keeps systemd from
+    // restarting every RestartSec. Let pino flush before leaving.
+    setTimeout(() => process.exit(configFault ? EXIT_CONFIG : 1), 50);
     return;
   }
   notifyReady(`forwarding on CPUs ${config.cpus.join(',')}`);

@@ -8,6 +8,7 @@ import { OvsdbMonitor } from './ovsdb/monitor.js';
 import { DEFAULT_ENDPOINTS } from './protocol.js';
 import { StatsService } from './stats.js';
 import { startReplyService, type ReplyService } from './zmq-server.js';
+import type { ServiceName } from './protocol.js';
 
 export type PortControlChoice =
   | { mode: 'zmq'; endpoint: string }
@@ -68,6 +69,18 @@ export interface ControlServiceOptions extends PortControlSettings {
   ovsdbRetryMs?: number;
 }
 
+/** A ZMQ service that could not start on its endpoint (bind, directory, mode): says which service. */
+export class EndpointStartError extends Error {
+  constructor(
+    readonly service: ServiceName,
+    readonly endpoint: string,
+    cause: Error,
+  ) {
+    super(cause.message);
+    this.name = 'EndpointStartError';
+  }
+}
+
 export interface ControlServices {
   /** The endpoints that are listening, by service. */
   endpoints: Partial<Record<'portControl' | 'stats' | 'config' | 'coreSched', string>>;
@@ -96,28 +109,35 @@ export async function startControlServices(
     await ipc?.close();
   };
 
+  // The service being started, so that a failure says which variable's endpoint it was.
+  let starting: { service: ServiceName; endpoint: string } | null = null;
   try {
     if (portControl.mode === 'zmq') {
+      starting = { service: 'portControl', endpoint: portControl.endpoint };
       services.push(await startReplyService('portControl', { ...common, endpoint: portControl.endpoint }, portControlHandler(registry, logger), logger));
       endpoints.portControl = portControl.endpoint;
     }
     const statsEp = options.statsEp || (options.coreSchedEnabled ? DEFAULT_ENDPOINTS.stats : null);
     if (statsEp) {
+      starting = { service: 'stats', endpoint: statsEp };
       const stats = new StatsService(registry);
       services.push(await startReplyService('stats', { ...common, endpoint: statsEp }, (req) => stats.snapshot(req), logger));
       endpoints.stats = statsEp;
     }
     if (options.configEp) {
+      starting = { service: 'config', endpoint: options.configEp };
       services.push(await startReplyService('config', { ...common, endpoint: options.configEp }, configHandler(registry), logger));
       endpoints.config = options.configEp;
     }
     if (options.coreSchedEnabled) {
       const ep = options.coreSchedEp || DEFAULT_ENDPOINTS.coreSched;
+      starting = { service: 'coreSched', endpoint: ep };
       services.push(await startReplyService('coreSched', { ...common, endpoint: ep }, coreSchedHandler(registry, logger), logger));
       endpoints.coreSched = ep;
     } else if (options.coreSchedEp) {
       logger.info('core-sched endpoint configured but VIO4WD_CORE_SCHED_ENABLE is not true; the service stays off');
     }
+    starting = null;
     if (portControl.mode === 'ovsdb') {
       ovsdb = new OvsdbMonitor(registry, { socketPath: portControl.socketPath, resolveNetdev, retryMs: options.ovsdbRetryMs }, logger);
       ovsdb.start();
@@ -131,6 +151,7 @@ export async function startControlServices(
     }
   } catch (err) {
     await closeAll();
+    if (starting) throw new EndpointStartError(starting.service, starting.endpoint, err as Error);
     throw err;
   }
   return { endpoints, portControl, ovsdb, ipc, close: closeAll };

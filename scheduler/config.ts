@@ -8,6 +8,9 @@ import { readFileSync } from 'node:fs';
 import { parseConfigText, ConfigSyntaxError } from '../relay/config/file.js';
 import { DEFAULT_ENDPOINTS, zmqEndpointProblem } from '../vocabulary/endpoints.js';
 import { defaultOf, parseVariable } from '../relay/config/variables.js';
+import { shownValue } from '../relay/config/values.js';
+import pino, { type Logger } from 'pino';
+import { journalLineHook } from '../sys/journal.js';
 
 export const DEFAULT_CONFIG_PATH = '/etc/default/virtioforwarder';
 
@@ -66,7 +69,7 @@ function parseWith<T>(parse: (text: string) => T, value: string, name: string): 
   try {
     return parse(value);
   } catch (err) {
-    throw new ConfigError(`${name}=${JSON.stringify(value)} is not valid: ${(err as Error).message}`);
+    throw new ConfigError(`${name}="${shownValue(value)}" is not valid: ${(err as Error).message}`);
   }
 }
 
@@ -81,7 +84,7 @@ const parseGlobalNuma = parseAs('VIO4WD_CORE_SCHED_GLOBAL_NUMA_OPT') as (v: stri
 function parseNumber(value: string, name: string, check: (n: number) => boolean, expected: string): number {
   const n = Number(value.trim());
   if (value.trim() === '' || !Number.isFinite(n) || !check(n)) {
-    throw new ConfigError(`${name}=${JSON.stringify(value)} is not valid: expected ${expected}`);
+    throw new ConfigError(`${name}="${shownValue(value)}" is not valid: expected ${expected}`);
   }
   return n;
 }
@@ -93,7 +96,7 @@ function parseEndpoint(value: string, name: string): string {
   // The daemon's endpoint rules (vocabulary/endpoints.ts), so the scheduler connects only where
   // the daemon could have bound.
   const problem = zmqEndpointProblem(value);
-  if (problem) throw new ConfigError(`${name}=${JSON.stringify(value)} is not a ZeroMQ endpoint: ${problem}`);
+  if (problem) throw new ConfigError(`${name}="${shownValue(value)}" is not a ZeroMQ endpoint: ${problem}`);
   return value;
 }
 
@@ -163,7 +166,7 @@ export function resolveSettings(argv: readonly string[], readFile: (path: string
     const arg = argv[i];
     if (arg === '--help' || arg === '-h') return { help: true };
     const m = /^--([a-z-]+)(?:=(.*))?$/s.exec(arg);
-    if (!m) throw new ConfigError(`unexpected argument ${JSON.stringify(arg)}; see --help`);
+    if (!m) throw new ConfigError(`unexpected argument "${shownValue(arg)}"; see --help`);
     const name = m[1];
     if (name === 'global-numa-opt') {
       flags.set(name, m[2] ?? 'true');
@@ -209,6 +212,19 @@ export function resolveSettings(argv: readonly string[], readFile: (path: string
     settings.requestTimeoutMs = parseNumber(v, '--request-timeout', (n) => Number.isInteger(n) && n >= 10 && n <= 600_000, 'milliseconds, 10..600000');
   }
   return { help: false, settings, warnings };
+}
+
+/**
+ * The scheduler's logger: JSON lines on stdout, each starting with its syslog priority (<4> for a
+ * warning...) when stdout is the journal's stream (sys/journal.ts), so journald files it right.
+ */
+export function schedulerLogger(syslogLevel: number): Logger {
+  return pino({
+    name: 'vio4wd_core_scheduler',
+    level: pinoLevel(syslogLevel),
+    base: { pid: process.pid },
+    hooks: { streamWrite: journalLineHook(1) },
+  });
 }
 
 /** Syslog severities onto pino levels: emerg..crit are fatal, notice shares info. */

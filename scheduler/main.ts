@@ -1,8 +1,8 @@
 // Entry point of bin/vio4wd_core_scheduler: settings from the file and flags, then the loop until
 // SIGTERM or SIGINT.
 
-import pino from 'pino';
-import { ConfigError, USAGE, pinoLevel, resolveSettings } from './config.js';
+import { ConfigError, USAGE, resolveSettings, schedulerLogger } from './config.js';
+import { writeStderr } from '../sys/journal.js';
 import { startScheduler } from './scheduler.js';
 
 /** Same as the daemon (EX_CONFIG), so the systemd units' RestartPreventExitStatus covers both. */
@@ -14,7 +14,7 @@ export async function main(argv: readonly string[]): Promise<number> {
     parsed = resolveSettings(argv);
   } catch (err) {
     if (err instanceof ConfigError) {
-      process.stderr.write(`vio4wd_core_scheduler: ${err.message}\n`);
+      writeStderr(`vio4wd_core_scheduler: ${err.message}\n`, 3);
       return EXIT_CONFIG;
     }
     throw err;
@@ -24,7 +24,7 @@ export async function main(argv: readonly string[]): Promise<number> {
     return 0;
   }
   const { configPath, ...settings } = parsed.settings;
-  const logger = pino({ name: 'vio4wd_core_scheduler', level: pinoLevel(settings.logLevel), base: { pid: process.pid } });
+  const logger = schedulerLogger(settings.logLevel);
   for (const w of parsed.warnings) logger.warn({ configPath }, w);
   let scheduler;
   try {

@@ -4,11 +4,11 @@
 // request that times out costs its socket (the client recreates it), never the process.
 
 import { EventEmitter } from 'node:events';
-import pino, { type Logger } from 'pino';
+import type { Logger } from 'pino';
 import { ControlClient, ServiceError } from '../port-control/client.js';
 import type { ConfigReply, StatsReply, WorkerCpusReply } from '../port-control/protocol.js';
 import { pinOverrides, planBalance, type BalancePlan, type WorkerCpu } from './balance.js';
-import { DEFAULTS, pinoLevel, type SchedulerSettings } from './config.js';
+import { DEFAULTS, schedulerLogger, type SchedulerSettings } from './config.js';
 import { estimateLoads, type StatsSnapshot } from './load.js';
 import { readCpuNodes } from '../sys/topology.js';
 
@@ -47,7 +47,7 @@ export interface Scheduler extends EventEmitter {
 }
 
 function defaultLogger(level: number): Logger {
-  return pino({ name: 'vio4wd_core_scheduler', level: pinoLevel(level), base: { pid: process.pid } });
+  return schedulerLogger(level);
 }
 
 class SchedulerLoop extends EventEmitter implements Scheduler {

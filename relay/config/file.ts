@@ -4,6 +4,9 @@
 // would make bash run or expand something (`$VAR`, `$(...)`, backticks, `;`, pipes), because a
 // value that silently differs from what bash would have produced is worse than an error.
 // No imports from the relay: vio4wd_core_scheduler reads the same file with this parser.
+// Text of the file repeated in a message is cut and escaped (shownValue), so a hostile file
+// cannot add lines to the log.
+import { shownValue } from './values.js';
 
 export interface ConfigAssignment {
   name: string;
@@ -68,8 +71,7 @@ class Reader {
   /** The rest of the current line, for error messages. */
   restOfLine(from = this.pos): string {
     const end = this.text.indexOf('\n', from);
-    const rest = this.text.slice(from, end < 0 ? undefined : end).trim();
-    return rest.length > 40 ? `${rest.slice(0, 40)}…` : rest;
+    return shownValue(this.text.slice(from, end < 0 ? undefined : end).trim(), 40);
   }
   readName(): string {
     let name = '';
@@ -82,7 +84,7 @@ class Reader {
 function describeChar(c: string): string {
   if (c === '') return 'the end of the file';
   if (c === '\n') return 'the end of the line';
-  return `'${c}'`;
+  return `'${shownValue(c)}'`;
 }
 
 /**
@@ -197,7 +199,7 @@ function readArray(r: Reader, name: string): string[] {
     const word = readWord(r, true);
     if (word === null) r.fail(`unexpected ${describeChar(r.peek())} in array ${name}`);
     if (startsWithBracket && /^\[[^\]]*\]=/.test(word)) {
-      r.fail(`indexed array elements ("${word}") are not supported in ${name}; list the values in order`);
+      r.fail(`indexed array elements ("${shownValue(word, 40)}") are not supported in ${name}; list the values in order`);
     }
     elements.push(word);
   }

@@ -36,6 +36,7 @@ import {
   suggestVariable,
 } from './variables.js';
 import { isValidInterfaceName } from '../../vocabulary/netdev-name.js';
+import { escapeInvisible, shownValue } from './values.js';
 import type { RelayCpu } from '../registry-api.js';
 
 export * from './types.js';
@@ -98,35 +99,34 @@ class Settings {
 
   constructor(assignments: Map<string, ConfigAssignment>, overrides: ConfigOverrides) {
     for (const a of assignments.values()) {
-      const shown = a.kind === 'array' ? `(${a.values.join(' ')})` : `"${a.value}"`;
-      this.byName.set(a.name, { ...a, label: `${a.name}=${shown} (line ${a.line})` });
+      this.byName.set(a.name, { ...a, label: `${a.name}=${showAssigned(a.kind, a.values)} (line ${a.line})` });
       if (/^(VIRTIOFWD|VIO4WD)_/.test(a.name) && !VARIABLE_NAMES.has(a.name)) {
         const suggestion = suggestVariable(a.name);
         this.warnings.push(
-          `unknown variable ${a.name} on line ${a.line} is ignored${suggestion ? ` (did you mean ${suggestion}?)` : ''}`,
+          `unknown variable ${shownValue(a.name)} on line ${a.line} is ignored${suggestion ? ` (did you mean ${suggestion}?)` : ''}`,
         );
       }
     }
     for (const [name, value] of Object.entries(overrides)) {
       if (!VARIABLE_NAMES.has(name)) {
-        this.problems.push(`override of unknown variable ${name}`);
+        this.problems.push(`override of unknown variable ${shownValue(name)}`);
         continue;
       }
       const values = Array.isArray(value) ? value : [value];
       const kind = Array.isArray(value) ? 'array' : 'scalar';
-      const shown = kind === 'array' ? `(${values.join(' ')})` : `"${values[0]}"`;
       this.byName.set(name, {
         name,
         kind,
         value: values.join(' '),
         values,
-        label: `${name}=${shown} (command line)`,
+        label: `${name}=${showAssigned(kind, values)} (command line)`,
       });
     }
   }
 
+  /** `reason` may quote parts of the value; those are escaped too (see escapeInvisible). */
   fail(setting: Setting, reason: string): void {
-    this.problems.push(`${setting.label}: ${reason}`);
+    this.problems.push(`${setting.label}: ${escapeInvisible(reason)}`);
   }
 
   /** A single value; '' when absent or blank. An array is refused for a variable that takes one value. */
@@ -191,6 +191,15 @@ class Settings {
   }
 }
 
+/** How an assignment is shown in messages: `"value"` or `(a b)`, each value cut and escaped. */
+function showAssigned(kind: 'scalar' | 'array', values: string[]): string {
+  if (kind === 'array') {
+    const shown = values.slice(0, 8).map((v) => shownValue(v, 40));
+    return `(${shown.join(' ')}${values.length > 8 ? ' …' : ''})`;
+  }
+  return `"${shownValue(values[0])}"`;
+}
+
 function reasonOf(name: string): string {
   return VARIABLES.find((v) => v.name === name)?.reason ?? 'not supported in this implementation';
 }
@@ -222,8 +231,11 @@ export function configFromAssignments(assignments: Map<string, ConfigAssignment>
   const jumbo = s.value<boolean>('VIRTIOFWD_JUMBO');
   const mergeableRxBuffers = s.value<boolean>('VIRTIOFWD_MRGBUF');
   const unsealedMemory = readUnsealedMemory(s);
+  // Asking for TSO is refused rather than ignored: a guest told it may send 64 KiB segments
+  // would have them dropped, and the original did offer it, so silence would hide a regression.
   const tso = s.value<boolean>('VIRTIOFWD_TSO');
-  if (tso) s.warnings.push(`VIRTIOFWD_TSO=true is ignored: ${reasonOf('VIRTIOFWD_TSO')}`);
+  const tsoSetting = tso ? s.scalar('VIRTIOFWD_TSO').setting : undefined;
+  if (tsoSetting) s.fail(tsoSetting, reasonOf('VIRTIOFWD_TSO'));
   const vhostClient = s.value<boolean>('VIRTIOFWD_VHOST_CLIENT');
 
   if (s.value<boolean>('VIRTIOFWD_ZERO_COPY')) {
@@ -268,7 +280,7 @@ export function configFromAssignments(assignments: Map<string, ConfigAssignment>
     jumbo,
     mergeableRxBuffers,
     unsealedMemory,
-    tso,
+    tso: false,
     portControl: { mode: portControlMode, ovsdbSocketPath, ipcCommandFile },
     zmq,
     coreScheduler,
@@ -356,16 +368,16 @@ function readCpuPins(s: Settings, cpus: number[] | null): RelayCpu[] {
   for (const item of items) {
     const m = /^(\d+):(\d+)(?:,(\d+))?$/.exec(item);
     if (!m) {
-      s.fail(setting, `"${item}" is not <relay>:<cpu> or <relay>:<vf-to-vm cpu>,<vm-to-vf cpu>`);
+      s.fail(setting, `"${shownValue(item)}" is not <relay>:<cpu> or <relay>:<vf-to-vm cpu>,<vm-to-vf cpu>`);
       continue;
     }
     const relay = parseRelayId(m[1]);
     if (relay === null) {
-      s.fail(setting, `"${item}": relay id ${m[1]} is outside 0..${MAX_RELAYS - 1}`);
+      s.fail(setting, `"${shownValue(item)}": relay id ${m[1]} is outside 0..${MAX_RELAYS - 1}`);
       continue;
     }
     if (seen.has(relay)) {
-      s.fail(setting, `"${item}": relay ${relay} is pinned more than once`);
+      s.fail(setting, `"${shownValue(item)}": relay ${relay} is pinned more than once`);
       continue;
     }
     seen.add(relay);
@@ -375,7 +387,7 @@ function readCpuPins(s: Settings, cpus: number[] | null): RelayCpu[] {
     if (outside.length > 0) {
       s.fail(
         setting,
-        `"${item}": CPU ${outside[0]} is not a worker CPU (VIRTIOFWD_CPU_MASK gives ${formatCpuList(cpus ?? [])})`,
+        `"${shownValue(item)}": CPU ${outside[0]} is not a worker CPU (VIRTIOFWD_CPU_MASK gives ${formatCpuList(cpus ?? [])})`,
       );
       continue;
     }
@@ -393,14 +405,14 @@ function readStaticVfs(s: Settings): StaticVf[] {
   for (const item of items) {
     const eq = item.lastIndexOf('=');
     if (eq <= 0) {
-      s.fail(setting, `"${item}" is not <PCI address>=<relay id> (for example 0000:05:08.1=1)`);
+      s.fail(setting, `"${shownValue(item)}" is not <PCI address>=<relay id> (for example 0000:05:08.1=1)`);
       continue;
     }
     const device = item.slice(0, eq);
     const idText = item.slice(eq + 1);
     const relay = parseRelayId(idText);
     if (relay === null) {
-      s.fail(setting, `"${item}": relay id "${idText}" is not an integer in 0..${MAX_RELAYS - 1}`);
+      s.fail(setting, `"${shownValue(item)}": relay id "${shownValue(idText)}" is not an integer in 0..${MAX_RELAYS - 1}`);
       continue;
     }
     let vf: StaticVf['vf'];
@@ -417,15 +429,15 @@ function readStaticVfs(s: Settings): StaticVf[] {
       key = device;
       vf = { netdev: device };
     } else {
-      s.fail(setting, `"${device}" is neither a PCI address nor a network interface name`);
+      s.fail(setting, `"${shownValue(device)}" is neither a PCI address nor a network interface name`);
       continue;
     }
     if (relays.has(relay)) {
-      s.fail(setting, `"${item}": relay ${relay} is given more than one VF`);
+      s.fail(setting, `"${shownValue(item)}": relay ${relay} is given more than one VF`);
       continue;
     }
     if (devices.has(key)) {
-      s.fail(setting, `"${item}": ${key} is already attached to relay ${devices.get(key)}`);
+      s.fail(setting, `"${shownValue(item)}": ${key} is already attached to relay ${devices.get(key)}`);
       continue;
     }
     relays.add(relay);
@@ -474,7 +486,14 @@ function readControlChannels(
   const explicitlyOff = new Set<keyof ZmqEndpoints>();
   for (const service of ZMQ_SERVICES) {
     const { text, setting } = s.scalar(ENDPOINT_VARIABLES[service]);
-    if (text === '' || !setting) {
+    if (service === 'config' && text === '' && setting?.kind === 'scalar') {
+      // Written but blank: the original bound its config service only when given an endpoint,
+      // and its shipped file leaves this blank, so a blank line keeps the service off here too.
+      explicitlyOff.add(service);
+      s.warnings.push(
+        `${setting.label} is blank: the config service stays off, as virtio-forwarder left it; to say so, write VIRTIOFWD_ZMQ_CONFIG_EP=off, or give an endpoint such as ${DEFAULT_ENDPOINTS.config} to turn it on`,
+      );
+    } else if (text === '' || !setting) {
       zmq[service] = DEFAULT_ENDPOINTS[service];
     } else if (text.toLowerCase() === 'off') {
       explicitlyOff.add(service);
@@ -488,22 +507,28 @@ function readControlChannels(
     }
   }
 
-  // One port-control channel at a time, as in the original, but a conflict is an error
-  // instead of a silent precedence rule.
+  // One port-control channel at a time. When more than one is asked for, the original's order
+  // decides (a ZMQ endpoint, then the command file, then OVSDB), as its shipped file relies on:
+  // it sets both a ZMQ endpoint and VIRTIOFWD_IPC_PORT_CONTROL=y. Each channel left out is
+  // logged with the way to say the choice explicitly.
   const ipc = s.value<boolean>('VIRTIOFWD_IPC_PORT_CONTROL');
   const ovsdb = s.has('VIRTIOFWD_OVSDB_SOCK_PATH');
-  const chosen = [
-    ipc ? 'VIRTIOFWD_IPC_PORT_CONTROL=true' : null,
-    ovsdb ? 'VIRTIOFWD_OVSDB_SOCK_PATH' : null,
-    explicitlyOn.has('portControl') ? 'VIRTIOFWD_ZMQ_PORT_CONTROL_EP' : null,
-  ].filter((x): x is string => x !== null);
-  if (chosen.length > 1) {
-    s.problems.push(
-      `${chosen.join(' and ')} each select a port-control channel; only one may be used (set VIRTIOFWD_ZMQ_PORT_CONTROL_EP=off to use IPC or OVSDB, or leave those blank)`,
+  const zmqChosen = explicitlyOn.has('portControl');
+  const ipcText = ipc ? `VIRTIOFWD_IPC_PORT_CONTROL=${showAssigned('scalar', [s.scalar('VIRTIOFWD_IPC_PORT_CONTROL').text])}` : '';
+  if (zmqChosen && ipc) {
+    s.warnings.push(
+      `${ipcText} is not used because VIRTIOFWD_ZMQ_PORT_CONTROL_EP is set too: ZMQ port control is used, as virtio-forwarder did; to say so, set VIRTIOFWD_IPC_PORT_CONTROL=n, or set VIRTIOFWD_ZMQ_PORT_CONTROL_EP=off to use the command file`,
+    );
+  }
+  if (ovsdb && (zmqChosen || ipc)) {
+    const winner = zmqChosen ? 'VIRTIOFWD_ZMQ_PORT_CONTROL_EP is set too: ZMQ port control' : `${ipcText} too: the command file`;
+    s.warnings.push(
+      `VIRTIOFWD_OVSDB_SOCK_PATH is not used because ${winner} is used, as virtio-forwarder did; to say so, leave VIRTIOFWD_OVSDB_SOCK_PATH blank, or turn the other channel off to follow OVSDB`,
     );
   }
   let portControlMode: PortControlMode;
-  if (ipc) portControlMode = 'ipc';
+  if (zmqChosen) portControlMode = 'zmq';
+  else if (ipc) portControlMode = 'ipc';
   else if (ovsdb) portControlMode = 'ovsdb';
   else portControlMode = zmq.portControl === null ? 'none' : 'zmq';
   if (portControlMode !== 'zmq') zmq.portControl = null;
@@ -511,7 +536,7 @@ function readControlChannels(
   if (!coreSchedEnabled) {
     if (explicitlyOn.has('coreSched') && zmq.coreSched !== DEFAULT_ENDPOINTS.coreSched) {
       s.warnings.push(
-        `VIRTIOFWD_ZMQ_CORE_SCHED_EP="${zmq.coreSched}" is not bound because VIO4WD_CORE_SCHED_ENABLE is false`,
+        `VIRTIOFWD_ZMQ_CORE_SCHED_EP="${shownValue(zmq.coreSched ?? '')}" is not bound because VIO4WD_CORE_SCHED_ENABLE is false`,
       );
     }
     zmq.coreSched = null;
@@ -529,7 +554,7 @@ function readControlChannels(
     const endpoint = zmq[service];
     if (endpoint === null || endpoint.startsWith('tcp://') && endpoint.endsWith(':*')) continue;
     const other = used.get(endpoint);
-    if (other) s.problems.push(`${ENDPOINT_VARIABLES[service]} and ${other} are both "${endpoint}"; each service needs its own endpoint`);
+    if (other) s.problems.push(`${ENDPOINT_VARIABLES[service]} and ${other} are both "${shownValue(endpoint)}"; each service needs its own endpoint`);
     else used.set(endpoint, ENDPOINT_VARIABLES[service]);
   }
   return { zmq, portControlMode };

@@ -82,7 +82,7 @@ export const VARIABLES: readonly VariableInfo[] = [
     section: 'general',
     defaultText: 'false',
     treatment: 'supported',
-    summary: 'true: add and remove VFs through the command file monitor instead of ZMQ port control',
+    summary: 'y: add and remove VFs through the command file monitor; a ZMQ port-control endpoint, when also set, wins (with a warning)',
   },
   {
     name: 'VIRTIOFWD_OVSDB_SOCK_PATH',
@@ -122,12 +122,12 @@ export const VARIABLES: readonly VariableInfo[] = [
   {
     name: 'VIRTIOFWD_TSO',
     parse: parseBooleanValue,
-    flag: { name: '--tso', kind: 'boolean' },
     section: 'general',
     defaultText: 'false',
-    treatment: 'ignored',
-    summary: 'offer TCP segmentation offload (HOST_TSO4/6) to guests; not implemented yet, true logs a warning',
-    reason: 'the relay offers no checksum or segmentation offload yet, so guests send and receive whole frames whatever this says',
+    treatment: 'refused',
+    summary: 'must stay blank or n: TCP segmentation offload (HOST_TSO4/6) is not supported yet, and y stops the start',
+    reason:
+      'TSO offload is not supported yet (the relay offers guests no segmentation or checksum offload, so guests must send whole frames); leave it blank or n',
   },
   {
     name: 'VIRTIOFWD_SOCKET_OWNER',

@@ -90,11 +90,15 @@ describe('defaults', () => {
     expect(load('', {}, [0]).config.cpus).toEqual([0]);
   });
 
-  it('treats blank values like absent ones', () => {
+  it('treats blank values like absent ones, but for the config endpoint, which blank turns off as the original did', () => {
     const blanks = VARIABLES.map((v) => `${v.name}=`).join('\n');
     const { config, warnings } = load(blanks);
-    expect(warnings).toEqual([]);
-    expect(config).toEqual(load('').config);
+    const line = VARIABLES.findIndex((v) => v.name === 'VIRTIOFWD_ZMQ_CONFIG_EP') + 1;
+    expect(warnings).toEqual([
+      `VIRTIOFWD_ZMQ_CONFIG_EP="" (line ${line}) is blank: the config service stays off, as virtio-forwarder left it; to say so, write VIRTIOFWD_ZMQ_CONFIG_EP=off, or give an endpoint such as ipc:///var/run/virtio-forwarder/config to turn it on`,
+    ]);
+    const absent = load('').config;
+    expect(config).toEqual({ ...absent, zmq: { ...absent.zmq, config: null } });
   });
 
   it('ships etc/default/virtioforwarder with exactly these defaults, every variable documented, and no warning', () => {
@@ -107,9 +111,17 @@ describe('defaults', () => {
     for (const v of VARIABLES) expect(text).toMatch(new RegExp(`^${v.name}=`, 'm'));
   });
 
-  it('says that VIRTIOFWD_TSO=true does nothing yet instead of taking it silently', () => {
-    expect(load('VIRTIOFWD_TSO=true').warnings).toEqual([expect.stringMatching(/^VIRTIOFWD_TSO=true is ignored: the relay offers no checksum or segmentation offload yet/)]);
-    expect(load('VIRTIOFWD_TSO=false').warnings).toEqual([]);
+  it('refuses VIRTIOFWD_TSO set to a true value, and takes blank or false', () => {
+    for (const spelling of ['true', 'y', 'YES', '1', 'on']) {
+      expect(problemOf(`VIRTIOFWD_TSO=${spelling}`)).toBe(
+        `VIRTIOFWD_TSO="${spelling}" (line 1): TSO offload is not supported yet (the relay offers guests no segmentation or checksum offload, so guests must send whole frames); leave it blank or n`,
+      );
+    }
+    for (const spelling of ['', 'n', 'false', 'No', '0', 'off']) {
+      const { config, warnings } = load(`VIRTIOFWD_TSO=${spelling}`);
+      expect(config.tso).toBe(false);
+      expect(warnings).toEqual([]);
+    }
   });
 
   it("documents every supported variable in the README's configuration table", () => {
@@ -124,9 +136,9 @@ describe('defaults', () => {
 describe('booleans', () => {
   const booleans = VARIABLES.filter((v) => v.defaultText === 'true' || v.defaultText === 'false')
     .map((v) => v.name)
-    .filter((name) => name !== 'VIRTIOFWD_ZERO_COPY');
+    .filter((name) => name !== 'VIRTIOFWD_ZERO_COPY' && name !== 'VIRTIOFWD_TSO');
 
-  it.each(['true', 'TRUE', 'Yes', 'yes', '1'])('accepts %s as true', (spelling) => {
+  it.each(['true', 'TRUE', 'Yes', 'yes', '1', 'y', 'Y', 'on', 'ON'])('accepts %s as true', (spelling) => {
     for (const name of booleans) {
       const text = `${name}=${spelling}${name === 'VIRTIOFWD_IPC_PORT_CONTROL' ? '\nVIRTIOFWD_ZMQ_PORT_CONTROL_EP=off' : ''}`;
       const { config } = load(text);
@@ -134,7 +146,6 @@ describe('booleans', () => {
         VIRTIOFWD_IPC_PORT_CONTROL: config.portControl.mode === 'ipc',
         VIRTIOFWD_JUMBO: config.jumbo,
         VIRTIOFWD_MRGBUF: config.mergeableRxBuffers,
-        VIRTIOFWD_TSO: config.tso,
         VIRTIOFWD_DYNAMIC_SOCKETS: config.dynamicSockets,
         VIRTIOFWD_CPU_NIC_SAME_NUMA: true,
         VIO4WD_CORE_SCHED_ENABLE: config.coreScheduler.enabled,
@@ -145,16 +156,16 @@ describe('booleans', () => {
     }
   });
 
-  it.each(['false', 'False', 'NO', 'no', '0'])('accepts %s as false', (spelling) => {
+  it.each(['false', 'False', 'NO', 'no', '0', 'n', 'N', 'off', 'Off'])('accepts %s as false', (spelling) => {
     const { config } = load(`VIRTIOFWD_MRGBUF=${spelling}\nVIO4WD_CORE_SCHED_ENABLE=${spelling}\nVIRTIOFWD_ZERO_COPY=${spelling}`);
     expect(config.mergeableRxBuffers).toBe(false);
     expect(config.coreScheduler.enabled).toBe(false);
   });
 
-  it.each(['y', 'n', 'on', 'off', 'maybe', '2', 'truee'])('refuses %s, naming the variable and the value', (spelling) => {
-    for (const name of booleans) {
-      const problem = problemOf(`${name}=${spelling}`);
-      expect(problem).toBe(`${name}="${spelling}" (line 1): expected true or false (also yes/no/1/0)`);
+  it.each(['maybe', '2', 'truee', 'ye', 'nope', 'enabled', '-1', 'o', 'y y'])('refuses %s, naming the variable and the value', (spelling) => {
+    for (const name of [...booleans, 'VIRTIOFWD_TSO', 'VIRTIOFWD_ZERO_COPY']) {
+      const problem = problemOf(`${name}='${spelling}'`);
+      expect(problem).toBe(`${name}="${spelling}" (line 1): expected y or n (also yes/no, true/false, 1/0, on/off)`);
     }
   });
 });
@@ -431,13 +442,24 @@ describe('control channels', () => {
     expect(load('VIRTIOFWD_ZMQ_PORT_CONTROL_EP=off').config.portControl.mode).toBe('none');
   });
 
-  it('refuses two port-control channels at once', () => {
-    expect(problemOf('VIRTIOFWD_IPC_PORT_CONTROL=true\nVIRTIOFWD_ZMQ_PORT_CONTROL_EP=ipc:///run/pc')).toMatch(
-      /^VIRTIOFWD_IPC_PORT_CONTROL=true and VIRTIOFWD_ZMQ_PORT_CONTROL_EP each select a port-control channel; only one may be used/,
-    );
-    expect(problemOf('VIRTIOFWD_IPC_PORT_CONTROL=true\nVIRTIOFWD_OVSDB_SOCK_PATH=/run/db.sock')).toMatch(
-      /^VIRTIOFWD_IPC_PORT_CONTROL=true and VIRTIOFWD_OVSDB_SOCK_PATH each select/,
-    );
+  it("picks one of two port-control channels in the original's order (ZMQ, IPC, OVSDB), warning about the other", () => {
+    const zmqIpc = load('VIRTIOFWD_IPC_PORT_CONTROL=y\nVIRTIOFWD_ZMQ_PORT_CONTROL_EP=ipc:///run/pc');
+    expect(zmqIpc.config.portControl.mode).toBe('zmq');
+    expect(zmqIpc.config.zmq.portControl).toBe('ipc:///run/pc');
+    expect(zmqIpc.warnings).toEqual([
+      'VIRTIOFWD_IPC_PORT_CONTROL="y" is not used because VIRTIOFWD_ZMQ_PORT_CONTROL_EP is set too: ZMQ port control is used, as virtio-forwarder did; to say so, set VIRTIOFWD_IPC_PORT_CONTROL=n, or set VIRTIOFWD_ZMQ_PORT_CONTROL_EP=off to use the command file',
+    ]);
+    const ipcOvsdb = load('VIRTIOFWD_IPC_PORT_CONTROL=true\nVIRTIOFWD_OVSDB_SOCK_PATH=/run/db.sock');
+    expect(ipcOvsdb.config.portControl.mode).toBe('ipc');
+    expect(ipcOvsdb.config.zmq.portControl).toBeNull();
+    expect(ipcOvsdb.warnings).toEqual([
+      expect.stringMatching(/^VIRTIOFWD_OVSDB_SOCK_PATH is not used because VIRTIOFWD_IPC_PORT_CONTROL="true" too: the command file is used, as virtio-forwarder did/),
+    ]);
+    const zmqOvsdb = load('VIRTIOFWD_ZMQ_PORT_CONTROL_EP=ipc:///run/pc\nVIRTIOFWD_OVSDB_SOCK_PATH=/run/db.sock');
+    expect(zmqOvsdb.config.portControl.mode).toBe('zmq');
+    expect(zmqOvsdb.warnings).toEqual([expect.stringMatching(/^VIRTIOFWD_OVSDB_SOCK_PATH is not used because VIRTIOFWD_ZMQ_PORT_CONTROL_EP is set too: ZMQ port control is used/)]);
+    // Said explicitly, there is nothing to warn about.
+    expect(load('VIRTIOFWD_IPC_PORT_CONTROL=n\nVIRTIOFWD_ZMQ_PORT_CONTROL_EP=ipc:///run/pc').warnings).toEqual([]);
   });
 
   it('binds the core-sched service only when core scheduling is enabled', () => {
@@ -514,7 +536,8 @@ describe('variables kept for compatibility', () => {
   });
 
   it('still refuses a malformed boolean in an ignored variable', () => {
-    expect(problemOf('VIRTIOFWD_CPU_NIC_SAME_NUMA=y')).toMatch(/^VIRTIOFWD_CPU_NIC_SAME_NUMA="y"/);
+    expect(problemOf('VIRTIOFWD_CPU_NIC_SAME_NUMA=maybe')).toMatch(/^VIRTIOFWD_CPU_NIC_SAME_NUMA="maybe"/);
+    expect(load('VIRTIOFWD_CPU_NIC_SAME_NUMA=y').warnings).toEqual([expect.stringMatching(/^VIRTIOFWD_CPU_NIC_SAME_NUMA=true is ignored/)]);
   });
 });
 
@@ -524,20 +547,20 @@ describe('every variable, good and bad', () => {
     VIRTIOFWD_CPU_MASK: ['1', '9'],
     VIRTIOFWD_LOG_LEVEL: ['7', '9'],
     VIRTIOFWD_POLL_MODE: ['busy', 'lazy'],
-    VIRTIOFWD_IPC_PORT_CONTROL: ['false', 'y'],
+    VIRTIOFWD_IPC_PORT_CONTROL: ['n', 'maybe'],
     VIRTIOFWD_OVSDB_SOCK_PATH: ['', 'db.sock'],
-    VIRTIOFWD_JUMBO: ['true', 'y'],
-    VIRTIOFWD_MRGBUF: ['no', 'n'],
-    VIRTIOFWD_TSO: ['1', 'enabled'],
+    VIRTIOFWD_JUMBO: ['y', 'maybe'],
+    VIRTIOFWD_MRGBUF: ['n', 'nein'],
+    VIRTIOFWD_TSO: ['n', 'y'],
     VIRTIOFWD_UNSEALED_MEMORY: ['refuse', 'allow'],
     VIRTIOFWD_SOCKET_OWNER: ['root', 'nobody-here'],
     VIRTIOFWD_SOCKET_GROUP: ['kvm', 'nogroup-here'],
     VIRTIOFWD_HUGETLBFS_MOUNT_POINT: ['/mnt/huge', '(a b)'],
     VIRTIOFWD_STATIC_VFS: ['0000:05:08.1=1', '0000:05:08.1=x'],
     VIRTIOFWD_DYNAMIC_SOCKETS: ['true', 'sometimes'],
-    VIRTIOFWD_CPU_NIC_SAME_NUMA: ['false', 'y'],
+    VIRTIOFWD_CPU_NIC_SAME_NUMA: ['false', 'si'],
     VIRTIOFWD_VFIO_VF_TOKEN: ['14d63f20-8445-11ea-8900-1f9ce7d5650d', '(a b)'],
-    VIO4WD_CORE_SCHED_ENABLE: ['false', 'y'],
+    VIO4WD_CORE_SCHED_ENABLE: ['false', 't'],
     VIO4WD_CORE_SCHED_SENSITIVITY: ['1.5', '-1'],
     VIO4WD_CORE_SCHED_LOG_LEVEL: ['0', '8'],
     VIO4WD_CORE_SCHED_POLL_INTERVAL: ['10', '0'],
@@ -605,11 +628,11 @@ describe('warnings and reporting', () => {
   });
 
   it('reports every problem of a file at once, each with its line', () => {
-    const problems = problemsOf('VIRTIOFWD_JUMBO=y\n\nVIRTIOFWD_LOG_LEVEL=9\nVIRTIOFWD_POLL_MODE=x');
+    const problems = problemsOf('VIRTIOFWD_JUMBO=maybe\n\nVIRTIOFWD_LOG_LEVEL=9\nVIRTIOFWD_POLL_MODE=x');
     expect(problems).toEqual([
       'VIRTIOFWD_LOG_LEVEL="9" (line 3): expected a log level from 0 (emergencies only) to 7 (debug)',
       'VIRTIOFWD_POLL_MODE="x" (line 4): expected busy or adaptive',
-      'VIRTIOFWD_JUMBO="y" (line 1): expected true or false (also yes/no/1/0)',
+      'VIRTIOFWD_JUMBO="maybe" (line 1): expected y or n (also yes/no, true/false, 1/0, on/off)',
     ]);
   });
 

@@ -199,8 +199,8 @@ describe('resolveSettings', () => {
     expect(bad('VIO4WD_CORE_SCHED_POLL_INTERVAL=-5')).toThrow(/POLL_INTERVAL/);
     expect(bad('VIO4WD_CORE_SCHED_LOG_LEVEL=8')).toThrow(/VIO4WD_CORE_SCHED_LOG_LEVEL="8" is not valid: expected a log level from 0/);
     expect(bad('VIO4WD_CORE_SCHED_LOG_LEVEL=2.5')).toThrow(/LOG_LEVEL/);
-    expect(bad('VIO4WD_CORE_SCHED_GLOBAL_NUMA_OPT=maybe')).toThrow(/VIO4WD_CORE_SCHED_GLOBAL_NUMA_OPT="maybe" is not valid: expected true or false/);
-    expect(bad('VIO4WD_CORE_SCHED_ENABLE=sure')).toThrow(/VIO4WD_CORE_SCHED_ENABLE="sure" is not valid: expected true or false/);
+    expect(bad('VIO4WD_CORE_SCHED_GLOBAL_NUMA_OPT=maybe')).toThrow(/VIO4WD_CORE_SCHED_GLOBAL_NUMA_OPT="maybe" is not valid: expected y or n \(also yes\/no, true\/false, 1\/0, on\/off\)/);
+    expect(bad('VIO4WD_CORE_SCHED_ENABLE=sure')).toThrow(/VIO4WD_CORE_SCHED_ENABLE="sure" is not valid: expected y or n \(also yes\/no, true\/false, 1\/0, on\/off\)/);
     expect(bad('VIRTIOFWD_ZMQ_STATS_EP=off')).toThrow(/VIRTIOFWD_ZMQ_STATS_EP=off: the scheduler cannot work without this service/);
     expect(bad('VIRTIOFWD_ZMQ_CORE_SCHED_EP=OFF')).toThrow(/VIRTIOFWD_ZMQ_CORE_SCHED_EP=off/);
     expect(bad('VIO4WD_CORE_SCHED_POLL_INTERVAL=3601')).toThrow(/at most 3600/);
@@ -210,7 +210,7 @@ describe('resolveSettings', () => {
     expect(flag('--poll-interval')).toThrow(/option --poll-interval needs a value/);
     expect(flag('--frobnicate')).toThrow(/unknown option --frobnicate/);
     expect(flag('stray')).toThrow(/unexpected argument "stray"/);
-    expect(flag('--global-numa-opt=perhaps')).toThrow(/--global-numa-opt="perhaps" is not valid: expected true or false/);
+    expect(flag('--global-numa-opt=perhaps')).toThrow(/--global-numa-opt="perhaps" is not valid: expected y or n \(also yes\/no, true\/false, 1\/0, on\/off\)/);
     expect(flag('--request-timeout', '5')).toThrow(/--request-timeout/);
     expect(flag('--sysfs-root=')).toThrow(/--sysfs-root needs a directory/);
     expect(flag('--config', '/missing')).toThrow(/configuration file \/missing cannot be read/);
@@ -231,7 +231,9 @@ describe('one reading of the file for the daemon and the scheduler', () => {
     ['VIO4WD_CORE_SCHED_LOG_LEVEL', '7.0', false],
     ['VIO4WD_CORE_SCHED_LOG_LEVEL', '3', true],
     ['VIO4WD_CORE_SCHED_GLOBAL_NUMA_OPT', 'YES', true],
-    ['VIO4WD_CORE_SCHED_GLOBAL_NUMA_OPT', 'on', false],
+    ['VIO4WD_CORE_SCHED_GLOBAL_NUMA_OPT', 'on', true],
+    ['VIO4WD_CORE_SCHED_GLOBAL_NUMA_OPT', 'n', true],
+    ['VIO4WD_CORE_SCHED_GLOBAL_NUMA_OPT', 'maybe', false],
     ['VIRTIOFWD_ZMQ_STATS_EP', 'ipc://relative', false],
     ['VIRTIOFWD_ZMQ_STATS_EP', 'tcp://127.0.0.1:5555', true],
   ])('%s=%j: both accept it, or both refuse it (%s)', (name, value, good) => {
