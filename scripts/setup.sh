@@ -39,12 +39,12 @@ on_exit() {
 trap on_exit EXIT
 
 # QEMU 7.2, dpdk-testpmd (it lives in dpdk-dev, not dpdk), ovsdb-server/ovs-vsctl, iasl for the
-# VMM's ACPI tables, gcc/binutils for the VMM's tiny test guest, and what the guest builder and
-# the network tests call.
+# VMM's ACPI tables, gcc/binutils for the VMM's tiny test guest, what the guest builder and the
+# network tests call, and what scripts/build-deb.sh and its test use (dpkg-deb, man, groff).
 packages=(
   qemu-system-x86 dpdk-dev openvswitch-common openvswitch-switch acpica-tools
   iproute2 busybox-static cpio xz-utils iputils-ping procps util-linux systemd
-  gcc binutils python3
+  gcc binutils python3 dpkg man-db groff-base gzip
 )
 
 missing=()

@@ -11,10 +11,36 @@ export function normaliseArgv(argv: string[]): string[] {
   });
 }
 
-/** Runs node:util parseArgs (given the normalised argv) and turns its errors into `program: message`. */
-export function parseCommandLine<T>(program: string, parse: (args: string[]) => T): T {
+/**
+ * Accepts unambiguous prefixes of long options, as the original's argparse tools did
+ * (`--virtio` for `--virtio-id`, `--include` for `--include-inactive`). An exact name always
+ * wins; an ambiguous or unknown prefix is left alone for the parser to refuse. Everything after
+ * `--` is left alone.
+ */
+export function expandAbbreviations(argv: string[], longNames: readonly string[]): string[] {
+  const out: string[] = [];
+  let rest = false;
+  for (const arg of argv) {
+    if (rest || !arg.startsWith('--') || arg === '--') {
+      if (arg === '--') rest = true;
+      out.push(arg);
+      continue;
+    }
+    const eq = arg.indexOf('=');
+    const name = (eq < 0 ? arg : arg.slice(0, eq)).slice(2);
+    const candidates = longNames.includes(name) ? [name] : longNames.filter((n) => n.startsWith(name));
+    out.push(candidates.length === 1 ? `--${candidates[0]}${eq < 0 ? '' : arg.slice(eq)}` : arg);
+  }
+  return out;
+}
+
+/**
+ * Runs node:util parseArgs (given the normalised argv, with unambiguous prefixes of `longNames`
+ * expanded) and turns its errors into `program: message` and exit status 1.
+ */
+export function parseCommandLine<T>(program: string, parse: (args: string[]) => T, longNames: readonly string[] = []): T {
   try {
-    return parse(normaliseArgv(process.argv.slice(2)));
+    return parse(expandAbbreviations(normaliseArgv(process.argv.slice(2)), longNames));
   } catch (err) {
     fail(program, `${(err as Error).message} (see --help)`);
   }

@@ -18,27 +18,28 @@ Options:
   --stats-ep=EP       stats endpoint (default ${DEFAULT_ENDPOINTS.stats}); --zmq-ep is an alias
   --interval=SECONDS  refresh interval (default 2; --poll-interval is an alias)
   --count=N           stop after N frames (default: run until interrupted)
+  --sched-ep=EP        accepted for compatibility; not needed
   --timeout=MS        how long to wait for each reply (default 2000)
   -h, --help          this text
+
+Long options may be shortened to any unambiguous prefix (--poll for
+--poll-interval). Exit status: 0, or 1 with a message on stderr.
 `;
 
+const OPTIONS = {
+  help: { type: 'boolean', short: 'h' },
+  'stats-ep': { type: 'string' },
+  'zmq-ep': { type: 'string' },
+  // The original read the worker list from the core-sched service; vio4wd's stats reply has it.
+  'sched-ep': { type: 'string' },
+  interval: { type: 'string' },
+  'poll-interval': { type: 'string' },
+  count: { type: 'string' },
+  timeout: { type: 'string' },
+} as const;
+
 async function main(): Promise<void> {
-  const { values } = parseCommandLine(PROGRAM, (args) =>
-    parseArgs({
-      args,
-      strict: true,
-      options: {
-        help: { type: 'boolean', short: 'h' },
-        'stats-ep': { type: 'string' },
-        'zmq-ep': { type: 'string' },
-        'sched-ep': { type: 'string' },
-        interval: { type: 'string' },
-        'poll-interval': { type: 'string' },
-        count: { type: 'string' },
-        timeout: { type: 'string' },
-      },
-    }),
-  );
+  const { values } = parseCommandLine(PROGRAM, (args) => parseArgs({ args, strict: true, options: OPTIONS }), Object.keys(OPTIONS));
   if (values.help) {
     process.stdout.write(HELP);
     return;

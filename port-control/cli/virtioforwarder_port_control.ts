@@ -3,7 +3,7 @@
 // (add_sock / remove_sock with --pci-addr and --vhost-path) work unchanged.
 import { parseArgs } from 'node:util';
 import { ControlClient } from '../client.js';
-import { canonicalPci, checkBondMode, DEFAULT_ENDPOINTS, MAX_RELAYS, PORT_CONTROL_OPS, type PortControlOp } from '../protocol.js';
+import { canonicalPci, checkBondMode, DEFAULT_ENDPOINTS, MAX_RELAYS, PORT_CONTROL_OPS, PROTOCOL_VERSION, type PortControlOp } from '../protocol.js';
 import { fail, integerOption, parseCommandLine, runMain } from './common.js';
 
 const PROGRAM = 'virtioforwarder_port_control';
@@ -36,29 +36,36 @@ Options:
   --zmq-ep=EP         port control endpoint (default ${DEFAULT_ENDPOINTS.portControl});
                       --zmq_ep is accepted too
   --timeout=MS        how long to wait for the reply (default 2000)
+  --send-garbage      send an unreadable frame instead of the request (tests the service)
+  --crash-after-send  send the request and stop without waiting for the reply
   -h, --help          this text
 
-Exit status: 0 on success, 1 with a message on stderr otherwise.
+Long options may be shortened to any unambiguous prefix (--virtio for --virtio-id).
+
+Exit status: 0 on success, 1 with a message on stderr otherwise (usage errors
+included).
 `;
 
+const OPTIONS = {
+  help: { type: 'boolean', short: 'h' },
+  'virtio-id': { type: 'string' },
+  'pci-addr': { type: 'string', multiple: true },
+  name: { type: 'string' },
+  mode: { type: 'string' },
+  'vhost-path': { type: 'string' },
+  conditional: { type: 'boolean' },
+  'zmq-ep': { type: 'string' },
+  timeout: { type: 'string' },
+  // The original's fault-injection switches, kept so scripts that test with them still run.
+  'send-garbage': { type: 'boolean' },
+  'crash-after-send': { type: 'boolean' },
+} as const;
+
 async function main(): Promise<void> {
-  const { values, positionals } = parseCommandLine(PROGRAM, (args) =>
-    parseArgs({
-      args,
-      allowPositionals: true,
-      strict: true,
-      options: {
-        help: { type: 'boolean', short: 'h' },
-        'virtio-id': { type: 'string' },
-        'pci-addr': { type: 'string', multiple: true },
-        name: { type: 'string' },
-        mode: { type: 'string' },
-        'vhost-path': { type: 'string' },
-        conditional: { type: 'boolean' },
-        'zmq-ep': { type: 'string' },
-        timeout: { type: 'string' },
-      },
-    }),
+  const { values, positionals } = parseCommandLine(
+    PROGRAM,
+    (args) => parseArgs({ args, allowPositionals: true, strict: true, options: OPTIONS }),
+    Object.keys(OPTIONS),
   );
   if (values.help) {
     process.stdout.write(HELP);
@@ -95,6 +102,17 @@ async function main(): Promise<void> {
   const timeout = integerOption(PROGRAM, 'timeout', values.timeout, 1, 600_000) ?? 2000;
   const client = new ControlClient(values['zmq-ep'] ?? DEFAULT_ENDPOINTS.portControl, timeout);
   try {
+    if (values['send-garbage'] || values['crash-after-send']) {
+      const frame = values['send-garbage'] ? 'garbage, not a request' : JSON.stringify({ version: PROTOCOL_VERSION, op, ...fields });
+      const answer = client.requestRaw(frame);
+      if (values['crash-after-send']) {
+        // Gives the frame time to leave, then stops without reading the reply.
+        answer.catch(() => undefined);
+        await new Promise((r) => setTimeout(r, 100));
+        fail(PROGRAM, 'stopped after sending, as --crash-after-send asks');
+      }
+      fail(PROGRAM, `the service answered the garbage: ${await answer}`);
+    }
     const reply = await client.request(op, fields);
     if (reply.pci) process.stdout.write(`${reply.pci}\n`);
   } finally {

@@ -115,7 +115,7 @@ describe.skipIf(!ready)('operator tools against the real relay', () => {
 
   it('reports real traffic in the stats and the load monitor once a VM is connected', async () => {
     testpmd = startTestpmd({ vdevs: [virtioUserVdev({ path: vmSocket, queueSize: 1024 })], forwardMode: 'rxonly', cpu: 1 });
-    await waitFor(async () => value(await statsLines('--delay=0'), /relay_\d+\.active/) === 'true', 30_000, 'the relay to become active');
+    await waitFor(async () => value(await statsLines('--delay=0'), /relay_\d+\.active/) === 'True', 30_000, 'the relay to become active');
     const ping = startProcess('ip', ['netns', 'exec', ns, 'ping', '-c', '200', '-i', '0.005', '-W', '1', '10.78.0.2'], { label: 'ping' });
     await ping.exited;
     const text = await statsLines('--delay=300');
@@ -123,7 +123,7 @@ describe.skipIf(!ready)('operator tools against the real relay', () => {
     expect(value(text, /relay_\d+\.vhost\.vhost_socket_name/)).toBe(vmSocket);
     expect(Number(value(text, /relay_\d+\.vf_to_vm\.cpu_0\.pkts_rx_from_vf/))).toBeGreaterThanOrEqual(200);
     expect(Number(value(text, /relay_\d+\.vf_to_vm\.cpu_0\.pkts_tx_to_vm/))).toBeGreaterThanOrEqual(200);
-    expect(value(text, /relay_\d+\.vm_to_vf\.cpu_0\.pkt_rate_tx_to_vf/)).toMatch(/^\d+\.\d\d$/);
+    expect(value(text, /relay_\d+\.vm_to_vf\.cpu_0\.pkt_rate_tx_to_vf/)).toMatch(/^\d+\.\d+(e[+-]\d+)?$/);
 
     const load = await runCli('virtioforwarder_monitor_load', [`--stats-ep=${EP.stats}`, '--interval=0.3', '--count=1']);
     expect(load.code, load.stderr).toBe(0);

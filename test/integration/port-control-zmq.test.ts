@@ -289,7 +289,9 @@ describe('virtioforwarder_stats', () => {
     expect(lines.every((l) => /^relay_\d+\.[a-z0-9_.]+=\S+$/.test(l)), r.stdout).toBe(true);
     // Only active relays by default: relay 5 has a VM and a VF, relay 6 no VM.
     expect(new Set(lines.map((l) => l.split('.')[0]))).toEqual(new Set(['relay_5']));
-    expect(lines).toContain('relay_5.active=true');
+    expect(lines).toContain('relay_5.active=True');
+    expect(lines).toContain('relay_5.vf_to_vm.internal_state=DPDK_READY');
+    expect(lines).toContain('relay_5.vm_to_vf.internal_state=VIRTIO_READY');
     expect(lines).toContain('relay_5.vf.pci_addr_str=0000:05:08.5');
     expect(lines).toContain('relay_5.vhost.vhost_socket_name=/tmp/vm5.sock');
     for (const key of [
@@ -312,9 +314,11 @@ describe('virtioforwarder_stats', () => {
   it('filters, includes inactive relays, hides zeros, prints JSON, and has no rates without a window', async () => {
     let r = await runCli('virtioforwarder_stats', [`--stats-ep=${EP.stats}`, '--include-inactive', '--relay=6', '--delay=0']);
     expect(r.code, r.stderr).toBe(0);
-    expect(r.stdout).toMatch(/^relay_6\.active=false$/m);
+    expect(r.stdout).toMatch(/^relay_6\.active=False$/m);
+    expect(r.stdout).toMatch(/^relay_6\.vf_to_vm\.internal_state=DPDK_ADDED$/m);
+    expect(r.stdout).toMatch(/^relay_6\.vm_to_vf\.internal_state=VIRTIO_UNINIT$/m);
     expect(r.stdout).not.toMatch(/^relay_5/m);
-    expect(r.stdout).toMatch(/^relay_6\.vf_to_vm\.cpu_\d+\.pkt_rate_rx_from_vf=n\/a$/m);
+    expect(r.stdout).toMatch(/^relay_6\.vf_to_vm\.cpu_\d+\.pkt_rate_rx_from_vf=nan$/m);
     r = await runCli('virtioforwarder_stats', [`--stats-ep=${EP.stats}`, '-z', '--delay=0']);
     expect(r.stdout).toMatch(/^relay_5\.vf_to_vm\.cpu_\d+\.pkts_tx_to_vm=\d+$/m);
     expect(r.stdout).not.toMatch(/(pkts|bytes)_[a-z_]+=0$/m);
@@ -327,8 +331,12 @@ describe('virtioforwarder_stats', () => {
     r = await runCli('virtioforwarder_stats', [`--stats-ep=${EP.stats}`, '--output-format=json', '--delay=0']);
     expect(JSON.parse(r.stdout).windowMs).toBeNull();
     r = await runCli('virtioforwarder_stats', [`--stats-ep=${EP.stats}`, '--output-format=protobuf']);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toMatch(/^status: OK\nrelay \{\n  id: 5\n  active: true\n/);
+    expect(r.stdout).toMatch(/^ {4}internal_state: "DPDK_READY"$/m);
+    r = await runCli('virtioforwarder_stats', [`--stats-ep=${EP.stats}`, '--output-format=xml']);
     expect(r.code).toBe(1);
-    expect(r.stderr).toMatch(/--output-format "protobuf" is not flat or json/);
+    expect(r.stderr).toMatch(/--output-format "xml" is not one of flat, protobuf, json/);
     r = await runCli('virtioforwarder_stats', [`--stats-ep=${EP.stats}`, '--relay=99']);
     expect(r.code).toBe(1);
     expect(r.stderr).toMatch(/--relay 99 is outside 0\.\.63/);
@@ -341,19 +349,20 @@ describe('virtioforwarder_core_pinner', () => {
     const r = await runCli('virtioforwarder_core_pinner', [`--sched-ep=${EP.cs}`]);
     expect(r.code, r.stderr).toBe(0);
     const lines = r.stdout.trimEnd().split('\n');
-    expect(lines[1]).toMatch(/^\|\s+== 00 ==\s+\|\s+== 01 ==\s+\|$/);
-    expect(lines[2]).toMatch(/VF2VM VM2VF/);
+    expect(lines[0]).toBe('Worker cores affinities:');
+    expect(lines[2]).toMatch(/^\|\s+== 00 ==\s+\|\s+== 01 ==\s+\|$/);
+    expect(lines[3]).toMatch(/VF2VM VM2VF/);
     expect(r.stdout).toMatch(/\b05\b/);
   });
 
-  it('moves a relay with VF→VM first and shows it in the grid', async () => {
+  it('moves a relay: --pin puts VF→VM first, the original --virtio-cpu VM→VF first', async () => {
     let calls;
     let r = { code: -1, stdout: '', stderr: '' };
     calls = await callsOf(async () => {
-      r = await runCli('virtioforwarder_core_pinner', [`--sched-ep=${EP.cs}`, '--virtio-cpu=5:1,0']);
+      r = await runCli('virtioforwarder_core_pinner', [`--sched-ep=${EP.cs}`, '--pin=5:1,0']);
     });
     expect(r.code, r.stderr).toBe(0);
-    expect(r.stdout).toMatch(/^Scheduler response: OK$/m);
+    expect(r.stdout).toMatch(/^Setting relay 5: VF2VM on CPU 1, VM2VF on CPU 0\nScheduler response: OK\nNew worker core mapping:\n/);
     expect(calls.filter((c) => c.method === 'applyCpuMap')).toEqual([{ method: 'applyCpuMap', args: [[{ relay: 5, vfToVmCpu: 1, vmToVfCpu: 0 }]] }]);
     // Column 00: relay 5 under VM2VF (right half); column 01: relay 5 under VF2VM (left half).
     const row = r.stdout.split('\n').find((l) => /\b05\b/.test(l) && l.startsWith('|')) as string;
@@ -361,15 +370,28 @@ describe('virtioforwarder_core_pinner', () => {
     expect(col0.indexOf('05')).toBeGreaterThan(6);
     expect(col1.indexOf('05')).toBeLessThan(6);
     calls = await callsOf(async () => {
+      r = await runCli('virtioforwarder_core_pinner', [`--sched-ep=${EP.cs}`, '--virtio-cpu=5:1,0']);
+    });
+    expect(r.code, r.stderr).toBe(0);
+    expect(calls.filter((c) => c.method === 'applyCpuMap')[0].args).toEqual([[{ relay: 5, vfToVmCpu: 0, vmToVfCpu: 1 }]]);
+    calls = await callsOf(async () => {
       r = await runCli('virtioforwarder_core_pinner', [`--zmq-ep=${EP.cs}`, '--virtio-cpu=5:0']);
     });
     expect(r.code, r.stderr).toBe(0);
     expect(calls.filter((c) => c.method === 'applyCpuMap')[0].args).toEqual([[{ relay: 5, vfToVmCpu: 0, vmToVfCpu: 0 }]]);
+    // --print-core-map prints and moves nothing, whatever else is given.
+    calls = await callsOf(async () => {
+      r = await runCli('virtioforwarder_core_pinner', [`--sched-ep=${EP.cs}`, '--print-core-map', '--virtio-cpu=5:1,1']);
+    });
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toMatch(/^Worker cores affinities:\n=+\n/);
+    expect(calls.filter((c) => c.method === 'applyCpuMap')).toEqual([]);
   });
 
   it('rejects a map whole when an entry is refused, and bad syntax before sending', async () => {
-    let r = await runCli('virtioforwarder_core_pinner', [`--sched-ep=${EP.cs}`, '--virtio-cpu=5:1,1', '--virtio-cpu=6:7,0']);
+    let r = await runCli('virtioforwarder_core_pinner', [`--sched-ep=${EP.cs}`, '--pin=5:1,1', '--pin=6:7,0']);
     expect(r.code).toBe(1);
+    expect(r.stdout).toMatch(/^Scheduler response: ERROR$/m);
     expect(r.stderr).toMatch(/CPU 7, which is not a worker/);
     const cfg = new ControlClient(EP.config);
     try {
@@ -384,10 +406,13 @@ describe('virtioforwarder_core_pinner', () => {
       r = await runCli('virtioforwarder_core_pinner', [`--sched-ep=${EP.cs}`, `--virtio-cpu=${bad}`]);
       expect(r.code, bad).toBe(1);
       expect(r.stderr).toMatch(/--virtio-cpu/);
+      r = await runCli('virtioforwarder_core_pinner', [`--sched-ep=${EP.cs}`, `--pin=${bad}`]);
+      expect(r.code, bad).toBe(1);
+      expect(r.stderr).toMatch(/--pin/);
     }
-    r = await runCli('virtioforwarder_core_pinner', [`--sched-ep=${EP.cs}`, '--virtio-cpu=5:1', '--virtio-cpu=5:0']);
+    r = await runCli('virtioforwarder_core_pinner', [`--sched-ep=${EP.cs}`, '--pin=5:1', '--virtio-cpu=5:0']);
     expect(r.stderr).toMatch(/relay 5 is given twice/);
-    expect((await runCli('virtioforwarder_core_pinner', ['-h'])).stdout).toMatch(/VF-to-VM direction to CPU C1/);
+    expect((await runCli('virtioforwarder_core_pinner', ['-h'])).stdout).toMatch(/--virtio-cpu=R:C1\[,C2\]\s+the original pinner's spelling, other order: VM-to-VF/);
   });
 });
 

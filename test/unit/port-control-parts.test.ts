@@ -2,8 +2,8 @@ import { mkdirSync, mkdtempSync, rmSync, symlinkSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { formatCpuGrid, formatLoadBars, formatStatsFlat } from '../../port-control/cli/format.js';
-import { normaliseArgv } from '../../port-control/cli/common.js';
+import { formatCpuGrid, formatLoadBars, formatStatsFlat, formatStatsProtobufText, pyBool, pyFloat } from '../../port-control/cli/format.js';
+import { expandAbbreviations, normaliseArgv } from '../../port-control/cli/common.js';
 import { parseVirtioCpu } from '../../port-control/cli/virtio-cpu.js';
 import { parseIpcLine } from '../../port-control/ipc-monitor.js';
 import { describeNetdev, vfIndexOfNetdev } from '../../relay/control/vf.js';
@@ -185,17 +185,25 @@ describe('tool output', () => {
     const text = formatStatsFlat(stats.snapshot({ version: 1, op: 'stats' }).relays);
     const lines = text.trim().split('\n');
     expect(lines.every((l) => /^relay_\d+\.[a-z0-9_.]+=\S*$/.test(l))).toBe(true);
-    expect(lines).toContain('relay_3.active=true');
+    expect(lines).toContain('relay_3.active=True');
+    expect(lines).toContain('relay_3.vf_to_vm.internal_state=DPDK_READY');
+    expect(lines).toContain('relay_3.vm_to_vf.internal_state=VIRTIO_READY');
     expect(lines).toContain('relay_3.vf.pci_addr_str=0000:05:08.1');
     expect(lines).toContain('relay_3.vhost.vhost_socket_name=/tmp/vm3.sock');
     expect(lines).toContain('relay_3.cpu.vf_to_vm=1');
     expect(text).toMatch(/^relay_3\.vf_to_vm\.cpu_1\.pkts_rx_from_vf=\d+$/m);
     expect(text).toMatch(/^relay_3\.vm_to_vf\.cpu_1\.pkts_tx_to_vf=\d+$/m);
-    expect(text).toMatch(/^relay_3\.vf_to_vm\.cpu_1\.pkt_rate_tx_to_vm=n\/a$/m);
+    expect(text).toMatch(/^relay_3\.vf_to_vm\.cpu_1\.pkt_rate_tx_to_vm=nan$/m);
     expect(lines).toContain('relay_4.vf.pci_addr_str=net_bonding0');
     expect(lines).toContain('relay_4.vf.bond_members=0000:05:08.2,0000:05:08.3');
     expect(lines).toContain('relay_4.vhost.vhost_socket_name=NONE');
-    expect(lines).toContain('relay_4.active=false');
+    expect(lines).toContain('relay_4.active=False');
+    // A bond with no VM: the VF side is up (DPDK_ADDED), the VM side down and its counters keyless of a CPU.
+    expect(lines).toContain('relay_4.vf_to_vm.internal_state=DPDK_ADDED');
+    expect(lines).toContain('relay_4.vm_to_vf.active=False');
+    expect(lines).toContain('relay_4.vm_to_vf.internal_state=VIRTIO_UNINIT');
+    expect(text).toMatch(/^relay_4\.vm_to_vf\.pkts_rx_from_vm=\d+$/m);
+    expect(text).not.toMatch(/^relay_4\.cpu\.vm_to_vf=/m);
     const hidden = formatStatsFlat(stats.snapshot({ version: 1, op: 'stats' }).relays, { hideZero: true });
     expect(hidden).not.toMatch(/queue_full=0/);
     expect(text).toMatch(/queue_full=0/);
@@ -241,12 +249,54 @@ describe('command-line details', () => {
     ]);
   });
 
-  it('reads --virtio-cpu with VF→VM first', () => {
+  it('reads --pin with VF→VM first and --virtio-cpu with VM→VF first', () => {
     expect(parseVirtioCpu('3:1,0')).toEqual({ relay: 3, vfToVmCpu: 1, vmToVfCpu: 0 });
+    expect(parseVirtioCpu('3:1,0', 'vm-to-vf-first', '--virtio-cpu')).toEqual({ relay: 3, vfToVmCpu: 0, vmToVfCpu: 1 });
+    expect(parseVirtioCpu('3:2', 'vm-to-vf-first')).toEqual({ relay: 3, vfToVmCpu: 2, vmToVfCpu: 2 });
+    expect(() => parseVirtioCpu('3:x', 'vm-to-vf-first', '--virtio-cpu')).toThrow(/--virtio-cpu "3:x" .*VM-to-VF CPU, VF-to-VM CPU/);
     expect(parseVirtioCpu('3:1')).toEqual({ relay: 3, vfToVmCpu: 1, vmToVfCpu: 1 });
     expect(() => parseVirtioCpu('3')).toThrow(/R:C1\[,C2\]/);
     expect(() => parseVirtioCpu('3:1,2,3')).toThrow(/R:C1\[,C2\]/);
     expect(() => parseVirtioCpu('64:1')).toThrow(/relay 64/);
+  });
+});
+
+describe('the original tools\' spellings', () => {
+  it('expands unambiguous prefixes of long options, as argparse did', () => {
+    const names = ['virtio-id', 'vhost-path', 'pci-addr', 'zmq-ep', 'stats-ep', 'suppress-zero', 'help'];
+    expect(expandAbbreviations(['add', '--virtio=3', '--vh', '/x', '--pci', '05:08.1', '--zmq=ipc:///a'], names)).toEqual([
+      'add',
+      '--virtio-id=3',
+      '--vhost-path',
+      '/x',
+      '--pci-addr',
+      '05:08.1',
+      '--zmq-ep=ipc:///a',
+    ]);
+    // Ambiguous (--s: stats-ep or suppress-zero) and unknown prefixes are left for the parser to refuse.
+    expect(expandAbbreviations(['--s', '--bogus=1', '-z'], names)).toEqual(['--s', '--bogus=1', '-z']);
+    // An exact name wins over a longer one it prefixes; nothing after -- is touched.
+    expect(expandAbbreviations(['--pin=1:2', '--', '--virtio'], ['pin', 'pin-all', 'virtio-cpu'])).toEqual(['--pin=1:2', '--', '--virtio']);
+  });
+
+  it('prints booleans and floats as Python does', () => {
+    expect([pyBool(true), pyBool(false)]).toEqual(['True', 'False']);
+    expect([0, 250000, 1234.5, -2, 0.1].map(pyFloat)).toEqual(['0.0', '250000.0', '1234.5', '-2.0', '0.1']);
+    expect([1e-5, 1.5e16, 1e22, 0.0001].map(pyFloat)).toEqual(['1e-05', '1.5e+16', '1e+22', '0.0001']);
+    expect([null, undefined, Number.NaN, Infinity].map(pyFloat)).toEqual(['nan', 'nan', 'nan', 'inf']);
+  });
+
+  it('prints the original message as protobuf text, unknown NUMA node as SOCKET_ID_ANY', () => {
+    const registry = new MemoryRegistry({ workerCpus: [0, 1] });
+    registry.seed(2, { kind: 'vf', vf: { pci: '0000:05:08.1' } });
+    const relays = new StatsService(registry).snapshot({ version: 1, op: 'stats' }).relays;
+    const text = formatStatsProtobufText(relays.map((r) => ({ ...r, numaNode: -1 })));
+    expect(text).toMatch(/^status: OK\nrelay \{\n  id: 2\n  active: false\n/);
+    expect(text).toMatch(/\n  vhost \{\n    vhost_socket_name: "NONE"\n  \}\n  vf \{\n    pci_addr_str: "0000:05:08\.1"\n  \}\n/);
+    expect(text).toMatch(/\n  vm_to_vf \{\n    active: false\n    internal_state: "VIRTIO_UNINIT"\n/);
+    expect(text).toMatch(/pkt_rate_rx_from_vf: nan\n/);
+    expect(text).toMatch(/\n  socket_id: 4294967295\n\}\n$/);
+    expect(formatStatsProtobufText([])).toBe('status: OK\n');
   });
 });
 
