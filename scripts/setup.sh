@@ -40,11 +40,12 @@ trap on_exit EXIT
 
 # QEMU 7.2, dpdk-testpmd (it lives in dpdk-dev, not dpdk), ovsdb-server/ovs-vsctl, iasl for the
 # VMM's ACPI tables, gcc/binutils for the VMM's tiny test guest, and what the guest builder and
-# the network tests call.
+# the network tests call; protoc, Google's protobuf runtime and pyzmq for the tests that speak
+# the original's protobuf protocol to the ZMQ services.
 packages=(
   qemu-system-x86 dpdk-dev openvswitch-common openvswitch-switch acpica-tools
   iproute2 busybox-static cpio xz-utils iputils-ping procps util-linux systemd
-  gcc binutils python3
+  gcc binutils python3 python3-zmq python3-protobuf protobuf-compiler
 )
 
 missing=()
