@@ -8,16 +8,16 @@
 import { spawn, spawnSync } from 'node:child_process';
 import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { Reactor } from '../../sys/poll.js';
 import { ControlClient } from '../../port-control/client.js';
 import { run } from '../support/env.js';
 import { createFakeSysfs, type FakeSysfs } from '../support/fake-sysfs.js';
 import { createNetns, createVethPair, deleteLink, deleteNetns, nsExec, requireBinary, requireRoot, uniqueTag } from '../support/netns.js';
-import { DEBIAN_PYTHON, generatePythonModule, requireProtobufPeer } from '../support/pb-peer.js';
+import { DEBIAN_PYTHON, OUR_PROTO, generatePythonModule, requireProtobufPeer } from '../support/pb-peer.js';
 import { sleep, stopAll, waitFor } from '../support/processes.js';
-import { startRelay, type RunningRelay } from '../support/relay.js';
+import { repoRoot, startRelay, type RunningRelay } from '../support/relay.js';
 import { TestVm } from '../support/test-vm.js';
 
 vi.setConfig({ testTimeout: 60_000, hookTimeout: 60_000 });
@@ -127,6 +127,17 @@ describe.skipIf(!ready)("the original virtio-forwarder's Python tools against vi
     deleteNetns(ns);
     sysfs?.remove();
     if (dir) rmSync(dir, { recursive: true, force: true });
+  });
+
+  it("our .proto describes the same wire format as the original's (names, numbers, types, labels, defaults, enums)", () => {
+    const a = join(dir, 'original.desc');
+    const b = join(dir, 'ours.desc');
+    for (const [proto, out] of [[join(SRC as string, 'virtioforwarder.proto'), a], [OUR_PROTO, b]]) {
+      const r = spawnSync('protoc', [`--proto_path=${dirname(proto)}`, `--descriptor_set_out=${out}`, proto], { encoding: 'utf8' });
+      expect(r.status, r.stderr).toBe(0);
+    }
+    const r = spawnSync(DEBIAN_PYTHON, [join(repoRoot, 'test/peers/compare_descriptors.py'), a, b], { encoding: 'utf8' });
+    expect(r.stdout + r.stderr).toBe('identical\n');
   });
 
   it('virtioforwarder_port_control.py add and remove; a refused add prints the reply and exits 1', async () => {
