@@ -208,19 +208,22 @@ function relayState(info: RelayInfo, before: RelayInfo | undefined, seconds: num
   const rate = (now: number, was: number | undefined) => (seconds > 0 ? delta(now, was) / seconds : 0);
   const up = info.vfToVm;
   const down = info.vmToVf;
+  // The original's states, from what the relay has: a device (ADDED), and a VM too (READY).
+  const upActive = info.device !== undefined;
+  const downActive = info.vmConnected;
   const upWas = before?.vfToVm;
   const downWas = before?.vmToVf;
   const vfToVm: Record<string, unknown> = {
-    active: up.active,
-    internal_state: `DPDK_${up.state}`,
+    active: upActive,
+    internal_state: upActive ? (downActive ? 'DPDK_READY' : 'DPDK_ADDED') : 'DPDK_UNINIT',
     pkt_rate_rx_from_vf: 0,
     byte_rate_rx_from_vf: 0,
     pkt_rate_tx_to_vm: 0,
     byte_rate_tx_to_vm: 0,
   };
   const vmToVf: Record<string, unknown> = {
-    active: down.active,
-    internal_state: `VIRTIO_${down.state}`,
+    active: downActive,
+    internal_state: downActive ? 'VIRTIO_READY' : 'VIRTIO_UNINIT',
     pkt_rate_rx_from_vm: 0,
     byte_rate_rx_from_vm: 0,
     pkt_rate_tx_to_vf: 0,
@@ -229,13 +232,13 @@ function relayState(info: RelayInfo, before: RelayInfo | undefined, seconds: num
   const cpu: Record<string, number> = {};
   const state: Record<string, unknown> = {
     id: info.id,
-    active: up.active && down.active,
+    active: upActive && downActive,
     vhost: { vhost_socket_name: info.socketPath ?? 'NONE' },
     vf_to_vm: vfToVm,
     vm_to_vf: vmToVf,
     socket_id: info.numaNode >= 0 ? info.numaNode : UNKNOWN_SOCKET_ID,
   };
-  if (up.active) {
+  if (upActive) {
     if (up.cpu >= 0) cpu.vf_to_vm = up.cpu;
     const d = info.device;
     const pci = d === undefined ? undefined : d.kind === 'vf' ? (d.vf.pci ?? d.vf.netdev) : d.bond.name;
@@ -253,7 +256,7 @@ function relayState(info: RelayInfo, before: RelayInfo | undefined, seconds: num
       byte_rate_tx_to_vm: rate(up.bytes, upWas?.bytes),
     });
   }
-  if (down.active) {
+  if (downActive) {
     if (down.cpu >= 0) cpu.vm_to_vf = down.cpu;
     Object.assign(vmToVf, {
       pkts_rx_from_vm: down.rxPackets,
@@ -279,7 +282,12 @@ const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve,
  * arrives and again when the delay is over, and nothing is reset, so the core scheduler, a
  * monitor and the JSON clients' windows stay undisturbed.
  */
-export function protobufStats(registry: RelayRegistry, logger: Logger, clock: () => number = () => performance.now()): ProtobufHandler {
+export function protobufStats(
+  registry: RelayRegistry,
+  logger: Logger,
+  clock: () => number = () => performance.now(),
+  wait: (ms: number) => Promise<void> = sleep,
+): ProtobufHandler {
   const status = (s: number) => encodeMessage('StatsResponse', { status: s });
   return guarded('stats', logger, () => status(PbStatus.stats.EBADR), async (frames) => {
     const req = decode<PbStatsRequest>('StatsRequest', frames);
@@ -301,14 +309,14 @@ export function protobufStats(registry: RelayRegistry, logger: Logger, clock: ()
         const info = registry.get(id);
         if (info) before.set(id, info);
       }
-      await sleep(delay);
+      await wait(delay);
     }
     const seconds = delay > 0 ? (clock() - t0) / 1000 : 0;
     const relay: Record<string, unknown>[] = [];
     for (const id of ids) {
       const info = registry.get(id);
       if (!info) continue;
-      const active = info.vfToVm.active && info.vmToVf.active;
+      const active = info.device !== undefined && info.vmConnected;
       if (!active && !includeInactive) continue;
       relay.push(relayState(info, before.get(id), seconds));
     }
