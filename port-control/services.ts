@@ -4,6 +4,7 @@ import type { Logger } from 'pino';
 import type { NetdevResolver, RelayRegistry } from '../relay/registry-api.js';
 import { configHandler, coreSchedHandler, portControlHandler } from './handlers.js';
 import { IpcMonitor } from './ipc-monitor.js';
+import { protobufConfig, protobufCoreSched, protobufPortControl, protobufStats } from './protobuf-handlers.js';
 import { OvsdbMonitor } from './ovsdb/monitor.js';
 import { DEFAULT_ENDPOINTS } from './protocol.js';
 import { StatsService } from './stats.js';
@@ -114,25 +115,25 @@ export async function startControlServices(
   try {
     if (portControl.mode === 'zmq') {
       starting = { service: 'portControl', endpoint: portControl.endpoint };
-      services.push(await startReplyService('portControl', { ...common, endpoint: portControl.endpoint }, portControlHandler(registry, logger), logger));
+      services.push(await startReplyService('portControl', { ...common, endpoint: portControl.endpoint, protobuf: protobufPortControl(registry, logger) }, portControlHandler(registry, logger), logger));
       endpoints.portControl = portControl.endpoint;
     }
     const statsEp = options.statsEp || (options.coreSchedEnabled ? DEFAULT_ENDPOINTS.stats : null);
     if (statsEp) {
       starting = { service: 'stats', endpoint: statsEp };
       const stats = new StatsService(registry);
-      services.push(await startReplyService('stats', { ...common, endpoint: statsEp }, (req) => stats.snapshot(req), logger));
+      services.push(await startReplyService('stats', { ...common, endpoint: statsEp, protobuf: protobufStats(registry, logger) }, (req) => stats.snapshot(req), logger));
       endpoints.stats = statsEp;
     }
     if (options.configEp) {
       starting = { service: 'config', endpoint: options.configEp };
-      services.push(await startReplyService('config', { ...common, endpoint: options.configEp }, configHandler(registry), logger));
+      services.push(await startReplyService('config', { ...common, endpoint: options.configEp, protobuf: protobufConfig(registry, logger) }, configHandler(registry), logger));
       endpoints.config = options.configEp;
     }
     if (options.coreSchedEnabled) {
       const ep = options.coreSchedEp || DEFAULT_ENDPOINTS.coreSched;
       starting = { service: 'coreSched', endpoint: ep };
-      services.push(await startReplyService('coreSched', { ...common, endpoint: ep }, coreSchedHandler(registry, logger), logger));
+      services.push(await startReplyService('coreSched', { ...common, endpoint: ep, protobuf: protobufCoreSched(registry, logger) }, coreSchedHandler(registry, logger), logger));
       endpoints.coreSched = ep;
     } else if (options.coreSchedEp) {
       logger.info('core-sched endpoint configured but VIO4WD_CORE_SCHED_ENABLE is not true; the service stays off');

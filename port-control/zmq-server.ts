@@ -1,11 +1,14 @@
 // One REP socket per service. Requests are answered strictly one at a time; whatever arrives
 // (garbage, several frames, a handler that throws) gets exactly one reply so the peer's REQ
-// socket never wedges and the service keeps running.
+// socket never wedges and the service keeps running. Each request is either vio4wd's JSON or
+// the original's protobuf (protobuf.ts, isJsonFrame), and is answered in the same encoding.
 import { chmodSync, chownSync, mkdirSync, readFileSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { Reply } from 'zeromq';
 import type { Logger } from 'pino';
 import { RegistryError } from '../relay/registry-api.js';
+import type { ProtobufHandler } from './protobuf-handlers.js';
+import { isJsonFrame } from './protobuf.js';
 import {
   ErrorCode,
   MAX_REQUEST_BYTES,
@@ -25,6 +28,8 @@ export interface ReplyServiceOptions {
   endpoint: string;
   /** Group (name or gid) given to an ipc socket file; its mode becomes 0660. */
   socketGroup?: string | number;
+  /** Serves the requests that are not JSON; without it they get a JSON error reply. */
+  protobuf?: ProtobufHandler;
 }
 
 export interface ReplyService {
@@ -111,6 +116,17 @@ export async function startReplyService<S extends ServiceName>(
       } catch (err) {
         if (sock.closed) return;
         logger.error({ err, service }, `${service} service: receive failed`);
+        continue;
+      }
+      if (options.protobuf && frames.length > 0 && !isJsonFrame(frames[0])) {
+        // The handler answers every protobuf request itself, errors included, and never throws.
+        const answer = await options.protobuf(frames);
+        try {
+          await sock.send(answer);
+        } catch (err) {
+          if (sock.closed) return;
+          logger.warn({ err, service }, `${service} service: reply could not be sent (client gone?)`);
+        }
         continue;
       }
       let reply: OkBase | ErrorReply;

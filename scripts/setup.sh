@@ -40,11 +40,13 @@ trap on_exit EXIT
 
 # QEMU 7.2, dpdk-testpmd (it lives in dpdk-dev, not dpdk), ovsdb-server/ovs-vsctl, iasl for the
 # VMM's ACPI tables, gcc/binutils for the VMM's tiny test guest, what the guest builder and the
-# network tests call, and what scripts/build-deb.sh and its test use (dpkg-deb, man, groff).
+# network tests call, what scripts/build-deb.sh and its test use (dpkg-deb, man, groff), and
+# protoc, Google's protobuf runtime and pyzmq for the tests that speak the original's protobuf
+# protocol to the ZMQ services.
 packages=(
   qemu-system-x86 dpdk-dev openvswitch-common openvswitch-switch acpica-tools
   iproute2 busybox-static cpio xz-utils iputils-ping procps util-linux systemd
-  gcc binutils python3 dpkg man-db groff-base gzip
+  gcc binutils python3 dpkg man-db groff-base gzip python3-zmq python3-protobuf protobuf-compiler
 )
 
 missing=()
