@@ -8,6 +8,7 @@ import type { Logger } from 'pino';
 import { Reactor } from '../sys/poll.js';
 import { parseArgs, resolveConfigPath, helpText, versionText, UsageError, EXIT_USAGE, EXIT_CONFIG } from './cli.js';
 import { loadConfig, ConfigError, socketPathFor, type RelayConfig } from '../relay/config/load.js';
+import { formatListenAddress } from '../vocabulary/listen-address.js';
 import { MAX_RELAYS } from '../vocabulary/limits.js';
 import { createLogger, componentLogger } from './log.js';
 import { acquirePidFile, type PidFile } from './pidfile.js';
@@ -16,15 +17,17 @@ import { createCounterBuffer } from '../relay/datapath/counters.js';
 import { WorkerPool } from '../relay/control/worker-pool.js';
 import { RelayRegistryImpl } from '../relay/control/registry.js';
 import { startControlServices, type ControlServices } from '../port-control/services.js';
+import { MetricsListenError, startMetricsServer, type MetricsServer } from '../port-control/metrics.js';
 
 export interface Daemon {
   registry: RelayRegistryImpl;
   pool: WorkerPool;
   config: RelayConfig;
+  /** The Prometheus endpoint, when VIRTIOFWD_METRICS_LISTEN asks for one. */
+  metrics: MetricsServer | null;
   stop(): Promise<void>;
 }
 
-/** Starts everything; throws (after undoing what it started) when something cannot start. */
 /**
  * Test hooks: with VIO4WD_TEST_HOOKS=1, SIGUSR2 ends the first worker thread (its supervision is
  * tested); with VIO4WD_TEST_HOOKS=block, it leaves that thread stuck in a system call (the
@@ -35,6 +38,13 @@ export const testHooksEnabled = (): boolean => process.env.VIO4WD_TEST_HOOKS ===
 /** Exit status when worker supervision gives up: not 0, so that systemd restarts the daemon. */
 export const EXIT_WORKER_FAILED = 1;
 
+const METRICS_VARIABLE = 'VIRTIOFWD_METRICS_LISTEN';
+
+/**
+ * Starts everything; throws (after undoing what it started) when something cannot start: a
+ * ConfigError when the configuration asks for something this host refuses (the metrics address
+ * cannot be bound), which the program reports as a configuration error.
+ */
 export async function startDaemon(config: RelayConfig, log: Logger, onFatal?: (message: string) => void): Promise<Daemon> {
   const undo: (() => Promise<void> | void)[] = [];
   const unwind = async () => {
@@ -49,6 +59,23 @@ export async function startDaemon(config: RelayConfig, log: Logger, onFatal?: (m
   try {
     const pid: PidFile = acquirePidFile(config.pidDir);
     undo.push(() => pid.release());
+
+    // The metrics address first: one the host refuses stops the start before any worker, VF or
+    // socket exists (no VM sees a socket come and go).
+    let metrics: MetricsServer | null = null;
+    if (config.metricsListen) {
+      try {
+        metrics = await startMetricsServer(config.metricsListen, componentLogger(log, 'metrics'));
+      } catch (err) {
+        if (!(err instanceof MetricsListenError)) throw err;
+        throw new ConfigError(
+          [`${METRICS_VARIABLE}=${formatListenAddress(config.metricsListen)}: ${err.message}`],
+          config.sourcePath ?? 'configuration',
+        );
+      }
+      const server = metrics;
+      undo.push(() => server.close());
+    }
 
     const counters = createCounterBuffer();
     const pool = new WorkerPool({
@@ -94,6 +121,11 @@ export async function startDaemon(config: RelayConfig, log: Logger, onFatal?: (m
     );
     undo.push(() => services.close());
 
+    if (metrics) {
+      metrics.serve(registry);
+      log.info({ url: metrics.url }, `Prometheus metrics at ${metrics.url} (${METRICS_VARIABLE})`);
+    }
+
     log.info(
       {
         cpus: config.cpus,
@@ -102,6 +134,7 @@ export async function startDaemon(config: RelayConfig, log: Logger, onFatal?: (m
         staticVfs: config.staticVfs.length,
         portControl: services.portControl.mode,
         endpoints: services.endpoints,
+        metrics: metrics?.url ?? 'off',
       },
       'virtio-forwarder ready',
     );
@@ -109,6 +142,7 @@ export async function startDaemon(config: RelayConfig, log: Logger, onFatal?: (m
       registry,
       pool,
       config,
+      metrics,
       stop: unwind,
     };
   } catch (err) {
@@ -218,8 +252,10 @@ export async function main(argv: string[]): Promise<void> {
   } catch (err) {
     log.fatal({ err: (err as Error).message }, `cannot start: ${(err as Error).message}`);
     process.stderr.write(`virtio-forwarder: ${(err as Error).message}\n`);
-    // Let pino flush before leaving.
-    setTimeout(() => process.exit(1), 50);
+    // Let pino flush before leaving. A configuration the host refuses is a configuration error,
+    // which systemd does not retry (RestartPreventExitStatus).
+    const status = err instanceof ConfigError ? EXIT_CONFIG : 1;
+    setTimeout(() => process.exit(status), 50);
     return;
   }
   notifyReady(`forwarding on CPUs ${config.cpus.join(',')}`);
