@@ -1,7 +1,8 @@
 // The Prometheus endpoint of the real daemon: a relay whose VF is a veth (its peer in a network
 // namespace), no VM. The endpoint is scraped with node's HTTP client and a raw TCP socket, the
 // exposition text is parsed, and frames sent into the VF from the namespace must show in the
-// relay's vf_to_vm counters (received from the VF, and dropped because no VM is connected).
+// relay's vf_to_vm counters (received from the VF, and dropped because no VM is connected), and a
+// worker thread ended by the test hook must show in the worker's restart counter.
 // Bind failures and bad values of VIRTIOFWD_METRICS_LISTEN must stop the start with status 78
 // and a line naming the variable. Needs root and `npx tsc -p .` first.
 import { spawnSync } from 'node:child_process';
@@ -164,6 +165,8 @@ describe.skipIf(!ready)('the Prometheus endpoint of the running daemon', () => {
       staticVfs: { [vf]: RELAY },
       // Port 0: the kernel picks a free port, and the daemon logs the URL it got.
       configLines: ['VIRTIOFWD_METRICS_LISTEN=127.0.0.1:0'],
+      // SIGUSR2 ends the worker thread, for the restart counter.
+      env: { VIO4WD_TEST_HOOKS: '1' },
     });
     const line = relay.logs().find((l) => typeof l.msg === 'string' && l.msg.startsWith('Prometheus metrics at '));
     expect(line, 'the log line with the metrics URL').toBeDefined();
@@ -321,6 +324,30 @@ describe.skipIf(!ready)('the Prometheus endpoint of the running daemon', () => {
     expect(ok).toContain('vio4wd_relay_received_packets_total{');
     expect(relay.proc.output()).not.toMatch(/"level":"(fatal|error)"/);
     await scrape();
+  });
+
+  it('counts a restart of the worker thread, and the relay keeps counting after it', async () => {
+    const before = (await scrape()).samples;
+    expect(only(before, 'vio4wd_worker_restarts_total', { cpu: '0' }).value).toBe(0);
+    const received0 = counterOf(before, 'vio4wd_relay_received_packets_total', 'vf_to_vm');
+    process.kill(relay.pid, 'SIGUSR2');
+    await waitFor(
+      async () => only((await scrape()).samples, 'vio4wd_worker_restarts_total', { cpu: '0' }).value === 1,
+      15_000,
+      'vio4wd_worker_restarts_total{cpu="0"} to become 1',
+      200,
+    );
+    sendFrames(100);
+    await waitFor(
+      async () => counterOf((await scrape()).samples, 'vio4wd_relay_received_packets_total', 'vf_to_vm') - received0 >= 100,
+      15_000,
+      'the restarted worker to count frames sent into the VF',
+      200,
+    );
+    const after = (await scrape()).samples;
+    expect(counterOf(after, 'vio4wd_relay_received_packets_total', 'vf_to_vm') - received0).toBe(100);
+    expect(only(after, 'vio4wd_worker_restarts_total', { cpu: '0' }).value).toBe(1);
+    expect(counterOf(after, 'vio4wd_relay_direction_state', 'vf_to_vm', { state: 'ADDED' })).toBe(1);
   });
 
   it('refuses to start, status 78, naming the variable, when the address cannot be bound', async () => {
