@@ -15,8 +15,7 @@ import { StatsService } from './stats.js';
 export const METRICS_PATH = '/metrics';
 
 /** Label values of `direction`, as the stats tool names the two directions. */
-export const DIRECTIONS = ['vf_to_vm', 'vm_to_vf'] as const;
-export type DirectionLabel = (typeof DIRECTIONS)[number];
+export type DirectionLabel = 'vf_to_vm' | 'vm_to_vf';
 
 /** The states a direction reports (DirectionCounters.state), each a series of vio4wd_relay_direction_state. */
 export const DIRECTION_STATES = ['UNINIT', 'ADDED', 'READY'] as const;
@@ -163,7 +162,8 @@ class MetricSet {
       this.relayActive.set({ relay }, bit(r.active));
       this.vmConnected.set({ relay }, bit(r.vmConnected));
       this.queuePairs.set({ relay }, r.queuePairs);
-      for (const [direction, c] of [['vf_to_vm', r.vfToVm], ['vm_to_vf', r.vmToVf]] as const) {
+      const directions: [DirectionLabel, DirectionCounters][] = [['vf_to_vm', r.vfToVm], ['vm_to_vf', r.vmToVf]];
+      for (const [direction, c] of directions) {
         const labels = { relay, direction };
         // A counter is set by resetting it (above) and adding the value once.
         for (const d of this.directionCounters) d.counter.inc(labels, d.value(c));
@@ -303,7 +303,11 @@ export async function startMetricsServer(address: ListenAddress, log: Logger): P
   };
 
   const server: Server = createServer({ requestTimeout: 10_000, headersTimeout: 10_000 }, (req, res) => {
-    void handle(req, res);
+    // Nothing a client does may end the daemon through an unhandled rejection.
+    handle(req, res).catch((err: Error) => {
+      log.warn({ err: err.message }, 'metrics request failed');
+      res.destroy();
+    });
   });
   // A scraper needs one or two connections; more is someone else, who gets refused.
   server.maxConnections = 32;
