@@ -8,6 +8,7 @@ import type { Logger } from 'pino';
 import { Reactor } from '../sys/poll.js';
 import { parseArgs, resolveConfigPath, helpText, versionText, UsageError, EXIT_USAGE, EXIT_CONFIG } from './cli.js';
 import { loadConfig, ConfigError, socketPathFor, type RelayConfig } from '../relay/config/load.js';
+import { formatListenAddress } from '../vocabulary/listen-address.js';
 import { MAX_RELAYS } from '../vocabulary/limits.js';
 import { createLogger, componentLogger } from './log.js';
 import { acquirePidFile, type PidFile } from './pidfile.js';
@@ -20,11 +21,14 @@ import { ENDPOINT_VARIABLES } from '../vocabulary/endpoints.js';
 import { escapeInvisible, shownValue } from '../relay/config/values.js';
 import { writeStderr } from '../sys/journal.js';
 import { statSync } from 'node:fs';
+import { MetricsListenError, startMetricsServer, type MetricsServer } from '../port-control/metrics.js';
 
 export interface Daemon {
   registry: RelayRegistryImpl;
   pool: WorkerPool;
   config: RelayConfig;
+  /** The Prometheus endpoint, when VIRTIOFWD_METRICS_LISTEN asks for one. */
+  metrics: MetricsServer | null;
   stop(): Promise<void>;
 }
 
@@ -64,6 +68,13 @@ export const testHooksEnabled = (): boolean => process.env.VIO4WD_TEST_HOOKS ===
 /** Exit status when worker supervision gives up: not 0, so that systemd restarts the daemon. */
 export const EXIT_WORKER_FAILED = 1;
 
+const METRICS_VARIABLE = 'VIRTIOFWD_METRICS_LISTEN';
+
+/**
+ * Starts everything; throws (after undoing what it started) when something cannot start: a
+ * StartupConfigError when the configuration asks for something this host refuses (a directory,
+ * device or address it names cannot be used), which the program reports as a configuration error.
+ */
 export async function startDaemon(config: RelayConfig, log: Logger, onFatal?: (message: string) => void): Promise<Daemon> {
   const undo: (() => Promise<void> | void)[] = [];
   const unwind = async () => {
@@ -89,6 +100,20 @@ export async function startDaemon(config: RelayConfig, log: Logger, onFatal?: (m
     }
     undo.push(() => pid.release());
     if (!config.dynamicSockets) checkSocketDir(config.socketDir);
+
+    // The metrics address first: one the host refuses stops the start before any worker, VF or
+    // socket exists (no VM sees a socket come and go).
+    let metrics: MetricsServer | null = null;
+    if (config.metricsListen) {
+      try {
+        metrics = await startMetricsServer(config.metricsListen, componentLogger(log, 'metrics'));
+      } catch (err) {
+        if (!(err instanceof MetricsListenError)) throw err;
+        throw new StartupConfigError(METRICS_VARIABLE, `${METRICS_VARIABLE}=${formatListenAddress(config.metricsListen)}: ${err.message}`);
+      }
+      const server = metrics;
+      undo.push(() => server.close());
+    }
 
     const counters = createCounterBuffer();
     const pool = new WorkerPool({
@@ -137,6 +162,11 @@ export async function startDaemon(config: RelayConfig, log: Logger, onFatal?: (m
     );
     undo.push(() => services.close());
 
+    if (metrics) {
+      metrics.serve(registry);
+      log.info({ url: metrics.url }, `Prometheus metrics at ${metrics.url} (${METRICS_VARIABLE})`);
+    }
+
     log.info(
       {
         cpus: config.cpus,
@@ -145,6 +175,7 @@ export async function startDaemon(config: RelayConfig, log: Logger, onFatal?: (m
         staticVfs: config.staticVfs.length,
         portControl: services.portControl.mode,
         endpoints: services.endpoints,
+        metrics: metrics?.url ?? 'off',
       },
       'virtio-forwarder ready',
     );
@@ -152,6 +183,7 @@ export async function startDaemon(config: RelayConfig, log: Logger, onFatal?: (m
       registry,
       pool,
       config,
+      metrics,
       stop: unwind,
     };
   } catch (err) {

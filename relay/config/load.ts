@@ -38,6 +38,7 @@ import {
 import { isValidInterfaceName } from '../../vocabulary/netdev-name.js';
 import { escapeInvisible, shownValue } from './values.js';
 import type { RelayCpu } from '../registry-api.js';
+import type { ListenAddress } from '../../vocabulary/listen-address.js';
 
 export * from './types.js';
 export { parseConfigText, ConfigSyntaxError, type ConfigAssignment, type ParsedConfigText } from './file.js';
@@ -261,6 +262,7 @@ export function configFromAssignments(assignments: Map<string, ConfigAssignment>
   const ovsdbSocketPath = s.absolutePath('VIRTIOFWD_OVSDB_SOCK_PATH', DEFAULT_OVSDB_SOCKET);
   const ipcCommandFile = s.absolutePath('VIRTIOFWD_IPC_COMMAND_FILE', DEFAULT_IPC_COMMAND_FILE);
   const coreScheduler = readCoreScheduler(s, coreSchedEnabled, zmq);
+  const metricsListen = s.value<ListenAddress | null>('VIRTIOFWD_METRICS_LISTEN');
 
   if (s.problems.length > 0) throw new ConfigError(s.problems, options.sourcePath ?? 'configuration');
   const config: RelayConfig = {
@@ -283,6 +285,7 @@ export function configFromAssignments(assignments: Map<string, ConfigAssignment>
     tso: false,
     portControl: { mode: portControlMode, ovsdbSocketPath, ipcCommandFile },
     zmq,
+    metricsListen,
     coreScheduler,
     sourcePath: options.sourcePath,
   };

@@ -2,6 +2,7 @@
 // and the scheduler read these shapes; `relay/config/load.ts` builds them from /etc/default/virtioforwarder
 // and the command line. Defaults are documented in etc/default/virtioforwarder.
 import type { RelayCpu, VfRef } from '../registry-api.js';
+import type { ListenAddress } from '../../vocabulary/listen-address.js';
 
 export const DEFAULT_CONFIG_PATH = '/etc/default/virtioforwarder';
 
@@ -92,6 +93,8 @@ export interface RelayConfig {
     ipcCommandFile: string;
   };
   zmq: ZmqEndpoints;
+  /** Where the Prometheus endpoint listens (VIRTIOFWD_METRICS_LISTEN); null: no endpoint. */
+  metricsListen: ListenAddress | null;
   coreScheduler: CoreSchedulerConfig;
   /** The file the settings came from, or null when only defaults and flags were used. */
   sourcePath: string | null;

@@ -11,6 +11,7 @@ export type VariableTreatment =
   | 'refused';
 
 import { parseBooleanValue, parseSchedPollIntervalMs, parseSchedSensitivity, parseSyslogLevelValue } from './values.js';
+import { parseListenAddress } from '../../vocabulary/listen-address.js';
 
 export type FlagKind = 'value' | 'boolean' | 'repeatable';
 
@@ -286,6 +287,16 @@ export const VARIABLES: readonly VariableInfo[] = [
     defaultText: 'ipc:///var/run/virtio-forwarder/core_sched',
     treatment: 'supported',
     summary: 'ZMQ endpoint of the CPU migration service (bound when VIO4WD_CORE_SCHED_ENABLE=true)',
+  },
+  {
+    name: 'VIRTIOFWD_METRICS_LISTEN',
+    parse: parseListenAddress,
+    flag: { name: '--metrics-listen', kind: 'value', meta: 'HOST:PORT|PORT' },
+    section: 'specialised',
+    defaultText: '',
+    treatment: 'supported',
+    summary:
+      'serve the stats counters to Prometheus over HTTP (GET /metrics) on HOST:PORT, [IPv6]:PORT, or PORT alone on 127.0.0.1; blank or off = no endpoint',
   },
   {
     name: 'VIRTIOFWD_SOCKET_DIR',

@@ -82,6 +82,7 @@ describe('defaults', () => {
         statsEndpoint: 'ipc:///var/run/virtio-forwarder/stats',
         coreSchedEndpoint: 'ipc:///var/run/virtio-forwarder/core_sched',
       },
+      metricsListen: null,
       sourcePath: null,
     });
   });
@@ -571,6 +572,7 @@ describe('every variable, good and bad', () => {
     VIRTIOFWD_ZMQ_PORT_CONTROL_EP: ['off', 'zmq'],
     VIRTIOFWD_ZMQ_STATS_EP: ['tcp://*:5000', 'tcp://*'],
     VIRTIOFWD_ZMQ_CORE_SCHED_EP: ['inproc://cs', 'inproc://'],
+    VIRTIOFWD_METRICS_LISTEN: ['9477', ':9477'],
     VIRTIOFWD_SOCKET_DIR: ['/run/vio', 'vio'],
     VIRTIOFWD_SOCKET_FNAME_PATTERN: ['vm%u', 'vm'],
     VIRTIOFWD_BINARY: ['/opt/vio', '(a b)'],
