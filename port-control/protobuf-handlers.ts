@@ -1,7 +1,7 @@
 // The four ZMQ services for protobuf callers, with the meaning the original daemon gave its
 // messages: its status enums and error codes, its validation rules, `conditional` true when
 // absent, all 64 relays on an unfiltered stats request. Where the original was defective, the
-// defect is not reproduced (docs/switching-protobuf.md lists each difference and why):
+// defect is not reproduced (docs/switching.md lists each difference and why):
 // PCI addresses are compared by value, never as upper-case strings; the number of bond members
 // and every relay id and CPU is bounds-checked; a stats request measures rates over its own
 // window without resetting anything another client sees; a CPU map is applied whole or refused.
