@@ -15,6 +15,8 @@ import { notifyReady, notifyStopping } from './sd-notify.js';
 import { createCounterBuffer } from '../relay/datapath/counters.js';
 import { WorkerPool } from '../relay/control/worker-pool.js';
 import { RelayRegistryImpl } from '../relay/control/registry.js';
+import { describeSocketAccess } from '../relay/control/socket-dir.js';
+import { socketAccessFor } from '../relay/config/accounts.js';
 import { startControlServices, type ControlServices } from '../port-control/services.js';
 
 export interface Daemon {
@@ -66,7 +68,14 @@ export async function startDaemon(config: RelayConfig, log: Logger, onFatal?: (m
     const reactor = new Reactor();
     undo.push(() => reactor.close());
 
-    const registry = new RelayRegistryImpl({ config, pool, reactor, counters, log: componentLogger(log, 'relays') });
+    // A blank socket owner or group means libvirt's QEMU accounts where they exist; say which.
+    const socketAccess = socketAccessFor(config);
+    const access = describeSocketAccess(socketAccess);
+    const accessFields = { owner: socketAccess.owner?.name ?? null, group: socketAccess.group?.name ?? null };
+    if (access.onlyRoot) log.warn(accessFields, access.message);
+    else log.info(accessFields, access.message);
+
+    const registry = new RelayRegistryImpl({ config, pool, reactor, counters, socketAccess, log: componentLogger(log, 'relays') });
     undo.push(() => registry.shutdown());
 
     for (const s of config.staticVfs) {
