@@ -39,10 +39,13 @@ on_exit() {
 trap on_exit EXIT
 
 # QEMU 7.2, dpdk-testpmd (it lives in dpdk-dev, not dpdk), ovsdb-server/ovs-vsctl, iasl for the
-# VMM's ACPI tables, gcc/binutils for the VMM's tiny test guest, and what the guest builder and
-# the network tests call.
+# VMM's ACPI tables, gcc/binutils for the VMM's tiny test guest, libvirt 9.0 (libvirtd, virtlogd,
+# virsh, and the libvirt-qemu user and kvm group its QEMU runs as) for the libvirt test, and what
+# the guest builder and the network tests call. The test starts libvirtd itself; no service is
+# enabled or started here.
 packages=(
   qemu-system-x86 dpdk-dev openvswitch-common openvswitch-switch acpica-tools
+  libvirt-daemon-system libvirt-clients
   iproute2 busybox-static cpio xz-utils iputils-ping procps util-linux systemd
   gcc binutils python3
 )
