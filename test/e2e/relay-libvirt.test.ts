@@ -172,6 +172,8 @@ describe.runIf(ready)('libvirt with the default socket owner and group', () => {
       } catch {
         /* already gone: it powered off */
       }
+      // Failures already quoted it; leave nothing behind in the system's log directory.
+      rmSync(`/var/log/libvirt/qemu/${domain}.log`, { force: true });
     }
     domain = null;
     await bridge?.stop();
