@@ -22,6 +22,8 @@ import { escapeInvisible, shownValue } from '../relay/config/values.js';
 import { writeStderr } from '../sys/journal.js';
 import { statSync } from 'node:fs';
 import { MetricsListenError, startMetricsServer, type MetricsServer } from '../port-control/metrics.js';
+import { describeSocketAccess } from '../relay/control/socket-dir.js';
+import { socketAccessFor } from '../relay/config/accounts.js';
 
 export interface Daemon {
   registry: RelayRegistryImpl;
@@ -131,7 +133,14 @@ export async function startDaemon(config: RelayConfig, log: Logger, onFatal?: (m
     const reactor = new Reactor();
     undo.push(() => reactor.close());
 
-    const registry = new RelayRegistryImpl({ config, pool, reactor, counters, log: componentLogger(log, 'relays') });
+    // A blank socket owner or group means libvirt's QEMU accounts where they exist; say which.
+    const socketAccess = socketAccessFor(config);
+    const access = describeSocketAccess(socketAccess);
+    const accessFields = { owner: socketAccess.owner?.name ?? null, group: socketAccess.group?.name ?? null };
+    if (access.onlyRoot) log.warn(accessFields, access.message);
+    else log.info(accessFields, access.message);
+
+    const registry = new RelayRegistryImpl({ config, pool, reactor, counters, socketAccess, log: componentLogger(log, 'relays') });
     undo.push(() => registry.shutdown());
 
     for (const s of config.staticVfs) {

@@ -40,11 +40,14 @@ trap on_exit EXIT
 
 # QEMU 7.2, dpdk-testpmd (it lives in dpdk-dev, not dpdk), ovsdb-server/ovs-vsctl, iasl for the
 # VMM's ACPI tables, gcc/binutils for the VMM's tiny test guest, what the guest builder and the
-# network tests call, what scripts/build-deb.sh and its test use (dpkg-deb, man, groff), and
+# network tests call, what scripts/build-deb.sh and its test use (dpkg-deb, man, groff),
 # protoc, Google's protobuf runtime and pyzmq for the tests that speak the original's protobuf
-# protocol to the ZMQ services.
+# protocol to the ZMQ services, and libvirt 9.0 (libvirtd, virtlogd, virsh, and the libvirt-qemu
+# user and kvm group its QEMU runs as) for the libvirt test, which starts libvirtd itself: no
+# service is enabled or started here.
 packages=(
   qemu-system-x86 dpdk-dev openvswitch-common openvswitch-switch acpica-tools
+  libvirt-daemon-system libvirt-clients
   iproute2 busybox-static cpio xz-utils iputils-ping procps util-linux systemd
   gcc binutils python3 dpkg man-db groff-base gzip python3-zmq python3-protobuf protobuf-compiler
 )

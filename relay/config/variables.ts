@@ -136,7 +136,7 @@ export const VARIABLES: readonly VariableInfo[] = [
     section: 'general',
     defaultText: '',
     treatment: 'supported',
-    summary: 'user (name or number) owning the vhost-user sockets and their directory; blank = the daemon\'s own user',
+    summary: 'user (name or number) owning the vhost-user sockets and their directory; blank = libvirt-qemu where it exists, else the daemon\'s own user',
   },
   {
     name: 'VIRTIOFWD_SOCKET_GROUP',
@@ -144,7 +144,7 @@ export const VARIABLES: readonly VariableInfo[] = [
     section: 'general',
     defaultText: '',
     treatment: 'supported',
-    summary: 'group (name or number) of the vhost-user sockets and their directory; blank = the daemon\'s own group',
+    summary: 'group (name or number) of the vhost-user sockets (0660) and their directory (2770); blank = kvm where it exists, else the daemon\'s own group',
   },
   {
     name: 'VIRTIOFWD_HUGETLBFS_MOUNT_POINT',

@@ -1,6 +1,6 @@
 // The relay registry: the 64 relays of the daemon, their sockets and devices, and the operations
 // the control channels call. Error codes follow the original daemon's port-control codes.
-import { mkdirSync, existsSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { dirname } from 'node:path';
 import type { Logger } from 'pino';
 import type { Reactor } from '../../sys/poll.js';
@@ -15,6 +15,8 @@ import { Relay } from './relay.js';
 import { RingOpener } from './ring-opener.js';
 import type { WorkerPool } from './worker-pool.js';
 import type { RelayConfig } from '../config/types.js';
+import type { SocketAccess } from '../config/accounts.js';
+import { prepareSocketDir } from './socket-dir.js';
 import {
   MAX_BOND_MEMBERS,
   RegistryError,
@@ -41,6 +43,12 @@ export interface RegistryOptions {
   reactor: Reactor;
   counters: SharedArrayBuffer;
   log: Logger;
+  /**
+   * Owner and group of the sockets and their directories. Default: exactly the configured ones
+   * (config.socketOwner / socketGroup); the daemon passes socketAccessFor(config), which fills
+   * blank settings with libvirt's accounts.
+   */
+  socketAccess?: SocketAccess;
 }
 
 function sameVf(a: VfRef, b: VfRef): boolean {
@@ -64,10 +72,20 @@ export class RelayRegistryImpl implements RelayRegistry {
   private readonly log: Logger;
   private carrierTimer: NodeJS.Timeout | null = null;
   private readonly rings: RingOpener;
+  private readonly socketAccess: SocketAccess;
+  /** Socket directories already prepared (prepareSocketDir), so each is checked once. */
+  private readonly socketDirs = new Set<string>();
 
   constructor(private readonly opts: RegistryOptions) {
     this.counters = new Float64Array(opts.counters);
     this.log = opts.log;
+    const { socketOwner, socketGroup } = opts.config;
+    this.socketAccess = opts.socketAccess ?? {
+      owner: socketOwner,
+      group: socketGroup,
+      ownerOrigin: socketOwner ? 'configured' : 'daemon',
+      groupOrigin: socketGroup ? 'configured' : 'daemon',
+    };
     const pins = new Map(opts.config.cpuPins.map((p) => [p.relay, { vf2vm: p.vfToVmCpu, vm2vf: p.vmToVfCpu }]));
     this.rings = new RingOpener();
     const ctx = {
@@ -113,21 +131,36 @@ export class RelayRegistryImpl implements RelayRegistry {
       mergeableRxBuffers: config.mergeableRxBuffers,
       unsealedMemory: config.unsealedMemory,
     };
-    // In client mode the VM's QEMU creates the socket, so the directory must exist for it too.
-    const dir = dirname(path);
-    if (!existsSync(dir)) mkdirSync(dir, { recursive: true, mode: 0o755 });
+    // In client mode the VM's QEMU creates the socket, so the directory must exist for it too,
+    // and let the socket group create files in it.
+    this.ensureSocketDir(dirname(path));
     if (config.vhostClient) {
       relay.endpoint = connectBackend({ ...common, retryMs: 1000 });
     } else {
       relay.endpoint = listenBackend({
         ...common,
         mode: 0o660,
-        uid: config.socketOwner?.id,
-        gid: config.socketGroup?.id,
+        uid: this.socketAccess.owner?.id,
+        gid: this.socketAccess.group?.id,
       });
     }
     relay.socketPath = path;
     log.info({ socket: path, mode: config.vhostClient ? 'client' : 'server' }, 'vhost-user socket ready');
+  }
+
+  private ensureSocketDir(dir: string): void {
+    if (this.socketDirs.has(dir) && existsSync(dir)) return;
+    const st = prepareSocketDir(dir, this.socketAccess);
+    this.socketDirs.add(dir);
+    const fields = { dir, mode: st.mode.toString(8), uid: st.uid, gid: st.gid };
+    if (st.action === 'left') {
+      this.log.warn(
+        { ...fields, reason: st.reason },
+        `vhost-user socket directory ${dir} left as it is (${st.reason}): VMs reach its sockets only if its mode and group let them`,
+      );
+    } else {
+      this.log.info(fields, `vhost-user socket directory ${dir} ${st.action}`);
+    }
   }
 
   async closeSocket(id: number): Promise<void> {
