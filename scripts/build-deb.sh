@@ -73,6 +73,8 @@ for layer in vocabulary sys virtio vhost-user relay port-control scheduler daemo
 done
 find "$app/dist" -name '*.map' -delete
 cp package.json "$app/"
+# The original's protobuf messages, read at run time by dist/port-control/protobuf.js.
+install -D -m 0644 port-control/virtioforwarder.proto "$app/port-control/virtioforwarder.proto"
 commands=(virtio-forwarder vio4wd-vmm vio4wd_core_scheduler
   virtioforwarder_port_control virtioforwarder_stats virtioforwarder_core_pinner virtioforwarder_monitor_load)
 for c in "${commands[@]}"; do
@@ -87,6 +89,8 @@ npm ls --omit=dev --all --parseable 2>/dev/null | tail -n +2 | while read -r dir
   mkdir -p "$app/$(dirname "$rel")"
   cp -rT "$rel" "$app/$rel"
 done
+# Source maps are for debugging the packages themselves, not for running them.
+find "$app/node_modules" -name '*.map' -delete
 [ -d "$app/node_modules/zeromq" ] || { echo "build-deb: npm ls listed no production modules" >&2; exit 1; }
 zbuild=$app/node_modules/zeromq/build
 if [ -d "$zbuild" ]; then

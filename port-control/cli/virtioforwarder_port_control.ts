@@ -36,7 +36,7 @@ Options:
   --zmq-ep=EP         port control endpoint (default ${DEFAULT_ENDPOINTS.portControl});
                       --zmq_ep is accepted too
   --timeout=MS        how long to wait for the reply (default 2000)
-  --send-garbage      send an unreadable frame instead of the request (tests the service)
+  --send-garbage      send an unreadable JSON frame instead of the request (tests the service)
   --crash-after-send  send the request and stop without waiting for the reply
   -h, --help          this text
 
@@ -103,7 +103,7 @@ async function main(): Promise<void> {
   const client = new ControlClient(values['zmq-ep'] ?? DEFAULT_ENDPOINTS.portControl, timeout);
   try {
     if (values['send-garbage'] || values['crash-after-send']) {
-      const frame = values['send-garbage'] ? 'garbage, not a request' : JSON.stringify({ version: PROTOCOL_VERSION, op, ...fields });
+      const frame = values['send-garbage'] ? '{garbage, not a request' : JSON.stringify({ version: PROTOCOL_VERSION, op, ...fields });
       const answer = client.requestRaw(frame);
       if (values['crash-after-send']) {
         // Gives the frame time to leave, then stops without reading the reply.

@@ -13,6 +13,7 @@ import { createFakeSysfs, type FakeSysfs } from '../support/fake-sysfs.js';
 import { createVethPair, deleteLink, requireBinary, requireRoot, uniqueTag } from '../support/netns.js';
 import { startProcess, type StartedProcess } from '../support/processes.js';
 import { repoRoot } from '../support/relay.js';
+import { PbPeer, requireProtobufPeer } from '../support/pb-peer.js';
 
 vi.setConfig({ testTimeout: 120_000, hookTimeout: 600_000 });
 
@@ -213,6 +214,25 @@ describe.skipIf(!ready)('the Debian package', () => {
       deleteLink(vf);
       sysfs?.remove();
       if (dir) rmSync(dir, { recursive: true, force: true });
+    });
+
+    it.skipIf(!requireProtobufPeer())('the installed daemon answers the original protobuf messages (its .proto is in the package)', async () => {
+      const sock = join(dir, 'vm-pb.sock');
+      const peer = new PbPeer();
+      try {
+        const [domain, bus, slotFn] = [PCI.slice(0, 4), PCI.slice(5, 7), PCI.slice(8)];
+        const [slot, fn] = slotFn.split('.');
+        const addr = { domain: parseInt(domain, 16), bus: parseInt(bus, 16), slot: parseInt(slot, 16), function: parseInt(fn, 16) };
+        const pc = (msg: Record<string, unknown>) => peer.request({ ep, type: 'PortControlRequest', msg, reply: 'PortControlResponse' });
+        let a = await pc({ op: 'ADD_SOCK', vhost_path: sock, pci_addrs: [addr] });
+        expect(a.reply, JSON.stringify(a)).toMatchObject({ status: 'OK' });
+        a = await pc({ op: 'QUERY_PCI', vhost_path: sock });
+        expect(a.reply, JSON.stringify(a)).toMatchObject({ status: 'OK', query_string: PCI });
+        a = await pc({ op: 'REMOVE_SOCK', vhost_path: sock, pci_addrs: [addr] });
+        expect(a.reply, JSON.stringify(a)).toMatchObject({ status: 'OK' });
+      } finally {
+        await peer.close();
+      }
     });
 
     it('add_sock, query_pci and remove_sock through /usr/lib64/virtio-forwarder/virtioforwarder_port_control.py', () => {
