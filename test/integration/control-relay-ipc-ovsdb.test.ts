@@ -7,9 +7,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
 import { ControlClient } from '../../port-control/client.js';
-import { run } from '../support/env.js';
 import { createFakeSysfs, type FakeSysfs } from '../support/fake-sysfs.js';
-import { createNetns, createVethPair, deleteLink, deleteNetns, linkCounter, nsExec, requireBinary, requireRoot, uniqueTag } from '../support/netns.js';
+import { createNetns, createVethPair, deleteLink, deleteNetns, linkCounter, requireBinary, requireRoot, uniqueTag } from '../support/netns.js';
 import { missingOvsdbPrerequisite, OvsdbSandbox } from '../support/ovsdb.js';
 import { sleep, stopAll, waitFor } from '../support/processes.js';
 import { startRelay, type RunningRelay } from '../support/relay.js';
@@ -49,9 +48,7 @@ afterAll(async () => {
 });
 
 function vethToNamespace(vf: string, peer: string): void {
-  createVethPair(vf, peer, { nsB: ns });
-  run('sysctl', ['-qw', `net.ipv6.conf.${vf}.disable_ipv6=1`]);
-  nsExec(ns, 'sysctl', ['-qw', `net.ipv6.conf.${peer}.disable_ipv6=1`]);
+  createVethPair(vf, peer, { nsB: ns, noIpv6: true });
 }
 
 function relayZmqLines(): string[] {

@@ -12,8 +12,7 @@ import { connect, createServer, type AddressInfo, type Server } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
-import { run } from '../support/env.js';
-import { createNetns, createVethPair, deleteLink, deleteNetns, nsExec, requireBinary, requireRoot, uniqueTag } from '../support/netns.js';
+import { createNetns, createVethPair, deleteLink, deleteNetns, requireBinary, requireRoot, uniqueTag } from '../support/netns.js';
 import { startProcess, stopAll, waitFor } from '../support/processes.js';
 import { relayBin, startRelay, type RunningRelay } from '../support/relay.js';
 
@@ -156,10 +155,7 @@ describe.skipIf(!ready)('the Prometheus endpoint of the running daemon', () => {
   beforeAll(async () => {
     scratch = mkdtempSync(join(tmpdir(), `vio4wd-metrics-${process.pid}-`));
     createNetns(ns);
-    createVethPair(vf, peer, { nsB: ns });
-    // No IPv6 on the veths: router solicitations and MLD reports would blur the frame counts.
-    run('sysctl', ['-qw', `net.ipv6.conf.${vf}.disable_ipv6=1`]);
-    nsExec(ns, 'sysctl', ['-qw', `net.ipv6.conf.${peer}.disable_ipv6=1`]);
+    createVethPair(vf, peer, { nsB: ns, noIpv6: true });
     relay = await startRelay({
       cpus: [0],
       staticVfs: { [vf]: RELAY },

@@ -9,9 +9,8 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
-import { run } from '../support/env.js';
 import { createFakeSysfs, type FakeSysfs } from '../support/fake-sysfs.js';
-import { createNetns, createVethPair, deleteLink, deleteNetns, nsExec, requireBinary, requireRoot, uniqueTag } from '../support/netns.js';
+import { createNetns, createVethPair, deleteLink, deleteNetns, requireBinary, requireRoot, uniqueTag } from '../support/netns.js';
 import { stopAll, waitFor } from '../support/processes.js';
 import { repoRoot, startRelay, type RunningRelay } from '../support/relay.js';
 import { startTestpmd, virtioUserVdev, type Testpmd } from '../support/testpmd.js';
@@ -69,9 +68,7 @@ const stats = (...args: string[]) => flat(ok(tool('virtioforwarder_stats', '--st
 describe.skipIf(!ready)('the operator tools with the original spellings, against the daemon', () => {
   beforeAll(async () => {
     createNetns(ns);
-    createVethPair(vf, peer, { nsB: ns });
-    run('sysctl', ['-qw', `net.ipv6.conf.${vf}.disable_ipv6=1`]);
-    nsExec(ns, 'sysctl', ['-qw', `net.ipv6.conf.${peer}.disable_ipv6=1`]);
+    createVethPair(vf, peer, { nsB: ns, noIpv6: true });
     sysfs = createFakeSysfs({ devices: [{ pci: PCI, ifnames: [vf], physfn: '0000:05:00.0', vfIndex: 1 }] });
     dir = mkdtempSync(join(tmpdir(), `vio4wd-tools-${process.pid}-`));
     EP.pc = `ipc://${dir}/port_control`;

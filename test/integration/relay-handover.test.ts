@@ -17,7 +17,7 @@ import { VirtioNetFeature } from '../../vhost-user/features.js';
 import { GuestMemory } from '../../virtio/guest-memory.js';
 import { SplitQueueDriver } from '../../virtio/split-queue-driver.js';
 import { run } from '../support/env.js';
-import { createNetns, createVethPair, deleteLink, deleteNetns, linkCounter, nsExec, requireBinary, requireRoot, uniqueTag } from '../support/netns.js';
+import { createNetns, createVethPair, deleteLink, deleteNetns, linkCounter, requireBinary, requireRoot, uniqueTag } from '../support/netns.js';
 import { sleep, startProcess, stopAll, waitFor, type StartedProcess } from '../support/processes.js';
 import { startRelay, type RunningRelay } from '../support/relay.js';
 
@@ -214,9 +214,7 @@ function sequenceProblem(seqs: number[], n: number): string {
 describe.skipIf(!ready)('relay directions handed over between workers under traffic', () => {
   beforeAll(async () => {
     createNetns(ns);
-    createVethPair(vf, peer, { nsB: ns });
-    run('sysctl', ['-qw', `net.ipv6.conf.${vf}.disable_ipv6=1`]);
-    nsExec(ns, 'sysctl', ['-qw', `net.ipv6.conf.${peer}.disable_ipv6=1`]);
+    createVethPair(vf, peer, { nsB: ns, noIpv6: true });
     dir = mkdtempSync(join(tmpdir(), `vio4wd-handover-${process.pid}-`));
     reactor = new Reactor();
     relay = await startRelay({

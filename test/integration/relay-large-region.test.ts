@@ -14,9 +14,8 @@ import { Reactor } from '../../sys/poll.js';
 import { Frontend, type VringSetup } from '../../vhost-user/frontend.js';
 import { VirtioNetFeature } from '../../vhost-user/features.js';
 import { REGION_VIEW_BYTES } from '../../virtio/guest-memory.js';
-import { run } from '../support/env.js';
 import { NetTestVm, type NetTestVmLayout } from '../support/net-test-vm.js';
-import { createNetns, createVethPair, deleteLink, deleteNetns, linkCounter, nsExec, requireBinary, requireRoot, uniqueTag } from '../support/netns.js';
+import { createNetns, createVethPair, deleteLink, deleteNetns, linkCounter, requireBinary, requireRoot, uniqueTag } from '../support/netns.js';
 import { startProcess, stopAll, waitFor } from '../support/processes.js';
 import { startRelay, type RunningRelay } from '../support/relay.js';
 
@@ -69,9 +68,7 @@ let reactor: Reactor;
 describe.skipIf(!ready)('a memory region larger than 4 GiB', () => {
   beforeAll(async () => {
     createNetns(ns);
-    createVethPair(vf, peer, { nsB: ns });
-    run('sysctl', ['-qw', `net.ipv6.conf.${vf}.disable_ipv6=1`]);
-    nsExec(ns, 'sysctl', ['-qw', `net.ipv6.conf.${peer}.disable_ipv6=1`]);
+    createVethPair(vf, peer, { nsB: ns, noIpv6: true });
     dir = mkdtempSync(join(tmpdir(), `vio4wd-large-region-${process.pid}-`));
     reactor = new Reactor();
     relay = await startRelay({

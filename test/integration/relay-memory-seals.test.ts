@@ -12,9 +12,8 @@ import { F_SEAL_SHRINK, MAP_SHARED, PROT_READ, PROT_WRITE, addSeals, fileSeals, 
 import { Reactor } from '../../sys/poll.js';
 import { Frontend, type VringSetup } from '../../vhost-user/frontend.js';
 import { VirtioNetFeature } from '../../vhost-user/features.js';
-import { run } from '../support/env.js';
 import { NetTestVm, type NetTestVmLayout } from '../support/net-test-vm.js';
-import { createNetns, createVethPair, deleteLink, deleteNetns, linkCounter, nsExec, requireBinary, requireRoot, uniqueTag } from '../support/netns.js';
+import { createNetns, createVethPair, deleteLink, deleteNetns, linkCounter, requireBinary, requireRoot, uniqueTag } from '../support/netns.js';
 import { sleep, stopAll, waitFor } from '../support/processes.js';
 import { startRelay, type RunningRelay } from '../support/relay.js';
 
@@ -111,9 +110,7 @@ async function closeVms(): Promise<void> {
 describe.skipIf(!ready)('guest memory that could shrink under the relay', () => {
   beforeAll(() => {
     createNetns(ns);
-    createVethPair(vf, peer, { nsB: ns });
-    run('sysctl', ['-qw', `net.ipv6.conf.${vf}.disable_ipv6=1`]);
-    nsExec(ns, 'sysctl', ['-qw', `net.ipv6.conf.${peer}.disable_ipv6=1`]);
+    createVethPair(vf, peer, { nsB: ns, noIpv6: true });
     reactor = new Reactor();
   });
 

@@ -20,10 +20,9 @@ import { F_SEAL_SHRINK, MAP_SHARED, PROT_READ, PROT_WRITE, addSeals, ftruncate, 
 import { Reactor } from '../../sys/poll.js';
 import { Frontend, type FrontendRegion, type VringSetup } from '../../vhost-user/frontend.js';
 import { VirtioNetFeature } from '../../vhost-user/features.js';
-import { run } from '../support/env.js';
 import { NetTestVm, type NetTestVmLayout } from '../support/net-test-vm.js';
 import { SplitQueueDriver } from '../../virtio/split-queue-driver.js';
-import { createNetns, createVethPair, deleteLink, deleteNetns, linkCounter, nsExec, requireBinary, requireRoot, uniqueTag } from '../support/netns.js';
+import { createNetns, createVethPair, deleteLink, deleteNetns, linkCounter, requireBinary, requireRoot, uniqueTag } from '../support/netns.js';
 import { sleep, startProcess, stopAll, waitFor, type StartedProcess } from '../support/processes.js';
 import { startRelay, type RunningRelay } from '../support/relay.js';
 
@@ -131,9 +130,7 @@ function sequenceReport(seqs: number[], n: number): { duplicated: number; reorde
 describe.skipIf(!ready)('a healthy VM restarting its rings under traffic', () => {
   beforeAll(async () => {
     createNetns(ns);
-    createVethPair(vf, peer, { nsB: ns });
-    run('sysctl', ['-qw', `net.ipv6.conf.${vf}.disable_ipv6=1`]);
-    nsExec(ns, 'sysctl', ['-qw', `net.ipv6.conf.${peer}.disable_ipv6=1`]);
+    createVethPair(vf, peer, { nsB: ns, noIpv6: true });
     dir = mkdtempSync(join(tmpdir(), `vio4wd-ring-restarts-${process.pid}-`));
     reactor = new Reactor();
     relay = await startRelay({ cpus: (process.env.VIO4WD_RR_CPUS ?? '1').split(',').map(Number), pollMode: (process.env.VIO4WD_RR_POLL as 'busy' | undefined) ?? 'adaptive', staticVfs: { [vf]: RELAY }, logLevel: 6 });

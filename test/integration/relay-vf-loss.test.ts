@@ -15,9 +15,8 @@ import { MAP_SHARED, PROT_READ, PROT_WRITE, ftruncate, memfdCreate, mmap, munmap
 import { Reactor } from '../../sys/poll.js';
 import { Frontend, type VringSetup } from '../../vhost-user/frontend.js';
 import { VirtioNetFeature } from '../../vhost-user/features.js';
-import { run } from '../support/env.js';
 import { NetTestVm, type NetTestVmLayout } from '../support/net-test-vm.js';
-import { createNetns, createVethPair, deleteLink, deleteNetns, linkCounter, nsExec, requireBinary, requireRoot, uniqueTag } from '../support/netns.js';
+import { createNetns, createVethPair, deleteLink, deleteNetns, linkCounter, requireBinary, requireRoot, uniqueTag } from '../support/netns.js';
 import { sleep, startProcess, stopAll, waitFor } from '../support/processes.js';
 import { startRelay, type RunningRelay } from '../support/relay.js';
 
@@ -64,9 +63,7 @@ let reactor: Reactor;
 describe.skipIf(!ready)('frames lost between the VF and the guest are counted by cause', () => {
   beforeAll(async () => {
     createNetns(ns);
-    createVethPair(vf, peer, { nsB: ns });
-    run('sysctl', ['-qw', `net.ipv6.conf.${vf}.disable_ipv6=1`]);
-    nsExec(ns, 'sysctl', ['-qw', `net.ipv6.conf.${peer}.disable_ipv6=1`]);
+    createVethPair(vf, peer, { nsB: ns, noIpv6: true });
     dir = mkdtempSync(join(tmpdir(), `vio4wd-vf-loss-${process.pid}-`));
     reactor = new Reactor();
     relay = await startRelay({

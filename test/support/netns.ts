@@ -25,17 +25,25 @@ export function deleteNetns(name: string): void {
   }
 }
 
-/** Creates a veth pair `a` (in the root namespace) ⇄ `b` (optionally moved into `nsB`), both up. */
-export function createVethPair(a: string, b: string, opts: { nsB?: string; mtu?: number } = {}): void {
+/**
+ * A veth pair `a`—`b`, both up, `b` moved into `nsB` if given. `noIpv6` turns IPv6 off on both
+ * ends, so router solicitations and MLD reports do not add frames to what a test counts.
+ */
+export function createVethPair(a: string, b: string, opts: { nsB?: string; mtu?: number; noIpv6?: boolean } = {}): void {
   run('ip', ['link', 'add', a, 'type', 'veth', 'peer', 'name', b]);
+  // Before the links come up, so that they send nothing; `b`'s setting is made in its final
+  // namespace (a move between namespaces gives a device that namespace's defaults again).
+  if (opts.noIpv6) run('sysctl', ['-qw', `net.ipv6.conf.${a}.disable_ipv6=1`]);
   if (opts.mtu) {
     run('ip', ['link', 'set', a, 'mtu', String(opts.mtu)]);
     run('ip', ['link', 'set', b, 'mtu', String(opts.mtu)]);
   }
   if (opts.nsB) {
     run('ip', ['link', 'set', b, 'netns', opts.nsB]);
+    if (opts.noIpv6) run('ip', ['netns', 'exec', opts.nsB, 'sysctl', '-qw', `net.ipv6.conf.${b}.disable_ipv6=1`]);
     run('ip', ['-n', opts.nsB, 'link', 'set', b, 'up']);
   } else {
+    if (opts.noIpv6) run('sysctl', ['-qw', `net.ipv6.conf.${b}.disable_ipv6=1`]);
     run('ip', ['link', 'set', b, 'up']);
   }
   run('ip', ['link', 'set', a, 'up']);
