@@ -50,6 +50,10 @@ export interface GuestVmOptions {
   label?: string;
   /** Copy QEMU's console to stderr as it arrives (debugging). */
   echo?: boolean;
+  /** Room for memory hot-plug: DIMM slots and the most memory the guest may grow to. */
+  hotplug?: { slots: number; maxMiB: number };
+  /** A QMP socket QEMU listens on (test/support/qmp.ts talks to it). */
+  qmpSocket?: string;
 }
 
 export interface GuestExecResult {
@@ -104,13 +108,14 @@ export function qemuArgs(image: GuestImage, opts: GuestVmOptions, accel: GuestAc
   const args = [
     '-M', `${machine},accel=${accel},memory-backend=mem`,
     '-cpu', accel === 'kvm' ? 'host' : 'max',
-    '-m', `${memoryMiB}M`,
+    '-m', opts.hotplug ? `${memoryMiB}M,slots=${opts.hotplug.slots},maxmem=${opts.hotplug.maxMiB}M` : `${memoryMiB}M`,
     '-smp', '1',
     '-nodefaults', '-no-user-config', '-nographic', '-serial', 'stdio', '-no-reboot',
     '-kernel', image.kernel,
     '-initrd', image.initrd,
     '-append', append.join(' '),
   ];
+  if (opts.qmpSocket) args.push('-qmp', `unix:${opts.qmpSocket},server=on,wait=off`);
 
   // vhost-user back-ends map guest RAM through an fd, so it must be shared file-backed memory.
   if ((opts.memoryBackend ?? 'memfd') === 'hugetlbfs') {
