@@ -15,17 +15,19 @@ import {
   offeredFeatures,
   offeredProtocolFeatures,
 } from './features.js';
-import { locateUserRange, mapTable, readUsedIdx, sameTable, unmapTable, type MappedTable } from './guest-mapping.js';
+import { locateUserRange, mapTable, readUsedIdx, sameTable, tableWithRegion, tableWithoutRegion, unmapReplaced, unmapTable, type MappedTable } from './guest-mapping.js';
 import { protectAgainstShrink, type UnsealedMemoryPolicy } from './memory-seals.js';
 import {
   FLAG_NEED_REPLY,
   ProtocolError,
+  MAX_MEM_SLOTS,
   REPLY_FLAGS,
   Request,
   VRING_F_LOG,
   bitsOutside,
   checkFdCount,
   decodeMemTable,
+  decodeSingleRegion,
   decodeMtu,
   decodeRarpMac,
   decodeU64,
@@ -129,6 +131,9 @@ export class BackendSession {
       [Request.SET_OWNER, () => undefined],
       [Request.RESET_OWNER, () => this.resetOwner()],
       [Request.SET_MEM_TABLE, (m) => this.setMemTable(m)],
+      [Request.GET_MAX_MEM_SLOTS, () => encodeU64(MAX_MEM_SLOTS)],
+      [Request.ADD_MEM_REG, (m) => this.addMemReg(m)],
+      [Request.REM_MEM_REG, (m) => this.remMemReg(m)],
       [Request.SET_LOG_FD, () => undefined],
       [Request.SET_VRING_NUM, (m) => this.setVringNum(m)],
       [Request.SET_VRING_ADDR, (m) => this.setVringAddr(m)],
@@ -265,20 +270,62 @@ export class BackendSession {
       return;
     }
     this.checkShrinkable(descs.length, m.fds);
-    const table = mapTable(descs, m.fds);
     // The mappings keep the memory alive; the fds are not needed any more (closed by the connection).
+    await this.installTable(mapTable(descs, m.fds), 'SET_MEM_TABLE');
+  }
+
+  /**
+   * CONFIGURE_MEM_SLOTS: one region more (memory hot-plug). The other regions keep their
+   * mappings; the rings restart against the new table like after SET_MEM_TABLE.
+   */
+  private async addMemReg(m: ReceivedMessage): Promise<void> {
+    const desc = decodeSingleRegion(m.payload);
+    if (desc.size === 0) throw new ProtocolError('ADD_MEM_REG: a region of size 0');
+    this.checkShrinkable(1, m.fds);
+    let table: MappedTable;
+    try {
+      table = tableWithRegion(this.table, desc, m.fds[0], MAX_MEM_SLOTS);
+    } catch (err) {
+      throw new ProtocolError((err as Error).message);
+    }
+    await this.installTable(table, 'ADD_MEM_REG');
+  }
+
+  /** CONFIGURE_MEM_SLOTS: one region less (memory hot-unplug). An unknown region is logged and ignored. */
+  private async remMemReg(m: ReceivedMessage): Promise<void> {
+    const desc = decodeSingleRegion(m.payload);
+    const table = this.table ? tableWithoutRegion(this.table, desc) : undefined;
+    if (table === undefined) {
+      this.log.warn({ gpa: hex(desc.guestPhysAddr), size: hex(desc.size), ua: hex(desc.userAddr) }, 'vhost-user: REM_MEM_REG names no mapped region; ignored');
+      return;
+    }
+    if (table === null) {
+      // The last region: nothing can run without memory.
+      for (const v of this.vrings.filter((x) => x.started)) await this.stopVring(v, false);
+      const old = this.table!;
+      this.table = null;
+      unmapReplaced(old, null);
+      this.log.info('vhost-user: last memory region removed; rings wait for memory');
+      return;
+    }
+    await this.installTable(table, 'REM_MEM_REG');
+  }
+
+  /** Stops the running rings, hands the device the new memory, then restarts what can run. */
+  private async installTable(table: MappedTable, via: 'SET_MEM_TABLE' | 'ADD_MEM_REG' | 'REM_MEM_REG'): Promise<void> {
     const running = this.vrings.filter((v) => v.started);
     try {
       for (const v of running) await this.stopVring(v, false);
       await this.device.memoryChanged({ regions: table.regions, memory: table.memory });
     } catch (err) {
-      unmapTable(table);
+      if (this.table) unmapReplaced(table, this.table);
+      else unmapTable(table);
       throw err;
     }
     const old = this.table;
     this.table = table;
-    if (old) unmapTable(old);
-    this.log.info({ regions: descs.map((d) => ({ gpa: hex(d.guestPhysAddr), size: hex(d.size), ua: hex(d.userAddr), offset: hex(d.mmapOffset) })) }, 'vhost-user: memory table mapped');
+    if (old) unmapReplaced(old, table);
+    this.log.info({ via, regions: table.descs.map((d) => ({ gpa: hex(d.guestPhysAddr), size: hex(d.size), ua: hex(d.userAddr), offset: hex(d.mmapOffset) })) }, 'vhost-user: memory table mapped');
     // The front-end will not resend SET_VRING_ADDR: restart rings against the new mappings, and
     // start kicked rings whose addresses the old table could not translate.
     for (const v of this.vrings) await this.tryStart(v);

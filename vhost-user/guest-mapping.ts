@@ -54,21 +54,60 @@ export function mapTable(descs: readonly MemRegionDesc[], fds: readonly number[]
   const mappings: Mapping[] = [];
   try {
     descs.forEach((d, i) => mappings.push(mapRegion(d, fds[i], i)));
-    const regions: SessionRegion[] = descs.map((d, i) => ({
-      guestPhysAddr: d.guestPhysAddr,
-      size: d.size,
-      userAddr: d.userAddr,
-      hostAddress: mappings[i].address + d.mmapOffset,
-      mappingAddress: mappings[i].address,
-      mmapLength: mappings[i].length,
-      mmapOffset: d.mmapOffset,
-    }));
-    const memory = new GuestMemory(regionPieces(regions, (address, length) => new Uint8Array(viewAt(address, length))));
-    return { descs, mappings, regions, memory };
+    return assemble(descs, mappings);
   } catch (err) {
     for (const m of mappings) unmapQuietly(m);
     throw err;
   }
+}
+
+/** The table's regions with its memory view, built from regions already mapped. */
+function assemble(descs: readonly MemRegionDesc[], mappings: readonly Mapping[]): MappedTable {
+  const regions: SessionRegion[] = descs.map((d, i) => ({
+    guestPhysAddr: d.guestPhysAddr,
+    size: d.size,
+    userAddr: d.userAddr,
+    hostAddress: mappings[i].address + d.mmapOffset,
+    mappingAddress: mappings[i].address,
+    mmapLength: mappings[i].length,
+    mmapOffset: d.mmapOffset,
+  }));
+  const memory = new GuestMemory(regionPieces(regions, (address, length) => new Uint8Array(viewAt(address, length))));
+  return { descs, mappings, regions, memory };
+}
+
+/**
+ * ADD_MEM_REG: the table with one more region, mapped from `fd`; the other regions keep their
+ * mappings. Throws (with nothing left mapped) for a region that overlaps another or a table that
+ * would pass `maxRegions`.
+ */
+export function tableWithRegion(table: MappedTable | null, desc: MemRegionDesc, fd: number, maxRegions: number): MappedTable {
+  const descs = [...(table?.descs ?? []), desc];
+  if (descs.length > maxRegions) throw new Error(`ADD_MEM_REG: the table already has ${descs.length - 1} regions, at most ${maxRegions} are allowed`);
+  const mapping = mapRegion(desc, fd, descs.length - 1);
+  try {
+    return assemble(descs, [...(table?.mappings ?? []), mapping]);
+  } catch (err) {
+    unmapQuietly(mapping);
+    throw err;
+  }
+}
+
+/**
+ * REM_MEM_REG: the table without the region of the same guest address, size and user address,
+ * or null when that was the last one; undefined when no region matches.
+ */
+export function tableWithoutRegion(table: MappedTable, desc: MemRegionDesc): MappedTable | null | undefined {
+  const i = table.descs.findIndex((d) => d.guestPhysAddr === desc.guestPhysAddr && d.size === desc.size && d.userAddr === desc.userAddr);
+  if (i < 0) return undefined;
+  if (table.descs.length === 1) return null;
+  return assemble(table.descs.filter((_, k) => k !== i), table.mappings.filter((_, k) => k !== i));
+}
+
+/** Unmaps what `old` mapped and `current` no longer uses (tables share unchanged regions). */
+export function unmapReplaced(old: MappedTable, current: MappedTable | null): void {
+  const kept = new Set(current?.mappings ?? []);
+  for (const m of old.mappings) if (!kept.has(m)) unmapQuietly(m);
 }
 
 function unmapQuietly(m: Mapping): void {

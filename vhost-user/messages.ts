@@ -102,6 +102,11 @@ export const FLAG_NEED_REPLY = 0x8;
 export const REPLY_FLAGS = VERSION | FLAG_REPLY;
 
 export const MAX_MEM_REGIONS = 8;
+/**
+ * Regions a back-end takes one at a time (CONFIGURE_MEM_SLOTS, ADD_MEM_REG): QEMU's DIMM slots
+ * plus RAM. Each region is one mapping; 32 is far above what hosts configure.
+ */
+export const MAX_MEM_SLOTS = 32;
 export const MEM_REGION_SIZE = 32;
 /** Enough for every payload any front-end sends (GET/SET_CONFIG is the largest at 12+256). */
 export const MAX_PAYLOAD = 4096;

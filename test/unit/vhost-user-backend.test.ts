@@ -18,6 +18,8 @@ import {
   decodeVringState,
   encodeHeader,
   encodeMemTable,
+  encodeSingleRegion,
+  MAX_MEM_SLOTS,
   encodeMessage,
   encodeU64,
   encodeVringAddr,
@@ -173,7 +175,7 @@ describe('a well-behaved front-end (virtio-user order)', () => {
   it('negotiates, maps memory, starts and enables vrings 0 and 1, and stops them on GET_VRING_BASE', async () => {
     send(Request.SET_OWNER);
     expect(decodeU64(await ask(Request.GET_FEATURES))).toBe(offeredFeatures());
-    expect(decodeU64(await ask(Request.GET_PROTOCOL_FEATURES))).toBe(0b1001);
+    expect(decodeU64(await ask(Request.GET_PROTOCOL_FEATURES))).toBe(0x8009);
     expect(decodeU64(await ask(Request.GET_QUEUE_NUM))).toBe(1);
     // virtio-user sends the call fds before anything else.
     const calls = [eventfd(), eventfd()];
@@ -548,11 +550,37 @@ describe('messages a net back-end tolerates or refuses without offering them', (
     expect(await ack(Request.NET_SET_MTU, encodeU64(40))).toBe(1);
   });
 
-  it('NACKs ADD_MEM_REG (CONFIGURE_MEM_SLOTS not offered) and closes its fd', async () => {
-    const payload = new Uint8Array(40);
-    new DataView(payload.buffer).setUint32(16, 4096, true);
-    expect(await ack(Request.ADD_MEM_REG, payload, [memFd])).toBe(1);
+  it('CONFIGURE_MEM_SLOTS: adds and removes regions one at a time, refuses overlaps and a full table, ignores unknown removals', async () => {
+    expect(decodeU64(await ask(Request.GET_MAX_MEM_SLOTS))).toBe(MAX_MEM_SLOTS);
+    const { fd: _fd, ...first } = region();
+    expect(await ack(Request.ADD_MEM_REG, encodeSingleRegion(first), [memFd])).toBe(0);
+    expect(session.memory?.regions.length).toBe(1);
+    // A second region of the same file further up in both address spaces.
+    const half = MEM_SIZE / 2;
+    const second = { guestPhysAddr: GPA_BASE + MEM_SIZE, size: half, userAddr: USER_BASE + MEM_SIZE, mmapOffset: half };
+    expect(await ack(Request.ADD_MEM_REG, encodeSingleRegion(second), [memFd])).toBe(0);
+    expect(session.memory?.regions.map((r) => r.guestPhysAddr)).toEqual([GPA_BASE, GPA_BASE + MEM_SIZE]);
+    expect(session.memory?.memory.translate(GPA_BASE + MEM_SIZE + 16, 4)).not.toBeNull();
+    // Overlapping what is mapped: refused, the table unchanged.
+    const overlap = { ...second, guestPhysAddr: GPA_BASE + 4096, userAddr: USER_BASE + 8 * MEM_SIZE };
+    expect(await ack(Request.ADD_MEM_REG, encodeSingleRegion(overlap), [memFd])).toBe(1);
+    expect(session.memory?.regions.length).toBe(2);
+    // Removing a region nobody added is ignored; removing a real one takes it out of translation.
+    expect(await ack(Request.REM_MEM_REG, encodeSingleRegion({ ...second, size: 4096 }))).toBe(0);
+    expect(session.memory?.regions.length).toBe(2);
+    expect(await ack(Request.REM_MEM_REG, encodeSingleRegion(second))).toBe(0);
+    expect(session.memory?.regions.length).toBe(1);
+    expect(session.memory?.memory.translate(GPA_BASE + MEM_SIZE + 16, 4)).toBeNull();
+    expect(await ack(Request.REM_MEM_REG, encodeSingleRegion(first))).toBe(0);
     expect(session.memory).toBeNull();
+    // At most MAX_MEM_SLOTS regions.
+    for (let i = 0; i < MAX_MEM_SLOTS; i++) {
+      const r = { guestPhysAddr: i * MEM_SIZE, size: 4096, userAddr: USER_BASE + i * MEM_SIZE, mmapOffset: 0 };
+      expect(await ack(Request.ADD_MEM_REG, encodeSingleRegion(r), [memFd])).toBe(0);
+    }
+    const extra = { guestPhysAddr: MAX_MEM_SLOTS * MEM_SIZE, size: 4096, userAddr: USER_BASE + MAX_MEM_SLOTS * MEM_SIZE, mmapOffset: 0 };
+    expect(await ack(Request.ADD_MEM_REG, encodeSingleRegion(extra), [memFd])).toBe(1);
+    expect(session.memory?.regions.length).toBe(MAX_MEM_SLOTS);
   });
 
   it('stops every ring and forgets features on RESET_OWNER', async () => {
