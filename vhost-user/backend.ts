@@ -4,6 +4,7 @@
 import pino, { type Logger } from 'pino';
 import { close as closeFd, setNonBlocking } from '../sys/fd.js';
 import { checkNotifierFd } from '../sys/eventfd.js';
+import { STATUS_FAILED, statusNames } from '../virtio/device-status.js';
 import { availRingBytes, descTableBytes, isValidSplitQueueSize, usedRingBytes } from '../virtio/ring-layout.js';
 import { Connection, closeFds, takeFd, type ReadinessSource, type ReceivedMessage } from './connection.js';
 import type { NetDevice, VringConfig } from './device.js';
@@ -97,6 +98,8 @@ export class BackendSession {
   private ackedFeatures = 0;
   private featuresSet = false;
   private ackedProtocolFeatures = 0;
+  /** The virtio device status byte the front-end last set (PROTOCOL_F_STATUS); informational. */
+  private deviceStatus = 0;
   private table: MappedTable | null = null;
   private readonly vrings: VringState[];
   private readonly handlers: Map<number, Handler>;
@@ -132,6 +135,8 @@ export class BackendSession {
       [Request.RESET_OWNER, () => this.resetOwner()],
       [Request.SET_MEM_TABLE, (m) => this.setMemTable(m)],
       [Request.GET_MAX_MEM_SLOTS, () => encodeU64(MAX_MEM_SLOTS)],
+      [Request.SET_STATUS, (m) => this.setStatus(m)],
+      [Request.GET_STATUS, () => encodeU64(this.deviceStatus)],
       [Request.ADD_MEM_REG, (m) => this.addMemReg(m)],
       [Request.REM_MEM_REG, (m) => this.remMemReg(m)],
       [Request.SET_LOG_FD, () => undefined],
@@ -259,6 +264,22 @@ export class BackendSession {
     }
     this.ackedFeatures = 0;
     this.featuresSet = false;
+    this.deviceStatus = 0;
+  }
+
+  /**
+   * PROTOCOL_F_STATUS: the front-end tells the device status byte it wrote (QEMU: ACKNOWLEDGE |
+   * DRIVER | DRIVER_OK when it starts the device, 0 when it stops it). The rings already start and
+   * stop with their own messages, so the relay records it, answers GET_STATUS and logs changes.
+   */
+  private setStatus(m: ReceivedMessage): void {
+    const status = decodeU64(m.payload, 'SET_STATUS');
+    if (status > 0xff) throw new ProtocolError(`SET_STATUS 0x${status.toString(16)}: the device status is one byte`);
+    if (status === this.deviceStatus) return;
+    const names = statusNames(status);
+    if ((status & STATUS_FAILED) !== 0) this.log.warn({ status: names }, 'vhost-user: the driver gave up on the device (status FAILED)');
+    else this.log.info({ status: names }, `vhost-user: device status ${names.join('|') || 'reset (0)'}`);
+    this.deviceStatus = status;
   }
 
   // ---- memory -----------------------------------------------------------------------------------

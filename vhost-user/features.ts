@@ -49,7 +49,7 @@ export function offeredFeatures(opts: OfferOptions = {}): number {
 }
 
 export function offeredProtocolFeatures(): number {
-  return bitsToMask([ProtocolFeature.MQ, ProtocolFeature.REPLY_ACK, ProtocolFeature.CONFIGURE_MEM_SLOTS]);
+  return bitsToMask([ProtocolFeature.MQ, ProtocolFeature.REPLY_ACK, ProtocolFeature.CONFIGURE_MEM_SLOTS, ProtocolFeature.STATUS]);
 }
 
 /** Names of the set bits, for logs (virtio/features.ts names them). */

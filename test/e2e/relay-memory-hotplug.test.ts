@@ -79,6 +79,9 @@ describe.runIf(ready)('memory hot-plug in a running QEMU guest', () => {
     });
     await vm.ready(180_000);
     await guestPings(3);
+    // QEMU 7.2 also negotiated PROTOCOL_F_STATUS and told the relay the driver started the device.
+    const statuses = relay.logs().filter((l) => /device status/.test(String(l.msg))).map((l) => l.status as string[]);
+    expect(statuses.some((s) => s.includes('DRIVER_OK')), JSON.stringify(statuses)).toBe(true);
     const memTotal = async () => {
       const r = await vm!.exec('grep MemTotal /proc/meminfo; ls /sys/devices/system/memory | wc -l', 30_000);
       return Number(r.output.match(/MemTotal:\s+(\d+)/)?.[1]);

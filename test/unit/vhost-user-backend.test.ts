@@ -175,7 +175,7 @@ describe('a well-behaved front-end (virtio-user order)', () => {
   it('negotiates, maps memory, starts and enables vrings 0 and 1, and stops them on GET_VRING_BASE', async () => {
     send(Request.SET_OWNER);
     expect(decodeU64(await ask(Request.GET_FEATURES))).toBe(offeredFeatures());
-    expect(decodeU64(await ask(Request.GET_PROTOCOL_FEATURES))).toBe(0x8009);
+    expect(decodeU64(await ask(Request.GET_PROTOCOL_FEATURES))).toBe(0x18009);
     expect(decodeU64(await ask(Request.GET_QUEUE_NUM))).toBe(1);
     // virtio-user sends the call fds before anything else.
     const calls = [eventfd(), eventfd()];
@@ -469,7 +469,7 @@ describe('C8: features', () => {
   it('refuses virtio and protocol features that were not offered', async () => {
     expect(await ack(Request.SET_FEATURES, encodeU64(2 ** 35))).toBe(1); // IN_ORDER
     expect(await ack(Request.SET_FEATURES, encodeU64(1 << 17))).toBe(1); // CTRL_VQ
-    expect(await ack(Request.SET_PROTOCOL_FEATURES, encodeU64(1 << 16))).toBe(1); // STATUS
+    expect(await ack(Request.SET_PROTOCOL_FEATURES, encodeU64(1 << 11))).toBe(1); // HOST_NOTIFIER
     expect(await ack(Request.SET_PROTOCOL_FEATURES, encodeU64(1 << 5))).toBe(1); // BACKEND_REQ
     expect(session.features).toBe(0);
     expect(await ack(Request.SET_FEATURES, encodeU64(offeredFeatures()))).toBe(0);
@@ -525,7 +525,7 @@ describe('C11: repeated and reordered messages', () => {
 describe('C12: unknown requests', () => {
   it('NACKs an unknown id with NEED_REPLY and keeps going', async () => {
     expect(await ack(99, new Uint8Array(16))).toBe(1);
-    expect(await ack(Request.SET_STATUS, encodeU64(0xf))).toBe(1); // STATUS not offered
+    expect(await ack(Request.SET_VRING_ENDIAN, new Uint8Array(8))).toBe(1); // CROSS_ENDIAN not offered
     expect(decodeU64(await ask(Request.GET_QUEUE_NUM))).toBe(1);
   });
 
@@ -548,6 +548,16 @@ describe('messages a net back-end tolerates or refuses without offering them', (
     expect(await ack(Request.SEND_RARP, mac)).toBe(0);
     expect(await ack(Request.NET_SET_MTU, encodeU64(1500))).toBe(0);
     expect(await ack(Request.NET_SET_MTU, encodeU64(40))).toBe(1);
+  });
+
+  it('PROTOCOL_F_STATUS: keeps the status byte the front-end sets, refuses more than a byte, forgets it on RESET_OWNER', async () => {
+    expect(decodeU64(await ask(Request.GET_STATUS))).toBe(0);
+    expect(await ack(Request.SET_STATUS, encodeU64(0x0f))).toBe(0);
+    expect(decodeU64(await ask(Request.GET_STATUS))).toBe(0x0f);
+    expect(await ack(Request.SET_STATUS, encodeU64(0x100))).toBe(1);
+    expect(decodeU64(await ask(Request.GET_STATUS))).toBe(0x0f);
+    expect(await ack(Request.RESET_OWNER)).toBe(0);
+    expect(decodeU64(await ask(Request.GET_STATUS))).toBe(0);
   });
 
   it('CONFIGURE_MEM_SLOTS: adds and removes regions one at a time, refuses overlaps and a full table, ignores unknown removals', async () => {

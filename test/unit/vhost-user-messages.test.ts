@@ -144,7 +144,7 @@ describe('u64 payloads', () => {
     expect(bitsOutside(f + 2 ** 35, f)).toBe(2 ** 35);
     expect(bitsOutside(f, f)).toBe(0);
     expect(f).toBe(0x1_7860_8000);
-    expect(offeredProtocolFeatures()).toBe(0x8009); // MQ, REPLY_ACK, CONFIGURE_MEM_SLOTS
+    expect(offeredProtocolFeatures()).toBe(0x18009); // MQ, REPLY_ACK, CONFIGURE_MEM_SLOTS, STATUS
     expect(netHeaderLength(0)).toBe(10);
     expect(netHeaderLength(2 ** 32)).toBe(12);
   });

@@ -9,12 +9,9 @@ export const VIRTIO_MMIO_VENDOR = 0x4f495634; // "4VIO"
 export const DEVICE_ID_NET = 1;
 export const DEVICE_ID_BLOCK = 2;
 
-export const STATUS_ACKNOWLEDGE = 1;
-export const STATUS_DRIVER = 2;
-export const STATUS_DRIVER_OK = 4;
-export const STATUS_FEATURES_OK = 8;
-export const STATUS_NEEDS_RESET = 0x40;
-export const STATUS_FAILED = 0x80;
+import { STATUS_ACKNOWLEDGE, STATUS_DRIVER, STATUS_DRIVER_OK, STATUS_FEATURES_OK, STATUS_NEEDS_RESET, STATUS_FAILED } from '../../virtio/device-status.js';
+// The transport's users take the status bits from here with the rest of the transport.
+export { STATUS_ACKNOWLEDGE, STATUS_DRIVER, STATUS_DRIVER_OK, STATUS_FEATURES_OK, STATUS_NEEDS_RESET, STATUS_FAILED };
 
 export const INT_VRING = 1;
 export const INT_CONFIG = 2;
