@@ -1,5 +1,5 @@
 // Network interfaces: name ⇄ index, and link state from sysfs (bond failover watches carrier).
-import { readFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { libc, lastErrno, SysError } from './libc.js';
 
 const IF_NAMESIZE = 16;
@@ -51,4 +51,21 @@ export function linkMtu(ifname: string, sysfsNet = '/sys/class/net'): number {
   const text = readAttribute(ifname, 'mtu', sysfsNet);
   if (text === null) throw new SysError('read', 19, `${sysfsNet}/${ifname}/mtu`);
   return Number(text);
+}
+
+/**
+ * Sets the MTU through sysfs (the kernel's dev_set_mtu, as `ip link set mtu` does over netlink).
+ * Throws SysError with the kernel's errno: EINVAL when the device's max_mtu is lower (or its min
+ * higher), ERANGE for a VLAN above its real device's MTU, EPERM without CAP_NET_ADMIN, ENOENT
+ * (ENODEV) when there is no such interface.
+ */
+export function setLinkMtu(ifname: string, mtu: number, sysfsNet = '/sys/class/net'): void {
+  checkName(ifname);
+  if (!Number.isInteger(mtu) || mtu < 0 || mtu > 0xffff_ffff) throw new RangeError(`MTU ${mtu} for ${ifname} is not a u32`);
+  try {
+    writeFileSync(`${sysfsNet}/${ifname}/mtu`, `${mtu}\n`);
+  } catch (err) {
+    const errno = Math.abs((err as NodeJS.ErrnoException).errno ?? 5);
+    throw new SysError('write', errno, `${sysfsNet}/${ifname}/mtu = ${mtu}`);
+  }
 }
