@@ -175,11 +175,12 @@ export class Relay implements NetDevice {
    * longer frames from the guest are dropped and counted as bad frames.
    */
   private raiseMtu(netdev: string, pci: string | undefined): number | undefined {
-    const net = `${this.ctx.sysfsRoot}/class/net`;
-    const before = linkMtu(netdev, net);
+    // The kernel's own sysfs, not VIRTIOFWD_SYSFS_ROOT: that root maps PCI addresses to netdevs,
+    // while the MTU belongs to the netdev in this network namespace (the packet ring reads it there).
+    const before = linkMtu(netdev);
     if (before >= JUMBO_MTU) return undefined;
     try {
-      setLinkMtu(netdev, JUMBO_MTU, net);
+      setLinkMtu(netdev, JUMBO_MTU);
     } catch (err) {
       this.log.warn(
         { netdev, pci, mtu: before, wanted: JUMBO_MTU, err: (err as Error).message },
@@ -198,10 +199,9 @@ export class Relay implements NetDevice {
    */
   private restoreMtu(netdev: string, before: number | undefined): void {
     if (before === undefined) return;
-    const net = `${this.ctx.sysfsRoot}/class/net`;
     try {
-      if (linkMtu(netdev, net) !== JUMBO_MTU) return;
-      setLinkMtu(netdev, before, net);
+      if (linkMtu(netdev) !== JUMBO_MTU) return;
+      setLinkMtu(netdev, before);
       this.log.info({ netdev, mtu: before }, `VF ${netdev} MTU restored to ${before}`);
     } catch (err) {
       // A VF that went away (its netdev removed) has no MTU left to restore.

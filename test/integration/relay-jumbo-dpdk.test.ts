@@ -6,8 +6,9 @@
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
 
 vi.setConfig({ testTimeout: 120_000 });
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
+import { createFakeSysfs, type FakeSysfs } from '../support/fake-sysfs.js';
 import { join } from 'node:path';
 import { createNetns, createVethPair, deleteLink, deleteNetns, linkCounter, nsExec, requireBinary, requireRoot, uniqueTag } from '../support/netns.js';
 import { startTestpmd, virtioUserVdev, type Testpmd } from '../support/testpmd.js';
@@ -37,6 +38,19 @@ const lowReal = `lr${tag}`;
 const lowPeer = `lp${tag}`;
 const lowVlan = `lv${tag}`;
 const statsEp = `ipc:///tmp/vio4wd-jumbo-stats-${tag}`;
+const portControlEp = `ipc:///tmp/vio4wd-jumbo-pc-${tag}`;
+// Two veths behind PCI addresses of a fake sysfs tree, for a bond.
+const members = [
+  { pci: '0000:07:00.1', vf: `ja${tag}`, peer: `jpa${tag}` },
+  { pci: '0000:07:00.2', vf: `jb${tag}`, peer: `jpb${tag}` },
+];
+let sysfs: FakeSysfs | null = null;
+
+function portControl(...args: string[]): string {
+  const r = spawnSync('node', [join(repoRoot, 'bin/virtioforwarder_port_control'), `--zmq-ep=${portControlEp}`, ...args], { encoding: 'utf8', timeout: 20_000 });
+  if (r.status !== 0) throw new Error(`virtioforwarder_port_control ${args.join(' ')} exited ${r.status}: ${r.stderr}`);
+  return r.stdout;
+}
 const FRAME = 9014;
 const PINGS = 300;
 
@@ -72,8 +86,26 @@ describe.skipIf(!ready)('relay with VIRTIOFWD_JUMBO and DPDK virtio-user', () =>
     createVethPair(lowReal, lowPeer);
     execFileSync('ip', ['link', 'add', 'link', lowReal, 'name', lowVlan, 'type', 'macvlan']);
     execFileSync('ip', ['link', 'set', lowVlan, 'up']);
+    for (const m of members) {
+      createVethPair(m.vf, m.peer, { nsB: ns });
+      nsExec(ns, 'ip', ['link', 'set', m.peer, 'mtu', '9000']);
+      execFileSync('sysctl', ['-qw', `net.ipv6.conf.${m.vf}.disable_ipv6=1`]);
+      nsExec(ns, 'sysctl', ['-qw', `net.ipv6.conf.${m.peer}.disable_ipv6=1`]);
+    }
+    sysfs = createFakeSysfs({
+      devices: members.map((m, i) => ({ pci: m.pci, ifnames: [m.vf], physfn: '0000:07:00.0', vfIndex: i + 1 })),
+      virtualInterfaces: [vf, lowVlan],
+    });
     expect(mtuOf(vf)).toBe(1500);
-    relay = await startRelay({ staticVfs: { [vf]: 1, [lowVlan]: 2 }, configLines: ['VIRTIOFWD_JUMBO=y', `VIRTIOFWD_ZMQ_STATS_EP=${statsEp}`] });
+    relay = await startRelay({
+      staticVfs: { [vf]: 1, [lowVlan]: 2 },
+      configLines: [
+        'VIRTIOFWD_JUMBO=y',
+        `VIRTIOFWD_SYSFS_ROOT=${sysfs.root}`,
+        `VIRTIOFWD_ZMQ_STATS_EP=${statsEp}`,
+        `VIRTIOFWD_ZMQ_PORT_CONTROL_EP=${portControlEp}`,
+      ],
+    });
   });
 
   afterEach(async () => {
@@ -88,7 +120,9 @@ describe.skipIf(!ready)('relay with VIRTIOFWD_JUMBO and DPDK virtio-user', () =>
     deleteLink(lowVlan);
     deleteLink(lowReal);
     deleteLink(vf);
+    for (const m of members) deleteLink(m.vf);
     deleteNetns(ns);
+    sysfs?.remove();
   });
 
   it('raises the VF to MTU 9000, and forwards with the MTU it has when a device refuses, saying which and why', () => {
@@ -154,6 +188,32 @@ describe.skipIf(!ready)('relay with VIRTIOFWD_JUMBO and DPDK virtio-user', () =>
     expect(after.vmToVf.rxBytes - before.vmToVf.rxBytes).toBe((after.vmToVf.rxPackets - before.vmToVf.rxPackets) * 9100);
     expect(after.vmToVf.dropsBadFrame - before.vmToVf.dropsBadFrame).toBe(after.vmToVf.rxPackets - before.vmToVf.rxPackets - (after.vmToVf.dropsNotConnected - before.vmToVf.dropsNotConnected));
     expect(linkCounter(peer, 'rx_packets', ns)).toBe(peerPackets);
+  });
+
+  it('raises both members of a bond to MTU 9000, sends 9014-byte frames on the active one, and restores both on remove', async () => {
+    for (const m of members) expect(mtuOf(m.vf)).toBe(1500);
+    portControl('add', '--virtio-id=5', '--name=net_bonding5', '--mode=1', ...members.map((m) => `--pci-addr=${m.pci}`));
+    try {
+      for (const m of members) expect(mtuOf(m.vf)).toBe(9000);
+      const before = members.map((m) => [linkCounter(m.peer, 'rx_packets', ns), linkCounter(m.peer, 'rx_bytes', ns)]);
+      testpmd = startTestpmd({
+        vdevs: [virtioUserVdev({ path: relay!.socketPath(5), queueSize: 1024 })],
+        forwardMode: 'txonly',
+        cpu: 1,
+        extraApp: [...jumboApp(10240), `--txpkts=${FRAME}`],
+      });
+      await waitFor(() => linkCounter(members[0].peer, 'rx_packets', ns) - before[0][0] >= 1000, 30_000, '1000 jumbo frames on the active member');
+      await testpmd.stop();
+      testpmd = null;
+      await sleep(300);
+      const packets = linkCounter(members[0].peer, 'rx_packets', ns) - before[0][0];
+      expect(linkCounter(members[0].peer, 'rx_bytes', ns) - before[0][1]).toBe(packets * FRAME);
+      expect(linkCounter(members[1].peer, 'rx_packets', ns)).toBe(before[1][0]);
+      expect(relayCounters(statsEp, 5).vmToVf.dropsBadFrame).toBe(0);
+    } finally {
+      portControl('remove', '--virtio-id=5');
+    }
+    await waitFor(() => members.every((m) => mtuOf(m.vf) === 1500), 10_000, 'both members back at MTU 1500');
   });
 
   it('gives the VF its old MTU back when the relay lets it go', async () => {
