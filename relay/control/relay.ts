@@ -6,7 +6,7 @@
 import type { Logger } from 'pino';
 import type { PacketRingHandle } from '../../sys/packet-ring.js';
 import type { RingOpener } from './ring-opener.js';
-import { linkHasCarrier, linkMtu, setLinkMtu } from '../../sys/netdev.js';
+import { linkHasCarrier, linkMaxMtu, linkMtu, setLinkMtu } from '../../sys/netdev.js';
 import { JUMBO_MTU } from '../../vocabulary/limits.js';
 import { numaNodeOfAddress } from '../../sys/memory.js';
 import type { NetDevice, SessionMemory, VringConfig } from '../../vhost-user/device.js';
@@ -182,9 +182,19 @@ export class Relay implements NetDevice {
     try {
       setLinkMtu(netdev, JUMBO_MTU);
     } catch (err) {
+      // The driver's max_mtu names the limit when it is the reason; other refusals (a macvlan above
+      // its lower device, a VF above its PF) report a larger one, so it is left out then.
+      let maxMtu: number | null = null;
+      try {
+        maxMtu = linkMaxMtu(netdev);
+      } catch {
+        /* the errno is reason enough */
+      }
+      const reason = (err as { code?: string }).code ?? (err as Error).message;
+      const limit = maxMtu !== null && maxMtu > 0 && maxMtu < JUMBO_MTU ? `: its max_mtu is ${maxMtu}` : '';
       this.log.warn(
-        { netdev, pci, mtu: before, wanted: JUMBO_MTU, err: (err as Error).message },
-        `VF ${netdev} refused MTU ${JUMBO_MTU} (${(err as { code?: string }).code ?? (err as Error).message}): forwarding with its MTU ${before}, ` +
+        { netdev, pci, mtu: before, wanted: JUMBO_MTU, maxMtu, err: (err as Error).message },
+        `VF ${netdev} refused MTU ${JUMBO_MTU} (${reason}${limit}): forwarding with its MTU ${before}, ` +
           `frames above ${before + 14} bytes (${before + 18} with a VLAN tag) are dropped`,
       );
       return undefined;

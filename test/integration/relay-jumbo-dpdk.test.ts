@@ -9,6 +9,7 @@ vi.setConfig({ testTimeout: 120_000 });
 import { execFileSync, spawnSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { createFakeSysfs, type FakeSysfs } from '../support/fake-sysfs.js';
+import { linkMaxMtu } from '../../sys/netdev.js';
 import { join } from 'node:path';
 import { createNetns, createVethPair, deleteLink, deleteNetns, linkCounter, nsExec, requireBinary, requireRoot, uniqueTag } from '../support/netns.js';
 import { startTestpmd, virtioUserVdev, type Testpmd } from '../support/testpmd.js';
@@ -127,11 +128,14 @@ describe.skipIf(!ready)('relay with VIRTIOFWD_JUMBO and DPDK virtio-user', () =>
 
   it('raises the VF to MTU 9000, and forwards with the MTU it has when a device refuses, saying which and why', () => {
     expect(mtuOf(vf)).toBe(9000);
+    expect(linkMaxMtu(vf)).toBe(65535); // a veth's, as `ip -d link` shows it
     expect(mtuOf(lowVlan)).toBe(1500);
     const refused = relay!.logs().find((l) => l.netdev === lowVlan && String(l.msg).includes('refused MTU 9000'));
     expect(refused, 'a log line for the VF that refused').toBeDefined();
     expect(String(refused!.msg)).toMatch(new RegExp(`VF ${lowVlan} refused MTU 9000 \\(EINVAL\\): forwarding with its MTU 1500, frames above 1514 bytes \\(1518 with a VLAN tag\\) are dropped`));
     expect(refused!.level).toBe('warn');
+    // The macvlan's driver allows 65535; the refusal comes from its lower device, so no limit is named.
+    expect(refused!.maxMtu).toBe(65535);
   });
 
   for (const mergeable of [true, false]) {

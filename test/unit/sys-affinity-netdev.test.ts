@@ -4,7 +4,7 @@ import { mkdtempSync, mkdirSync, writeFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { gettid, setAffinity, getAffinity } from '../../sys/affinity.js';
-import { ifNameToIndex, ifIndexToName, linkHasCarrier, linkMtu, setLinkMtu } from '../../sys/netdev.js';
+import { ifNameToIndex, ifIndexToName, linkHasCarrier, linkMaxMtu, linkMtu, setLinkMtu } from '../../sys/netdev.js';
 import { readFileSync } from 'node:fs';
 
 describe('affinity', () => {
@@ -43,6 +43,9 @@ describe('netdev', () => {
     expect(ifNameToIndex('lo')).toBe(1);
     expect(ifIndexToName(1)).toBe('lo');
     expect(linkMtu('lo')).toBeGreaterThan(0);
+    // Loopback's driver sets no max_mtu: rtnetlink reports 0.
+    expect(linkMaxMtu('lo')).toBe(0);
+    expect(() => linkMaxMtu('nosuchif0')).toThrow(expect.objectContaining({ code: 'ENODEV' }));
     expect(() => ifNameToIndex('nosuchif0')).toThrow(expect.objectContaining({ code: 'ENODEV', message: expect.stringContaining('nosuchif0') }));
     expect(() => ifNameToIndex('a-name-that-is-too-long')).toThrow(/bad interface name/);
     expect(() => ifNameToIndex('../lo')).toThrow(/bad interface name/);
