@@ -336,6 +336,11 @@ export class PacketRing {
     return new PacketRing(handle);
   }
 
+  /** Frames skipped because the kernel had less room for them than their length (no allocation). */
+  get rxTruncated(): number {
+    return this.count[C_RX_TRUNCATED];
+  }
+
   /** Counters of the handle (shared by every PacketRing attached to it), as a fresh object. */
   get counters(): PacketRingCounters {
     const out = {} as PacketRingCounters;

@@ -22,6 +22,8 @@ import {
   FLAG_NEED_REPLY,
   ProtocolError,
   MAX_MEM_SLOTS,
+  MTU_MIN,
+  MTU_MAX,
   REPLY_FLAGS,
   Request,
   VRING_F_LOG,
@@ -54,6 +56,11 @@ export interface BackendSessionOptions {
   maxQueuePairs?: number;
   /** Offer mergeable RX buffers (default true). */
   mergeableRxBuffers?: boolean;
+  /**
+   * The largest MTU the device carries. When given, VIRTIO_NET_F_MTU and the NET_MTU protocol
+   * feature are offered, and NET_SET_MTU is accepted up to this value and refused above it.
+   */
+  maxMtu?: number;
   /** Shown in logs, e.g. the socket path. */
   label?: string;
   /**
@@ -95,6 +102,10 @@ export class BackendSession {
   readonly maxQueuePairs: number;
   readonly offeredFeatures: number;
   readonly offeredProtocolFeatures: number;
+  /** The largest MTU offered (VIRTIO_NET_F_MTU), if any. */
+  readonly maxMtu: number | undefined;
+  /** The MTU the front-end announced with NET_SET_MTU, if it did. */
+  mtu: number | undefined;
   private ackedFeatures = 0;
   private featuresSet = false;
   private ackedProtocolFeatures = 0;
@@ -123,8 +134,12 @@ export class BackendSession {
     this.device = opts.device;
     this.unsealedMemory = opts.unsealedMemory ?? 'warn';
     this.maxQueuePairs = pairs;
-    this.offeredFeatures = offeredFeatures({ mergeableRxBuffers: opts.mergeableRxBuffers });
-    this.offeredProtocolFeatures = offeredProtocolFeatures();
+    if (opts.maxMtu !== undefined && (!Number.isInteger(opts.maxMtu) || opts.maxMtu < MTU_MIN || opts.maxMtu > MTU_MAX)) {
+      throw new RangeError(`vhost-user backend: maxMtu ${opts.maxMtu} is outside ${MTU_MIN}..${MTU_MAX}`);
+    }
+    this.maxMtu = opts.maxMtu;
+    this.offeredFeatures = offeredFeatures({ mergeableRxBuffers: opts.mergeableRxBuffers, maxMtu: opts.maxMtu });
+    this.offeredProtocolFeatures = offeredProtocolFeatures({ maxMtu: opts.maxMtu });
     this.log = (opts.log ?? silentLog).child({ vhostUser: opts.label ?? `fd ${fd}` });
     this.vrings = Array.from({ length: 2 * pairs }, (_, index) => freshVring(index));
     this.ended = new Promise((resolve) => (this.resolveEnded = resolve));
@@ -152,7 +167,7 @@ export class BackendSession {
       [Request.GET_QUEUE_NUM, () => encodeU64(this.maxQueuePairs)],
       [Request.SET_VRING_ENABLE, (m) => this.setVringEnable(m)],
       [Request.SEND_RARP, (m) => void this.log.info({ mac: decodeRarpMac(m.payload) }, 'vhost-user: SEND_RARP ignored (RARP not offered)')],
-      [Request.NET_SET_MTU, (m) => void this.log.info({ mtu: decodeMtu(m.payload) }, 'vhost-user: NET_SET_MTU ignored (NET_MTU not offered)')],
+      [Request.NET_SET_MTU, (m) => this.setMtu(m)],
     ]);
     this.connection = new Connection(fd, {
       role: 'backend',
@@ -254,6 +269,25 @@ export class BackendSession {
     const extra = bitsOutside(features, this.offeredProtocolFeatures);
     if (extra !== 0) throw new ProtocolError(`SET_PROTOCOL_FEATURES 0x${features.toString(16)} has bits that were not offered: 0x${extra.toString(16)}`);
     this.ackedProtocolFeatures = features;
+  }
+
+  /**
+   * NET_SET_MTU: the MTU the front-end gives the guest (QEMU's `host_mtu=`). Up to the largest
+   * frame the relay carries it is accepted; above it the request is refused (a NACK, which QEMU
+   * reports as "MTU not supported by the backend"), because frames that large would be dropped.
+   */
+  private setMtu(m: ReceivedMessage): void {
+    const mtu = decodeMtu(m.payload);
+    if (this.maxMtu === undefined) {
+      this.log.info({ mtu }, 'vhost-user: NET_SET_MTU ignored (NET_MTU not offered)');
+      return;
+    }
+    if (mtu > this.maxMtu) {
+      this.log.warn({ mtu, maxMtu: this.maxMtu }, `vhost-user: NET_SET_MTU ${mtu} refused: the relay carries at most MTU ${this.maxMtu}`);
+      throw new ProtocolError(`NET_SET_MTU ${mtu} is above the relay's largest MTU ${this.maxMtu}`);
+    }
+    this.mtu = mtu;
+    this.log.info({ mtu }, `vhost-user: front-end MTU ${mtu}`);
   }
 
   private async resetOwner(): Promise<void> {

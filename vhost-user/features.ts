@@ -32,6 +32,12 @@ export const MAX_QUEUE_PAIRS = 32;
 export interface OfferOptions {
   /** Offer VIRTIO_NET_F_MRG_RXBUF (default true). */
   mergeableRxBuffers?: boolean;
+  /**
+   * The largest MTU the device carries, when it announces one: then VIRTIO_NET_F_MTU is offered
+   * (the front-end fills the config space `mtu` field itself, QEMU from `host_mtu=`) and, in the
+   * protocol features, NET_MTU, so the front-end tells the back-end the MTU it chose.
+   */
+  maxMtu?: number;
 }
 
 export function offeredFeatures(opts: OfferOptions = {}): number {
@@ -45,11 +51,14 @@ export function offeredFeatures(opts: OfferOptions = {}): number {
     VirtioNetFeature.PROTOCOL_FEATURES,
   ];
   if (opts.mergeableRxBuffers !== false) bits.push(VirtioNetFeature.MRG_RXBUF);
+  if (opts.maxMtu !== undefined) bits.push(VirtioNetFeature.MTU);
   return bitsToMask(bits);
 }
 
-export function offeredProtocolFeatures(): number {
-  return bitsToMask([ProtocolFeature.MQ, ProtocolFeature.REPLY_ACK, ProtocolFeature.CONFIGURE_MEM_SLOTS, ProtocolFeature.STATUS]);
+export function offeredProtocolFeatures(opts: OfferOptions = {}): number {
+  const bits: number[] = [ProtocolFeature.MQ, ProtocolFeature.REPLY_ACK, ProtocolFeature.CONFIGURE_MEM_SLOTS, ProtocolFeature.STATUS];
+  if (opts.maxMtu !== undefined) bits.push(ProtocolFeature.NET_MTU);
+  return bitsToMask(bits);
 }
 
 /** Names of the set bits, for logs (virtio/features.ts names them). */

@@ -9,3 +9,9 @@ export const MAX_CPU_ID = 4095;
 
 /** sun_path holds 108 bytes including the terminating NUL. */
 export const MAX_SOCKET_PATH_BYTES = 107;
+
+/**
+ * The MTU a jumbo relay (VIRTIOFWD_JUMBO) gives its VFs and offers its VMs (VIRTIO_NET_F_MTU):
+ * frames of 9014 bytes, 9018 with a VLAN tag.
+ */
+export const JUMBO_MTU = 9000;

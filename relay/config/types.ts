@@ -77,7 +77,7 @@ export interface RelayConfig {
   staticVfs: StaticVf[];
   /** Relay → worker CPUs fixed by the operator (VIRTIOFWD_CPU_PINS); each CPU is in `cpus`. */
   cpuPins: RelayCpu[];
-  /** Frames up to 9000 bytes of payload instead of 2100 (VIRTIOFWD_JUMBO). */
+  /** VFs at MTU 9000 and VMs offered VIRTIO_NET_F_MTU 9000 (VIRTIOFWD_JUMBO); see docs/internals.md "Jumbo frames". */
   jumbo: boolean;
   /** Offer VIRTIO_NET_F_MRG_RXBUF to guests. */
   mergeableRxBuffers: boolean;

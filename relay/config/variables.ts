@@ -100,7 +100,7 @@ export const VARIABLES: readonly VariableInfo[] = [
     section: 'general',
     defaultText: 'false',
     treatment: 'supported',
-    summary: 'true: relay frames up to 9000 bytes of payload (default 2100)',
+    summary: 'true: VFs get MTU 9000 and VMs are offered it (VIRTIO_NET_F_MTU): frames of 9000 bytes of payload',
   },
   {
     name: 'VIRTIOFWD_MRGBUF',

@@ -7,7 +7,7 @@ import type { Reactor } from '../../sys/poll.js';
 import { listenBackend } from '../../vhost-user/server.js';
 import { connectBackend } from '../../vhost-user/client.js';
 import { Dir, readCounts } from '../datapath/counters.js';
-import { MAX_RELAYS } from '../../vocabulary/limits.js';
+import { JUMBO_MTU, MAX_RELAYS } from '../../vocabulary/limits.js';
 import { canonicalPciAddress } from '../../vocabulary/pci.js';
 import { numaNodeOfCpu } from '../../sys/topology.js';
 import { describeNetdev } from './vf.js';
@@ -129,6 +129,7 @@ export class RelayRegistryImpl implements RelayRegistry {
       device: relay,
       maxQueuePairs: MAX_QUEUE_PAIRS,
       mergeableRxBuffers: config.mergeableRxBuffers,
+      maxMtu: config.jumbo ? JUMBO_MTU : undefined,
       unsealedMemory: config.unsealedMemory,
     };
     // In client mode the VM's QEMU creates the socket, so the directory must exist for it too,

@@ -6,7 +6,8 @@
 import type { Logger } from 'pino';
 import type { PacketRingHandle } from '../../sys/packet-ring.js';
 import type { RingOpener } from './ring-opener.js';
-import { linkHasCarrier } from '../../sys/netdev.js';
+import { linkHasCarrier, linkMaxMtu, linkMtu, setLinkMtu } from '../../sys/netdev.js';
+import { JUMBO_MTU } from '../../vocabulary/limits.js';
 import { numaNodeOfAddress } from '../../sys/memory.js';
 import type { NetDevice, SessionMemory, VringConfig } from '../../vhost-user/device.js';
 import type { VhostUserServer } from '../../vhost-user/server.js';
@@ -32,6 +33,8 @@ interface Member {
   netdev: string;
   handle: PacketRingHandle;
   up: boolean;
+  /** The MTU the netdev had before the relay raised it to JUMBO_MTU (restored at detach). */
+  mtuBefore?: number;
 }
 
 interface VringEntry {
@@ -118,11 +121,22 @@ export class Relay implements NetDevice {
       try {
         for (const ref of refs) {
           const resolved = resolveVf(ref, this.ctx.sysfsRoot);
-          const handle = await this.ctx.rings.open(resolved.netdev, RING_GEOMETRY[this.ctx.jumbo ? 'jumbo' : 'standard']);
-          opened.push({ ref: { pci: resolved.pci, netdev: resolved.netdev }, netdev: resolved.netdev, handle, up: linkHasCarrier(resolved.netdev) });
+          // The MTU first: the ring reads it when it opens, and drops longer frames from then on.
+          const mtuBefore = this.ctx.jumbo ? this.raiseMtu(resolved.netdev, resolved.pci) : undefined;
+          let handle: PacketRingHandle;
+          try {
+            handle = await this.ctx.rings.open(resolved.netdev, RING_GEOMETRY[this.ctx.jumbo ? 'jumbo' : 'standard']);
+          } catch (err) {
+            this.restoreMtu(resolved.netdev, mtuBefore);
+            throw err;
+          }
+          opened.push({ ref: { pci: resolved.pci, netdev: resolved.netdev }, netdev: resolved.netdev, handle, up: linkHasCarrier(resolved.netdev), mtuBefore });
         }
       } catch (err) {
-        for (const m of opened) await this.ctx.rings.close(m.handle);
+        for (const m of opened) {
+          await this.ctx.rings.close(m.handle);
+          this.restoreMtu(m.netdev, m.mtuBefore);
+        }
         throw err;
       }
       this.members = opened;
@@ -146,9 +160,63 @@ export class Relay implements NetDevice {
       this.members = [];
       this.device = undefined;
       await this.reconfigure();
-      for (const m of members) await this.ctx.rings.close(m.handle);
+      for (const m of members) {
+        await this.ctx.rings.close(m.handle);
+        this.restoreMtu(m.netdev, m.mtuBefore);
+      }
       if (members.length > 0) this.log.info({ netdevs: members.map((m) => m.netdev) }, 'device detached');
     });
+  }
+
+  /**
+   * Jumbo: raises the netdev's MTU to JUMBO_MTU when it is lower, and returns the MTU it had (for
+   * restoreMtu), or undefined when nothing was changed. A device that refuses (its max_mtu is
+   * lower, a VLAN above its real device's MTU) keeps its MTU, and the relay forwards with it:
+   * longer frames from the guest are dropped and counted as bad frames.
+   */
+  private raiseMtu(netdev: string, pci: string | undefined): number | undefined {
+    // The kernel's own sysfs, not VIRTIOFWD_SYSFS_ROOT: that root maps PCI addresses to netdevs,
+    // while the MTU belongs to the netdev in this network namespace (the packet ring reads it there).
+    const before = linkMtu(netdev);
+    if (before >= JUMBO_MTU) return undefined;
+    try {
+      setLinkMtu(netdev, JUMBO_MTU);
+    } catch (err) {
+      // The driver's max_mtu names the limit when it is the reason; other refusals (a macvlan above
+      // its lower device, a VF above its PF) report a larger one, so it is left out then.
+      let maxMtu: number | null = null;
+      try {
+        maxMtu = linkMaxMtu(netdev);
+      } catch {
+        /* the errno is reason enough */
+      }
+      const reason = (err as { code?: string }).code ?? (err as Error).message;
+      const limit = maxMtu !== null && maxMtu > 0 && maxMtu < JUMBO_MTU ? `: its max_mtu is ${maxMtu}` : '';
+      this.log.warn(
+        { netdev, pci, mtu: before, wanted: JUMBO_MTU, maxMtu, err: (err as Error).message },
+        `VF ${netdev} refused MTU ${JUMBO_MTU} (${reason}${limit}): forwarding with its MTU ${before}, ` +
+          `frames above ${before + 14} bytes (${before + 18} with a VLAN tag) are dropped`,
+      );
+      return undefined;
+    }
+    this.log.info({ netdev, pci, from: before, mtu: JUMBO_MTU }, `VF ${netdev} MTU raised from ${before} to ${JUMBO_MTU}`);
+    return before;
+  }
+
+  /**
+   * Gives a VF back the MTU it had before the relay raised it, so a VF handed back to the host is
+   * as it was found. An MTU someone changed since (it is no longer JUMBO_MTU) is left alone.
+   */
+  private restoreMtu(netdev: string, before: number | undefined): void {
+    if (before === undefined) return;
+    try {
+      if (linkMtu(netdev) !== JUMBO_MTU) return;
+      setLinkMtu(netdev, before);
+      this.log.info({ netdev, mtu: before }, `VF ${netdev} MTU restored to ${before}`);
+    } catch (err) {
+      // A VF that went away (its netdev removed) has no MTU left to restore.
+      this.log.warn({ netdev, mtu: before, err: (err as Error).message }, `VF ${netdev}: MTU not restored to ${before}`);
+    }
   }
 
   /** Re-reads carrier of bond members; fails over in active-backup mode. Cheap: called on a timer. */

@@ -412,8 +412,15 @@ export class VmToVf extends Direction {
 
   /** Queues the chain's frame (everything after the virtio-net header) on member `m`'s batch. */
   private addFrame(port: VfPort, m: number, chain: DescriptorChain, frameLength: number): boolean {
-    // A tagged frame may be 4 bytes longer than the link's untagged maximum.
-    if (frameLength > port.maxFrame[m] + 4) return false;
+    // Longer than the VF's MTU allows: dropped (and counted as a bad frame by the caller), never
+    // cut short. Only a VLAN-tagged frame may be 4 bytes longer than the untagged maximum.
+    const maxFrame = port.maxFrame[m];
+    if (frameLength > maxFrame) {
+      if (frameLength > maxFrame + 4) return false;
+      chain.copyOut(this.hdrLen + 12, this.scratch, 0, 2);
+      const type = (this.scratch[0] << 8) | this.scratch[1];
+      if (type !== 0x8100 && type !== 0x88a8) return false;
+    }
     const batch = port.batches[m];
     const segments = chain.readableSegments;
     if (!batch.hasRoom(segments)) {
@@ -578,10 +585,18 @@ export class VfToVm extends Direction {
     }
     for (let m = 0; m < port.rings.length; m++) {
       const ring = port.rings[m];
+      // Frames longer than the ring had room for are skipped by the ring, never delivered cut
+      // short: each is counted here as a bad frame.
+      const truncatedBefore = ring.rxTruncated;
       if (connected && port.acceptsFrom(m)) {
         if (budget > 0) handled += ring.receive(this.onFrame, budget);
       } else {
         handled += ring.receive(this.dropFrame, BURST);
+      }
+      const truncated = ring.rxTruncated - truncatedBefore;
+      if (truncated !== 0) {
+        this.bad += truncated;
+        handled += truncated;
       }
     }
     for (let i = 0; i < this.writers.length; i++) {

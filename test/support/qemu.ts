@@ -27,6 +27,8 @@ export interface VhostUserNetOptions {
   qemuIsServer?: boolean;
   /** Queue pairs; above 1 the device gets `mq=on`. */
   queues?: number;
+  /** `host_mtu=` of the virtio-net device: VIRTIO_NET_F_MTU with this config-space MTU (and NET_SET_MTU). */
+  hostMtu?: number;
 }
 
 export interface GuestVmOptions {
@@ -126,13 +128,15 @@ export function qemuArgs(image: GuestImage, opts: GuestVmOptions, accel: GuestAc
 
   const deviceModel = machine === 'microvm' ? 'virtio-net-device' : 'virtio-net-pci';
   if (opts.vhostUser) {
-    const { socketPath, qemuIsServer = false, queues = 1 } = opts.vhostUser;
+    const { socketPath, qemuIsServer = false, queues = 1, hostMtu } = opts.vhostUser;
+    if (hostMtu !== undefined && (!Number.isInteger(hostMtu) || hostMtu < 68 || hostMtu > 65535)) throw new Error(`qemu: host_mtu ${hostMtu} must be 68..65535`);
     if (!Number.isInteger(queues) || queues < 1 || queues > 8) throw new Error(`qemu: vhost-user queues ${queues} must be 1..8`);
     const chardev = qemuIsServer ? `server=on,wait=off` : `reconnect=1`;
     args.push('-chardev', `socket,id=chr0,path=${socketPath},${chardev}`);
     args.push('-netdev', `vhost-user,id=net0,chardev=chr0,vhostforce=on${queues > 1 ? `,queues=${queues}` : ''}`);
     const device = [deviceModel, 'netdev=net0', `mac=${mac}`];
     if (queues > 1) device.push('mq=on');
+    if (hostMtu !== undefined) device.push(`host_mtu=${hostMtu}`);
     if (machine === 'pc') {
       // With MSI-X, QEMU 7.2 under TCG segfaults when the guest starts a vhost-user device.
       if (accel === 'tcg') device.push('vectors=0');

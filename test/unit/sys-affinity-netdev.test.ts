@@ -4,7 +4,8 @@ import { mkdtempSync, mkdirSync, writeFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { gettid, setAffinity, getAffinity } from '../../sys/affinity.js';
-import { ifNameToIndex, ifIndexToName, linkHasCarrier, linkMtu } from '../../sys/netdev.js';
+import { ifNameToIndex, ifIndexToName, linkHasCarrier, linkMaxMtu, linkMtu, setLinkMtu } from '../../sys/netdev.js';
+import { readFileSync } from 'node:fs';
 
 describe('affinity', () => {
   it('pins the calling thread to CPU 0 and reads it back', () => {
@@ -42,6 +43,9 @@ describe('netdev', () => {
     expect(ifNameToIndex('lo')).toBe(1);
     expect(ifIndexToName(1)).toBe('lo');
     expect(linkMtu('lo')).toBeGreaterThan(0);
+    // Loopback's driver sets no max_mtu: rtnetlink reports 0.
+    expect(linkMaxMtu('lo')).toBe(0);
+    expect(() => linkMaxMtu('nosuchif0')).toThrow(expect.objectContaining({ code: 'ENODEV' }));
     expect(() => ifNameToIndex('nosuchif0')).toThrow(expect.objectContaining({ code: 'ENODEV', message: expect.stringContaining('nosuchif0') }));
     expect(() => ifNameToIndex('a-name-that-is-too-long')).toThrow(/bad interface name/);
     expect(() => ifNameToIndex('../lo')).toThrow(/bad interface name/);
@@ -65,6 +69,26 @@ describe('netdev', () => {
       expect(linkHasCarrier('opup0', root)).toBe(true);
       expect(linkHasCarrier('missing0', root)).toBe(false);
       expect(linkHasCarrier('lo')).toBe(true);
+    } finally {
+      rmSync(root, { recursive: true, force: true });
+    }
+  });
+
+  it('writes an MTU to the interface\'s sysfs file and reads it back; refuses bad names, bad values and missing interfaces', () => {
+    const root = mkdtempSync(join(tmpdir(), 'sys-net-'));
+    try {
+      mkdirSync(join(root, 'vf0'));
+      writeFileSync(join(root, 'vf0', 'mtu'), '1500\n');
+      setLinkMtu('vf0', 9000, root);
+      expect(readFileSync(join(root, 'vf0', 'mtu'), 'utf8')).toBe('9000\n');
+      expect(linkMtu('vf0', root)).toBe(9000);
+      expect(() => setLinkMtu('missing0', 9000, root)).toThrow(
+        expect.objectContaining({ code: 'ENOENT', syscall: 'write', message: expect.stringContaining(`${root}/missing0/mtu = 9000`) }),
+      );
+      expect(() => setLinkMtu('../vf0', 9000, root)).toThrow(/bad interface name/);
+      expect(() => setLinkMtu('vf0', 9000.5, root)).toThrow(RangeError);
+      expect(() => setLinkMtu('vf0', -1, root)).toThrow(/MTU -1 for vf0 is not a u32/);
+      expect(linkMtu('vf0', root)).toBe(9000);
     } finally {
       rmSync(root, { recursive: true, force: true });
     }

@@ -28,8 +28,10 @@ import {
   hasRequestRow,
   requestName,
   type MemRegionDesc,
+  hasBit,
 } from '../../vhost-user/messages.js';
-import { offeredFeatures } from '../../vhost-user/features.js';
+import { offeredFeatures, offeredProtocolFeatures } from '../../vhost-user/features.js';
+import { VIRTIO_NET_F_MTU, VHOST_USER_PROTOCOL_F_NET_MTU } from '../../virtio/features.js';
 import { RecordingDevice } from '../../vhost-user/recording-device.js';
 
 const MEM_SIZE = 1 << 20;
@@ -548,6 +550,51 @@ describe('messages a net back-end tolerates or refuses without offering them', (
     expect(await ack(Request.SEND_RARP, mac)).toBe(0);
     expect(await ack(Request.NET_SET_MTU, encodeU64(1500))).toBe(0);
     expect(await ack(Request.NET_SET_MTU, encodeU64(40))).toBe(1);
+  });
+
+  it('with a largest MTU (jumbo) offers VIRTIO_NET_F_MTU and NET_MTU, keeps an MTU up to it and NACKs one above', async () => {
+    closeFd(peer);
+    await session.ended;
+    startSession(1, { maxMtu: 9000 });
+    const features = decodeU64(await ask(Request.GET_FEATURES));
+    expect(features).toBe(offeredFeatures({ maxMtu: 9000 }));
+    expect(hasBit(features, VIRTIO_NET_F_MTU)).toBe(true);
+    expect(hasBit(offeredFeatures(), VIRTIO_NET_F_MTU)).toBe(false);
+    const protocol = decodeU64(await ask(Request.GET_PROTOCOL_FEATURES));
+    expect(hasBit(protocol, VHOST_USER_PROTOCOL_F_NET_MTU)).toBe(true);
+    expect(protocol).toBe(offeredProtocolFeatures({ maxMtu: 9000 }));
+    expect(await ack(Request.SET_PROTOCOL_FEATURES, encodeU64(protocol))).toBe(0);
+    expect(await ack(Request.SET_FEATURES, encodeU64(features))).toBe(0);
+    expect(session.mtu).toBeUndefined();
+    expect(await ack(Request.NET_SET_MTU, encodeU64(9000))).toBe(0);
+    expect(session.mtu).toBe(9000);
+    expect(await ack(Request.NET_SET_MTU, encodeU64(9001))).toBe(1);
+    expect(await ack(Request.NET_SET_MTU, encodeU64(67))).toBe(1);
+    expect(session.mtu).toBe(9000);
+    expect(await ack(Request.NET_SET_MTU, encodeU64(1500))).toBe(0);
+    expect(session.mtu).toBe(1500);
+    // Still talking after the refusals.
+    expect(decodeU64(await ask(Request.GET_QUEUE_NUM))).toBe(1);
+  });
+
+  it('without a largest MTU offers neither MTU bit and never keeps a NET_SET_MTU', async () => {
+    expect(hasBit(decodeU64(await ask(Request.GET_FEATURES)), VIRTIO_NET_F_MTU)).toBe(false);
+    expect(hasBit(decodeU64(await ask(Request.GET_PROTOCOL_FEATURES)), VHOST_USER_PROTOCOL_F_NET_MTU)).toBe(false);
+    expect(await ack(Request.SET_PROTOCOL_FEATURES, encodeU64(1 << VHOST_USER_PROTOCOL_F_NET_MTU))).toBe(1);
+    expect(await ack(Request.NET_SET_MTU, encodeU64(9000))).toBe(0);
+    expect(session.mtu).toBeUndefined();
+  });
+
+  it('refuses a largest MTU outside 68..65535 when the session is made', () => {
+    const [a, b] = socketPair();
+    try {
+      for (const maxMtu of [67, 65536, 9000.5]) {
+        expect(() => new BackendSession(b, { device: new RecordingDevice(), reactor, maxMtu })).toThrow(/maxMtu .* is outside 68\.\.65535/);
+      }
+    } finally {
+      closeFd(a);
+      closeFd(b);
+    }
   });
 
   it('PROTOCOL_F_STATUS: keeps the status byte the front-end sets, refuses more than a byte, forgets it on RESET_OWNER', async () => {

@@ -227,3 +227,36 @@ describe('receive frames with MRG_RXBUF', () => {
     expect(() => new NetRxWriter(s.queue, { headerLength: 10, mergeable: true })).toThrow(/12-byte header/);
   });
 });
+
+describe('receive jumbo frames (9014 bytes, 9018 tagged)', () => {
+  it('with MRG_RXBUF spreads a 9018-byte frame over five 2 KiB buffers, whole', () => {
+    const s = rxSetup({ mergeable: true, size: 16 });
+    for (let i = 0; i < 6; i++) s.ring.writeChain([{ addr: 0x10000 + i * 0x1000, len: 2048, writable: true }], i);
+    s.ring.offer(0, 1, 2, 3, 4, 5);
+    const frame = frameOf(9018, 7);
+    expect(s.writer.deliver(frame, 0, 9018)).toBe(5);
+    s.queue.flushUsed();
+    expect([0, 1, 2, 3, 4].map((i) => s.ring.usedEntry(i).len)).toEqual([2048, 2048, 2048, 2048, 9030 - 4 * 2048]);
+    expect(readNumBuffers(readBytes(s.memory, 0x10000, 12), 0)).toBe(5);
+    const got = new Uint8Array(9018);
+    got.set(readBytes(s.memory, 0x10000 + 12, 2036), 0);
+    for (let i = 1; i < 5; i++) got.set(readBytes(s.memory, 0x10000 + i * 0x1000, Math.min(2048, 9018 - 2036 - (i - 1) * 2048)), 2036 + (i - 1) * 2048);
+    expect(got).toEqual(frame);
+  });
+
+  it('without MRG_RXBUF fills a big-packet chain, and drops a frame one buffer too small instead of cutting it', () => {
+    const s = rxSetup({ mergeable: false, size: 8 });
+    // Linux's big-packet receive chain: the header, then pages.
+    s.ring.writeChain([{ addr: 0x20000, len: 12, writable: true }, { addr: 0x21000, len: 4096, writable: true }, { addr: 0x22000, len: 4096, writable: true }, { addr: 0x23000, len: 4096, writable: true }], 0);
+    // A chain with room for 9013 bytes of frame: one byte short of 9014.
+    s.ring.writeChain([{ addr: 0x30000, len: 12 + 9013, writable: true }], 4);
+    s.ring.offer(0, 4);
+    const frame = frameOf(9014, 3);
+    expect(s.writer.deliver(frame, 0, 9014)).toBe(1);
+    expect(s.writer.deliver(frame, 0, 9014)).toBe(RX_DROPPED);
+    s.queue.flushUsed();
+    expect(s.ring.usedEntry(0)).toEqual({ id: 0, len: 12 + 9014 });
+    expect(new Uint8Array([...readBytes(s.memory, 0x21000, 4096), ...readBytes(s.memory, 0x22000, 4096), ...readBytes(s.memory, 0x23000, 822)])).toEqual(frame);
+    expect(s.ring.usedEntry(1)).toEqual({ id: 4, len: 0 });
+  });
+});
