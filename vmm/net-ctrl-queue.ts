@@ -3,7 +3,8 @@
 // VIRTIO_NET_F_MQ, and it is how the guest says how many queue pairs it uses
 // (VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET); the NIC turns that into SET_VRING_ENABLE on the back-end.
 // Every command is a chain of readable bytes (class, command, data) followed by one writable
-// status byte. Everything read from the ring is guest-controlled and bounds-checked.
+// status byte, directly in the ring or through one indirect table. Everything read from the ring
+// is guest-controlled and bounds-checked.
 import type { GuestRam } from './guest-ram.js';
 import { guestSlice } from './guest-ram.js';
 
@@ -18,6 +19,8 @@ const VRING_DESC_F_WRITE = 2;
 const VRING_DESC_F_INDIRECT = 4;
 /** A control command is a few bytes; more is a broken or hostile chain. */
 const MAX_COMMAND_BYTES = 4096;
+/** Entries of an indirect table; a command needs three. */
+const MAX_INDIRECT = 64;
 
 export interface CtrlQueueRing {
   size: number;
@@ -60,19 +63,32 @@ export class NetCtrlQueue {
       const out: number[] = [];
       let status: { gpa: number } | null = null;
       let ok = true;
+      // Linux puts a command of several buffers in an indirect table when INDIRECT_DESC is on.
+      let table = this.ring.desc;
+      let tableSize = size;
+      let indirect = false;
       for (let i = head, n = 0; ; n++) {
-        if (n >= size) {
+        if (n >= tableSize) {
           ok = false;
           break;
         }
-        const d = this.view(this.ring.desc + 16 * i, 16, 'descriptor');
+        const d = this.view(table + 16 * i, 16, 'descriptor');
         const addr = d.getUint32(0, true) + d.getUint32(4, true) * 2 ** 32;
         const len = d.getUint32(8, true);
         const flags = d.getUint16(12, true);
         const next = d.getUint16(14, true);
         if (flags & VRING_DESC_F_INDIRECT) {
-          ok = false;
-          break;
+          // Only the head may point at a table, and the table must hold whole descriptors.
+          if (indirect || n > 0 || flags & VRING_DESC_F_NEXT || len === 0 || len % 16 !== 0 || len / 16 > MAX_INDIRECT) {
+            ok = false;
+            break;
+          }
+          indirect = true;
+          table = addr;
+          tableSize = len / 16;
+          i = 0;
+          n = -1;
+          continue;
         }
         if (flags & VRING_DESC_F_WRITE) {
           if (len > 0 && status === null) status = { gpa: addr };
@@ -84,7 +100,7 @@ export class NetCtrlQueue {
           if (len > 0) out.push(...guestSlice(this.ram, addr, len, `${this.what} command`));
         }
         if (!(flags & VRING_DESC_F_NEXT)) break;
-        if (next >= size) {
+        if (next >= tableSize) {
           ok = false;
           break;
         }
