@@ -120,6 +120,10 @@ export class NetCtrlQueue {
       this.lastAvail = (this.lastAvail + 1) & 0xffff;
       served++;
     }
+    // With VIRTIO_RING_F_EVENT_IDX the driver kicks only when avail.idx passes avail_event (after
+    // the used ring): keep it at the next entry we expect, or every command after the first would
+    // wait for a kick that never comes. Harmless without EVENT_IDX.
+    this.view(this.ring.device + 4 + 8 * size, 2, 'avail_event').setUint16(0, this.lastAvail, true);
     return served;
   }
 }
