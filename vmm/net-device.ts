@@ -280,16 +280,24 @@ export async function openVhostUserNet(
     log.info({ nic: config.id, class: cls, command: cmd }, `NIC ${config.id}: control command class ${cls} command ${cmd} is not supported`);
     return VIRTIO_NET_ERR;
   };
+  /** Answers every command waiting in the control queue (call only from a serialized step). */
+  const serveCtrl = async (): Promise<void> => {
+    const q = ctrl;
+    if (!q) return;
+    try {
+      if ((await q.serve(onCtrlCommand)) > 0) eventfdWrite(callFd);
+    } catch (err) {
+      log.warn({ nic: config.id, err: (err as Error).message }, `NIC ${config.id}: control queue: ${(err as Error).message}`);
+    }
+  };
   if (withCtrl) {
     const ctrlKick = kickFds[ctrlIndex];
+    // A kick is never dropped: one that comes while DRIVER_OK is still being handed to the
+    // back-end (the guest's Status write returns after at most 5 s) waits for that step, which
+    // serves the queue again when it is done.
     reactor.watch(ctrlKick, () => {
       eventfdDrain(ctrlKick);
-      const q = ctrl;
-      if (!q) return;
-      void serialize(async () => {
-        if (ctrl !== q) return;
-        if ((await q.serve(onCtrlCommand)) > 0) eventfdWrite(callFd);
-      }).catch((err: Error) => log.warn({ nic: config.id, err: err.message }, `NIC ${config.id}: control queue: ${err.message}`));
+      void serialize(serveCtrl);
     });
   }
 
@@ -321,10 +329,12 @@ export async function openVhostUserNet(
           const vrings = vringsOf(started, () => 0);
           if (!frontend) {
             log.warn({ nic: config.id }, `NIC ${config.id}: guest started the NIC while the back-end is away; rings are handed over when it is back`);
+            await serveCtrl();
             return;
           }
           await frontend.startDevice(startedFeatures, regions, vrings);
           log.info({ nic: config.id, vrings: started.map((v) => v.index), features: startedFeatures }, `NIC ${config.id}: rings handed to the vhost-user back-end`);
+          await serveCtrl();
         } else if (change.status === 0 && (started.length > 0 || ctrl)) {
           const indexes = started.map((q) => q.index);
           started = [];

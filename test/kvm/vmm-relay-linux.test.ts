@@ -242,8 +242,9 @@ describe.runIf(ready)('Linux behind the relay under vio4wd-vmm', () => {
     const delta = (i: number) => ((u1.get(i)! - u0.get(i)!) & 0xffff);
     expect(delta(1)).toBeGreaterThanOrEqual(10);
     expect(delta(3)).toBeGreaterThanOrEqual(10);
-    // The replies came in on the RX rings (the relay picks which).
-    expect(delta(0) + delta(2)).toBeGreaterThanOrEqual(40);
+    // The echo replies (at least 8 per ping, as checked above) came in on the RX rings; the
+    // relay picks which.
+    expect(delta(0) + delta(2)).toBeGreaterThanOrEqual(received.reduce((a, b) => a + b, 0));
 
     process.kill(vmm.pid, 'SIGTERM');
     expect(await vmm.exited).toBe(0);
