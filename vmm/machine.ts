@@ -129,10 +129,8 @@ export class Machine extends EventEmitter {
     if (c.nets.length > 0) this.reactor = new Reactor();
     for (const net of c.nets) {
       const handle = await openVhostUserNet(net, this.ram, this.reactor!, this.log);
+      // A back-end that goes away is reconnected by the NIC itself (vmm/net-device.ts).
       this.addDevice(handle);
-      handle.closed.then(() => {
-        if (!this.ended) this.log.warn({ nic: net.id }, `NIC ${net.id}: the vhost-user back-end closed the connection`);
-      });
     }
     for (const drive of c.drives) this.addDevice(openBlockDevice(drive));
     this.createIothreads();

@@ -28,6 +28,8 @@ export interface RelayOptions {
   env?: Record<string, string>;
   /** Reuse a socket directory (a restarted relay must find the same paths); kept on stop. */
   socketDir?: string;
+  /** How long to wait for "virtio-forwarder ready" (default 20 s; slower inside the nested rig). */
+  readyTimeoutMs?: number;
 }
 
 export interface RunningRelay {
@@ -73,7 +75,7 @@ export async function startRelay(o: RelayOptions = {}): Promise<RunningRelay> {
     echo: o.echo,
     env: o.env ? { ...process.env, ...o.env } : undefined,
   });
-  await proc.waitForOutput(/"msg":"virtio-forwarder ready"/, 20_000);
+  await proc.waitForOutput(/"msg":"virtio-forwarder ready"/, o.readyTimeoutMs ?? 20_000);
   return {
     proc,
     pid: proc.pid,
