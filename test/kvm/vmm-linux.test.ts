@@ -4,42 +4,21 @@
 // Under the nested-KVM rig this takes about half a minute; on hardware KVM about a second.
 import { resolve } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { startProcess, stopAll, type StartedProcess } from '../support/processes.js';
+import { stopAll } from '../support/processes.js';
+import { bootLinux } from '../support/linux-boot.js';
 import { ensureGuestImage } from '../support/guest-image.js';
 import { kvmTestsCanRun } from '../support/kvm.js';
 import { repoRoot } from '../guest/tiny/build.js';
 
-const vmmBin = resolve(repoRoot, 'bin/vio4wd-vmm');
 
 afterAll(async () => {
   await stopAll();
 });
 
-/**
- * Starts the VMM and waits for the guest's ready marker. Boots use `noxsave`: with XSAVE on,
- * Debian's kernel under the nested-KVM rig finds CPUID leaf 0xd inconsistent and often ends in a
- * triple fault (docs/vmm.md, "Known problems"). A boot that still ends in a triple fault before
- * userspace is started again, at most three boots in all, each one reported; any other early end,
- * or three triple faults in a row, fails the test.
- */
-async function bootToUserspace(args: string[], label: string): Promise<StartedProcess> {
-  for (let attempt = 1; ; attempt++) {
-    const vmm = startProcess('node', [vmmBin, ...args], { label, stdio: ['pipe', 'pipe', 'pipe'] });
-    try {
-      await vmm.waitForOutput(/VIO4WD-GUEST-READY/, 300_000);
-      return vmm;
-    } catch (err) {
-      await vmm.stop();
-      if (attempt >= 3 || !/guest ended: triple fault/.test(vmm.output())) throw err;
-      console.warn(`${label}: boot ${attempt} ended in a guest triple fault before userspace; booting again`);
-    }
-  }
-}
-
 describe.runIf(kvmTestsCanRun([resolve(repoRoot, 'dist/vmm/main.js')]))('Debian Linux under vio4wd-vmm', () => {
   it('boots the vmlinux through PVH to userspace and runs a command sent over the serial port', { timeout: 420_000 }, async () => {
     const image = await ensureGuestImage();
-    const vmm = await bootToUserspace(
+    const vmm = await bootLinux(
       [
         '-kernel', image.vmlinux, '-initrd', image.initrd, '-m', '512M', '-smp', '2', '-serial', 'stdio',
         '-append', 'console=ttyS0 earlyprintk=serial,ttyS0 reboot=k panic=-1 nokaslr noxsave',
@@ -67,7 +46,7 @@ describe.runIf(kvmTestsCanRun([resolve(repoRoot, 'dist/vmm/main.js')]))('Debian 
   // sparse (only what the guest touches is allocated), so this runs in the rig's 4 GiB L1 too.
   it('boots with 5 GiB of RAM: the e820 map puts 2 GiB above 4 GiB and Linux counts all of it', { timeout: 420_000 }, async () => {
     const image = await ensureGuestImage();
-    const vmm = await bootToUserspace(
+    const vmm = await bootLinux(
       ['-kernel', image.vmlinux, '-initrd', image.initrd, '-m', '5G', '-serial', 'stdio', '-append', 'console=ttyS0 reboot=k panic=-1 nokaslr noxsave'],
       'vmm-linux-5g',
     );
@@ -91,7 +70,7 @@ describe.runIf(kvmTestsCanRun([resolve(repoRoot, 'dist/vmm/main.js')]))('Debian 
   // naming memory zones. All RAM belongs to node 0, node 1 has a CPU and no memory.
   it('--cpus boot=2 --numa A B without memory zones: Linux sees two nodes, all RAM on node 0', { timeout: 420_000 }, async () => {
     const image = await ensureGuestImage();
-    const vmm = await bootToUserspace(
+    const vmm = await bootLinux(
       [
         '-kernel', image.vmlinux, '-initrd', image.initrd, '-m', '512M', '--cpus', 'boot=2',
         '--numa', 'guest_numa_id=0,cpus=0', 'guest_numa_id=1,cpus=1,distances=0@20', '-serial', 'stdio',

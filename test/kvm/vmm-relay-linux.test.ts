@@ -11,15 +11,15 @@ import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { startProcess, stopAll, waitFor, type StartedProcess } from '../support/processes.js';
+import { stopAll, waitFor, type StartedProcess } from '../support/processes.js';
 import { ensureGuestImage } from '../support/guest-image.js';
 import { isRoot, requireOrSkip, run } from '../support/env.js';
 import { kvmTestsCanRun } from '../support/kvm.js';
 import { createNetns, createVethPair, deleteLink, deleteNetns, nsExec } from '../support/netns.js';
 import { startRelay, type RunningRelay } from '../support/relay.js';
 import { repoRoot } from '../guest/tiny/build.js';
+import { bootLinux } from '../support/linux-boot.js';
 
-const vmmBin = resolve(repoRoot, 'bin/vio4wd-vmm');
 const ready =
   kvmTestsCanRun([resolve(repoRoot, 'dist/vmm/main.js'), resolve(repoRoot, 'dist/daemon/main.js')]) &&
   requireOrSkip(isRoot(), 'needs root (network namespaces, the relay)');
@@ -61,28 +61,14 @@ async function relayOn(vf: string, socketDir: string, configLines: string[] = []
   return r;
 }
 
-/** Boots Linux (see vmm-linux.test.ts for `noxsave` and the retried triple fault). */
-async function bootLinux(args: string[], label: string): Promise<StartedProcess> {
+/** Boots Linux with 512 MiB of shared memory (test/support/linux-boot.ts retries what the rig breaks). */
+async function bootGuest(args: string[], label: string): Promise<StartedProcess> {
   const image = await ensureGuestImage();
-  for (let attempt = 1; ; attempt++) {
-    const vmm = startProcess(
-      'node',
-      [vmmBin, '-kernel', image.vmlinux, '-initrd', image.initrd, '-m', '512M', '-serial', 'stdio', '-machine', 'mem-share=on', ...args],
-      { label, stdio: ['pipe', 'pipe', 'pipe'] },
-    );
-    try {
-      await vmm.waitForOutput(/VIO4WD-GUEST-READY/, 180_000);
-      return vmm;
-    } catch (err) {
-      console.warn(`${label}: VMM log:\n${vmmLog(vmm)}`);
-      await vmm.stop();
-      // Under the rig a boot also stops now and then before the kernel runs /init (so before the
-      // NIC's driver loads); that one is booted again too, and reported.
-      const beforeInit = !/Run \/init as init process/.test(vmm.output());
-      if (attempt >= 3 || !(/guest ended: triple fault/.test(vmm.output()) || beforeInit)) throw err;
-      console.warn(`${label}: boot ${attempt} ended (triple fault or stopped) before userspace; booting again`);
-    }
-  }
+  return bootLinux(
+    ['-kernel', image.vmlinux, '-initrd', image.initrd, '-m', '512M', '-serial', 'stdio', '-machine', 'mem-share=on', ...args],
+    label,
+    { describe: (vmm) => `VMM log:\n${vmmLog(vmm)}` },
+  );
 }
 
 /** The VMM's own log lines about its NIC (its output also carries the guest's console). */
@@ -149,7 +135,7 @@ describe.runIf(ready)('Linux behind the relay under vio4wd-vmm', () => {
     const { ns, vf } = peer('rc', '10.79.0.1/24');
     const socketDir = join(scratch, 'sockets-rc');
     let relay = await relayOn(vf, socketDir);
-    const vmm = await bootLinux(
+    const vmm = await bootGuest(
       [
         '-append', 'console=ttyS0 reboot=k panic=-1 nokaslr noxsave vio4wd.ip=10.79.0.2/24',
         '-chardev', `socket,id=c0,path=${relay.socketPath(1)}`, '-netdev', 'vhost-user,id=net0,chardev=c0',
@@ -196,7 +182,7 @@ describe.runIf(ready)('Linux behind the relay under vio4wd-vmm', () => {
     const { ns, vf } = peer('mq', '10.79.1.1/24');
     const relay = await relayOn(vf, join(scratch, 'sockets-mq'), ['VIRTIOFWD_METRICS_LISTEN=127.0.0.1:0']);
     const api = join(scratch, 'mq.api');
-    const vmm = await bootLinux(
+    const vmm = await bootGuest(
       [
         '-smp', '2', '-api-channel', `unix:${api}`,
         '-append', 'console=ttyS0 reboot=k panic=-1 nokaslr noxsave vio4wd.ip=10.79.1.2/24',
@@ -253,7 +239,7 @@ describe.runIf(ready)('Linux behind the relay under vio4wd-vmm', () => {
   it('offers four queue pairs: a guest with two vCPUs sees four and enables two', { timeout: 600_000 }, async () => {
     const { ns, vf } = peer('q4', '10.79.2.1/24');
     const relay = await relayOn(vf, join(scratch, 'sockets-q4'));
-    const vmm = await bootLinux(
+    const vmm = await bootGuest(
       [
         '-smp', '2',
         '-append', 'console=ttyS0 reboot=k panic=-1 nokaslr noxsave vio4wd.ip=10.79.2.2/24',
