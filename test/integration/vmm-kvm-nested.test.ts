@@ -34,9 +34,11 @@ describe.runIf(rigPossible)(`test/kvm inside the nested-KVM rig (${kvmRouteReaso
     rmSync(report, { force: true });
     console.log(`KVM tests: running ${kvmFiles.length} files in the nested-KVM rig (${kvmRouteReason()})`);
     run = await runNested(
-      ['node', 'node_modules/vitest/vitest.mjs', 'run', 'test/kvm', '--testTimeout=120000',
+      // One file at a time, in 8 GiB: the files boot Linux guests of up to 5 GiB, and two of them
+      // side by side in the rig's default 4 GiB (with its hugepages reserved) can take the rig down.
+      ['node', 'node_modules/vitest/vitest.mjs', 'run', 'test/kvm', '--testTimeout=120000', '--no-file-parallelism',
         '--reporter=default', '--reporter=json', `--outputFile.json=${report}`],
-      { timeoutS: RIG_TIMEOUT_S, label: 'kvm-rig' },
+      { timeoutS: RIG_TIMEOUT_S, label: 'kvm-rig', rigArgs: ['--memory', '8G'] },
     );
     if (existsSync(report)) {
       const parsed = JSON.parse(readFileSync(report, 'utf8')) as { testResults: FileResult[] };
