@@ -201,6 +201,15 @@ export function startTxSource(o: { socketPath: string; size: number; cpu: number
  * VF→VM endpoint (perf-anchors §3): ONE testpmd injects and counts, so only two pollers share the
  * two CPUs. Port 0 (net_null generator) → port 1 (AF_PACKET on vethB) injects; port 2
  * (virtio-user) → port 3 (net_null sink) counts. It runs in the peer's namespace to reach vethB.
+ *
+ * Behind a rate limit (--rx-rate) this loop has no spare receive capacity: net_af_packet's
+ * transmit waits in poll() until the qdisc frees TX ring slots, so the loop turns rate/32 times a
+ * second, and the receiver, at most 32 frames a turn, takes exactly the offered rate. A backlog
+ * that forms once (a relay's start-up, any pause of the relay) never drains; a relay that holds
+ * frames in its VF ring keeps it as a standing queue that overflows now and then, one that drops
+ * what the guest ring cannot take at once loses only that. Giving the receiver an lcore of its
+ * own on the same CPU was tried: then the two pollers share the CPU in scheduler slices and DPDK's
+ * relay lost 80 %, so the single loop stays, and docs/benchmarks.md says what it measures.
  */
 export const RX_ENDPOINT_PORTS = { injector: 1, virtio: 2 } as const;
 

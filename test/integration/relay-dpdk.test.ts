@@ -5,7 +5,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest
 
 vi.setConfig({ testTimeout: 90_000 });
 import { createNetns, createVethPair, deleteLink, deleteNetns, linkCounter, nsExec, requireBinary, requireRoot, uniqueTag } from '../support/netns.js';
-import { startTestpmd, virtioUserVdev, type Testpmd } from '../support/testpmd.js';
+import { LOG_VIRTIO_PATHS, startTestpmd, virtioPaths, virtioUserVdev, type Testpmd } from '../support/testpmd.js';
 import { startRelay, type RunningRelay } from '../support/relay.js';
 import { sleep, stopAll, waitFor, startProcess } from '../support/processes.js';
 import { execFileSync } from 'node:child_process';
@@ -64,8 +64,10 @@ describe.skipIf(!ready)('relay with DPDK virtio-user', () => {
     const statsEp = `ipc:///tmp/vio4wd-stats-${tag}`;
     relay = await startRelay({ staticVfs: { [vf]: 1 }, configLines: [`VIRTIOFWD_ZMQ_STATS_EP=${statsEp}`] });
     const before = linkCounter(peer, 'rx_packets', ns);
-    testpmd = startTestpmd({ vdevs: [virtioUserVdev({ path: relay.socketPath(1), queueSize: 1024 })], forwardMode: 'txonly', txpkts: 64, cpu: 1 });
+    testpmd = startTestpmd({ vdevs: [virtioUserVdev({ path: relay.socketPath(1), queueSize: 1024 })], forwardMode: 'txonly', txpkts: 64, cpu: 1, extraEal: [LOG_VIRTIO_PATHS] });
     await waitFor(() => linkCounter(peer, 'rx_packets', ns) - before > 10_000, 30_000, '10 000 frames on the veth peer');
+    // The relay offers IN_ORDER, so virtio-user (in_order=1 by default) takes its in-order paths.
+    expect(virtioPaths(testpmd.output()).tx).toBe('inorder');
     const stats = await testpmd.stop();
     testpmd = null;
     await sleep(200);
@@ -92,11 +94,14 @@ describe.skipIf(!ready)('relay with DPDK virtio-user', () => {
 
   it('forwards VF→VM in server mode', async () => {
     relay = await startRelay({ staticVfs: { [vf]: 1 } });
-    testpmd = startTestpmd({ vdevs: [virtioUserVdev({ path: relay.socketPath(1), queueSize: 1024 })], forwardMode: 'rxonly', cpu: 1 });
+    testpmd = startTestpmd({ vdevs: [virtioUserVdev({ path: relay.socketPath(1), queueSize: 1024 })], forwardMode: 'rxonly', cpu: 1, extraEal: [LOG_VIRTIO_PATHS] });
     await waitFor(() => relay!.logs().some((l) => String(l.msg).includes('vring 0') || l.vring === 0), 20_000, 'vring 0 to start');
     await sleep(500);
     await sendFromPeer(300);
     await sleep(300);
+    // DPDK's in-order receive path finds each buffer by its used-ring position: it only works
+    // because the relay hands buffers back in the order they were posted.
+    expect(virtioPaths(testpmd.output()).rx).toBe('inorder');
     const stats = await testpmd.stop();
     testpmd = null;
     expect(stats[0].rxPackets).toBeGreaterThanOrEqual(300);
@@ -111,7 +116,8 @@ describe.skipIf(!ready)('relay with DPDK virtio-user', () => {
     await waitFor(() => linkCounter(peer, 'rx_packets', ns) - before > 5_000, 30_000, '5 000 frames on the veth peer');
     await testpmd.stop();
     // Second frontend on the same path, after the first went away: the relay reconnects; VF→VM.
-    testpmd = startTestpmd({ vdevs: [virtioUserVdev({ path, queueSize: 1024, server: true })], forwardMode: 'rxonly', cpu: 1 });
+    // This front-end turns IN_ORDER off: the general (mergeable) receive path must work as well.
+    testpmd = startTestpmd({ vdevs: [virtioUserVdev({ path, queueSize: 1024, server: true, extra: ['in_order=0'] })], forwardMode: 'rxonly', cpu: 1, extraEal: [LOG_VIRTIO_PATHS] });
     await waitFor(
       () => {
         const msgs = relay!.logs().map((l) => String(l.msg));
@@ -124,6 +130,7 @@ describe.skipIf(!ready)('relay with DPDK virtio-user', () => {
     await sleep(500);
     await sendFromPeer(300);
     await sleep(300);
+    expect(virtioPaths(testpmd.output()).rx).toBe('mergeable buffer');
     const stats = await testpmd.stop();
     testpmd = null;
     expect(stats[0].rxPackets).toBeGreaterThanOrEqual(300);

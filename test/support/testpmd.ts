@@ -50,6 +50,8 @@ export interface TestpmdOptions {
   label?: string;
   echo?: boolean;
   extraApp?: string[];
+  /** Extra EAL arguments, e.g. a --log-level. */
+  extraEal?: string[];
 }
 
 export interface PortStats {
@@ -91,6 +93,7 @@ export function testpmdArgs(o: TestpmdOptions): string[] {
     freeHugepageMb() >= HUGEPAGE_MB_NEEDED ? ['--in-memory', '--single-file-segments', '-m', '256'] : ['--no-huge', '-m', '512'];
   const eal = [`--lcores=0@${cpu},1@${cpu}`, '--no-pci', ...memory, '--iova-mode=va', `--file-prefix=${prefix}`, '--no-telemetry'];
   for (const v of o.vdevs) eal.push('--vdev', v);
+  eal.push(...(o.extraEal ?? []));
   const app = [
     `--forward-mode=${o.forwardMode}`,
     '--total-num-mbufs=16384',
@@ -103,6 +106,17 @@ export function testpmdArgs(o: TestpmdOptions): string[] {
   if (o.txpkts) app.push(`--txpkts=${o.txpkts}`);
   app.push(...(o.extraApp ?? []));
   return [...eal, '--', ...app];
+}
+
+/** EAL argument that makes the virtio PMD log which receive and transmit paths it chose. */
+export const LOG_VIRTIO_PATHS = '--log-level=pmd.net.virtio.init:info';
+
+/** The virtio PMD's chosen paths, from its log: e.g. { rx: 'inorder', tx: 'inorder' }. */
+export function virtioPaths(output: string): { rx: string | null; tx: string | null } {
+  return {
+    rx: /using (.+?) Rx path/.exec(output)?.[1] ?? null,
+    tx: /using (.+?) Tx path/.exec(output)?.[1] ?? null,
+  };
 }
 
 /** Parses testpmd's "Forward statistics for port N" blocks (the last one per port wins). */

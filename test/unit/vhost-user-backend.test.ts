@@ -469,7 +469,7 @@ describe('C7: ring addresses', () => {
 
 describe('C8: features', () => {
   it('refuses virtio and protocol features that were not offered', async () => {
-    expect(await ack(Request.SET_FEATURES, encodeU64(2 ** 35))).toBe(1); // IN_ORDER
+    expect(await ack(Request.SET_FEATURES, encodeU64(2 ** 34))).toBe(1); // RING_PACKED
     expect(await ack(Request.SET_FEATURES, encodeU64(1 << 17))).toBe(1); // CTRL_VQ
     expect(await ack(Request.SET_PROTOCOL_FEATURES, encodeU64(1 << 11))).toBe(1); // HOST_NOTIFIER
     expect(await ack(Request.SET_PROTOCOL_FEATURES, encodeU64(1 << 5))).toBe(1); // BACKEND_REQ

@@ -139,11 +139,12 @@ describe('u64 payloads', () => {
     expect(hasBit(f, 32)).toBe(true); // VERSION_1
     expect(hasBit(f, 30)).toBe(true); // PROTOCOL_FEATURES
     expect(hasBit(f, 15)).toBe(true); // MRG_RXBUF
-    expect(hasBit(f, 35)).toBe(false); // IN_ORDER never offered
+    expect(hasBit(f, 35)).toBe(true); // IN_ORDER: both directions use buffers in order
+    expect(hasBit(f, 34)).toBe(false); // RING_PACKED not offered
     expect(hasBit(offeredFeatures({ mergeableRxBuffers: false }), 15)).toBe(false);
-    expect(bitsOutside(f + 2 ** 35, f)).toBe(2 ** 35);
+    expect(bitsOutside(f + 2 ** 34, f)).toBe(2 ** 34);
     expect(bitsOutside(f, f)).toBe(0);
-    expect(f).toBe(0x1_7860_8000);
+    expect(f).toBe(0x9_7860_8000);
     expect(offeredProtocolFeatures()).toBe(0x18009); // MQ, REPLY_ACK, CONFIGURE_MEM_SLOTS, STATUS
     expect(netHeaderLength(0)).toBe(10);
     expect(netHeaderLength(2 ** 32)).toBe(12);

@@ -28,6 +28,7 @@ import {
 import { NetRxWriter, RX_DROPPED, RX_NO_BUFFERS } from '../../virtio/net-rx.js';
 import { TX_DROPPED, readTxFrame } from '../../virtio/net-tx.js';
 import { DescriptorChain } from '../../virtio/split-queue.js';
+import { rng } from '../support/hostile-frontend.js';
 import { RingBuilder, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE, createTestMemory, readBytes, writeBytes, type BufferSpec } from '../support/ring-builder.js';
 
 const frameOf = (len: number, seed = 5): Uint8Array => Uint8Array.from({ length: len }, (_, i) => (i * 13 + seed) & 0xff);
@@ -259,4 +260,49 @@ describe('receive jumbo frames (9014 bytes, 9018 tagged)', () => {
     expect(new Uint8Array([...readBytes(s.memory, 0x21000, 4096), ...readBytes(s.memory, 0x22000, 4096), ...readBytes(s.memory, 0x23000, 822)])).toEqual(frame);
     expect(s.ring.usedEntry(1)).toEqual({ id: 4, len: 0 });
   });
+});
+
+// VIRTIO_F_IN_ORDER is offered, so every receive buffer must come back in the order it was made
+// available, whatever happens to the frames: delivered, spread over several buffers, dropped for a
+// bad buffer, or held back (no used entry) for lack of buffers. DPDK's in-order receive path
+// finds its buffers by used-ring position, not by id.
+describe('receive buffers are used in the order they were made available (IN_ORDER)', () => {
+  for (const mergeable of [true, false]) {
+    it(`holds over seeded random frames and buffers, ${mergeable ? 'with' : 'without'} MRG_RXBUF`, () => {
+      const seed = 20261204 + (mergeable ? 1 : 0);
+      const random = rng(seed);
+      const size = 64;
+      const s = rxSetup({ mergeable, size, maxBuffers: mergeable ? 8 : undefined });
+      const offered: number[] = [];
+      let used = 0;
+      const free = Array.from({ length: size }, (_, i) => i);
+      for (let round = 0; round < 400; round++) {
+        // The driver offers free descriptors in a scrambled order; some are too small or looped.
+        while (free.length > 0 && random() < 0.8) {
+          const head = free.splice(Math.floor(random() * free.length), 1)[0];
+          const kind = random();
+          if (kind < 0.05) s.ring.setDescriptor(head, { addr: 0x10000 + head * 0x1000, len: 8, flags: VRING_DESC_F_WRITE });
+          else if (kind < 0.08) s.ring.setDescriptor(head, { addr: 0x10000 + head * 0x1000, len: 600, flags: VRING_DESC_F_WRITE | VRING_DESC_F_NEXT, next: head });
+          else s.ring.writeChain([{ addr: 0x10000 + head * 0x1000, len: 64 + Math.floor(random() * 1500), writable: true }], head);
+          s.ring.offer(head);
+          offered.push(head);
+        }
+        const frames = Math.floor(random() * 6);
+        for (let f = 0; f < frames; f++) {
+          const length = 14 + Math.floor(random() * 3000);
+          const r = s.writer.deliver(frameOf(length, round), 0, length);
+          expect(r === RX_NO_BUFFERS || r === RX_DROPPED || r > 0, `seed ${seed} round ${round}`).toBe(true);
+        }
+        s.queue.flushUsed();
+        // Every used entry so far names the buffer offered at the same position.
+        const idx = s.ring.usedIdx();
+        for (; used < idx; used++) {
+          const id = s.ring.usedEntry(used % size).id;
+          expect(id, `seed ${seed}: used entry ${used}`).toBe(offered[used]);
+          free.push(id);
+        }
+      }
+      expect(used).toBeGreaterThan(200);
+    });
+  }
 });
