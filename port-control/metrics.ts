@@ -32,8 +32,8 @@ const DROP_CAUSES: readonly { cause: string; value: (c: DirectionCounters) => nu
   { cause: 'vf_ring_full', value: (c) => c.dropsKernelRing, only: 'vf_to_vm' },
 ];
 
-/** One counter per field of a direction, all labelled relay and direction. */
-const DIRECTION_COUNTERS: readonly { name: string; help: string; value: (c: DirectionCounters) => number }[] = [
+/** One counter per field of a direction, all labelled relay and direction (`only`: that direction alone). */
+const DIRECTION_COUNTERS: readonly { name: string; help: string; value: (c: DirectionCounters) => number; only?: DirectionLabel }[] = [
   {
     name: 'vio4wd_relay_received_packets_total',
     help: 'Frames the relay took from the source of the direction (the VF for vf_to_vm, the guest for vm_to_vf).',
@@ -53,6 +53,13 @@ const DIRECTION_COUNTERS: readonly { name: string; help: string; value: (c: Dire
     name: 'vio4wd_relay_sent_bytes_total',
     help: 'Bytes of the frames delivered to the destination of the direction.',
     value: (c) => c.bytes,
+  },
+  {
+    // Not a cause of its own: a part of vf_ring_full, so the two must not be added up.
+    name: 'vio4wd_relay_vf_ring_full_guest_no_buffers_packets_total',
+    help: 'The part of the vf_ring_full drops that fell in 100 ms intervals in which frames waited while the guest had posted no receive buffers: the guest, not the relay, fell behind.',
+    value: (c) => c.dropsKernelRingGuestNoBuffers,
+    only: 'vf_to_vm',
   },
   {
     name: 'vio4wd_relay_bad_chains_total',
@@ -84,7 +91,7 @@ const bit = (b: boolean) => (b ? 1 : 0);
  * it, so a counter shared with a text-format registry would lose its suffix there.
  */
 class MetricSet {
-  private readonly directionCounters: { counter: Counter<'relay' | 'direction'>; value: (c: DirectionCounters) => number }[];
+  private readonly directionCounters: { counter: Counter<'relay' | 'direction'>; value: (c: DirectionCounters) => number; only?: DirectionLabel }[];
   private readonly dropped: Counter<'relay' | 'direction' | 'cause'>;
   private readonly relayInfo: Gauge<'relay' | 'device' | 'device_kind' | 'socket'>;
   private readonly relayActive: Gauge<'relay'>;
@@ -108,6 +115,7 @@ class MetricSet {
     this.directionCounters = DIRECTION_COUNTERS.map((d) => ({
       counter: counter(d.name, d.help, ['relay', 'direction'] as const),
       value: d.value,
+      only: d.only,
     }));
     this.dropped = counter(
       'vio4wd_relay_dropped_packets_total',
@@ -166,7 +174,7 @@ class MetricSet {
       for (const [direction, c] of directions) {
         const labels = { relay, direction };
         // A counter is set by resetting it (above) and adding the value once.
-        for (const d of this.directionCounters) d.counter.inc(labels, d.value(c));
+        for (const d of this.directionCounters) if (!d.only || d.only === direction) d.counter.inc(labels, d.value(c));
         for (const drop of DROP_CAUSES) {
           if (!drop.only || drop.only === direction) this.dropped.inc({ ...labels, cause: drop.cause }, drop.value(c));
         }

@@ -652,6 +652,11 @@ export class VfToVm extends Direction {
     this.guestOutOfBuffers = false;
   }
 
+  /**
+   * Whether a burst would move frames. Frames waiting while the guest has no buffers are not work;
+   * finding them also marks the current stats interval as one the guest fell behind in, which is
+   * how kernel drops get attributed (foldKernelDrops), at no extra ring read.
+   */
   hasWork(): boolean {
     const port = this.port;
     if (port === null || this.hold) return false;

@@ -216,6 +216,9 @@ describe.skipIf(!ready)('the Prometheus endpoint of the running daemon', () => {
     // The kernel's VF ring drops exist for the direction that reads the VF ring only.
     expect(counterOf(samples, 'vio4wd_relay_dropped_packets_total', 'vf_to_vm', { cause: 'vf_ring_full' })).toBe(0);
     expect(samples.some((s) => s.labels.direction === 'vm_to_vf' && s.labels.cause === 'vf_ring_full')).toBe(false);
+    // So does the part of them that fell while the guest had no receive buffers.
+    expect(counterOf(samples, 'vio4wd_relay_vf_ring_full_guest_no_buffers_packets_total', 'vf_to_vm')).toBe(0);
+    expect(samples.some((s) => s.name === 'vio4wd_relay_vf_ring_full_guest_no_buffers_packets_total' && s.labels.direction === 'vm_to_vf')).toBe(false);
     // No other direction label value.
     expect(new Set(samples.filter((s) => s.labels.direction).map((s) => s.labels.direction))).toEqual(new Set(['vf_to_vm', 'vm_to_vf']));
 
