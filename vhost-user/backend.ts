@@ -18,6 +18,7 @@ import {
 } from './features.js';
 import { locateUserRange, mapTable, readUsedIdx, sameTable, tableWithRegion, tableWithoutRegion, unmapReplaced, unmapTable, type MappedTable } from './guest-mapping.js';
 import { protectAgainstShrink, type UnsealedMemoryPolicy } from './memory-seals.js';
+import { mapDirtyLog, unmapDirtyLog, type MappedLog } from './dirty-log.js';
 import {
   FLAG_NEED_REPLY,
   ProtocolError,
@@ -29,6 +30,7 @@ import {
   VRING_F_LOG,
   bitsOutside,
   checkFdCount,
+  decodeLog,
   decodeMemTable,
   decodeSingleRegion,
   decodeMtu,
@@ -112,6 +114,8 @@ export class BackendSession {
   /** The virtio device status byte the front-end last set (PROTOCOL_F_STATUS); informational. */
   private deviceStatus = 0;
   private table: MappedTable | null = null;
+  /** The live-migration dirty log from SET_LOG_BASE; logging is on while LOG_ALL is also acked. */
+  private dirtyLog: MappedLog | null = null;
   private readonly vrings: VringState[];
   private readonly handlers: Map<number, Handler>;
 
@@ -155,6 +159,7 @@ export class BackendSession {
       [Request.ADD_MEM_REG, (m) => this.addMemReg(m)],
       [Request.REM_MEM_REG, (m) => this.remMemReg(m)],
       [Request.SET_LOG_FD, () => undefined],
+      [Request.SET_LOG_BASE, (m) => this.setLogBase(m)],
       [Request.SET_VRING_NUM, (m) => this.setVringNum(m)],
       [Request.SET_VRING_ADDR, (m) => this.setVringAddr(m)],
       [Request.SET_VRING_BASE, (m) => this.setVringBase(m)],
@@ -252,16 +257,68 @@ export class BackendSession {
 
   // ---- features ---------------------------------------------------------------------------------
 
-  private setFeatures(m: ReceivedMessage): void {
+  private async setFeatures(m: ReceivedMessage): Promise<void> {
     const features = decodeU64(m.payload, 'SET_FEATURES');
     const extra = bitsOutside(features, this.offeredFeatures);
     if (extra !== 0) throw new ProtocolError(`SET_FEATURES 0x${features.toString(16)} has bits that were not offered: 0x${extra.toString(16)}`);
-    if (this.vrings.some((v) => v.started) && features !== this.ackedFeatures) {
+    const running = this.vrings.some((v) => v.started);
+    const changed = bitsOutside(features, this.ackedFeatures) + bitsOutside(this.ackedFeatures, features);
+    // Live migration turns VHOST_F_LOG_ALL on and off under running rings; nothing else may change.
+    if (running && changed !== 0 && changed !== 2 ** VirtioNetFeature.LOG_ALL) {
       throw new ProtocolError(`SET_FEATURES 0x${features.toString(16)} changes features while vrings are running (was 0x${this.ackedFeatures.toString(16)})`);
     }
+    const logWas = this.loggingOn;
     this.ackedFeatures = features;
     this.featuresSet = true;
-    this.log.info({ features: describeFeatures(features) }, 'vhost-user: features negotiated');
+    if (!running || changed === 0) {
+      this.log.info({ features: describeFeatures(features) }, 'vhost-user: features negotiated');
+      return;
+    }
+    // Logging starts before the reply: QEMU waits for it to know every later write is logged.
+    await this.restartRunning();
+    this.logLoggingChange(logWas);
+  }
+
+  /** Dirty logging is on: LOG_ALL negotiated and a log mapped. */
+  private get loggingOn(): boolean {
+    return this.dirtyLog !== null && hasBit(this.ackedFeatures, VirtioNetFeature.LOG_ALL);
+  }
+
+  private logLoggingChange(wasOn: boolean): void {
+    const on = this.loggingOn;
+    if (on === wasOn) return;
+    if (on) this.log.info({ logBytes: this.dirtyLog!.size }, 'vhost-user: dirty logging on (live migration): every page the relay writes is marked');
+    else this.log.info('vhost-user: dirty logging off');
+  }
+
+  /**
+   * SET_LOG_BASE (PROTOCOL_F_LOG_SHMFD): maps the front-end's dirty log. A new log replaces the
+   * old one (QEMU resizes it when memory grows): running rings switch to it before the old one is
+   * unmapped. The reply is an empty payload, as QEMU and DPDK expect.
+   */
+  private async setLogBase(m: ReceivedMessage): Promise<Uint8Array> {
+    const desc = decodeLog(m.payload);
+    // A log file that shrinks under the mapping would SIGBUS the daemon like guest memory would.
+    this.checkShrinkable(1, m.fds, 'dirty log');
+    const log = mapDirtyLog(desc, m.fds[0]);
+    const logWas = this.loggingOn;
+    const old = this.dirtyLog;
+    this.dirtyLog = log;
+    try {
+      if (this.loggingOn || logWas) await this.restartRunning();
+    } finally {
+      if (old) unmapDirtyLog(old);
+    }
+    this.log.debug({ bytes: desc.mmapSize, offset: desc.mmapOffset }, 'vhost-user: dirty log mapped');
+    this.logLoggingChange(logWas);
+    return new Uint8Array(0);
+  }
+
+  /** Stops and restarts the running vrings, so the device sees the current features and log. */
+  private async restartRunning(): Promise<void> {
+    const running = this.vrings.filter((v) => v.started);
+    for (const v of running) await this.stopVring(v, false);
+    for (const v of running) await this.tryStart(v);
   }
 
   private setProtocolFeatures(m: ReceivedMessage): void {
@@ -391,23 +448,25 @@ export class BackendSession {
    * (Node cannot catch it), so each file must be sealed against shrinking, or sealable by us, or
    * accepted by policy with a warning naming the region.
    */
-  private checkShrinkable(count: number, fds: readonly number[]): void {
+  private checkShrinkable(count: number, fds: readonly number[], what: 'memory region' | 'dirty log' = 'memory region'): void {
     const unprotected: string[] = [];
     for (let i = 0; i < count; i++) {
       const p = protectAgainstShrink(fds[i]);
-      if (p.kind === 'sealed-here') this.log.info({ region: i }, `vhost-user: memory region ${i} sealed against shrinking (F_SEAL_SHRINK) by the back-end`);
-      else if (p.kind === 'unprotected') unprotected.push(`memory region ${i}: ${p.why}`);
+      const name = what === 'dirty log' ? what : `${what} ${i}`;
+      if (p.kind === 'sealed-here') this.log.info({ [what === 'dirty log' ? 'log' : 'region']: i }, `vhost-user: ${name} sealed against shrinking (F_SEAL_SHRINK) by the back-end`);
+      else if (p.kind === 'unprotected') unprotected.push(`${name}: ${p.why}`);
     }
     if (unprotected.length === 0) return;
+    const request = what === 'dirty log' ? 'SET_LOG_BASE' : 'SET_MEM_TABLE';
     if (this.unsealedMemory === 'refuse') {
       throw new ProtocolError(
-        `SET_MEM_TABLE refused: guest memory can shrink under the mapping, and a shrink would crash the daemon (SIGBUS): ${unprotected.join('; ')}. ` +
+        `${request} refused: ${what === 'dirty log' ? 'the dirty log' : 'guest memory'} can shrink under the mapping, and a shrink would crash the daemon (SIGBUS): ${unprotected.join('; ')}. ` +
           'Seal it (QEMU: memory-backend-memfd, whose default seals=on) or set VIRTIOFWD_UNSEALED_MEMORY=warn',
       );
     }
     this.log.warn(
       { regions: unprotected },
-      `vhost-user: guest memory can shrink under the mapping (${unprotected.join('; ')}); a front-end that shrinks it would crash the daemon (SIGBUS). Accepted because VIRTIOFWD_UNSEALED_MEMORY=warn`,
+      `vhost-user: ${what === 'dirty log' ? 'the dirty log' : 'guest memory'} can shrink under the mapping (${unprotected.join('; ')}); a front-end that shrinks it would crash the daemon (SIGBUS). Accepted because VIRTIOFWD_UNSEALED_MEMORY=warn`,
     );
   }
 
@@ -598,6 +657,7 @@ export class BackendSession {
       used: rings.used,
       logGuestAddr: v.addr.logGuestAddr,
       logUsed: (v.addr.flags & VRING_F_LOG) !== 0,
+      dirtyLog: this.loggingOn ? { hostAddress: this.dirtyLog!.hostAddress, size: this.dirtyLog!.size } : null,
       features,
       eventIdx: hasBit(features, VirtioNetFeature.RING_EVENT_IDX),
       indirect: hasBit(features, VirtioNetFeature.RING_INDIRECT_DESC),
@@ -658,6 +718,8 @@ export class BackendSession {
     } finally {
       if (this.table) unmapTable(this.table);
       this.table = null;
+      if (this.dirtyLog) unmapDirtyLog(this.dirtyLog);
+      this.dirtyLog = null;
       this.resolveEnded();
     }
   }

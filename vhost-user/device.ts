@@ -31,6 +31,12 @@ export interface RingLocation {
   hostAddress: number;
 }
 
+/** A mapped dirty-page bitmap: one bit per 4 KiB guest-physical page from address 0. */
+export interface DirtyLog {
+  hostAddress: number;
+  size: number;
+}
+
 export interface VringConfig {
   index: number;
   /** Number of descriptors (power of two). */
@@ -41,6 +47,12 @@ export interface VringConfig {
   /** Guest-physical address of the used ring for dirty logging; meaningful when logUsed is set. */
   logGuestAddr: number;
   logUsed: boolean;
+  /**
+   * The live-migration dirty log while one is on (VHOST_F_LOG_ALL negotiated and a log mapped by
+   * SET_LOG_BASE), else null: every page the device writes must get its bit set in it. The
+   * session keeps it mapped until the vring has stopped.
+   */
+  dirtyLog: DirtyLog | null;
   /** Negotiated virtio features (u64 as a number; test with messages.hasBit). */
   features: number;
   eventIdx: boolean;

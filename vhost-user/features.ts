@@ -54,6 +54,8 @@ export function offeredFeatures(opts: OfferOptions = {}): number {
     // promise costs nothing. DPDK's virtio PMD then takes its in-order receive path, which keeps
     // a busy guest's ring refilled where the general mergeable path let it run empty.
     VirtioNetFeature.IN_ORDER,
+    // Live migration: QEMU sets it while migrating, with a dirty log from SET_LOG_BASE (LOG_SHMFD).
+    VirtioNetFeature.LOG_ALL,
   ];
   if (opts.mergeableRxBuffers !== false) bits.push(VirtioNetFeature.MRG_RXBUF);
   if (opts.maxMtu !== undefined) bits.push(VirtioNetFeature.MTU);
@@ -61,7 +63,7 @@ export function offeredFeatures(opts: OfferOptions = {}): number {
 }
 
 export function offeredProtocolFeatures(opts: OfferOptions = {}): number {
-  const bits: number[] = [ProtocolFeature.MQ, ProtocolFeature.REPLY_ACK, ProtocolFeature.CONFIGURE_MEM_SLOTS, ProtocolFeature.STATUS];
+  const bits: number[] = [ProtocolFeature.MQ, ProtocolFeature.REPLY_ACK, ProtocolFeature.CONFIGURE_MEM_SLOTS, ProtocolFeature.STATUS, ProtocolFeature.LOG_SHMFD];
   if (opts.maxMtu !== undefined) bits.push(ProtocolFeature.NET_MTU);
   return bitsToMask(bits);
 }

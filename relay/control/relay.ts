@@ -331,6 +331,7 @@ export class Relay implements NetDevice {
         callFd: c.callFd,
         kickFd: c.kickFd,
         enabled: entry.enabled,
+        usedLogAddr: c.logUsed ? c.logGuestAddr : null,
       });
     }
     if (!sample) {
@@ -340,6 +341,7 @@ export class Relay implements NetDevice {
     return {
       memoryId: this.memoryId,
       regions: this.memory.regions.map((r) => ({ guestPhysAddr: r.guestPhysAddr, userAddr: r.userAddr, size: r.size, hostAddress: r.hostAddress })),
+      dirtyLog: sample.dirtyLog ?? null,
       eventIdx: sample.eventIdx,
       indirect: sample.indirect,
       mergeable: sample.mergeableRxBuffers,

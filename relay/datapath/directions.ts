@@ -31,29 +31,35 @@ interface MappedGuest {
   hostDelta: Float64Array;
   users: number;
 }
-const memoryCache = new Map<number, MappedGuest>();
+const memoryCache = new Map<string, MappedGuest>();
+
+/** Views of one table are shared only with the same dirty log (or none): logging is per view. */
+const memoryKey = (guest: GuestSpec) => `${guest.memoryId}/${guest.dirtyLog?.hostAddress ?? 0}`;
 
 function acquireMemory(guest: GuestSpec): MappedGuest {
-  const cached = memoryCache.get(guest.memoryId);
+  const key = memoryKey(guest);
+  const cached = memoryCache.get(key);
   if (cached) {
     cached.users++;
     return cached;
   }
   const pieces = regionPieces(guest.regions, (address, length) => new Uint8Array(viewAt(address, length)));
   const memory = new GuestMemory(pieces);
+  if (guest.dirtyLog) memory.setDirtyLog(new Uint8Array(viewAt(guest.dirtyLog.hostAddress, guest.dirtyLog.size)));
   const hostDelta = new Float64Array(memory.regions.length);
   memory.regions.forEach((r, i) => {
     const piece = pieces.find((p) => p.guestPhysAddr === r.guestPhysAddr)!;
     hostDelta[i] = piece.hostAddress - r.guestPhysAddr;
   });
   const mapped = { memory, hostDelta, users: 1 };
-  memoryCache.set(guest.memoryId, mapped);
+  memoryCache.set(key, mapped);
   return mapped;
 }
 
-function releaseMemory(memoryId: number): void {
-  const cached = memoryCache.get(memoryId);
-  if (cached && --cached.users === 0) memoryCache.delete(memoryId);
+function releaseMemory(guest: GuestSpec): void {
+  const key = memoryKey(guest);
+  const cached = memoryCache.get(key);
+  if (cached && --cached.users === 0) memoryCache.delete(key);
 }
 
 /** One guest vring as a worker drives it. */
@@ -92,6 +98,8 @@ export class GuestQueue {
       // Guests without MRG_RXBUF post "big packet" receive chains of 17+ pages; transmit chains
       // stay bounded by the largest frame.
       maxChainBytes: spec.index % 2 === 0 ? RX_MAX_CHAIN_BYTES : MAX_FRAME,
+      // Used-ring writes are logged where the front-end said (it reads the log by guest address).
+      usedRingGuestAddr: spec.usedLogAddr ?? undefined,
       name: `vring ${spec.index}`,
     });
     if (state) {
@@ -222,7 +230,7 @@ abstract class Direction {
   }
 
   release(): void {
-    if (this.memoryId >= 0 && this.guest && this.guest.queues.length > 0) releaseMemory(this.memoryId);
+    if (this.memoryId >= 0 && this.guest && this.guest.queues.length > 0) releaseMemory(this.guest);
   }
 
   protected dropQueue(q: GuestQueue, message: string): void {

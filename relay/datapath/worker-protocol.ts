@@ -26,6 +26,8 @@ export interface QueueSpec {
   kickFd: number;
   /** TX queues that are started but disabled are drained and their frames discarded. */
   enabled: boolean;
+  /** Guest-physical address used-ring writes are logged at while dirty logging is on (SET_VRING_ADDR's log_guest_addr), or null to derive it from the ring's place. */
+  usedLogAddr?: number | null;
 }
 
 export interface RingPlace {
@@ -44,6 +46,8 @@ export interface GuestSpec {
   /** Changes whenever the memory table changes, so workers can cache views per table. */
   memoryId: number;
   regions: RegionSpec[];
+  /** The live-migration dirty log while logging is on: every page the worker writes gets its bit. */
+  dirtyLog?: { hostAddress: number; size: number } | null;
   eventIdx: boolean;
   indirect: boolean;
   mergeable: boolean;

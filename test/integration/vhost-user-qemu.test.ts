@@ -74,7 +74,7 @@ describe.runIf(ready)('QEMU 7.2 connecting to our back-end', () => {
     expect(seen.slice(0, 4)).toEqual(['GET_FEATURES', 'GET_PROTOCOL_FEATURES', 'SET_PROTOCOL_FEATURES', 'GET_QUEUE_NUM']);
     expect(seen).toContain('SET_OWNER');
     const session = server.active as unknown as { protocolFeatures: number };
-    expect(session.protocolFeatures).toBe(0x18009); // MQ, REPLY_ACK, CONFIGURE_MEM_SLOTS, STATUS
+    expect(session.protocolFeatures).toBe(0x1800b); // MQ, LOG_SHMFD, REPLY_ACK, CONFIGURE_MEM_SLOTS, STATUS
     expect(qemu.output()).not.toMatch(/error|failed/i);
     await qemu.stop();
     qemu = null;

@@ -49,7 +49,7 @@ afterEach(() => {
   close(memFd);
 });
 
-function spec(callFds: number[], kickFds: number[]): DirectionSpec {
+function spec(callFds: number[], kickFds: number[], dirty?: { log: Mapping; usedLogAddr: number }): DirectionSpec {
   const queues: QueueSpec[] = drivers.map((d, i) => ({
     index: 2 * i + 1,
     size: QSIZE,
@@ -59,6 +59,7 @@ function spec(callFds: number[], kickFds: number[]): DirectionSpec {
     callFd: callFds[i],
     kickFd: kickFds[i],
     enabled: true,
+    usedLogAddr: dirty ? dirty.usedLogAddr : null,
   }));
   return {
     relay: 7,
@@ -68,6 +69,7 @@ function spec(callFds: number[], kickFds: number[]): DirectionSpec {
     guest: {
       memoryId: memoryIds++,
       regions: [{ guestPhysAddr: 0, userAddr: mem.address, size: SIZE, hostAddress: mem.address }],
+      dirtyLog: dirty ? { hostAddress: dirty.log.address, size: dirty.log.length } : null,
       eventIdx: false,
       indirect: false,
       mergeable: false,
@@ -143,5 +145,43 @@ describe('VmToVf faults', () => {
     expect(usedIdx(0)).toBe(3);
     expect(warned).toEqual([[7, 1, expect.stringContaining('device-writable descriptors in a transmit queue'), 0]]);
     d.release();
+  });
+});
+
+describe('dirty logging (live migration)', () => {
+  const dirtyPages = (log: Mapping) => {
+    const bytes = new Uint8Array(log.buffer);
+    const pages: number[] = [];
+    for (let p = 0; p < bytes.length * 8; p++) if ((bytes[p >> 3]! >> (p & 7)) & 1) pages.push(p);
+    return pages;
+  };
+
+  it('marks the used ring at the front-end\'s log address, never the transmit buffers it only read', () => {
+    const logFd = memfdCreate('dirty-log');
+    ftruncate(logFd, 4096);
+    const log = mmap({ length: 4096, prot: PROT_READ | PROT_WRITE, flags: MAP_SHARED, fd: logFd });
+    try {
+      // The front-end names a log address other than the ring's own, so the test can tell them apart.
+      const usedLogAddr = 0x80000;
+      const counters = new Float64Array(createCounterBuffer());
+      const d = new VmToVf(spec([-1, -1], [-1, -1], { log, usedLogAddr }), null, counters, () => undefined);
+      post(0);
+      d.burst();
+      expect(usedIdx(0)).toBe(1);
+      expect(dirtyPages(log)).toEqual([usedLogAddr / 4096]);
+      d.release();
+
+      // Without a log the same work marks nothing.
+      new Uint8Array(log.buffer).fill(0);
+      const quiet = new VmToVf(spec([-1, -1], [-1, -1]), null, counters, () => undefined);
+      post(0);
+      quiet.burst();
+      expect(usedIdx(0)).toBe(2);
+      expect(dirtyPages(log)).toEqual([]);
+      quiet.release();
+    } finally {
+      munmap(log);
+      close(logFd);
+    }
   });
 });

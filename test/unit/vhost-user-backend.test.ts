@@ -5,7 +5,7 @@ import { closeSync, openSync, readdirSync } from 'node:fs';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { close as closeFd, isNonBlocking, pipe } from '../../sys/fd.js';
 import { eventfd } from '../../sys/eventfd.js';
-import { F_SEAL_SHRINK, MAP_SHARED, PROT_READ, PROT_WRITE, addSeals, fileSeals, ftruncate, memfdCreate, mmap, munmap, type Mapping } from '../../sys/memory.js';
+import { F_SEAL_SHRINK, MAP_SHARED, PROT_READ, PROT_WRITE, addSeals, fileSeals, ftruncate, memfdCreate, mmap, munmap, viewAt, type Mapping } from '../../sys/memory.js';
 import { Reactor } from '../../sys/poll.js';
 import { receiveMessage, sendMessage, socketPair } from '../../sys/unix-socket.js';
 import { BackendSession, type BackendSessionOptions } from '../../vhost-user/backend.js';
@@ -22,8 +22,10 @@ import {
   MAX_MEM_SLOTS,
   encodeMessage,
   encodeU64,
+  encodeLog,
   encodeVringAddr,
   encodeVringFile,
+  VRING_F_LOG,
   encodeVringState,
   hasRequestRow,
   requestName,
@@ -130,9 +132,9 @@ function ringAddr(index: number) {
 }
 
 /** The virtio-user start sequence for vrings 0..n-1 (features, table, NUM/BASE/ADDR/KICK/ENABLE). */
-async function startRings(n: number, opts: { protocol?: boolean } = {}): Promise<number[]> {
+async function startRings(n: number, opts: { protocol?: boolean; protocolFeatures?: number } = {}): Promise<number[]> {
   const protocol = opts.protocol ?? true;
-  if (protocol) expect(await ack(Request.SET_PROTOCOL_FEATURES, encodeU64(0b1001))).toBe(0);
+  if (protocol) expect(await ack(Request.SET_PROTOCOL_FEATURES, encodeU64(opts.protocolFeatures ?? 0b1001))).toBe(0);
   expect(await ack(Request.SET_FEATURES, encodeU64(protocol ? 2 ** 32 + 2 ** 30 : 2 ** 32))).toBe(0);
   expect(await ack(Request.SET_MEM_TABLE, encodeMemTable([region()]), [memFd])).toBe(0);
   const kicks: number[] = [];
@@ -177,7 +179,7 @@ describe('a well-behaved front-end (virtio-user order)', () => {
   it('negotiates, maps memory, starts and enables vrings 0 and 1, and stops them on GET_VRING_BASE', async () => {
     send(Request.SET_OWNER);
     expect(decodeU64(await ask(Request.GET_FEATURES))).toBe(offeredFeatures());
-    expect(decodeU64(await ask(Request.GET_PROTOCOL_FEATURES))).toBe(0x18009);
+    expect(decodeU64(await ask(Request.GET_PROTOCOL_FEATURES))).toBe(0x1800b);
     expect(decodeU64(await ask(Request.GET_QUEUE_NUM))).toBe(1);
     // virtio-user sends the call fds before anything else.
     const calls = [eventfd(), eventfd()];
@@ -483,13 +485,78 @@ describe('C8: features', () => {
     expect(await ack(Request.SET_FEATURES, encodeU64(2 ** 32 + 2 ** 30))).toBe(0);
   });
 
-  it('refuses SET_LOG_BASE (LOG_SHMFD not offered) and closes its fd', async () => {
-    const fd = eventfd();
-    const log = new Uint8Array(16);
-    log[0] = 1;
-    expect(await ack(Request.SET_LOG_BASE, log, [fd])).toBe(1);
+  it('refuses SET_LOG_BASE while LOG_SHMFD is not negotiated, and closes its fd', async () => {
+    await startRings(1);
+    const fd = memfdCreate('log');
+    ftruncate(fd, 4096);
+    // Without LOG_SHMFD the request has no reply of its own, so a failure is NACKed.
+    expect(await ack(Request.SET_LOG_BASE, encodeLog({ mmapSize: 8192, mmapOffset: 0 }), [fd])).toBe(1);
     closeFd(fd);
   });
+});
+
+describe('C8b: dirty logging for live migration (LOG_ALL, LOG_SHMFD, SET_LOG_BASE)', () => {
+  const LOG_ALL = 2 ** 26;
+  const FEATURES = 2 ** 32 + 2 ** 30;
+  const LOG_SHMFD_PROTOCOL = 0b1011; // MQ | LOG_SHMFD | REPLY_ACK
+
+  it('maps the log, replies with an empty payload, and logs while LOG_ALL is on, under running rings', async () => {
+    await startRings(2, { protocolFeatures: LOG_SHMFD_PROTOCOL });
+    const logFd = memfdCreate('log', { allowSealing: true });
+    ftruncate(logFd, 8192);
+    // QEMU's order: the log, then LOG_ALL, then every ring's address with the log flag.
+    expect(await ask(Request.SET_LOG_BASE, encodeLog({ mmapSize: 4096, mmapOffset: 4096 }), [logFd])).toEqual(new Uint8Array(0));
+    // The back-end sealed the log against shrinking, as it does guest memory.
+    expect(fileSeals(logFd) & F_SEAL_SHRINK).toBe(F_SEAL_SHRINK);
+    expect(device.running.get(0)!.dirtyLog).toBeNull(); // LOG_ALL not on yet
+    expect(await ack(Request.SET_FEATURES, encodeU64(FEATURES + LOG_ALL))).toBe(0);
+    const on = device.running.get(0)!.dirtyLog!;
+    expect(on.size).toBe(4096);
+    expect(device.running.get(1)!.dirtyLog).toEqual(on);
+    // The device's log is our file at offset 4096: a bit it sets shows up here.
+    const ours = mmap({ length: 8192, prot: PROT_READ | PROT_WRITE, flags: MAP_SHARED, fd: logFd });
+    new Uint8Array(viewAt(on.hostAddress, 1))[0] = 0x5a;
+    expect(new Uint8Array(ours.buffer)[4096]).toBe(0x5a);
+    munmap(ours);
+    expect(await ack(Request.SET_VRING_ADDR, encodeVringAddr({ ...ringAddr(0), flags: VRING_F_LOG, logGuestAddr: 0x7000 }))).toBe(0);
+    expect(device.running.get(0)!.logUsed).toBe(true);
+    expect(device.running.get(0)!.logGuestAddr).toBe(0x7000);
+    // Rings restarted, never stopped for good: both still run, with their indexes.
+    expect(device.isStartedAndEnabled(0) && device.isStartedAndEnabled(1)).toBe(true);
+    // The end of the migration turns logging off; any other change under running rings is refused.
+    expect(await ack(Request.SET_FEATURES, encodeU64(FEATURES))).toBe(0);
+    expect(device.running.get(0)!.dirtyLog).toBeNull();
+    expect(await ack(Request.SET_FEATURES, encodeU64(FEATURES + LOG_ALL - 2 ** 30))).toBe(1);
+    closeFd(logFd);
+  });
+
+  it('switches a running ring to a new log before it unmaps the old one', async () => {
+    await startRings(1, { protocolFeatures: LOG_SHMFD_PROTOCOL });
+    expect(await ack(Request.SET_FEATURES, encodeU64(FEATURES + LOG_ALL))).toBe(0);
+    const logs = [memfdCreate('log1'), memfdCreate('log2')];
+    for (const fd of logs) ftruncate(fd, 4096);
+    expect(await ask(Request.SET_LOG_BASE, encodeLog({ mmapSize: 64, mmapOffset: 0 }), [logs[0]])).toEqual(new Uint8Array(0));
+    const first = device.running.get(0)!.dirtyLog!;
+    expect(await ask(Request.SET_LOG_BASE, encodeLog({ mmapSize: 128, mmapOffset: 0 }), [logs[1]])).toEqual(new Uint8Array(0));
+    const second = device.running.get(0)!.dirtyLog!;
+    expect(second.size).toBe(128);
+    expect(second.hostAddress).not.toBe(first.hostAddress);
+    for (const fd of logs) closeFd(fd);
+  });
+
+  for (const [what, size, fileSize] of [
+    ['reaches past the end of its file', 8192, 4096],
+    ['is larger than 1 GiB', 2 ** 31, 4096],
+  ] as const) {
+    it(`ends the connection for a log that ${what} (the request has its own reply, so no NACK), mapping nothing`, async () => {
+      await startRings(1, { protocolFeatures: LOG_SHMFD_PROTOCOL });
+      const fd = memfdCreate('log');
+      ftruncate(fd, fileSize);
+      send(Request.SET_LOG_BASE, encodeLog({ mmapSize: size, mmapOffset: 0 }), [fd], VERSION | FLAG_NEED_REPLY);
+      await expectClosedByBackend();
+      closeFd(fd);
+    });
+  }
 });
 
 describe('C11: repeated and reordered messages', () => {

@@ -144,8 +144,8 @@ describe('u64 payloads', () => {
     expect(hasBit(offeredFeatures({ mergeableRxBuffers: false }), 15)).toBe(false);
     expect(bitsOutside(f + 2 ** 34, f)).toBe(2 ** 34);
     expect(bitsOutside(f, f)).toBe(0);
-    expect(f).toBe(0x9_7860_8000);
-    expect(offeredProtocolFeatures()).toBe(0x18009); // MQ, REPLY_ACK, CONFIGURE_MEM_SLOTS, STATUS
+    expect(f).toBe(0x9_7c60_8000);
+    expect(offeredProtocolFeatures()).toBe(0x1800b); // MQ, LOG_SHMFD, REPLY_ACK, CONFIGURE_MEM_SLOTS, STATUS
     expect(netHeaderLength(0)).toBe(10);
     expect(netHeaderLength(2 ** 32)).toBe(12);
   });
