@@ -63,7 +63,9 @@ async function asConfigFault<T>(variable: string, value: string, step: () => T |
 /**
  * Test hooks: with VIO4WD_TEST_HOOKS=1, SIGUSR2 ends the first worker thread (its supervision is
  * tested); with VIO4WD_TEST_HOOKS=block, it leaves that thread stuck in a system call (the
- * watchdog is tested). Without the variable SIGUSR2 has its default meaning.
+ * watchdog is tested). Without the variable SIGUSR2 has its default meaning. With
+ * VIO4WD_TEST_HOOKS=no-dirty-log the relays negotiate live migration's dirty logging but mark
+ * nothing (relay/control/relay.ts), to show what a migration without it does.
  */
 export const testHooksEnabled = (): boolean => process.env.VIO4WD_TEST_HOOKS === '1' || process.env.VIO4WD_TEST_HOOKS === 'block';
 

@@ -22,6 +22,7 @@ import { mapDirtyLog, unmapDirtyLog, type MappedLog } from './dirty-log.js';
 import {
   FLAG_NEED_REPLY,
   ProtocolError,
+  ProtocolFeature,
   MAX_MEM_SLOTS,
   MTU_MIN,
   MTU_MAX,
@@ -297,9 +298,14 @@ export class BackendSession {
    * unmapped. The reply is an empty payload, as QEMU and DPDK expect.
    */
   private async setLogBase(m: ReceivedMessage): Promise<Uint8Array> {
+    // Without LOG_SHMFD the request has no reply of its own and no business carrying a log fd.
+    if (!hasBit(this.ackedProtocolFeatures, ProtocolFeature.LOG_SHMFD)) throw new ProtocolError('SET_LOG_BASE: PROTOCOL_F_LOG_SHMFD was not negotiated');
     const desc = decodeLog(m.payload);
-    // A log file that shrinks under the mapping would SIGBUS the daemon like guest memory would.
-    this.checkShrinkable(1, m.fds, 'dirty log');
+    // A log that shrinks under the mapping would SIGBUS the daemon at the next marked page. Unlike
+    // guest memory there is no front-end whose log cannot be sealed (QEMU seals its log memfd),
+    // so an unsealable log is refused whatever VIRTIOFWD_UNSEALED_MEMORY says.
+    const sealed = protectAgainstShrink(m.fds[0]);
+    if (sealed.kind === 'unprotected') throw new ProtocolError(`SET_LOG_BASE refused: the dirty log can shrink under the mapping (${sealed.why})`);
     const log = mapDirtyLog(desc, m.fds[0]);
     const logWas = this.loggingOn;
     const old = this.dirtyLog;
@@ -448,25 +454,23 @@ export class BackendSession {
    * (Node cannot catch it), so each file must be sealed against shrinking, or sealable by us, or
    * accepted by policy with a warning naming the region.
    */
-  private checkShrinkable(count: number, fds: readonly number[], what: 'memory region' | 'dirty log' = 'memory region'): void {
+  private checkShrinkable(count: number, fds: readonly number[]): void {
     const unprotected: string[] = [];
     for (let i = 0; i < count; i++) {
       const p = protectAgainstShrink(fds[i]);
-      const name = what === 'dirty log' ? what : `${what} ${i}`;
-      if (p.kind === 'sealed-here') this.log.info({ [what === 'dirty log' ? 'log' : 'region']: i }, `vhost-user: ${name} sealed against shrinking (F_SEAL_SHRINK) by the back-end`);
-      else if (p.kind === 'unprotected') unprotected.push(`${name}: ${p.why}`);
+      if (p.kind === 'sealed-here') this.log.info({ region: i }, `vhost-user: memory region ${i} sealed against shrinking (F_SEAL_SHRINK) by the back-end`);
+      else if (p.kind === 'unprotected') unprotected.push(`memory region ${i}: ${p.why}`);
     }
     if (unprotected.length === 0) return;
-    const request = what === 'dirty log' ? 'SET_LOG_BASE' : 'SET_MEM_TABLE';
     if (this.unsealedMemory === 'refuse') {
       throw new ProtocolError(
-        `${request} refused: ${what === 'dirty log' ? 'the dirty log' : 'guest memory'} can shrink under the mapping, and a shrink would crash the daemon (SIGBUS): ${unprotected.join('; ')}. ` +
+        `SET_MEM_TABLE refused: guest memory can shrink under the mapping, and a shrink would crash the daemon (SIGBUS): ${unprotected.join('; ')}. ` +
           'Seal it (QEMU: memory-backend-memfd, whose default seals=on) or set VIRTIOFWD_UNSEALED_MEMORY=warn',
       );
     }
     this.log.warn(
       { regions: unprotected },
-      `vhost-user: ${what === 'dirty log' ? 'the dirty log' : 'guest memory'} can shrink under the mapping (${unprotected.join('; ')}); a front-end that shrinks it would crash the daemon (SIGBUS). Accepted because VIRTIOFWD_UNSEALED_MEMORY=warn`,
+      `vhost-user: guest memory can shrink under the mapping (${unprotected.join('; ')}); a front-end that shrinks it would crash the daemon (SIGBUS). Accepted because VIRTIOFWD_UNSEALED_MEMORY=warn`,
     );
   }
 

@@ -95,7 +95,9 @@ export class RelayRegistryImpl implements RelayRegistry {
       sysfsRoot: opts.config.sysfsRoot,
       jumbo: opts.config.jumbo,
       pinnedCpus: (relay: number) => pins.get(relay),
+      ignoreDirtyLog: process.env.VIO4WD_TEST_HOOKS === 'no-dirty-log',
     };
+    if (ctx.ignoreDirtyLog) this.log.warn('VIO4WD_TEST_HOOKS=no-dirty-log: dirty logging is negotiated but nothing is marked; a live migration will damage its guest (test hook)');
     this.relays = Array.from({ length: MAX_RELAYS }, (_, id) => new Relay(id, ctx));
     this.carrierTimer = setInterval(() => {
       for (const r of this.relays) {

@@ -26,6 +26,11 @@ export interface RelayContext {
   rings: RingOpener;
   /** CPUs fixed for this relay by VIRTIOFWD_CPU_PINS, if any. */
   pinnedCpus(relay: number): { vf2vm: number; vm2vf: number } | undefined;
+  /**
+   * Test hook (VIO4WD_TEST_HOOKS=no-dirty-log): dirty logging is negotiated but no page is ever
+   * marked, so a test can show what a live migration without it does to the guest.
+   */
+  ignoreDirtyLog?: boolean;
 }
 
 interface Member {
@@ -341,7 +346,7 @@ export class Relay implements NetDevice {
     return {
       memoryId: this.memoryId,
       regions: this.memory.regions.map((r) => ({ guestPhysAddr: r.guestPhysAddr, userAddr: r.userAddr, size: r.size, hostAddress: r.hostAddress })),
-      dirtyLog: sample.dirtyLog ?? null,
+      dirtyLog: this.ctx.ignoreDirtyLog ? null : (sample.dirtyLog ?? null),
       eventIdx: sample.eventIdx,
       indirect: sample.indirect,
       mergeable: sample.mergeableRxBuffers,

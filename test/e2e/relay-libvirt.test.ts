@@ -12,7 +12,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest
 import { hasBinary, requireOrSkip } from '../support/env.js';
 import { createNetns, createVethPair, deleteLink, deleteNetns, nsExec, requireRoot, uniqueTag } from '../support/netns.js';
 import { ensureGuestImage } from '../support/guest-image.js';
-import { attachGuestConsole, type GuestConsole } from '../support/qemu.js';
+import { attachGuestConsole, pingFromGuest, type GuestConsole } from '../support/qemu.js';
 import { startRelay, type RunningRelay } from '../support/relay.js';
 import { stopAll, type StartedProcess } from '../support/processes.js';
 import { libvirtInstalled, startConsoleBridge, startLibvirt, type RunningLibvirt } from '../support/libvirt.js';
@@ -130,16 +130,8 @@ function readPid(): number {
   return Number(readFileSync(`/run/libvirt/qemu/${domain}.pid`, 'utf8').trim());
 }
 
-/** Pings from the guest until one round of `count` replies comes back complete, or gives up. */
-async function guestPings(guest: GuestConsole, count: number, attempts = 5): Promise<string> {
-  let last = '';
-  for (let i = 0; i < attempts; i++) {
-    const r = await guest.exec(`ping -c ${count} -W 2 ${HOST_IP}`, 30_000);
-    last = r.output;
-    if (r.status === 0 && new RegExp(`${count} packets received`).test(r.output)) return r.output;
-  }
-  throw new Error(`guest could not ping ${HOST_IP} through the relay:\n${last}\nrelay log tail:\n${relay?.proc.output().slice(-3000)}`);
-}
+const guestPings = (guest: GuestConsole, count: number) =>
+  pingFromGuest(guest, HOST_IP, count, { context: () => `relay log tail:\n${relay?.proc.output().slice(-3000)}` });
 
 function logLine(r: RunningRelay, pattern: RegExp): Record<string, unknown> | undefined {
   return r.logs().find((l) => pattern.test(String(l.msg)));

@@ -9,7 +9,7 @@ import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { hasBinary, requireOrSkip } from '../support/env.js';
 import { createNetns, createVethPair, deleteLink, deleteNetns, nsExec, requireRoot, uniqueTag } from '../support/netns.js';
 import { ensureGuestImage, type GuestImage } from '../support/guest-image.js';
-import { startGuestVm, type GuestVm } from '../support/qemu.js';
+import { pingFromGuest, startGuestVm, type GuestVm } from '../support/qemu.js';
 import { Qmp } from '../support/qmp.js';
 import { startRelay, type RunningRelay } from '../support/relay.js';
 import { stopAll, waitFor } from '../support/processes.js';
@@ -31,15 +31,7 @@ let vm: GuestVm | null = null;
 let qmp: Qmp | null = null;
 let dir: string;
 
-async function guestPings(count: number, attempts = 5): Promise<string> {
-  let last = '';
-  for (let i = 0; i < attempts; i++) {
-    const r = await vm!.exec(`ping -c ${count} -W 2 ${HOST_IP}`, 30_000);
-    last = r.output;
-    if (r.status === 0 && new RegExp(`${count} packets received`).test(r.output)) return r.output;
-  }
-  throw new Error(`guest could not ping ${HOST_IP} through the relay:\n${last}\nrelay log tail:\n${relay?.proc.output().slice(-3000)}`);
-}
+const guestPings = (count: number) => pingFromGuest(vm!, HOST_IP, count, { context: () => `relay log tail:\n${relay?.proc.output().slice(-3000)}` });
 
 const mappedTables = () => relay!.logs().filter((l) => l.msg === 'vhost-user: memory table mapped') as { via: string; regions: { size: string }[] }[];
 

@@ -10,7 +10,7 @@ import { hasBinary, requireOrSkip } from '../support/env.js';
 import { createNetns, createVethPair, deleteLink, deleteNetns, nsExec, requireRoot, uniqueTag } from '../support/netns.js';
 import { ensureGuestImage, type GuestImage } from '../support/guest-image.js';
 import { ensureHugepages } from '../support/hugepages.js';
-import { startGuestVm, type GuestVm } from '../support/qemu.js';
+import { pingFromGuest, startGuestVm, type GuestVm } from '../support/qemu.js';
 import { startRelay, type RunningRelay } from '../support/relay.js';
 import { startProcess, stopAll } from '../support/processes.js';
 
@@ -28,16 +28,7 @@ let image: GuestImage;
 let relay: RunningRelay | null = null;
 let vm: GuestVm | null = null;
 
-/** Pings from the guest until one round of `count` replies comes back complete, or gives up. */
-async function guestPings(count: number, attempts = 5): Promise<string> {
-  let last = '';
-  for (let i = 0; i < attempts; i++) {
-    const r = await vm!.exec(`ping -c ${count} -W 2 ${HOST_IP}`, 30_000);
-    last = r.output;
-    if (r.status === 0 && new RegExp(`${count} packets received`).test(r.output)) return r.output;
-  }
-  throw new Error(`guest could not ping ${HOST_IP} through the relay:\n${last}\nrelay log tail:\n${relay?.proc.output().slice(-3000)}`);
-}
+const guestPings = (count: number, attempts = 5) => pingFromGuest(vm!, HOST_IP, count, { attempts, context: () => `relay log tail:\n${relay?.proc.output().slice(-3000)}` });
 
 describe.runIf(ready)('relay with a Linux guest under QEMU', () => {
   beforeAll(async () => {

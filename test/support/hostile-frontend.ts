@@ -4,10 +4,10 @@
 import { closeSync, openSync } from 'node:fs';
 import { eventfd, eventfdWrite } from '../../sys/eventfd.js';
 import { close as closeFd, pipe, setNonBlocking, write } from '../../sys/fd.js';
-import { memfdCreate } from '../../sys/memory.js';
+import { ftruncate, memfdCreate } from '../../sys/memory.js';
 import type { Reactor } from '../../sys/poll.js';
 import { socketPair } from '../../sys/unix-socket.js';
-import { Request, encodeU64, encodeVringAddr, encodeVringFile, encodeVringState } from '../../vhost-user/messages.js';
+import { Request, encodeLog, encodeU64, encodeVringAddr, encodeVringFile, encodeVringState } from '../../vhost-user/messages.js';
 import { MEM_SIZE, QSIZE, SCRATCH_AT, type TestVm } from './test-vm.js';
 
 /** An fd to hand over as kick or call, and how to clean up everything made for it. */
@@ -170,12 +170,12 @@ export async function randomMessages(vm: TestVm, path: string, reactor: Reactor,
   const log: RandomCaseLog = { steps: [] };
   const made: HostileFd[] = [];
   const run = async () => {
-    await vm.connect(path, reactor, {}, { postRx: r() < 0.5 });
+    await vm.connect(path, reactor, {}, { postRx: r() < 0.5, migration: r() < 0.5 });
     const fe = vm.frontend!;
     const count = 1 + Math.floor(r() * 12);
     for (let i = 0; i < count; i++) {
       const ring = r() < 0.8 ? Math.floor(r() * 2) : Math.floor(r() * 70);
-      const choice = Math.floor(r() * 11);
+      const choice = Math.floor(r() * 13);
       let step = '';
       let send: () => Promise<unknown>;
       switch (choice) {
@@ -220,7 +220,8 @@ export async function randomMessages(vm: TestVm, path: string, reactor: Reactor,
           send = () => fe.setMemTable([vm.region]);
           break;
         case 8: {
-          const features = pick(r, [0, 2 ** 32, 2 ** 32 + 2 ** 30, 2 ** 63, 2 ** 29]);
+          // 2^26 is LOG_ALL: live migration turns it on and off under running rings.
+          const features = pick(r, [0, 2 ** 32, 2 ** 32 + 2 ** 30, 2 ** 32 + 2 ** 30 + 2 ** 26, 2 ** 63, 2 ** 29]);
           step = `SET_FEATURES 0x${features.toString(16)}`;
           send = () => fe.request(Request.SET_FEATURES, encodeU64(features));
           break;
@@ -229,6 +230,30 @@ export async function randomMessages(vm: TestVm, path: string, reactor: Reactor,
           const id = pick(r, [0, 41, 99, 1000]);
           step = `unknown request ${id}`;
           send = () => fe.request(id, new Uint8Array(Math.floor(r() * 40)));
+          break;
+        }
+        case 11: {
+          // A dirty log of any size and offset: half the time a log the relay can seal and map,
+          // otherwise any kind of fd (a pipe, a device, a memfd that could shrink...).
+          let f: HostileFd;
+          if (r() < 0.5) {
+            const fd = memfdCreate('hostile-log', { allowSealing: true });
+            ftruncate(fd, 2 ** 20);
+            f = { kind: 'sealable 1 MiB memfd', fd, acceptable: true, cleanup: closeAll(fd) };
+          } else f = HOSTILE_FDS[pick(r, Object.keys(HOSTILE_FDS))]();
+          made.push(f);
+          const mmapSize = pick(r, [0, 1, 64, 4096, 2 ** 20, 2 ** 31, 2 ** 52]);
+          const mmapOffset = pick(r, [0, 1, 4096, 2 ** 40]);
+          step = `SET_LOG_BASE size ${mmapSize} offset ${mmapOffset} fd ${f.kind}`;
+          send = () => fe.request(Request.SET_LOG_BASE, encodeLog({ mmapSize, mmapOffset }), [f.fd]);
+          break;
+        }
+        case 12: {
+          // Ring addresses with the log flag and a log address anywhere, even past all memory.
+          const logGuestAddr = pick(r, [0, 0x2000, MEM_SIZE - 8, MEM_SIZE * 64, 2 ** 52]);
+          const base = vm.mem.address + 0x1000 * Math.floor(r() * 16);
+          step = `ADDR ring ${ring} with the log flag, log address 0x${logGuestAddr.toString(16)}`;
+          send = () => fe.request(Request.SET_VRING_ADDR, encodeVringAddr({ index: ring, flags: 1, descUserAddr: base, availUserAddr: base + 0x1000, usedUserAddr: base + 0x2000, logGuestAddr }));
           break;
         }
         default: {

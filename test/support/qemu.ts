@@ -56,6 +56,12 @@ export interface GuestVmOptions {
   hotplug?: { slots: number; maxMiB: number };
   /** A QMP socket QEMU listens on (test/support/qmp.ts talks to it). */
   qmpSocket?: string;
+  /** `-incoming` URI: QEMU waits for a migration stream instead of booting (e.g. `unix:/path`). */
+  incoming?: string;
+  /** Guest RAM in this file (a shared memory-backend-file, e.g. under /dev/shm) instead of a memfd, so a test can read it. */
+  memoryFile?: string;
+  /** `-S`: the CPUs wait for QMP `cont` (after an incoming migration too). */
+  paused?: boolean;
 }
 
 export interface GuestExecResult {
@@ -73,6 +79,8 @@ export interface GuestVm {
   machine: GuestMachine;
   /** Resolves once the guest's init printed its ready marker (eth0 configured). */
   ready(timeoutMs?: number): Promise<void>;
+  /** The guest is already up though this QEMU never printed the marker (it arrived by migration). */
+  markReady(): void;
   /** Runs `sh -c command` in the guest. Rejects when the guest does not finish it within timeoutMs. */
   exec(command: string, timeoutMs?: number): Promise<GuestExecResult>;
   /** Everything QEMU printed so far (the guest console). */
@@ -118,9 +126,13 @@ export function qemuArgs(image: GuestImage, opts: GuestVmOptions, accel: GuestAc
     '-append', append.join(' '),
   ];
   if (opts.qmpSocket) args.push('-qmp', `unix:${opts.qmpSocket},server=on,wait=off`);
+  if (opts.incoming) args.push('-incoming', opts.incoming);
+  if (opts.paused) args.push('-S');
 
   // vhost-user back-ends map guest RAM through an fd, so it must be shared file-backed memory.
-  if ((opts.memoryBackend ?? 'memfd') === 'hugetlbfs') {
+  if (opts.memoryFile) {
+    args.push('-object', `memory-backend-file,id=mem,size=${memoryMiB}M,mem-path=${opts.memoryFile},share=on`);
+  } else if ((opts.memoryBackend ?? 'memfd') === 'hugetlbfs') {
     args.push('-object', `memory-backend-file,id=mem,size=${memoryMiB}M,mem-path=${HUGEPAGE_MOUNT},share=on,prealloc=on`);
   } else {
     args.push('-object', `memory-backend-memfd,id=mem,size=${memoryMiB}M,share=on`);
@@ -201,6 +213,7 @@ export async function startGuestVm(opts: GuestVmOptions = {}): Promise<GuestVm> 
     accel,
     machine,
     ready: guestConsole.ready,
+    markReady: guestConsole.markReady,
     exec: guestConsole.exec,
     output: () => proc.output(),
     stop,
@@ -209,6 +222,7 @@ export async function startGuestVm(opts: GuestVmOptions = {}): Promise<GuestVm> 
 
 export interface GuestConsole {
   ready(timeoutMs?: number): Promise<void>;
+  markReady(): void;
   exec(command: string, timeoutMs?: number): Promise<GuestExecResult>;
   /** Asks the guest to power off; ends the process by PID (SIGTERM, then SIGKILL) if it does not exit. */
   powerOff(): Promise<number | string>;
@@ -242,6 +256,11 @@ export function attachGuestConsole(proc: StartedProcess, opts: { label: string; 
         throw new Error(`guest ${label} did not reach ${GUEST_READY_MARKER}: ${err.message}${command}`);
       });
     return readyPromise;
+  };
+
+  const markReady = () => {
+    isReady = true;
+    readyPromise = Promise.resolve();
   };
 
   const send = (line: string) => {
@@ -300,5 +319,24 @@ export function attachGuestConsole(proc: StartedProcess, opts: { label: string; 
     return first === 'timeout' ? proc.stop() : first;
   };
 
-  return { ready, exec, powerOff };
+  return { ready, markReady, exec, powerOff };
+}
+
+/**
+ * Pings `target` from the guest until one round of `count` replies comes back complete; after
+ * `attempts` rounds it throws with the last output and `context()` (e.g. the relay's log tail).
+ */
+export async function pingFromGuest(
+  guest: Pick<GuestConsole, 'exec'>,
+  target: string,
+  count: number,
+  opts: { attempts?: number; context?: () => string } = {},
+): Promise<string> {
+  let last = '';
+  for (let i = 0; i < (opts.attempts ?? 5); i++) {
+    const r = await guest.exec(`ping -c ${count} -W 2 ${target}`, 30_000);
+    last = r.output;
+    if (r.status === 0 && new RegExp(`${count} packets received`).test(r.output)) return r.output;
+  }
+  throw new Error(`guest could not ping ${target} through the relay:\n${last}${opts.context ? `\n${opts.context()}` : ''}`);
 }

@@ -9,6 +9,7 @@ import type { Reactor } from '../../sys/poll.js';
 import { GuestMemory } from '../../virtio/guest-memory.js';
 import { SplitQueueDriver } from '../../virtio/split-queue-driver.js';
 import { VirtioNetFeature } from '../../vhost-user/features.js';
+import { ProtocolFeature } from '../../vhost-user/messages.js';
 import { Frontend, type FrontendRegion, type VringSetup } from '../../vhost-user/frontend.js';
 
 export const MEM_SIZE = 4 << 20;
@@ -82,7 +83,11 @@ export class TestVm {
   }
 
   /** Connects and starts both rings (QEMU's order), with fresh rings; rejects when the relay refuses a step. */
-  async connect(path: string, reactor: Reactor, fds: TestVmFds = {}, opts: { postRx?: boolean } = {}): Promise<void> {
+  /**
+   * `migration`: also negotiate LOG_ALL and PROTOCOL_F_LOG_SHMFD, so a live migration's messages
+   * (SET_LOG_BASE with its reply, LOG_ALL under running rings) are in play.
+   */
+  async connect(path: string, reactor: Reactor, fds: TestVmFds = {}, opts: { postRx?: boolean; migration?: boolean } = {}): Promise<void> {
     await this.disconnect();
     this.txSlot = 0;
     this.rxSlot = 0;
@@ -94,7 +99,11 @@ export class TestVm {
       fe = await Frontend.connect(path, { reactor, retryMs: 50, timeoutMs: 10_000, label: this.name });
       this.frontend = fe;
       try {
-        negotiated = await fe.negotiate({ features: 2 ** VirtioNetFeature.VERSION_1 });
+        negotiated = await fe.negotiate(
+          opts.migration
+            ? { features: 2 ** VirtioNetFeature.VERSION_1 + 2 ** VirtioNetFeature.LOG_ALL, protocolFeatures: (1 << ProtocolFeature.MQ) | (1 << ProtocolFeature.REPLY_ACK) | (1 << ProtocolFeature.LOG_SHMFD) }
+            : { features: 2 ** VirtioNetFeature.VERSION_1 },
+        );
         break;
       } catch (err) {
         await this.disconnect();

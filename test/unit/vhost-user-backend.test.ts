@@ -487,10 +487,10 @@ describe('C8: features', () => {
 
   it('refuses SET_LOG_BASE while LOG_SHMFD is not negotiated, and closes its fd', async () => {
     await startRings(1);
-    const fd = memfdCreate('log');
+    const fd = memfdCreate('log', { allowSealing: true });
     ftruncate(fd, 4096);
-    // Without LOG_SHMFD the request has no reply of its own, so a failure is NACKed.
-    expect(await ack(Request.SET_LOG_BASE, encodeLog({ mmapSize: 8192, mmapOffset: 0 }), [fd])).toBe(1);
+    // A log the relay could map, but without LOG_SHMFD the request has no reply of its own: NACKed.
+    expect(await ack(Request.SET_LOG_BASE, encodeLog({ mmapSize: 64, mmapOffset: 0 }), [fd])).toBe(1);
     closeFd(fd);
   });
 });
@@ -533,7 +533,7 @@ describe('C8b: dirty logging for live migration (LOG_ALL, LOG_SHMFD, SET_LOG_BAS
   it('switches a running ring to a new log before it unmaps the old one', async () => {
     await startRings(1, { protocolFeatures: LOG_SHMFD_PROTOCOL });
     expect(await ack(Request.SET_FEATURES, encodeU64(FEATURES + LOG_ALL))).toBe(0);
-    const logs = [memfdCreate('log1'), memfdCreate('log2')];
+    const logs = [memfdCreate('log1', { allowSealing: true }), memfdCreate('log2', { allowSealing: true })];
     for (const fd of logs) ftruncate(fd, 4096);
     expect(await ask(Request.SET_LOG_BASE, encodeLog({ mmapSize: 64, mmapOffset: 0 }), [logs[0]])).toEqual(new Uint8Array(0));
     const first = device.running.get(0)!.dirtyLog!;
@@ -544,13 +544,15 @@ describe('C8b: dirty logging for live migration (LOG_ALL, LOG_SHMFD, SET_LOG_BAS
     for (const fd of logs) closeFd(fd);
   });
 
-  for (const [what, size, fileSize] of [
-    ['reaches past the end of its file', 8192, 4096],
-    ['is larger than 1 GiB', 2 ** 31, 4096],
+  for (const [what, size, fileSize, sealable] of [
+    ['reaches past the end of its file', 8192, 4096, true],
+    ['is larger than 1 GiB', 2 ** 31, 4096, true],
+    // It could shrink under the mapping, and the next marked page would SIGBUS the daemon.
+    ['cannot be sealed against shrinking', 64, 4096, false],
   ] as const) {
     it(`ends the connection for a log that ${what} (the request has its own reply, so no NACK), mapping nothing`, async () => {
       await startRings(1, { protocolFeatures: LOG_SHMFD_PROTOCOL });
-      const fd = memfdCreate('log');
+      const fd = memfdCreate('log', { allowSealing: sealable });
       ftruncate(fd, fileSize);
       send(Request.SET_LOG_BASE, encodeLog({ mmapSize: size, mmapOffset: 0 }), [fd], VERSION | FLAG_NEED_REPLY);
       await expectClosedByBackend();
