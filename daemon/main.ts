@@ -128,6 +128,7 @@ export async function startDaemon(config: RelayConfig, log: Logger, onFatal?: (m
       onRingError: (relay, dir, queue) => log.warn({ relay, dir, queue }, 'guest ring stopped after a protocol violation; the VM must reset the device'),
       onFatal,
       testHooks: testHooksEnabled(),
+      confineHousekeeping: true,
     });
     undo.push(() => pool.stop());
     await pool.start();

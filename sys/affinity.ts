@@ -1,4 +1,5 @@
 // CPU pinning for worker threads: sched_setaffinity on the calling thread (tid 0) or a given tid.
+import { readdirSync } from 'node:fs';
 import { libc, check } from './libc.js';
 
 const SYS_gettid = 186;
@@ -32,3 +33,7 @@ export function getAffinity(tid = 0): number[] {
   return cpus;
 }
 
+/** The kernel thread ids of this process's threads, right now (/proc/self/task). */
+export function threadIds(): number[] {
+  return readdirSync('/proc/self/task').map(Number).filter((tid) => Number.isInteger(tid) && tid > 0);
+}

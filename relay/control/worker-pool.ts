@@ -14,6 +14,7 @@ import { resumeStateFromGuest } from './resume-state.js';
 import { CallGuardWatch, createCallGuardBuffer } from '../datapath/call-guard.js';
 import { eventfdReadNoWait } from '../../sys/eventfd.js';
 import { readFileSync } from 'node:fs';
+import { getAffinity, setAffinity, threadIds } from '../../sys/affinity.js';
 import type { DirName, DirectionSpec, DirectionState, FromWorker, ToWorker, WorkerInit } from '../datapath/worker-protocol.js';
 
 interface WorkerHandle {
@@ -56,6 +57,8 @@ export interface WorkerPoolOptions {
   onFatal?: (message: string) => void;
   /** Accept the test-only crash request (VIO4WD_TEST_HOOKS). */
   testHooks?: boolean;
+  /** Move the process's other threads off the worker CPUs (the daemon; not a test that embeds a pool). */
+  confineHousekeeping?: boolean;
 }
 
 /** More restarts than this within RESTART_WINDOW_MS is a crash loop: give up. */
@@ -129,10 +132,41 @@ export class WorkerPool {
         return this.spawn(handle);
       }),
     );
+    if (this.opts.confineHousekeeping) this.confineHousekeeping();
     this.watchdog = setInterval(() => this.checkProgress(), WATCHDOG_PERIOD_MS);
     this.watchdog.unref();
     this.callWatchdog = setInterval(() => this.checkCallWrites(), CALL_WATCH_PERIOD_MS);
     this.callWatchdog.unref();
+  }
+
+  /**
+   * Keeps every thread that is not a worker (the main thread, V8's garbage-collection and compiler
+   * threads, libuv's pool, ZeroMQ's, the ring opener) off the worker CPUs, on the CPUs the
+   * process may use that no worker polls. On a worker's CPU such a thread takes slices of several
+   * milliseconds from a busy-polling worker, during which its VF rings fill: DPDK keeps its
+   * control threads off the data-plane cores for the same reason. Threads started later inherit
+   * the main thread's set; a restarted worker pins itself. When no such CPU is left (every
+   * allowed CPU has a worker), the threads stay where they are, and the log says so.
+   */
+  private confineHousekeeping(): void {
+    const allowed = getAffinity();
+    const housekeeping = allowed.filter((cpu) => !this.opts.cpus.includes(cpu));
+    if (housekeeping.length === 0) {
+      this.opts.log.info({ allowed, workers: this.opts.cpus }, 'no CPU without a worker: the daemon\'s other threads share the worker CPUs');
+      return;
+    }
+    const workerTids = new Set(this.workers.map((w) => w.tid));
+    let moved = 0;
+    for (const tid of threadIds()) {
+      if (workerTids.has(tid)) continue;
+      try {
+        setAffinity(housekeeping, tid);
+        moved++;
+      } catch {
+        // A thread that ended meanwhile.
+      }
+    }
+    this.opts.log.info({ cpus: housekeeping, threads: moved }, `the daemon's other threads run on CPUs ${housekeeping.join(',')}, off the worker CPUs`);
   }
 
   /** Starts the thread of `w` (again); resolves once it is pinned and ready. */
