@@ -11,7 +11,8 @@ import { RingError, SplitQueue } from '../virtio/split-queue.js';
 import { VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC } from '../virtio/features.js';
 import { descTableBytes, availRingBytes, usedRingBytes } from '../virtio/ring-layout.js';
 import { BlockRequestHandler, TokenBucket } from './block-request.js';
-import { INT_VRING, MmioTransport, STATUS_DRIVER_OK, type QueueSetup } from './devices/virtio-mmio.js';
+import { INT_VRING, MmioTransport, type QueueSetup } from './devices/virtio-mmio.js';
+import { STATUS_DRIVER_OK } from '../virtio/device-status.js';
 import type { IothreadCommand, IothreadDrive, IothreadMessage, IothreadWorkerData } from './iothread-protocol.js';
 
 const data = workerData as IothreadWorkerData;

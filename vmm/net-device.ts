@@ -19,7 +19,8 @@ import * as F from '../virtio/features.js';
 import type { NetConfig } from './config-types.js';
 import { guestSlice, type GuestRam } from './guest-ram.js';
 import { NetCtrlQueue, VIRTIO_NET_CTRL_MQ, VIRTIO_NET_CTRL_MQ_VQ_PAIRS_MIN, VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET, VIRTIO_NET_ERR, VIRTIO_NET_OK } from './net-ctrl-queue.js';
-import { DEVICE_ID_NET, STATUS_DRIVER_OK } from './devices/virtio-mmio.js';
+import { DEVICE_ID_NET } from './devices/virtio-mmio.js';
+import { STATUS_DRIVER_OK } from '../virtio/device-status.js';
 
 export const QUEUE_NUM_MAX = 256;
 const VIRTIO_NET_S_LINK_UP = 1;

@@ -10,8 +10,6 @@ export const DEVICE_ID_NET = 1;
 export const DEVICE_ID_BLOCK = 2;
 
 import { STATUS_ACKNOWLEDGE, STATUS_DRIVER, STATUS_DRIVER_OK, STATUS_FEATURES_OK, STATUS_NEEDS_RESET, STATUS_FAILED } from '../../virtio/device-status.js';
-// The transport's users take the status bits from here with the rest of the transport.
-export { STATUS_ACKNOWLEDGE, STATUS_DRIVER, STATUS_DRIVER_OK, STATUS_FEATURES_OK, STATUS_NEEDS_RESET, STATUS_FAILED };
 
 export const INT_VRING = 1;
 export const INT_CONFIG = 2;
