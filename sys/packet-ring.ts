@@ -10,7 +10,7 @@ import { close as closeFd } from './fd.js';
 import { mmap, munmap, viewAt, MAP_SHARED, MAP_POPULATE, PROT_READ, PROT_WRITE } from './memory.js';
 import { ifNameToIndex, linkMtu } from './netdev.js';
 import {
-  ETH_P_ALL, SOL_PACKET, PACKET_RX_RING, PACKET_TX_RING, PACKET_VERSION, PACKET_LOSS, PACKET_QDISC_BYPASS,
+  ETH_P_ALL, SOL_PACKET, PACKET_RX_RING, PACKET_TX_RING, PACKET_VERSION, PACKET_LOSS, PACKET_QDISC_BYPASS, PACKET_VNET_HDR,
   PACKET_IGNORE_OUTGOING, TPACKET_V2, TPACKET_V3, TP_STATUS_USER, TP_STATUS_KERNEL, TP_STATUS_AVAILABLE,
   TP_STATUS_SEND_REQUEST, TP_STATUS_WRONG_FORMAT, TP_STATUS_VLAN_VALID, TP_STATUS_VLAN_TPID_VALID,
   packetSocket, setIntOption, setBytesOption, bindPacketSocket, addPromiscuousMembership, growSendBuffer,
@@ -38,6 +38,11 @@ export interface PacketRingOptions {
   qdiscBypass?: boolean;
   /** Socket send buffer for the TX socket in bytes (default 4 MiB). */
   sendBufferBytes?: number;
+  /**
+   * Every frame given to the sendmmsg socket starts with a 10-byte virtio_net_hdr (PACKET_VNET_HDR),
+   * so a guest's checksum and segmentation offload requests reach the kernel (default false).
+   */
+  sendVnetHeader?: boolean;
 }
 
 export interface RingMapping {
@@ -57,6 +62,8 @@ export interface PacketRingHandle {
    * builds linear skbs instead of ring-page fragments it must copy again when they cross a veth.
    */
   sendFd: number;
+  /** Frames on sendFd start with a virtio_net_hdr (PacketRingOptions.sendVnetHeader). */
+  sendVnetHeader: boolean;
   rx: RingMapping & { blockSize: number; blockCount: number; frameSize: number };
   tx: RingMapping & { frameSize: number; frameCount: number };
   /** Byte offset of frame data inside a TX slot. */
@@ -154,6 +161,7 @@ export function openPacketRing(ifname: string, opts: PacketRingOptions = {}): Pa
     opened.push(sendFd);
     if (opts.qdiscBypass ?? true) setIntOption(sendFd, SOL_PACKET, PACKET_QDISC_BYPASS, 1, `PACKET_QDISC_BYPASS on ${ifname}`);
     growSendBuffer(sendFd, opts.sendBufferBytes ?? 4 * 1024 * 1024);
+    if (opts.sendVnetHeader) setIntOption(sendFd, SOL_PACKET, PACKET_VNET_HDR, 1, `PACKET_VNET_HDR on ${ifname}`);
     bindPacketSocket(sendFd, ifindex, 0, ifname);
 
     return {
@@ -162,6 +170,7 @@ export function openPacketRing(ifname: string, opts: PacketRingOptions = {}): Pa
       rxFd,
       txFd,
       sendFd,
+      sendVnetHeader: opts.sendVnetHeader ?? false,
       rx: { address: rxMap.address, length: rxLength, blockSize: g.blockSize, blockCount: g.blockCount, frameSize: g.frameSize },
       tx: { address: txMap.address, length: txLength, frameSize: g.txFrameSize, frameCount: g.txFrameCount },
       txDataOffset: TX_DATA_OFFSET,

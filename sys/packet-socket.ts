@@ -18,6 +18,8 @@ export const PACKET_RESERVE = 12;
 export const PACKET_TX_RING = 13;
 export const PACKET_LOSS = 14;
 export const PACKET_QDISC_BYPASS = 20;
+/** Each frame sent starts with a struct virtio_net_hdr (10 bytes): checksum and GSO requests for the kernel. */
+export const PACKET_VNET_HDR = 15;
 export const PACKET_IGNORE_OUTGOING = 23;
 export const PACKET_MR_PROMISC = 1;
 export const TPACKET_V2 = 1;

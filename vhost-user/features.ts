@@ -8,6 +8,9 @@ import { ProtocolFeature, PROTOCOL_FEATURES_BIT, bitsToMask, hasBit } from './me
 export const VirtioNetFeature = {
   CSUM: F.VIRTIO_NET_F_CSUM,
   GUEST_CSUM: F.VIRTIO_NET_F_GUEST_CSUM,
+  HOST_TSO4: F.VIRTIO_NET_F_HOST_TSO4,
+  HOST_TSO6: F.VIRTIO_NET_F_HOST_TSO6,
+  HOST_ECN: F.VIRTIO_NET_F_HOST_ECN,
   MTU: F.VIRTIO_NET_F_MTU,
   MAC: F.VIRTIO_NET_F_MAC,
   MRG_RXBUF: F.VIRTIO_NET_F_MRG_RXBUF,
@@ -38,7 +41,15 @@ export interface OfferOptions {
    * protocol features, NET_MTU, so the front-end tells the back-end the MTU it chose.
    */
   maxMtu?: number;
+  /**
+   * Offer the guest's transmit offloads (CSUM, HOST_TSO4/6, HOST_ECN): the relay hands the guest's
+   * checksum and segmentation requests to the VF's kernel socket (PACKET_VNET_HDR).
+   */
+  hostOffloads?: boolean;
 }
+
+/** The guest's transmit offloads: the bits a VM→VF frame's header may use. */
+export const HOST_OFFLOAD_BITS: readonly number[] = [VirtioNetFeature.CSUM, VirtioNetFeature.HOST_TSO4, VirtioNetFeature.HOST_TSO6, VirtioNetFeature.HOST_ECN];
 
 export function offeredFeatures(opts: OfferOptions = {}): number {
   const bits: number[] = [
@@ -59,6 +70,7 @@ export function offeredFeatures(opts: OfferOptions = {}): number {
   ];
   if (opts.mergeableRxBuffers !== false) bits.push(VirtioNetFeature.MRG_RXBUF);
   if (opts.maxMtu !== undefined) bits.push(VirtioNetFeature.MTU);
+  if (opts.hostOffloads) bits.push(...HOST_OFFLOAD_BITS);
   return bitsToMask(bits);
 }
 

@@ -232,11 +232,7 @@ export function configFromAssignments(assignments: Map<string, ConfigAssignment>
   const jumbo = s.value<boolean>('VIRTIOFWD_JUMBO');
   const mergeableRxBuffers = s.value<boolean>('VIRTIOFWD_MRGBUF');
   const unsealedMemory = readUnsealedMemory(s);
-  // Asking for TSO is refused rather than ignored: a guest told it may send 64 KiB segments
-  // would have them dropped, and the original did offer it, so silence would hide a regression.
-  const tso = s.value<boolean>('VIRTIOFWD_TSO');
-  const tsoSetting = tso ? s.scalar('VIRTIOFWD_TSO').setting : undefined;
-  if (tsoSetting) s.fail(tsoSetting, reasonOf('VIRTIOFWD_TSO'));
+  const tso = s.value<boolean>('VIRTIOFWD_TSO') === true;
   const vhostClient = s.value<boolean>('VIRTIOFWD_VHOST_CLIENT');
 
   if (s.value<boolean>('VIRTIOFWD_ZERO_COPY')) {
@@ -282,7 +278,7 @@ export function configFromAssignments(assignments: Map<string, ConfigAssignment>
     jumbo,
     mergeableRxBuffers,
     unsealedMemory,
-    tso: false,
+    tso,
     portControl: { mode: portControlMode, ovsdbSocketPath, ipcCommandFile },
     zmq,
     metricsListen,

@@ -123,12 +123,12 @@ export const VARIABLES: readonly VariableInfo[] = [
   {
     name: 'VIRTIOFWD_TSO',
     parse: parseBooleanValue,
+    flag: { name: '--tso', kind: 'boolean' },
     section: 'general',
     defaultText: 'false',
-    treatment: 'refused',
-    summary: 'must stay blank or n: TCP segmentation offload (HOST_TSO4/6) is not supported yet, and y stops the start',
-    reason:
-      'TSO offload is not supported yet (the relay offers guests no segmentation or checksum offload, so guests must send whole frames); leave it blank or n',
+    treatment: 'supported',
+    summary:
+      'true: guests are offered their transmit offloads (CSUM, HOST_TSO4/6, HOST_ECN); checksums and TCP segmentation of VM→VF frames are left to the VF\'s kernel driver (PACKET_VNET_HDR), so a guest sends 64 KiB TCP segments instead of MTU-sized frames',
   },
   {
     name: 'VIRTIOFWD_SOCKET_OWNER',

@@ -94,6 +94,7 @@ export class RelayRegistryImpl implements RelayRegistry {
       log: opts.log,
       sysfsRoot: opts.config.sysfsRoot,
       jumbo: opts.config.jumbo,
+      tso: opts.config.tso,
       pinnedCpus: (relay: number) => pins.get(relay),
       ignoreDirtyLog: process.env.VIO4WD_TEST_HOOKS === 'no-dirty-log',
     };
@@ -131,6 +132,7 @@ export class RelayRegistryImpl implements RelayRegistry {
       device: relay,
       maxQueuePairs: MAX_QUEUE_PAIRS,
       mergeableRxBuffers: config.mergeableRxBuffers,
+      hostOffloads: config.tso,
       maxMtu: config.jumbo ? JUMBO_MTU : undefined,
       unsealedMemory: config.unsealedMemory,
     };

@@ -12,6 +12,8 @@ import { numaNodeOfAddress } from '../../sys/memory.js';
 import type { NetDevice, SessionMemory, VringConfig } from '../../vhost-user/device.js';
 import type { VhostUserServer } from '../../vhost-user/server.js';
 import type { VhostUserClient } from '../../vhost-user/client.js';
+import { HOST_OFFLOAD_BITS } from '../../vhost-user/features.js';
+import { hasBit } from '../../vhost-user/messages.js';
 import { resolveVf } from './vf.js';
 import type { WorkerPool } from './worker-pool.js';
 import type { DirName, DirectionSpec, DirectionState, GuestSpec, PortSpec, QueueSpec, QueueState } from '../datapath/worker-protocol.js';
@@ -22,6 +24,8 @@ export interface RelayContext {
   log: Logger;
   sysfsRoot: string;
   jumbo: boolean;
+  /** VIRTIOFWD_TSO: guests' transmit offloads are offered, so VF send sockets take a virtio_net_hdr per frame. */
+  tso?: boolean;
   /** Opens and closes VF packet rings off the main thread. */
   rings: RingOpener;
   /** CPUs fixed for this relay by VIRTIOFWD_CPU_PINS, if any. */
@@ -130,7 +134,7 @@ export class Relay implements NetDevice {
           const mtuBefore = this.ctx.jumbo ? this.raiseMtu(resolved.netdev, resolved.pci) : undefined;
           let handle: PacketRingHandle;
           try {
-            handle = await this.ctx.rings.open(resolved.netdev, RING_GEOMETRY[this.ctx.jumbo ? 'jumbo' : 'standard']);
+            handle = await this.ctx.rings.open(resolved.netdev, { ...RING_GEOMETRY[this.ctx.jumbo ? 'jumbo' : 'standard'], sendVnetHeader: this.ctx.tso === true });
           } catch (err) {
             this.restoreMtu(resolved.netdev, mtuBefore);
             throw err;
@@ -347,6 +351,7 @@ export class Relay implements NetDevice {
       memoryId: this.memoryId,
       regions: this.memory.regions.map((r) => ({ guestPhysAddr: r.guestPhysAddr, userAddr: r.userAddr, size: r.size, hostAddress: r.hostAddress })),
       dirtyLog: this.ctx.ignoreDirtyLog ? null : (sample.dirtyLog ?? null),
+      hostOffloads: HOST_OFFLOAD_BITS.some((bit) => hasBit(sample.features, bit)),
       eventIdx: sample.eventIdx,
       indirect: sample.indirect,
       mergeable: sample.mergeableRxBuffers,

@@ -8,11 +8,12 @@ import { GuestMemory, regionPieces } from '../../virtio/guest-memory.js';
 import { availRingBytes, descTableBytes, usedRingBytes } from '../../virtio/ring-layout.js';
 import { SplitQueue, RingError, DescriptorChain } from '../../virtio/split-queue.js';
 import { NetRxWriter, RX_NO_BUFFERS, RX_DROPPED } from '../../virtio/net-rx.js';
+import { VIRTIO_NET_HDR_GSO_NONE } from '../../virtio/net-header.js';
 import { Counter, Dir, counterBase } from './counters.js';
 import { flowHash } from './flow-hash.js';
 import { completeL4Checksum } from './checksum.js';
 import { TP_STATUS_CSUMNOTREADY } from '../../sys/packet-ring.js';
-import { VfPort } from './vf-port.js';
+import { VNET_HDR_LEN, VfPort } from './vf-port.js';
 import { reportBadChain } from './chain-warnings.js';
 import { callWriteBegins, callWriteEnds } from './call-guard.js';
 import type { DirectionSpec, DirectionState, GuestSpec, QueueSpec, QueueState } from './worker-protocol.js';
@@ -297,11 +298,14 @@ export class VmToVf extends Direction {
   private readonly scratch = new Uint8Array(64);
   private readonly heads = new Uint32Array(BURST);
   private readonly hdrLen: number;
+  /** The guest negotiated transmit offloads: its headers go to the VF socket as they are. */
+  private readonly hostOffloads: boolean;
   private rrQueue: number;
 
   constructor(spec: DirectionSpec, state: DirectionState | null, counters: Float64Array, onRingError: RingErrorReport) {
     super(spec, state, counters, Dir.VmToVf, onRingError);
     this.hdrLen = spec.guest?.hdrLen ?? 12;
+    this.hostOffloads = spec.guest?.hostOffloads === true;
     this.rrQueue = state?.rrQueue ?? 0;
     for (const q of this.queues) q.queue.disableNotifications();
   }
@@ -398,7 +402,7 @@ export class VmToVf extends Direction {
           }
         } else {
           packets += sent;
-          bytes += batch.takenBytes;
+          bytes += batch.takenBytes - (port.headerSlabs[m] !== null ? VNET_HDR_LEN * sent : 0);
           full += queued - sent;
         }
       }
@@ -418,25 +422,48 @@ export class VmToVf extends Direction {
     return taken;
   }
 
-  /** Queues the chain's frame (everything after the virtio-net header) on member `m`'s batch. */
+  /**
+   * Queues the chain's frame (everything after the virtio-net header) on member `m`'s batch. When
+   * the member's socket takes a virtio_net_hdr per frame (VIRTIOFWD_TSO), the frame is preceded by
+   * the guest's header if it negotiated transmit offloads (the kernel then checksums and segments
+   * it, and validates the header as it does a tap device's), else by an empty one.
+   */
   private addFrame(port: VfPort, m: number, chain: DescriptorChain, frameLength: number): boolean {
+    const slab = port.headerSlabs[m];
+    const header = this.scratch;
+    let segmented = false;
+    if (slab !== null) {
+      if (this.hostOffloads) {
+        if (chain.copyOut(0, header, 0, VNET_HDR_LEN) !== VNET_HDR_LEN) return false;
+        segmented = header[1] !== VIRTIO_NET_HDR_GSO_NONE;
+      } else header.fill(0, 0, VNET_HDR_LEN);
+    }
     // Longer than the VF's MTU allows: dropped (and counted as a bad frame by the caller), never
-    // cut short. Only a VLAN-tagged frame may be 4 bytes longer than the untagged maximum.
+    // cut short. Only a VLAN-tagged frame may be 4 bytes longer than the untagged maximum. A frame
+    // the kernel is asked to segment may be as long as a chain is allowed to be.
     const maxFrame = port.maxFrame[m];
-    if (frameLength > maxFrame) {
+    if (frameLength > maxFrame && !segmented) {
       if (frameLength > maxFrame + 4) return false;
-      chain.copyOut(this.hdrLen + 12, this.scratch, 0, 2);
-      const type = (this.scratch[0] << 8) | this.scratch[1];
+      const tag = this.scratch.subarray(VNET_HDR_LEN);
+      chain.copyOut(this.hdrLen + 12, tag, 0, 2);
+      const type = (tag[0] << 8) | tag[1];
       if (type !== 0x8100 && type !== 0x88a8) return false;
     }
     const batch = port.batches[m];
-    const segments = chain.readableSegments;
-    if (!batch.hasRoom(segments)) {
+    const pieces = chain.readableSegments + (slab !== null ? 1 : 0);
+    if (!batch.hasRoom(pieces)) {
       // Unusually fragmented chains can fill the batch before the burst ends: send what we have.
       if (batch.count === 0) return false;
       batch.send(port.sendFds[m]);
-      if (!batch.hasRoom(segments)) return false;
+      if (!batch.hasRoom(pieces)) return false;
     }
+    if (slab !== null) {
+      // The frame's own slot: the kernel reads it during this burst's sendmmsg.
+      const slot = port.headerSlot(m, batch.count);
+      slab.bytes.set(header.subarray(0, VNET_HDR_LEN), slot - slab.address);
+      batch.addPiece(slot, VNET_HDR_LEN);
+    }
+    const segments = chain.readableSegments;
     const memory = this.memory!;
     const delta = this.hostDelta;
     let skip = this.hdrLen;

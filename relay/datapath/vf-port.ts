@@ -4,8 +4,16 @@
 // on the hot path.
 import { PacketRing } from '../../sys/packet-ring.js';
 import { PacketBatch } from '../../sys/packet-batch.js';
+import { nativeBuffer, type NativeBuffer } from '../../sys/native-buffer.js';
 import { flowHash } from './flow-hash.js';
 import type { PortSpec } from './worker-protocol.js';
+
+/** Frames per member batch (one sendmmsg). */
+export const BATCH_FRAMES = 64;
+/** struct virtio_net_hdr, without num_buffers: what PACKET_VNET_HDR puts before each frame. */
+export const VNET_HDR_LEN = 10;
+/** A header slot in a member's header slab. */
+const HEADER_SLOT = 16;
 
 export class VfPort {
   readonly mode: PortSpec['mode'];
@@ -16,6 +24,12 @@ export class VfPort {
   /** Largest untagged frame each member's link accepts. */
   readonly maxFrame: number[];
   readonly names: string[];
+  /**
+   * Per member: null, or (its send socket takes a virtio_net_hdr before each frame) one header
+   * slot per frame of the batch, in memory the kernel reads while sending: the relay copies each
+   * guest header there once, so what the kernel reads is what the relay checked.
+   */
+  readonly headerSlabs: (NativeBuffer | null)[];
   private up: boolean[];
   private active: number;
   /** Next member for round-robin transmission; carried across handovers. */
@@ -24,13 +38,19 @@ export class VfPort {
   constructor(spec: PortSpec, rrMember = 0) {
     this.mode = spec.mode;
     this.rings = spec.members.map((m) => PacketRing.attach(m.handle));
-    this.batches = spec.members.map(() => new PacketBatch(64, 1024));
+    this.batches = spec.members.map(() => new PacketBatch(BATCH_FRAMES, 1024));
+    this.headerSlabs = spec.members.map((m) => (m.handle.sendVnetHeader ? nativeBuffer(BATCH_FRAMES * HEADER_SLOT) : null));
     this.sendFds = spec.members.map((m) => m.handle.sendFd);
     this.maxFrame = spec.members.map((m) => m.handle.maxFrameLength);
     this.names = spec.members.map((m) => m.netdev);
     this.up = spec.members.map((m) => m.up);
     this.active = spec.active;
     this.rrMember = rrMember;
+  }
+
+  /** Host address of the header slot of frame `frame` in member `m`'s batch. */
+  headerSlot(m: number, frame: number): number {
+    return this.headerSlabs[m]!.address + frame * HEADER_SLOT;
   }
 
   setActive(active: number, up: boolean[]): void {

@@ -46,6 +46,11 @@ export interface GuestSpec {
   /** Changes whenever the memory table changes, so workers can cache views per table. */
   memoryId: number;
   regions: RegionSpec[];
+  /**
+   * The guest negotiated a transmit offload (CSUM, HOST_TSO4/6, HOST_ECN): its frames' virtio-net
+   * headers carry checksum and segmentation requests for the VF's kernel socket.
+   */
+  hostOffloads?: boolean;
   /** The live-migration dirty log while logging is on: every page the worker writes gets its bit. */
   dirtyLog?: { hostAddress: number; size: number } | null;
   eventIdx: boolean;

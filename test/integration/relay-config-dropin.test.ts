@@ -122,7 +122,6 @@ describe("virtio-forwarder's shipped configuration", () => {
 describe('configuration faults end the daemon with status 78 and name the variable', () => {
   it.each([
     ['VIRTIOFWD_JUMBO=maybe', /VIRTIOFWD_JUMBO="maybe" \(line 8\): expected y or n/],
-    ['VIRTIOFWD_TSO=y', /VIRTIOFWD_TSO="y" \(line 8\): TSO offload is not supported yet.*leave it blank or n/],
     ['VIRTIOFWD_CPU_MASK=4095', /VIRTIOFWD_CPU_MASK="4095" \(line 8\): CPU 4095 is not online/],
   ])('a bad value in the file: %s', async (line, message) => {
     const dir = freshDir();

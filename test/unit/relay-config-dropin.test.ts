@@ -66,8 +66,6 @@ describe("the original's shipped file", () => {
   it('still refuses what is really wrong in it, naming the variable', () => {
     const jumbo = ORIGINAL_SHIPPED_LINES.map((l) => (l === 'VIRTIOFWD_JUMBO=y' ? 'VIRTIOFWD_JUMBO=maybe' : l));
     expect(problems(jumbo.join('\n'))).toEqual(['VIRTIOFWD_JUMBO="maybe" (line 5): expected y or n (also yes/no, true/false, 1/0, on/off)']);
-    const tso = ORIGINAL_SHIPPED_LINES.map((l) => (l === 'VIRTIOFWD_TSO=' ? 'VIRTIOFWD_TSO=y' : l));
-    expect(problems(tso.join('\n'))).toEqual([expect.stringMatching(/^VIRTIOFWD_TSO="y" \(line 7\): TSO offload is not supported yet.*leave it blank or n$/)]);
     const zeroCopy = ORIGINAL_SHIPPED_LINES.map((l) => (l === 'VIRTIOFWD_ZERO_COPY=' ? 'VIRTIOFWD_ZERO_COPY=y' : l));
     expect(problems(zeroCopy.join('\n'))).toEqual([expect.stringMatching(/^VIRTIOFWD_ZERO_COPY=true: zero copy is not supported/)]);
   });
@@ -225,10 +223,11 @@ describe("the original's command line", () => {
     expect(() => parseArgs(argv)).toThrow(message);
   });
 
-  it('passes values on to the configuration rules: -T and -0 are refused there, -l9 too', () => {
-    const refused = (argv: string[]) => () => loadConfig({ path: null, overrides: parseArgs(argv).overrides, onlineCpus: ONLINE, accountFiles });
-    expect(refused(['-T'])).toThrow(/VIRTIOFWD_TSO="true" \(command line\): TSO offload is not supported yet/);
-    expect(refused(['--enable-tso'])).toThrow(/VIRTIOFWD_TSO="true" \(command line\)/);
+  it('passes values on to the configuration rules: -T and --enable-tso turn TSO on, -0 and -l9 are refused there', () => {
+    const load = (argv: string[]) => loadConfig({ path: null, overrides: parseArgs(argv).overrides, onlineCpus: ONLINE, accountFiles });
+    const refused = (argv: string[]) => () => load(argv);
+    expect(load(['-T']).config.tso).toBe(true);
+    expect(load(['--enable-tso']).config.tso).toBe(true);
     expect(refused(['-0'])).toThrow(/VIRTIOFWD_ZERO_COPY=true: zero copy is not supported/);
     expect(refused(['-l9'])).toThrow(/VIRTIOFWD_LOG_LEVEL="9" \(command line\)/);
     expect(refused(['-C9'])).toThrow(/VIRTIOFWD_CPU_MASK="9" \(command line\): CPU 9 is not online/);

@@ -112,11 +112,11 @@ describe('defaults', () => {
     for (const v of VARIABLES) expect(text).toMatch(new RegExp(`^${v.name}=`, 'm'));
   });
 
-  it('refuses VIRTIOFWD_TSO set to a true value, and takes blank or false', () => {
+  it('turns the guests\' transmit offloads on with VIRTIOFWD_TSO true, off with blank or false', () => {
     for (const spelling of ['true', 'y', 'YES', '1', 'on']) {
-      expect(problemOf(`VIRTIOFWD_TSO=${spelling}`)).toBe(
-        `VIRTIOFWD_TSO="${spelling}" (line 1): TSO offload is not supported yet (the relay offers guests no segmentation or checksum offload, so guests must send whole frames); leave it blank or n`,
-      );
+      const { config, warnings } = load(`VIRTIOFWD_TSO=${spelling}`);
+      expect(config.tso).toBe(true);
+      expect(warnings).toEqual([]);
     }
     for (const spelling of ['', 'n', 'false', 'No', '0', 'off']) {
       const { config, warnings } = load(`VIRTIOFWD_TSO=${spelling}`);
@@ -137,7 +137,7 @@ describe('defaults', () => {
 describe('booleans', () => {
   const booleans = VARIABLES.filter((v) => v.defaultText === 'true' || v.defaultText === 'false')
     .map((v) => v.name)
-    .filter((name) => name !== 'VIRTIOFWD_ZERO_COPY' && name !== 'VIRTIOFWD_TSO');
+    .filter((name) => name !== 'VIRTIOFWD_ZERO_COPY');
 
   it.each(['true', 'TRUE', 'Yes', 'yes', '1', 'y', 'Y', 'on', 'ON'])('accepts %s as true', (spelling) => {
     for (const name of booleans) {
@@ -152,6 +152,7 @@ describe('booleans', () => {
         VIO4WD_CORE_SCHED_ENABLE: config.coreScheduler.enabled,
         VIO4WD_CORE_SCHED_GLOBAL_NUMA_OPT: config.coreScheduler.globalNumaOpt,
         VIRTIOFWD_VHOST_CLIENT: config.vhostClient,
+        VIRTIOFWD_TSO: config.tso,
       }[name];
       expect(value, name).toBe(true);
     }
@@ -164,7 +165,7 @@ describe('booleans', () => {
   });
 
   it.each(['maybe', '2', 'truee', 'ye', 'nope', 'enabled', '-1', 'o', 'y y'])('refuses %s, naming the variable and the value', (spelling) => {
-    for (const name of [...booleans, 'VIRTIOFWD_TSO', 'VIRTIOFWD_ZERO_COPY']) {
+    for (const name of [...booleans, 'VIRTIOFWD_ZERO_COPY']) {
       const problem = problemOf(`${name}='${spelling}'`);
       expect(problem).toBe(`${name}="${spelling}" (line 1): expected y or n (also yes/no, true/false, 1/0, on/off)`);
     }
@@ -552,7 +553,7 @@ describe('every variable, good and bad', () => {
     VIRTIOFWD_OVSDB_SOCK_PATH: ['', 'db.sock'],
     VIRTIOFWD_JUMBO: ['y', 'maybe'],
     VIRTIOFWD_MRGBUF: ['n', 'nein'],
-    VIRTIOFWD_TSO: ['n', 'y'],
+    VIRTIOFWD_TSO: ['y', 'maybe'],
     VIRTIOFWD_UNSEALED_MEMORY: ['refuse', 'allow'],
     VIRTIOFWD_SOCKET_OWNER: ['root', 'nobody-here'],
     VIRTIOFWD_SOCKET_GROUP: ['kvm', 'nogroup-here'],
