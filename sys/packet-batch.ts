@@ -3,6 +3,7 @@
 // the kernel as it builds the skb. One system call per burst, no copy in user space.
 import { libc, lastErrno } from './libc.js';
 import { nativeBuffer } from './native-buffer.js';
+import { POLLOUT, pollSync } from './poll.js';
 
 const MMSGHDR_SIZE = 64; // struct msghdr (56) + msg_len (4) + padding
 const IOVEC_SIZE = 16;
@@ -107,13 +108,21 @@ export class PacketBatch {
         for (let k = next; k < next + r; k++) bytes += this.lengths[k];
         next += r;
         taken += r;
+        busy = 0;
         continue;
       }
       const errno = lastErrno();
       if (errno === EINTR) continue;
       this.lastErrno = errno;
       if (errno === EAGAIN || errno === ENOBUFS) {
-        // Socket buffer full: a few immediate retries, then the rest of the burst is dropped.
+        // Either the socket buffer is full, or this one frame cannot be built (with
+        // PACKET_VNET_HDR a guest's header can ask for a packet the kernel refuses with ENOBUFS).
+        // A writable socket tells them apart: then only this frame is skipped.
+        if (this.writable(fd)) {
+          next++;
+          continue;
+        }
+        // Full: a few immediate retries, then the rest of the burst is dropped.
         if (++busy >= 4) break;
         continue;
       }
@@ -126,5 +135,10 @@ export class PacketBatch {
     this.frameBytes = 0;
     this.takenBytes = bytes;
     return taken;
+  }
+
+  /** Whether `fd` has room for more now (poll with no wait). */
+  private writable(fd: number): boolean {
+    return (pollSync([{ fd, events: POLLOUT }], 0)[0]! & POLLOUT) !== 0;
   }
 }

@@ -4,14 +4,12 @@
 // cross the relay whole with their checksums left to the kernel, and the host receives the
 // stream intact. Without the setting the same guest negotiates no
 // offload and every frame it sends fits the MTU.
-import { execFileSync } from 'node:child_process';
-import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
 import { hasBinary, requireOrSkip } from '../support/env.js';
 import { createNetns, createVethPair, deleteLink, deleteNetns, linkCounter, nsExec, requireRoot, uniqueTag } from '../support/netns.js';
 import { ensureGuestImage, type GuestImage } from '../support/guest-image.js';
 import { startGuestVm, type GuestVm } from '../support/qemu.js';
-import { repoRoot, startRelay, type RunningRelay } from '../support/relay.js';
+import { startRelay, statsToolCounters, type RunningRelay } from '../support/relay.js';
 import { startProcess, stopAll, waitFor } from '../support/processes.js';
 
 vi.setConfig({ testTimeout: 300_000, hookTimeout: 300_000 });
@@ -59,11 +57,7 @@ c.close()
 print('OK' if bytes(body) == expected else f'BAD {len(body)} of {len(expected)} bytes (announced {length})', flush=True)
 `;
 
-function vmToVfCounters(): { packets: number; bytes: number } {
-  const out = execFileSync('node', [join(repoRoot, 'bin/virtioforwarder_stats'), `--stats-ep=${statsEp}`, '--json', '--delay=0', '--include-inactive'], { encoding: 'utf8' });
-  const relay1 = (JSON.parse(out) as { relays: { id: number; vmToVf: { packets: number; bytes: number } }[] }).relays.find((r) => r.id === 1)!;
-  return relay1.vmToVf;
-}
+const vmToVfCounters = () => statsToolCounters(statsEp, 1).vmToVf;
 
 /** The guest's negotiated virtio-net feature bits (sysfs shows them as a string of 0 and 1). */
 async function guestNetFeatures(): Promise<string> {

@@ -6,22 +6,11 @@ import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest
 vi.setConfig({ testTimeout: 90_000 });
 import { createNetns, createVethPair, deleteLink, deleteNetns, linkCounter, nsExec, requireBinary, requireRoot, uniqueTag } from '../support/netns.js';
 import { LOG_VIRTIO_PATHS, startTestpmd, virtioPaths, virtioUserVdev, type Testpmd } from '../support/testpmd.js';
-import { startRelay, type RunningRelay } from '../support/relay.js';
+import { startRelay, statsToolCounters, type RunningRelay } from '../support/relay.js';
 import { sleep, stopAll, waitFor, startProcess } from '../support/processes.js';
-import { execFileSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { repoRoot } from '../support/relay.js';
-
-/** The relay's own counters for one relay, through the stats service and virtioforwarder_stats --json. */
-function relayCounters(statsEp: string, id: number): { vfToVm: Record<string, number>; vmToVf: Record<string, number> } {
-  const out = execFileSync('node', [join(repoRoot, 'bin/virtioforwarder_stats'), `--stats-ep=${statsEp}`, '--json', '--delay=0', '--include-inactive'], { encoding: 'utf8' });
-  const reply = JSON.parse(out) as { relays: { id: number; vfToVm: Record<string, number>; vmToVf: Record<string, number> }[] };
-  const relay = reply.relays.find((r) => r.id === id);
-  if (!relay) throw new Error(`relay ${id} missing from stats: ${out}`);
-  return relay;
-}
 
 const ready = requireRoot() && requireBinary('dpdk-testpmd') && requireBinary('ip');
 const tag = uniqueTag();
@@ -72,7 +61,7 @@ describe.skipIf(!ready)('relay with DPDK virtio-user', () => {
     testpmd = null;
     await sleep(200);
     const received = linkCounter(peer, 'rx_packets', ns) - before;
-    const counters = relayCounters(statsEp, 1);
+    const counters = statsToolCounters(statsEp, 1);
     // Every frame the relay took from the guest reached the peer: the ring backpressures, nothing
     // is lost. The one exception is mandated: frames virtio-user queues on a TX ring that is started
     // but not yet enabled (or already disabled) are consumed and discarded, and counted as "not

@@ -13,19 +13,13 @@ import { linkMaxMtu } from '../../sys/netdev.js';
 import { join } from 'node:path';
 import { createNetns, createVethPair, deleteLink, deleteNetns, linkCounter, nsExec, requireBinary, requireRoot, uniqueTag } from '../support/netns.js';
 import { startTestpmd, virtioUserVdev, type Testpmd } from '../support/testpmd.js';
-import { repoRoot, startRelay, type RunningRelay } from '../support/relay.js';
+import { repoRoot, startRelay, statsToolCounters, type RunningRelay } from '../support/relay.js';
 import { sleep, startProcess, stopAll, waitFor } from '../support/processes.js';
 
 type Counters = Record<string, number>;
 
 /** The relay's own counters for one relay, through the stats service and virtioforwarder_stats --json. */
-function relayCounters(statsEp: string, id: number): { vfToVm: Counters; vmToVf: Counters } {
-  const out = execFileSync('node', [join(repoRoot, 'bin/virtioforwarder_stats'), `--stats-ep=${statsEp}`, '--json', '--delay=0', '--include-inactive'], { encoding: 'utf8' });
-  const reply = JSON.parse(out) as { relays: { id: number; vfToVm: Counters; vmToVf: Counters }[] };
-  const relay = reply.relays.find((r) => r.id === id);
-  if (!relay) throw new Error(`relay ${id} missing from stats: ${out}`);
-  return relay;
-}
+const relayCounters = (statsEp: string, id: number) => statsToolCounters(statsEp, id) as { vfToVm: Counters; vmToVf: Counters };
 
 const mtuOf = (ifname: string) => Number(readFileSync(`/sys/class/net/${ifname}/mtu`, 'utf8'));
 

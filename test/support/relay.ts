@@ -1,4 +1,5 @@
 // Starts bin/virtio-forwarder as a real process for integration tests (run `npx tsc -p .` first).
+import { execFileSync } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -101,4 +102,13 @@ export async function startRelay(o: RelayOptions = {}): Promise<RunningRelay> {
       return status;
     },
   };
+}
+
+/** One relay's counters per direction, as the operators' tool prints them (virtioforwarder_stats --json). */
+export function statsToolCounters(statsEp: string, id: number): { vfToVm: Record<string, number>; vmToVf: Record<string, number> } {
+  const out = execFileSync('node', [join(repoRoot, 'bin/virtioforwarder_stats'), `--stats-ep=${statsEp}`, '--json', '--delay=0', '--include-inactive'], { encoding: 'utf8' });
+  const reply = JSON.parse(out) as { relays: { id: number; vfToVm: Record<string, number>; vmToVf: Record<string, number> }[] };
+  const relay = reply.relays.find((r) => r.id === id);
+  if (!relay) throw new Error(`relay ${id} missing from stats: ${out}`);
+  return relay;
 }

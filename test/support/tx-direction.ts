@@ -1,0 +1,108 @@
+// A VM→VF direction without a worker thread, for tests of what leaves a VF: guest memory in a
+// memfd, one guest TX ring driven from the test, and a VmToVf direction sending on a real packet
+// ring (a veth whose peer counts what arrives).
+import { MAP_SHARED, PROT_READ, PROT_WRITE, ftruncate, memfdCreate, mmap, munmap, type Mapping } from '../../sys/memory.js';
+import { close } from '../../sys/fd.js';
+import { closePacketRing, openPacketRing, type PacketRingHandle, type PacketRingOptions } from '../../sys/packet-ring.js';
+import { GuestMemory } from '../../virtio/guest-memory.js';
+import { SplitQueueDriver } from '../../virtio/split-queue-driver.js';
+import { VmToVf } from '../../relay/datapath/directions.js';
+import { Counter, counterBase, createCounterBuffer, Dir } from '../../relay/datapath/counters.js';
+import type { DirectionSpec } from '../../relay/datapath/worker-protocol.js';
+
+const SIZE = 1 << 20;
+const QSIZE = 16;
+/** The virtio-net header length of VERSION_1 guests. */
+export const TX_HDR = 12;
+const BUFFERS_AT = 0x10000;
+const BUFFER_STRIDE = 0x4000;
+let memoryIds = 9000;
+
+export interface TxRig {
+  vf: string;
+  handle: PacketRingHandle;
+  mem: Mapping;
+  close(): void;
+}
+
+/** Guest memory and the packet ring of `vf` (which must exist). */
+export function openTxRig(vf: string, ring: PacketRingOptions = {}): TxRig {
+  const memFd = memfdCreate('tx-direction');
+  ftruncate(memFd, SIZE);
+  const mem = mmap({ length: SIZE, prot: PROT_READ | PROT_WRITE, flags: MAP_SHARED, fd: memFd });
+  const handle = openPacketRing(vf, { blockSize: 32 * 1024, blockCount: 8, ...ring });
+  return {
+    vf,
+    handle,
+    mem,
+    close: () => {
+      closePacketRing(handle);
+      munmap(mem);
+      close(memFd);
+    },
+  };
+}
+
+export interface TxDirection {
+  d: VmToVf;
+  /** Posts `header` and `frame` as a guest does: the header in its own descriptor, the frame in two after `split` bytes. */
+  post(header: Uint8Array, frame: Uint8Array, split?: number): void;
+  publish(): void;
+  /** Takes back the chains the relay completed, freeing their descriptors for more posts. */
+  reclaim(): number;
+  counter(c: Counter): number;
+  usedIdx(): number;
+}
+
+/** A fresh TX ring and a VmToVf direction for relay `relay` over the rig (ring memory reused). */
+export function txDirection(rig: TxRig, relay: number, guest: { hostOffloads?: boolean } = {}): TxDirection {
+  const { mem, handle, vf } = rig;
+  const memory = new GuestMemory([{ guestPhysAddr: 0, size: SIZE, userAddr: mem.address, bytes: new Uint8Array(mem.buffer) }]);
+  const l = SplitQueueDriver.layout(0, QSIZE);
+  new Uint8Array(mem.buffer).fill(0, 0, BUFFERS_AT);
+  const driver = new SplitQueueDriver({ memory, size: QSIZE, descGpa: l.descGpa, availGpa: l.availGpa, usedGpa: l.usedGpa, name: 'tx' });
+  const spec: DirectionSpec = {
+    relay,
+    dir: 'vm2vf',
+    vmConnected: true,
+    port: { mode: 'single', active: 0, members: [{ netdev: vf, handle, up: true }] },
+    guest: {
+      memoryId: memoryIds++,
+      regions: [{ guestPhysAddr: 0, userAddr: mem.address, size: SIZE, hostAddress: mem.address }],
+      hostOffloads: guest.hostOffloads ?? false,
+      eventIdx: false,
+      indirect: false,
+      mergeable: false,
+      hdrLen: TX_HDR,
+      queues: [{ index: 1, size: QSIZE, desc: { region: 0, offset: l.descGpa }, avail: { region: 0, offset: l.availGpa }, used: { region: 0, offset: l.usedGpa }, callFd: -1, kickFd: -1, enabled: true }],
+    },
+  };
+  const counters = new Float64Array(createCounterBuffer());
+  const d = new VmToVf(spec, null, counters, (q, m) => {
+    throw new Error(`ring ${q} stopped: ${m}`);
+  });
+  const bytes = new Uint8Array(mem.buffer);
+  let next = 0;
+  const slots = Math.floor((SIZE - BUFFERS_AT) / BUFFER_STRIDE);
+  const base = counterBase(relay, Dir.VmToVf);
+  return {
+    d,
+    post: (header, frame, split = 3000) => {
+      const at = BUFFERS_AT + (next++ % slots) * BUFFER_STRIDE;
+      bytes.set(header, at);
+      bytes.set(frame, at + TX_HDR);
+      const first = Math.min(frame.length, split);
+      const parts = [{ gpa: at, len: TX_HDR, writable: false }, { gpa: at + TX_HDR, len: first, writable: false }];
+      if (frame.length > first) parts.push({ gpa: at + TX_HDR + first, len: frame.length - first, writable: false });
+      driver.addBuffers(parts);
+    },
+    publish: () => driver.publish(),
+    reclaim: () => {
+      let n = 0;
+      while (driver.popUsed() !== null) n++;
+      return n;
+    },
+    counter: (c) => counters[base + c],
+    usedIdx: () => Atomics.load(new Uint16Array(mem.buffer, l.usedGpa, 2), 1),
+  };
+}
