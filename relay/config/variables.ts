@@ -128,7 +128,7 @@ export const VARIABLES: readonly VariableInfo[] = [
     defaultText: 'false',
     treatment: 'supported',
     summary:
-      'true: guests are offered their transmit offloads (CSUM, HOST_TSO4/6, HOST_ECN); checksums and TCP segmentation of VM→VF frames are left to the VF\'s kernel driver (PACKET_VNET_HDR), so a guest sends 64 KiB TCP segments instead of MTU-sized frames',
+      'true: guests are offered their transmit offloads (CSUM, HOST_TSO4/6, HOST_ECN); checksums and TCP segmentation of the frames guests send are left to the kernel driver of the VF (PACKET_VNET_HDR), so a guest sends TCP segments of up to 64 KiB instead of MTU-sized frames',
   },
   {
     name: 'VIRTIOFWD_SOCKET_OWNER',
