@@ -68,6 +68,7 @@ async function asConfigFault<T>(variable: string, value: string, step: () => T |
  * nothing (relay/control/relay.ts), to show what a migration without it does.
  */
 export const testHooksEnabled = (): boolean => process.env.VIO4WD_TEST_HOOKS === '1' || process.env.VIO4WD_TEST_HOOKS === 'block';
+const dirtyLogIgnored = (): boolean => process.env.VIO4WD_TEST_HOOKS === 'no-dirty-log';
 
 /** Exit status when worker supervision gives up: not 0, so that systemd restarts the daemon. */
 export const EXIT_WORKER_FAILED = 1;
@@ -143,7 +144,7 @@ export async function startDaemon(config: RelayConfig, log: Logger, onFatal?: (m
     if (access.onlyRoot) log.warn(accessFields, access.message);
     else log.info(accessFields, access.message);
 
-    const registry = new RelayRegistryImpl({ config, pool, reactor, counters, socketAccess, log: componentLogger(log, 'relays') });
+    const registry = new RelayRegistryImpl({ config, pool, reactor, counters, socketAccess, log: componentLogger(log, 'relays'), ignoreDirtyLog: dirtyLogIgnored() });
     undo.push(() => registry.shutdown());
 
     for (const s of config.staticVfs) {

@@ -49,6 +49,8 @@ export interface RegistryOptions {
    * blank settings with libvirt's accounts.
    */
   socketAccess?: SocketAccess;
+  /** Test hook: negotiate dirty logging but mark nothing (RelayContext.ignoreDirtyLog). */
+  ignoreDirtyLog?: boolean;
 }
 
 function sameVf(a: VfRef, b: VfRef): boolean {
@@ -96,7 +98,7 @@ export class RelayRegistryImpl implements RelayRegistry {
       jumbo: opts.config.jumbo,
       tso: opts.config.tso,
       pinnedCpus: (relay: number) => pins.get(relay),
-      ignoreDirtyLog: process.env.VIO4WD_TEST_HOOKS === 'no-dirty-log',
+      ignoreDirtyLog: opts.ignoreDirtyLog === true,
     };
     if (ctx.ignoreDirtyLog) this.log.warn('VIO4WD_TEST_HOOKS=no-dirty-log: dirty logging is negotiated but nothing is marked; a live migration will damage its guest (test hook)');
     this.relays = Array.from({ length: MAX_RELAYS }, (_, id) => new Relay(id, ctx));

@@ -444,9 +444,10 @@ export class VmToVf extends Direction {
     const maxFrame = port.maxFrame[m];
     if (frameLength > maxFrame && !segmented) {
       if (frameLength > maxFrame + 4) return false;
-      const tag = this.scratch.subarray(VNET_HDR_LEN);
-      chain.copyOut(this.hdrLen + 12, tag, 0, 2);
-      const type = (tag[0] << 8) | tag[1];
+      // After the header bytes in scratch, which the slot below still needs.
+      const at = VNET_HDR_LEN;
+      chain.copyOut(this.hdrLen + 12, this.scratch, at, 2);
+      const type = (this.scratch[at] << 8) | this.scratch[at + 1];
       if (type !== 0x8100 && type !== 0x88a8) return false;
     }
     const batch = port.batches[m];
@@ -460,7 +461,9 @@ export class VmToVf extends Direction {
     if (slab !== null) {
       // The frame's own slot: the kernel reads it during this burst's sendmmsg.
       const slot = port.headerSlot(m, batch.count);
-      slab.bytes.set(header.subarray(0, VNET_HDR_LEN), slot - slab.address);
+      const bytes = slab.bytes;
+      // Byte by byte: no subarray per frame on the send path.
+      for (let i = 0, at = slot - slab.address; i < VNET_HDR_LEN; i++) bytes[at + i] = header[i];
       batch.addPiece(slot, VNET_HDR_LEN);
     }
     const segments = chain.readableSegments;
