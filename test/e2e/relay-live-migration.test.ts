@@ -37,7 +37,6 @@ const GUEST_MAC = '52:54:00:68:00:02';
 const PING_INTERVAL_MS = 10;
 const PING_COUNT = 2000;
 const MEMORY_MIB = 256;
-const MIGRATION_BYTES_PER_SECOND = 32 * 2 ** 20;
 
 let image: GuestImage;
 let dir: string;
@@ -134,10 +133,6 @@ async function migrate(r: RunningRelay, name: string): Promise<Migrated> {
   );
   await waitFor(() => /icmp_seq=20 /.test(ping.output()), 30_000, 'the ping to get replies before the migration');
 
-  // A slow copy (32 MiB/s: about 8 s for the 256 MiB) leaves time for hundreds of frames to land
-  // in receive buffers whose pages QEMU already sent: without dirty logging some of them are
-  // certain to stay stale, and with it every one must be sent again.
-  await sourceQmp.execute('migrate-set-parameters', { 'max-bandwidth': MIGRATION_BYTES_PER_SECOND });
   const started = Date.now();
   await sourceQmp.execute('migrate', { uri: `unix:${migrationSocket}` });
   let info: Migrated['info'] & { 'error-desc'?: string } = {};
