@@ -62,6 +62,12 @@ const DIRECTION_COUNTERS: readonly { name: string; help: string; value: (c: Dire
     only: 'vf_to_vm',
   },
   {
+    name: 'vio4wd_relay_segmented_packets_total',
+    help: 'GSO frames from the VF (up to 64 KiB of TCP) that the relay cut into segments because the guest did not negotiate GUEST_TSO4/6 (or GUEST_ECN); each segment counts as a sent packet.',
+    value: (c) => c.rxSegmented,
+    only: 'vf_to_vm',
+  },
+  {
     name: 'vio4wd_relay_bad_chains_total',
     help: 'Guest descriptor chains dropped because they broke a rule (loop, bounds, direction, length).',
     value: (c) => c.badChains,

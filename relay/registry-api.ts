@@ -48,6 +48,11 @@ export interface DirectionCounters {
    * fell while the guest had room, when the relay itself did not keep up.
    */
   dropsKernelRingGuestNoBuffers: number;
+  /**
+   * VF→VM: GSO super-frames the relay cut into TCP segments for a guest without the receive
+   * offload to take them whole (each segment delivered counts in `packets`); 0 for VM→VF.
+   */
+  rxSegmented: number;
   /** Guest descriptor chains dropped because they broke a rule (loop, out-of-range address, wrong direction, length). */
   badChains: number;
   /** Guest rings stopped after a fault: a broken ring, a failing kick or call fd, an unexpected error in the direction. */

@@ -43,6 +43,14 @@ export interface PacketRingOptions {
    * so a guest's checksum and segmentation offload requests reach the kernel (default false).
    */
   sendVnetHeader?: boolean;
+  /**
+   * The kernel writes a 10-byte virtio_net_hdr before each received frame (PACKET_VNET_HDR on the
+   * RX socket): whether the frame is a GSO super-frame (GRO on the VF, or a veth peer's TSO) with
+   * its segment size, and whether its checksum is left to complete or already verified. Frames
+   * whose offload the header cannot describe (UDP GSO) are then dropped by the kernel and counted
+   * with its ring drops (default false).
+   */
+  receiveVnetHeader?: boolean;
 }
 
 export interface RingMapping {
@@ -64,6 +72,8 @@ export interface PacketRingHandle {
   sendFd: number;
   /** Frames on sendFd start with a virtio_net_hdr (PacketRingOptions.sendVnetHeader). */
   sendVnetHeader: boolean;
+  /** Received frames are preceded by a virtio_net_hdr (PacketRingOptions.receiveVnetHeader). */
+  rxVnetHeader: boolean;
   rx: RingMapping & { blockSize: number; blockCount: number; frameSize: number };
   tx: RingMapping & { frameSize: number; frameCount: number };
   /** Byte offset of frame data inside a TX slot. */
@@ -83,8 +93,27 @@ const SOCKADDR_LL_SIZE = 20;
 const RX_HEADROOM_START = TPACKET3_HDR_SIZE + SOCKADDR_LL_SIZE;
 const ETH_HEADER = 14;
 const VLAN_TAG = 4;
+/** struct virtio_net_hdr as PACKET_VNET_HDR writes it (no num_buffers). */
+export const RX_VNET_HDR_LEN = 10;
 const ETH_P_8021Q = 0x8100;
 const ETH_P_8021AD = 0x88a8;
+
+/**
+ * The kernel counts a header's offsets from the frame as it was without its VLAN tag: once the
+ * tag is back in the frame, csum_start (when NEEDS_CSUM) and hdr_len (little-endian) move by it.
+ */
+function shiftVnetHeader(header: Uint8Array, by: number): void {
+  if ((header[0] & 1) !== 0) {
+    const start = (header[6] | (header[7] << 8)) + by;
+    header[6] = start & 0xff;
+    header[7] = start >> 8;
+  }
+  const hdrLen = header[2] | (header[3] << 8);
+  if (hdrLen !== 0) {
+    header[2] = (hdrLen + by) & 0xff;
+    header[3] = (hdrLen + by) >> 8;
+  }
+}
 
 function mapRing(fd: number, length: number, what: string): RingMapping {
   try {
@@ -132,6 +161,8 @@ export function openPacketRing(ifname: string, opts: PacketRingOptions = {}): Pa
     const rxFd = packetSocket(ifname);
     opened.push(rxFd);
     setIntOption(rxFd, SOL_PACKET, PACKET_VERSION, TPACKET_V3, `PACKET_VERSION V3 on ${ifname}`);
+    // Before the ring: the kernel refuses it on a socket that has one.
+    if (opts.receiveVnetHeader) setIntOption(rxFd, SOL_PACKET, PACKET_VNET_HDR, 1, `PACKET_VNET_HDR on the RX socket of ${ifname}`);
     const req3 = new Uint32Array([g.blockSize, g.blockCount, g.frameSize, (g.blockSize / g.frameSize) * g.blockCount, g.retireTimeoutMs, 0, 0]);
     setBytesOption(rxFd, SOL_PACKET, PACKET_RX_RING, req3, `PACKET_RX_RING ${g.blockCount}×${g.blockSize} on ${ifname}`);
     const rxLength = g.blockSize * g.blockCount;
@@ -171,6 +202,7 @@ export function openPacketRing(ifname: string, opts: PacketRingOptions = {}): Pa
       txFd,
       sendFd,
       sendVnetHeader: opts.sendVnetHeader ?? false,
+      rxVnetHeader: opts.receiveVnetHeader ?? false,
       rx: { address: rxMap.address, length: rxLength, blockSize: g.blockSize, blockCount: g.blockCount, frameSize: g.frameSize },
       tx: { address: txMap.address, length: txLength, frameSize: g.txFrameSize, frameCount: g.txFrameCount },
       txDataOffset: TX_DATA_OFFSET,
@@ -305,6 +337,12 @@ export class PacketRing {
   private txUnflushed: boolean;
   private readonly slot: TxSlot;
 
+  /**
+   * With PACKET_VNET_HDR on the RX socket: the virtio_net_hdr of the frame being delivered, copied
+   * out before anything can overwrite it (putting a VLAN tag back moves the frame over it).
+   */
+  readonly rxHeader: Uint8Array | null;
+
   private readonly statsOut = new Uint32Array(3);
   private readonly statsLength = new Uint32Array(1);
 
@@ -324,6 +362,7 @@ export class PacketRing {
     this.block = Atomics.load(this.position, P_RX_BLOCK);
     this.framesLeftInBlock = Atomics.load(this.position, P_RX_FRAMES_LEFT);
     this.frameOffset = Atomics.load(this.position, P_RX_FRAME_OFFSET);
+    this.rxHeader = handle.rxVnetHeader ? new Uint8Array(RX_VNET_HDR_LEN) : null;
 
     const tx = viewAt(handle.tx.address, handle.tx.length);
     this.txBytes = new Uint8Array(tx);
@@ -369,6 +408,7 @@ export class PacketRing {
 
   /**
    * Delivers up to `budget` received frames to `onFrame` and returns how many it delivered.
+   * With a virtio_net_hdr on received frames, `rxHeader` holds the delivered frame's during onFrame.
    * A block goes back to the kernel once every frame in it was delivered, so `onFrame` must copy
    * what it keeps before returning. A VLAN tag the kernel took out of the frame is put back.
    */
@@ -408,6 +448,8 @@ export class PacketRing {
         if (wireLength !== snaplen) {
           this.count[C_RX_TRUNCATED]++;
         } else {
+          const header = this.rxHeader;
+          if (header !== null) for (let i = 0, h = mac - RX_VNET_HDR_LEN; i < RX_VNET_HDR_LEN; i++) header[i] = bytes[h + i];
           if ((status & TP_STATUS_VLAN_VALID) !== 0 && mac - VLAN_TAG >= at + RX_HEADROOM_START) {
             const tci = words[(at + 32) >> 2] & 0xffff;
             const tpid = (status & TP_STATUS_VLAN_TPID_VALID) !== 0 ? halves[(at + 36) >> 1] : ETH_P_8021Q;
@@ -418,6 +460,7 @@ export class PacketRing {
             bytes[mac + 13] = tpid & 0xff;
             bytes[mac + 14] = tci >> 8;
             bytes[mac + 15] = tci & 0xff;
+            if (header !== null) shiftVnetHeader(header, VLAN_TAG);
           }
           delivered++;
           onFrame(bytes, mac, length, status);

@@ -59,8 +59,8 @@ export interface BackendSessionOptions {
   maxQueuePairs?: number;
   /** Offer mergeable RX buffers (default true). */
   mergeableRxBuffers?: boolean;
-  /** Offer the guest's transmit offloads: CSUM, HOST_TSO4/6, HOST_ECN (default false). */
-  hostOffloads?: boolean;
+  /** Offer checksum and segmentation offloads both ways: CSUM, HOST_TSO4/6, HOST_ECN, GUEST_CSUM, GUEST_TSO4/6, GUEST_ECN (default false). */
+  offloads?: boolean;
   /**
    * The largest MTU the device carries. When given, VIRTIO_NET_F_MTU and the NET_MTU protocol
    * feature are offered, and NET_SET_MTU is accepted up to this value and refused above it.
@@ -145,7 +145,7 @@ export class BackendSession {
       throw new RangeError(`vhost-user backend: maxMtu ${opts.maxMtu} is outside ${MTU_MIN}..${MTU_MAX}`);
     }
     this.maxMtu = opts.maxMtu;
-    this.offeredFeatures = offeredFeatures({ mergeableRxBuffers: opts.mergeableRxBuffers, maxMtu: opts.maxMtu, hostOffloads: opts.hostOffloads });
+    this.offeredFeatures = offeredFeatures({ mergeableRxBuffers: opts.mergeableRxBuffers, maxMtu: opts.maxMtu, offloads: opts.offloads });
     this.offeredProtocolFeatures = offeredProtocolFeatures({ maxMtu: opts.maxMtu });
     this.log = (opts.log ?? silentLog).child({ vhostUser: opts.label ?? `fd ${fd}` });
     this.vrings = Array.from({ length: 2 * pairs }, (_, index) => freshVring(index));

@@ -99,10 +99,10 @@ export class VhostUserClient {
 export function connectBackend(
   opts: Omit<ClientOptions, 'onConnection'> & Omit<BackendSessionOptions, 'reactor' | 'log' | 'label'>,
 ): VhostUserClient {
-  const { device, maxQueuePairs, mergeableRxBuffers, hostOffloads, maxMtu, unsealedMemory, ...endpointOpts } = opts;
+  const { device, maxQueuePairs, mergeableRxBuffers, offloads, maxMtu, unsealedMemory, ...endpointOpts } = opts;
   const endpoint = new VhostUserClient({
     ...endpointOpts,
-    onConnection: backendSessionFactory({ device, maxQueuePairs, mergeableRxBuffers, hostOffloads, maxMtu, unsealedMemory, reactor: opts.reactor, log: opts.log, path: opts.path }),
+    onConnection: backendSessionFactory({ device, maxQueuePairs, mergeableRxBuffers, offloads, maxMtu, unsealedMemory, reactor: opts.reactor, log: opts.log, path: opts.path }),
   });
   endpoint.start();
   return endpoint;

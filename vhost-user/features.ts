@@ -11,6 +11,9 @@ export const VirtioNetFeature = {
   HOST_TSO4: F.VIRTIO_NET_F_HOST_TSO4,
   HOST_TSO6: F.VIRTIO_NET_F_HOST_TSO6,
   HOST_ECN: F.VIRTIO_NET_F_HOST_ECN,
+  GUEST_TSO4: F.VIRTIO_NET_F_GUEST_TSO4,
+  GUEST_TSO6: F.VIRTIO_NET_F_GUEST_TSO6,
+  GUEST_ECN: F.VIRTIO_NET_F_GUEST_ECN,
   MTU: F.VIRTIO_NET_F_MTU,
   MAC: F.VIRTIO_NET_F_MAC,
   MRG_RXBUF: F.VIRTIO_NET_F_MRG_RXBUF,
@@ -42,14 +45,18 @@ export interface OfferOptions {
    */
   maxMtu?: number;
   /**
-   * Offer the guest's transmit offloads (CSUM, HOST_TSO4/6, HOST_ECN): the relay hands the guest's
-   * checksum and segmentation requests to the VF's kernel socket (PACKET_VNET_HDR).
+   * Offer checksum and segmentation offloads both ways: the guest's transmit offloads (CSUM,
+   * HOST_TSO4/6, HOST_ECN), whose requests the relay hands to the VF's kernel socket, and its
+   * receive offloads (GUEST_CSUM, GUEST_TSO4/6, GUEST_ECN), through which the relay passes on the
+   * kernel's description of each received frame (PACKET_VNET_HDR on both sockets).
    */
-  hostOffloads?: boolean;
+  offloads?: boolean;
 }
 
 /** The guest's transmit offloads: the bits a VM→VF frame's header may use. */
 export const HOST_OFFLOAD_BITS: readonly number[] = [VirtioNetFeature.CSUM, VirtioNetFeature.HOST_TSO4, VirtioNetFeature.HOST_TSO6, VirtioNetFeature.HOST_ECN];
+/** The guest's receive offloads: what a VF→VM frame's header may ask of the guest. */
+export const GUEST_OFFLOAD_BITS: readonly number[] = [VirtioNetFeature.GUEST_CSUM, VirtioNetFeature.GUEST_TSO4, VirtioNetFeature.GUEST_TSO6, VirtioNetFeature.GUEST_ECN];
 
 export function offeredFeatures(opts: OfferOptions = {}): number {
   const bits: number[] = [
@@ -70,7 +77,7 @@ export function offeredFeatures(opts: OfferOptions = {}): number {
   ];
   if (opts.mergeableRxBuffers !== false) bits.push(VirtioNetFeature.MRG_RXBUF);
   if (opts.maxMtu !== undefined) bits.push(VirtioNetFeature.MTU);
-  if (opts.hostOffloads) bits.push(...HOST_OFFLOAD_BITS);
+  if (opts.offloads) bits.push(...HOST_OFFLOAD_BITS, ...GUEST_OFFLOAD_BITS);
   return bitsToMask(bits);
 }
 

@@ -134,10 +134,10 @@ export class VhostUserServer {
 export function listenBackend(
   opts: Omit<ServerOptions, 'onConnection'> & Omit<BackendSessionOptions, 'reactor' | 'log' | 'label'>,
 ): VhostUserServer {
-  const { device, maxQueuePairs, mergeableRxBuffers, hostOffloads, maxMtu, unsealedMemory, ...endpointOpts } = opts;
+  const { device, maxQueuePairs, mergeableRxBuffers, offloads, maxMtu, unsealedMemory, ...endpointOpts } = opts;
   const endpoint = new VhostUserServer({
     ...endpointOpts,
-    onConnection: backendSessionFactory({ device, maxQueuePairs, mergeableRxBuffers, hostOffloads, maxMtu, unsealedMemory, reactor: opts.reactor, log: opts.log, path: opts.path }),
+    onConnection: backendSessionFactory({ device, maxQueuePairs, mergeableRxBuffers, offloads, maxMtu, unsealedMemory, reactor: opts.reactor, log: opts.log, path: opts.path }),
   });
   endpoint.listen();
   return endpoint;

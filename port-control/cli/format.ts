@@ -105,6 +105,7 @@ export function formatStatsFlat(relays: RelayStats[], opts: { hideZero?: boolean
       if (side.key === 'vf_to_vm') {
         counter(`${c}.pkts_dropped_vf_ring_full`, d.dropsKernelRing ?? 0);
         counter(`${c}.pkts_dropped_vf_ring_full_vm_no_buffers`, d.dropsKernelRingGuestNoBuffers ?? 0);
+        counter(`${c}.pkts_segmented`, d.rxSegmented ?? 0);
       }
       counter(`${c}.bad_chains`, d.badChains ?? 0);
       counter(`${c}.rings_stopped`, d.ringsStopped ?? 0);

@@ -128,7 +128,7 @@ export const VARIABLES: readonly VariableInfo[] = [
     defaultText: 'false',
     treatment: 'supported',
     summary:
-      'true: guests are offered their transmit offloads (CSUM, HOST_TSO4/6, HOST_ECN); checksums and TCP segmentation of the frames guests send are left to the kernel driver of the VF (PACKET_VNET_HDR), so a guest sends TCP segments of up to 64 KiB instead of MTU-sized frames',
+      'true: guests are offered checksum and segmentation offloads both ways (CSUM, HOST_TSO4/6, HOST_ECN, GUEST_CSUM, GUEST_TSO4/6, GUEST_ECN): the VF kernel driver checksums and segments the TCP segments of up to 64 KiB that guests send (PACKET_VNET_HDR), and GSO frames received on the VF reach guests whole; otherwise the relay segments those itself',
   },
   {
     name: 'VIRTIOFWD_SOCKET_OWNER',

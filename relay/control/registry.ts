@@ -134,7 +134,7 @@ export class RelayRegistryImpl implements RelayRegistry {
       device: relay,
       maxQueuePairs: MAX_QUEUE_PAIRS,
       mergeableRxBuffers: config.mergeableRxBuffers,
-      hostOffloads: config.tso,
+      offloads: config.tso,
       maxMtu: config.jumbo ? JUMBO_MTU : undefined,
       unsealedMemory: config.unsealedMemory,
     };

@@ -13,6 +13,7 @@ import type { NetDevice, SessionMemory, VringConfig } from '../../vhost-user/dev
 import type { VhostUserServer } from '../../vhost-user/server.js';
 import type { VhostUserClient } from '../../vhost-user/client.js';
 import { HOST_OFFLOAD_BITS } from '../../vhost-user/features.js';
+import { guestRxOffloads } from '../datapath/rx-offload.js';
 import { hasBit } from '../../vhost-user/messages.js';
 import { resolveVf } from './vf.js';
 import type { WorkerPool } from './worker-pool.js';
@@ -64,8 +65,11 @@ const BOND_PORT_MODE: Record<BondMode, PortSpec['mode']> = {
  * then holds blockCount ms of traffic, not its size. 16 blocks (the packet-ring default) meant a
  * worker delayed 16 ms by a busy CPU lost frames; 128 blocks of 32 KiB ride out 128 ms (4 MiB).
  */
+// A block must hold the largest frame the VF's kernel can hand over: a GSO super-frame of 64 KiB
+// (GRO on the VF, TSO of a veth peer) plus the ring's headers. With smaller blocks the kernel
+// cuts such frames short and the relay can only drop them.
 const RING_GEOMETRY = {
-  standard: { blockSize: 32 * 1024, blockCount: 128 },
+  standard: { blockSize: 128 * 1024, blockCount: 32 },
   jumbo: { txFrameSize: 16384, blockSize: 128 * 1024, blockCount: 64 },
 } as const;
 
@@ -134,7 +138,12 @@ export class Relay implements NetDevice {
           const mtuBefore = this.ctx.jumbo ? this.raiseMtu(resolved.netdev, resolved.pci) : undefined;
           let handle: PacketRingHandle;
           try {
-            handle = await this.ctx.rings.open(resolved.netdev, { ...RING_GEOMETRY[this.ctx.jumbo ? 'jumbo' : 'standard'], sendVnetHeader: this.ctx.tso === true });
+            // The RX socket always gets the kernel's offload header: without it a GSO super-frame
+            // (GRO on the VF, a veth peer's TSO) looks like one frame of up to 64 KiB, and a guest
+            // without GUEST_TSO would get it whole. With it the relay knows the segment size.
+            handle = await this.ctx.rings.open(resolved.netdev, {
+              ...RING_GEOMETRY[this.ctx.jumbo ? 'jumbo' : 'standard'], sendVnetHeader: this.ctx.tso === true, receiveVnetHeader: true,
+            });
           } catch (err) {
             this.restoreMtu(resolved.netdev, mtuBefore);
             throw err;
@@ -352,6 +361,7 @@ export class Relay implements NetDevice {
       regions: this.memory.regions.map((r) => ({ guestPhysAddr: r.guestPhysAddr, userAddr: r.userAddr, size: r.size, hostAddress: r.hostAddress })),
       dirtyLog: this.ctx.ignoreDirtyLog ? null : (sample.dirtyLog ?? null),
       hostOffloads: HOST_OFFLOAD_BITS.some((bit) => hasBit(sample.features, bit)),
+      rxOffloads: guestRxOffloads(sample.features),
       eventIdx: sample.eventIdx,
       indirect: sample.indirect,
       mergeable: sample.mergeableRxBuffers,

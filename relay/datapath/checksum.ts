@@ -1,17 +1,18 @@
 // Completing TCP/UDP checksums the sending stack left to "hardware". Frames that a local stack
 // sends over a veth (or any device with checksum offload) reach AF_PACKET with the checksum only
-// seeded (TP_STATUS_CSUMNOTREADY). The relay offers the guest no checksum offload, so it must hand
-// over complete frames, or the guest drops them. Real VFs deliver complete checksums and never
-// take this path.
+// seeded (TP_STATUS_CSUMNOTREADY). A guest that did not negotiate GUEST_CSUM must get complete
+// frames, or it drops them. Real VFs deliver complete checksums and never take this path.
 
-function sum16(bytes: Uint8Array, from: number, to: number, acc: number): number {
+/** Adds the big-endian 16-bit words of bytes[from, to) to `acc` (an odd last byte is padded). */
+export function sum16(bytes: Uint8Array, from: number, to: number, acc: number): number {
   let i = from;
   for (; i + 1 < to; i += 2) acc += (bytes[i] << 8) | bytes[i + 1];
   if (i < to) acc += bytes[i] << 8;
   return acc;
 }
 
-function fold(acc: number): number {
+/** Folds a one's-complement sum into 16 bits. */
+export function fold(acc: number): number {
   while (acc > 0xffff) acc = (acc & 0xffff) + Math.floor(acc / 0x10000);
   return acc;
 }

@@ -33,6 +33,12 @@ export const enum Counter {
    * guest had room, so the relay did not keep up.
    */
   DropsKernelRingGuestNoBuffers,
+  /**
+   * VF→VM: GSO super-frames from the VF that the relay cut into TCP segments, because the guest
+   * did not negotiate the receive offload that takes them whole. Each segment delivered counts in
+   * Packets, so Packets can exceed RxPackets.
+   */
+  RxSegmented,
   Count,
 }
 
@@ -61,6 +67,7 @@ export interface DirectionCounts {
   badChains: number;
   ringsStopped: number;
   dropsKernelRingGuestNoBuffers: number;
+  rxSegmented: number;
 }
 
 export function readCounts(view: Float64Array, relay: number, dir: Dir): DirectionCounts {
@@ -79,6 +86,7 @@ export function readCounts(view: Float64Array, relay: number, dir: Dir): Directi
     badChains: view[b + Counter.BadChains],
     ringsStopped: view[b + Counter.RingsStopped],
     dropsKernelRingGuestNoBuffers: view[b + Counter.DropsKernelRingGuestNoBuffers],
+    rxSegmented: view[b + Counter.RxSegmented],
   };
 }
 

@@ -12,7 +12,9 @@ import { VIRTIO_NET_HDR_GSO_NONE } from '../../virtio/net-header.js';
 import { Counter, Dir, counterBase } from './counters.js';
 import { flowHash } from './flow-hash.js';
 import { completeL4Checksum } from './checksum.js';
-import { TP_STATUS_CSUMNOTREADY } from '../../sys/packet-ring.js';
+import { TP_STATUS_CSUMNOTREADY, type PacketRing } from '../../sys/packet-ring.js';
+import { RX_CHECKSUM, RX_PASS, RX_PLAIN, RX_SEGMENT, gsoSize, rxAction } from './rx-offload.js';
+import { TcpSegmenter } from './segmentation.js';
 import { VNET_HDR_LEN, VfPort } from './vf-port.js';
 import { reportBadChain } from './chain-warnings.js';
 import { callWriteBegins, callWriteEnds } from './call-guard.js';
@@ -531,8 +533,18 @@ export class VfToVm extends Direction {
   private full = 0;
   private bad = 0;
   private dropped = 0;
+  private segmented = 0;
   private failed: GuestQueue | null = null;
   private failure = '';
+  /** Receive offloads the guest negotiated (rx-offload.ts bits). */
+  private readonly rxOffloads: number;
+  /** The ring being received from, for the kernel's virtio_net_hdr of each frame (null: it writes none). */
+  private ring: PacketRing | null = null;
+  /** The header handed to the guest with a frame that keeps its offload state. */
+  private readonly guestHeader = new Uint8Array(12);
+  /** Built on the first GSO frame a guest without TSO receives. */
+  private segmenter: TcpSegmenter | null = null;
+  private readonly deliverSegment: (bytes: Uint8Array, offset: number, length: number) => void;
   /** A VM is connected but has no RX queue right now: leave VF frames in the VF ring. */
   private readonly hold: boolean;
   /**
@@ -557,10 +569,27 @@ export class VfToVm extends Direction {
     this.hold = spec.vmConnected && this.writers.length === 0;
     this.kernelDropsSeen = new Float64Array(this.port?.rings.length ?? 0);
     this.port?.rings.forEach((r, m) => (this.kernelDropsSeen[m] = r.counters.kernelDrops));
+    this.rxOffloads = guest?.rxOffloads ?? 0;
+    this.deliverSegment = (bytes, offset, length) => this.deliver(bytes, offset, length, null);
     this.onFrame = (bytes, offset, length, status) => {
-      // Frames from a local stack (veth peers) carry checksums left for offload; the guest gets none.
-      if ((status & TP_STATUS_CSUMNOTREADY) !== 0) completeL4Checksum(bytes, offset, length);
-      this.deliver(bytes, offset, length);
+      const kh = this.ring!.rxHeader;
+      if (kh === null) {
+        // Frames from a local stack (veth peers) carry checksums left for offload; the guest gets none.
+        if ((status & TP_STATUS_CSUMNOTREADY) !== 0) completeL4Checksum(bytes, offset, length);
+        this.deliver(bytes, offset, length, null);
+        return;
+      }
+      const action = rxAction(kh, this.rxOffloads, this.guestHeader);
+      if (action === RX_PASS) this.deliver(bytes, offset, length, this.guestHeader);
+      else if (action === RX_PLAIN) this.deliver(bytes, offset, length, null);
+      else if (action === RX_CHECKSUM) {
+        completeL4Checksum(bytes, offset, length);
+        this.deliver(bytes, offset, length, null);
+      } else if (action === RX_SEGMENT) this.segment(bytes, offset, length, gsoSize(kh));
+      else {
+        this.rxBytes += length;
+        this.bad++;
+      }
     };
     this.dropFrame = (_bytes, _offset, length) => {
       this.dropped++;
@@ -576,14 +605,31 @@ export class VfToVm extends Direction {
     super.dropQueue(q, message);
   }
 
-  private deliver(bytes: Uint8Array, offset: number, length: number): void {
+  /**
+   * A GSO super-frame for a guest that cannot take it whole: its TCP segments go to the guest one
+   * by one (counted as frames delivered); a frame the segmenter refuses is a bad frame.
+   */
+  private segment(bytes: Uint8Array, offset: number, length: number, mss: number): void {
+    this.segmenter ??= new TcpSegmenter();
+    const rxBytes = this.rxBytes;
+    if (this.segmenter.segment(bytes, offset, length, mss, this.deliverSegment) !== null) {
+      this.bad++;
+      this.rxBytes += length;
+      return;
+    }
+    // What came from the VF is the super-frame, not the headers repeated in every segment.
+    this.rxBytes = rxBytes + length;
+    this.segmented++;
+  }
+
+  private deliver(bytes: Uint8Array, offset: number, length: number, header: Uint8Array | null): void {
     this.rxBytes += length;
     const writers = this.writers;
     const n = writers.length;
     const w = n === 1 ? writers[0] : writers[flowHash(bytes, offset, length) % n];
     let r: number;
     try {
-      r = w.deliver(bytes, offset, length);
+      r = w.deliver(bytes, offset, length, header);
     } catch (err) {
       if (!(err instanceof RingError)) throw err;
       this.failed = this.queues[writers.indexOf(w)] ?? null;
@@ -602,7 +648,7 @@ export class VfToVm extends Direction {
   burst(): number {
     const port = this.port;
     if (port === null || this.hold) return 0;
-    this.packets = this.bytes = this.rxBytes = this.full = this.bad = this.dropped = 0;
+    this.packets = this.bytes = this.rxBytes = this.full = this.bad = this.dropped = this.segmented = 0;
     let handled = 0;
     const connected = this.writers.length > 0;
     let budget = BURST;
@@ -627,6 +673,7 @@ export class VfToVm extends Direction {
       // short: each is counted here as a bad frame.
       const truncatedBefore = ring.rxTruncated;
       if (connected && port.acceptsFrom(m)) {
+        this.ring = ring;
         if (budget > 0) handled += ring.receive(this.onFrame, budget);
       } else {
         handled += ring.receive(this.dropFrame, BURST);
@@ -660,6 +707,7 @@ export class VfToVm extends Direction {
     c[b + Counter.DropsQueueFull] += this.full;
     c[b + Counter.DropsBadFrame] += this.bad;
     c[b + Counter.DropsNotConnected] += this.dropped;
+    c[b + Counter.RxSegmented] += this.segmented;
     return handled;
   }
 

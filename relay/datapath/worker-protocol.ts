@@ -51,6 +51,12 @@ export interface GuestSpec {
    * headers carry checksum and segmentation requests for the VF's kernel socket.
    */
   hostOffloads?: boolean;
+  /**
+   * The receive offloads the guest negotiated (rx-offload.ts bits: GUEST_CSUM, GUEST_TSO4/6,
+   * GUEST_ECN): which VF frames it takes with the kernel's offload header, and which the relay
+   * must checksum or segment first.
+   */
+  rxOffloads?: number;
   /** The live-migration dirty log while logging is on: every page the worker writes gets its bit. */
   dirtyLog?: { hostAddress: number; size: number } | null;
   eventIdx: boolean;

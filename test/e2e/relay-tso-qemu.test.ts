@@ -1,9 +1,14 @@
-// Transmit offloads end to end (VIRTIOFWD_TSO=y): a QEMU guest whose virtio-net negotiates CSUM
-// and HOST_TSO4 sends a TCP stream to a host in a namespace. The relay hands each frame's
-// virtio-net header to the VF's kernel socket (PACKET_VNET_HDR): the guest's large TCP segments
-// cross the relay whole with their checksums left to the kernel, and the host receives the
-// stream intact. Without the setting the same guest negotiates no
-// offload and every frame it sends fits the MTU.
+// Checksum and segmentation offloads end to end (VIRTIOFWD_TSO=y), with a QEMU guest and a host
+// in a namespace behind a veth standing in for the VF.
+// - Transmit: the guest's virtio-net negotiates CSUM and HOST_TSO4 and posts a TCP stream to the
+//   host. The relay hands each frame's virtio-net header to the VF's kernel socket
+//   (PACKET_VNET_HDR): the guest's large segments cross the relay whole, and the stream arrives.
+// - Receive: the guest downloads a stream from the host. The host's TSO makes 64 KiB super-frames
+//   on the veth; the relay reads them with the kernel's header and, the guest having negotiated
+//   GUEST_CSUM and GUEST_TSO4, passes them on whole.
+// Without the setting the guest negotiates no offload: it sends MTU-sized frames, and the relay
+// cuts the host's super-frames into TCP segments, here for a guest without MRG_RXBUF, whose
+// 1.5 KB receive buffers cannot take anything larger. Both streams are compared byte for byte.
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
 import { hasBinary, requireOrSkip } from '../support/env.js';
 import { createNetns, createVethPair, deleteLink, deleteNetns, linkCounter, nsExec, requireRoot, uniqueTag } from '../support/netns.js';
@@ -11,6 +16,7 @@ import { ensureGuestImage, type GuestImage } from '../support/guest-image.js';
 import { startGuestVm, type GuestVm } from '../support/qemu.js';
 import { startRelay, statsToolCounters, type RunningRelay } from '../support/relay.js';
 import { startProcess, stopAll, waitFor } from '../support/processes.js';
+import { createHash } from 'node:crypto';
 
 vi.setConfig({ testTimeout: 300_000, hookTimeout: 300_000 });
 
@@ -57,7 +63,28 @@ c.close()
 print('OK' if bytes(body) == expected else f'BAD {len(body)} of {len(expected)} bytes (announced {length})', flush=True)
 `;
 
+// The host end of the receive test: an HTTP server for one GET, answering with `seq 1 COUNT`
+// in large writes, so the host's TCP has full 64 KiB super-frames to hand to the veth.
+const SOURCE = `
+import socket
+body = ''.join(f'{i}\\n' for i in range(1, ${COUNT} + 1)).encode()
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(('${HOST_IP}', ${PORT})); s.listen(1)
+print('listening', flush=True)
+c, _ = s.accept(); c.settimeout(120)
+data = bytearray()
+while b'\\r\\n\\r\\n' not in data:
+    b = c.recv(65536)
+    if not b: break
+    data += b
+c.sendall(b'HTTP/1.0 200 OK\\r\\nContent-Length: %d\\r\\n\\r\\n' % len(body) + body)
+c.close()
+print('sent', len(body), flush=True)
+`;
+const expectedMd5 = createHash('md5').update(Array.from({ length: COUNT }, (_, i) => `${i + 1}\n`).join('')).digest('hex');
+
 const vmToVfCounters = () => statsToolCounters(statsEp, 1).vmToVf;
+const vfToVmCounters = () => statsToolCounters(statsEp, 1).vfToVm;
 
 /** The guest's negotiated virtio-net feature bits (sysfs shows them as a string of 0 and 1). */
 async function guestNetFeatures(): Promise<string> {
@@ -89,7 +116,28 @@ async function transfer(): Promise<{ verdict: string; relayFrames: number; relay
   };
 }
 
-describe.runIf(ready)('transmit offloads (VIRTIOFWD_TSO) with a QEMU guest', () => {
+/** The guest fetches `seq 1 COUNT` from the host; returns its md5 as the guest computed it and the relay's counts. */
+async function download(): Promise<{ md5: string; relayFrames: number; relayBytes: number; segmented: number; received: number; ms: number }> {
+  const source = startProcess('ip', ['netns', 'exec', ns, '/usr/bin/python3', '-c', SOURCE], { label: 'tcp-source' });
+  await waitFor(() => /listening/.test(source.output()), 15_000, 'the TCP source to listen');
+  const before = vfToVmCounters();
+  const started = Date.now();
+  const r = await vm!.exec(`wget -q -O /tmp/got http://${HOST_IP}:${PORT}/ && md5sum /tmp/got`, 180_000);
+  const ms = Date.now() - started;
+  await source.exited;
+  const after = vfToVmCounters();
+  expect(r.status, r.output).toBe(0);
+  return {
+    md5: /\b([0-9a-f]{32})\b/.exec(r.output)?.[1] ?? r.output,
+    relayFrames: after.packets - before.packets,
+    relayBytes: after.bytes - before.bytes,
+    segmented: after.rxSegmented - before.rxSegmented,
+    received: after.rxPackets - before.rxPackets,
+    ms,
+  };
+}
+
+describe.runIf(ready)('checksum and segmentation offloads (VIRTIOFWD_TSO) with a QEMU guest', () => {
   beforeAll(async () => {
     image = await ensureGuestImage();
     createNetns(ns);
@@ -110,13 +158,13 @@ describe.runIf(ready)('transmit offloads (VIRTIOFWD_TSO) with a QEMU guest', () 
     deleteNetns(ns);
   });
 
-  async function boot(tso: boolean): Promise<void> {
+  async function boot(tso: boolean, mergeableRxBuffers?: boolean): Promise<void> {
     relay = await startRelay({ staticVfs: { [vf]: 1 }, cpus: [0], configLines: [`VIRTIOFWD_ZMQ_STATS_EP=${statsEp}`, ...(tso ? ['VIRTIOFWD_TSO=y'] : [])] });
     vm = await startGuestVm({
       image,
       machine: 'pc',
       memoryBackend: 'memfd',
-      vhostUser: { socketPath: relay.socketPath(1), hostOffloads: true },
+      vhostUser: { socketPath: relay.socketPath(1), offloads: true, mergeableRxBuffers },
       ip: `${GUEST_IP}/24`,
       mac: '52:54:00:69:00:02',
       cpu: 1,
@@ -124,29 +172,41 @@ describe.runIf(ready)('transmit offloads (VIRTIOFWD_TSO) with a QEMU guest', () 
     await vm.ready(180_000);
   }
 
-  it('with VIRTIOFWD_TSO=y the guest sends TCP segments larger than the MTU, and the stream arrives intact', async () => {
+  it('with VIRTIOFWD_TSO=y TCP segments larger than the MTU cross the relay both ways, and both streams arrive intact', async () => {
     await boot(true);
     const features = await guestNetFeatures();
-    // Bit 0 CSUM and bit 11 HOST_TSO4 negotiated (sysfs lists bit 0 first).
-    expect(features[0], features).toBe('1');
-    expect(features[11], features).toBe('1');
+    // Bits 0 CSUM, 1 GUEST_CSUM, 7 GUEST_TSO4 and 11 HOST_TSO4 negotiated (sysfs lists bit 0 first).
+    expect([features[0], features[1], features[7], features[11]], features).toEqual(['1', '1', '1', '1']);
     const t = await transfer();
     console.log(`TSO on: ${t.relayFrames} frames through the relay (${Math.round(t.relayBytes / t.relayFrames)} bytes each), ${t.wireFrames} on the veth; seq, write and post in ${t.ms} ms`);
     expect(t.verdict).toBe('OK');
     // The relay forwarded segments far over the MTU. (The veth hands them on whole, as GSO
     // packets its peer's stack takes as they are; a VF's hardware or driver cuts them.)
     expect(t.relayBytes / t.relayFrames).toBeGreaterThan(4 * 1514);
+
+    const d = await download();
+    console.log(`GUEST_TSO4 on: ${d.relayFrames} frames into the guest (${Math.round(d.relayBytes / d.relayFrames)} bytes each), ${d.segmented} segmented by the relay; download and md5sum in ${d.ms} ms`);
+    expect(d.md5).toBe(expectedMd5);
+    // The host's super-frames reached the guest whole.
+    expect(d.relayBytes / d.relayFrames).toBeGreaterThan(4 * 1514);
+    expect(d.segmented).toBe(0);
     expect(relay!.logs().filter((l) => Number(l.level) >= 50)).toEqual([]);
   });
 
-  it('without it the guest negotiates no offload and sends MTU-sized frames', async () => {
-    await boot(false);
+  it('without it the guest negotiates no offload, sends MTU-sized frames, and gets the host super-frames as segments in its small buffers', async () => {
+    await boot(false, false);
     const features = await guestNetFeatures();
-    expect(features[0], features).toBe('0');
-    expect(features[11], features).toBe('0');
+    // No CSUM, GUEST_CSUM, GUEST_TSO4, MRG_RXBUF (15) or HOST_TSO4.
+    expect([features[0], features[1], features[7], features[11], features[15]], features).toEqual(['0', '0', '0', '0', '0']);
     const t = await transfer();
     console.log(`TSO off: ${t.relayFrames} frames through the relay (${Math.round(t.relayBytes / t.relayFrames)} bytes each), ${t.wireFrames} on the veth; seq, write and post in ${t.ms} ms`);
     expect(t.verdict).toBe('OK');
     expect(t.relayBytes / t.relayFrames).toBeLessThanOrEqual(1514);
+
+    const d = await download();
+    console.log(`no offloads: ${d.relayFrames} frames into the guest (${Math.round(d.relayBytes / d.relayFrames)} bytes each), cut from ${d.segmented} super-frames of the ${d.received} the VF received; download and md5sum in ${d.ms} ms`);
+    expect(d.md5).toBe(expectedMd5);
+    expect(d.segmented).toBeGreaterThan(0);
+    expect(d.relayBytes / d.relayFrames).toBeLessThanOrEqual(1514);
   });
 });

@@ -42,7 +42,7 @@ class LoadRegistry implements RelayRegistry {
   private counters(r: LoadedRelay, d: 'vfToVm' | 'vmToVf', elapsedNs: number): DirectionCounters {
     return {
       packets: 0, bytes: 0, rxPackets: 0, rxBytes: 0,
-            dropsQueueFull: 0, dropsNotConnected: 0, dropsBadFrame: 0, dropsKernelRing: 0, dropsKernelRingGuestNoBuffers: 0, badChains: 0, ringsStopped: 0,
+            dropsQueueFull: 0, dropsNotConnected: 0, dropsBadFrame: 0, dropsKernelRing: 0, dropsKernelRingGuestNoBuffers: 0, rxSegmented: 0, badChains: 0, ringsStopped: 0,
       busyNs: Math.floor(elapsedNs * r.load[d]), pollNs: Math.floor(elapsedNs),
       cpu: r.cpu[d], active: true, state: 'running',
     };

@@ -163,7 +163,7 @@ class StandIn {
         r.pollNs[d] += 1e9;
         return {
           packets: 0, bytes: 0, rxPackets: 0, rxBytes: 0,
-                    dropsQueueFull: 0, dropsNotConnected: 0, dropsBadFrame: 0, dropsKernelRing: 0, dropsKernelRingGuestNoBuffers: 0, badChains: 0, ringsStopped: 0,
+                    dropsQueueFull: 0, dropsNotConnected: 0, dropsBadFrame: 0, dropsKernelRing: 0, dropsKernelRingGuestNoBuffers: 0, rxSegmented: 0, badChains: 0, ringsStopped: 0,
           busyNs: r.busyNs[d], pollNs: r.pollNs[d], cpu: r.cpu[d], active: true, state: 'running', rates: null,
         };
       };

@@ -150,7 +150,7 @@ export class MemoryRegistry implements RelayRegistry {
         dropsNotConnected: r.device && !r.vmConnected ? 1 : 0,
         dropsBadFrame: 0,
         dropsKernelRing: 0,
-        dropsKernelRingGuestNoBuffers: 0,
+        dropsKernelRingGuestNoBuffers: 0, rxSegmented: 0,
         badChains: 0,
         ringsStopped: 0,
         busyNs: Math.floor(ms * 1e6 * 0.1),

@@ -29,8 +29,13 @@ export interface VhostUserNetOptions {
   queues?: number;
   /** `host_mtu=` of the virtio-net device: VIRTIO_NET_F_MTU with this config-space MTU (and NET_SET_MTU). */
   hostMtu?: number;
-  /** Let the guest use its transmit offloads (csum, host_tso4/6) where the back-end offers them. */
-  hostOffloads?: boolean;
+  /**
+   * Let the guest use its checksum and segmentation offloads both ways (csum, host_tso4/6,
+   * guest_csum, guest_tso4/6, guest_ecn) where the back-end offers them.
+   */
+  offloads?: boolean;
+  /** `mrg_rxbuf=` of the device (QEMU's default, on, when not given). */
+  mergeableRxBuffers?: boolean;
 }
 
 export interface GuestVmOptions {
@@ -156,11 +161,14 @@ export function qemuArgs(image: GuestImage, opts: GuestVmOptions, accel: GuestAc
       if (accel === 'tcg') device.push('vectors=0');
       else if (queues > 1) device.push(`vectors=${2 * queues + 2}`);
     }
-    // The relay offers no receive offloads, and transmit offloads only with VIRTIOFWD_TSO: keep
-    // the guest from negotiating them unless the test asks for the transmit side.
-    if (opts.vhostUser.hostOffloads) device.push('csum=on', 'gso=on', 'host_tso4=on', 'host_tso6=on');
-    else device.push('csum=off', 'gso=off');
-    device.push('guest_tso4=off', 'guest_tso6=off', 'guest_ecn=off');
+    // The relay offers offloads only with VIRTIOFWD_TSO: keep the guest from negotiating them
+    // unless the test asks for them.
+    if (opts.vhostUser.offloads) {
+      device.push('csum=on', 'gso=on', 'host_tso4=on', 'host_tso6=on', 'guest_csum=on', 'guest_tso4=on', 'guest_tso6=on', 'guest_ecn=on');
+    } else {
+      device.push('csum=off', 'gso=off', 'guest_csum=off', 'guest_tso4=off', 'guest_tso6=off', 'guest_ecn=off');
+    }
+    if (opts.vhostUser.mergeableRxBuffers !== undefined) device.push(`mrg_rxbuf=${opts.vhostUser.mergeableRxBuffers ? 'on' : 'off'}`);
     args.push('-device', device.join(','));
   } else if (opts.userNet) {
     args.push('-netdev', 'user,id=net0,restrict=on');

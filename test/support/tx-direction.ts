@@ -25,11 +25,11 @@ export interface TxRig {
   close(): void;
 }
 
-/** Guest memory and the packet ring of `vf` (which must exist). */
-export function openTxRig(vf: string, ring: PacketRingOptions = {}): TxRig {
+/** Guest memory (`memoryBytes`, 1 MiB by default) and the packet ring of `vf` (which must exist). */
+export function openTxRig(vf: string, ring: PacketRingOptions = {}, memoryBytes = SIZE): TxRig {
   const memFd = memfdCreate('tx-direction');
-  ftruncate(memFd, SIZE);
-  const mem = mmap({ length: SIZE, prot: PROT_READ | PROT_WRITE, flags: MAP_SHARED, fd: memFd });
+  ftruncate(memFd, memoryBytes);
+  const mem = mmap({ length: memoryBytes, prot: PROT_READ | PROT_WRITE, flags: MAP_SHARED, fd: memFd });
   const handle = openPacketRing(vf, { blockSize: 32 * 1024, blockCount: 8, ...ring });
   return {
     vf,

@@ -142,6 +142,11 @@ describe('u64 payloads', () => {
     expect(hasBit(f, 35)).toBe(true); // IN_ORDER: both directions use buffers in order
     expect(hasBit(f, 34)).toBe(false); // RING_PACKED not offered
     expect(hasBit(offeredFeatures({ mergeableRxBuffers: false }), 15)).toBe(false);
+    // Offloads (VIRTIOFWD_TSO) both ways: CSUM 0, GUEST_CSUM 1, GUEST_TSO4/6 7/8, GUEST_ECN 9,
+    // HOST_TSO4/6 11/12, HOST_ECN 13; never the UFO bits (10, 14) nor GSO (6).
+    const offloads = [0, 1, 7, 8, 9, 11, 12, 13];
+    expect(offloads.filter((b) => hasBit(f, b))).toEqual([]);
+    expect(offeredFeatures({ offloads: true }) - f).toBe(offloads.reduce((sum, b) => sum + 2 ** b, 0));
     expect(bitsOutside(f + 2 ** 34, f)).toBe(2 ** 34);
     expect(bitsOutside(f, f)).toBe(0);
     expect(f).toBe(0x9_7c60_8000);
