@@ -126,7 +126,7 @@ export type OurPollMode = 'busy' | 'adaptive';
  * libuv threads, worker) is confined to that CPU like the DPDK relay, so nothing of the relay
  * competes with the traffic process on the other CPU.
  */
-export async function startOurRelay(o: { vf: string; cpu: number; pollMode: OurPollMode; pin: boolean }): Promise<RelayUnderTest> {
+export async function startOurRelay(o: { vf: string; cpu: number; pollMode: OurPollMode; pin: boolean; config?: string[] }): Promise<RelayUnderTest> {
   const dir = mkdtempSync(join(tmpdir(), 'vbench-relay-'));
   const socketDir = join(dir, 'sockets');
   const configPath = join(dir, 'virtioforwarder');
@@ -147,6 +147,7 @@ export async function startOurRelay(o: { vf: string; cpu: number; pollMode: OurP
       `VIRTIOFWD_ZMQ_STATS_EP=ipc://${dir}/stats`,
       'VIRTIOFWD_ZMQ_CONFIG_EP=off',
       'VIRTIOFWD_ZMQ_CORE_SCHED_EP=off',
+      ...(o.config ?? []),
       '',
     ].join('\n'),
   );

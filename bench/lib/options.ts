@@ -61,7 +61,7 @@ steal = CPU the hypervisor withheld; ours/DPDK = ratio of the medians; clean Mpp
 the runs that were not contaminated (on a shared machine, the figure to compare).
 `;
 
-function positive(flag: string, text: string | undefined, { integer = false, zero = false } = {}): number {
+export function positive(flag: string, text: string | undefined, { integer = false, zero = false } = {}): number {
   const v = Number(text);
   if (text === undefined || !Number.isFinite(v) || v < 0 || (!zero && v === 0) || (integer && !Number.isInteger(v))) {
     throw new Error(`${flag} needs a ${integer ? 'whole' : ''} number ${zero ? '≥ 0' : '> 0'}, got ${text ?? 'nothing'}`);
@@ -69,7 +69,7 @@ function positive(flag: string, text: string | undefined, { integer = false, zer
   return v;
 }
 
-function list<T extends string>(flag: string, text: string | undefined, allowed: readonly T[]): T[] {
+export function list<T extends string>(flag: string, text: string | undefined, allowed: readonly T[]): T[] {
   if (!text) throw new Error(`${flag} needs a comma-separated list of ${allowed.join(', ')}`);
   const items = text.split(',').map((s) => s.trim()).filter(Boolean);
   for (const item of items) if (!allowed.includes(item as T)) throw new Error(`${flag}: unknown value "${item}" (use ${allowed.join(', ')})`);

@@ -1,0 +1,238 @@
+// Guest TCP throughput through a relay, measured with Debian's iperf3 between a QEMU guest (TCG,
+// the test guest with iperf3 added) and an iperf3 server in a network namespace behind the VF
+// stand-in (a veth pair), for three relays in the same run:
+//   ours        vio4wd with VIRTIOFWD_TSO=y: the guest negotiates checksum and TSO offloads both
+//               ways, so its TCP moves 64 KiB segments through the relay;
+//   ours-plain  vio4wd without offloads: MTU-sized frames from the guest, and the host's TSO
+//               super-frames cut into segments by the relay;
+//   dpdk        DPDK's relay (dpdk-testpmd net_vhost ⇄ net_af_packet, io forwarding), which cannot
+//               pass offloads: the guest's offloads are off, and the host's veth end has TSO and
+//               GSO off, without which net_af_packet's 2 KiB frames would cut super-frames short.
+// tx = guest → namespace (iperf3 client in the guest), rx = namespace → guest (iperf3 -R).
+// The relay runs on one CPU, QEMU on the other. Runs from dist/ as root:
+//   npx tsc -p . && node dist/bench/iperf.js [options]   (--help)
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import pino from 'pino';
+import { findBinary, isRoot, run as runCommand } from '../test/support/env.js';
+import { startGuestVm, type GuestVm } from '../test/support/qemu.js';
+import { createTopology, deleteTopology, topologyNames, type Topology } from './lib/topology.js';
+import { killAllBenchProcessesNow, startDpdkRelay, startOurRelay, stopAllBenchProcesses, type RelayUnderTest } from './lib/launch.js';
+import { readProcessTimes, CLOCK_TICKS_PER_SECOND } from './lib/cpu.js';
+import { ensureIperfGuestImage } from './lib/iperf-guest.js';
+import { list, positive } from './lib/options.js';
+import { relayBuild } from './lib/build-info.js';
+import { startProcess, type StartedProcess } from '../test/support/processes.js';
+
+const log = pino({ base: { bench: 'iperf' } }, pino.destination(2));
+
+const RELAYS = ['ours', 'ours-plain', 'dpdk'] as const;
+type Relay = (typeof RELAYS)[number];
+const DIRECTIONS = ['tx', 'rx'] as const;
+type Direction = (typeof DIRECTIONS)[number];
+
+const USAGE = `usage: node dist/bench/iperf.js [options]      (as root, after npx tsc -p .)
+
+Guest TCP throughput (iperf3) through vio4wd with offloads (ours), vio4wd without (ours-plain)
+and DPDK's relay (dpdk-testpmd net_vhost ⇄ net_af_packet, which passes no offload), with the
+same QEMU guest (TCG) in the same run. tx = guest to namespace, rx = namespace to guest.
+
+  --runs N            iperf3 runs per case; the table shows the median (default 2)
+  --time S            seconds per iperf3 run (default 10)
+  --relays LIST       ours,ours-plain,dpdk (default all three)
+  --directions LIST   tx,rx (default both)
+  --relay-cpu N       CPU of the relay (default 0)
+  --guest-cpu N       CPU of QEMU (default 1)
+  -h, --help          this text
+
+Columns: Gbit/s = iperf3's receiver rate (median, min-max); retr = TCP retransmissions the
+sender counted (median); relay CPU = the relay process's user+system time during the run, % of
+one core; ours/DPDK = ratio of the medians.
+`;
+
+interface Options {
+  runs: number;
+  seconds: number;
+  relays: Relay[];
+  directions: Direction[];
+  relayCpu: number;
+  guestCpu: number;
+}
+
+function parse(argv: string[]): Options | null {
+  const o: Options = { runs: 2, seconds: 10, relays: [...RELAYS], directions: [...DIRECTIONS], relayCpu: 0, guestCpu: 1 };
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i];
+    const value = () => argv[++i];
+    if (a === '-h' || a === '--help') return null;
+    else if (a === '--runs') o.runs = positive(a, value(), { integer: true });
+    else if (a === '--time') o.seconds = positive(a, value(), { integer: true });
+    else if (a === '--relays') o.relays = list(a, value(), RELAYS);
+    else if (a === '--directions') o.directions = list(a, value(), DIRECTIONS);
+    else if (a === '--relay-cpu') o.relayCpu = positive(a, value(), { integer: true, zero: true });
+    else if (a === '--guest-cpu') o.guestCpu = positive(a, value(), { integer: true, zero: true });
+    else throw new Error(`unknown option ${a} (see --help)`);
+  }
+  return o;
+}
+
+const HOST_IP = '10.78.0.1';
+const GUEST_IP = '10.78.0.2';
+
+interface Result {
+  relay: Relay;
+  direction: Direction;
+  run: number;
+  gbps: number;
+  retransmits: number;
+  relayCpu: number;
+}
+
+/** The relay process's CPU time in seconds (user + system), or 0 when it is gone. */
+function cpuSeconds(pid: number): number {
+  const t = readProcessTimes(pid);
+  return t ? (t.utime + t.stime) / CLOCK_TICKS_PER_SECOND : 0;
+}
+
+async function startRelay(relay: Relay, topo: Topology, o: Options, socketDir: string): Promise<RelayUnderTest> {
+  if (relay === 'dpdk') return startDpdkRelay({ vf: topo.vethA, cpu: o.relayCpu, socketDir });
+  return startOurRelay({ vf: topo.vethA, cpu: o.relayCpu, pollMode: 'busy', pin: true, config: relay === 'ours' ? ['VIRTIOFWD_TSO=y'] : [] });
+}
+
+/** Offloads of the namespace's veth end: DPDK's relay needs wire-sized frames from it. */
+function hostOffloads(topo: Topology, on: boolean): void {
+  const state = on ? 'on' : 'off';
+  runCommand('ip', ['netns', 'exec', topo.ns, 'ethtool', '-K', topo.vethB, 'tso', state, 'gso', state]);
+}
+
+async function measureRelay(relay: Relay, topo: Topology, o: Options, socketDir: string, results: Result[]): Promise<void> {
+  if (relay === 'dpdk') hostOffloads(topo, false);
+  let relayProcess: RelayUnderTest | null = null;
+  let vm: GuestVm | null = null;
+  try {
+    relayProcess = await startRelay(relay, topo, o, socketDir);
+    vm = await startGuestVm({
+      image: await ensureIperfGuestImage(),
+      memoryBackend: 'memfd',
+      vhostUser: { socketPath: relayProcess.socketPath, offloads: relay === 'ours' },
+      ip: `${GUEST_IP}/24`,
+      mac: '52:54:00:78:00:02',
+      cpu: o.guestCpu,
+      label: `guest-${relay}`,
+      echo: false,
+    });
+    await vm.ready(240_000);
+    const ping = await vm.exec(`ping -c 3 -W 2 ${HOST_IP}`, 30_000);
+    if (ping.status !== 0) throw new Error(`the guest cannot reach the host through ${relay}: ${ping.output}`);
+    for (let run = 1; run <= o.runs; run++) {
+      for (const direction of o.directions) {
+        const before = cpuSeconds(relayProcess.pid);
+        const started = Date.now();
+        const r = await vm.exec(`iperf3 -c ${HOST_IP} -t ${o.seconds} -J${direction === 'rx' ? ' -R' : ''}`, (o.seconds + 60) * 1000);
+        const elapsed = (Date.now() - started) / 1000;
+        const cpu = (100 * (cpuSeconds(relayProcess.pid) - before)) / elapsed;
+        if (r.status !== 0) throw new Error(`iperf3 in the guest failed (${relay}, ${direction}): ${r.output.slice(-2000)}`);
+        const report = JSON.parse(r.output.slice(r.output.indexOf('{'))) as { end: { sum_received: { bits_per_second: number }; sum_sent: { retransmits?: number } } };
+        const result: Result = { relay, direction, run, gbps: report.end.sum_received.bits_per_second / 1e9, retransmits: report.end.sum_sent.retransmits ?? 0, relayCpu: cpu };
+        results.push(result);
+        log.info({ ...result, gbps: +result.gbps.toFixed(3), relayCpu: Math.round(cpu) }, 'run done');
+      }
+    }
+  } finally {
+    await vm?.stop();
+    await relayProcess?.stop();
+    if (relay === 'dpdk') hostOffloads(topo, true);
+  }
+}
+
+const median = (xs: number[]) => {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length === 0 ? NaN : s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
+};
+
+function table(results: Result[], o: Options): string {
+  const lines = ['dir  relay       Gbit/s median  (min-max)      retr  relay CPU %  ours/DPDK'];
+  for (const direction of o.directions) {
+    const dpdk = median(results.filter((r) => r.relay === 'dpdk' && r.direction === direction).map((r) => r.gbps));
+    for (const relay of o.relays) {
+      const rs = results.filter((r) => r.relay === relay && r.direction === direction);
+      if (rs.length === 0) {
+        lines.push(`${direction.padEnd(4)} ${relay.padEnd(11)} (no run finished)`);
+        continue;
+      }
+      const g = rs.map((r) => r.gbps);
+      const m = median(g);
+      const ratio = relay !== 'dpdk' && Number.isFinite(dpdk) ? `${(m / dpdk).toFixed(2)}` : '';
+      lines.push(
+        `${direction.padEnd(4)} ${relay.padEnd(11)} ${m.toFixed(3).padStart(13)}  (${Math.min(...g).toFixed(3)}-${Math.max(...g).toFixed(3)})`.padEnd(48) +
+          `${String(Math.round(median(rs.map((r) => r.retransmits)))).padStart(5)}  ${String(Math.round(median(rs.map((r) => r.relayCpu)))).padStart(11)}  ${ratio.padStart(9)}`,
+      );
+    }
+  }
+  return lines.join('\n');
+}
+
+async function main(): Promise<number> {
+  let o: Options | null;
+  try {
+    o = parse(process.argv.slice(2));
+  } catch (err) {
+    process.stderr.write(`iperf bench: ${(err as Error).message}\n`);
+    return 2;
+  }
+  if (o === null) {
+    process.stdout.write(USAGE);
+    return 0;
+  }
+  const missing = ['qemu-system-x86_64', 'iperf3', 'ethtool', ...(o.relays.includes('dpdk') ? ['dpdk-testpmd'] : [])].filter((b) => !findBinary(b));
+  if (!isRoot() || missing.length > 0) {
+    process.stderr.write(`iperf bench: needs root and ${missing.join(', ') || 'nothing else'} (scripts/setup.sh installs them)\n`);
+    return 2;
+  }
+  const topo = topologyNames(`i${process.pid % 10000}`);
+  const socketDir = mkdtempSync(join(tmpdir(), 'vbench-iperf-'));
+  let server: StartedProcess | null = null;
+  process.on('exit', () => {
+    killAllBenchProcessesNow();
+    deleteTopology(topo);
+  });
+  for (const sig of ['SIGINT', 'SIGTERM'] as const) process.on(sig, () => process.exit(130));
+  const results: Result[] = [];
+  const failures: string[] = [];
+  const started = new Date();
+  try {
+    createTopology(topo);
+    runCommand('ip', ['-n', topo.ns, 'addr', 'add', `${HOST_IP}/24`, 'dev', topo.vethB]);
+    server = startProcess('ip', ['netns', 'exec', topo.ns, 'iperf3', '-s', '-B', HOST_IP], { label: 'iperf3-server', echo: false });
+    log.info({ topology: topo, relays: o.relays, directions: o.directions, runs: o.runs, seconds: o.seconds }, 'iperf bench starting');
+    for (const relay of o.relays) {
+      try {
+        await measureRelay(relay, topo, o, socketDir, results);
+      } catch (err) {
+        failures.push(`${relay}: ${(err as Error).message}`);
+        log.error({ relay, err: (err as Error).message }, 'relay failed');
+      }
+    }
+  } finally {
+    await server?.stop();
+    await stopAllBenchProcesses();
+    deleteTopology(topo);
+    rmSync(socketDir, { recursive: true, force: true });
+  }
+  const build = relayBuild();
+  process.stdout.write(
+    `iperf bench ${started.toISOString()}: ${o.runs} run(s) of ${o.seconds} s, relay on CPU ${o.relayCpu}, QEMU (TCG) on CPU ${o.guestCpu}\n` +
+      `our relay: commit ${build.commit}, dist compiled ${build.compiledAt}\n${table(results, o)}\n` +
+      (failures.length ? `failed:\n${failures.map((f) => `  ${f}`).join('\n')}\n` : ''),
+  );
+  return failures.length ? 1 : 0;
+}
+
+main().then(
+  (code) => process.exit(code),
+  (err) => {
+    process.stderr.write(`iperf bench: ${(err as Error).stack ?? err}\n`);
+    process.exit(1);
+  },
+);
