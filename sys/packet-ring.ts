@@ -229,8 +229,11 @@ export function closePacketRing(handle: PacketRingHandle): void {
 }
 export { closePacketRing as close };
 
-/** Called per received frame: `bytes` is the whole RX mapping, the frame is [offset, offset + length). */
-export type FrameHandler = (bytes: Uint8Array, offset: number, length: number, status: number) => void;
+/**
+ * Called per received frame: `bytes` is the whole RX mapping, the frame is [offset, offset + length).
+ * Returning false ends the receive after this frame (the handler has nowhere to put more).
+ */
+export type FrameHandler = (bytes: Uint8Array, offset: number, length: number, status: number) => boolean | void;
 
 /** A free TX slot; the same object is returned by every txSlot() call of a ring. */
 export interface TxSlot {
@@ -463,7 +466,7 @@ export class PacketRing {
             if (header !== null) shiftVnetHeader(header, VLAN_TAG);
           }
           delivered++;
-          onFrame(bytes, mac, length, status);
+          if (onFrame(bytes, mac, length, status) === false) seen = budget;
         }
         if (releaseAfterFrame >= 0) {
           this.releaseBlock(releaseAfterFrame);

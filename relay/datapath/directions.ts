@@ -524,7 +524,7 @@ export class VmToVf extends Direction {
 /** VF RX ring(s) → guest RX vrings. */
 export class VfToVm extends Direction {
   private readonly writers: NetRxWriter[];
-  private readonly onFrame: (bytes: Uint8Array, offset: number, length: number, status: number) => void;
+  private readonly onFrame: (bytes: Uint8Array, offset: number, length: number, status: number) => boolean;
   private readonly dropFrame: (bytes: Uint8Array, offset: number, length: number) => void;
   // Per-burst tallies, written by the frame callbacks.
   private packets = 0;
@@ -534,6 +534,12 @@ export class VfToVm extends Direction {
   private bad = 0;
   private dropped = 0;
   private segmented = 0;
+  /**
+   * Guest receive buffers left in this burst, as counted at its start minus those used since. A
+   * frame may take several (mergeable buffers, or the segments of a super-frame); once none are
+   * left the burst stops taking frames, which then wait in the VF ring instead of being dropped.
+   */
+  private roomLeft = 0;
   private failed: GuestQueue | null = null;
   private failure = '';
   /** Receive offloads the guest negotiated (rx-offload.ts bits). */
@@ -577,7 +583,7 @@ export class VfToVm extends Direction {
         // Frames from a local stack (veth peers) carry checksums left for offload; the guest gets none.
         if ((status & TP_STATUS_CSUMNOTREADY) !== 0) completeL4Checksum(bytes, offset, length);
         this.deliver(bytes, offset, length, null);
-        return;
+        return this.roomLeft > 0;
       }
       const action = rxAction(kh, this.rxOffloads, this.guestHeader);
       if (action === RX_PASS) this.deliver(bytes, offset, length, this.guestHeader);
@@ -590,6 +596,7 @@ export class VfToVm extends Direction {
         this.rxBytes += length;
         this.bad++;
       }
+      return this.roomLeft > 0;
     };
     this.dropFrame = (_bytes, _offset, length) => {
       this.dropped++;
@@ -637,11 +644,14 @@ export class VfToVm extends Direction {
       this.full++;
       return;
     }
-    if (r === RX_NO_BUFFERS) this.full++;
-    else if (r === RX_DROPPED) this.bad++;
+    if (r === RX_NO_BUFFERS) {
+      this.full++;
+      this.roomLeft = 0;
+    } else if (r === RX_DROPPED) this.bad++;
     else {
       this.packets++;
       this.bytes += length;
+      this.roomLeft -= r;
     }
   }
 
@@ -665,6 +675,7 @@ export class VfToVm extends Direction {
         }
       }
       if (room < budget) budget = room;
+      this.roomLeft = room;
       if (room === 0 && port.rings.some((r) => r.rxReady())) this.guestOutOfBuffers = true;
     }
     for (let m = 0; m < port.rings.length; m++) {

@@ -36,12 +36,14 @@ let image: GuestImage;
 let relay: RunningRelay | null = null;
 let vm: GuestVm | null = null;
 
-// The host end: an HTTP server for one POST (busybox wget --post-file writes the body in big
-// chunks, where busybox nc writes 1 KiB at a time and TCP then has nothing to segment). It reads
-// the body, compares it with what \`seq 1 COUNT\` writes, answers and closes.
-const SINK = `
-import socket
-expected = ''.join(f'{i}\\n' for i in range(1, ${COUNT} + 1)).encode()
+// The host end: an HTTP server for one request. `sink` takes a POST (busybox wget --post-file
+// writes the body in big chunks, where busybox nc writes 1 KiB at a time and TCP then has nothing
+// to segment), compares the body with what `seq 1 COUNT` writes and prints OK or BAD. `source`
+// answers a GET with `seq 1 COUNT` in one large write, so the host's TCP has full 64 KiB
+// super-frames to hand to the veth.
+const HTTP_PEER = `
+import socket, sys
+stream = ''.join(f'{i}\\n' for i in range(1, ${COUNT} + 1)).encode()
 s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 s.bind(('${HOST_IP}', ${PORT})); s.listen(1)
 print('listening', flush=True)
@@ -51,6 +53,11 @@ while b'\\r\\n\\r\\n' not in data:
     b = c.recv(65536)
     if not b: break
     data += b
+if sys.argv[1] == 'source':
+    c.sendall(b'HTTP/1.0 200 OK\\r\\nContent-Length: %d\\r\\n\\r\\n' % len(stream) + stream)
+    c.close()
+    print('sent', len(stream), flush=True)
+    sys.exit(0)
 head, _, body = bytes(data).partition(b'\\r\\n\\r\\n')
 length = next((int(l.split(b':')[1]) for l in head.split(b'\\r\\n') if l.lower().startswith(b'content-length:')), -1)
 body = bytearray(body)
@@ -60,27 +67,9 @@ while len(body) < length:
     body += b
 c.sendall(b'HTTP/1.0 200 OK\\r\\nContent-Length: 2\\r\\n\\r\\nok')
 c.close()
-print('OK' if bytes(body) == expected else f'BAD {len(body)} of {len(expected)} bytes (announced {length})', flush=True)
+print('OK' if bytes(body) == stream else f'BAD {len(body)} of {len(stream)} bytes (announced {length})', flush=True)
 `;
-
-// The host end of the receive test: an HTTP server for one GET, answering with `seq 1 COUNT`
-// in large writes, so the host's TCP has full 64 KiB super-frames to hand to the veth.
-const SOURCE = `
-import socket
-body = ''.join(f'{i}\\n' for i in range(1, ${COUNT} + 1)).encode()
-s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(('${HOST_IP}', ${PORT})); s.listen(1)
-print('listening', flush=True)
-c, _ = s.accept(); c.settimeout(120)
-data = bytearray()
-while b'\\r\\n\\r\\n' not in data:
-    b = c.recv(65536)
-    if not b: break
-    data += b
-c.sendall(b'HTTP/1.0 200 OK\\r\\nContent-Length: %d\\r\\n\\r\\n' % len(body) + body)
-c.close()
-print('sent', len(body), flush=True)
-`;
+const httpPeer = (mode: 'sink' | 'source', label: string) => startProcess('ip', ['netns', 'exec', ns, '/usr/bin/python3', '-c', HTTP_PEER, mode], { label });
 const expectedMd5 = createHash('md5').update(Array.from({ length: COUNT }, (_, i) => `${i + 1}\n`).join('')).digest('hex');
 
 const vmToVfCounters = () => statsToolCounters(statsEp, 1).vmToVf;
@@ -95,7 +84,7 @@ async function guestNetFeatures(): Promise<string> {
 
 /** Posts `seq 1 COUNT` from the guest to the sink; returns the sink's verdict and the frame counts. */
 async function transfer(): Promise<{ verdict: string; relayFrames: number; relayBytes: number; wireFrames: number; ms: number }> {
-  const sink = startProcess('ip', ['netns', 'exec', ns, '/usr/bin/python3', '-c', SINK], { label: 'tcp-sink' });
+  const sink = httpPeer('sink', 'tcp-sink');
   await waitFor(() => /listening/.test(sink.output()), 15_000, 'the TCP sink to listen');
   const before = vmToVfCounters();
   const wireBefore = linkCounter(peer, 'rx_packets', ns);
@@ -118,7 +107,7 @@ async function transfer(): Promise<{ verdict: string; relayFrames: number; relay
 
 /** The guest fetches `seq 1 COUNT` from the host; returns its md5 as the guest computed it and the relay's counts. */
 async function download(): Promise<{ md5: string; relayFrames: number; relayBytes: number; segmented: number; received: number; ms: number }> {
-  const source = startProcess('ip', ['netns', 'exec', ns, '/usr/bin/python3', '-c', SOURCE], { label: 'tcp-source' });
+  const source = httpPeer('source', 'tcp-source');
   await waitFor(() => /listening/.test(source.output()), 15_000, 'the TCP source to listen');
   const before = vfToVmCounters();
   const started = Date.now();

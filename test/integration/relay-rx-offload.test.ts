@@ -176,6 +176,25 @@ describe.skipIf(!ready)('guest receive offloads from an RX ring with PACKET_VNET
     expect(g.counter(Counter.RxSegmented)).toBe(1);
   });
 
+  it('a burst takes no frame once the guest buffers are used up: the next super-frame waits in the VF ring', async () => {
+    const g = rxDirection(rig, 9, { rxOffloads: 0, mergeable: true });
+    const n = Math.ceil(20_000 / MSS);
+    g.postMergeable(n, 2048);
+    const first = superFrame({ payload: payloadOf(20_000, 10) });
+    const second = superFrame({ payload: payloadOf(20_000, 11) });
+    send([{ frame: first, gso: true }, { frame: second, gso: true }]);
+    const a = await receive(g, n);
+    expect(a.length).toBe(n);
+    expect(Buffer.concat(a.map((f) => f.frame.subarray(first.headers))).equals(Buffer.from(first.bytes.subarray(first.headers)))).toBe(true);
+    expect(g.counter(Counter.RxPackets)).toBe(1);
+    g.postMergeable(n, 2048);
+    const b = await receive(g, n);
+    expect(b.length).toBe(n);
+    expect(Buffer.concat(b.map((f) => f.frame.subarray(second.headers))).equals(Buffer.from(second.bytes.subarray(second.headers)))).toBe(true);
+    expect(g.counter(Counter.DropsQueueFull)).toBe(0);
+    expect(g.counter(Counter.RxSegmented)).toBe(2);
+  });
+
   it('a guest short of buffers loses the segments that did not fit, counted, and nothing else', async () => {
     const g = rxDirection(rig, 8, { rxOffloads: 0, mergeable: true });
     g.postMergeable(4, 2048);
