@@ -6,8 +6,9 @@
 //   ours-plain  vio4wd without offloads: MTU-sized frames from the guest, and the host's TSO
 //               super-frames cut into segments by the relay;
 //   dpdk        DPDK's relay (dpdk-testpmd net_vhost ⇄ net_af_packet, io forwarding), which cannot
-//               pass offloads: the guest's offloads are off, and the host's veth end has TSO and
-//               GSO off, without which net_af_packet's 2 KiB frames would cut super-frames short.
+//               pass offloads: the guest's offloads are off, and the host's veth end has checksum
+//               offload, TSO and GSO off, without which its frames would reach the guest with
+//               checksums left open, or cut short in net_af_packet's 2 KiB frames.
 // tx = guest → namespace (iperf3 client in the guest), rx = namespace → guest (iperf3 -R).
 // The relay runs on one CPU, QEMU on the other. Runs from dist/ as root:
 //   npx tsc -p . && node dist/bench/iperf.js [options]   (--help)
@@ -100,10 +101,14 @@ async function startRelay(relay: Relay, topo: Topology, o: Options, socketDir: s
   return startOurRelay({ vf: topo.vethA, cpu: o.relayCpu, pollMode: 'busy', pin: true, config: relay === 'ours' ? ['VIRTIOFWD_TSO=y'] : [] });
 }
 
-/** Offloads of the namespace's veth end: DPDK's relay needs wire-sized frames from it. */
+/**
+ * Offloads of the namespace's veth end. DPDK's relay needs what a wire would carry: frames of at
+ * most the MTU (its net_af_packet frames are 2 KiB) with complete checksums (it forwards a
+ * frame's bytes as they are, and the host's stack leaves checksums to the device).
+ */
 function hostOffloads(topo: Topology, on: boolean): void {
   const state = on ? 'on' : 'off';
-  runCommand('ip', ['netns', 'exec', topo.ns, 'ethtool', '-K', topo.vethB, 'tso', state, 'gso', state]);
+  runCommand('ip', ['netns', 'exec', topo.ns, 'ethtool', '-K', topo.vethB, 'tx', state, 'tso', state, 'gso', state]);
 }
 
 async function measureRelay(relay: Relay, topo: Topology, o: Options, socketDir: string, results: Result[]): Promise<void> {
