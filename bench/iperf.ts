@@ -19,7 +19,7 @@ import pino from 'pino';
 import { findBinary, isRoot, run as runCommand } from '../test/support/env.js';
 import { startGuestVm, type GuestVm } from '../test/support/qemu.js';
 import { createTopology, deleteTopology, topologyNames, type Topology } from './lib/topology.js';
-import { killAllBenchProcessesNow, startDpdkRelay, startOurRelay, stopAllBenchProcesses, type RelayUnderTest } from './lib/launch.js';
+import { killAllBenchProcessesNow, startDpdkRelay, startOurRelay, stopAllBenchProcesses, type OurPollMode, type RelayUnderTest } from './lib/launch.js';
 import { readProcessTimes, CLOCK_TICKS_PER_SECOND } from './lib/cpu.js';
 import { ensureIperfGuestImage } from './lib/iperf-guest.js';
 import { list, positive } from './lib/options.js';
@@ -45,11 +45,12 @@ same QEMU guest (TCG) in the same run. tx = guest to namespace, rx = namespace t
   --directions LIST   tx,rx (default both)
   --relay-cpu N       CPU of the relay (default 0)
   --guest-cpu N       CPU of QEMU (default 1)
+  --poll-mode MODE    our relay's poll mode, busy or adaptive (default busy, as DPDK's relay polls)
   -h, --help          this text
 
 Columns: Gbit/s = iperf3's receiver rate (median, min-max); retr = TCP retransmissions the
-sender counted (median); relay CPU = the relay process's user+system time during the run, % of
-one core; ours/DPDK = ratio of the medians.
+sender counted (median); relay CPU, QEMU CPU = user+system time of the relay process and of
+QEMU during the run, % of one core; ours/DPDK = ratio of the medians.
 `;
 
 interface Options {
@@ -59,10 +60,11 @@ interface Options {
   directions: Direction[];
   relayCpu: number;
   guestCpu: number;
+  pollMode: OurPollMode;
 }
 
 function parse(argv: string[]): Options | null {
-  const o: Options = { runs: 2, seconds: 10, relays: [...RELAYS], directions: [...DIRECTIONS], relayCpu: 0, guestCpu: 1 };
+  const o: Options = { runs: 2, seconds: 10, relays: [...RELAYS], directions: [...DIRECTIONS], relayCpu: 0, guestCpu: 1, pollMode: 'busy' };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     const value = () => argv[++i];
@@ -73,6 +75,7 @@ function parse(argv: string[]): Options | null {
     else if (a === '--directions') o.directions = list(a, value(), DIRECTIONS);
     else if (a === '--relay-cpu') o.relayCpu = positive(a, value(), { integer: true, zero: true });
     else if (a === '--guest-cpu') o.guestCpu = positive(a, value(), { integer: true, zero: true });
+    else if (a === '--poll-mode') o.pollMode = list(a, value(), ['busy', 'adaptive'] as const)[0];
     else throw new Error(`unknown option ${a} (see --help)`);
   }
   return o;
@@ -88,6 +91,8 @@ interface Result {
   gbps: number;
   retransmits: number;
   relayCpu: number;
+  /** QEMU's CPU time during the run, % of one core (TCG runs the guest on one thread per vCPU). */
+  guestCpu: number;
 }
 
 /** The relay process's CPU time in seconds (user + system), or 0 when it is gone. */
@@ -98,7 +103,7 @@ function cpuSeconds(pid: number): number {
 
 async function startRelay(relay: Relay, topo: Topology, o: Options, socketDir: string): Promise<RelayUnderTest> {
   if (relay === 'dpdk') return startDpdkRelay({ vf: topo.vethA, cpu: o.relayCpu, socketDir });
-  return startOurRelay({ vf: topo.vethA, cpu: o.relayCpu, pollMode: 'busy', pin: true, config: relay === 'ours' ? ['VIRTIOFWD_TSO=y'] : [] });
+  return startOurRelay({ vf: topo.vethA, cpu: o.relayCpu, pollMode: o.pollMode, pin: true, config: relay === 'ours' ? ['VIRTIOFWD_TSO=y'] : [] });
 }
 
 /**
@@ -133,15 +138,17 @@ async function measureRelay(relay: Relay, topo: Topology, o: Options, socketDir:
     for (let run = 1; run <= o.runs; run++) {
       for (const direction of o.directions) {
         const before = cpuSeconds(relayProcess.pid);
+        const guestBefore = cpuSeconds(vm.pid);
         const started = Date.now();
         const r = await vm.exec(`iperf3 -c ${HOST_IP} -t ${o.seconds} -J${direction === 'rx' ? ' -R' : ''}`, (o.seconds + 60) * 1000);
         const elapsed = (Date.now() - started) / 1000;
         const cpu = (100 * (cpuSeconds(relayProcess.pid) - before)) / elapsed;
+        const guestCpu = (100 * (cpuSeconds(vm.pid) - guestBefore)) / elapsed;
         if (r.status !== 0) throw new Error(`iperf3 in the guest failed (${relay}, ${direction}): ${r.output.slice(-2000)}`);
         const report = JSON.parse(r.output.slice(r.output.indexOf('{'))) as { end: { sum_received: { bits_per_second: number }; sum_sent: { retransmits?: number } } };
-        const result: Result = { relay, direction, run, gbps: report.end.sum_received.bits_per_second / 1e9, retransmits: report.end.sum_sent.retransmits ?? 0, relayCpu: cpu };
+        const result: Result = { relay, direction, run, gbps: report.end.sum_received.bits_per_second / 1e9, retransmits: report.end.sum_sent.retransmits ?? 0, relayCpu: cpu, guestCpu };
         results.push(result);
-        log.info({ ...result, gbps: +result.gbps.toFixed(3), relayCpu: Math.round(cpu) }, 'run done');
+        log.info({ ...result, gbps: +result.gbps.toFixed(3), relayCpu: Math.round(cpu), guestCpu: Math.round(guestCpu) }, 'run done');
       }
     }
   } finally {
@@ -157,7 +164,7 @@ const median = (xs: number[]) => {
 };
 
 function table(results: Result[], o: Options): string {
-  const lines = ['dir  relay       Gbit/s median  (min-max)      retr  relay CPU %  ours/DPDK'];
+  const lines = ['dir  relay       Gbit/s median  (min-max)      retr  relay CPU %  QEMU CPU %  ours/DPDK'];
   for (const direction of o.directions) {
     const dpdk = median(results.filter((r) => r.relay === 'dpdk' && r.direction === direction).map((r) => r.gbps));
     for (const relay of o.relays) {
@@ -171,7 +178,8 @@ function table(results: Result[], o: Options): string {
       const ratio = relay !== 'dpdk' && Number.isFinite(dpdk) ? `${(m / dpdk).toFixed(2)}` : '';
       lines.push(
         `${direction.padEnd(4)} ${relay.padEnd(11)} ${m.toFixed(3).padStart(13)}  (${Math.min(...g).toFixed(3)}-${Math.max(...g).toFixed(3)})`.padEnd(48) +
-          `${String(Math.round(median(rs.map((r) => r.retransmits)))).padStart(5)}  ${String(Math.round(median(rs.map((r) => r.relayCpu)))).padStart(11)}  ${ratio.padStart(9)}`,
+          `${String(Math.round(median(rs.map((r) => r.retransmits)))).padStart(5)}  ${String(Math.round(median(rs.map((r) => r.relayCpu)))).padStart(11)}  ` +
+          `${String(Math.round(median(rs.map((r) => r.guestCpu)))).padStart(10)}  ${ratio.padStart(9)}`,
       );
     }
   }
