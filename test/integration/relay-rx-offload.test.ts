@@ -9,14 +9,13 @@
 //   (checked here independently), that reassemble to the payload, in mergeable buffers or in
 //   the 1526-byte buffers of a guest without MRG_RXBUF.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { spawnSync } from 'node:child_process';
 import { Counter } from '../../relay/datapath/counters.js';
 import { RX_CSUM, RX_ECN, RX_TSO4, RX_TSO6 } from '../../relay/datapath/rx-offload.js';
 import { createNetns, createVethPair, deleteLink, deleteNetns, requireRoot, uniqueTag } from '../support/netns.js';
 import { sleep } from '../support/processes.js';
 import { openTxRig, type TxRig } from '../support/tx-direction.js';
 import { rxDirection, type ReceivedFrame, type RxDirection } from '../support/rx-direction.js';
-import { segmentProblems, superFrame, type SuperFrame } from '../support/tcp-frames.js';
+import { segmentProblems, sendSuperFrames, superFrame, type SuperFrame } from '../support/tcp-frames.js';
 
 const ready = requireRoot();
 const tag = uniqueTag();
@@ -31,17 +30,6 @@ const ALL = RX_CSUM | RX_TSO4 | RX_TSO6 | RX_ECN;
 
 let rig: TxRig;
 
-// The sending peer: one frame per stdin line (hex of a 10-byte virtio_net_hdr and the frame),
-// through a packet socket with PACKET_VNET_HDR, so the kernel takes the header as a NIC driver's.
-const SENDER = `
-import socket, sys
-s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
-s.setsockopt(263, 15, 1)
-s.bind((sys.argv[1], 0))
-for line in sys.stdin:
-    s.send(bytes.fromhex(line.strip()))
-`;
-
 interface Sent {
   frame: SuperFrame;
   gso: boolean;
@@ -49,18 +37,7 @@ interface Sent {
 
 /** Sends each frame from the peer: with a TSO request (segments of MSS) or a checksum request only. */
 function send(frames: Sent[]): void {
-  const lines = frames.map(({ frame, gso }) => {
-    const h = Buffer.alloc(10);
-    h[0] = 1; // NEEDS_CSUM
-    h[1] = gso ? (frame.v6 ? 4 : 1) : 0;
-    h.writeUInt16LE(frame.headers, 2);
-    h.writeUInt16LE(gso ? mssOf(frame) : 0, 4);
-    h.writeUInt16LE(frame.l4, 6);
-    h.writeUInt16LE(16, 8);
-    return Buffer.concat([h, frame.bytes]).toString('hex');
-  });
-  const r = spawnSync('ip', ['netns', 'exec', ns, 'python3', '-c', SENDER, peer], { input: lines.join('\n') + '\n', encoding: 'utf8' });
-  expect(r.status, r.stderr).toBe(0);
+  sendSuperFrames(ns, peer, frames.map(({ frame, gso }) => ({ frame, mss: gso ? mssOf(frame) : 0 })));
 }
 
 /** Runs bursts until `count` frames arrived in the guest or two seconds passed. */

@@ -1,6 +1,8 @@
-// TCP frames for the receive offload tests: GSO super-frames as a VF's kernel hands them over, and
-// the checks a receiving stack makes on each segment cut from one (lengths, IPv4 header checksum,
-// TCP checksum), computed here independently of the relay's checksum code.
+// TCP frames for the receive offload tests: GSO super-frames as a VF's kernel hands them over, a
+// peer that makes the kernel build real ones, and the checks a receiving stack makes on each
+// segment cut from one (lengths, IPv4 header checksum, TCP checksum), computed here
+// independently of the relay's checksum code.
+import { spawnSync } from 'node:child_process';
 
 export function onesSum(bytes: Uint8Array, from: number, to: number, start = 0): number {
   let s = start;
@@ -85,4 +87,35 @@ export function segmentProblems(frame: SuperFrame, s: { bytes: Uint8Array }): st
   pseudo = onesSum(new Uint8Array([0, 6, (b.length - l4) >> 8, (b.length - l4) & 0xff]), 0, 4, pseudo);
   if (onesSum(b, l4, b.length, pseudo) !== 0xffff) out.push('TCP checksum wrong');
   return out;
+}
+
+// The sending peer: one frame per stdin line (hex of a 10-byte virtio_net_hdr and the frame),
+// through a packet socket with PACKET_VNET_HDR, so the kernel takes the header as a NIC driver's
+// and builds a GSO packet from it, which a veth hands to its other end whole.
+const SENDER = `
+import socket, sys
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+s.setsockopt(263, 15, 1)
+s.bind((sys.argv[1], 0))
+for line in sys.stdin:
+    s.send(bytes.fromhex(line.strip()))
+`;
+
+/**
+ * Sends each frame out of `ifname` in namespace `ns` with its checksum left to complete (from the
+ * TCP header on) and, when `mss` is not 0, as a TSO request for segments of `mss` bytes.
+ */
+export function sendSuperFrames(ns: string, ifname: string, frames: Array<{ frame: SuperFrame; mss: number }>): void {
+  const lines = frames.map(({ frame, mss }) => {
+    const h = Buffer.alloc(10);
+    h[0] = 1; // NEEDS_CSUM
+    h[1] = mss === 0 ? 0 : frame.v6 ? 4 : 1;
+    h.writeUInt16LE(frame.headers, 2);
+    h.writeUInt16LE(mss, 4);
+    h.writeUInt16LE(frame.l4, 6);
+    h.writeUInt16LE(16, 8);
+    return Buffer.concat([h, frame.bytes]).toString('hex');
+  });
+  const r = spawnSync('ip', ['netns', 'exec', ns, 'python3', '-c', SENDER, ifname], { input: lines.join('\n') + '\n', encoding: 'utf8' });
+  if (r.status !== 0) throw new Error(`sending super-frames from ${ifname}: ${r.stderr}`);
 }

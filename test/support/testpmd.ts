@@ -52,6 +52,8 @@ export interface TestpmdOptions {
   extraApp?: string[];
   /** Extra EAL arguments, e.g. a --log-level. */
   extraEal?: string[];
+  /** Start forwarding at once (default true); false when a --cmdline-file starts it. */
+  autoStart?: boolean;
 }
 
 export interface PortStats {
@@ -98,7 +100,7 @@ export function testpmdArgs(o: TestpmdOptions): string[] {
     `--forward-mode=${o.forwardMode}`,
     '--total-num-mbufs=16384',
     '--stats-period=1',
-    '--auto-start',
+    ...(o.autoStart === false ? [] : ['--auto-start']),
     '--nb-cores=1',
     '--port-topology=loop',
   ];
