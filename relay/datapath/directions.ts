@@ -685,7 +685,8 @@ export class VfToVm extends Direction {
       const truncatedBefore = ring.rxTruncated;
       if (connected && port.acceptsFrom(m)) {
         this.ring = ring;
-        if (budget > 0) handled += ring.receive(this.onFrame, budget);
+        // Members of a bond share the guest's buffers: one that used them up leaves none to the next.
+        if (budget > 0 && this.roomLeft > 0) handled += ring.receive(this.onFrame, budget);
       } else {
         handled += ring.receive(this.dropFrame, BURST);
       }
