@@ -24,6 +24,7 @@ import { readProcessTimes, CLOCK_TICKS_PER_SECOND } from './lib/cpu.js';
 import { ensureIperfGuestImage } from './lib/iperf-guest.js';
 import { list, positive } from './lib/options.js';
 import { relayBuild } from './lib/build-info.js';
+import { ourDropCounters } from './lib/loss-causes.js';
 import { startProcess, type StartedProcess } from '../test/support/processes.js';
 
 const log = pino({ base: { bench: 'iperf' } }, pino.destination(2));
@@ -50,7 +51,9 @@ same QEMU guest (TCG) in the same run. tx = guest to namespace, rx = namespace t
 
 Columns: Gbit/s = iperf3's receiver rate (median, min-max); retr = TCP retransmissions the
 sender counted (median); relay CPU, QEMU CPU = user+system time of the relay process and of
-QEMU during the run, % of one core; ours/DPDK = ratio of the medians.
+QEMU during the run, % of one core; ours/DPDK = ratio of the medians; relay drops = frames our
+relay took from the VF (or the VF's kernel ring refused) and could not give the guest, per run
+(median; DPDK's relay reports none per run).
 `;
 
 interface Options {
@@ -93,6 +96,8 @@ interface Result {
   relayCpu: number;
   /** QEMU's CPU time during the run, % of one core (TCG runs the guest on one thread per vCPU). */
   guestCpu: number;
+  /** Our relay, rx: frames from the VF it could not give the guest (VF ring full + guest ring full); null for DPDK's. */
+  relayDrops: number | null;
 }
 
 /** The relay process's CPU time in seconds (user + system), or 0 when it is gone. */
@@ -104,6 +109,13 @@ function cpuSeconds(pid: number): number {
 async function startRelay(relay: Relay, topo: Topology, o: Options, socketDir: string): Promise<RelayUnderTest> {
   if (relay === 'dpdk') return startDpdkRelay({ vf: topo.vethA, cpu: o.relayCpu, socketDir });
   return startOurRelay({ vf: topo.vethA, cpu: o.relayCpu, pollMode: o.pollMode, pin: true, config: relay === 'ours' ? ['VIRTIOFWD_TSO=y'] : [] });
+}
+
+/** Our relay's VF→VM drops so far (VF ring full + guest ring full), from its stats service; null for DPDK's. */
+async function relayDrops(relay: RelayUnderTest): Promise<number | null> {
+  if (!relay.statsEp) return null;
+  const c = await ourDropCounters(relay.statsEp, 1);
+  return c.kernelRing + c.queueFull;
 }
 
 /**
@@ -137,6 +149,7 @@ async function measureRelay(relay: Relay, topo: Topology, o: Options, socketDir:
     if (ping.status !== 0) throw new Error(`the guest cannot reach the host through ${relay}: ${ping.output}`);
     for (let run = 1; run <= o.runs; run++) {
       for (const direction of o.directions) {
+        const dropsBefore = await relayDrops(relayProcess);
         const before = cpuSeconds(relayProcess.pid);
         const guestBefore = cpuSeconds(vm.pid);
         const started = Date.now();
@@ -144,9 +157,11 @@ async function measureRelay(relay: Relay, topo: Topology, o: Options, socketDir:
         const elapsed = (Date.now() - started) / 1000;
         const cpu = (100 * (cpuSeconds(relayProcess.pid) - before)) / elapsed;
         const guestCpu = (100 * (cpuSeconds(vm.pid) - guestBefore)) / elapsed;
+        const dropsAfter = await relayDrops(relayProcess);
         if (r.status !== 0) throw new Error(`iperf3 in the guest failed (${relay}, ${direction}): ${r.output.slice(-2000)}`);
         const report = JSON.parse(r.output.slice(r.output.indexOf('{'))) as { end: { sum_received: { bits_per_second: number }; sum_sent: { retransmits?: number } } };
-        const result: Result = { relay, direction, run, gbps: report.end.sum_received.bits_per_second / 1e9, retransmits: report.end.sum_sent.retransmits ?? 0, relayCpu: cpu, guestCpu };
+        const result: Result = { relay, direction, run, gbps: report.end.sum_received.bits_per_second / 1e9, retransmits: report.end.sum_sent.retransmits ?? 0, relayCpu: cpu, guestCpu,
+          relayDrops: dropsBefore === null || dropsAfter === null ? null : dropsAfter - dropsBefore };
         results.push(result);
         log.info({ ...result, gbps: +result.gbps.toFixed(3), relayCpu: Math.round(cpu), guestCpu: Math.round(guestCpu) }, 'run done');
       }
@@ -164,7 +179,7 @@ const median = (xs: number[]) => {
 };
 
 function table(results: Result[], o: Options): string {
-  const lines = ['dir  relay       Gbit/s median  (min-max)      retr  relay CPU %  QEMU CPU %  ours/DPDK'];
+  const lines = ['dir  relay       Gbit/s median  (min-max)      retr  relay CPU %  QEMU CPU %  ours/DPDK  relay drops'];
   for (const direction of o.directions) {
     const dpdk = median(results.filter((r) => r.relay === 'dpdk' && r.direction === direction).map((r) => r.gbps));
     for (const relay of o.relays) {
@@ -179,7 +194,8 @@ function table(results: Result[], o: Options): string {
       lines.push(
         `${direction.padEnd(4)} ${relay.padEnd(11)} ${m.toFixed(3).padStart(13)}  (${Math.min(...g).toFixed(3)}-${Math.max(...g).toFixed(3)})`.padEnd(48) +
           `${String(Math.round(median(rs.map((r) => r.retransmits)))).padStart(5)}  ${String(Math.round(median(rs.map((r) => r.relayCpu)))).padStart(11)}  ` +
-          `${String(Math.round(median(rs.map((r) => r.guestCpu)))).padStart(10)}  ${ratio.padStart(9)}`,
+          `${String(Math.round(median(rs.map((r) => r.guestCpu)))).padStart(10)}  ${ratio.padStart(9)}  ` +
+          `${rs[0].relayDrops === null ? '-' : String(Math.round(median(rs.map((r) => r.relayDrops ?? 0))))}`.padStart(11),
       );
     }
   }

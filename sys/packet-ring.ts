@@ -235,6 +235,12 @@ export { closePacketRing as close };
  */
 export type FrameHandler = (bytes: Uint8Array, offset: number, length: number, status: number) => boolean | void;
 
+/**
+ * Asked before a frame is taken, with its length and (with PACKET_VNET_HDR) its virtio_net_hdr
+ * in `rxHeader`: false leaves it, untouched, as the next frame of the ring, and ends the receive.
+ */
+export type FrameAdmission = (length: number) => boolean;
+
 /** A free TX slot; the same object is returned by every txSlot() call of a ring. */
 export interface TxSlot {
   /** The whole TX mapping. */
@@ -415,7 +421,7 @@ export class PacketRing {
    * A block goes back to the kernel once every frame in it was delivered, so `onFrame` must copy
    * what it keeps before returning. A VLAN tag the kernel took out of the frame is put back.
    */
-  receive(onFrame: FrameHandler, budget: number): number {
+  receive(onFrame: FrameHandler, budget: number, admit?: FrameAdmission): number {
     const words = this.rxWords;
     const halves = this.rxHalves;
     const bytes = this.rxBytes;
@@ -445,14 +451,18 @@ export class PacketRing {
         const status = words[(at + 20) >> 2];
         let mac = at + halves[(at + 24) >> 1];
         let length = snaplen;
+        const whole = wireLength === snaplen;
+        const header = this.rxHeader;
+        if (whole && header !== null) for (let i = 0, h = mac - RX_VNET_HDR_LEN; i < RX_VNET_HDR_LEN; i++) header[i] = bytes[h + i];
+        // Nothing is changed before admission (putting a VLAN tag back moves the frame), so a
+        // frame left here is read again, the same, by the next receive.
+        if (whole && admit !== undefined && !admit((status & TP_STATUS_VLAN_VALID) !== 0 ? length + VLAN_TAG : length)) break;
         seen++;
         if (--this.framesLeftInBlock === 0) releaseAfterFrame = blockStart;
         else this.frameOffset = at + words[at >> 2];
-        if (wireLength !== snaplen) {
+        if (!whole) {
           this.count[C_RX_TRUNCATED]++;
         } else {
-          const header = this.rxHeader;
-          if (header !== null) for (let i = 0, h = mac - RX_VNET_HDR_LEN; i < RX_VNET_HDR_LEN; i++) header[i] = bytes[h + i];
           if ((status & TP_STATUS_VLAN_VALID) !== 0 && mac - VLAN_TAG >= at + RX_HEADROOM_START) {
             const tci = words[(at + 32) >> 2] & 0xffff;
             const tpid = (status & TP_STATUS_VLAN_TPID_VALID) !== 0 ? halves[(at + 36) >> 1] : ETH_P_8021Q;

@@ -24,6 +24,8 @@ export const BURST = 32;
 const ETH_HEADER = 14;
 /** Largest frame a guest may hand us: 64 KiB plus Ethernet and VLAN headers. */
 const MAX_FRAME = 65562;
+/** Longest a super-frame waits in the VF ring for enough guest buffers for its segments. */
+const SEGMENT_WAIT_MS = 50;
 /** Receive chains may be larger than any frame we write into them; only the segment budget limits them. */
 const RX_MAX_CHAIN_BYTES = 1 << 20;
 
@@ -551,6 +553,10 @@ export class VfToVm extends Direction {
   /** Built on the first GSO frame a guest without TSO receives. */
   private segmenter: TcpSegmenter | null = null;
   private readonly deliverSegment: (bytes: Uint8Array, offset: number, length: number) => void;
+  /** Leaves a super-frame in the VF ring while the guest has too few buffers for its segments. */
+  private readonly admit: (length: number) => boolean;
+  /** When the frame at the head of the VF ring was first left waiting for buffers (0: none is). */
+  private waitingSince = 0;
   /** A VM is connected but has no RX queue right now: leave VF frames in the VF ring. */
   private readonly hold: boolean;
   /**
@@ -577,6 +583,26 @@ export class VfToVm extends Direction {
     this.port?.rings.forEach((r, m) => (this.kernelDropsSeen[m] = r.counters.kernelDrops));
     this.rxOffloads = guest?.rxOffloads ?? 0;
     this.deliverSegment = (bytes, offset, length) => this.deliver(bytes, offset, length, null);
+    this.admit = (length) => {
+      const kh = this.ring!.rxHeader;
+      if (kh === null || kh[1] === 0 || rxAction(kh, this.rxOffloads, this.guestHeader) !== RX_SEGMENT) return true;
+      // A segment per buffer at least. A ring never holds more than its size, so a frame that
+      // needs more gets what there is rather than waiting for ever; nor does a frame wait more
+      // than SEGMENT_WAIT_MS for a guest that stops refilling: then it goes, and what does not
+      // fit is dropped (and counted), as when no frame waits.
+      const needed = Math.min(Math.ceil(length / Math.max(1, gsoSize(kh))), this.queues[0]?.queue.size ?? 1);
+      if (needed <= this.roomLeft) {
+        this.waitingSince = 0;
+        return true;
+      }
+      const now = performance.now();
+      if (this.waitingSince === 0) this.waitingSince = now;
+      else if (now - this.waitingSince > SEGMENT_WAIT_MS) {
+        this.waitingSince = 0;
+        return true;
+      }
+      return false;
+    };
     this.onFrame = (bytes, offset, length, status) => {
       const kh = this.ring!.rxHeader;
       if (kh === null) {
@@ -686,7 +712,7 @@ export class VfToVm extends Direction {
       if (connected && port.acceptsFrom(m)) {
         this.ring = ring;
         // Members of a bond share the guest's buffers: one that used them up leaves none to the next.
-        if (budget > 0 && this.roomLeft > 0) handled += ring.receive(this.onFrame, budget);
+        if (budget > 0 && this.roomLeft > 0) handled += ring.receive(this.onFrame, budget, this.admit);
       } else {
         handled += ring.receive(this.dropFrame, BURST);
       }
