@@ -21,6 +21,7 @@ import { createNetns, createVethPair, deleteLink, deleteNetns, nsExec } from '..
 import { missingOvsdbPrerequisite, OvsdbSandbox } from '../test/support/ovsdb.js';
 import { sleep, startProcess, stopAll, waitFor, type StartedProcess } from '../test/support/processes.js';
 import { testpmdArgs, virtioUserVdev } from '../test/support/testpmd.js';
+import { median } from './lib/report.js';
 
 const repoRoot = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
 const RELAY = 1;
@@ -41,11 +42,6 @@ function parseRounds(argv: string[]): number {
   }
   return rounds;
 }
-
-const median = (xs: number[]) => {
-  const s = [...xs].sort((a, b) => a - b);
-  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
-};
 
 const txPackets = (ifname: string) => Number(readFileSync(`/sys/class/net/${ifname}/statistics/tx_packets`, 'utf8'));
 

@@ -25,6 +25,7 @@ import { ensureIperfGuestImage } from './lib/iperf-guest.js';
 import { list, positive } from './lib/options.js';
 import { relayBuild } from './lib/build-info.js';
 import { ourDropCounters } from './lib/loss-causes.js';
+import { median } from './lib/report.js';
 import { startProcess, type StartedProcess } from '../test/support/processes.js';
 
 const log = pino({ base: { bench: 'iperf' } }, pino.destination(2));
@@ -172,11 +173,6 @@ async function measureRelay(relay: Relay, topo: Topology, o: Options, socketDir:
     if (relay === 'dpdk') hostOffloads(topo, true);
   }
 }
-
-const median = (xs: number[]) => {
-  const s = [...xs].sort((a, b) => a - b);
-  return s.length === 0 ? NaN : s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
-};
 
 function table(results: Result[], o: Options): string {
   const lines = ['dir  relay       Gbit/s median  (min-max)      retr  relay CPU %  QEMU CPU %  ours/DPDK  relay drops'];

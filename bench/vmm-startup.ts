@@ -9,6 +9,7 @@ import { spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { ensureTinyGuest, repoRoot } from '../test/guest/tiny/build.js';
+import { median } from './lib/report.js';
 
 interface Sample {
   firstByteMs: number;
@@ -91,12 +92,6 @@ async function runSeries(label: string, cmd: string, args: string[], runs: numbe
     return { vmm: label, runs, samples, error: (err as Error).message.split('\n')[0] };
   }
   return { vmm: label, runs, samples };
-}
-
-function median(values: number[]): number {
-  const s = [...values].sort((a, b) => a - b);
-  const mid = Math.floor(s.length / 2);
-  return s.length % 2 ? s[mid] : (s[mid - 1] + s[mid]) / 2;
 }
 
 function qemuArgs(guest: string, accel: 'kvm' | 'tcg'): string[] {

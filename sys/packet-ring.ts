@@ -93,8 +93,8 @@ const SOCKADDR_LL_SIZE = 20;
 const RX_HEADROOM_START = TPACKET3_HDR_SIZE + SOCKADDR_LL_SIZE;
 const ETH_HEADER = 14;
 const VLAN_TAG = 4;
-/** struct virtio_net_hdr as PACKET_VNET_HDR writes it (no num_buffers). */
-export const RX_VNET_HDR_LEN = 10;
+/** struct virtio_net_hdr as PACKET_VNET_HDR reads and writes it (no num_buffers), both ways. */
+export const VNET_HDR_LEN = 10;
 const ETH_P_8021Q = 0x8100;
 const ETH_P_8021AD = 0x88a8;
 
@@ -371,7 +371,7 @@ export class PacketRing {
     this.block = Atomics.load(this.position, P_RX_BLOCK);
     this.framesLeftInBlock = Atomics.load(this.position, P_RX_FRAMES_LEFT);
     this.frameOffset = Atomics.load(this.position, P_RX_FRAME_OFFSET);
-    this.rxHeader = handle.rxVnetHeader ? new Uint8Array(RX_VNET_HDR_LEN) : null;
+    this.rxHeader = handle.rxVnetHeader ? new Uint8Array(VNET_HDR_LEN) : null;
 
     const tx = viewAt(handle.tx.address, handle.tx.length);
     this.txBytes = new Uint8Array(tx);
@@ -453,7 +453,7 @@ export class PacketRing {
         let length = snaplen;
         const whole = wireLength === snaplen;
         const header = this.rxHeader;
-        if (whole && header !== null) for (let i = 0, h = mac - RX_VNET_HDR_LEN; i < RX_VNET_HDR_LEN; i++) header[i] = bytes[h + i];
+        if (whole && header !== null) for (let i = 0, h = mac - VNET_HDR_LEN; i < VNET_HDR_LEN; i++) header[i] = bytes[h + i];
         // Nothing is changed before admission (putting a VLAN tag back moves the frame), so a
         // frame left here is read again, the same, by the next receive.
         if (whole && admit !== undefined && !admit((status & TP_STATUS_VLAN_VALID) !== 0 ? length + VLAN_TAG : length)) break;

@@ -25,7 +25,10 @@ export interface RelayContext {
   log: Logger;
   sysfsRoot: string;
   jumbo: boolean;
-  /** VIRTIOFWD_TSO: guests' transmit offloads are offered, so VF send sockets take a virtio_net_hdr per frame. */
+  /**
+   * VIRTIOFWD_TSO: guests are offered offloads both ways, so VF send sockets take a virtio_net_hdr
+   * per frame (VF RX sockets always deliver one).
+   */
   tso?: boolean;
   /** Opens and closes VF packet rings off the main thread. */
   rings: RingOpener;
@@ -60,14 +63,14 @@ const BOND_PORT_MODE: Record<BondMode, PortSpec['mode']> = {
 };
 
 /**
- * VF ring sizes. At low rates the kernel hands over an RX block after the retire timeout (1 ms)
- * with only a few frames in it, and drops frames once every block waits for the relay: the ring
- * then holds blockCount ms of traffic, not its size. 16 blocks (the packet-ring default) meant a
- * worker delayed 16 ms by a busy CPU lost frames; 128 blocks of 32 KiB ride out 128 ms (4 MiB).
+ * VF ring sizes. A block must hold the largest frame the VF's kernel can hand over: a GSO
+ * super-frame of 64 KiB (GRO on the VF, TSO of a veth peer) plus the ring's headers; in smaller
+ * blocks the kernel cuts such frames short and the relay can only drop them. At low rates the
+ * kernel hands over a block after the retire timeout (1 ms) with only a few frames in it, and
+ * drops frames once every block waits for the relay, so the block count sets how long a delayed
+ * worker can be: 32 blocks of 128 KiB (4 MiB). Larger blocks take longer to empty, which costs
+ * frames where a standing queue forms (docs/benchmarks.md, 2026-12-04 15:12).
  */
-// A block must hold the largest frame the VF's kernel can hand over: a GSO super-frame of 64 KiB
-// (GRO on the VF, TSO of a veth peer) plus the ring's headers. With smaller blocks the kernel
-// cuts such frames short and the relay can only drop them.
 const RING_GEOMETRY = {
   standard: { blockSize: 128 * 1024, blockCount: 32 },
   jumbo: { txFrameSize: 16384, blockSize: 128 * 1024, blockCount: 64 },

@@ -12,10 +12,10 @@ import { VIRTIO_NET_HDR_GSO_NONE } from '../../virtio/net-header.js';
 import { Counter, Dir, counterBase } from './counters.js';
 import { flowHash } from './flow-hash.js';
 import { completeL4Checksum } from './checksum.js';
-import { TP_STATUS_CSUMNOTREADY, type PacketRing } from '../../sys/packet-ring.js';
+import { TP_STATUS_CSUMNOTREADY, VNET_HDR_LEN, type PacketRing } from '../../sys/packet-ring.js';
 import { RX_CHECKSUM, RX_PASS, RX_PLAIN, RX_SEGMENT, gsoSize, rxAction } from './rx-offload.js';
 import { TcpSegmenter } from './segmentation.js';
-import { VNET_HDR_LEN, VfPort } from './vf-port.js';
+import { VfPort } from './vf-port.js';
 import { reportBadChain } from './chain-warnings.js';
 import { callWriteBegins, callWriteEnds } from './call-guard.js';
 import type { DirectionSpec, DirectionState, GuestSpec, QueueSpec, QueueState } from './worker-protocol.js';
@@ -604,6 +604,8 @@ export class VfToVm extends Direction {
       return false;
     };
     this.onFrame = (bytes, offset, length, status) => {
+      // What came from the VF: a super-frame counts once, not as the segments cut from it.
+      this.rxBytes += length;
       const kh = this.ring!.rxHeader;
       if (kh === null) {
         // Frames from a local stack (veth peers) carry checksums left for offload; the guest gets none.
@@ -618,10 +620,7 @@ export class VfToVm extends Direction {
         completeL4Checksum(bytes, offset, length);
         this.deliver(bytes, offset, length, null);
       } else if (action === RX_SEGMENT) this.segment(bytes, offset, length, gsoSize(kh));
-      else {
-        this.rxBytes += length;
-        this.bad++;
-      }
+      else this.bad++;
       return this.roomLeft > 0;
     };
     this.dropFrame = (_bytes, _offset, length) => {
@@ -644,19 +643,11 @@ export class VfToVm extends Direction {
    */
   private segment(bytes: Uint8Array, offset: number, length: number, mss: number): void {
     this.segmenter ??= new TcpSegmenter();
-    const rxBytes = this.rxBytes;
-    if (this.segmenter.segment(bytes, offset, length, mss, this.deliverSegment) !== null) {
-      this.bad++;
-      this.rxBytes += length;
-      return;
-    }
-    // What came from the VF is the super-frame, not the headers repeated in every segment.
-    this.rxBytes = rxBytes + length;
-    this.segmented++;
+    if (this.segmenter.segment(bytes, offset, length, mss, this.deliverSegment) !== null) this.bad++;
+    else this.segmented++;
   }
 
   private deliver(bytes: Uint8Array, offset: number, length: number, header: Uint8Array | null): void {
-    this.rxBytes += length;
     const writers = this.writers;
     const n = writers.length;
     const w = n === 1 ? writers[0] : writers[flowHash(bytes, offset, length) % n];

@@ -10,6 +10,8 @@ import {
   VIRTIO_NET_HDR_F_DATA_VALID, VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_ECN, VIRTIO_NET_HDR_GSO_NONE,
   VIRTIO_NET_HDR_GSO_TCPV4, VIRTIO_NET_HDR_GSO_TCPV6,
 } from '../../virtio/net-header.js';
+import { VNET_HDR_LEN } from '../../sys/packet-ring.js';
+import { hasBit } from '../../vhost-user/messages.js';
 
 /** Receive offloads a guest negotiated, as a small bit set (GuestSpec.rxOffloads). */
 export const RX_CSUM = 1;
@@ -17,13 +19,12 @@ export const RX_TSO4 = 2;
 export const RX_TSO6 = 4;
 export const RX_ECN = 8;
 
-/** The receive offload bits of a negotiated feature set (32 low bits are enough: all sit there). */
+/** The receive offload bits of a negotiated feature set. */
 export function guestRxOffloads(features: number): number {
-  const has = (bit: number) => Math.floor(features / 2 ** bit) % 2 === 1;
-  return (has(VIRTIO_NET_F_GUEST_CSUM) ? RX_CSUM : 0)
-    | (has(VIRTIO_NET_F_GUEST_TSO4) ? RX_TSO4 : 0)
-    | (has(VIRTIO_NET_F_GUEST_TSO6) ? RX_TSO6 : 0)
-    | (has(VIRTIO_NET_F_GUEST_ECN) ? RX_ECN : 0);
+  return (hasBit(features, VIRTIO_NET_F_GUEST_CSUM) ? RX_CSUM : 0)
+    | (hasBit(features, VIRTIO_NET_F_GUEST_TSO4) ? RX_TSO4 : 0)
+    | (hasBit(features, VIRTIO_NET_F_GUEST_TSO6) ? RX_TSO6 : 0)
+    | (hasBit(features, VIRTIO_NET_F_GUEST_ECN) ? RX_ECN : 0);
 }
 
 /** The frame has no offload state: deliver it with a plain header. */
@@ -39,7 +40,7 @@ export const RX_REFUSE = 4;
 
 /**
  * Decides from the kernel's 10-byte header `kh` what a guest with offloads `offloads` gets, and
- * for RX_PASS writes the guest's header (10 bytes) into `out`. The guest is never given a flag
+ * for RX_PASS writes the guest's header (VNET_HDR_LEN bytes) into `out`. The guest is never given a flag
  * or GSO type it did not negotiate.
  */
 export function rxAction(kh: Uint8Array, offloads: number, out: Uint8Array): number {
@@ -49,11 +50,11 @@ export function rxAction(kh: Uint8Array, offloads: number, out: Uint8Array): num
   if (type === VIRTIO_NET_HDR_GSO_NONE) {
     if ((flags & VIRTIO_NET_HDR_F_NEEDS_CSUM) !== 0) {
       if ((offloads & RX_CSUM) === 0) return RX_CHECKSUM;
-      for (let i = 0; i < 10; i++) out[i] = kh[i];
+      for (let i = 0; i < VNET_HDR_LEN; i++) out[i] = kh[i];
       return RX_PASS;
     }
     if ((flags & VIRTIO_NET_HDR_F_DATA_VALID) !== 0 && (offloads & RX_CSUM) !== 0) {
-      out.fill(0, 0, 10);
+      out.fill(0, 0, VNET_HDR_LEN);
       out[0] = VIRTIO_NET_HDR_F_DATA_VALID;
       return RX_PASS;
     }
@@ -66,7 +67,7 @@ export function rxAction(kh: Uint8Array, offloads: number, out: Uint8Array): num
   // The flags stay the kernel's: NEEDS_CSUM for a local sender's frame (CHECKSUM_PARTIAL),
   // DATA_VALID for one GRO merged from segments whose checksums the VF verified.
   if ((offloads & tso) !== 0 && (offloads & RX_CSUM) !== 0 && ecnOk) {
-    for (let i = 0; i < 10; i++) out[i] = kh[i];
+    for (let i = 0; i < VNET_HDR_LEN; i++) out[i] = kh[i];
     return RX_PASS;
   }
   return RX_SEGMENT;

@@ -2,7 +2,7 @@
 // AF_PACKET rings. The bond decides which member sends a frame and which members' traffic is
 // accepted; carrier changes come from the main thread (set-active-member), never from sysfs reads
 // on the hot path.
-import { PacketRing } from '../../sys/packet-ring.js';
+import { PacketRing, VNET_HDR_LEN } from '../../sys/packet-ring.js';
 import { PacketBatch } from '../../sys/packet-batch.js';
 import { nativeBuffer, type NativeBuffer } from '../../sys/native-buffer.js';
 import { flowHash } from './flow-hash.js';
@@ -10,8 +10,6 @@ import type { PortSpec } from './worker-protocol.js';
 
 /** Frames per member batch (one sendmmsg). */
 export const BATCH_FRAMES = 64;
-/** struct virtio_net_hdr, without num_buffers: what PACKET_VNET_HDR puts before each frame. */
-export const VNET_HDR_LEN = 10;
 /** A header slot in a member's header slab. */
 const HEADER_SLOT = 16;
 
