@@ -7,7 +7,7 @@ import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startProcess, stopAll } from '../support/processes.js';
+import { startProcess, stopAll, type StartedProcess } from '../support/processes.js';
 import { kvmTestsCanRun } from '../support/kvm.js';
 import { ensureTinyGuest, repoRoot } from '../guest/tiny/build.js';
 
@@ -50,6 +50,30 @@ async function runGuest(args: string[], label: string, fromJson = false): Promis
   await vmm.waitForOutput(/tiny-guest: blk done/, 60_000);
   expect(await vmm.exited, vmm.output()).toBe(0);
   return { serial: vmm.output(), log: readFileSync(logFile, 'utf8') };
+}
+
+/**
+ * Waits for `pattern` on the VMM's stdout alone (the guest's serial console). Its log lines go to
+ * stderr, and in output(), which merges both, one can land in the middle of a serial line.
+ * Listens from the call on, so call it right after starting the process.
+ */
+function waitForSerial(vmm: StartedProcess, pattern: RegExp, timeoutMs: number): Promise<void> {
+  const stdout = vmm.proc.stdout!;
+  let text = '';
+  return new Promise((resolve, reject) => {
+    const onData = (chunk: Buffer) => {
+      text += chunk.toString('utf8');
+      if (!pattern.test(text)) return;
+      clearTimeout(timer);
+      stdout.off('data', onData);
+      resolve();
+    };
+    const timer = setTimeout(() => {
+      stdout.off('data', onData);
+      reject(new Error(`timed out after ${timeoutMs} ms waiting for ${pattern} on the serial console of ${vmm.pid}:\n${vmm.output()}`));
+    }, timeoutMs);
+    stdout.on('data', onData);
+  });
 }
 
 describe.runIf(canRun)('virtio-blk with the tiny guest', () => {
@@ -159,7 +183,7 @@ describe.runIf(canRun)('virtio-blk with the tiny guest', () => {
         '-drive', `id=disk0,file=${image},iops=100`, '-device', 'virtio-blk-device,drive=disk0,iothread=io2'],
       { label: 'vmm-blk-term' },
     );
-    await vmm.waitForOutput(/tiny-guest: blk reads start/, 60_000);
+    await waitForSerial(vmm, /tiny-guest: blk reads start/, 60_000);
     // The guest keeps printing: the next serial write fails with EPIPE.
     vmm.proc.stdout!.destroy();
     await vmm.waitForOutput(/serial: stdout is gone; guest output is dropped/, 30_000);
