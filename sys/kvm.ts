@@ -237,6 +237,36 @@ export function getRegs(vcpuFd: number): Buffer {
   return b;
 }
 
+/**
+ * The registers that say where a guest stopped, as one line: rip, rsp, rflags, the control
+ * registers and EFER. For the log of a triple fault or an internal error, where they are the only
+ * clue; never throws (a vCPU that cannot be read gives the reason instead).
+ */
+export function describeVcpuState(vcpuFd: number): string {
+  try {
+    const regs = getRegs(vcpuFd);
+    const sregs = getSregs(vcpuFd);
+    const hex = (v: bigint) => '0x' + v.toString(16);
+    // struct kvm_regs: 16 general registers, then rip (128) and rflags (136). struct kvm_sregs:
+    // 8 segments of 24 bytes and 2 descriptor tables of 16, then cr0, cr2, cr3, cr4, cr8, efer.
+    const fields: [string, bigint][] = [
+      ['rip', regs.readBigUInt64LE(128)],
+      ['rsp', regs.readBigUInt64LE(48)],
+      ['rflags', regs.readBigUInt64LE(136)],
+      ['cs', BigInt(sregs.readUInt16LE(12))],
+      ['cr0', sregs.readBigUInt64LE(224)],
+      ['cr2', sregs.readBigUInt64LE(232)],
+      ['cr3', sregs.readBigUInt64LE(240)],
+      ['cr4', sregs.readBigUInt64LE(248)],
+      ['efer', sregs.readBigUInt64LE(264)],
+      ['idt', sregs.readBigUInt64LE(208)],
+    ];
+    return fields.map(([name, value]) => `${name} ${hex(value)}`).join(' ');
+  } catch (err) {
+    return `registers unreadable: ${(err as Error).message}`;
+  }
+}
+
 export function setRegs(vcpuFd: number, regs: Buffer): void {
   ioctl(vcpuFd, ioctls.SET_REGS, regs, 'KVM_SET_REGS');
 }

@@ -287,7 +287,8 @@ export class Machine extends EventEmitter {
         break;
       }
       case 'exit':
-        this.log.info({ vcpu: m.index, reason: m.reason }, `guest ended: ${m.reason}`);
+        if (m.registers) this.log.warn({ vcpu: m.index, reason: m.reason, registers: m.registers }, `guest ended: ${m.reason}; ${m.registers}`);
+        else this.log.info({ vcpu: m.index, reason: m.reason }, `guest ended: ${m.reason}`);
         this.finish(0, m.reason);
         break;
       case 'fatal':

@@ -20,6 +20,7 @@ export type VcpuMessage =
   | { type: 'ready'; index: number; tid: number; runAddress: number }
   | { type: 'serial'; bytes: Uint8Array }
   | { type: 'status'; device: number; change: StatusChange }
-  | { type: 'exit'; index: number; reason: string }
+  /** `registers`: where the vCPU stopped, for exits that deserve a look (a triple fault). */
+  | { type: 'exit'; index: number; reason: string; registers?: string }
   | { type: 'fatal'; index: number; message: string };
 

@@ -140,7 +140,7 @@ function loop(): void {
         post({ type: 'exit', index: data.index, reason: 'hlt' });
         return;
       case kvm.exitReasons.SHUTDOWN:
-        post({ type: 'exit', index: data.index, reason: 'triple fault (shutdown)' });
+        post({ type: 'exit', index: data.index, reason: 'triple fault (shutdown)', registers: shutdownRegisters(data.vcpuFd) });
         return;
       case kvm.exitReasons.SYSTEM_EVENT:
         post({ type: 'exit', index: data.index, reason: `system event ${run.getUint32(32, true)}` });
@@ -153,16 +153,10 @@ function loop(): void {
         const ndata = Math.min(run.getUint32(36, true), 16);
         const extra: string[] = [];
         for (let i = 0; i < ndata; i++) extra.push('0x' + run.getBigUint64(40 + i * 8, true).toString(16));
-        let rip = '';
-        try {
-          rip = ` at rip 0x${kvm.getRegs(data.vcpuFd).readBigUInt64LE(128).toString(16)}`;
-        } catch {
-          /* the registers are only a hint */
-        }
         post({
           type: 'fatal',
           index: data.index,
-          message: `vCPU ${data.index}: KVM internal error, suberror ${suberror}${suberror === 1 ? ' (instruction emulation failed)' : ''}${rip} [${extra.join(' ')}]`,
+          message: `vCPU ${data.index}: KVM internal error, suberror ${suberror}${suberror === 1 ? ' (instruction emulation failed)' : ''} [${extra.join(' ')}]; ${kvm.describeVcpuState(data.vcpuFd)}`,
         });
         return;
       }
@@ -180,4 +174,15 @@ try {
   loop();
 } catch (err) {
   post({ type: 'fatal', index: data.index, message: `vCPU ${data.index}: ${(err as Error).message}` });
+}
+
+/**
+ * Where a vCPU stood when the guest triple-faulted. KVM on Intel keeps the state of the fault;
+ * KVM on AMD SVM resets the vCPU on the shutdown intercept (the VMCB is undefined after it), so
+ * there the registers are the reset vector's and say nothing about the fault.
+ */
+function shutdownRegisters(vcpuFd: number): string {
+  const state = kvm.describeVcpuState(vcpuFd);
+  if (/^rip 0xfff0 .* cs 0xf000 /.test(state)) return 'registers not kept: KVM reset the vCPU at the shutdown (AMD SVM does)';
+  return state;
 }

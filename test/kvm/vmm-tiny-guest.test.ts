@@ -79,6 +79,31 @@ describe.runIf(canRun)('vio4wd-vmm with the tiny guest', () => {
     expect(vmm.output()).toMatch(/guest ended: i8042 reset/);
   });
 
+  it('a guest triple fault ends the VM with status 0 and a warning that says what is known of where', async () => {
+    const vmm = startVmm(['-append', 'tiny.triple-fault', '-m', '256M']);
+    expect(await vmm.exited, vmm.output()).toBe(0);
+    // ud2 with an IDT of limit 0: #UD, #GP on its delivery, #DF, then the shutdown.
+    const line = /"level":40,.*"msg":"guest ended: triple fault \(shutdown\); ([^"]*)"/.exec(vmm.output());
+    expect(line, vmm.output()).not.toBeNull();
+    if (line![1].startsWith('registers not kept')) {
+      // KVM on AMD SVM resets the vCPU on a shutdown: the VMM must say so instead of printing the reset state.
+      expect(line![1]).toBe('registers not kept: KVM reset the vCPU at the shutdown (AMD SVM does)');
+    } else {
+      const regs = /^rip (0x[0-9a-f]+) rsp 0x[0-9a-f]+ rflags 0x[0-9a-f]+ cs 0x8 cr0 0x[0-9a-f]+ cr2 0x[0-9a-f]+ cr3 0x[0-9a-f]+ cr4 0x[0-9a-f]+ efer (0x[0-9a-f]+) idt 0x[0-9a-f]+$/.exec(line![1]);
+      expect(regs, line![1]).not.toBeNull();
+      expect(Number(regs![1])).toBeGreaterThanOrEqual(0x100000); // in the guest's text at 1 MiB
+      expect(Number(regs![1])).toBeLessThan(0x200000);
+      expect(Number(regs![2]) & 0x400, 'EFER.LMA: the guest was in long mode').toBe(0x400);
+    }
+  });
+
+  it("a guest exception is named by the guest's handler on the serial port before it resets", async () => {
+    const vmm = startVmm(['-append', 'tiny.exception', '-m', '256M']);
+    expect(await vmm.exited, vmm.output()).toBe(0);
+    expect(vmm.output()).toMatch(/tiny-guest: exception 6 error 0x0+ rip 0x00000000001[0-9a-f]{5} rsp/);
+    expect(vmm.output()).toMatch(/guest ended: i8042 reset/);
+  });
+
   it('serves the api-channel: greeting, capabilities, status, cpus, devices, stop/cont, errors, quit', async () => {
     const api = join(tmpdir(), `vmm-api-${process.pid}.sock`);
     const vmm = startVmm(['-api-channel', `unix:${api}`, '-smp', '2']);

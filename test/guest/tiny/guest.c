@@ -8,7 +8,9 @@
  * tiny.exit ends the VM right after the greeting (i8042 reset); tiny.exit-after=N ends it
  * after answering N echo requests; tiny.blk-reads=N times N one-sector reads; tiny.blk-exit ends
  * the VM after the disk checks; tiny.net-reinit initialises the NIC, resets it and initialises
- * it again (what a rebooting driver does).
+ * it again (what a rebooting driver does); tiny.exception executes ud2 (the guest's handler
+ * names the exception and resets); tiny.triple-fault executes ud2 with an empty IDT.
+ * A CPU exception after the IDT is set up is printed ("tiny-guest: exception N ...") and resets.
  */
 typedef unsigned char u8;
 typedef unsigned short u16;
@@ -63,6 +65,7 @@ static u32 parse_dec(const char **p) { u32 v = 0; while (**p >= '0' && **p <= '9
 
 /* ---- interrupts ---- */
 extern void irq_entry(void);
+extern const u64 exception_table[32];
 struct idt_entry { u16 off0, sel; u8 ist, attr; u16 off1; u32 off2, zero; } __attribute__((packed));
 static struct idt_entry idt[256] __attribute__((aligned(16)));
 struct { u16 limit; u64 base; } __attribute__((packed)) idtr;
@@ -74,9 +77,26 @@ static void ioapic_route(u32 gsi, u32 vector) {
   wr32(0xfec00010UL, 0); /* destination APIC 0 */
 }
 
+static void puthex64(u64 v) { for (int s = 56; s >= 0; s -= 8) puthex2((u8)(v >> s)); }
+
+static void reset_vm(void);
+
+/* Called from exception_common with the stub's frame: vector, error code, rip, cs, rflags, rsp. */
+void guest_exception(const u64 *frame) {
+  u64 cr2;
+  __asm__ volatile("mov %%cr2, %0" : "=r"(cr2));
+  puts_serial("\ntiny-guest: exception "); putdec((u32)frame[0]);
+  puts_serial(" error 0x"); puthex64(frame[1]);
+  puts_serial(" rip 0x"); puthex64(frame[2]);
+  puts_serial(" rsp 0x"); puthex64(frame[5]);
+  puts_serial(" cr2 0x"); puthex64(cr2);
+  puts_serial("\n");
+  reset_vm();
+}
+
 static void setup_interrupts(void) {
-  u64 h = (u64)irq_entry;
   for (int i = 0; i < 256; i++) {
+    u64 h = i < 32 ? exception_table[i] : (u64)irq_entry;
     idt[i].off0 = (u16)h; idt[i].sel = 0x08; idt[i].ist = 0; idt[i].attr = 0x8e;
     idt[i].off1 = (u16)(h >> 16); idt[i].off2 = (u32)(h >> 32); idt[i].zero = 0;
   }
@@ -341,6 +361,13 @@ void guest_main(const u8 *boot_info, u32 pvh) {
     for (int i = 0; i < 4; i++) { ip[i] = (u8)parse_dec(&v); if (*v == '.') v++; }
   }
   if (find_arg("tiny.exit") && !find_arg("tiny.exit-after")) reset_vm();
+  /* Faults on purpose, so that tests can see how a guest fault is reported: an exception the
+     guest's own handler names, or (with an empty IDT) a triple fault that only the VMM sees. */
+  if (find_arg("tiny.exception")) { setup_interrupts(); __asm__ volatile("ud2"); }
+  if (find_arg("tiny.triple-fault")) {
+    idtr.limit = 0;
+    __asm__ volatile("lidt %0; ud2" : : "m"(idtr));
+  }
   v = find_arg("tiny.exit-after");
   if (v && *v) exit_after = parse_dec(&v);
 

@@ -87,7 +87,69 @@ irq_entry:
 	pop	%rax
 	iretq
 
+/* Vectors 0-31 are CPU exceptions: each stub pushes a zero where the CPU pushes no error code,
+   then its vector, so that guest_exception() can name what went wrong before the VM resets
+   (without them an exception would return through irq_entry with a broken frame and end in a
+   triple fault that says nothing). */
+	.macro	exception vector, has_error
+	.globl	exception_\vector
+exception_\vector:
+	.if	\has_error == 0
+	push	$0
+	.endif
+	push	$\vector
+	jmp	exception_common
+	.endm
+	exception 0, 0
+	exception 1, 0
+	exception 2, 0
+	exception 3, 0
+	exception 4, 0
+	exception 5, 0
+	exception 6, 0
+	exception 7, 0
+	exception 8, 1
+	exception 9, 0
+	exception 10, 1
+	exception 11, 1
+	exception 12, 1
+	exception 13, 1
+	exception 14, 1
+	exception 15, 0
+	exception 16, 0
+	exception 17, 1
+	exception 18, 0
+	exception 19, 0
+	exception 20, 0
+	exception 21, 1
+	exception 22, 0
+	exception 23, 0
+	exception 24, 0
+	exception 25, 0
+	exception 26, 0
+	exception 27, 0
+	exception 28, 0
+	exception 29, 1
+	exception 30, 1
+	exception 31, 0
+
+/* Stack: vector, error code, then the CPU's frame (rip, cs, rflags, rsp, ss). */
+exception_common:
+	mov	%rsp, %rdi
+	and	$-16, %rsp
+	call	guest_exception
+5:	cli
+	hlt
+	jmp	5b
+
 	.section .rodata
+	.balign	8
+exception_table:
+	.irp	v, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31
+	.quad	exception_\v
+	.endr
+	.globl	exception_table
+
 	.balign	8
 pvh_gdt:
 	.quad	0
