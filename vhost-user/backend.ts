@@ -5,7 +5,7 @@ import pino, { type Logger } from 'pino';
 import { close as closeFd, setNonBlocking } from '../sys/fd.js';
 import { checkNotifierFd } from '../sys/eventfd.js';
 import { STATUS_FAILED, statusNames } from '../virtio/device-status.js';
-import { availRingBytes, descTableBytes, isValidSplitQueueSize, usedRingBytes } from '../virtio/ring-layout.js';
+import { DESC_SIZE, PACKED_EVENT_BYTES, availRingBytes, descTableBytes, isValidPackedQueueSize, isValidSplitQueueSize, usedRingBytes } from '../virtio/ring-layout.js';
 import { Connection, closeFds, takeFd, type ReadinessSource, type ReceivedMessage } from './connection.js';
 import type { NetDevice, VringConfig } from './device.js';
 import {
@@ -481,7 +481,9 @@ export class BackendSession {
   private async setVringNum(m: ReceivedMessage): Promise<void> {
     const { index, num } = decodeVringState(m.payload);
     const v = this.vringFor(index, 'SET_VRING_NUM');
-    if (!isValidSplitQueueSize(num)) throw new ProtocolError(`SET_VRING_NUM: vring ${index} size ${num} is not a power of two in 1..32768`);
+    if (this.packed) {
+      if (!isValidPackedQueueSize(num)) throw new ProtocolError(`SET_VRING_NUM: vring ${index} size ${num} is outside 1..32768`);
+    } else if (!isValidSplitQueueSize(num)) throw new ProtocolError(`SET_VRING_NUM: vring ${index} size ${num} is not a power of two in 1..32768`);
     if (v.started) throw new ProtocolError(`SET_VRING_NUM: vring ${index} is running`);
     v.num = num;
   }
@@ -501,11 +503,18 @@ export class BackendSession {
   private async setVringBase(m: ReceivedMessage): Promise<void> {
     const { index, num } = decodeVringState(m.payload);
     const v = this.vringFor(index, 'SET_VRING_BASE');
-    if (num > 0xffff) throw new ProtocolError(`SET_VRING_BASE: vring ${index} base ${num} does not fit a split ring index`);
     if (v.started) throw new ProtocolError(`SET_VRING_BASE: vring ${index} is running`);
-    v.base = num;
-    v.lastAvail = num;
-    v.lastUsed = num;
+    let base = num;
+    if (this.packed) {
+      // Bits 0-14: the next slot, bit 15: the driver's wrap counter. QEMU puts its used index in
+      // bits 16-31 too; a net device has completed every chain when it stops, so the used index
+      // equals it and the low half is all that matters (as in DPDK).
+      base = num & 0xffff;
+      if ((base & 0x7fff) >= Math.max(v.num, 1)) throw new ProtocolError(`SET_VRING_BASE: vring ${index} base 0x${num.toString(16)} names slot ${base & 0x7fff}, outside the packed ring of ${v.num}`);
+    } else if (num > 0xffff) throw new ProtocolError(`SET_VRING_BASE: vring ${index} base ${num} does not fit a split ring index`);
+    v.base = base;
+    v.lastAvail = base;
+    v.lastUsed = base;
   }
 
   private async getVringBase(m: ReceivedMessage): Promise<Uint8Array> {
@@ -519,7 +528,13 @@ export class BackendSession {
     this.releaseVringFds(v);
     v.addr = null;
     v.kicked = false;
-    return encodeVringState({ index, num: v.lastAvail });
+    // Packed: QEMU reads its used index (and wrap) from bits 16-31; it equals last_avail at a stop.
+    return encodeVringState({ index, num: this.packed ? (v.lastAvail | (v.lastAvail << 16)) >>> 0 : v.lastAvail });
+  }
+
+  /** VIRTIO_F_RING_PACKED negotiated: vrings are packed rings. */
+  private get packed(): boolean {
+    return hasBit(this.ackedFeatures, VirtioNetFeature.RING_PACKED);
   }
 
   /**
@@ -528,7 +543,8 @@ export class BackendSession {
    * answer would go into a migration stream): say so with both numbers.
    */
   private checkStoppedAtUsedIdx(v: VringState): void {
-    if (!v.addr || !this.table || v.num === 0) return;
+    // A packed ring has no used index to compare with.
+    if (!v.addr || !this.table || v.num === 0 || this.packed) return;
     let usedIdx: number;
     try {
       const used = this.locateRings(v, v.addr, v.num).used;
@@ -627,6 +643,14 @@ export class BackendSession {
   private locateRings(v: VringState, addr: VringAddr, num: number) {
     const table = this.table!;
     const ring = `vring ${v.index}`;
+    if (this.packed) {
+      // One descriptor ring, and the driver's and the device's event suppression areas.
+      return {
+        desc: locateUserRange(table, addr.descUserAddr, DESC_SIZE * num, 16, `${ring} descriptor ring`),
+        avail: locateUserRange(table, addr.availUserAddr, PACKED_EVENT_BYTES, 4, `${ring} driver event area`),
+        used: locateUserRange(table, addr.usedUserAddr, PACKED_EVENT_BYTES, 4, `${ring} device event area`),
+      };
+    }
     return {
       desc: locateUserRange(table, addr.descUserAddr, descTableBytes(num), 16, `${ring} descriptor table`),
       avail: locateUserRange(table, addr.availUserAddr, availRingBytes(num), 2, `${ring} available ring`),
@@ -646,7 +670,7 @@ export class BackendSession {
     }
     // used->idx in guest memory is the truth after a reconnect (virtio-user sends base 0 for running
     // rings, QEMU its rewound index): resume from it when it disagrees with the base.
-    const usedIdx = readUsedIdx(rings.used.hostAddress);
+    const usedIdx = this.packed ? v.lastUsed : readUsedIdx(rings.used.hostAddress);
     if (usedIdx !== v.lastUsed) {
       this.log.info({ vring: v.index, base: v.lastAvail, usedIdx }, `vhost-user: vring ${v.index} resumes from used index ${usedIdx}`);
       v.lastAvail = usedIdx;
@@ -666,6 +690,7 @@ export class BackendSession {
       dirtyLog: this.loggingOn ? { hostAddress: this.dirtyLog!.hostAddress, size: this.dirtyLog!.size } : null,
       features,
       eventIdx: hasBit(features, VirtioNetFeature.RING_EVENT_IDX),
+      packed: hasBit(features, VirtioNetFeature.RING_PACKED),
       indirect: hasBit(features, VirtioNetFeature.RING_INDIRECT_DESC),
       mergeableRxBuffers: hasBit(features, VirtioNetFeature.MRG_RXBUF),
       netHeaderLength: netHeaderLength(features),
@@ -684,7 +709,7 @@ export class BackendSession {
       v.started = false;
       throw new Error(`vring ${v.index}: the device failed to start it: ${(err as Error).message}`);
     }
-    this.log.info({ vring: v.index, size: v.num, lastAvail: v.lastAvail, enabled: v.enabled }, `vhost-user: vring ${v.index} started`);
+    this.log.info({ vring: v.index, size: v.num, lastAvail: v.lastAvail, enabled: v.enabled, layout: config.packed ? 'packed' : 'split' }, `vhost-user: vring ${v.index} started`);
   }
 
   /** Stops a started vring through the device and records where it stopped. */

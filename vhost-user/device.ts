@@ -39,8 +39,13 @@ export interface DirtyLog {
 
 export interface VringConfig {
   index: number;
-  /** Number of descriptors (power of two). */
+  /** Number of descriptors (a power of two for split rings, any of 1..32768 for packed ones). */
   size: number;
+  /**
+   * VIRTIO_F_RING_PACKED: `desc` is the packed descriptor ring, `avail` the driver's and `used`
+   * the device's event suppression area (4 bytes each).
+   */
+  packed: boolean;
   desc: RingLocation;
   avail: RingLocation;
   used: RingLocation;

@@ -72,6 +72,8 @@ export function offeredFeatures(opts: OfferOptions = {}): number {
     // promise costs nothing. DPDK's virtio PMD then takes its in-order receive path, which keeps
     // a busy guest's ring refilled where the general mergeable path let it run empty.
     VirtioNetFeature.IN_ORDER,
+    // Packed rings (the front-end chooses: QEMU packed=on, DPDK packed_vq=1).
+    VirtioNetFeature.RING_PACKED,
     // Live migration: QEMU sets it while migrating, with a dirty log from SET_LOG_BASE (LOG_SHMFD).
     VirtioNetFeature.LOG_ALL,
   ];

@@ -5,6 +5,8 @@ import type { GuestMemory } from './guest-memory.js';
 
 /** Same budget as DPDK's BUF_VECTOR_MAX: a chain needing more segments is rejected. */
 export const DEFAULT_MAX_SEGMENTS = 256;
+/** A descriptor address whose high word exceeds this is above Number.MAX_SAFE_INTEGER. */
+export const MAX_SAFE_HIGH_WORD = 0x1fffff;
 
 const EMPTY = new Uint8Array(0);
 /**
@@ -52,6 +54,8 @@ export class DescriptorChain {
   readonly segWritable: Uint8Array;
   /** Memory the segments belong to; set by the queue that filled the chain. */
   memory: GuestMemory | null = null;
+  /** A device-writable descriptor (even an empty one) was walked: readable ones may not follow. */
+  private sawWritable = false;
 
   constructor(capacity = DEFAULT_MAX_SEGMENTS) {
     if (!Number.isInteger(capacity) || capacity < 1) throw new Error(`descriptor chain: capacity ${capacity} is not a positive integer`);
@@ -78,6 +82,85 @@ export class DescriptorChain {
     this.readableSegments = 0;
     this.readableLength = 0;
     this.writableLength = 0;
+    this.sawWritable = false;
+  }
+
+  /**
+   * Adds one walked descriptor (`index` names it in messages): checks that readable buffers come
+   * before writable ones, the chain's byte limit and the address, and translates the buffer into
+   * segments, split where it crosses regions. Zero-length descriptors count for the direction
+   * order only. Returns false after rejecting the chain. Split and packed rings share this.
+   */
+  addDescriptor(index: number, lo: number, hi: number, len: number, writable: boolean, maxBytes: number): boolean {
+    if (writable) this.sawWritable = true;
+    else if (this.sawWritable) {
+      this.reject(`descriptor ${index} of head ${this.head} is device-readable after a device-writable one`);
+      return false;
+    }
+    if (len === 0) return true;
+    if (this.readableLength + this.writableLength + len > maxBytes) {
+      this.reject(`chain from head ${this.head} is longer than ${maxBytes} bytes`);
+      return false;
+    }
+    if (hi > MAX_SAFE_HIGH_WORD) {
+      this.reject(`descriptor ${index} of head ${this.head} has an address above 2^53`);
+      return false;
+    }
+    const gpa = hi * 0x1_0000_0000 + lo;
+    if (gpa > Number.MAX_SAFE_INTEGER - len) {
+      this.reject(`descriptor ${index} of head ${this.head} overflows the address space`);
+      return false;
+    }
+    if (!this.addSegments(gpa, len, writable)) return false;
+    if (writable) this.writableLength += len;
+    else {
+      this.readableLength += len;
+      this.readableSegments = this.segmentCount;
+    }
+    return true;
+  }
+
+  /** Translates one buffer into segments, splitting it where it crosses regions. */
+  private addSegments(gpa: number, len: number, writable: boolean): boolean {
+    const memory = this.memory!;
+    const first = memory.regionIndexOf(gpa);
+    if (first >= 0 && gpa + len <= memory.regionEnd(first) && this.segmentCount < this.capacity) {
+      // The usual case: the whole buffer lies in one region.
+      const n = this.segmentCount;
+      const region = memory.regions[first]!;
+      this.segBytes[n] = region.bytes;
+      this.segOffset[n] = gpa - region.guestPhysAddr;
+      this.segLength[n] = len;
+      this.segGpa[n] = gpa;
+      this.segWritable[n] = writable ? 1 : 0;
+      this.segmentCount = n + 1;
+      return true;
+    }
+    let addr = gpa;
+    let left = len;
+    while (left > 0) {
+      const r = memory.regionIndexOf(addr);
+      if (r < 0) {
+        this.reject(`buffer at 0x${gpa.toString(16)}+${len} of head ${this.head} touches unmapped guest memory at 0x${addr.toString(16)}`);
+        return false;
+      }
+      const n = this.segmentCount;
+      if (n === this.capacity) {
+        this.reject(`chain from head ${this.head} needs more than ${this.capacity} segments`);
+        return false;
+      }
+      const region = memory.regions[r]!;
+      const take = Math.min(left, memory.regionEnd(r) - addr);
+      this.segBytes[n] = region.bytes;
+      this.segOffset[n] = addr - region.guestPhysAddr;
+      this.segLength[n] = take;
+      this.segGpa[n] = addr;
+      this.segWritable[n] = writable ? 1 : 0;
+      this.segmentCount = n + 1;
+      addr += take;
+      left -= take;
+    }
+    return true;
   }
 
   /** Marks the chain rejected; its head stays so the caller can still return it. */

@@ -4,7 +4,7 @@
 
 import { DEFAULT_MAX_SEGMENTS, DescriptorChain } from './descriptor-chain.js';
 import { NET_HEADER_LENGTH, NET_HEADER_LEGACY_LENGTH, NUM_BUFFERS_OFFSET } from './net-header.js';
-import type { SplitQueue } from './split-queue.js';
+import type { DeviceQueue } from './device-queue.js';
 
 /** The frame was not delivered and no buffer was consumed (too few buffers right now). */
 export const RX_NO_BUFFERS = 0;
@@ -33,7 +33,7 @@ export class NetRxWriter {
   badChains = 0;
   lastBadChain = '';
 
-  constructor(readonly queue: SplitQueue, options: NetRxWriterOptions) {
+  constructor(readonly queue: DeviceQueue, options: NetRxWriterOptions) {
     if (options.headerLength !== NET_HEADER_LENGTH && options.headerLength !== NET_HEADER_LEGACY_LENGTH) {
       throw new Error(`${queue.name}: virtio-net header length ${options.headerLength} is neither 10 nor 12`);
     }

@@ -1,5 +1,5 @@
-// Split virtqueue layout (virtio 1.2 §2.7): byte offsets shared by the device side, the driver
-// side and the test ring builder, so all three agree on one definition.
+// Virtqueue layouts: split (virtio 1.2 §2.7) and packed (§2.8). Byte offsets and flags shared
+// by the device side, the driver side and the test ring builders, so all agree on one definition.
 
 export const VRING_DESC_F_NEXT = 1;
 export const VRING_DESC_F_WRITE = 2;
@@ -40,6 +40,21 @@ export function isValidSplitQueueSize(size: number): boolean {
  */
 export function vringNeedEvent(eventIdx: number, newIdx: number, oldIdx: number): boolean {
   return ((newIdx - eventIdx - 1) & 0xffff) < ((newIdx - oldIdx) & 0xffff);
+}
+
+/** Packed descriptor flags: the driver's and the device's wrap-counter bits. */
+export const VRING_PACKED_DESC_F_AVAIL = 1 << 7;
+export const VRING_PACKED_DESC_F_USED = 1 << 15;
+/** Event suppression area (driver's and device's): off_wrap u16, flags u16. */
+export const PACKED_EVENT_BYTES = 4;
+export const VRING_PACKED_EVENT_FLAG_ENABLE = 0;
+export const VRING_PACKED_EVENT_FLAG_DISABLE = 1;
+/** Only with EVENT_IDX: notify when the ring reaches the slot (and wrap) in off_wrap. */
+export const VRING_PACKED_EVENT_FLAG_DESC = 2;
+
+/** A packed ring may have any size up to 32768 (virtio 1.2 §2.8.10.1: no power of two needed). */
+export function isValidPackedQueueSize(size: number): boolean {
+  return Number.isInteger(size) && size > 0 && size <= MAX_SPLIT_QUEUE_SIZE;
 }
 
 export const IS_LITTLE_ENDIAN = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;

@@ -3,7 +3,7 @@
 // them once per burst. Everything read from the ring is guest-controlled, so each value is read
 // once, bounds-checked, and never used as an index before the check.
 
-import { DescriptorChain } from './descriptor-chain.js';
+import { DescriptorChain, MAX_SAFE_HIGH_WORD } from './descriptor-chain.js';
 import type { GuestMemory, HostLocation } from './guest-memory.js';
 import {
   DESC_SIZE,
@@ -31,8 +31,6 @@ export { DescriptorChain, DEFAULT_MAX_SEGMENTS } from './descriptor-chain.js';
 /** Largest frame a net device accepts without GSO: 65535 + the 12-byte header + an Ethernet header and VLAN tag. */
 export const DEFAULT_MAX_CHAIN_BYTES = 65562;
 const MAX_CHAIN_BYTES_LIMIT = 2 ** 32;
-/** A descriptor address whose high word exceeds this is above Number.MAX_SAFE_INTEGER. */
-const MAX_SAFE_HIGH_WORD = 0x1fffff;
 
 if (!IS_LITTLE_ENDIAN) throw new Error('virtio split queue: typed-array ring views assume a little-endian host');
 
@@ -69,8 +67,11 @@ export interface SplitQueueOptions {
   name?: string;
 }
 
-/** What another thread needs to continue a queue exactly where this one stopped. */
-export interface SplitQueueState {
+/**
+ * What another thread needs to continue a queue exactly where this one stopped. For a packed
+ * queue, lastAvail and lastUsed are slots with the wrap counter in bit 15.
+ */
+export interface QueueState {
   lastAvail: number;
   lastUsed: number;
   signalledUsed: number;
@@ -78,6 +79,7 @@ export interface SplitQueueState {
   notificationsDisabled: boolean;
   broken: boolean;
 }
+export type SplitQueueState = QueueState;
 
 function isU16(v: unknown): v is number {
   return typeof v === 'number' && Number.isInteger(v) && v >= 0 && v <= 0xffff;
@@ -192,11 +194,22 @@ export class SplitQueue {
     return Atomics.load(this.used16, 1);
   }
 
+  /** Whether a chain is waiting: one load, no exception, for an idle poll. */
+  hasAvailable(): boolean {
+    return Atomics.load(this.avail16, 1) !== this.lastAvail;
+  }
+
+  /** Chains waiting as avail.idx says, for budgets; never throws (a broken count is just large). */
+  availableHint(): number {
+    return (Atomics.load(this.avail16, 1) - this.lastAvail) & 0xffff;
+  }
+
   /**
-   * Number of chains the driver has made available and the device has not consumed. Throws
+   * Number of chains the driver has made available and the device has not consumed (the limit
+   * is for PackedQueue, which must walk its ring to count; this one reads a counter). Throws
    * RingError, and marks the queue broken, when the driver moved avail.idx more than a ring ahead.
    */
-  availableCount(): number {
+  availableCount(_limit?: number): number {
     if (this.broken) throw new RingError(this.name, 'queue is broken');
     const idx = Atomics.load(this.avail16, 1);
     const count = (idx - this.lastAvail) & 0xffff;
@@ -246,8 +259,6 @@ export class SplitQueue {
     let ttl = size;
     let index = head;
     let inIndirect = false;
-    let seenWritable = false;
-    let total = 0;
     for (;;) {
       if (ttl-- === 0) {
         return chain.reject(`chain from head ${head} is longer than its table of ${tableLen} (descriptor loop)`);
@@ -307,69 +318,11 @@ export class SplitQueue {
         continue;
       }
 
-      const writable = (flags & VRING_DESC_F_WRITE) !== 0;
-      if (writable) seenWritable = true;
-      else if (seenWritable) return chain.reject(`descriptor ${index} of head ${head} is device-readable after a device-writable one`);
-      if (len !== 0) {
-        total += len;
-        if (total > maxBytes) return chain.reject(`chain from head ${head} is longer than ${maxBytes} bytes`);
-        if (hi > MAX_SAFE_HIGH_WORD) return chain.reject(`descriptor ${index} of head ${head} has an address above 2^53`);
-        const gpa = hi * 0x1_0000_0000 + lo;
-        if (gpa > Number.MAX_SAFE_INTEGER - len) return chain.reject(`descriptor ${index} of head ${head} overflows the address space`);
-        if (!this.addSegments(chain, gpa, len, writable)) return;
-        if (writable) chain.writableLength += len;
-        else {
-          chain.readableLength += len;
-          chain.readableSegments = chain.segmentCount;
-        }
-      }
+      if (!chain.addDescriptor(index, lo, hi, len, (flags & VRING_DESC_F_WRITE) !== 0, maxBytes)) return;
       if ((flags & VRING_DESC_F_NEXT) === 0) return;
       if (next >= tableLen) return chain.reject(`descriptor ${index} of head ${head} links to ${next}, outside its table of ${tableLen}`);
       index = next;
     }
-  }
-
-  /** Translates one descriptor's buffer into segments, splitting it where it crosses regions. */
-  private addSegments(chain: DescriptorChain, gpa: number, len: number, writable: boolean): boolean {
-    const memory = this.memory;
-    const first = memory.regionIndexOf(gpa);
-    if (first >= 0 && gpa + len <= memory.regionEnd(first) && chain.segmentCount < chain.capacity) {
-      // The usual case: the whole buffer lies in one region.
-      const n = chain.segmentCount;
-      const region = memory.regions[first]!;
-      chain.segBytes[n] = region.bytes;
-      chain.segOffset[n] = gpa - region.guestPhysAddr;
-      chain.segLength[n] = len;
-      chain.segGpa[n] = gpa;
-      chain.segWritable[n] = writable ? 1 : 0;
-      chain.segmentCount = n + 1;
-      return true;
-    }
-    let addr = gpa;
-    let left = len;
-    while (left > 0) {
-      const r = memory.regionIndexOf(addr);
-      if (r < 0) {
-        chain.reject(`buffer at 0x${gpa.toString(16)}+${len} of head ${chain.head} touches unmapped guest memory at 0x${addr.toString(16)}`);
-        return false;
-      }
-      const n = chain.segmentCount;
-      if (n === chain.capacity) {
-        chain.reject(`chain from head ${chain.head} needs more than ${chain.capacity} segments`);
-        return false;
-      }
-      const region = memory.regions[r]!;
-      const take = Math.min(left, memory.regionEnd(r) - addr);
-      chain.segBytes[n] = region.bytes;
-      chain.segOffset[n] = addr - region.guestPhysAddr;
-      chain.segLength[n] = take;
-      chain.segGpa[n] = addr;
-      chain.segWritable[n] = writable ? 1 : 0;
-      chain.segmentCount = n + 1;
-      addr += take;
-      left -= take;
-    }
-    return true;
   }
 
   /** Writes used entry `{head, len}`; the driver sees it only after `flushUsed()`. */

@@ -367,6 +367,7 @@ export class Relay implements NetDevice {
       rxOffloads: guestRxOffloads(sample.features),
       eventIdx: sample.eventIdx,
       indirect: sample.indirect,
+      packed: sample.packed,
       mergeable: sample.mergeableRxBuffers,
       hdrLen: sample.netHeaderLength,
       queues,

@@ -8,6 +8,9 @@ import type { DirectionSpec, DirectionState, QueueState } from '../datapath/work
 export function resumeStateFromGuest(spec: DirectionSpec): DirectionState {
   const queues: Record<number, QueueState> = {};
   const guest = spec.guest;
+  // A packed ring keeps no used index in guest memory: its queues get no state, and the worker
+  // stops them (the VM must reset the device) rather than guess where they were.
+  if (guest?.packed) return { queues, rrQueue: 0, rrMember: 0 };
   for (const q of guest?.queues ?? []) {
     const region = guest!.regions[q.used.region];
     if (!region || q.used.offset + 4 > region.size) continue;

@@ -5,8 +5,10 @@
 import { viewAt } from '../../sys/memory.js';
 import { eventfdWrite } from '../../sys/eventfd.js';
 import { GuestMemory, regionPieces } from '../../virtio/guest-memory.js';
-import { availRingBytes, descTableBytes, usedRingBytes } from '../../virtio/ring-layout.js';
+import { DESC_SIZE, PACKED_EVENT_BYTES, availRingBytes, descTableBytes, usedRingBytes } from '../../virtio/ring-layout.js';
 import { SplitQueue, RingError, DescriptorChain } from '../../virtio/split-queue.js';
+import { PackedQueue } from '../../virtio/packed-queue.js';
+import type { DeviceQueue } from '../../virtio/device-queue.js';
 import { NetRxWriter, RX_NO_BUFFERS, RX_DROPPED } from '../../virtio/net-rx.js';
 import { VIRTIO_NET_HDR_GSO_NONE } from '../../virtio/net-header.js';
 import { Counter, Dir, counterBase } from './counters.js';
@@ -70,7 +72,7 @@ function releaseMemory(guest: GuestSpec): void {
 /** One guest vring as a worker drives it. */
 export class GuestQueue {
   readonly index: number;
-  readonly queue: SplitQueue;
+  readonly queue: DeviceQueue;
   readonly callFd: number;
   readonly kickFd: number;
   readonly enabled: boolean;
@@ -92,21 +94,40 @@ export class GuestQueue {
       if (offset + length <= piece.size) return { bytes: piece.bytes, offset };
       return { bytes: new Uint8Array(viewAt(region.hostAddress + p.offset, length)), offset: 0 };
     };
-    this.queue = new SplitQueue({
-      memory,
-      size: spec.size,
-      descTable: at(spec.desc, descTableBytes(spec.size)),
-      availRing: at(spec.avail, availRingBytes(spec.size)),
-      usedRing: at(spec.used, usedRingBytes(spec.size)),
-      eventIdx: guest.eventIdx,
-      indirect: guest.indirect,
-      // Guests without MRG_RXBUF post "big packet" receive chains of 17+ pages; transmit chains
-      // stay bounded by the largest frame.
-      maxChainBytes: spec.index % 2 === 0 ? RX_MAX_CHAIN_BYTES : MAX_FRAME,
-      // Used-ring writes are logged where the front-end said (it reads the log by guest address).
-      usedRingGuestAddr: spec.usedLogAddr ?? undefined,
-      name: `vring ${spec.index}`,
-    });
+    // Guests without MRG_RXBUF post "big packet" receive chains of 17+ pages; transmit chains
+    // stay bounded by the largest frame.
+    const maxChainBytes = spec.index % 2 === 0 ? RX_MAX_CHAIN_BYTES : MAX_FRAME;
+    const name = `vring ${spec.index}`;
+    if (guest.packed) {
+      // A packed ring's state only comes from the relay (resume-state.ts has none to give).
+      if (!state) throw new RingError(name, 'a packed ring cannot resume without the state its worker kept (the worker ended without handing it back); the VM must reset the device');
+      this.queue = new PackedQueue({
+        memory,
+        size: spec.size,
+        descRing: at(spec.desc, DESC_SIZE * spec.size),
+        driverEvent: at(spec.avail, PACKED_EVENT_BYTES),
+        deviceEvent: at(spec.used, PACKED_EVENT_BYTES),
+        eventIdx: guest.eventIdx,
+        indirect: guest.indirect,
+        maxChainBytes,
+        // Used entries are written into the descriptor ring: logged by its guest address.
+        name,
+      });
+    } else {
+      this.queue = new SplitQueue({
+        memory,
+        size: spec.size,
+        descTable: at(spec.desc, descTableBytes(spec.size)),
+        availRing: at(spec.avail, availRingBytes(spec.size)),
+        usedRing: at(spec.used, usedRingBytes(spec.size)),
+        eventIdx: guest.eventIdx,
+        indirect: guest.indirect,
+        maxChainBytes,
+        // Used-ring writes are logged where the front-end said (it reads the log by guest address).
+        usedRingGuestAddr: spec.usedLogAddr ?? undefined,
+        name,
+      });
+    }
     if (state) {
       this.queue.importState({
         lastAvail: state.lastAvail,
@@ -339,7 +360,7 @@ export class VmToVf extends Direction {
    */
   private drain(q: GuestQueue): number {
     const queue = q.queue;
-    const available = queue.availableCount();
+    const available = queue.availableCount(BURST);
     if (available === 0) return 0;
     const budget = available < BURST ? available : BURST;
     const chain = this.chain;
@@ -491,8 +512,7 @@ export class VmToVf extends Direction {
   hasWork(): boolean {
     const queues = this.queues;
     for (let i = 0; i < queues.length; i++) {
-      const q = queues[i].queue;
-      if (q.readAvailIdx() !== q.lastAvail) return true;
+      if (queues[i].queue.hasAvailable()) return true;
     }
     return false;
   }
@@ -788,7 +808,7 @@ export class VfToVm extends Direction {
   private guestRoom(): number {
     if (this.writers.length === 0) return -1;
     let room = 0;
-    for (const q of this.queues) room += (q.queue.readAvailIdx() - q.queue.lastAvail) & 0xffff;
+    for (const q of this.queues) room += q.queue.availableHint();
     return room;
   }
 

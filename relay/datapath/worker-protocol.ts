@@ -61,6 +61,8 @@ export interface GuestSpec {
   dirtyLog?: { hostAddress: number; size: number } | null;
   eventIdx: boolean;
   indirect: boolean;
+  /** VIRTIO_F_RING_PACKED: each queue's desc/avail/used are the packed ring and its event areas. */
+  packed?: boolean;
   mergeable: boolean;
   hdrLen: number;
   /** Started and enabled queues this direction serves (RX vrings for vf2vm, TX vrings for vm2vf). */

@@ -8,14 +8,14 @@
 // VIO4WD_HOSTILE_CASES=N (default 50) random cases, VIO4WD_HOSTILE_SEED=S to replay a run.
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { isNonBlocking, setNonBlocking } from '../../sys/fd.js';
-import { eventfdRead } from '../../sys/eventfd.js';
+import { eventfdRead, eventfdWrite } from '../../sys/eventfd.js';
 import { Reactor } from '../../sys/poll.js';
 import { ControlClient } from '../../port-control/client.js';
 import { requireBinary, requireRoot, uniqueTag } from '../support/netns.js';
 import { checkBothWays, fdGrowth, makeSite, sendFromPeer, settledStats, setUpSite, startSender, tearDownSite } from '../support/vm-site.js';
 import { startRelay, type RunningRelay } from '../support/relay.js';
 import { sleep, stopAll, waitFor } from '../support/processes.js';
-import { SCRATCH_AT, TestVm } from '../support/test-vm.js';
+import { QSIZE, SCRATCH_AT, TestVm } from '../support/test-vm.js';
 import { CHAIN_CASES, FD_CASES, HOSTILE_FDS, fillEventfd, pick, randomMessages, rng } from '../support/hostile-frontend.js';
 
 vi.setConfig({ testTimeout: 150_000, hookTimeout: 60_000 });
@@ -159,6 +159,35 @@ describe.skipIf(!ready)('relay against a hostile front-end on the same worker as
     return what;
   }
 
+  /**
+   * A packed ring that is one endless chain: every descriptor available (wrap 0, as a base of 0
+   * says) and with NEXT. No pop can ever finish it, so the ring must stop, with a log line, and
+   * not leave the worker polling work it cannot take.
+   */
+  async function packedEndlessChainCase(ring: 0 | 1): Promise<string> {
+    const what = `packed vring ${ring} that is one endless chain`;
+    const dir = ring === 0 ? 'vfToVm' : 'vmToVf';
+    const before = (await relayCounters(stats, siteB.relayId))[dir];
+    await hostile.connect(relay.socketPath(siteB.relayId), reactor, {}, { postRx: false, packed: true });
+    try {
+      const descs = Array.from({ length: QSIZE }, (_, slot) => ({ slot, addr: SCRATCH_AT, len: 100, flags: 0x8000 | 1, next: 0 }));
+      hostile.writeDescriptors(ring, descs);
+      if (ring === 0) sendFromPeer(siteB, 1);
+      else eventfdWrite(hostile.kickFds[1], 1);
+      await waitFor(
+        () => relay.logs().some((l) => l.relay === siteB.relayId && String(l.msg).includes(`vring ${ring}: chain from slot 0 is longer than the ring of ${QSIZE}`)),
+        3000,
+        `${what}: the ring stopped with a log line`,
+        10,
+      );
+      const after = (await relayCounters(stats, siteB.relayId))[dir];
+      expect(after.ringsStopped - before.ringsStopped, `${what}: that ring stopped`).toBe(1);
+    } finally {
+      await hostile.disconnect();
+    }
+    return what;
+  }
+
   it('refuses every non-eventfd kick and call fd with a log line, survives a full blocking eventfd, and isolates broken chains', async () => {
     await checkBothWays(healthy, siteA, 'before the campaign');
     // Warm-up: one hostile connection, so lazily opened fds are there before the first count.
@@ -169,6 +198,7 @@ describe.skipIf(!ready)('relay against a hostile front-end on the same worker as
     for (const c of FD_CASES) await afterCase(await fdCase(c));
     for (const ring of [0, 1] as const) await afterCase(await reblockedCallCase(ring));
     for (const c of CHAIN_CASES) await afterCase(await chainCase(c));
+    for (const ring of [0, 1] as const) await afterCase(await packedEndlessChainCase(ring));
 
     // Broken chains are visible: one warning per ring (rate-limited), naming relay, vring and reason.
     const warnings = relay.logs().filter((l) => l.relay === siteB.relayId && String(l.msg).includes('descriptor chain dropped'));

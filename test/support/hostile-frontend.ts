@@ -8,7 +8,7 @@ import { ftruncate, memfdCreate } from '../../sys/memory.js';
 import type { Reactor } from '../../sys/poll.js';
 import { socketPair } from '../../sys/unix-socket.js';
 import { Request, encodeLog, encodeU64, encodeVringAddr, encodeVringFile, encodeVringState } from '../../vhost-user/messages.js';
-import { MEM_SIZE, QSIZE, SCRATCH_AT, type TestVm } from './test-vm.js';
+import { MEM_SIZE, QSIZE, RX_RING_AT, SCRATCH_AT, TX_RING_AT, type TestVm } from './test-vm.js';
 
 /** An fd to hand over as kick or call, and how to clean up everything made for it. */
 export interface HostileFd {
@@ -170,7 +170,9 @@ export async function randomMessages(vm: TestVm, path: string, reactor: Reactor,
   const log: RandomCaseLog = { steps: [] };
   const made: HostileFd[] = [];
   const run = async () => {
-    await vm.connect(path, reactor, {}, { postRx: r() < 0.5, migration: r() < 0.5 });
+    const packed = r() < 0.3;
+    if (packed) log.steps.push('negotiates packed rings (over what a split driver writes)');
+    await vm.connect(path, reactor, {}, { postRx: r() < 0.5, migration: r() < 0.5, packed });
     const fe = vm.frontend!;
     const count = 1 + Math.floor(r() * 12);
     for (let i = 0; i < count; i++) {
@@ -221,7 +223,8 @@ export async function randomMessages(vm: TestVm, path: string, reactor: Reactor,
           break;
         case 8: {
           // 2^26 is LOG_ALL: live migration turns it on and off under running rings.
-          const features = pick(r, [0, 2 ** 32, 2 ** 32 + 2 ** 30, 2 ** 32 + 2 ** 30 + 2 ** 26, 2 ** 63, 2 ** 29]);
+          // 2^34 is RING_PACKED: the ring layout changes under rings set up for the other one.
+          const features = pick(r, [0, 2 ** 32, 2 ** 32 + 2 ** 30, 2 ** 32 + 2 ** 30 + 2 ** 26, 2 ** 34 + 2 ** 32 + 2 ** 30, 2 ** 63, 2 ** 29]);
           step = `SET_FEATURES 0x${features.toString(16)}`;
           send = () => fe.request(Request.SET_FEATURES, encodeU64(features));
           break;
@@ -230,6 +233,19 @@ export async function randomMessages(vm: TestVm, path: string, reactor: Reactor,
           const id = pick(r, [0, 41, 99, 1000]);
           step = `unknown request ${id}`;
           send = () => fe.request(id, new Uint8Array(Math.floor(r() * 40)));
+          break;
+        }
+        case 10: {
+          // Random bytes over part of either ring (descriptors, indexes, flags, event areas),
+          // then a kick on both: the relay walks whatever it finds, split or packed.
+          const at = pick(r, [RX_RING_AT, TX_RING_AT]) + Math.floor(r() * 0x3000);
+          const length = 1 + Math.floor(r() * 256);
+          for (let k = 0; k < length && at + k < MEM_SIZE; k++) vm.bytes[at + k] = Math.floor(r() * 256);
+          step = `scribble ${length} random bytes at +0x${at.toString(16)} and kick`;
+          send = async () => {
+            eventfdWrite(vm.kickFds[0], 1);
+            eventfdWrite(vm.kickFds[1], 1);
+          };
           break;
         }
         case 11: {

@@ -36,6 +36,8 @@ export interface VhostUserNetOptions {
   offloads?: boolean;
   /** `mrg_rxbuf=` of the device (QEMU's default, on, when not given). */
   mergeableRxBuffers?: boolean;
+  /** `packed=on`: the device offers packed virtqueues (VIRTIO_F_RING_PACKED) to the guest. */
+  packed?: boolean;
 }
 
 export interface GuestVmOptions {
@@ -169,6 +171,7 @@ export function qemuArgs(image: GuestImage, opts: GuestVmOptions, accel: GuestAc
       device.push('csum=off', 'gso=off', 'guest_csum=off', 'guest_tso4=off', 'guest_tso6=off', 'guest_ecn=off');
     }
     if (opts.vhostUser.mergeableRxBuffers !== undefined) device.push(`mrg_rxbuf=${opts.vhostUser.mergeableRxBuffers ? 'on' : 'off'}`);
+    if (opts.vhostUser.packed) device.push('packed=on');
     args.push('-device', device.join(','));
   } else if (opts.userNet) {
     args.push('-netdev', 'user,id=net0,restrict=on');

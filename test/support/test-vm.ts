@@ -16,8 +16,8 @@ export const MEM_SIZE = 4 << 20;
 export const QSIZE = 256;
 /** virtio-net header with VERSION_1 (and no mergeable buffers): 12 bytes. */
 export const HDR = 12;
-const RX_RING_AT = 0x0;
-const TX_RING_AT = 0x10000;
+export const RX_RING_AT = 0x0;
+export const TX_RING_AT = 0x10000;
 export const RX_BUFFERS_AT = 0x100000;
 export const TX_BUFFERS_AT = 0x200000;
 /** Free guest memory for tests that build their own (broken) descriptors. */
@@ -87,7 +87,11 @@ export class TestVm {
    * `migration`: also negotiate LOG_ALL and PROTOCOL_F_LOG_SHMFD, so a live migration's messages
    * (SET_LOG_BASE with its reply, LOG_ALL under running rings) are in play.
    */
-  async connect(path: string, reactor: Reactor, fds: TestVmFds = {}, opts: { postRx?: boolean; migration?: boolean } = {}): Promise<void> {
+  /**
+   * `packed`: also negotiate VIRTIO_F_RING_PACKED. This VM's driver still lays out split rings, so
+   * the relay reads packed rings full of what a split driver wrote: garbage, as a hostile guest's.
+   */
+  async connect(path: string, reactor: Reactor, fds: TestVmFds = {}, opts: { postRx?: boolean; migration?: boolean; packed?: boolean } = {}): Promise<void> {
     await this.disconnect();
     this.txSlot = 0;
     this.rxSlot = 0;
@@ -99,10 +103,11 @@ export class TestVm {
       fe = await Frontend.connect(path, { reactor, retryMs: 50, timeoutMs: 10_000, label: this.name });
       this.frontend = fe;
       try {
+        const packed = opts.packed ? 2 ** VirtioNetFeature.RING_PACKED : 0;
         negotiated = await fe.negotiate(
           opts.migration
-            ? { features: 2 ** VirtioNetFeature.VERSION_1 + 2 ** VirtioNetFeature.LOG_ALL, protocolFeatures: (1 << ProtocolFeature.MQ) | (1 << ProtocolFeature.REPLY_ACK) | (1 << ProtocolFeature.LOG_SHMFD) }
-            : { features: 2 ** VirtioNetFeature.VERSION_1 },
+            ? { features: 2 ** VirtioNetFeature.VERSION_1 + 2 ** VirtioNetFeature.LOG_ALL + packed, protocolFeatures: (1 << ProtocolFeature.MQ) | (1 << ProtocolFeature.REPLY_ACK) | (1 << ProtocolFeature.LOG_SHMFD) }
+            : { features: 2 ** VirtioNetFeature.VERSION_1 + packed },
         );
         break;
       } catch (err) {
@@ -146,6 +151,21 @@ export class TestVm {
    */
   postRawChain(index: 0 | 1, descs: { slot: number; addr: number; len: number; flags: number; next: number }[], head: number): void {
     const d = index === 0 ? this.rx : this.tx;
+    this.writeDescriptors(index, descs);
+    const avail = new Uint16Array(this.mem.buffer, d.layout.availGpa, 2 + QSIZE);
+    const idx = Atomics.load(avail, 1);
+    avail[2 + (idx % QSIZE)] = head;
+    Atomics.store(avail, 1, (idx + 1) & 0xffff);
+    eventfdWrite(this.kickFds[index], 1);
+  }
+
+  /**
+   * Writes split-layout descriptors (addr, len, flags, next) into ring `index`'s table. A relay
+   * that negotiated packed rings reads the same 16 bytes as addr, len, id (our flags) and flags
+   * (our next): a test of packed rings puts the packed flags in `next`.
+   */
+  writeDescriptors(index: 0 | 1, descs: { slot: number; addr: number; len: number; flags: number; next: number }[]): void {
+    const d = index === 0 ? this.rx : this.tx;
     const view = new DataView(this.mem.buffer);
     for (const x of descs) {
       const at = d.layout.descGpa + 16 * x.slot;
@@ -154,11 +174,6 @@ export class TestVm {
       view.setUint16(at + 12, x.flags, true);
       view.setUint16(at + 14, x.next, true);
     }
-    const avail = new Uint16Array(this.mem.buffer, d.layout.availGpa, 2 + QSIZE);
-    const idx = Atomics.load(avail, 1);
-    avail[2 + (idx % QSIZE)] = head;
-    Atomics.store(avail, 1, (idx + 1) & 0xffff);
-    eventfdWrite(this.kickFds[index], 1);
   }
 
   /** used.idx the relay published on ring `index`. */

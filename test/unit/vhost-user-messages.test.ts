@@ -140,16 +140,17 @@ describe('u64 payloads', () => {
     expect(hasBit(f, 30)).toBe(true); // PROTOCOL_FEATURES
     expect(hasBit(f, 15)).toBe(true); // MRG_RXBUF
     expect(hasBit(f, 35)).toBe(true); // IN_ORDER: both directions use buffers in order
-    expect(hasBit(f, 34)).toBe(false); // RING_PACKED not offered
+    expect(hasBit(f, 34)).toBe(true); // RING_PACKED: the front-end chooses the ring layout
+    expect(hasBit(f, 38)).toBe(false); // NOTIFICATION_DATA not offered
     expect(hasBit(offeredFeatures({ mergeableRxBuffers: false }), 15)).toBe(false);
     // Offloads (VIRTIOFWD_TSO) both ways: CSUM 0, GUEST_CSUM 1, GUEST_TSO4/6 7/8, GUEST_ECN 9,
     // HOST_TSO4/6 11/12, HOST_ECN 13; never the UFO bits (10, 14) nor GSO (6).
     const offloads = [0, 1, 7, 8, 9, 11, 12, 13];
     expect(offloads.filter((b) => hasBit(f, b))).toEqual([]);
     expect(offeredFeatures({ offloads: true }) - f).toBe(offloads.reduce((sum, b) => sum + 2 ** b, 0));
-    expect(bitsOutside(f + 2 ** 34, f)).toBe(2 ** 34);
+    expect(bitsOutside(f + 2 ** 38, f)).toBe(2 ** 38);
     expect(bitsOutside(f, f)).toBe(0);
-    expect(f).toBe(0x9_7c60_8000);
+    expect(f).toBe(0xd_7c60_8000);
     expect(offeredProtocolFeatures()).toBe(0x1800b); // MQ, LOG_SHMFD, REPLY_ACK, CONFIGURE_MEM_SLOTS, STATUS
     expect(netHeaderLength(0)).toBe(10);
     expect(netHeaderLength(2 ** 32)).toBe(12);
