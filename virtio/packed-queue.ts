@@ -67,6 +67,7 @@ export class PackedQueue {
   readonly indirect: boolean;
   /** Set once the driver broke the ring (a chain longer than the ring); every later pop throws. */
   broken = false;
+  private breakReason = 'imported as broken';
   private chainByteLimit = DEFAULT_MAX_CHAIN_BYTES;
 
   private availIdx = 0;
@@ -173,15 +174,27 @@ export class PackedQueue {
     return this.usedIdx | (this.usedWrap << 15);
   }
 
+  /**
+   * Marks the queue broken for good and throws. The reason is kept: the first throw may happen in
+   * a poll that only notes it (availableHint), and the ring is stopped by the next call, whose
+   * message must still say why.
+   */
+  private breakRing(reason: string): never {
+    this.broken = true;
+    this.breakReason = reason;
+    throw new RingError(this.name, reason);
+  }
+
   /** Whether the descriptor in `slot` is available to the device in the round of `wrap`. */
   private availableAt(slot: number, wrap: number): boolean {
     const flags = Atomics.load(this.desc16, slot * 8 + 7);
     return ((flags >>> 7) & 1) === wrap && ((flags >>> 15) & 1) !== wrap;
   }
 
-  /** Whether the next chain is available: one load, no exception, for an idle poll. */
+  /** Whether the next chain is available (or the ring is broken): one load, no exception, for an idle poll. */
   hasAvailable(): boolean {
-    return !this.broken && this.availableAt(this.availIdx, this.availWrap);
+    // A broken ring counts as work too: the burst it starts meets the error and stops the ring.
+    return this.broken || this.availableAt(this.availIdx, this.availWrap);
   }
 
   /**
@@ -191,7 +204,7 @@ export class PackedQueue {
    * queue here too (RingError), so a poll never sees work that no pop can take.
    */
   availableCount(limit = this.size): number {
-    if (this.broken) throw new RingError(this.name, 'queue is broken');
+    if (this.broken) throw new RingError(this.name, `queue is broken: ${this.breakReason}`);
     const size = this.size;
     const desc16 = this.desc16;
     let slot = this.availIdx;
@@ -207,10 +220,7 @@ export class PackedQueue {
           wrap ^= 1;
         }
         if ((flags & VRING_DESC_F_NEXT) === 0) break;
-        if (walked === size) {
-          this.broken = true;
-          throw new RingError(this.name, `chain from slot ${this.availIdx} is longer than the ring of ${size} (every descriptor has NEXT)`);
-        }
+        if (walked === size) this.breakRing(`chain from slot ${this.availIdx} is longer than the ring of ${size} (every descriptor has NEXT)`);
       }
       chains++;
     }
@@ -218,11 +228,12 @@ export class PackedQueue {
   }
 
   /**
-   * Chains waiting, for budgets and idle polls; never throws. A ring found broken here reports 1,
-   * so that the next burst meets the error and stops the ring; a ring already broken reports 0.
+   * Chains waiting, for budgets and idle polls; never throws. A broken ring reports 1, so that a
+   * poll runs the burst that meets the error and stops the ring (the caller then drops it and
+   * polls it no more); 0 would leave it asleep, unnoticed.
    */
   availableHint(limit = 64): number {
-    if (this.broken) return 0;
+    if (this.broken) return 1;
     try {
       return this.availableCount(limit);
     } catch {
@@ -237,7 +248,7 @@ export class PackedQueue {
    * not yet published, breaks the queue (RingError).
    */
   popChain(chain: DescriptorChain): boolean {
-    if (this.broken) throw new RingError(this.name, 'queue is broken');
+    if (this.broken) throw new RingError(this.name, `queue is broken: ${this.breakReason}`);
     const size = this.size;
     let slot = this.availIdx;
     let wrap = this.availWrap;
@@ -249,10 +260,7 @@ export class PackedQueue {
     let taken = 0;
     let id = 0;
     for (;;) {
-      if (taken === size) {
-        this.broken = true;
-        throw new RingError(this.name, `chain from slot ${first} is longer than the ring of ${size} (every descriptor has NEXT)`);
-      }
+      if (taken === size) this.breakRing(`chain from slot ${first} is longer than the ring of ${size} (every descriptor has NEXT)`);
       const w = slot * 4;
       const lo = desc32[w]!;
       const hi = desc32[w + 1]!;
@@ -275,8 +283,7 @@ export class PackedQueue {
     }
     if (this.heldSlots + taken > size) {
       // The driver reused slots it had not got back; the used entries would no longer free them.
-      this.broken = true;
-      throw new RingError(this.name, `chain from slot ${first} runs into slots the device has not returned (${this.heldSlots + taken} slots taken in a ring of ${size})`);
+      this.breakRing(`chain from slot ${first} runs into slots the device has not returned (${this.heldSlots + taken} slots taken in a ring of ${size})`);
     }
     this.heldSlots += taken;
     chain.head = id;

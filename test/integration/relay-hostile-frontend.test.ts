@@ -170,12 +170,13 @@ describe.skipIf(!ready)('relay against a hostile front-end on the same worker as
     const before = (await relayCounters(stats, siteB.relayId))[dir];
     await hostile.connect(relay.socketPath(siteB.relayId), reactor, {}, { postRx: false, packed: true });
     try {
-      const descs = Array.from({ length: QSIZE }, (_, slot) => ({ slot, addr: SCRATCH_AT, len: 100, flags: 0x8000 | 1, next: 0 }));
+      // Split layout: `flags` lands on the packed id, `next` on the packed flags (USED set, AVAIL clear: available in round 0; NEXT).
+      const descs = Array.from({ length: QSIZE }, (_, slot) => ({ slot, addr: SCRATCH_AT, len: 100, flags: slot, next: 0x8000 | 1 }));
       hostile.writeDescriptors(ring, descs);
       if (ring === 0) sendFromPeer(siteB, 1);
       else eventfdWrite(hostile.kickFds[1], 1);
       await waitFor(
-        () => relay.logs().some((l) => l.relay === siteB.relayId && String(l.msg).includes(`vring ${ring}: chain from slot 0 is longer than the ring of ${QSIZE}`)),
+        () => relay.logs().some((l) => l.relay === siteB.relayId && String(l.msg).includes(`vring ${ring}: `) && String(l.msg).includes(`chain from slot 0 is longer than the ring of ${QSIZE}`)),
         3000,
         `${what}: the ring stopped with a log line`,
         10,
