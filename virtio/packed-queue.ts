@@ -10,7 +10,7 @@
 
 import { DescriptorChain, MAX_SAFE_HIGH_WORD } from './descriptor-chain.js';
 import type { GuestMemory, HostLocation } from './guest-memory.js';
-import { DEFAULT_MAX_CHAIN_BYTES, RingError, type QueueState } from './split-queue.js';
+import { DEFAULT_MAX_CHAIN_BYTES, RingError, checkedMaxChainBytes, isU16, ringPartView, type QueueState } from './split-queue.js';
 import {
   DESC_SIZE,
   VRING_DESC_F_INDIRECT,
@@ -26,7 +26,6 @@ import {
   vringNeedEvent,
 } from './ring-layout.js';
 
-const MAX_CHAIN_BYTES_LIMIT = 2 ** 32;
 const WRAP_BIT = 0x8000;
 
 export interface PackedQueueOptions {
@@ -55,9 +54,6 @@ export interface PackedQueueOptions {
   name?: string;
 }
 
-function isU16(v: unknown): v is number {
-  return typeof v === 'number' && Number.isInteger(v) && v >= 0 && v <= 0xffff;
-}
 
 export class PackedQueue {
   readonly name: string;
@@ -117,12 +113,12 @@ export class PackedQueue {
     this.pendingFlags = new Uint16Array(size);
     this.setIndexes(options.lastAvail ?? WRAP_BIT, options.lastUsed ?? options.lastAvail ?? WRAP_BIT);
 
-    const desc = this.ringView(options.descRing, 'descriptor ring', DESC_SIZE * size, 16);
+    const desc = ringPartView(this.name, options.descRing, 'descriptor ring', DESC_SIZE * size, 16);
     this.desc32 = new Uint32Array(desc.buffer, desc.byteOffset, (DESC_SIZE / 4) * size);
     this.desc16 = new Uint16Array(desc.buffer, desc.byteOffset, (DESC_SIZE / 2) * size);
-    const driver = this.ringView(options.driverEvent, 'driver event area', PACKED_EVENT_BYTES, 4);
+    const driver = ringPartView(this.name, options.driverEvent, 'driver event area', PACKED_EVENT_BYTES, 4);
     this.driver16 = new Uint16Array(driver.buffer, driver.byteOffset, 2);
-    const device = this.ringView(options.deviceEvent, 'device event area', PACKED_EVENT_BYTES, 4);
+    const device = ringPartView(this.name, options.deviceEvent, 'device event area', PACKED_EVENT_BYTES, 4);
     this.device16 = new Uint16Array(device.buffer, device.byteOffset, 2);
     const gpaOf = (loc: HostLocation) => {
       const region = options.memory.regions.find((r) => r.bytes === loc.bytes);
@@ -130,17 +126,6 @@ export class PackedQueue {
     };
     this.descLogAddr = options.descRingGuestAddr !== undefined ? options.descRingGuestAddr : gpaOf(options.descRing);
     this.deviceLogAddr = options.deviceEventGuestAddr !== undefined ? options.deviceEventGuestAddr : gpaOf(options.deviceEvent);
-  }
-
-  private ringView(loc: HostLocation, what: string, length: number, align: number): { buffer: ArrayBufferLike; byteOffset: number } {
-    if (!Number.isInteger(loc.offset) || loc.offset < 0 || loc.offset + length > loc.bytes.length) {
-      throw new RingError(this.name, `${what} of ${length} bytes at offset ${loc.offset} does not fit in its ${loc.bytes.length}-byte mapping`);
-    }
-    const byteOffset = loc.bytes.byteOffset + loc.offset;
-    if (byteOffset % align !== 0) {
-      throw new RingError(this.name, `${what} at host offset ${byteOffset} is not ${align}-byte aligned as the virtio spec requires`);
-    }
-    return { buffer: loc.bytes.buffer, byteOffset };
   }
 
   private setIndexes(lastAvail: number, lastUsed: number): void {
@@ -158,10 +143,7 @@ export class PackedQueue {
   }
 
   set maxChainBytes(value: number) {
-    if (!Number.isInteger(value) || value < 1 || value > MAX_CHAIN_BYTES_LIMIT) {
-      throw new RingError(this.name, `maximum chain length ${value} is outside 1..2^32`);
-    }
-    this.chainByteLimit = value;
+    this.chainByteLimit = checkedMaxChainBytes(this.name, value);
   }
 
   /** Next slot to take, with the avail wrap counter in bit 15. */

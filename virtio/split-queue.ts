@@ -81,7 +81,30 @@ export interface QueueState {
 }
 export type SplitQueueState = QueueState;
 
-function isU16(v: unknown): v is number {
+/**
+ * Checks the bounds and alignment of one ring part (in queue `name`) and returns its absolute
+ * place in the buffer, for typed-array views. Shared by split and packed queues.
+ */
+export function ringPartView(name: string, loc: HostLocation, what: string, length: number, align: number): { buffer: ArrayBufferLike; byteOffset: number } {
+  if (!Number.isInteger(loc.offset) || loc.offset < 0 || loc.offset + length > loc.bytes.length) {
+    throw new RingError(name, `${what} of ${length} bytes at offset ${loc.offset} does not fit in its ${loc.bytes.length}-byte mapping`);
+  }
+  const byteOffset = loc.bytes.byteOffset + loc.offset;
+  if (byteOffset % align !== 0) {
+    throw new RingError(name, `${what} at host offset ${byteOffset} is not ${align}-byte aligned as the virtio spec requires`);
+  }
+  return { buffer: loc.bytes.buffer, byteOffset };
+}
+
+/** A chain byte limit, checked: 1..2^32. */
+export function checkedMaxChainBytes(name: string, value: number): number {
+  if (!Number.isInteger(value) || value < 1 || value > MAX_CHAIN_BYTES_LIMIT) {
+    throw new RingError(name, `maximum chain length ${value} is outside 1..2^32`);
+  }
+  return value;
+}
+
+export function isU16(v: unknown): v is number {
   return typeof v === 'number' && Number.isInteger(v) && v >= 0 && v <= 0xffff;
 }
 
@@ -134,11 +157,11 @@ export class SplitQueue {
     this.availIdxSeen = lastAvail;
     this.publishedUsed = lastUsed;
 
-    const desc = this.ringView(options.descTable, 'descriptor table', descTableBytes(size), DESC_TABLE_ALIGN);
+    const desc = ringPartView(this.name, options.descTable, 'descriptor table', descTableBytes(size), DESC_TABLE_ALIGN);
     this.desc32 = new Uint32Array(desc.buffer, desc.byteOffset, (DESC_SIZE / 4) * size);
-    const avail = this.ringView(options.availRing, 'avail ring', availRingBytes(size), AVAIL_RING_ALIGN);
+    const avail = ringPartView(this.name, options.availRing, 'avail ring', availRingBytes(size), AVAIL_RING_ALIGN);
     this.avail16 = new Uint16Array(avail.buffer, avail.byteOffset, availRingBytes(size) / 2);
-    const used = this.ringView(options.usedRing, 'used ring', usedRingBytes(size), USED_RING_ALIGN);
+    const used = ringPartView(this.name, options.usedRing, 'used ring', usedRingBytes(size), USED_RING_ALIGN);
     this.used16 = new Uint16Array(used.buffer, used.byteOffset, usedRingBytes(size) / 2);
     this.used32 = new Uint32Array(used.buffer, used.byteOffset, (usedRingBytes(size) - 2) / 4);
     this.usedEventIndex = usedEventOffset(size) / 2;
@@ -152,18 +175,6 @@ export class SplitQueue {
     }
   }
 
-  /** Checks bounds and alignment of one ring part and returns its absolute place in the buffer. */
-  private ringView(loc: HostLocation, what: string, length: number, align: number): { buffer: ArrayBufferLike; byteOffset: number } {
-    if (!Number.isInteger(loc.offset) || loc.offset < 0 || loc.offset + length > loc.bytes.length) {
-      throw new RingError(this.name, `${what} of ${length} bytes at offset ${loc.offset} does not fit in its ${loc.bytes.length}-byte mapping`);
-    }
-    const byteOffset = loc.bytes.byteOffset + loc.offset;
-    if (byteOffset % align !== 0) {
-      throw new RingError(this.name, `${what} at host offset ${byteOffset} is not ${align}-byte aligned as the virtio spec requires`);
-    }
-    return { buffer: loc.bytes.buffer, byteOffset };
-  }
-
   /**
    * Longest chain (readable + writable bytes) accepted. Receive queues of a guest using big
    * packets without MRG_RXBUF post chains of about 17 pages and need this raised.
@@ -173,10 +184,7 @@ export class SplitQueue {
   }
 
   set maxChainBytes(value: number) {
-    if (!Number.isInteger(value) || value < 1 || value > MAX_CHAIN_BYTES_LIMIT) {
-      throw new RingError(this.name, `maximum chain length ${value} is outside 1..2^32`);
-    }
-    this.chainByteLimit = value;
+    this.chainByteLimit = checkedMaxChainBytes(this.name, value);
   }
 
   /** Sets (or clears) the guest-physical address used ring writes are logged at. */

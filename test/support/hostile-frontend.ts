@@ -8,6 +8,7 @@ import { ftruncate, memfdCreate } from '../../sys/memory.js';
 import type { Reactor } from '../../sys/poll.js';
 import { socketPair } from '../../sys/unix-socket.js';
 import { Request, encodeLog, encodeU64, encodeVringAddr, encodeVringFile, encodeVringState } from '../../vhost-user/messages.js';
+export { mulberry32 as rng } from './seeded-random.js';
 import { MEM_SIZE, QSIZE, RX_RING_AT, SCRATCH_AT, TX_RING_AT, type TestVm } from './test-vm.js';
 
 /** An fd to hand over as kick or call, and how to clean up everything made for it. */
@@ -140,17 +141,6 @@ export const CHAIN_CASES: { name: string; ring: 0 | 1; descs: { slot: number; ad
   { name: 'readable descriptor in a receive chain', ring: 0, head: 205, descs: [{ slot: 205, addr: SCRATCH_AT, len: 2048, flags: 0, next: 0 }] },
 ];
 
-/** A small seeded generator (mulberry32), so a failing random case replays from its seed. */
-export function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 export const pick = <T>(r: () => number, xs: readonly T[]): T => xs[Math.floor(r() * xs.length)];
 

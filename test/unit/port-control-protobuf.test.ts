@@ -6,16 +6,10 @@ import { describe, expect, it } from 'vitest';
 import { PbDecodeError, decodeMessage, encodeMessage, isJsonFrame, messageType, type MessageName } from '../../port-control/protobuf.js';
 import { protobufConfig, protobufCoreSched, protobufPortControl, protobufStats, type ProtobufHandler } from '../../port-control/protobuf-handlers.js';
 import { MemoryRegistry } from '../support/memory-registry.js';
+import { mulberry32 as rng } from '../support/seeded-random.js';
 
 const logger = pino({ level: 'silent' });
 
-function rng(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s * 1664525 + 1013904223) >>> 0;
-    return s / 2 ** 32;
-  };
-}
 
 describe('telling JSON from protobuf', () => {
   it('takes a frame as JSON only when its first byte is {', () => {

@@ -7,18 +7,9 @@ import { NetRxWriter, RX_DROPPED, RX_NO_BUFFERS } from '../../virtio/net-rx.js';
 import { TX_DROPPED, readTxFrame } from '../../virtio/net-tx.js';
 import type { GuestMemory } from '../../virtio/guest-memory.js';
 import { RingBuilder, createTestMemory, writeDescriptorAt, type RegionSpec } from '../support/ring-builder.js';
+import { mulberry32 as prng } from '../support/seeded-random.js';
+import { checkChain } from '../support/chain-checks.js';
 
-/** mulberry32: small, fast, and reproducible from a seed. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 const SEED = 0x5eed_0001;
 const RINGS = 4000;
@@ -197,23 +188,3 @@ describe('net helpers on random rings', () => {
   });
 });
 
-function checkChain(chain: DescriptorChain, memory: GuestMemory, maxChainBytes: number): void {
-  let readable = 0;
-  let writable = 0;
-  if (chain.segmentCount > chain.capacity) throw new Error(`chain ${chain.head}: ${chain.segmentCount} segments over capacity`);
-  for (let i = 0; i < chain.segmentCount; i++) {
-    const bytes = chain.segBytes[i]!;
-    const region = memory.regions.find((r) => r.bytes === bytes);
-    const offset = chain.segOffset[i]!;
-    const length = chain.segLength[i]!;
-    if (region === undefined) throw new Error(`chain ${chain.head}: segment ${i} is not in a region`);
-    if (length === 0 || offset < 0 || offset + length > region.size) throw new Error(`chain ${chain.head}: segment ${i} (${offset}+${length}) leaves its region`);
-    if (region.guestPhysAddr + offset !== chain.segGpa[i]) throw new Error(`chain ${chain.head}: segment ${i} address mismatch`);
-    const isWritable = chain.segWritable[i] === 1;
-    if (isWritable !== i >= chain.readableSegments) throw new Error(`chain ${chain.head}: segment ${i} direction out of order`);
-    if (isWritable) writable += length;
-    else readable += length;
-  }
-  if (readable !== chain.readableLength || writable !== chain.writableLength) throw new Error(`chain ${chain.head}: lengths disagree with segments`);
-  if (readable + writable > maxChainBytes) throw new Error(`chain ${chain.head}: ${readable + writable} bytes over the limit`);
-}

@@ -23,6 +23,8 @@ import {
   type PackedBuffer,
   type PackedDescriptor,
 } from '../support/packed-ring-builder.js';
+import { mulberry32 as prng } from '../support/seeded-random.js';
+import { checkChain } from '../support/chain-checks.js';
 
 const WRAP = 0x8000;
 const RING_BASE = 0x1000;
@@ -1026,17 +1028,6 @@ describe('PackedQueue dirty logging', () => {
   });
 });
 
-/** mulberry32: small, fast, and reproducible from a seed. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 function parseSeed(text: string | undefined): number {
   if (text === undefined || text === '') return 0x9acd_0001;
@@ -1048,24 +1039,6 @@ function parseSeed(text: string | undefined): number {
 const SEED = parseSeed(process.env.VIO4WD_PACKED_SEED);
 const ROUNDS = 600;
 
-function checkChain(chain: DescriptorChain, memory: GuestMemory, maxChainBytes: number): void {
-  let readable = 0;
-  let writable = 0;
-  for (let i = 0; i < chain.segmentCount; i++) {
-    const region = memory.regions.find((r) => r.bytes === chain.segBytes[i]);
-    const offset = chain.segOffset[i]!;
-    const length = chain.segLength[i]!;
-    if (region === undefined) throw new Error(`chain ${chain.head}: segment ${i} is not in a region`);
-    if (length === 0 || offset < 0 || offset + length > region.size) throw new Error(`chain ${chain.head}: segment ${i} (${offset}+${length}) leaves its region`);
-    if (region.guestPhysAddr + offset !== chain.segGpa[i]) throw new Error(`chain ${chain.head}: segment ${i} address mismatch`);
-    const isWritable = chain.segWritable[i] === 1;
-    if (isWritable !== i >= chain.readableSegments) throw new Error(`chain ${chain.head}: segment ${i} direction out of order`);
-    if (isWritable) writable += length;
-    else readable += length;
-  }
-  if (readable !== chain.readableLength || writable !== chain.writableLength) throw new Error(`chain ${chain.head}: lengths disagree with segments`);
-  if (readable + writable > maxChainBytes) throw new Error(`chain ${chain.head}: ${readable + writable} bytes over the limit`);
-}
 
 describe('PackedQueue on random rings', () => {
   it(`only throws RingError, never hands out memory outside the regions, and takes every chain back (seed 0x${SEED.toString(16)}, ${ROUNDS} rounds; VIO4WD_PACKED_SEED replays)`, () => {
