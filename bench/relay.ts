@@ -96,9 +96,9 @@ function startRelay(b: Bench, kind: RelayKind): Promise<RelayUnderTest> {
 }
 
 function startTraffic(b: Bench, direction: Direction, size: number, socketPath: string): TestpmdProcess {
-  if (direction === 'tx') return startTxSource({ socketPath, size, cpu: b.opts.trafficCpu });
+  if (direction === 'tx') return startTxSource({ socketPath, size, cpu: b.opts.trafficCpu, packed: b.opts.packed });
   if (b.opts.rxRateMpps !== null) limitVethBRate(b.topo, b.opts.rxRateMpps, size);
-  return startRxEndpoint({ socketPath, size, cpu: b.opts.trafficCpu, netns: b.topo.ns, vethB: b.topo.vethB, throughQdisc: b.opts.rxRateMpps !== null });
+  return startRxEndpoint({ socketPath, size, cpu: b.opts.trafficCpu, netns: b.topo.ns, vethB: b.topo.vethB, throughQdisc: b.opts.rxRateMpps !== null, packed: b.opts.packed });
 }
 
 const vethBRx = (b: Bench) => nsLinkCounters(b.anchor.pid, b.topo.vethB).rxPackets;
@@ -272,7 +272,7 @@ function printResults(saved: SavedResults, interrupted = false): void {
   const header =
     `relay bench ${saved.started}: ${opts.runs} run(s), ${opts.warmupSeconds} s warm-up, ${opts.windowSeconds} s window, ` +
     `relay on CPU ${opts.relayCpu}, traffic on CPU ${opts.trafficCpu}` +
-    `${opts.rxRateMpps ? `, rx offered at most ${opts.rxRateMpps} Mpps (tbf on vethB)` : ''}${interrupted ? ' (INTERRUPTED: partial results)' : ''}`;
+    `${opts.rxRateMpps ? `, rx offered at most ${opts.rxRateMpps} Mpps (tbf on vethB)` : ''}${opts.packed ? ', packed virtqueues' : ''}${interrupted ? ' (INTERRUPTED: partial results)' : ''}`;
   const builds = [...new Set(records.filter((r) => r.relayBuild).map((r) => `commit ${r.relayBuild!.commit}, dist compiled ${r.relayBuild!.compiledAt}`))];
   const buildLine =
     builds.length <= 1

@@ -187,13 +187,14 @@ export async function startDpdkRelay(o: { vf: string; cpu: number; socketDir: st
 
 // ---- traffic ----
 
-const virtioUser = (id: number, path: string) => `net_virtio_user${id},path=${path},queue_size=1024`;
+/** The VM side: virtio-user with 1024-descriptor rings, packed ones with `packed`. */
+const virtioUser = (id: number, path: string, packed = false) => `net_virtio_user${id},path=${path},queue_size=1024${packed ? ',packed_vq=1' : ''}`;
 
 /** VM→VF source: virtio-user txonly. Its single port is port 0. */
-export function startTxSource(o: { socketPath: string; size: number; cpu: number }): TestpmdProcess {
+export function startTxSource(o: { socketPath: string; size: number; cpu: number; packed?: boolean }): TestpmdProcess {
   return startTestpmd(
     'tx-source',
-    [...eal(o.cpu, ['--single-file-segments'], [virtioUser(0, o.socketPath)]), '--', ...app('txonly', 'loop', [`--txpkts=${o.size}`])],
+    [...eal(o.cpu, ['--single-file-segments'], [virtioUser(0, o.socketPath, o.packed)]), '--', ...app('txonly', 'loop', [`--txpkts=${o.size}`])],
     {},
   );
 }
@@ -214,7 +215,7 @@ export function startTxSource(o: { socketPath: string; size: number; cpu: number
  */
 export const RX_ENDPOINT_PORTS = { injector: 1, virtio: 2 } as const;
 
-export function startRxEndpoint(o: { socketPath: string; size: number; cpu: number; netns: string; vethB: string; throughQdisc?: boolean }): TestpmdProcess {
+export function startRxEndpoint(o: { socketPath: string; size: number; cpu: number; netns: string; vethB: string; throughQdisc?: boolean; packed?: boolean }): TestpmdProcess {
   return startTestpmd(
     'rx-endpoint',
     [
@@ -222,7 +223,7 @@ export function startRxEndpoint(o: { socketPath: string; size: number; cpu: numb
         `net_null0,size=${o.size}`,
         // qdisc_bypass=0 only when a rate limit sits on vethB's qdisc: bypass is faster otherwise.
         `net_af_packet1,iface=${o.vethB}${o.throughQdisc ? ',qdisc_bypass=0' : ''}`,
-        virtioUser(2, o.socketPath),
+        virtioUser(2, o.socketPath, o.packed),
         'net_null3,no-rx=1',
       ]),
       '--',

@@ -23,6 +23,8 @@ export interface BenchOptions {
   summarizePath: string | null;
   /** rx only: cap the injector at this many Mpps (a tbf qdisc on vethB), to measure below saturation. */
   rxRateMpps: number | null;
+  /** The VM side (virtio-user) asks for packed virtqueues (packed_vq=1), for both relays. */
+  packed: boolean;
 }
 
 export const USAGE = `usage: node dist/bench/relay.js [options]      (as root, after npx tsc -p .)
@@ -46,6 +48,7 @@ Measures the relay's throughput VM→VF (tx) and VF→VM (rx) next to DPDK's rel
   --rx-rate MPPS      rx: offer at most MPPS (a tbf qdisc on vethB; the injector's AF_PACKET
                       port then goes through the qdisc). Shows loss below saturation, where a
                       relay with CPU to spare should lose nothing (default: as fast as it can)
+  --packed            the VM side uses packed virtqueues (virtio-user packed_vq=1), for both relays
   --no-pin-relay      do not confine our relay's whole process to --relay-cpu (only its worker is pinned)
   --json FILE         also write every run and the summaries as JSON
   --summarize FILE    print the table of a file written by --json, measure nothing
@@ -95,6 +98,7 @@ export function parseOptions(argv: string[]): BenchOptions {
     jsonPath: null,
     summarizePath: null,
     rxRateMpps: null,
+    packed: false,
   };
   // --quick sets defaults first, so explicit flags (wherever they appear) still win.
   if (argv.includes('--quick')) Object.assign(o, { runs: 1, warmupSeconds: 2, windowSeconds: 3, sizes: [64], redo: 0 });
@@ -107,6 +111,9 @@ export function parseOptions(argv: string[]): BenchOptions {
         o.help = true;
         break;
       case '--quick':
+        break;
+      case '--packed':
+        o.packed = true;
         break;
       case '--runs':
         o.runs = positive(a, next(), { integer: true });
