@@ -28,6 +28,12 @@ const ETH_HEADER = 14;
 const MAX_FRAME = 65562;
 /** Longest a super-frame waits in the VF ring for enough guest buffers for its segments. */
 const SEGMENT_WAIT_MS = 50;
+/**
+ * Guest receive buffers counted per burst at most. A packed ring must walk its descriptors to
+ * count them, so the count stops here: enough for a burst and for the segments of a 64 KiB
+ * super-frame at a 1,448-byte MSS (46). A split ring's count is one subtraction and ignores it.
+ */
+const ROOM_COUNT_LIMIT = 4 * BURST;
 /** Receive chains may be larger than any frame we write into them; only the segment budget limits them. */
 const RX_MAX_CHAIN_BYTES = 1 << 20;
 
@@ -606,11 +612,12 @@ export class VfToVm extends Direction {
     this.admit = (length) => {
       const kh = this.ring!.rxHeader;
       if (kh === null || kh[1] === 0 || rxAction(kh, this.rxOffloads, this.guestHeader) !== RX_SEGMENT) return true;
-      // A segment per buffer at least. A ring never holds more than its size, so a frame that
-      // needs more gets what there is rather than waiting for ever; nor does a frame wait more
+      // A segment per buffer at least. A ring never holds more than its size (and a burst counts
+      // no more than ROOM_COUNT_LIMIT), so a frame that needs more gets what there is rather than
+      // waiting for ever; nor does a frame wait more
       // than SEGMENT_WAIT_MS for a guest that stops refilling: then it goes, and what does not
       // fit is dropped (and counted), as when no frame waits.
-      const needed = Math.min(Math.ceil(length / Math.max(1, gsoSize(kh))), this.queues[0]?.queue.size ?? 1);
+      const needed = Math.min(Math.ceil(length / Math.max(1, gsoSize(kh))), this.queues[0]?.queue.size ?? 1, ROOM_COUNT_LIMIT);
       if (needed <= this.roomLeft) {
         this.waitingSince = 0;
         return true;
@@ -705,7 +712,7 @@ export class VfToVm extends Direction {
       let room = 0;
       for (const q of this.queues) {
         try {
-          room += q.queue.availableCount();
+          room += q.queue.availableCount(ROOM_COUNT_LIMIT);
         } catch (err) {
           if (err instanceof RingError) this.failed = q, (this.failure = err.message);
           else throw err;
