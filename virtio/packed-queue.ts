@@ -54,7 +54,6 @@ export interface PackedQueueOptions {
   name?: string;
 }
 
-
 export class PackedQueue {
   readonly name: string;
   readonly memory: GuestMemory;
@@ -157,9 +156,8 @@ export class PackedQueue {
   }
 
   /**
-   * Marks the queue broken for good and throws. The reason is kept: the first throw may happen in
-   * a poll that only notes it (availableHint), and the ring is stopped by the next call, whose
-   * message must still say why.
+   * Marks the queue broken for good and throws. The reason is kept: whoever meets the queue
+   * broken later (the burst that stops the ring may not be the call that broke it) still says why.
    */
   private breakRing(reason: string): never {
     this.broken = true;
@@ -207,20 +205,6 @@ export class PackedQueue {
       chains++;
     }
     return chains;
-  }
-
-  /**
-   * Chains waiting, for budgets and idle polls; never throws. A broken ring reports 1, so that a
-   * poll runs the burst that meets the error and stops the ring (the caller then drops it and
-   * polls it no more); 0 would leave it asleep, unnoticed.
-   */
-  availableHint(limit = 64): number {
-    if (this.broken) return 1;
-    try {
-      return this.availableCount(limit);
-    } catch {
-      return 1;
-    }
   }
 
   /**

@@ -207,11 +207,6 @@ export class SplitQueue {
     return Atomics.load(this.avail16, 1) !== this.lastAvail;
   }
 
-  /** Chains waiting as avail.idx says, for budgets; never throws (a broken count is just large). */
-  availableHint(): number {
-    return (Atomics.load(this.avail16, 1) - this.lastAvail) & 0xffff;
-  }
-
   /**
    * Number of chains the driver has made available and the device has not consumed (the limit
    * is for PackedQueue, which must walk its ring to count; this one reads a counter). Throws

@@ -806,17 +806,19 @@ export class VfToVm extends Direction {
     for (let m = 0; m < port.rings.length; m++) if (port.rings[m].rxReady()) ready = true;
     if (!ready) return false;
     // Frames with nowhere to go are not work: they wait in the VF ring for guest buffers.
-    if (this.guestRoom() !== 0) return true;
+    if (this.guestHasRoom()) return true;
     this.guestOutOfBuffers = true;
     return false;
   }
 
-  /** Guest buffers available for receive, or -1 when no guest is connected. */
-  private guestRoom(): number {
-    if (this.writers.length === 0) return -1;
-    let room = 0;
-    for (const q of this.queues) room += q.queue.availableHint();
-    return room;
+  /**
+   * Whether frames have somewhere to go: a guest buffer on some receive queue, or no guest at all
+   * (frames are then dropped as not connected). One load per queue: an idle poll asks this.
+   */
+  private guestHasRoom(): boolean {
+    if (this.writers.length === 0) return true;
+    for (const q of this.queues) if (q.queue.hasAvailable()) return true;
+    return false;
   }
 
   armForSleep(): boolean {
@@ -835,7 +837,7 @@ export class VfToVm extends Direction {
         else throw err;
       }
     }
-    return refilled || this.guestRoom() !== 0;
+    return refilled || this.guestHasRoom();
   }
 
   disarm(): void {
@@ -845,8 +847,7 @@ export class VfToVm extends Direction {
   wakeFds(): number[] {
     // Holding: the next reconfiguration (a queue starts) wakes the worker through its own eventfd.
     if (this.port === null || this.hold) return [];
-    const room = this.guestRoom();
-    if (room === 0) return this.queues.filter((q) => q.kickFd >= 0).map((q) => q.kickFd);
+    if (!this.guestHasRoom()) return this.queues.filter((q) => q.kickFd >= 0).map((q) => q.kickFd);
     return this.port.rings.map((r) => r.rxFd);
   }
 

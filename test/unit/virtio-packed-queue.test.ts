@@ -494,8 +494,6 @@ describe('PackedQueue available count', () => {
     expect(s.queue.availableCount()).toBe(3);
     expect(s.queue.availableCount(2)).toBe(2);
     expect(s.queue.availableCount(0)).toBe(0);
-    expect(s.queue.availableHint()).toBe(3);
-    expect(s.queue.availableHint(1)).toBe(1);
     popOne(s);
     expect(s.queue.availableCount()).toBe(2);
     popOne(s);
@@ -677,7 +675,6 @@ describe('PackedQueue hostile direct chains', () => {
     expect(() => s.queue.availableCount()).toThrow(/vring 0: queue is broken/);
     // Still reported as work, so that a poll runs the burst that meets the error and stops the ring.
     expect(s.queue.hasAvailable()).toBe(true);
-    expect(s.queue.availableHint()).toBe(1);
     expect(s.queue.enableNotifications()).toBe(true);
   }
 
@@ -695,13 +692,6 @@ describe('PackedQueue hostile direct chains', () => {
       expectBroken(s);
     });
   }
-
-  it('reports an endless chain found by availableHint as work, so the next pop meets the error', () => {
-    const s = endless(4);
-    expect(s.queue.availableHint()).toBe(1);
-    expect(s.queue.broken).toBe(true);
-    expectBroken(s);
-  });
 
   it('names the slot and the ring size when a chain is longer than the ring', () => {
     const s = setup({ size: 4, start: 2 | WRAP });
