@@ -255,7 +255,8 @@ export class PackedQueue {
     chain.head = id;
     this.availIdx = slot;
     this.availWrap = wrap;
-    const at = (this.inflightHead + this.inflightCount) % size;
+    let at = this.inflightHead + this.inflightCount;
+    if (at >= size) at -= size;
     this.inflight[at] = taken;
     this.inflightCount++;
     return true;
@@ -295,7 +296,9 @@ export class PackedQueue {
     }
     for (let k = 0; k < count; k++) {
       this.inflightCount--;
-      const slots = this.inflight[(this.inflightHead + this.inflightCount) % this.size]!;
+      let at = this.inflightHead + this.inflightCount;
+      if (at >= this.size) at -= this.size;
+      const slots = this.inflight[at]!;
       this.heldSlots -= slots;
       this.availIdx -= slots;
       if (this.availIdx < 0) {
@@ -312,7 +315,7 @@ export class PackedQueue {
   pushUsed(id: number, len: number): void {
     if (this.inflightCount === 0) throw new RingError(this.name, 'a used entry was pushed with no chain taken');
     const slots = this.inflight[this.inflightHead]!;
-    this.inflightHead = (this.inflightHead + 1) % this.size;
+    if (++this.inflightHead === this.size) this.inflightHead = 0;
     this.inflightCount--;
     const slot = this.usedIdx;
     const w = slot * 4;
@@ -336,13 +339,17 @@ export class PackedQueue {
   }
 
   /**
-   * Makes the pushed entries visible, oldest first: each flags store is sequentially consistent,
-   * so the entry's id and length (and the data written before them) are visible before it.
+   * Makes the pushed entries visible at once, as DPDK does: the flags of all but the oldest are
+   * stored first, then the oldest's with a sequentially consistent store. The driver reads used
+   * entries in order, so it sees none of the burst before the oldest, and that store orders every
+   * id, length and data byte written before it (one fence per burst, not one per entry).
    */
   flushUsed(): void {
     const n = this.pendingUsed;
     if (n === 0) return;
-    for (let i = 0; i < n; i++) Atomics.store(this.desc16, this.pendingSlot[i]! * 8 + 7, this.pendingFlags[i]!);
+    const desc16 = this.desc16;
+    for (let i = n - 1; i > 0; i--) desc16[this.pendingSlot[i]! * 8 + 7] = this.pendingFlags[i]!;
+    Atomics.store(desc16, this.pendingSlot[0]! * 8 + 7, this.pendingFlags[0]!);
     // Logged after the stores: a log collected between pushUsed and here must not lose the flags.
     if (this.descLogAddr !== null && this.memory.dirtyLogging) {
       for (let i = 0; i < n; i++) this.memory.markDirty(this.descLogAddr + this.pendingSlot[i]! * DESC_SIZE + 14, 2);
