@@ -23,3 +23,10 @@ export function checkChain(chain: DescriptorChain, memory: GuestMemory, maxChain
   if (readable !== chain.readableLength || writable !== chain.writableLength) throw new Error(`chain ${chain.head}: lengths disagree with segments`);
   if (readable + writable > maxChainBytes) throw new Error(`chain ${chain.head}: ${readable + writable} bytes over the limit`);
 }
+
+/** `len` bytes of a recognisable pattern (the seed shifts it), to check what a copy moved. */
+export const pattern = (len: number, seed = 1): Uint8Array => Uint8Array.from({ length: len }, (_, i) => (i * 7 + seed) & 0xff);
+
+/** Segments of a popped chain as [gpa, length, writable] triples. */
+export const segmentsOf = (c: DescriptorChain): [number, number, boolean][] =>
+  Array.from({ length: c.segmentCount }, (_, i) => [c.segGpa[i]!, c.segLength[i]!, c.segWritable[i] === 1]);

@@ -24,7 +24,7 @@ import {
   type PackedDescriptor,
 } from '../support/packed-ring-builder.js';
 import { mulberry32 as prng } from '../support/seeded-random.js';
-import { checkChain } from '../support/chain-checks.js';
+import { checkChain, pattern, segmentsOf } from '../support/chain-checks.js';
 
 const WRAP = 0x8000;
 const RING_BASE = 0x1000;
@@ -61,11 +61,6 @@ function setup(options: SetupOptions = {}): Setup {
   return { memory, ring, queue, chain: new DescriptorChain(options.capacity) };
 }
 
-const pattern = (len: number, seed = 1): Uint8Array => Uint8Array.from({ length: len }, (_, i) => (i * 7 + seed) & 0xff);
-
-/** Segments of a popped chain as [gpa, length, writable] triples. */
-const segmentsOf = (c: DescriptorChain): [number, number, boolean][] =>
-  Array.from({ length: c.segmentCount }, (_, i) => [c.segGpa[i]!, c.segLength[i]!, c.segWritable[i] === 1]);
 
 function popOne(s: Setup): DescriptorChain {
   expect(s.queue.popChain(s.chain)).toBe(true);

@@ -15,6 +15,7 @@ import {
   writeDescriptorTable,
   type RegionSpec,
 } from '../support/ring-builder.js';
+import { pattern, segmentsOf } from '../support/chain-checks.js';
 
 interface Setup {
   memory: GuestMemory;
@@ -30,11 +31,6 @@ function setup(options: { size?: number; indirect?: boolean; maxChainBytes?: num
   return { memory, ring, queue, chain: new DescriptorChain(options.capacity) };
 }
 
-const pattern = (len: number, seed = 1): Uint8Array => Uint8Array.from({ length: len }, (_, i) => (i * 7 + seed) & 0xff);
-
-/** Segments of a popped chain as [gpa, length, writable] triples. */
-const segmentsOf = (c: DescriptorChain): [number, number, boolean][] =>
-  Array.from({ length: c.segmentCount }, (_, i) => [c.segGpa[i]!, c.segLength[i]!, c.segWritable[i] === 1]);
 
 function popOne(s: Setup): DescriptorChain {
   expect(s.queue.popChain(s.chain)).toBe(true);
