@@ -116,7 +116,8 @@ export class GuestQueue {
         eventIdx: guest.eventIdx,
         indirect: guest.indirect,
         maxChainBytes,
-        // Used entries are written into the descriptor ring: logged by its guest address.
+        // Used entries go into the descriptor ring; the queue logs them at the guest address of
+        // the region its view lies in (a packed ring has no used ring for log_guest_addr).
         name,
       });
     } else {
@@ -615,9 +616,9 @@ export class VfToVm extends Direction {
       if (kh === null || kh[1] === 0 || rxAction(kh, this.rxOffloads, this.guestHeader) !== RX_SEGMENT) return true;
       // A segment per buffer at least. A ring never holds more than its size (and a burst counts
       // no more than ROOM_COUNT_LIMIT), so a frame that needs more gets what there is rather than
-      // waiting for ever; nor does a frame wait more
-      // than SEGMENT_WAIT_MS for a guest that stops refilling: then it goes, and what does not
-      // fit is dropped (and counted), as when no frame waits.
+      // waiting for ever; nor does a frame wait more than SEGMENT_WAIT_MS for a guest that stops
+      // refilling: then it goes, and what does not fit is dropped (and counted), as when no
+      // frame waits.
       const needed = Math.min(Math.ceil(length / Math.max(1, gsoSize(kh))), this.queues[0]?.queue.size ?? 1, ROOM_COUNT_LIMIT);
       if (needed <= this.roomLeft) {
         this.waitingSince = 0;
