@@ -81,12 +81,6 @@ export class PackedQueue {
   private readonly pendingSlot: Uint16Array;
   private readonly pendingFlags: Uint16Array;
   private pendingUsed = 0;
-  /**
-   * Slots taken and not yet published, and the part of them already pushed. An honest driver
-   * cannot make more than a ring's worth available before it sees them used.
-   */
-  private heldSlots = 0;
-  private pendingSlots = 0;
 
   private readonly desc32: Uint32Array;
   private readonly desc16: Uint16Array;
@@ -163,6 +157,19 @@ export class PackedQueue {
     this.broken = true;
     this.breakReason = reason;
     throw new RingError(this.name, reason);
+  }
+
+  /**
+   * Slots taken and not yet published: from the published used position to the next slot to
+   * take, counted over two rounds so that a full ring is not mistaken for an empty one. An honest
+   * driver cannot make more than a ring's worth available before it sees them used.
+   */
+  private heldSlots(): number {
+    const size = this.size;
+    const availPos = this.availIdx + (this.availWrap === 1 ? 0 : size);
+    const publishedPos = this.publishedIdx + (this.publishedWrap === 1 ? 0 : size);
+    const held = availPos - publishedPos;
+    return held < 0 ? held + 2 * size : held;
   }
 
   /** Whether the descriptor in `slot` is available to the device in the round of `wrap`. */
@@ -247,11 +254,11 @@ export class PackedQueue {
       }
       if ((flags & VRING_DESC_F_NEXT) === 0) break;
     }
-    if (this.heldSlots + taken > size) {
+    const held = this.heldSlots();
+    if (held + taken > size) {
       // The driver reused slots it had not got back; the used entries would no longer free them.
-      this.breakRing(`chain from slot ${first} runs into slots the device has not returned (${this.heldSlots + taken} slots taken in a ring of ${size})`);
+      this.breakRing(`chain from slot ${first} runs into slots the device has not returned (${held + taken} slots taken in a ring of ${size})`);
     }
-    this.heldSlots += taken;
     chain.head = id;
     this.availIdx = slot;
     this.availWrap = wrap;
@@ -299,7 +306,6 @@ export class PackedQueue {
       let at = this.inflightHead + this.inflightCount;
       if (at >= this.size) at -= this.size;
       const slots = this.inflight[at]!;
-      this.heldSlots -= slots;
       this.availIdx -= slots;
       if (this.availIdx < 0) {
         this.availIdx += this.size;
@@ -325,7 +331,6 @@ export class PackedQueue {
     this.pendingSlot[this.pendingUsed] = slot;
     this.pendingFlags[this.pendingUsed] = wrapFlags | (len > 0 ? VRING_DESC_F_WRITE : 0);
     this.pendingUsed++;
-    this.pendingSlots += slots;
     this.usedIdx += slots;
     if (this.usedIdx >= this.size) {
       this.usedIdx -= this.size;
@@ -355,8 +360,6 @@ export class PackedQueue {
       for (let i = 0; i < n; i++) this.memory.markDirty(this.descLogAddr + this.pendingSlot[i]! * DESC_SIZE + 14, 2);
     }
     this.pendingUsed = 0;
-    this.heldSlots -= this.pendingSlots;
-    this.pendingSlots = 0;
     this.publishedIdx = this.usedIdx;
     this.publishedWrap = this.usedWrap;
   }
