@@ -9,51 +9,11 @@ import { openPacketRing, closePacketRing, PacketRing, type PacketRingHandle } fr
 import { PacketBatch } from '../../sys/packet-batch.js';
 import { nativeBuffer } from '../../sys/native-buffer.js';
 import { requireRoot, requireBinary, createNetns, deleteNetns, createVethPair, deleteLink, nsExec, linkCounter, uniqueTag } from '../support/netns.js';
-import { startProcess, stopAll, sleep } from '../support/processes.js';
+import { stopAll, sleep } from '../support/processes.js';
 import { requireOrSkip } from '../support/env.js';
+import { hex, peerSend as sendFromPeer, startCapture as startPeerCapture } from '../support/raw-peer.js';
 
-const koffiEntry = fileURLToPath(new URL('../../node_modules/koffi/index.js', import.meta.url));
 const compiledRing = fileURLToPath(new URL('../../dist/sys/packet-ring.js', import.meta.url));
-
-// The peer: `send <ifname>` sends the hex frames read from stdin as JSON; `capture <ifname>
-// <ethertype> <count> <timeoutMs>` prints every received frame of that ethertype.
-const PEER = `
-import { readFileSync } from 'node:fs';
-const koffi = (await import(process.env.KOFFI_ENTRY)).default;
-const libc = koffi.load('libc.so.6');
-const socket = libc.func('int socket(int, int, int)');
-const bind = libc.func('int bind(int, void *, uint32_t)');
-const send = libc.func('intptr_t send(int, void *, size_t, int)');
-const recv = libc.func('intptr_t recv(int, void *, size_t, int)');
-const poll = libc.func('int poll(void *, unsigned long, int)');
-const nametoindex = libc.func('unsigned int if_nametoindex(const char *)');
-const [mode, ifname, ...rest] = process.argv.slice(1);
-const fd = socket(17, 3, 0x0300);
-if (fd < 0) throw new Error('socket failed: errno ' + koffi.errno());
-const sll = new Uint8Array(20);
-const v = new DataView(sll.buffer);
-v.setUint16(0, 17, true); v.setUint16(2, 0x0300, true); v.setInt32(4, nametoindex(ifname), true);
-if (bind(fd, sll, 20) < 0) throw new Error('bind failed: errno ' + koffi.errno());
-if (mode === 'send') {
-  const frames = JSON.parse(readFileSync(0, 'utf8'));
-  let sent = 0;
-  for (const hex of frames) { const b = Buffer.from(hex, 'hex'); if (send(fd, b, b.length, 0) === b.length) sent++; }
-  console.log('sent ' + sent);
-} else {
-  const [ethertype, count, timeoutMs] = rest.map(Number);
-  console.log('ready');
-  const buf = Buffer.alloc(65536);
-  const pfd = new Int32Array([fd, 1]);
-  const deadline = Date.now() + timeoutMs;
-  let got = 0;
-  while (got < count && Date.now() < deadline) {
-    if (poll(pfd, 1, 100) <= 0) continue;
-    const n = Number(recv(fd, buf, buf.length, 0x40));
-    if (n >= 14 && buf.readUInt16BE(12) === ethertype) { got++; console.log('frame ' + buf.subarray(0, n).toString('hex')); }
-  }
-  console.log('done ' + got);
-}
-`;
 
 const ETHERTYPE = 0x88b5; // IEEE local experimental: nothing else on the link uses it
 const tag = uniqueTag();
@@ -75,24 +35,12 @@ function makeFrame(seq: number, length: number, ethertype = ETHERTYPE): Uint8Arr
   return f;
 }
 
-const hex = (b: Uint8Array) => Buffer.from(b.buffer, b.byteOffset, b.byteLength).toString('hex');
-
 function peerSend(frames: Uint8Array[]): void {
-  const r = spawnSync('ip', ['netns', 'exec', ns, process.execPath, '--input-type=module', '-e', PEER, '--', 'send', peerEnd], {
-    input: JSON.stringify(frames.map(hex)),
-    env: { ...process.env, KOFFI_ENTRY: koffiEntry },
-    encoding: 'utf8',
-    timeout: 20_000,
-  });
-  if (r.status !== 0) throw new Error(`peer send failed: ${r.stderr}`);
-  expect(r.stdout.trim()).toBe(`sent ${frames.length}`);
+  expect(sendFromPeer(ns, peerEnd, frames)).toBe(frames.length);
 }
 
 function startCapture(count: number) {
-  return startProcess('ip', ['netns', 'exec', ns, process.execPath, '--input-type=module', '-e', PEER, '--', 'capture', peerEnd, String(ETHERTYPE), String(count), '15000'], {
-    env: { ...process.env, KOFFI_ENTRY: koffiEntry },
-    label: 'peer capture',
-  });
+  return startPeerCapture(ns, peerEnd, ETHERTYPE, count);
 }
 
 /** Receives until `count` frames of our ethertype arrived (or 10 s passed), copying each. */

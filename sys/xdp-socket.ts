@@ -1,0 +1,636 @@
+// AF_XDP ports: one XDP socket per receive queue of an interface, each with its own UMEM (half of
+// its chunks circulate through the fill and RX rings, half through the TX and completion rings),
+// and the redirect program of sys/bpf.ts attached through a bpf_link.
+//
+// Like packet-ring.ts, openXdpPort() runs once off the data path and returns plain, postMessage-able
+// data; XdpPort.attach() rebuilds views of the same mappings in the thread that polls. Where each
+// ring stands lives in the rings' own producer and consumer words, so a thread that attaches later
+// resumes exactly where the previous one stopped.
+//
+// Frame ownership, without a free list: RX chunk k is either in the fill ring, in the RX ring, or
+// being delivered; it goes back to the fill ring as soon as it is delivered. TX descriptor i always
+// uses TX chunk (i mod ring size), which is free again once the completion ring has counted i.
+import { libc, check, lastErrno, SysError } from './libc.js';
+import { close as closeFd } from './fd.js';
+import { mmap, munmap, viewAt, MAP_SHARED, MAP_POPULATE, PROT_READ, PROT_WRITE } from './memory.js';
+import { ifNameToIndex, linkMtu } from './netdev.js';
+import { readdirSync } from 'node:fs';
+import {
+  createXskMap, setXskMapEntry, loadRedirectProgram, attachXdp, closeBpfFd, XDP_FLAGS_DRV_MODE, XDP_FLAGS_SKB_MODE,
+} from './bpf.js';
+import type { FrameAdmission, FrameHandler } from './packet-ring.js';
+
+const AF_XDP = 44;
+const SOCK_RAW = 3;
+const SOCK_CLOEXEC = 0o2000000;
+const SOL_XDP = 283;
+const XDP_MMAP_OFFSETS = 1;
+const XDP_RX_RING = 2;
+const XDP_TX_RING = 3;
+const XDP_UMEM_REG = 4;
+const XDP_UMEM_FILL_RING = 5;
+const XDP_UMEM_COMPLETION_RING = 6;
+const XDP_STATISTICS = 7;
+const XDP_OPTIONS = 8;
+const XDP_OPTIONS_ZEROCOPY = 1;
+const XDP_COPY = 1 << 1;
+const XDP_ZEROCOPY = 1 << 2;
+const XDP_USE_NEED_WAKEUP = 1 << 3;
+const XDP_RING_NEED_WAKEUP = 1;
+const XDP_PGOFF_RX_RING = 0;
+const XDP_PGOFF_TX_RING = 0x80000000;
+const XDP_UMEM_PGOFF_FILL_RING = 0x100000000;
+const XDP_UMEM_PGOFF_COMPLETION_RING = 0x180000000;
+/** The kernel leaves this much room before each received frame in a chunk (XDP_PACKET_HEADROOM). */
+const XDP_PACKET_HEADROOM = 256;
+const ETH_HEADER = 14;
+const VLAN_TAG = 4;
+const ETH_P_8021Q = 0x8100;
+const ETH_P_8021AD = 0x88a8;
+const MSG_DONTWAIT = 0x40;
+const EAGAIN = 11;
+const EBUSY = 16;
+const ENOBUFS = 105;
+const EINTR = 4;
+
+/** How long a bind that finds its queue busy is retried (the kernel releases a closed socket's queue later). */
+const BIND_BUSY_WAIT_MS = 2000;
+const pause = new Int32Array(new SharedArrayBuffer(4));
+
+const socketNative = libc.func('int socket(int domain, int type, int protocol)');
+const setsockoptNative = libc.func('int setsockopt(int fd, int level, int name, const void *value, uint32_t len)');
+const getsockoptNative = libc.func('int getsockopt(int fd, int level, int name, void *value, void *len)');
+const bindNative = libc.func('int bind(int fd, const void *addr, uint32_t addrlen)');
+const sendtoNative = libc.func('intptr_t sendto(int fd, intptr_t buf, size_t len, int flags, intptr_t addr, uint32_t addrlen)');
+const recvfromNative = libc.func('intptr_t recvfrom(int fd, intptr_t buf, size_t len, int flags, intptr_t addr, intptr_t addrlen)');
+
+export type XdpAttachMode = 'native' | 'generic';
+
+export interface XdpPortOptions {
+  /** Where the program runs: in the driver ('native'), in the kernel's generic hook, or 'auto' (native, else generic). */
+  attach?: XdpAttachMode | 'auto';
+  /** Zero copy: 'auto' where the driver has it, 'off' (copy mode), 'required' (fail without it). */
+  zeroCopy?: 'auto' | 'off' | 'required';
+  /** Entries per ring, a power of two in [64, 16384] (default 2048). */
+  ringSize?: number;
+  /** UMEM chunk size, 2048 or 4096 (default: the smaller one the MTU fits in). */
+  chunkSize?: number;
+  /** Receive queues to serve (default: every receive queue of the interface). */
+  queues?: number[];
+}
+
+/** One mmapped ring: its mapping, where its words are, and its size. */
+export interface XdpRingMapping {
+  address: number;
+  length: number;
+  producer: number;
+  consumer: number;
+  flags: number;
+  desc: number;
+  size: number;
+}
+
+/** One socket: a queue of the interface with its own UMEM and four rings. */
+export interface XdpQueueHandle {
+  queue: number;
+  fd: number;
+  umem: { address: number; length: number };
+  rx: XdpRingMapping;
+  tx: XdpRingMapping;
+  fill: XdpRingMapping;
+  completion: XdpRingMapping;
+  zeroCopy: boolean;
+}
+
+/** Everything a thread needs to poll the port; plain data, safe to post to a worker. */
+export interface XdpPortHandle {
+  ifname: string;
+  ifindex: number;
+  queues: XdpQueueHandle[];
+  chunkSize: number;
+  ringSize: number;
+  /** Largest untagged frame the interface accepts (MTU + Ethernet header); tagged frames get 4 more. */
+  maxFrameLength: number;
+  attachMode: XdpAttachMode;
+  mapFd: number;
+  progFd: number;
+  linkFd: number;
+  /** A shared page of counters (XdpPort.counters). */
+  counterPage: { address: number; length: number };
+}
+
+const isPowerOfTwo = (n: number) => Number.isInteger(n) && n > 0 && (n & (n - 1)) === 0;
+
+/** The receive queues of `ifname` as sysfs lists them (rx-0, rx-1, ...). */
+export function receiveQueues(ifname: string, sysfsNet = '/sys/class/net'): number[] {
+  try {
+    return readdirSync(`${sysfsNet}/${ifname}/queues`)
+      .filter((n) => /^rx-\d+$/.test(n))
+      .map((n) => Number(n.slice(3)))
+      .sort((a, b) => a - b);
+  } catch {
+    return [0];
+  }
+}
+
+function setInt(fd: number, name: number, value: number, what: string): void {
+  check(setsockoptNative(fd, SOL_XDP, name, new Int32Array([value]), 4), 'setsockopt', what);
+}
+
+function ringMapping(fd: number, offsets: BigUint64Array, at: number, size: number, entryBytes: number, pgoff: number, what: string): XdpRingMapping {
+  const producer = Number(offsets[at]);
+  const consumer = Number(offsets[at + 1]);
+  const desc = Number(offsets[at + 2]);
+  const flags = Number(offsets[at + 3]);
+  const length = desc + size * entryBytes;
+  let m;
+  try {
+    m = mmap({ length, prot: PROT_READ | PROT_WRITE, flags: MAP_SHARED | MAP_POPULATE, fd, offset: pgoff });
+  } catch (err) {
+    if (err instanceof SysError) throw new SysError('mmap', err.errno, what);
+    throw err;
+  }
+  return { address: m.address, length, producer, consumer, flags, desc, size };
+}
+
+function openQueue(ifname: string, ifindex: number, queue: number, ringSize: number, chunkSize: number, zeroCopy: 'auto' | 'off' | 'required', cleanup: (() => void)[]): XdpQueueHandle {
+  const fd = check(socketNative(AF_XDP, SOCK_RAW | SOCK_CLOEXEC, 0), 'socket', `AF_XDP for ${ifname} queue ${queue}`);
+  cleanup.push(() => closeFd(fd));
+  const umemLength = 2 * ringSize * chunkSize;
+  const umem = mmap({ length: umemLength, prot: PROT_READ | PROT_WRITE, flags: MAP_SHARED | MAP_POPULATE });
+  cleanup.push(() => munmap(umem));
+  // struct xdp_umem_reg: addr, len, chunk_size, headroom, flags (the kernel takes the 24-byte form too)
+  const reg = new DataView(new ArrayBuffer(24));
+  reg.setBigUint64(0, BigInt(umem.address), true);
+  reg.setBigUint64(8, BigInt(umemLength), true);
+  reg.setUint32(16, chunkSize, true);
+  reg.setUint32(20, 0, true);
+  const regBytes = new Uint8Array(reg.buffer);
+  check(setsockoptNative(fd, SOL_XDP, XDP_UMEM_REG, regBytes, regBytes.byteLength), 'setsockopt', `XDP_UMEM_REG ${umemLength} bytes for ${ifname} queue ${queue}`);
+  setInt(fd, XDP_UMEM_FILL_RING, ringSize, `XDP_UMEM_FILL_RING ${ringSize} on ${ifname}`);
+  setInt(fd, XDP_UMEM_COMPLETION_RING, ringSize, `XDP_UMEM_COMPLETION_RING ${ringSize} on ${ifname}`);
+  setInt(fd, XDP_RX_RING, ringSize, `XDP_RX_RING ${ringSize} on ${ifname}`);
+  setInt(fd, XDP_TX_RING, ringSize, `XDP_TX_RING ${ringSize} on ${ifname}`);
+  const offsets = new BigUint64Array(16); // struct xdp_mmap_offsets: rx, tx, fr, cr × {producer, consumer, desc, flags}
+  const len = new Uint32Array([offsets.byteLength]);
+  check(getsockoptNative(fd, SOL_XDP, XDP_MMAP_OFFSETS, offsets, len), 'getsockopt', `XDP_MMAP_OFFSETS on ${ifname}`);
+  const rx = ringMapping(fd, offsets, 0, ringSize, 16, XDP_PGOFF_RX_RING, `RX ring of ${ifname} queue ${queue}`);
+  cleanup.push(() => munmap(rx));
+  const tx = ringMapping(fd, offsets, 4, ringSize, 16, XDP_PGOFF_TX_RING, `TX ring of ${ifname} queue ${queue}`);
+  cleanup.push(() => munmap(tx));
+  const fill = ringMapping(fd, offsets, 8, ringSize, 8, XDP_UMEM_PGOFF_FILL_RING, `fill ring of ${ifname} queue ${queue}`);
+  cleanup.push(() => munmap(fill));
+  const completion = ringMapping(fd, offsets, 12, ringSize, 8, XDP_UMEM_PGOFF_COMPLETION_RING, `completion ring of ${ifname} queue ${queue}`);
+  cleanup.push(() => munmap(completion));
+
+  // Every RX chunk starts in the fill ring, before the socket is bound and frames can arrive.
+  const fillWords = new Uint32Array(viewAt(fill.address, fill.length));
+  for (let i = 0; i < ringSize; i++) {
+    fillWords[(fill.desc >> 2) + 2 * i] = i * chunkSize;
+    fillWords[(fill.desc >> 2) + 2 * i + 1] = 0;
+  }
+  Atomics.store(fillWords, fill.producer >> 2, ringSize);
+
+  // struct sockaddr_xdp: family, flags, ifindex, queue_id, shared_umem_fd
+  const bindTo = (flags: number) => {
+    const addr = new DataView(new ArrayBuffer(16));
+    addr.setUint16(0, AF_XDP, true);
+    addr.setUint16(2, flags, true);
+    addr.setUint32(4, ifindex, true);
+    addr.setUint32(8, queue, true);
+    return bindNative(fd, new Uint8Array(addr.buffer), 16) as number;
+  };
+  const base = XDP_USE_NEED_WAKEUP;
+  const flags = zeroCopy === 'off' ? base | XDP_COPY : zeroCopy === 'required' ? base | XDP_ZEROCOPY : base;
+  // A socket closed a moment ago still holds its queue until the kernel's deferred release has
+  // run (a port removed and added again at once): EBUSY is retried for a while before it counts.
+  const deadline = Date.now() + BIND_BUSY_WAIT_MS;
+  for (;;) {
+    if (bindTo(flags) === 0) break;
+    const errno = lastErrno();
+    if (errno === EBUSY && Date.now() < deadline) {
+      Atomics.wait(pause, 0, 0, 10);
+      continue;
+    }
+    const detail = `AF_XDP to ${ifname} queue ${queue}${zeroCopy === 'required' ? ' in zero-copy mode' : ''}`;
+    if (errno === EBUSY) throw new SysError('bind', errno, `${detail}: the queue is in use by another AF_XDP socket`);
+    throw new SysError('bind', errno, detail);
+  }
+  const options = new Uint32Array(1);
+  const optLen = new Uint32Array([4]);
+  const zc = getsockoptNative(fd, SOL_XDP, XDP_OPTIONS, options, optLen) === 0 && (options[0] & XDP_OPTIONS_ZEROCOPY) !== 0;
+  return { queue, fd, umem: { address: umem.address, length: umemLength }, rx, tx, fill, completion, zeroCopy: zc };
+}
+
+/**
+ * Opens an AF_XDP socket on each receive queue of `ifname` and attaches the redirect program
+ * (needs CAP_NET_ADMIN and CAP_BPF, root here). Throws with the reason when the interface cannot
+ * have one: another XDP program is attached (EBUSY), its MTU does not fit a chunk, no AF_XDP.
+ */
+export function openXdpPort(ifname: string, opts: XdpPortOptions = {}): XdpPortHandle {
+  const ifindex = ifNameToIndex(ifname);
+  const mtu = linkMtu(ifname);
+  const ringSize = opts.ringSize ?? 2048;
+  const bad = (what: string) => new RangeError(`AF_XDP port on ${ifname}: ${what}`);
+  if (!isPowerOfTwo(ringSize) || ringSize < 64 || ringSize > 16384) throw bad(`ring size ${ringSize} is not a power of two in [64, 16384]`);
+  const maxFrameLength = mtu + ETH_HEADER;
+  const fits = (chunk: number) => maxFrameLength + VLAN_TAG <= chunk - XDP_PACKET_HEADROOM;
+  const chunkSize = opts.chunkSize ?? (fits(2048) ? 2048 : 4096);
+  if (chunkSize !== 2048 && chunkSize !== 4096) throw bad(`chunk size ${chunkSize} is not 2048 or 4096`);
+  if (!fits(chunkSize)) throw bad(`MTU ${mtu} needs frames larger than a ${chunkSize}-byte chunk holds (${chunkSize - XDP_PACKET_HEADROOM - ETH_HEADER - VLAN_TAG} at most)`);
+  const queues = opts.queues ?? receiveQueues(ifname);
+  if (queues.length === 0) throw bad('no receive queue to serve');
+  const cleanup: (() => void)[] = [];
+  try {
+    const counters = mmap({ length: 4096, prot: PROT_READ | PROT_WRITE, flags: MAP_SHARED });
+    cleanup.push(() => munmap(counters));
+    const handles = queues.map((q) => openQueue(ifname, ifindex, q, ringSize, chunkSize, opts.zeroCopy ?? 'auto', cleanup));
+    const mapFd = createXskMap(Math.max(...queues) + 1, `vio4wd_${ifname}`);
+    cleanup.push(() => closeBpfFd(mapFd));
+    for (const h of handles) setXskMapEntry(mapFd, h.queue, h.fd);
+    const progFd = loadRedirectProgram(mapFd, `vio4wd_${ifname}`);
+    cleanup.push(() => closeBpfFd(progFd));
+    const wanted = opts.attach ?? 'auto';
+    let linkFd = -1;
+    let attachMode: XdpAttachMode = 'native';
+    if (wanted !== 'generic') {
+      try {
+        linkFd = attachXdp(progFd, ifindex, XDP_FLAGS_DRV_MODE, `attaching XDP to ${ifname} in driver mode`);
+      } catch (err) {
+        // EBUSY is another program on the interface: generic mode would not change that.
+        if (wanted === 'native' || (err instanceof SysError && err.errno === EBUSY)) throw busyOr(err, ifname);
+      }
+    }
+    if (linkFd < 0) {
+      attachMode = 'generic';
+      try {
+        linkFd = attachXdp(progFd, ifindex, XDP_FLAGS_SKB_MODE, `attaching XDP to ${ifname} in generic mode`);
+      } catch (err) {
+        throw busyOr(err, ifname);
+      }
+    }
+    return {
+      ifname,
+      ifindex,
+      queues: handles,
+      chunkSize,
+      ringSize,
+      maxFrameLength,
+      attachMode,
+      mapFd,
+      progFd,
+      linkFd,
+      counterPage: { address: counters.address, length: counters.length },
+    };
+  } catch (err) {
+    for (const undo of cleanup.reverse()) {
+      try {
+        undo();
+      } catch {
+        /* already failing; the first error is the one to report */
+      }
+    }
+    throw err;
+  }
+}
+
+function busyOr(err: unknown, ifname: string): Error {
+  if (err instanceof SysError && err.errno === EBUSY) {
+    return new SysError('bpf', EBUSY, `attaching XDP to ${ifname}: another XDP program is attached to it`);
+  }
+  return err as Error;
+}
+
+/** Detaches the program (closing the link), closes the sockets and unmaps everything; every attached XdpPort must be gone. */
+export function closeXdpPort(handle: XdpPortHandle): void {
+  closeBpfFd(handle.linkFd);
+  closeBpfFd(handle.progFd);
+  closeBpfFd(handle.mapFd);
+  for (const q of handle.queues) {
+    for (const r of [q.rx, q.tx, q.fill, q.completion]) munmap(r);
+    closeFd(q.fd);
+    munmap(q.umem);
+  }
+  munmap(handle.counterPage);
+}
+
+export interface XdpPortCounters {
+  rxFrames: number;
+  txFrames: number;
+  /** Frames txCommit refused (shorter than an Ethernet header, longer than a chunk or the MTU). */
+  txRejected: number;
+  /** Flushes that left frames in the TX ring (the kernel or the completion ring was busy). */
+  txFlushBusy: number;
+  /** Flushes that failed otherwise (ENETDOWN, ENXIO...). */
+  txFlushErrors: number;
+  txLastErrno: number;
+  /** The kernel's XDP_STATISTICS, summed over the queues (cumulative). */
+  kernelDrops: number;
+  kernelRxDropped: number;
+  kernelRxRingFull: number;
+  kernelFillRingEmpty: number;
+  kernelInvalidDescs: number;
+}
+const COUNTER_NAMES = [
+  'rxFrames', 'txFrames', 'txRejected', 'txFlushBusy', 'txFlushErrors', 'txLastErrno',
+  'kernelDrops', 'kernelRxDropped', 'kernelRxRingFull', 'kernelFillRingEmpty', 'kernelInvalidDescs',
+] as const satisfies readonly (keyof XdpPortCounters)[];
+const C_RX_FRAMES = 0;
+const C_TX_FRAMES = 1;
+const C_TX_REJECTED = 2;
+const C_TX_FLUSH_BUSY = 3;
+const C_TX_FLUSH_ERRORS = 4;
+const C_TX_LAST_ERRNO = 5;
+
+/** The poller's view of one queue's rings. */
+class QueueRings {
+  readonly fd: number;
+  readonly umem: Uint8Array;
+  readonly rx: Uint32Array;
+  readonly tx: Uint32Array;
+  readonly fill: Uint32Array;
+  readonly completion: Uint32Array;
+  readonly h: XdpQueueHandle;
+  readonly mask: number;
+  // Word indexes of the producer, consumer, flags and first descriptor of each ring.
+  readonly rxProd: number; readonly rxCons: number; readonly rxDesc: number;
+  readonly txProd: number; readonly txCons: number; readonly txFlags: number; readonly txDesc: number;
+  readonly fillProd: number; readonly fillFlags: number; readonly fillDesc: number;
+  readonly compProd: number; readonly compCons: number;
+  /** Local copies of the words this side owns. */
+  rxNext: number;
+  fillNext: number;
+  txNext: number;
+  completed: number;
+
+  constructor(h: XdpQueueHandle) {
+    this.h = h;
+    this.fd = h.fd;
+    this.umem = new Uint8Array(viewAt(h.umem.address, h.umem.length));
+    this.rx = new Uint32Array(viewAt(h.rx.address, h.rx.length));
+    this.tx = new Uint32Array(viewAt(h.tx.address, h.tx.length));
+    this.fill = new Uint32Array(viewAt(h.fill.address, h.fill.length));
+    this.completion = new Uint32Array(viewAt(h.completion.address, h.completion.length));
+    this.mask = h.rx.size - 1;
+    this.rxProd = h.rx.producer >> 2; this.rxCons = h.rx.consumer >> 2; this.rxDesc = h.rx.desc >> 2;
+    this.txProd = h.tx.producer >> 2; this.txCons = h.tx.consumer >> 2; this.txFlags = h.tx.flags >> 2; this.txDesc = h.tx.desc >> 2;
+    this.fillProd = h.fill.producer >> 2; this.fillFlags = h.fill.flags >> 2; this.fillDesc = h.fill.desc >> 2;
+    this.compProd = h.completion.producer >> 2; this.compCons = h.completion.consumer >> 2;
+    this.rxNext = Atomics.load(this.rx, this.rxCons);
+    this.fillNext = Atomics.load(this.fill, this.fillProd);
+    this.txNext = Atomics.load(this.tx, this.txProd);
+    this.completed = Atomics.load(this.completion, this.compCons);
+  }
+}
+
+/** A free TX chunk; the same object is returned by every txSlot() call of a port. */
+export interface XdpTxSlot {
+  /** The UMEM of the sending queue. */
+  bytes: Uint8Array;
+  /** Where the frame's first byte goes. */
+  offset: number;
+  /** Largest frame the chunk holds. */
+  capacity: number;
+}
+
+/** The poller side of an AF_XDP port: receives on every queue, sends on the first. */
+export class XdpPort {
+  readonly handle: XdpPortHandle;
+  /** Frames arrive without a virtio_net_hdr: there is never one to hand over. */
+  readonly rxHeader: null = null;
+  /** An XDP socket never delivers part of a frame. */
+  readonly rxTruncated = 0;
+  readonly rxFds: number[];
+  private readonly queues: QueueRings[];
+  private readonly sender: QueueRings;
+  private readonly chunkSize: number;
+  private readonly ringSize: number;
+  private readonly maxFrameLength: number;
+  private readonly count: Float64Array;
+  private readonly slot: XdpTxSlot;
+  /** Queue to receive from first, so that a busy queue cannot starve the others. */
+  private nextQueue = 0;
+  private readonly stats = new BigUint64Array(6);
+  private readonly statsLength = new Uint32Array(1);
+
+  private constructor(handle: XdpPortHandle) {
+    this.handle = handle;
+    this.queues = handle.queues.map((q) => new QueueRings(q));
+    this.sender = this.queues[0];
+    this.rxFds = handle.queues.map((q) => q.fd);
+    this.chunkSize = handle.chunkSize;
+    this.ringSize = handle.ringSize;
+    this.maxFrameLength = handle.maxFrameLength;
+    this.count = new Float64Array(viewAt(handle.counterPage.address, handle.counterPage.length), 0, COUNTER_NAMES.length);
+    this.slot = { bytes: this.sender.umem, offset: 0, capacity: this.chunkSize };
+  }
+
+  static attach(handle: XdpPortHandle): XdpPort {
+    return new XdpPort(handle);
+  }
+
+  get counters(): XdpPortCounters {
+    const out = {} as XdpPortCounters;
+    COUNTER_NAMES.forEach((name, i) => (out[name] = this.count[i]));
+    return out;
+  }
+
+  /**
+   * Delivers up to `budget` received frames to `onFrame` (`bytes` is the queue's whole UMEM) and
+   * returns how many it delivered. A chunk goes back to the fill ring once its frame was
+   * delivered, so `onFrame` must copy what it keeps before returning.
+   */
+  receive(onFrame: FrameHandler, budget: number, admit?: FrameAdmission): number {
+    const n = this.queues.length;
+    let delivered = 0;
+    let stop = false;
+    for (let k = 0; k < n && delivered < budget && !stop; k++) {
+      const q = this.queues[(this.nextQueue + k) % n];
+      const r = this.receiveQueue(q, onFrame, budget - delivered, admit);
+      delivered += r < 0 ? -r - 1 : r;
+      if (r < 0) stop = true;
+    }
+    if (n > 1) this.nextQueue = this.nextQueue + 1 === n ? 0 : this.nextQueue + 1;
+    this.count[C_RX_FRAMES] += delivered;
+    return delivered;
+  }
+
+  /** Frames delivered from one queue; −(delivered + 1) when the handler or admission stopped the receive. */
+  private receiveQueue(q: QueueRings, onFrame: FrameHandler, budget: number, admit?: FrameAdmission): number {
+    const rx = q.rx;
+    const available = (Atomics.load(rx, q.rxProd) - q.rxNext) >>> 0;
+    if (available === 0) return 0;
+    const take = available < budget ? available : budget;
+    const mask = q.mask;
+    const fill = q.fill;
+    const chunkMask = this.chunkSize - 1;
+    let delivered = 0;
+    let stopped = false;
+    try {
+      while (delivered < take) {
+        const d = q.rxDesc + ((q.rxNext & mask) << 2);
+        const addr = rx[d]; // the UMEM is smaller than 4 GiB: the high word is 0
+        const length = rx[d + 2];
+        if (admit !== undefined && !admit(length)) {
+          stopped = true;
+          break;
+        }
+        q.rxNext = (q.rxNext + 1) >>> 0;
+        const f = q.fillDesc + ((q.fillNext & mask) << 1);
+        fill[f] = addr - (addr & chunkMask);
+        fill[f + 1] = 0;
+        q.fillNext = (q.fillNext + 1) >>> 0;
+        delivered++;
+        if (onFrame(q.umem, addr, length, 0) === false) {
+          stopped = true;
+          break;
+        }
+      }
+    } finally {
+      if (delivered > 0) {
+        // The chunk goes back before the slot is released: the kernel never sees fewer chunks.
+        Atomics.store(fill, q.fillProd, q.fillNext);
+        Atomics.store(rx, q.rxCons, q.rxNext);
+        if ((Atomics.load(fill, q.fillFlags) & XDP_RING_NEED_WAKEUP) !== 0) recvfromNative(q.fd, 0, 0, MSG_DONTWAIT, 0, 0);
+      }
+    }
+    return stopped ? -(delivered + 1) : delivered;
+  }
+
+  /** True when a frame is waiting on some queue (a load per queue, no system call). */
+  rxReady(): boolean {
+    const qs = this.queues;
+    for (let i = 0; i < qs.length; i++) {
+      const q = qs[i];
+      if (Atomics.load(q.rx, q.rxProd) !== q.rxNext) return true;
+    }
+    return false;
+  }
+
+  /** The next free TX chunk, or null when every one is still with the kernel. */
+  txSlot(): XdpTxSlot | null {
+    const q = this.sender;
+    if (((q.txNext - q.completed) >>> 0) >= this.ringSize) {
+      this.reapCompletions();
+      if (((q.txNext - q.completed) >>> 0) >= this.ringSize) return null;
+    }
+    this.slot.offset = (this.ringSize + (q.txNext & q.mask)) * this.chunkSize;
+    return this.slot;
+  }
+
+  /**
+   * Queues the frame written into the current slot. Returns false (the slot stays free) for a
+   * length the kernel would refuse: shorter than an Ethernet header, longer than a chunk or than
+   * the MTU allows (4 bytes more for a VLAN-tagged frame).
+   */
+  txCommit(length: number): boolean {
+    const q = this.sender;
+    const offset = this.slot.offset;
+    if (!this.txLengthAcceptable(q.umem, offset, length)) {
+      this.count[C_TX_REJECTED]++;
+      return false;
+    }
+    const d = q.txDesc + ((q.txNext & q.mask) << 2);
+    const tx = q.tx;
+    tx[d] = offset;
+    tx[d + 1] = 0;
+    tx[d + 2] = length;
+    tx[d + 3] = 0;
+    q.txNext = (q.txNext + 1) >>> 0;
+    this.count[C_TX_FRAMES]++;
+    return true;
+  }
+
+  private txLengthAcceptable(bytes: Uint8Array, at: number, length: number): boolean {
+    if (!Number.isInteger(length) || length < ETH_HEADER || length > this.chunkSize) return false;
+    if (length <= this.maxFrameLength) return true;
+    if (length > this.maxFrameLength + VLAN_TAG) return false;
+    const ethertype = (bytes[at + 12] << 8) | bytes[at + 13];
+    return ethertype === ETH_P_8021Q || ethertype === ETH_P_8021AD;
+  }
+
+  /**
+   * Publishes the committed frames and wakes the kernel to send them. In copy mode each sendto
+   * sends a bounded batch, so it is repeated while the kernel makes progress. Returns the frames
+   * still in the TX ring afterwards (a later flush sends them), or −errno on an error other than
+   * the kernel being busy.
+   */
+  txFlush(): number {
+    const q = this.sender;
+    const tx = q.tx;
+    Atomics.store(tx, q.txProd, q.txNext);
+    let left = (q.txNext - Atomics.load(tx, q.txCons)) >>> 0;
+    if (left === 0) {
+      this.reapCompletions();
+      return 0;
+    }
+    let errno = 0;
+    for (let tries = 0; left > 0 && tries < 64; tries++) {
+      if ((Atomics.load(tx, q.txFlags) & XDP_RING_NEED_WAKEUP) === 0) break;
+      const r = sendtoNative(q.fd, 0, 0, MSG_DONTWAIT, 0, 0) as number;
+      const before = left;
+      left = (q.txNext - Atomics.load(tx, q.txCons)) >>> 0;
+      if (r >= 0) continue;
+      errno = lastErrno();
+      if (errno === EINTR) continue;
+      if ((errno === EAGAIN || errno === EBUSY || errno === ENOBUFS) && left < before) continue;
+      break;
+    }
+    this.reapCompletions();
+    if (left === 0) return 0;
+    if (errno === 0 || errno === EAGAIN || errno === EBUSY || errno === ENOBUFS) {
+      this.count[C_TX_FLUSH_BUSY]++;
+      return left;
+    }
+    this.count[C_TX_FLUSH_ERRORS]++;
+    this.count[C_TX_LAST_ERRNO] = errno;
+    return -errno;
+  }
+
+  /** Frames committed that the kernel has not taken from the TX ring yet. */
+  txPending(): boolean {
+    const q = this.sender;
+    return q.txNext !== Atomics.load(q.tx, q.txCons);
+  }
+
+  private reapCompletions(): void {
+    const q = this.sender;
+    const done = Atomics.load(q.completion, q.compProd);
+    if (done !== q.completed) {
+      q.completed = done;
+      Atomics.store(q.completion, q.compCons, done);
+    }
+  }
+
+  /** Reads the kernel's XDP_STATISTICS of every queue (cumulative) into the counters. */
+  readKernelStatistics(): XdpPortCounters {
+    let rxDropped = 0;
+    let ringFull = 0;
+    let fillEmpty = 0;
+    let invalid = 0;
+    for (const q of this.queues) {
+      this.statsLength[0] = this.stats.byteLength;
+      check(getsockoptNative(q.fd, SOL_XDP, XDP_STATISTICS, this.stats, this.statsLength), 'getsockopt', `XDP_STATISTICS on fd ${q.fd}`);
+      // struct xdp_statistics: rx_dropped, rx_invalid_descs, tx_invalid_descs, rx_ring_full, rx_fill_ring_empty_descs, tx_ring_empty_descs
+      rxDropped += Number(this.stats[0]);
+      invalid += Number(this.stats[1]) + Number(this.stats[2]);
+      ringFull += Number(this.stats[3]);
+      fillEmpty += Number(this.stats[4]);
+    }
+    const c = this.count;
+    c[COUNTER_NAMES.indexOf('kernelRxDropped')] = rxDropped;
+    c[COUNTER_NAMES.indexOf('kernelRxRingFull')] = ringFull;
+    c[COUNTER_NAMES.indexOf('kernelFillRingEmpty')] = fillEmpty;
+    c[COUNTER_NAMES.indexOf('kernelInvalidDescs')] = invalid;
+    // Frames that reached the socket and were lost: no chunk to copy into, or too long (rx_dropped),
+    // and no room in the RX ring (rx_ring_full). An empty fill ring is also counted by the
+    // allocation that failed, so it is reported apart, not added.
+    c[COUNTER_NAMES.indexOf('kernelDrops')] = rxDropped + ringFull;
+    return this.counters;
+  }
+
+  /** Whether the queue's socket runs in zero-copy mode (the driver moves frames into the UMEM itself). */
+  get zeroCopy(): boolean {
+    return this.queues.every((q) => q.h.zeroCopy);
+  }
+}
