@@ -104,6 +104,8 @@ export interface XdpQueueHandle {
 
 /** Everything a thread needs to poll the port; plain data, safe to post to a worker. */
 export interface XdpPortHandle {
+  /** Tells this handle from a packet ring's where either may be given. */
+  kind: 'af_xdp';
   ifname: string;
   ifindex: number;
   queues: XdpQueueHandle[];
@@ -270,6 +272,7 @@ export function openXdpPort(ifname: string, opts: XdpPortOptions = {}): XdpPortH
       }
     }
     return {
+      kind: 'af_xdp',
       ifname,
       ifindex,
       queues: handles,

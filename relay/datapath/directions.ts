@@ -10,14 +10,14 @@ import { SplitQueue, RingError, DescriptorChain } from '../../virtio/split-queue
 import { PackedQueue } from '../../virtio/packed-queue.js';
 import type { DeviceQueue } from '../../virtio/device-queue.js';
 import { NetRxWriter, RX_NO_BUFFERS, RX_DROPPED } from '../../virtio/net-rx.js';
-import { VIRTIO_NET_HDR_GSO_NONE } from '../../virtio/net-header.js';
 import { Counter, Dir, counterBase } from './counters.js';
 import { flowHash } from './flow-hash.js';
 import { completeL4Checksum } from './checksum.js';
-import { TP_STATUS_CSUMNOTREADY, VNET_HDR_LEN, type PacketRing } from '../../sys/packet-ring.js';
+import { TP_STATUS_CSUMNOTREADY } from '../../sys/packet-ring.js';
 import { RX_CHECKSUM, RX_PASS, RX_PLAIN, RX_SEGMENT, gsoSize, rxAction } from './rx-offload.js';
 import { TcpSegmenter } from './segmentation.js';
 import { VfPort } from './vf-port.js';
+import { QUEUED, NO_ROOM, type GuestFrame, type VfLink } from './vf-link.js';
 import { reportBadChain } from './chain-warnings.js';
 import { callWriteBegins, callWriteEnds } from './call-guard.js';
 import type { DirectionSpec, DirectionState, GuestSpec, QueueSpec, QueueState } from './worker-protocol.js';
@@ -326,8 +326,10 @@ abstract class Direction {
 /** Guest TX vrings → VF TX ring. */
 export class VmToVf extends Direction {
   private readonly chain = new DescriptorChain();
-  /** First bytes of a frame, for the balance bond's flow hash. */
+  /** First bytes of a frame, for the balance bond's flow hash; the links' scratch for headers. */
   private readonly scratch = new Uint8Array(64);
+  /** The frame being queued, as the links see it (one object, refilled per frame). */
+  private readonly frame: GuestFrame;
   private readonly heads = new Uint32Array(BURST);
   private readonly hdrLen: number;
   /** The guest negotiated transmit offloads: its headers go to the VF socket as they are. */
@@ -339,10 +341,14 @@ export class VmToVf extends Direction {
     this.hdrLen = spec.guest?.hdrLen ?? 12;
     this.hostOffloads = spec.guest?.hostOffloads === true;
     this.rrQueue = state?.rrQueue ?? 0;
+    this.frame = { chain: this.chain, hdrLen: this.hdrLen, frameLength: 0, hostOffloads: this.hostOffloads, memory: this.memory!, hostDelta: this.hostDelta };
     for (const q of this.queues) q.queue.disableNotifications();
   }
 
   burst(): number {
+    // Frames an AF_XDP port could not hand to the kernel in an earlier burst go first.
+    const port = this.port;
+    if (port !== null) for (const link of port.links) if (link.txPending()) link.flush();
     const n = this.queues.length;
     if (n === 0) return 0;
     let handled = 0;
@@ -378,6 +384,7 @@ export class VmToVf extends Direction {
     let rxBytes = 0;
     let notConnected = 0;
     let bad = 0;
+    let full = 0;
     for (; taken < budget; ) {
       if (!queue.popChain(chain)) break;
       heads[taken++] = chain.head;
@@ -397,10 +404,11 @@ export class VmToVf extends Direction {
         continue;
       }
       rxBytes += frameLength;
+      this.frame.frameLength = frameLength;
       if (port.mode === 'broadcast') {
         let any = false;
-        for (let m = 0; m < port.rings.length; m++) {
-          if (port.memberUp(m) && this.addFrame(port, m, chain, frameLength)) any = true;
+        for (let m = 0; m < port.links.length; m++) {
+          if (port.memberUp(m) && port.links[m].queueFrame(this.frame, this.scratch) === QUEUED) any = true;
         }
         if (!any) notConnected++;
         continue;
@@ -412,31 +420,32 @@ export class VmToVf extends Direction {
         m = port.balanceMember(this.scratch, 0, peek);
       } else m = port.txMember();
       if (m < 0) notConnected++;
-      else if (!this.addFrame(port, m, chain, frameLength)) bad++;
+      else {
+        const r = port.links[m].queueFrame(this.frame, this.scratch);
+        if (r === NO_ROOM) full++;
+        else if (r !== QUEUED) bad++;
+      }
     }
     if (taken === 0) return 0;
     let packets = 0;
     let bytes = 0;
-    let full = 0;
     if (port !== null) {
       const broadcast = port.mode === 'broadcast';
       let frames = 0;
-      for (let m = 0; m < port.batches.length; m++) {
-        const batch = port.batches[m];
-        if (batch.count === 0) continue;
-        const queued = batch.count;
-        const sent = batch.send(port.sendFds[m]);
+      for (let m = 0; m < port.links.length; m++) {
+        const link = port.links[m];
+        const sent = link.flush();
         if (broadcast) {
           // One guest frame went to every member: count it once, as sent when the best member took it.
-          frames = Math.max(frames, queued);
+          frames = Math.max(frames, sent + link.flushDropped);
           if (sent > packets) {
             packets = sent;
-            bytes = batch.takenBytes;
+            bytes = link.flushedBytes;
           }
         } else {
           packets += sent;
-          bytes += batch.takenBytes - (port.headerSlabs[m] !== null ? VNET_HDR_LEN * sent : 0);
-          full += queued - sent;
+          bytes += link.flushedBytes;
+          full += link.flushDropped;
         }
       }
       if (broadcast) full = frames - packets;
@@ -455,73 +464,13 @@ export class VmToVf extends Direction {
     return taken;
   }
 
-  /**
-   * Queues the chain's frame (everything after the virtio-net header) on member `m`'s batch. When
-   * the member's socket takes a virtio_net_hdr per frame (VIRTIOFWD_TSO), the frame is preceded by
-   * the guest's header if it negotiated transmit offloads (the kernel then checksums and segments
-   * it, and validates the header as it does a tap device's), else by an empty one.
-   */
-  private addFrame(port: VfPort, m: number, chain: DescriptorChain, frameLength: number): boolean {
-    const slab = port.headerSlabs[m];
-    const header = this.scratch;
-    let segmented = false;
-    if (slab !== null) {
-      if (this.hostOffloads) {
-        if (chain.copyOut(0, header, 0, VNET_HDR_LEN) !== VNET_HDR_LEN) return false;
-        segmented = header[1] !== VIRTIO_NET_HDR_GSO_NONE;
-      } else header.fill(0, 0, VNET_HDR_LEN);
-    }
-    // Longer than the VF's MTU allows: dropped (and counted as a bad frame by the caller), never
-    // cut short. Only a VLAN-tagged frame may be 4 bytes longer than the untagged maximum. A frame
-    // the kernel is asked to segment may be as long as a chain is allowed to be.
-    const maxFrame = port.maxFrame[m];
-    if (frameLength > maxFrame && !segmented) {
-      if (frameLength > maxFrame + 4) return false;
-      // After the header bytes in scratch, which the slot below still needs.
-      const at = VNET_HDR_LEN;
-      chain.copyOut(this.hdrLen + 12, this.scratch, at, 2);
-      const type = (this.scratch[at] << 8) | this.scratch[at + 1];
-      if (type !== 0x8100 && type !== 0x88a8) return false;
-    }
-    const batch = port.batches[m];
-    const pieces = chain.readableSegments + (slab !== null ? 1 : 0);
-    if (!batch.hasRoom(pieces)) {
-      // Unusually fragmented chains can fill the batch before the burst ends: send what we have.
-      if (batch.count === 0) return false;
-      batch.send(port.sendFds[m]);
-      if (!batch.hasRoom(pieces)) return false;
-    }
-    if (slab !== null) {
-      // The frame's own slot: the kernel reads it during this burst's sendmmsg.
-      const slot = port.headerSlot(m, batch.count);
-      const bytes = slab.bytes;
-      // Byte by byte: no subarray per frame on the send path.
-      for (let i = 0, at = slot - slab.address; i < VNET_HDR_LEN; i++) bytes[at + i] = header[i];
-      batch.addPiece(slot, VNET_HDR_LEN);
-    }
-    const segments = chain.readableSegments;
-    const memory = this.memory!;
-    const delta = this.hostDelta;
-    let skip = this.hdrLen;
-    for (let i = 0; i < segments; i++) {
-      const len = chain.segLength[i];
-      if (skip >= len) {
-        skip -= len;
-        continue;
-      }
-      const gpa = chain.segGpa[i];
-      batch.addPiece(gpa + skip + delta[memory.regionIndexOf(gpa)], len - skip);
-      skip = 0;
-    }
-    batch.endFrame();
-    return true;
-  }
-
   hasWork(): boolean {
     const queues = this.queues;
     for (let i = 0; i < queues.length; i++) {
       if (queues[i].queue.hasAvailable()) return true;
     }
+    const port = this.port;
+    if (port !== null) for (let m = 0; m < port.links.length; m++) if (port.links[m].txPending()) return true;
     return false;
   }
 
@@ -574,8 +523,8 @@ export class VfToVm extends Direction {
   private failure = '';
   /** Receive offloads the guest negotiated (rx-offload.ts bits). */
   private readonly rxOffloads: number;
-  /** The ring being received from, for the kernel's virtio_net_hdr of each frame (null: it writes none). */
-  private ring: PacketRing | null = null;
+  /** The link being received from, for the kernel's virtio_net_hdr of each frame (null: it writes none). */
+  private link: VfLink | null = null;
   /** The header handed to the guest with a frame that keeps its offload state. */
   private readonly guestHeader = new Uint8Array(12);
   /** Built on the first GSO frame a guest without TSO receives. */
@@ -607,12 +556,12 @@ export class VfToVm extends Direction {
     );
     for (const q of this.queues) q.queue.disableNotifications();
     this.hold = spec.vmConnected && this.writers.length === 0;
-    this.kernelDropsSeen = new Float64Array(this.port?.rings.length ?? 0);
-    this.port?.rings.forEach((r, m) => (this.kernelDropsSeen[m] = r.counters.kernelDrops));
+    this.kernelDropsSeen = new Float64Array(this.port?.links.length ?? 0);
+    this.port?.links.forEach((l, m) => (this.kernelDropsSeen[m] = l.kernelDropsSoFar));
     this.rxOffloads = guest?.rxOffloads ?? 0;
     this.deliverSegment = (bytes, offset, length) => this.deliver(bytes, offset, length, null);
     this.admit = (length) => {
-      const kh = this.ring!.rxHeader;
+      const kh = this.link!.rxHeader;
       if (kh === null || kh[1] === 0 || rxAction(kh, this.rxOffloads, this.guestHeader) !== RX_SEGMENT) return true;
       // A segment per buffer at least. A ring never holds more than its size (and a burst counts
       // no more than ROOM_COUNT_LIMIT), so a frame that needs more gets what there is rather than
@@ -635,7 +584,7 @@ export class VfToVm extends Direction {
     this.onFrame = (bytes, offset, length, status) => {
       // What came from the VF: a super-frame counts once, not as the segments cut from it.
       this.rxBytes += length;
-      const kh = this.ring!.rxHeader;
+      const kh = this.link!.rxHeader;
       if (kh === null) {
         // Frames from a local stack (veth peers) carry checksums left for offload; the guest gets none.
         if ((status & TP_STATUS_CSUMNOTREADY) !== 0) completeL4Checksum(bytes, offset, length);
@@ -722,21 +671,21 @@ export class VfToVm extends Direction {
       }
       if (room < budget) budget = room;
       this.roomLeft = room;
-      if (room === 0 && port.rings.some((r) => r.rxReady())) this.guestOutOfBuffers = true;
+      if (room === 0 && port.links.some((l) => l.rxReady())) this.guestOutOfBuffers = true;
     }
-    for (let m = 0; m < port.rings.length; m++) {
-      const ring = port.rings[m];
+    for (let m = 0; m < port.links.length; m++) {
+      const link = port.links[m];
       // Frames longer than the ring had room for are skipped by the ring, never delivered cut
       // short: each is counted here as a bad frame.
-      const truncatedBefore = ring.rxTruncated;
+      const truncatedBefore = link.rxTruncated;
       if (connected && port.acceptsFrom(m)) {
-        this.ring = ring;
+        this.link = link;
         // Members of a bond share the guest's buffers: one that used them up leaves none to the next.
-        if (budget > 0 && this.roomLeft > 0) handled += ring.receive(this.onFrame, budget, this.admit);
+        if (budget > 0 && this.roomLeft > 0) handled += link.receive(this.onFrame, budget, this.admit);
       } else {
-        handled += ring.receive(this.dropFrame, BURST);
+        handled += link.receive(this.dropFrame, BURST);
       }
-      const truncated = ring.rxTruncated - truncatedBefore;
+      const truncated = link.rxTruncated - truncatedBefore;
       if (truncated !== 0) {
         this.bad += truncated;
         handled += truncated;
@@ -777,10 +726,10 @@ export class VfToVm extends Direction {
   foldKernelDrops(): void {
     const port = this.port;
     if (port === null) return;
-    for (let m = 0; m < port.rings.length; m++) {
+    for (let m = 0; m < port.links.length; m++) {
       let total: number;
       try {
-        total = port.rings[m].readKernelStatistics().kernelDrops;
+        total = port.links[m].readKernelDrops();
       } catch {
         // A statistics read that fails (a socket being torn down) must not take the worker, and
         // every relay on it, down with it; the next read catches up.
@@ -805,7 +754,7 @@ export class VfToVm extends Direction {
     const port = this.port;
     if (port === null || this.hold) return false;
     let ready = false;
-    for (let m = 0; m < port.rings.length; m++) if (port.rings[m].rxReady()) ready = true;
+    for (let m = 0; m < port.links.length; m++) if (port.links[m].rxReady()) ready = true;
     if (!ready) return false;
     // Frames with nowhere to go are not work: they wait in the VF ring for guest buffers.
     if (this.guestHasRoom()) return true;
@@ -826,7 +775,7 @@ export class VfToVm extends Direction {
   armForSleep(): boolean {
     if (this.port === null || this.hold) return false;
     let framesWaiting = false;
-    for (const ring of this.port.rings) if (ring.rxReady()) framesWaiting = true;
+    for (const link of this.port.links) if (link.rxReady()) framesWaiting = true;
     if (!framesWaiting) return false;
     // Frames wait in the VF ring because the guest has no buffers: ask the guest to kick when
     // it adds some, and sleep on those kicks rather than on the (ready) packet socket.
@@ -850,7 +799,7 @@ export class VfToVm extends Direction {
     // Holding: the next reconfiguration (a queue starts) wakes the worker through its own eventfd.
     if (this.port === null || this.hold) return [];
     if (!this.guestHasRoom()) return this.queues.filter((q) => q.kickFd >= 0).map((q) => q.kickFd);
-    return this.port.rings.map((r) => r.rxFd);
+    return this.port.links.flatMap((l) => l.rxFds);
   }
 
   override exportState(): DirectionState {

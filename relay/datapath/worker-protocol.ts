@@ -1,7 +1,7 @@
 // Messages between the main thread and the forwarding workers. Everything here is plain data
 // (structured-cloneable): a worker rebuilds its own views of guest memory and packet rings from
 // addresses and fds, which are process-wide.
-import type { PacketRingHandle } from '../../sys/packet-ring.js';
+import type { VfHandle } from './vf-link.js';
 
 export type DirName = 'vf2vm' | 'vm2vf';
 
@@ -71,7 +71,8 @@ export interface GuestSpec {
 
 export interface PortMember {
   netdev: string;
-  handle: PacketRingHandle;
+  /** The VF's open port: AF_PACKET rings or AF_XDP sockets. */
+  handle: VfHandle;
   /** Carrier state as last seen by the main thread (active-backup fails over on it). */
   up: boolean;
 }

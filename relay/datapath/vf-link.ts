@@ -1,0 +1,328 @@
+// One VF as the data path sees it, whatever kind of port it is: a burst of received frames handed
+// over in place, frames queued from guest memory and sent together, a wait handle, and the
+// kernel's drop count. Two kinds:
+//   - PacketLink (AF_PACKET): receives from a TPACKET_V3 ring; sends with one sendmmsg per burst,
+//     the kernel gathering each frame straight from guest memory (no copy in user space), with a
+//     virtio_net_hdr before each frame when VIRTIOFWD_TSO lets the kernel segment and checksum.
+//   - XdpLink (AF_XDP): receives from the sockets' RX rings (a redirect program in front of the
+//     stack); sends by copying each frame into a TX chunk of the UMEM. The kernel offers no
+//     offload there, so a guest's checksum request is completed and its super-frames are cut
+//     into segments here.
+import { PacketRing, VNET_HDR_LEN, type PacketRingHandle, type FrameHandler, type FrameAdmission } from '../../sys/packet-ring.js';
+import { PacketBatch } from '../../sys/packet-batch.js';
+import { nativeBuffer, type NativeBuffer } from '../../sys/native-buffer.js';
+import { XdpPort, type XdpPortHandle } from '../../sys/xdp-socket.js';
+import type { DescriptorChain } from '../../virtio/descriptor-chain.js';
+import type { GuestMemory } from '../../virtio/guest-memory.js';
+import { VIRTIO_NET_HDR_GSO_NONE, VIRTIO_NET_HDR_F_NEEDS_CSUM } from '../../virtio/net-header.js';
+import { completeL4Checksum } from './checksum.js';
+import { TcpSegmenter } from './segmentation.js';
+
+/** Frames per member batch (one sendmmsg). */
+export const BATCH_FRAMES = 64;
+/** A header slot in a member's header slab. */
+const HEADER_SLOT = 16;
+/** Largest frame a guest may hand us: 64 KiB plus Ethernet and VLAN headers. */
+const MAX_GUEST_FRAME = 65562;
+
+/** queueFrame results. */
+export const QUEUED = 1;
+/** No room left in this burst (the frame is dropped and counted as a full queue). */
+export const NO_ROOM = 0;
+/** The frame cannot be sent as it is (too long, malformed offload request): a bad frame. */
+export const REFUSED = -1;
+
+export type PortKind = 'af_packet' | 'af_xdp';
+
+/** A VF's open port as the main thread hands it to workers: plain data. */
+export type VfHandle = PacketRingHandle | XdpPortHandle;
+
+export function isXdpHandle(handle: VfHandle): handle is XdpPortHandle {
+  return (handle as XdpPortHandle).kind === 'af_xdp';
+}
+
+/** Where a frame to send is: the chain, and how to reach its bytes. */
+export interface GuestFrame {
+  chain: DescriptorChain;
+  /** Bytes of virtio-net header before the frame in the chain. */
+  hdrLen: number;
+  frameLength: number;
+  /** The guest negotiated transmit offloads: its header may ask for a checksum or segmentation. */
+  hostOffloads: boolean;
+  memory: GuestMemory;
+  /** host address − guest-physical address, per region of `memory.regions`. */
+  hostDelta: Float64Array;
+}
+
+export interface VfLink {
+  readonly kind: PortKind;
+  readonly netdev: string;
+  /** Largest untagged frame the link accepts (tagged frames get 4 bytes more). */
+  readonly maxFrame: number;
+  /** With a kernel virtio_net_hdr per received frame: the delivered frame's, during onFrame. */
+  readonly rxHeader: Uint8Array | null;
+  /** Frames skipped because they were longer than the ring had room for (cumulative). */
+  readonly rxTruncated: number;
+  /** fds that become readable when frames arrive. */
+  readonly rxFds: number[];
+  receive(onFrame: FrameHandler, budget: number, admit?: FrameAdmission): number;
+  rxReady(): boolean;
+  /** Frames the kernel dropped for want of room in the receive ring, cumulative (a system call). */
+  readKernelDrops(): number;
+  /** The same count as of the last read (no system call). */
+  readonly kernelDropsSoFar: number;
+  /** Queues one frame for this burst's send. */
+  queueFrame(frame: GuestFrame, scratch: Uint8Array): number;
+  /** Sends what was queued; `flushedBytes` and `flushDropped` then tell the bytes sent and the frames lost. */
+  flush(): number;
+  readonly flushedBytes: number;
+  readonly flushDropped: number;
+  /** Frames queued in an earlier burst that the kernel has not taken yet (a later flush sends them). */
+  txPending(): boolean;
+}
+
+export function openLink(netdev: string, handle: VfHandle): VfLink {
+  return isXdpHandle(handle) ? new XdpLink(netdev, handle) : new PacketLink(netdev, handle);
+}
+
+/** Whether a frame `frameLength` long fits a link whose untagged maximum is `maxFrame` (VLAN tag: 4 more). */
+function fitsLink(frame: GuestFrame, maxFrame: number, scratch: Uint8Array, at: number): boolean {
+  if (frame.frameLength <= maxFrame) return true;
+  if (frame.frameLength > maxFrame + 4) return false;
+  frame.chain.copyOut(frame.hdrLen + 12, scratch, at, 2);
+  const type = (scratch[at] << 8) | scratch[at + 1];
+  return type === 0x8100 || type === 0x88a8;
+}
+
+export class PacketLink implements VfLink {
+  readonly kind = 'af_packet' as const;
+  readonly netdev: string;
+  readonly maxFrame: number;
+  readonly rxFds: number[];
+  private readonly ring: PacketRing;
+  private readonly batch = new PacketBatch(BATCH_FRAMES, 1024);
+  private readonly sendFd: number;
+  /**
+   * null, or (the send socket takes a virtio_net_hdr before each frame) one header slot per frame
+   * of the batch, in memory the kernel reads while sending: each guest header is copied there once,
+   * so what the kernel reads is what the relay checked.
+   */
+  private readonly headerSlab: NativeBuffer | null;
+  flushedBytes = 0;
+  flushDropped = 0;
+
+  constructor(netdev: string, handle: PacketRingHandle) {
+    this.netdev = netdev;
+    this.ring = PacketRing.attach(handle);
+    this.sendFd = handle.sendFd;
+    this.headerSlab = handle.sendVnetHeader ? nativeBuffer(BATCH_FRAMES * HEADER_SLOT) : null;
+    this.maxFrame = handle.maxFrameLength;
+    this.rxFds = [handle.rxFd];
+  }
+
+  get rxHeader(): Uint8Array | null {
+    return this.ring.rxHeader;
+  }
+
+  get rxTruncated(): number {
+    return this.ring.rxTruncated;
+  }
+
+  receive(onFrame: FrameHandler, budget: number, admit?: FrameAdmission): number {
+    return this.ring.receive(onFrame, budget, admit);
+  }
+
+  rxReady(): boolean {
+    return this.ring.rxReady();
+  }
+
+  readKernelDrops(): number {
+    return this.ring.readKernelStatistics().kernelDrops;
+  }
+
+  get kernelDropsSoFar(): number {
+    return this.ring.counters.kernelDrops;
+  }
+
+  /**
+   * Adds the frame (everything after the virtio-net header) to the batch as pieces of guest
+   * memory. When the socket takes a virtio_net_hdr per frame (VIRTIOFWD_TSO), the frame is
+   * preceded by the guest's header if it negotiated transmit offloads (the kernel then checksums
+   * and segments it, and validates the header as it does a tap device's), else by an empty one.
+   */
+  queueFrame(frame: GuestFrame, header: Uint8Array): number {
+    const slab = this.headerSlab;
+    const chain = frame.chain;
+    let segmented = false;
+    if (slab !== null) {
+      if (frame.hostOffloads) {
+        if (chain.copyOut(0, header, 0, VNET_HDR_LEN) !== VNET_HDR_LEN) return REFUSED;
+        segmented = header[1] !== VIRTIO_NET_HDR_GSO_NONE;
+      } else header.fill(0, 0, VNET_HDR_LEN);
+    }
+    // Longer than the VF's MTU allows: dropped, never cut short. A frame the kernel is asked to
+    // segment may be as long as a chain is allowed to be.
+    if (!segmented && !fitsLink(frame, this.maxFrame, header, VNET_HDR_LEN)) return REFUSED;
+    const batch = this.batch;
+    const pieces = chain.readableSegments + (slab !== null ? 1 : 0);
+    if (!batch.hasRoom(pieces)) {
+      // Unusually fragmented chains can fill the batch before the burst ends: send what we have.
+      if (batch.count === 0) return REFUSED;
+      this.sendBatch();
+      if (!batch.hasRoom(pieces)) return REFUSED;
+    }
+    if (slab !== null) {
+      // The frame's own slot: the kernel reads it during this burst's sendmmsg.
+      const slot = slab.address + batch.count * HEADER_SLOT;
+      const bytes = slab.bytes;
+      // Byte by byte: no subarray per frame on the send path.
+      for (let i = 0, at = slot - slab.address; i < VNET_HDR_LEN; i++) bytes[at + i] = header[i];
+      batch.addPiece(slot, VNET_HDR_LEN);
+    }
+    const segments = chain.readableSegments;
+    const memory = frame.memory;
+    const delta = frame.hostDelta;
+    let skip = frame.hdrLen;
+    for (let i = 0; i < segments; i++) {
+      const len = chain.segLength[i];
+      if (skip >= len) {
+        skip -= len;
+        continue;
+      }
+      const gpa = chain.segGpa[i];
+      batch.addPiece(gpa + skip + delta[memory.regionIndexOf(gpa)], len - skip);
+      skip = 0;
+    }
+    batch.endFrame();
+    return QUEUED;
+  }
+
+  /** A mid-burst send: what it sent is added to this burst's figures. */
+  private sentEarly = 0;
+  private bytesEarly = 0;
+  private droppedEarly = 0;
+
+  private sendBatch(): number {
+    const batch = this.batch;
+    const queued = batch.count;
+    const sent = batch.send(this.sendFd);
+    this.sentEarly += sent;
+    this.bytesEarly += batch.takenBytes - (this.headerSlab !== null ? VNET_HDR_LEN * sent : 0);
+    this.droppedEarly += queued - sent;
+    return sent;
+  }
+
+  flush(): number {
+    if (this.batch.count > 0) this.sendBatch();
+    const sent = this.sentEarly;
+    this.flushedBytes = this.bytesEarly;
+    this.flushDropped = this.droppedEarly;
+    this.sentEarly = this.bytesEarly = this.droppedEarly = 0;
+    return sent;
+  }
+
+  txPending(): boolean {
+    return false;
+  }
+}
+
+export class XdpLink implements VfLink {
+  readonly kind = 'af_xdp' as const;
+  readonly netdev: string;
+  readonly maxFrame: number;
+  readonly rxFds: number[];
+  readonly rxHeader = null;
+  readonly rxTruncated = 0;
+  private readonly port: XdpPort;
+  /** A super-frame is gathered here before it is cut into segments. */
+  private superFrame: Uint8Array | null = null;
+  private segmenter: TcpSegmenter | null = null;
+  private readonly queueSegment: (bytes: Uint8Array, offset: number, length: number) => void;
+  private segmentsLost = 0;
+  private queued = 0;
+  private queuedBytes = 0;
+  flushedBytes = 0;
+  flushDropped = 0;
+
+  constructor(netdev: string, handle: XdpPortHandle) {
+    this.netdev = netdev;
+    this.port = XdpPort.attach(handle);
+    this.maxFrame = handle.maxFrameLength;
+    this.rxFds = this.port.rxFds;
+    this.queueSegment = (bytes, offset, length) => {
+      const slot = this.port.txSlot();
+      if (slot === null || length > slot.capacity) {
+        this.segmentsLost++;
+        return;
+      }
+      slot.bytes.set(bytes.subarray(offset, offset + length), slot.offset);
+      if (this.port.txCommit(length)) {
+        this.queued++;
+        this.queuedBytes += length;
+      } else this.segmentsLost++;
+    };
+  }
+
+  receive(onFrame: FrameHandler, budget: number, admit?: FrameAdmission): number {
+    return this.port.receive(onFrame, budget, admit);
+  }
+
+  rxReady(): boolean {
+    return this.port.rxReady();
+  }
+
+  readKernelDrops(): number {
+    return this.port.readKernelStatistics().kernelDrops;
+  }
+
+  get kernelDropsSoFar(): number {
+    return this.port.counters.kernelDrops;
+  }
+
+  /** Copies the frame into a TX chunk, completing its checksum or cutting it into segments when the guest's header asks. */
+  queueFrame(frame: GuestFrame, header: Uint8Array): number {
+    const chain = frame.chain;
+    let needsChecksum = false;
+    if (frame.hostOffloads) {
+      if (chain.copyOut(0, header, 0, VNET_HDR_LEN) !== VNET_HDR_LEN) return REFUSED;
+      if (header[1] !== VIRTIO_NET_HDR_GSO_NONE) return this.queueSegments(frame, header[4] | (header[5] << 8));
+      needsChecksum = (header[0] & VIRTIO_NET_HDR_F_NEEDS_CSUM) !== 0;
+    }
+    if (!fitsLink(frame, this.maxFrame, header, VNET_HDR_LEN)) return REFUSED;
+    const slot = this.port.txSlot();
+    if (slot === null) return NO_ROOM;
+    const length = frame.frameLength;
+    if (length > slot.capacity || chain.copyOut(frame.hdrLen, slot.bytes, slot.offset, length) !== length) return REFUSED;
+    if (needsChecksum && !completeL4Checksum(slot.bytes, slot.offset, length)) return REFUSED;
+    if (!this.port.txCommit(length)) return REFUSED;
+    this.queued++;
+    this.queuedBytes += length;
+    return QUEUED;
+  }
+
+  /** A guest super-frame (GSO): its TCP segments, each complete, go into TX chunks one by one. */
+  private queueSegments(frame: GuestFrame, mss: number): number {
+    const length = frame.frameLength;
+    if (length > MAX_GUEST_FRAME || mss === 0) return REFUSED;
+    this.superFrame ??= new Uint8Array(MAX_GUEST_FRAME);
+    this.segmenter ??= new TcpSegmenter();
+    if (frame.chain.copyOut(frame.hdrLen, this.superFrame, 0, length) !== length) return REFUSED;
+    const lostBefore = this.segmentsLost;
+    if (this.segmenter.segment(this.superFrame, 0, length, mss, this.queueSegment) !== null) return REFUSED;
+    return this.segmentsLost === lostBefore ? QUEUED : NO_ROOM;
+  }
+
+  flush(): number {
+    const sent = this.queued;
+    this.flushedBytes = this.queuedBytes;
+    this.flushDropped = 0;
+    this.queued = this.queuedBytes = 0;
+    // Frames the kernel did not take now stay in the TX ring for the next flush: not lost.
+    this.port.txFlush();
+    return sent;
+  }
+
+  txPending(): boolean {
+    return this.port.txPending();
+  }
+}
