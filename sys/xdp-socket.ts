@@ -510,6 +510,13 @@ export class XdpPort {
     return false;
   }
 
+  /** TX chunks free now (completions reaped first). */
+  txFree(): number {
+    this.reapCompletions();
+    const q = this.sender;
+    return this.ringSize - ((q.txNext - q.completed) >>> 0);
+  }
+
   /** The next free TX chunk, or null when every one is still with the kernel. */
   txSlot(): XdpTxSlot | null {
     const q = this.sender;

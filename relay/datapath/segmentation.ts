@@ -39,9 +39,11 @@ export class TcpSegmenter {
    * Cuts the TCP frame at bytes[offset, offset + length) into segments of at most `mss` payload
    * bytes and hands each to `emit` (in a buffer reused for the next one). Returns null when it
    * did, or the reason it did not (then nothing was emitted): not TCP over IPv4/IPv6, IPv6
-   * extension headers, lengths that disagree, an MSS of 0 or one larger than this segmenter's.
+   * extension headers, lengths that disagree, an MSS of 0 or one larger than this segmenter's,
+   * or segments longer than `maxFrame` (the link's untagged maximum; a tagged frame's may be 4
+   * bytes longer).
    */
-  segment(bytes: Uint8Array, offset: number, length: number, mss: number, emit: SegmentSink): SegmentRefusal {
+  segment(bytes: Uint8Array, offset: number, length: number, mss: number, emit: SegmentSink, maxFrame = Infinity): SegmentRefusal {
     const end = offset + length;
     if (length < ETH_HEADER) return 'shorter than an Ethernet header';
     let l3 = offset + ETH_HEADER;
@@ -74,6 +76,8 @@ export class TcpSegmenter {
     if (!Number.isInteger(mss) || mss < 1 || mss > this.maxSegmentPayload) return `segment size ${mss} out of range`;
     const headers = l4 + tcpLength - offset;
     if (headers > MAX_HEADERS) return 'headers too long';
+    const longest = headers + Math.min(mss, length - headers);
+    if (longest > maxFrame + (l3 - offset > ETH_HEADER ? 4 : 0)) return `segments of ${longest} bytes are longer than the link takes`;
 
     const out = this.out;
     const ol3 = l3 - offset;

@@ -25,6 +25,9 @@ const HEADER_SLOT = 16;
 /** Largest frame a guest may hand us: 64 KiB plus Ethernet and VLAN headers. */
 const MAX_GUEST_FRAME = 65562;
 
+/** The smallest segment size Linux's TCP uses (TCP_MIN_MSS). */
+const TCP_MIN_MSS = 88;
+
 /** queueFrame results. */
 export const QUEUED = 1;
 /** No room left in this burst (the frame is dropped and counted as a full queue). */
@@ -256,10 +259,7 @@ export class XdpLink implements VfLink {
         return;
       }
       slot.bytes.set(bytes.subarray(offset, offset + length), slot.offset);
-      if (this.port.txCommit(length)) {
-        this.queued++;
-        this.queuedBytes += length;
-      } else this.segmentsLost++;
+      if (!this.port.txCommit(length)) this.segmentsLost++;
     };
   }
 
@@ -303,13 +303,20 @@ export class XdpLink implements VfLink {
   /** A guest super-frame (GSO): its TCP segments, each complete, go into TX chunks one by one. */
   private queueSegments(frame: GuestFrame, mss: number): number {
     const length = frame.frameLength;
-    if (length > MAX_GUEST_FRAME || mss === 0) return REFUSED;
+    // Linux sends no segment smaller than TCP_MIN_MSS; a smaller size would only turn one chain
+    // into hundreds of frames. All the segments go in this burst or none does.
+    if (length > MAX_GUEST_FRAME || mss < TCP_MIN_MSS) return REFUSED;
+    if (this.port.txFree() < Math.ceil(length / mss)) return NO_ROOM;
     this.superFrame ??= new Uint8Array(MAX_GUEST_FRAME);
     this.segmenter ??= new TcpSegmenter();
     if (frame.chain.copyOut(frame.hdrLen, this.superFrame, 0, length) !== length) return REFUSED;
     const lostBefore = this.segmentsLost;
-    if (this.segmenter.segment(this.superFrame, 0, length, mss, this.queueSegment) !== null) return REFUSED;
-    return this.segmentsLost === lostBefore ? QUEUED : NO_ROOM;
+    if (this.segmenter.segment(this.superFrame, 0, length, mss, this.queueSegment, this.maxFrame) !== null) return REFUSED;
+    if (this.segmentsLost !== lostBefore) return NO_ROOM;
+    // Counted as the guest's one frame, as when the kernel segments it behind an AF_PACKET socket.
+    this.queued++;
+    this.queuedBytes += length;
+    return QUEUED;
   }
 
   flush(): number {

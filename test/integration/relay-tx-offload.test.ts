@@ -62,7 +62,7 @@ describe.skipIf(!ready)('guest transmit offloads through a send socket with PACK
   });
 
   it('a guest with offloads: a 9000-byte TCP segment leaves whole, a header the kernel refuses costs only its frame', async () => {
-    expect(rig.handle.sendVnetHeader).toBe(true);
+    expect('sendVnetHeader' in rig.handle && rig.handle.sendVnetHeader).toBe(true);
     const g = txDirection(rig, 4, { hostOffloads: true });
     const big = tcpFrame(9000);
     g.post(tsoHeader(), big);

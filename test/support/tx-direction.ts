@@ -1,9 +1,11 @@
 // A VM→VF direction without a worker thread, for tests of what leaves a VF: guest memory in a
-// memfd, one guest TX ring driven from the test, and a VmToVf direction sending on a real packet
-// ring (a veth whose peer counts what arrives).
+// memfd, one guest TX ring driven from the test, and a VmToVf direction sending on a real port,
+// AF_PACKET rings or AF_XDP sockets (a veth whose peer counts what arrives).
 import { MAP_SHARED, PROT_READ, PROT_WRITE, ftruncate, memfdCreate, mmap, munmap, type Mapping } from '../../sys/memory.js';
 import { close } from '../../sys/fd.js';
-import { closePacketRing, openPacketRing, type PacketRingHandle, type PacketRingOptions } from '../../sys/packet-ring.js';
+import { closePacketRing, openPacketRing, type PacketRingOptions } from '../../sys/packet-ring.js';
+import { closeXdpPort, openXdpPort, type XdpPortOptions } from '../../sys/xdp-socket.js';
+import { isXdpHandle, type VfHandle } from '../../relay/datapath/vf-link.js';
 import { GuestMemory } from '../../virtio/guest-memory.js';
 import { SplitQueueDriver } from '../../virtio/split-queue-driver.js';
 import { VmToVf } from '../../relay/datapath/directions.js';
@@ -20,23 +22,27 @@ let memoryIds = 9000;
 
 export interface TxRig {
   vf: string;
-  handle: PacketRingHandle;
+  handle: VfHandle;
   mem: Mapping;
   close(): void;
 }
 
-/** Guest memory (`memoryBytes`, 1 MiB by default) and the packet ring of `vf` (which must exist). */
-export function openTxRig(vf: string, ring: PacketRingOptions = {}, memoryBytes = SIZE): TxRig {
+/**
+ * Guest memory (`memoryBytes`, 1 MiB by default) and the port of `vf` (which must exist): its
+ * packet rings, or with `xdp` its AF_XDP sockets.
+ */
+export function openTxRig(vf: string, ring: PacketRingOptions = {}, memoryBytes = SIZE, xdp?: XdpPortOptions): TxRig {
   const memFd = memfdCreate('tx-direction');
   ftruncate(memFd, memoryBytes);
   const mem = mmap({ length: memoryBytes, prot: PROT_READ | PROT_WRITE, flags: MAP_SHARED, fd: memFd });
-  const handle = openPacketRing(vf, { blockSize: 32 * 1024, blockCount: 8, ...ring });
+  const handle: VfHandle = xdp ? openXdpPort(vf, xdp) : openPacketRing(vf, { blockSize: 32 * 1024, blockCount: 8, ...ring });
   return {
     vf,
     handle,
     mem,
     close: () => {
-      closePacketRing(handle);
+      if (isXdpHandle(handle)) closeXdpPort(handle);
+      else closePacketRing(handle);
       munmap(mem);
       close(memFd);
     },

@@ -97,6 +97,19 @@ describe('TCP segmentation for guests without GUEST_TSO', () => {
     expect(new TcpSegmenter().segment(new Uint8Array(10), 0, 10, 50, () => {})).toMatch(/Ethernet/);
   });
 
+  it('refuses, emitting nothing, segments longer than the link takes; a tagged frame may be 4 bytes longer', () => {
+    const plain = superFrame({ payload: new Uint8Array(4000) }); // 54 bytes of headers
+    const tagged = superFrame({ vlan: true, payload: new Uint8Array(4000) }); // 58
+    let emitted = 0;
+    const count = () => emitted++;
+    expect(new TcpSegmenter().segment(plain.bytes, 0, plain.bytes.length, 1461, count, 1514)).toMatch(/segments of 1515 bytes are longer than the link takes/);
+    expect(new TcpSegmenter().segment(tagged.bytes, 0, tagged.bytes.length, 1461, count, 1514)).toMatch(/1519 bytes/);
+    expect(emitted).toBe(0);
+    expect(new TcpSegmenter().segment(plain.bytes, 0, plain.bytes.length, 1460, count, 1514)).toBeNull();
+    expect(new TcpSegmenter().segment(tagged.bytes, 0, tagged.bytes.length, 1460, count, 1514)).toBeNull();
+    expect(emitted).toBe(2 * Math.ceil(4000 / 1460));
+  });
+
   it(`random super-frames (seed ${process.env.VIO4WD_SEGMENT_SEED ?? 4242}) all reassemble and verify`, () => {
     const seed = Number(process.env.VIO4WD_SEGMENT_SEED ?? 4242);
     const rand = rng(seed);
