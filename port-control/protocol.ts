@@ -2,7 +2,7 @@
 // Server, CLIs and the core scheduler all build and check messages through this module, so a
 // field rename or a new rule lands everywhere at once.
 import { MAX_BOND_MEMBERS } from '../relay/registry-api.js';
-import type { DirectionCounters, RelayCpu, WorkerInfo } from '../relay/registry-api.js';
+import type { DirectionCounters, MemberPort, RelayCpu, WorkerInfo } from '../relay/registry-api.js';
 
 import { MAX_CPU_ID, MAX_RELAYS, MAX_SOCKET_PATH_BYTES } from '../vocabulary/limits.js';
 import { canonicalPciAddress } from '../vocabulary/pci.js';
@@ -172,6 +172,8 @@ export interface RelayStats {
   device: string | null;
   deviceKind: 'vf' | 'bond' | null;
   bondMembers?: string[];
+  /** How each VF (each bond member) is reached: af_packet or af_xdp, with the XDP attach mode. */
+  ports: MemberPort[];
   vmConnected: boolean;
   numaNode: number;
   queuePairs: number;

@@ -99,6 +99,7 @@ export class StatsService {
         active,
         socketPath: info.socketPath ?? null,
         ...describeDevice(info),
+        ports: info.ports ?? [],
         vmConnected: info.vmConnected,
         numaNode: info.numaNode,
         queuePairs: info.queuePairs,

@@ -78,8 +78,20 @@ export interface RelayInfo {
   numaNode: number;
   /** Number of guest queue pairs in use. */
   queuePairs: number;
+  /** How each VF (each bond member) is reached. */
+  ports: MemberPort[];
   vfToVm: DirectionCounters;
   vmToVf: DirectionCounters;
+}
+
+/** The port of one VF: AF_PACKET rings, or AF_XDP sockets with where their program runs. */
+export interface MemberPort {
+  netdev: string;
+  port: 'af_packet' | 'af_xdp';
+  /** AF_XDP: the program runs in the driver ('native') or in the generic hook. */
+  attach?: string;
+  /** AF_XDP: the driver moves frames into the UMEM itself. */
+  zeroCopy?: boolean;
 }
 
 /** Which worker CPU serves each direction of a relay. */

@@ -71,7 +71,7 @@ export interface XdpPortOptions {
   attach?: XdpAttachMode | 'auto';
   /** Zero copy: 'auto' where the driver has it, 'off' (copy mode), 'required' (fail without it). */
   zeroCopy?: 'auto' | 'off' | 'required';
-  /** Entries per ring, a power of two in [64, 16384] (default 2048). */
+  /** Entries per ring, a power of two in [64, 16384] (default 4096). */
   ringSize?: number;
   /** UMEM chunk size, 2048 or 4096 (default: the smaller one the MTU fits in). */
   chunkSize?: number;
@@ -232,7 +232,7 @@ function openQueue(ifname: string, ifindex: number, queue: number, ringSize: num
 export function openXdpPort(ifname: string, opts: XdpPortOptions = {}): XdpPortHandle {
   const ifindex = ifNameToIndex(ifname);
   const mtu = linkMtu(ifname);
-  const ringSize = opts.ringSize ?? 2048;
+  const ringSize = opts.ringSize ?? 4096;
   const bad = (what: string) => new RangeError(`AF_XDP port on ${ifname}: ${what}`);
   if (!isPowerOfTwo(ringSize) || ringSize < 64 || ringSize > 16384) throw bad(`ring size ${ringSize} is not a power of two in [64, 16384]`);
   const maxFrameLength = mtu + ETH_HEADER;

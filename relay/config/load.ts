@@ -17,6 +17,7 @@ import {
   type CoreSchedulerConfig,
   type LoadedConfig,
   type PollMode,
+  type VfPortChoice,
   type PortControlMode,
   type RelayConfig,
   type StaticVf,
@@ -233,6 +234,7 @@ export function configFromAssignments(assignments: Map<string, ConfigAssignment>
   const mergeableRxBuffers = s.value<boolean>('VIRTIOFWD_MRGBUF');
   const unsealedMemory = readUnsealedMemory(s);
   const tso = s.value<boolean>('VIRTIOFWD_TSO') === true;
+  const vfPort = readVfPort(s);
   const vhostClient = s.value<boolean>('VIRTIOFWD_VHOST_CLIENT');
 
   if (s.value<boolean>('VIRTIOFWD_ZERO_COPY')) {
@@ -279,6 +281,7 @@ export function configFromAssignments(assignments: Map<string, ConfigAssignment>
     mergeableRxBuffers,
     unsealedMemory,
     tso,
+    vfPort,
     portControl: { mode: portControlMode, ovsdbSocketPath, ipcCommandFile },
     zmq,
     metricsListen,
@@ -295,6 +298,15 @@ function readUnsealedMemory(s: Settings): 'refuse' | 'warn' {
   if (lower === 'refuse' || lower === 'warn') return lower;
   s.fail(setting, 'expected refuse or warn');
   return 'warn';
+}
+
+function readVfPort(s: Settings): VfPortChoice {
+  const { text, setting } = s.scalar('VIRTIOFWD_VF_PORT');
+  if (text === '' || !setting) return 'af_packet';
+  const lower = text.toLowerCase();
+  if (lower === 'af_packet' || lower === 'af_xdp' || lower === 'auto') return lower;
+  s.fail(setting, 'expected af_packet, af_xdp or auto');
+  return 'af_packet';
 }
 
 function readPollMode(s: Settings): PollMode {

@@ -85,6 +85,8 @@ export interface RelayConfig {
   unsealedMemory: 'refuse' | 'warn';
   /** Offer HOST_TSO4/6 to guests and pass large frames to the VF. */
   tso: boolean;
+  /** How VFs are opened (VIRTIOFWD_VF_PORT). */
+  vfPort: VfPortChoice;
   portControl: {
     mode: PortControlMode;
     /** The OVSDB unix socket the monitor connects to (mode `ovsdb`). */
@@ -125,3 +127,6 @@ export function socketPathFor(config: Pick<RelayConfig, 'socketDir' | 'socketFil
   const dir = config.socketDir.endsWith('/') ? config.socketDir.slice(0, -1) : config.socketDir;
   return `${dir}/${config.socketFilenamePattern.replace('%u', String(id))}`;
 }
+
+/** VIRTIOFWD_VF_PORT: AF_PACKET rings, AF_XDP sockets, or AF_XDP where it can be opened. */
+export type VfPortChoice = 'af_packet' | 'af_xdp' | 'auto';

@@ -121,6 +121,15 @@ export const VARIABLES: readonly VariableInfo[] = [
       'guest memory files that can shrink (not sealed with F_SEAL_SHRINK and not sealable by the relay: hugetlbfs, DPDK virtio-user memfds): refuse the VM\'s memory table, or warn and accept it (a shrink would then crash the daemon with SIGBUS)',
   },
   {
+    name: 'VIRTIOFWD_VF_PORT',
+    flag: { name: '--vf-port', kind: 'value', meta: 'af_packet|af_xdp|auto' },
+    section: 'general',
+    defaultText: 'af_packet',
+    treatment: 'supported',
+    summary:
+      'how the relay reaches each VF: af_packet (packet rings; every driver; the kernel segments and checksums for VIRTIOFWD_TSO), af_xdp (AF_XDP sockets behind an XDP redirect program, driver mode where the driver has it, else generic; no MTU above 3826; offloads done by the relay), or auto (AF_XDP where it can be opened, AF_PACKET otherwise and with VIRTIOFWD_JUMBO)',
+  },
+  {
     name: 'VIRTIOFWD_TSO',
     parse: parseBooleanValue,
     flag: { name: '--tso', kind: 'boolean' },

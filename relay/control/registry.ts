@@ -97,6 +97,7 @@ export class RelayRegistryImpl implements RelayRegistry {
       sysfsRoot: opts.config.sysfsRoot,
       jumbo: opts.config.jumbo,
       tso: opts.config.tso,
+      vfPort: opts.config.vfPort,
       pinnedCpus: (relay: number) => pins.get(relay),
       ignoreDirtyLog: opts.ignoreDirtyLog === true,
     };
@@ -203,6 +204,7 @@ export class RelayRegistryImpl implements RelayRegistry {
       vmConnected: relay.vmConnected,
       numaNode: relay.numaNode,
       queuePairs: relay.queuePairs,
+      ports: relay.memberPorts,
       vfToVm: this.directionCounters(relay, Dir.VfToVm),
       vmToVf: this.directionCounters(relay, Dir.VmToVf),
     };

@@ -4,7 +4,8 @@
 // workers run goes through `reconfigure`, one at a time, so a direction is always detached (and its
 // ring state saved) before it is attached again.
 import type { Logger } from 'pino';
-import type { PacketRingHandle } from '../../sys/packet-ring.js';
+import { isXdpHandle, type VfHandle } from '../datapath/vf-link.js';
+import type { VfPortChoice } from '../config/types.js';
 import type { RingOpener } from './ring-opener.js';
 import { linkHasCarrier, linkMaxMtu, linkMtu, setLinkMtu } from '../../sys/netdev.js';
 import { JUMBO_MTU } from '../../vocabulary/limits.js';
@@ -18,7 +19,7 @@ import { hasBit } from '../../vhost-user/messages.js';
 import { resolveVf } from './vf.js';
 import type { WorkerPool } from './worker-pool.js';
 import type { DirName, DirectionSpec, DirectionState, GuestSpec, PortSpec, QueueSpec, QueueState } from '../datapath/worker-protocol.js';
-import { BOND_MODE_NAMES, type BondMode, type DeviceRef, type VfRef } from '../registry-api.js';
+import { BOND_MODE_NAMES, type BondMode, type DeviceRef, type MemberPort, type VfRef } from '../registry-api.js';
 
 export interface RelayContext {
   pool: WorkerPool;
@@ -30,8 +31,10 @@ export interface RelayContext {
    * per frame (VF RX sockets always deliver one).
    */
   tso?: boolean;
-  /** Opens and closes VF packet rings off the main thread. */
+  /** Opens and closes VF ports off the main thread. */
   rings: RingOpener;
+  /** VIRTIOFWD_VF_PORT (default af_packet). */
+  vfPort?: VfPortChoice;
   /** CPUs fixed for this relay by VIRTIOFWD_CPU_PINS, if any. */
   pinnedCpus(relay: number): { vf2vm: number; vm2vf: number } | undefined;
   /**
@@ -44,7 +47,7 @@ export interface RelayContext {
 interface Member {
   ref: VfRef;
   netdev: string;
-  handle: PacketRingHandle;
+  handle: VfHandle;
   up: boolean;
   /** The MTU the netdev had before the relay raised it to JUMBO_MTU (restored at detach). */
   mtuBefore?: number;
@@ -139,14 +142,9 @@ export class Relay implements NetDevice {
           const resolved = resolveVf(ref, this.ctx.sysfsRoot);
           // The MTU first: the ring reads it when it opens, and drops longer frames from then on.
           const mtuBefore = this.ctx.jumbo ? this.raiseMtu(resolved.netdev, resolved.pci) : undefined;
-          let handle: PacketRingHandle;
+          let handle: VfHandle;
           try {
-            // The RX socket always gets the kernel's offload header: without it a GSO super-frame
-            // (GRO on the VF, a veth peer's TSO) looks like one frame of up to 64 KiB, and a guest
-            // without GUEST_TSO would get it whole. With it the relay knows the segment size.
-            handle = await this.ctx.rings.open(resolved.netdev, {
-              ...RING_GEOMETRY[this.ctx.jumbo ? 'jumbo' : 'standard'], sendVnetHeader: this.ctx.tso === true, receiveVnetHeader: true,
-            });
+            handle = await this.openPort(resolved.netdev, resolved.pci);
           } catch (err) {
             this.restoreMtu(resolved.netdev, mtuBefore);
             throw err;
@@ -172,6 +170,44 @@ export class Relay implements NetDevice {
       );
       await this.reconfigure();
     });
+  }
+
+  /**
+   * Opens the VF's port as VIRTIOFWD_VF_PORT says: AF_XDP sockets, or (af_packet, and auto where
+   * AF_XDP cannot be opened or the MTU is jumbo) packet rings. The choice and its reason are logged.
+   */
+  private async openPort(netdev: string, pci: string | undefined): Promise<VfHandle> {
+    const choice = this.ctx.vfPort ?? 'af_packet';
+    if (choice === 'af_xdp' || (choice === 'auto' && !this.ctx.jumbo)) {
+      try {
+        const h = await this.ctx.rings.openXdp(netdev, {});
+        const zeroCopy = h.queues.every((q) => q.zeroCopy);
+        this.log.info(
+          { netdev, pci, port: 'af_xdp', attach: h.attachMode, zeroCopy, queues: h.queues.length },
+          `VF ${netdev}: AF_XDP port, program in ${h.attachMode === 'native' ? 'the driver' : 'generic mode'}, ${zeroCopy ? 'zero copy' : 'copy mode'}, ${h.queues.length} queue${h.queues.length === 1 ? '' : 's'}`,
+        );
+        return h;
+      } catch (err) {
+        const reason = (err as Error).message;
+        if (choice === 'af_xdp') throw new Error(`VF ${netdev}: no AF_XDP port (VIRTIOFWD_VF_PORT=af_xdp): ${reason}`);
+        this.log.info({ netdev, pci, port: 'af_packet', err: reason }, `VF ${netdev}: AF_XDP not possible (${reason}); using AF_PACKET`);
+      }
+    }
+    // The RX socket always gets the kernel's offload header: without it a GSO super-frame (GRO on
+    // the VF, a veth peer's TSO) looks like one frame of up to 64 KiB, and a guest without
+    // GUEST_TSO would get it whole. With it the relay knows the segment size.
+    return this.ctx.rings.open(netdev, {
+      ...RING_GEOMETRY[this.ctx.jumbo ? 'jumbo' : 'standard'], sendVnetHeader: this.ctx.tso === true, receiveVnetHeader: true,
+    });
+  }
+
+  /** The kind of port each member has, for stats and logs. */
+  get memberPorts(): MemberPort[] {
+    return this.members.map((m) =>
+      isXdpHandle(m.handle)
+        ? { netdev: m.netdev, port: 'af_xdp' as const, attach: m.handle.attachMode, zeroCopy: m.handle.queues.every((q) => q.zeroCopy) }
+        : { netdev: m.netdev, port: 'af_packet' as const },
+    );
   }
 
   /** Stops forwarding and closes the VF rings. */

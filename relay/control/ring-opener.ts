@@ -1,19 +1,25 @@
-// Opening and closing a VF's packet rings takes the kernel 25-55 ms (it allocates and frees the
-// ring pages). Done on the main thread, that would stall every vhost-user session and control
-// request of the daemon meanwhile, so a small thread of its own does it. fds and mappings belong
-// to the process, so the handle it returns is usable everywhere.
+// Opening and closing a VF's port takes the kernel 25-55 ms for packet rings (it allocates and
+// frees the ring pages), and as long for AF_XDP sockets (UMEM pinning, program verification, and
+// a queue that a socket closed just before still holds). Done on the main thread, that would stall
+// every vhost-user session and control request of the daemon meanwhile, so a small thread of its
+// own does it. fds and mappings belong to the process, so the handle it returns is usable everywhere.
 import { Worker, isMainThread, parentPort } from 'node:worker_threads';
 import { fileURLToPath } from 'node:url';
 import { openPacketRing, closePacketRing, type PacketRingHandle, type PacketRingOptions } from '../../sys/packet-ring.js';
+import { openXdpPort, closeXdpPort, type XdpPortHandle, type XdpPortOptions } from '../../sys/xdp-socket.js';
+import { isXdpHandle, type VfHandle } from '../datapath/vf-link.js';
 
-type RequestBody = { op: 'open'; ifname: string; options: PacketRingOptions } | { op: 'close'; handle: PacketRingHandle };
+type RequestBody =
+  | { op: 'open'; ifname: string; options: PacketRingOptions }
+  | { op: 'open-xdp'; ifname: string; options: XdpPortOptions }
+  | { op: 'close'; handle: VfHandle };
 type Request = RequestBody & { id: number };
-type Reply = { id: number; handle?: PacketRingHandle; error?: { message: string; code?: string } };
+type Reply = { id: number; handle?: VfHandle; error?: { message: string; code?: string } };
 
 export class RingOpener {
   private readonly thread: Worker;
   private nextId = 1;
-  private readonly pending = new Map<number, { resolve: (h: PacketRingHandle | undefined) => void; reject: (e: Error) => void }>();
+  private readonly pending = new Map<number, { resolve: (h: VfHandle | undefined) => void; reject: (e: Error) => void }>();
 
   constructor() {
     this.thread = new Worker(fileURLToPath(import.meta.url), { name: 'vio4wd-ring-opener' });
@@ -32,7 +38,7 @@ export class RingOpener {
     this.thread.unref();
   }
 
-  private call(request: RequestBody): Promise<PacketRingHandle | undefined> {
+  private call(request: RequestBody): Promise<VfHandle | undefined> {
     const id = this.nextId++;
     return new Promise((resolve, reject) => {
       this.pending.set(id, { resolve, reject });
@@ -41,10 +47,14 @@ export class RingOpener {
   }
 
   async open(ifname: string, options: PacketRingOptions): Promise<PacketRingHandle> {
-    return (await this.call({ op: 'open', ifname, options }))!;
+    return (await this.call({ op: 'open', ifname, options })) as PacketRingHandle;
   }
 
-  async close(handle: PacketRingHandle): Promise<void> {
+  async openXdp(ifname: string, options: XdpPortOptions): Promise<XdpPortHandle> {
+    return (await this.call({ op: 'open-xdp', ifname, options })) as XdpPortHandle;
+  }
+
+  async close(handle: VfHandle): Promise<void> {
     await this.call({ op: 'close', handle });
   }
 
@@ -58,8 +68,10 @@ if (!isMainThread && parentPort) {
   port.on('message', (req: Request) => {
     try {
       if (req.op === 'open') port.postMessage({ id: req.id, handle: openPacketRing(req.ifname, req.options) } satisfies Reply);
+      else if (req.op === 'open-xdp') port.postMessage({ id: req.id, handle: openXdpPort(req.ifname, req.options) } satisfies Reply);
       else {
-        closePacketRing(req.handle);
+        if (isXdpHandle(req.handle)) closeXdpPort(req.handle);
+        else closePacketRing(req.handle);
         port.postMessage({ id: req.id } satisfies Reply);
       }
     } catch (err) {

@@ -57,6 +57,7 @@ class LoadRegistry implements RelayRegistry {
       vmConnected: true,
       numaNode: r.numaNode,
       queuePairs: 1,
+      ports: [],
       vfToVm: this.counters(r, 'vfToVm', elapsedNs),
       vmToVf: this.counters(r, 'vmToVf', elapsedNs),
     }));

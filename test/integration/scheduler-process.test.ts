@@ -169,7 +169,7 @@ class StandIn {
       };
       return {
         id: r.id, active: true, socketPath: null, device: null, deviceKind: null,
-        vmConnected: true, numaNode: r.numaNode, queuePairs: 1,
+        vmConnected: true, numaNode: r.numaNode, queuePairs: 1, ports: [],
         vfToVm: direction('vfToVm'), vmToVf: direction('vmToVf'),
       };
     });

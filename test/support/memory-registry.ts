@@ -167,6 +167,7 @@ export class MemoryRegistry implements RelayRegistry {
       vmConnected: r.vmConnected,
       numaNode: 0,
       queuePairs: 1,
+      ports: [],
       vfToVm: counters(r.vfToVmCpu, 1),
       vmToVf: counters(r.vmToVfCpu, 2),
     };

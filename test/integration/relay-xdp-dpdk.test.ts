@@ -1,0 +1,136 @@
+// The daemon with AF_XDP VF ports (VIRTIOFWD_VF_PORT) against DPDK's virtio-user: VM→VF with every
+// frame accounted for, VF→VM from the peer namespace's stack, the program on the VF while the
+// relay runs and gone after it stops or is killed, and `auto` falling back to AF_PACKET, with
+// the reason in the log, where the VF cannot have an AF_XDP port.
+import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
+import { execFileSync } from 'node:child_process';
+import { createNetns, createVethPair, deleteLink, deleteNetns, linkCounter, nsExec, requireBinary, requireRoot, uniqueTag } from '../support/netns.js';
+import { startTestpmd, virtioUserVdev, type Testpmd } from '../support/testpmd.js';
+import { startRelay, statsToolCounters, type RunningRelay } from '../support/relay.js';
+import { sleep, stopAll, waitFor, startProcess } from '../support/processes.js';
+import { createXskMap, loadRedirectProgram, attachXdp, closeBpfFd, XDP_FLAGS_DRV_MODE } from '../../sys/bpf.js';
+import { ifNameToIndex } from '../../sys/netdev.js';
+
+vi.setConfig({ testTimeout: 90_000 });
+
+const ready = requireRoot() && requireBinary('dpdk-testpmd') && requireBinary('ip');
+const tag = uniqueTag();
+const ns = `xdns${tag}`;
+const vf = `xd${tag}`;
+const peer = `xe${tag}`;
+
+let relay: RunningRelay | null = null;
+let testpmd: Testpmd | null = null;
+
+/** The XDP program `ip` reports on the VF: 'xdp' (driver), 'xdpgeneric', or null. */
+function attachedXdp(): string | null {
+  const out = execFileSync('ip', ['-d', 'link', 'show', 'dev', vf], { encoding: 'utf8' });
+  const m = /\b(xdpgeneric|xdp)\b/.exec(out.split('\n')[0] ?? '');
+  return m ? m[1] : null;
+}
+
+async function udpFromPeer(count: number): Promise<void> {
+  const sender = startProcess('ip', [
+    'netns', 'exec', ns, 'python3', '-c',
+    `import socket\ns=socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\nfor i in range(${count}):\n  s.sendto(b"x"*64, ("10.79.0.2", 9))\nprint("sent")`,
+  ], { label: 'udp' });
+  await sender.waitForOutput(/sent/, 20_000);
+}
+
+const portLog = (r: RunningRelay) => r.logs().filter((l) => /^VF \S+: (AF_XDP|AF_PACKET|no AF_XDP)/.test(String(l.msg))).map((l) => String(l.msg));
+
+describe.skipIf(!ready)('AF_XDP VF ports with DPDK virtio-user', () => {
+  beforeAll(() => {
+    createNetns(ns);
+    createVethPair(vf, peer, { nsB: ns, noIpv6: true });
+    nsExec(ns, 'ip', ['addr', 'add', '10.79.0.1/24', 'dev', peer]);
+    nsExec(ns, 'ip', ['neigh', 'add', '10.79.0.2', 'lladdr', '02:00:00:79:00:02', 'dev', peer]);
+  });
+
+  afterEach(async () => {
+    await testpmd?.stop().catch(() => undefined);
+    testpmd = null;
+    await relay?.stop();
+    relay = null;
+  });
+
+  afterAll(async () => {
+    await stopAll();
+    deleteLink(vf);
+    deleteNetns(ns);
+  });
+
+  it('VM→VF: every frame the relay took reached the VF; the stats name the port; the program goes when the relay stops', async () => {
+    const statsEp = `ipc:///tmp/vio4wd-stats-${tag}`;
+    relay = await startRelay({ staticVfs: { [vf]: 1 }, configLines: [`VIRTIOFWD_ZMQ_STATS_EP=${statsEp}`, 'VIRTIOFWD_VF_PORT=af_xdp'] });
+    await waitFor(() => portLog(relay!).length > 0, 10_000, 'the port to be opened');
+    expect(portLog(relay)).toEqual([`VF ${vf}: AF_XDP port, program in the driver, copy mode, 1 queue`]);
+    expect(attachedXdp()).toBe('xdp');
+    const before = linkCounter(peer, 'rx_packets', ns);
+    testpmd = startTestpmd({ vdevs: [virtioUserVdev({ path: relay.socketPath(1), queueSize: 1024 })], forwardMode: 'txonly', txpkts: 64, cpu: 1 });
+    await waitFor(() => linkCounter(peer, 'rx_packets', ns) - before > 20_000, 30_000, '20 000 frames on the veth peer');
+    const stats = await testpmd.stop();
+    testpmd = null;
+    await sleep(300);
+    const received = linkCounter(peer, 'rx_packets', ns) - before;
+    const counters = statsToolCounters(statsEp, 1);
+    expect(counters.vmToVf.packets + counters.vmToVf.dropsNotConnected + counters.vmToVf.dropsQueueFull).toBe(counters.vmToVf.rxPackets);
+    expect(counters.vmToVf.dropsBadFrame + counters.vmToVf.badChains).toBe(0);
+    expect(counters.vmToVf.packets).toBeGreaterThan(20_000);
+    // Every frame the relay handed to the AF_XDP socket reached the peer.
+    expect(received).toBeGreaterThanOrEqual(counters.vmToVf.packets);
+    expect(received).toBeLessThanOrEqual(counters.vmToVf.packets + 64);
+    expect(stats[0].txPackets - counters.vmToVf.rxPackets).toBeGreaterThanOrEqual(0);
+    expect(stats[0].txPackets - counters.vmToVf.rxPackets).toBeLessThanOrEqual(1024);
+    const whole = counters as unknown as { ports: unknown[] };
+    expect(whole.ports).toEqual([{ netdev: vf, port: 'af_xdp', attach: 'native', zeroCopy: false }]);
+    await relay.stop();
+    relay = null;
+    expect(attachedXdp()).toBeNull();
+  });
+
+  it('VF→VM: frames from the peer reach the guest; after the relay is killed the program is gone and a new relay takes the VF again', async () => {
+    const statsEp = `ipc:///tmp/vio4wd-stats2-${tag}`;
+    relay = await startRelay({ staticVfs: { [vf]: 2 }, configLines: ['VIRTIOFWD_VF_PORT=af_xdp', `VIRTIOFWD_ZMQ_STATS_EP=${statsEp}`] });
+    testpmd = startTestpmd({ vdevs: [virtioUserVdev({ path: relay.socketPath(2), queueSize: 256 })], forwardMode: 'rxonly', cpu: 1 });
+    await waitFor(() => relay!.logs().filter((l) => /vring \d+ started$/.test(String(l.msg))).length >= 2, 20_000, 'both vrings to start');
+    await sleep(500);
+    await udpFromPeer(3000);
+    await sleep(500);
+    const rx = await testpmd.stop();
+    testpmd = null;
+    const counters = statsToolCounters(statsEp, 2).vfToVm;
+    const veth = execFileSync('ethtool', ['-S', vf], { encoding: 'utf8' }).replace(/\s+/g, ' ');
+    expect(rx[0].rxPackets, `relay ${JSON.stringify(counters)}; veth ${veth}`).toBeGreaterThanOrEqual(3000);
+    process.kill(relay.pid, 'SIGKILL');
+    await relay.stop().catch(() => undefined);
+    relay = null;
+    await waitFor(() => attachedXdp() === null, 5000, 'the kernel to detach the program of the killed relay');
+    relay = await startRelay({ staticVfs: { [vf]: 2 }, configLines: ['VIRTIOFWD_VF_PORT=af_xdp'] });
+    await waitFor(() => portLog(relay!).length > 0, 10_000, 'the port to be opened again');
+    expect(portLog(relay)[0]).toMatch(/AF_XDP port/);
+  });
+
+  it('auto: AF_PACKET with the reason where another XDP program holds the VF, or with jumbo frames; AF_XDP otherwise', async () => {
+    const map = createXskMap(1, 'foreign');
+    const prog = loadRedirectProgram(map, 'foreign');
+    const link = attachXdp(prog, ifNameToIndex(vf), XDP_FLAGS_DRV_MODE, 'a foreign program');
+    try {
+      relay = await startRelay({ staticVfs: { [vf]: 3 }, configLines: ['VIRTIOFWD_VF_PORT=auto'] });
+      await waitFor(() => portLog(relay!).length > 0, 10_000, 'the port to be opened');
+      expect(portLog(relay)[0]).toBe(`VF ${vf}: AF_XDP not possible (bpf (attaching XDP to ${vf}: another XDP program is attached to it) failed: EBUSY); using AF_PACKET`);
+      await relay.stop();
+      relay = null;
+    } finally {
+      for (const fd of [link, prog, map]) closeBpfFd(fd);
+    }
+    relay = await startRelay({ staticVfs: { [vf]: 3 }, configLines: ['VIRTIOFWD_VF_PORT=auto', 'VIRTIOFWD_JUMBO=true'] });
+    await sleep(1000);
+    expect(portLog(relay)).toEqual([]);
+    expect(attachedXdp()).toBeNull();
+    await relay.stop();
+    relay = await startRelay({ staticVfs: { [vf]: 3 }, configLines: ['VIRTIOFWD_VF_PORT=auto'] });
+    await waitFor(() => portLog(relay!).length > 0, 10_000, 'the port to be opened');
+    expect(portLog(relay)[0]).toMatch(/AF_XDP port, program in the driver/);
+  });
+});
