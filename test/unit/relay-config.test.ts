@@ -66,6 +66,7 @@ describe('defaults', () => {
       mergeableRxBuffers: true,
       unsealedMemory: 'warn',
       tso: false,
+      vfPort: 'af_packet',
       portControl: { mode: 'zmq', ovsdbSocketPath: '/var/run/openvswitch/db.sock', ipcCommandFile: '/tmp/vio_cmd' },
       zmq: {
         portControl: 'ipc:///var/run/virtio-forwarder/port_control',
@@ -389,6 +390,10 @@ describe('log level, poll mode, sysfs root', () => {
     expect(load('VIRTIOFWD_UNSEALED_MEMORY=Refuse').config.unsealedMemory).toBe('refuse');
     expect(load('VIRTIOFWD_UNSEALED_MEMORY=').config.unsealedMemory).toBe('warn');
     expect(problemOf('VIRTIOFWD_UNSEALED_MEMORY=ignore')).toBe('VIRTIOFWD_UNSEALED_MEMORY="ignore" (line 1): expected refuse or warn');
+    expect(load('VIRTIOFWD_VF_PORT=AF_XDP').config.vfPort).toBe('af_xdp');
+    expect(load('VIRTIOFWD_VF_PORT=auto').config.vfPort).toBe('auto');
+    expect(load('VIRTIOFWD_VF_PORT=').config.vfPort).toBe('af_packet');
+    expect(problemOf('VIRTIOFWD_VF_PORT=xdp')).toBe('VIRTIOFWD_VF_PORT="xdp" (line 1): expected af_packet, af_xdp or auto');
   });
 
   it('refuses a sysfs root that is relative or missing', () => {
@@ -555,6 +560,7 @@ describe('every variable, good and bad', () => {
     VIRTIOFWD_MRGBUF: ['n', 'nein'],
     VIRTIOFWD_TSO: ['y', 'maybe'],
     VIRTIOFWD_UNSEALED_MEMORY: ['refuse', 'allow'],
+    VIRTIOFWD_VF_PORT: ['af_xdp', 'dpdk'],
     VIRTIOFWD_SOCKET_OWNER: ['root', 'nobody-here'],
     VIRTIOFWD_SOCKET_GROUP: ['kvm', 'nogroup-here'],
     VIRTIOFWD_HUGETLBFS_MOUNT_POINT: ['/mnt/huge', '(a b)'],
