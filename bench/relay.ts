@@ -1,4 +1,5 @@
-// Relay throughput, side by side with DPDK's own relay (dpdk-testpmd net_vhost ⇄ net_af_packet).
+// Relay throughput, side by side with DPDK's own relay (dpdk-testpmd net_vhost ⇄ net_af_packet or
+// net_af_xdp), each with the same kind of VF port as ours.
 // Runs from dist/ as root:   npx tsc -p . && node dist/bench/relay.js [options]   (--help)
 //
 // The relay (ours or DPDK's) runs on one CPU and one traffic process on the other, so only two
@@ -26,7 +27,7 @@ import {
   type RelayUnderTest,
   type TestpmdProcess,
 } from './lib/launch.js';
-import { formatForeign, formatTable, summarize, type Direction, type FailedRun, type RelayKind, type RunRecord } from './lib/report.js';
+import { formatForeign, formatTable, isDpdk, summarize, type Direction, type FailedRun, type RelayKind, type RunRecord } from './lib/report.js';
 import { meanRate } from './lib/testpmd-stats.js';
 import { dpdkDrops, formatLossTable, lossByCause, ourDropCounters, type LossByCause } from './lib/loss-causes.js';
 import { foreignPacketDrops } from './lib/foreign-packet-drops.js';
@@ -91,8 +92,15 @@ async function waitForHugepages(): Promise<void> {
 }
 
 function startRelay(b: Bench, kind: RelayKind): Promise<RelayUnderTest> {
-  if (kind === 'dpdk') return startDpdkRelay({ vf: b.topo.vethA, cpu: b.opts.relayCpu, socketDir: b.socketDir });
-  return startOurRelay({ vf: b.topo.vethA, cpu: b.opts.relayCpu, pollMode: kind, pin: b.opts.pinRelay });
+  if (isDpdk(kind)) return startDpdkRelay({ vf: b.topo.vethA, cpu: b.opts.relayCpu, socketDir: b.socketDir, xdp: kind === 'dpdk-xdp' });
+  const xdp = kind.endsWith('-xdp');
+  return startOurRelay({
+    vf: b.topo.vethA,
+    cpu: b.opts.relayCpu,
+    pollMode: xdp ? (kind.slice(0, -4) as 'busy' | 'adaptive') : (kind as 'busy' | 'adaptive'),
+    pin: b.opts.pinRelay,
+    config: [`VIRTIOFWD_VF_PORT=${xdp ? 'af_xdp' : 'af_packet'}`],
+  });
 }
 
 function startTraffic(b: Bench, direction: Direction, size: number, socketPath: string): TestpmdProcess {
@@ -132,7 +140,7 @@ async function waitForFlow(b: Bench, direction: Direction, relay: RelayUnderTest
 async function measureOnce(b: Bench, direction: Direction, size: number, kind: RelayKind, run: number): Promise<Omit<RunRecord, 'attempts'>> {
   await waitForHugepages();
   await waitForQuiet(b);
-  const build = kind === 'dpdk' ? null : relayBuild();
+  const build = isDpdk(kind) ? null : relayBuild();
   const relay = await startRelay(b, kind);
   let traffic: TestpmdProcess | null = null;
   let stopped = false;
@@ -285,7 +293,7 @@ function printResults(saved: SavedResults, interrupted = false): void {
   );
   const lossRows = records
     .filter((r) => r.lossByCause)
-    .map((r) => ({ relay: r.relay === 'dpdk' ? 'DPDK' : `ours ${r.relay}`, size: r.size, run: r.run, loss: r.lossByCause! }));
+    .map((r) => ({ relay: isDpdk(r.relay) ? `DPDK ${r.relay === 'dpdk' ? 'af_packet' : 'af_xdp'}` : `ours ${r.relay}`, size: r.size, run: r.run, loss: r.lossByCause! }));
   if (lossRows.length > 0) process.stdout.write(`rx loss by cause (whole runs; frames that entered the VF):\n${formatLossTable(lossRows)}\n`);
   for (const f of failures) process.stdout.write(`FAILED ${f.direction} ${f.size} ${f.relay} run ${f.run}: ${f.error.split('\n')[0]}\n`);
 }
@@ -348,7 +356,10 @@ async function main(): Promise<number> {
 
   const records: RunRecord[] = [];
   const failures: FailedRun[] = [];
-  const relays: RelayKind[] = [...(opts.dpdk ? (['dpdk'] as const) : []), ...opts.modes];
+  const relays: RelayKind[] = opts.vfPorts.flatMap((port) => {
+    const suffix = port === 'af_xdp' ? '-xdp' : '';
+    return [...(opts.dpdk ? [`dpdk${suffix}`] : []), ...opts.modes.map((m) => `${m}${suffix}`)] as RelayKind[];
+  });
   const started = new Date();
   try {
     createTopology(topo);

@@ -165,14 +165,18 @@ export async function startOurRelay(o: { vf: string; cpu: number; pollMode: OurP
   return { ...p, socketPath: join(socketDir, 'virtio-forwarder1.sock'), statsEp: `ipc://${dir}/stats`, stop };
 }
 
-/** DPDK's relay: testpmd net_vhost (server) ⇄ net_af_packet in io forwarding, both lcores on `cpu`. */
-export async function startDpdkRelay(o: { vf: string; cpu: number; socketDir: string }): Promise<RelayUnderTest> {
+/**
+ * DPDK's relay: testpmd net_vhost (server) ⇄ net_af_packet, or net_af_xdp on the VF's queue 0 (its
+ * default program, in the driver), in io forwarding, both lcores on `cpu`.
+ */
+export async function startDpdkRelay(o: { vf: string; cpu: number; socketDir: string; xdp?: boolean }): Promise<RelayUnderTest> {
   const socketPath = join(o.socketDir, 'dpdk-relay.sock');
   // A stale socket file makes net_vhost fail to bind and the port never starts (perf-anchors §6.7).
   rmSync(socketPath, { force: true });
+  const vfPort = o.xdp ? `net_af_xdp1,iface=${o.vf},start_queue=0,queue_count=1` : `net_af_packet1,iface=${o.vf}`;
   const p = startTestpmd(
-    'dpdk-relay',
-    [...eal(o.cpu, [], [`net_vhost0,iface=${socketPath}`, `net_af_packet1,iface=${o.vf}`]), '--', ...app('io', 'paired')],
+    o.xdp ? 'dpdk-relay-xdp' : 'dpdk-relay',
+    [...eal(o.cpu, [], [`net_vhost0,iface=${socketPath}`, vfPort]), '--', ...app('io', 'paired')],
     {},
   );
   try {
@@ -180,7 +184,7 @@ export async function startDpdkRelay(o: { vf: string; cpu: number; socketDir: st
   } catch (err) {
     const tail = p.tail();
     await p.stop();
-    throw new Error(`DPDK relay (dpdk-testpmd net_vhost ⇄ net_af_packet on ${o.vf}) did not start: ${(err as Error).message}\n${tail}`);
+    throw new Error(`DPDK relay (dpdk-testpmd net_vhost ⇄ ${o.xdp ? 'net_af_xdp' : 'net_af_packet'} on ${o.vf}) did not start: ${(err as Error).message}\n${tail}`);
   }
   return { ...p, socketPath };
 }

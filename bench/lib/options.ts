@@ -9,8 +9,10 @@ export interface BenchOptions {
   sizes: number[];
   directions: Direction[];
   /** Our relay's poll modes to measure (none = DPDK only). */
-  modes: Exclude<RelayKind, 'dpdk'>[];
+  modes: ('busy' | 'adaptive')[];
   dpdk: boolean;
+  /** VF port kinds to measure, for DPDK's relay and ours alike. */
+  vfPorts: ('af_packet' | 'af_xdp')[];
   relayCpu: number;
   trafficCpu: number;
   /** % of one core; a window above it is marked contaminated (and re-done up to `redo` times). */
@@ -30,7 +32,8 @@ export interface BenchOptions {
 export const USAGE = `usage: node dist/bench/relay.js [options]      (as root, after npx tsc -p .)
 
 Measures the relay's throughput VM→VF (tx) and VF→VM (rx) next to DPDK's relay
-(dpdk-testpmd net_vhost ⇄ net_af_packet, io forwarding), relay on one CPU, traffic on the other.
+(dpdk-testpmd net_vhost ⇄ net_af_packet or net_af_xdp, io forwarding), relay on one CPU,
+traffic on the other.
 
   --runs N            runs per case; the table shows the median (default 3)
   --warmup S          seconds of traffic before the window (default 3)
@@ -39,6 +42,8 @@ Measures the relay's throughput VM→VF (tx) and VF→VM (rx) next to DPDK's rel
   --directions LIST   tx,rx (default both)
   --modes LIST        our relay's poll modes: busy,adaptive, or none (default busy,adaptive)
   --no-dpdk           leave DPDK's relay out (no ours/DPDK ratio then)
+  --vf-ports LIST     VF ports, for both relays: af_packet,af_xdp (default both): DPDK's
+                      net_af_packet or net_af_xdp, ours with VIRTIOFWD_VF_PORT=af_packet or af_xdp
   --relay-cpu N       CPU of the relay under test (default 0)
   --traffic-cpu N     CPU of the traffic process (default 1)
   --max-foreign P     foreign CPU, % of one core, above which a run counts as contaminated (default 15)
@@ -60,7 +65,7 @@ relay CPU = the relay process's user+system time, % of one core; ns/pkt = relay 
 delivered frame; loss = 1 - delivered/offered in exact counts over the whole run (tx: virtio-user
 TX-packets vs vethB rx_packets; rx: frames that reached vethA vs virtio-user RX-packets);
 foreign = CPU used by processes the bench did not start ('!' marks a contaminated run);
-steal = CPU the hypervisor withheld; ours/DPDK = ratio of the medians; clean Mpps = median of
+steal = CPU the hypervisor withheld; ours/best DPDK = our median over the fastest DPDK relay's; clean Mpps = median of
 the runs that were not contaminated (on a shared machine, the figure to compare).
 `;
 
@@ -89,6 +94,7 @@ export function parseOptions(argv: string[]): BenchOptions {
     directions: ['tx', 'rx'],
     modes: ['busy', 'adaptive'],
     dpdk: true,
+    vfPorts: ['af_packet', 'af_xdp'],
     relayCpu: 0,
     trafficCpu: 1,
     maxForeign: 15,
@@ -142,6 +148,9 @@ export function parseOptions(argv: string[]): BenchOptions {
       }
       case '--no-dpdk':
         o.dpdk = false;
+        break;
+      case '--vf-ports':
+        o.vfPorts = list(a, next(), ['af_packet', 'af_xdp'] as const);
         break;
       case '--relay-cpu':
         o.relayCpu = positive(a, next(), { integer: true, zero: true });
