@@ -1,8 +1,9 @@
 // End to end: a Debian guest under QEMU (TCG) whose virtio-net is served by the relay, pinging a
 // host in a network namespace behind a veth that stands in for the VF. Server mode with hugepage
-// memory, client mode with memfd memory, and a relay restart in client mode that the guest rides
-// out without rebooting.
+// memory, packed rings, an AF_XDP VF port, client mode with memfd memory, and a relay restart in
+// client mode that the guest rides out without rebooting.
 import { mkdtempSync, rmSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
@@ -107,6 +108,41 @@ describe.runIf(ready)('relay with a Linux guest under QEMU', () => {
     const tcp = await vm.exec(`echo packed-ring-through-the-relay | nc -w 5 ${HOST_IP} 5002 | wc -c`, 60_000);
     await server.stop();
     expect(tcp.output.trim()).toBe(String(30 * 20000));
+  });
+
+  it('VIRTIOFWD_VF_PORT=af_xdp: ping both ways and a TCP exchange through an AF_XDP VF, and the program gone with the relay', async () => {
+    relay = await startRelay({ staticVfs: { [vf]: 4 }, cpus: [0], configLines: ['VIRTIOFWD_VF_PORT=af_xdp'] });
+    // AF_XDP hands over frames as they are on the wire: the namespace's stack must checksum them.
+    nsExec(ns, 'ethtool', ['-K', peer, 'tx', 'off']);
+    try {
+      vm = await startGuestVm({
+        image,
+        machine: 'pc',
+        vhostUser: { socketPath: relay.socketPath(4) },
+        ip: `${GUEST_IP}/24`,
+        mac: '52:54:00:66:00:04',
+        cpu: 1,
+      });
+      await vm.ready(180_000);
+      expect(relay.logs().map((l) => String(l.msg))).toContain(`VF ${vf}: AF_XDP port, program in the driver, copy mode, 1 queue`);
+      expect(await guestPings(5)).toMatch(/5 packets transmitted, 5 packets received/);
+      expect(nsExec(ns, 'ping', ['-c', '3', '-W', '2', GUEST_IP], { timeoutMs: 30_000 })).toMatch(/3 received/);
+      const server = startProcess('ip', [
+        'netns', 'exec', ns, 'python3', '-c',
+        'import socket\ns=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(("0.0.0.0", 5003)); s.listen(1); print("listening", flush=True)\nc,_=s.accept(); d=b""\nwhile not d.endswith(b"\\n"):\n  x=c.recv(4096)\n  if not x: break\n  d+=x\nc.sendall(d.upper()*20000); c.close()',
+      ], { label: 'tcp-server-xdp' });
+      await server.waitForOutput(/listening/, 10_000);
+      const tcp = await vm.exec(`echo through-an-af-xdp-port | nc -w 5 ${HOST_IP} 5003 | wc -c`, 60_000);
+      await server.stop();
+      expect(tcp.output.trim()).toBe(String(23 * 20000));
+      await vm.stop();
+      vm = null;
+      await relay.stop();
+      relay = null;
+      expect(execFileSync('ip', ['link', 'show', 'dev', vf], { encoding: 'utf8' })).not.toMatch(/\bxdp\b/);
+    } finally {
+      nsExec(ns, 'ethtool', ['-K', peer, 'tx', 'on']);
+    }
   });
 
   it('relay as client, memfd memory: ping survives a relay restart without a guest reboot', async () => {

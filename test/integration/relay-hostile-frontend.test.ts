@@ -3,7 +3,8 @@
 // namespace. The hostile VM hands the relay every kind of bad kick and call fd, a full blocking
 // eventfd, always-readable kicks, broken descriptor chains and a seeded random stream of requests.
 // After every case: the daemon is alive, the healthy VM still forwards a frame each way, and the
-// hostile VM can reconnect and forward too. Around the campaign, the daemon's fds and RSS.
+// hostile VM can reconnect and forward too. Around the campaign, the daemon's fds and RSS. All of
+// it twice: with AF_PACKET VF ports and with AF_XDP ones (VIRTIOFWD_VF_PORT).
 //
 // VIO4WD_HOSTILE_CASES=N (default 50) random cases, VIO4WD_HOSTILE_SEED=S to replay a run.
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
@@ -32,14 +33,14 @@ async function relayCounters(client: ControlClient, id: number): Promise<RelayCo
   return r as unknown as RelayCounters;
 }
 
-describe.skipIf(!ready)('relay against a hostile front-end on the same worker as a healthy one', () => {
+describe.skipIf(!ready).each(['af_packet', 'af_xdp'])('relay (%s VF ports) against a hostile front-end on the same worker as a healthy one', (vfPort) => {
   let relay: RunningRelay;
   let reactor: Reactor;
   let healthy: TestVm;
   let hostile: TestVm;
   let stats: ControlClient;
   const [siteA, siteB] = sites;
-  const statsEp = `ipc:///tmp/vio4wd-hostile-stats-${tag}`;
+  const statsEp = `ipc:///tmp/vio4wd-hostile-stats-${vfPort}-${tag}`;
 
   beforeAll(async () => {
     for (const s of sites) setUpSite(s);
@@ -48,7 +49,7 @@ describe.skipIf(!ready)('relay against a hostile front-end on the same worker as
       cpus: [0],
       logLevel: 6,
       staticVfs: { [siteA.vf]: siteA.relayId, [siteB.vf]: siteB.relayId },
-      configLines: [`VIRTIOFWD_ZMQ_STATS_EP=${statsEp}`],
+      configLines: [`VIRTIOFWD_ZMQ_STATS_EP=${statsEp}`, `VIRTIOFWD_VF_PORT=${vfPort}`],
     });
     stats = new ControlClient(statsEp, 3000);
     reactor = new Reactor();
