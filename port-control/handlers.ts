@@ -16,10 +16,11 @@ import {
 
 function deviceOf(req: PortControlRequest): DeviceRef {
   const pcis = req.pciAddrs ?? [];
-  if (req.name === undefined) return { kind: 'vf', vf: { pci: pcis[0] } };
+  const port = req.vfPort !== undefined ? { port: req.vfPort } : {};
+  if (req.name === undefined) return { kind: 'vf', vf: { pci: pcis[0], ...port } };
   return {
     kind: 'bond',
-    bond: { name: req.name, mode: (req.mode ?? 1) as BondMode, members: pcis.map((pci) => ({ pci })) },
+    bond: { name: req.name, mode: (req.mode ?? 1) as BondMode, members: pcis.map((pci) => ({ pci, ...port })) },
   };
 }
 

@@ -2,7 +2,8 @@
 // Server, CLIs and the core scheduler all build and check messages through this module, so a
 // field rename or a new rule lands everywhere at once.
 import { MAX_BOND_MEMBERS } from '../relay/registry-api.js';
-import type { DirectionCounters, MemberPort, RelayCpu, WorkerInfo } from '../relay/registry-api.js';
+import type { DirectionCounters, MemberPort, RelayCpu, VfPortChoice, WorkerInfo } from '../relay/registry-api.js';
+import { VF_PORT_CHOICES } from '../relay/registry-api.js';
 
 import { MAX_CPU_ID, MAX_RELAYS, MAX_SOCKET_PATH_BYTES } from '../vocabulary/limits.js';
 import { canonicalPciAddress } from '../vocabulary/pci.js';
@@ -82,6 +83,8 @@ export interface PortControlRequest {
   vhostPath?: string;
   /** add: succeed when the same device is already there; remove: an empty relay is fine. */
   conditional?: boolean;
+  /** add, add_sock: how to reach the VF (every member of a bond); absent: VIRTIOFWD_VF_PORT. */
+  vfPort?: VfPortChoice;
 }
 
 export interface StatsRequest {
@@ -351,7 +354,7 @@ function checkBondMembers(op: string, pci: string[], name: string | undefined): 
 }
 
 function validatePortControl(msg: Json, op: PortControlOp): PortControlRequest {
-  onlyFields(msg, op, ['virtioId', 'pciAddrs', 'name', 'mode', 'vhostPath', 'conditional']);
+  onlyFields(msg, op, ['virtioId', 'pciAddrs', 'name', 'mode', 'vhostPath', 'conditional', 'vfPort']);
   const req: PortControlRequest = { version: PROTOCOL_VERSION, op };
   const virtioId = intField(msg, 'virtioId', 0, MAX_RELAYS - 1, op === 'add' || op === 'remove');
   const pciAddrs = pciListField(msg) ?? [];
@@ -360,6 +363,8 @@ function validatePortControl(msg: Json, op: PortControlOp): PortControlRequest {
   const mode = msg.mode === undefined ? undefined : checkBondMode(msg.mode);
   const vhostPath = vhostPathField(msg);
   const conditional = boolField(msg, 'conditional');
+  const vfPort = msg.vfPort === undefined ? undefined : vfPortField(msg.vfPort);
+  if (vfPort !== undefined && op !== 'add' && op !== 'add_sock') bad(`op ${op}: field vfPort is for add and add_sock only`);
 
   switch (op) {
     case 'add':
@@ -391,7 +396,13 @@ function validatePortControl(msg: Json, op: PortControlOp): PortControlRequest {
   else if (mode !== undefined) req.mode = mode;
   if (vhostPath !== undefined) req.vhostPath = vhostPath;
   if (conditional !== undefined) req.conditional = conditional;
+  if (vfPort !== undefined) req.vfPort = vfPort;
   return req;
+}
+
+function vfPortField(v: unknown): VfPortChoice {
+  if (typeof v !== 'string' || !VF_PORT_CHOICES.includes(v as VfPortChoice)) bad(`field vfPort must be one of ${VF_PORT_CHOICES.join(', ')}, not ${JSON.stringify(v)}`);
+  return v as VfPortChoice;
 }
 
 function validateStats(msg: Json): StatsRequest {

@@ -7,7 +7,13 @@ export interface VfRef {
   pci?: string;
   /** Kernel netdev the relay polls (resolved through sysfs for PCI addresses). */
   netdev?: string;
+  /** How to reach this VF; absent: VIRTIOFWD_VF_PORT. */
+  port?: VfPortChoice;
 }
+
+/** AF_PACKET rings, AF_XDP sockets, or AF_XDP where it can be opened (VIRTIOFWD_VF_PORT's values). */
+export type VfPortChoice = 'af_packet' | 'af_xdp' | 'auto';
+export const VF_PORT_CHOICES: readonly VfPortChoice[] = ['af_packet', 'af_xdp', 'auto'];
 
 export type BondMode = 0 | 1 | 2 | 3;
 export const BOND_MODE_NAMES: Record<BondMode, string> = {

@@ -5,6 +5,7 @@ import { parseArgs } from 'node:util';
 import { ControlClient } from '../client.js';
 import { canonicalPci, checkBondMode, DEFAULT_ENDPOINTS, MAX_RELAYS, PORT_CONTROL_OPS, PROTOCOL_VERSION, type PortControlOp } from '../protocol.js';
 import { fail, integerOption, parseCommandLine, runMain } from './common.js';
+import { VF_PORT_CHOICES, type VfPortChoice } from '../../relay/registry-api.js';
 
 const PROGRAM = 'virtioforwarder_port_control';
 
@@ -33,6 +34,8 @@ Options:
   --vhost-path=PATH   vhost-user socket path (absolute)
   --conditional       add: succeed if the same device is already attached;
                       remove: succeed if the relay is already empty
+  --vf-port=KIND      add, add_sock: af_packet, af_xdp or auto, for this VF (every
+                      member of a bond); default: the daemon's VIRTIOFWD_VF_PORT
   --zmq-ep=EP         port control endpoint (default ${DEFAULT_ENDPOINTS.portControl});
                       --zmq_ep is accepted too
   --timeout=MS        how long to wait for the reply (default 2000)
@@ -54,6 +57,7 @@ const OPTIONS = {
   mode: { type: 'string' },
   'vhost-path': { type: 'string' },
   conditional: { type: 'boolean' },
+  'vf-port': { type: 'string' },
   'zmq-ep': { type: 'string' },
   timeout: { type: 'string' },
   // The original's fault-injection switches, kept so scripts that test with them still run.
@@ -98,6 +102,11 @@ async function main(): Promise<void> {
   }
   if (values['vhost-path'] !== undefined) fields.vhostPath = values['vhost-path'];
   fields.conditional = values.conditional ?? false;
+  if (values['vf-port'] !== undefined) {
+    if (!VF_PORT_CHOICES.includes(values['vf-port'] as VfPortChoice)) fail(PROGRAM, `--vf-port=${values['vf-port']}: use one of ${VF_PORT_CHOICES.join(', ')}`);
+    if (op !== 'add' && op !== 'add_sock') fail(PROGRAM, `--vf-port is for add and add_sock only`);
+    fields.vfPort = values['vf-port'];
+  }
 
   const timeout = integerOption(PROGRAM, 'timeout', values.timeout, 1, 600_000) ?? 2000;
   const client = new ControlClient(values['zmq-ep'] ?? DEFAULT_ENDPOINTS.portControl, timeout);

@@ -128,5 +128,5 @@ export function socketPathFor(config: Pick<RelayConfig, 'socketDir' | 'socketFil
   return `${dir}/${config.socketFilenamePattern.replace('%u', String(id))}`;
 }
 
-/** VIRTIOFWD_VF_PORT: AF_PACKET rings, AF_XDP sockets, or AF_XDP where it can be opened. */
-export type VfPortChoice = 'af_packet' | 'af_xdp' | 'auto';
+export type { VfPortChoice } from '../registry-api.js';
+import type { VfPortChoice } from '../registry-api.js';

@@ -65,7 +65,9 @@ function describeDevice(d: DeviceRef | undefined): string {
 }
 
 function canonicalRef(ref: VfRef): VfRef {
-  return ref.pci ? { pci: canonicalPciAddress(ref.pci), netdev: ref.netdev } : { netdev: ref.netdev };
+  const out: VfRef = ref.pci ? { pci: canonicalPciAddress(ref.pci), netdev: ref.netdev } : { netdev: ref.netdev };
+  if (ref.port !== undefined) out.port = ref.port;
+  return out;
 }
 
 export class RelayRegistryImpl implements RelayRegistry {

@@ -144,12 +144,12 @@ export class Relay implements NetDevice {
           const mtuBefore = this.ctx.jumbo ? this.raiseMtu(resolved.netdev, resolved.pci) : undefined;
           let handle: VfHandle;
           try {
-            handle = await this.openPort(resolved.netdev, resolved.pci);
+            handle = await this.openPort(resolved.netdev, resolved.pci, ref.port);
           } catch (err) {
             this.restoreMtu(resolved.netdev, mtuBefore);
             throw err;
           }
-          opened.push({ ref: { pci: resolved.pci, netdev: resolved.netdev }, netdev: resolved.netdev, handle, up: linkHasCarrier(resolved.netdev), mtuBefore });
+          opened.push({ ref: { pci: resolved.pci, netdev: resolved.netdev, ...(ref.port ? { port: ref.port } : {}) }, netdev: resolved.netdev, handle, up: linkHasCarrier(resolved.netdev), mtuBefore });
         }
       } catch (err) {
         for (const m of opened) {
@@ -176,8 +176,9 @@ export class Relay implements NetDevice {
    * Opens the VF's port as VIRTIOFWD_VF_PORT says: AF_XDP sockets, or (af_packet, and auto where
    * AF_XDP cannot be opened or the MTU is jumbo) packet rings. The choice and its reason are logged.
    */
-  private async openPort(netdev: string, pci: string | undefined): Promise<VfHandle> {
-    const choice = this.ctx.vfPort ?? 'af_packet';
+  private async openPort(netdev: string, pci: string | undefined, asked: VfPortChoice | undefined): Promise<VfHandle> {
+    const choice = asked ?? this.ctx.vfPort ?? 'af_packet';
+    const why = asked !== undefined ? `port ${asked} asked for this VF` : `VIRTIOFWD_VF_PORT=${choice}`;
     if (choice === 'af_xdp' || (choice === 'auto' && !this.ctx.jumbo)) {
       try {
         const h = await this.ctx.rings.openXdp(netdev, {});
@@ -189,7 +190,7 @@ export class Relay implements NetDevice {
         return h;
       } catch (err) {
         const reason = (err as Error).message;
-        if (choice === 'af_xdp') throw new Error(`VF ${netdev}: no AF_XDP port (VIRTIOFWD_VF_PORT=af_xdp): ${reason}`);
+        if (choice === 'af_xdp') throw new Error(`VF ${netdev}: no AF_XDP port (${why}): ${reason}`);
         this.log.info({ netdev, pci, port: 'af_packet', err: reason }, `VF ${netdev}: AF_XDP not possible (${reason}); using AF_PACKET`);
       }
     }

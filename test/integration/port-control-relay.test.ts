@@ -14,6 +14,8 @@ import { startProcess, stopAll, waitFor } from '../support/processes.js';
 import { startRelay, type RunningRelay } from '../support/relay.js';
 import { startTestpmd, virtioUserVdev, type Testpmd } from '../support/testpmd.js';
 import { missingOvsdbPrerequisite, OvsdbSandbox } from '../support/ovsdb.js';
+import { ControlClient } from '../../port-control/client.js';
+import { PROTOCOL_VERSION } from '../../port-control/protocol.js';
 
 vi.setConfig({ testTimeout: 90_000 });
 
@@ -151,6 +153,37 @@ describe.skipIf(!ready)('operator tools against the real relay', () => {
     expect((await pc('remove', '--virtio-id=3', '--pci-addr=05:08.1')).code).toBe(0);
     const again = await pc('remove', '--virtio-id=3');
     expect(again.code).toBe(1);
+  });
+
+  it('add --vf-port picks the port of that VF over VIRTIOFWD_VF_PORT; a bad kind is refused by the CLI and by the service', async () => {
+    const portsOf = async (id: number) => {
+      const r = await runCli('virtioforwarder_stats', [`--stats-ep=${EP.stats}`, '--json', '--include-inactive', '--delay=0', `--relay=${id}`]);
+      expect(r.code, r.stderr).toBe(0);
+      return (JSON.parse(r.stdout) as { relays: { id: number; ports: unknown[] }[] }).relays.find((x) => x.id === id)?.ports;
+    };
+    expect((await pc('add', '--virtio-id=4', `--pci-addr=${VF_PCI}`, '--vf-port=af_xdp')).code).toBe(0);
+    expect(await portsOf(4)).toEqual([{ netdev: vf, port: 'af_xdp', attach: 'native', zeroCopy: false }]);
+    expect((await pc('remove', '--virtio-id=4')).code).toBe(0);
+    expect((await pc('add', '--virtio-id=4', `--pci-addr=${VF_PCI}`)).code).toBe(0);
+    expect(await portsOf(4)).toEqual([{ netdev: vf, port: 'af_packet' }]);
+    expect((await pc('remove', '--virtio-id=4')).code).toBe(0);
+
+    const cli = await pc('add', '--virtio-id=4', `--pci-addr=${VF_PCI}`, '--vf-port=dpdk');
+    expect(cli.code).toBe(1);
+    expect(cli.stderr).toMatch(/--vf-port=dpdk: use one of af_packet, af_xdp, auto/);
+    const wrongOp = await pc('remove', '--virtio-id=4', '--vf-port=af_xdp');
+    expect(wrongOp.code).toBe(1);
+    expect(wrongOp.stderr).toMatch(/--vf-port is for add and add_sock only/);
+    // Past the CLI, straight to the service: the daemon names the field and stays up.
+    const client = new ControlClient(EP.pc, 2000);
+    try {
+      const reply = await client.requestRaw(JSON.stringify({ version: PROTOCOL_VERSION, op: 'add', virtioId: 4, pciAddrs: [VF_PCI], vfPort: 'xdp' }));
+      expect(reply).toMatch(/field vfPort must be one of af_packet, af_xdp, auto/);
+    } finally {
+      client.close();
+    }
+    // Nothing was attached: an empty relay is not listed at all.
+    expect(await portsOf(4)).toBeUndefined();
   });
 });
 
