@@ -1,7 +1,9 @@
-// The VF data path: AF_PACKET with mmapped rings. Two sockets per interface, because a socket has
-// one PACKET_VERSION: a TPACKET_V3 RX ring (blocks of variable-size frames, handed over a block at
-// a time) and a TPACKET_V2 TX ring (fixed slots, flushed with one sendto per burst, bypassing the
-// qdisc). The TX socket is bound with protocol 0, so the kernel never queues received frames to it.
+// The VF data path: AF_PACKET with mmapped rings. A TPACKET_V3 RX ring (blocks of variable-size
+// frames, handed over a block at a time) and a socket without a ring for sendmmsg from guest
+// memory. On request (`txRing`, for the ring benchmark) also a TPACKET_V2 TX ring (fixed slots,
+// flushed with one sendto per burst, bypassing the qdisc) on a socket of its own, because a socket
+// has one PACKET_VERSION; it is bound with protocol 0, so the kernel never queues received frames
+// to it. The relay sends with sendmmsg only and opens no TX ring.
 //
 // openPacketRing() runs once on the main thread and returns a plain, postMessage-able handle;
 // PacketRing.attach() rebuilds views of the same mappings in the thread that polls the rings.
@@ -32,6 +34,8 @@ export interface PacketRingOptions {
   txFrameSize?: number;
   /** TX slots, a multiple of the slots per TX block (default 512). */
   txFrameCount?: number;
+  /** Also open the TPACKET_V2 TX ring (txSlot/txCommit/txFlush; default true). The relay does not. */
+  txRing?: boolean;
   /** Receive frames for every MAC address (default true). */
   promiscuous?: boolean;
   /** Hand TX frames straight to the driver (default true). */
@@ -63,6 +67,7 @@ export interface PacketRingHandle {
   ifname: string;
   ifindex: number;
   rxFd: number;
+  /** The TX ring's socket, or -1 when the handle has no TX ring (`txRing: false`). */
   txFd: number;
   /**
    * A third socket without a ring, bound to the interface, for sendmmsg(): frames are sent
@@ -174,19 +179,23 @@ export function openPacketRing(ifname: string, opts: PacketRingOptions = {}): Pa
 
     // TX: V2 ring. PACKET_LOSS makes the kernel skip a malformed slot instead of stopping the ring
     // at it forever; txCommit rejects what the kernel would refuse, so that is only a safety net.
-    const txFd = packetSocket(ifname);
-    opened.push(txFd);
-    setIntOption(txFd, SOL_PACKET, PACKET_VERSION, TPACKET_V2, `PACKET_VERSION V2 on ${ifname}`);
-    setIntOption(txFd, SOL_PACKET, PACKET_LOSS, 1, `PACKET_LOSS on ${ifname}`);
-    if (opts.qdiscBypass ?? true) setIntOption(txFd, SOL_PACKET, PACKET_QDISC_BYPASS, 1, `PACKET_QDISC_BYPASS on ${ifname}`);
-    const txBlocks = (g.txFrameCount * g.txFrameSize) / g.txBlockSize;
-    const req = new Uint32Array([g.txBlockSize, txBlocks, g.txFrameSize, g.txFrameCount]);
-    setBytesOption(txFd, SOL_PACKET, PACKET_TX_RING, req, `PACKET_TX_RING ${g.txFrameCount}×${g.txFrameSize} on ${ifname}`);
-    const txLength = g.txFrameCount * g.txFrameSize;
-    const txMap = mapRing(txFd, txLength, `TX ring of ${ifname}, ${txLength} bytes`);
-    mapped.push(txMap);
-    growSendBuffer(txFd, opts.sendBufferBytes ?? 4 * 1024 * 1024);
-    bindPacketSocket(txFd, ifindex, 0, ifname);
+    let txFd = -1;
+    let txMap: RingMapping = { address: 0, length: 0 };
+    if (opts.txRing ?? true) {
+      txFd = packetSocket(ifname);
+      opened.push(txFd);
+      setIntOption(txFd, SOL_PACKET, PACKET_VERSION, TPACKET_V2, `PACKET_VERSION V2 on ${ifname}`);
+      setIntOption(txFd, SOL_PACKET, PACKET_LOSS, 1, `PACKET_LOSS on ${ifname}`);
+      if (opts.qdiscBypass ?? true) setIntOption(txFd, SOL_PACKET, PACKET_QDISC_BYPASS, 1, `PACKET_QDISC_BYPASS on ${ifname}`);
+      const txBlocks = (g.txFrameCount * g.txFrameSize) / g.txBlockSize;
+      const req = new Uint32Array([g.txBlockSize, txBlocks, g.txFrameSize, g.txFrameCount]);
+      setBytesOption(txFd, SOL_PACKET, PACKET_TX_RING, req, `PACKET_TX_RING ${g.txFrameCount}×${g.txFrameSize} on ${ifname}`);
+      const txLength = g.txFrameCount * g.txFrameSize;
+      txMap = mapRing(txFd, txLength, `TX ring of ${ifname}, ${txLength} bytes`);
+      mapped.push(txMap);
+      growSendBuffer(txFd, opts.sendBufferBytes ?? 4 * 1024 * 1024);
+      bindPacketSocket(txFd, ifindex, 0, ifname);
+    }
 
     const sendFd = packetSocket(ifname);
     opened.push(sendFd);
@@ -204,7 +213,7 @@ export function openPacketRing(ifname: string, opts: PacketRingOptions = {}): Pa
       sendVnetHeader: opts.sendVnetHeader ?? false,
       rxVnetHeader: opts.receiveVnetHeader ?? false,
       rx: { address: rxMap.address, length: rxLength, blockSize: g.blockSize, blockCount: g.blockCount, frameSize: g.frameSize },
-      tx: { address: txMap.address, length: txLength, frameSize: g.txFrameSize, frameCount: g.txFrameCount },
+      tx: txMap.length > 0 ? { address: txMap.address, length: txMap.length, frameSize: g.txFrameSize, frameCount: g.txFrameCount } : { address: 0, length: 0, frameSize: 0, frameCount: 0 },
       txDataOffset: TX_DATA_OFFSET,
       maxFrameLength: mtu + ETH_HEADER,
       ignoresOutgoing,
@@ -218,13 +227,13 @@ export function openPacketRing(ifname: string, opts: PacketRingOptions = {}): Pa
   }
 }
 
-/** Unmaps the rings and closes both sockets; every PacketRing attached to the handle must be gone. */
+/** Unmaps the rings and closes the sockets; every PacketRing attached to the handle must be gone. */
 export function closePacketRing(handle: PacketRingHandle): void {
   munmap(handle.rx);
-  munmap(handle.tx);
+  if (handle.tx.length > 0) munmap(handle.tx);
   munmap(handle.position);
   closeFd(handle.rxFd);
-  closeFd(handle.txFd);
+  if (handle.txFd >= 0) closeFd(handle.txFd);
   closeFd(handle.sendFd);
 }
 export { closePacketRing as close };
@@ -373,7 +382,8 @@ export class PacketRing {
     this.frameOffset = Atomics.load(this.position, P_RX_FRAME_OFFSET);
     this.rxHeader = handle.rxVnetHeader ? new Uint8Array(VNET_HDR_LEN) : null;
 
-    const tx = viewAt(handle.tx.address, handle.tx.length);
+    // No TX ring (the relay's case): empty views, and txSlot() never finds a free slot.
+    const tx = handle.tx.length > 0 ? viewAt(handle.tx.address, handle.tx.length) : new ArrayBuffer(0);
     this.txBytes = new Uint8Array(tx);
     this.txWords = new Int32Array(tx);
     this.txFrameSize = handle.tx.frameSize;
@@ -510,6 +520,7 @@ export class PacketRing {
 
   /** The next free TX slot, or null when the ring is full (the kernel still owns the slot). */
   txSlot(): TxSlot | null {
+    if (this.txFrameCount === 0) return null;
     const index = (this.txHead * this.txFrameSize) >> 2;
     let status = Atomics.load(this.txWords, index);
     if (status === TP_STATUS_WRONG_FORMAT) {

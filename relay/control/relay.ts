@@ -76,7 +76,7 @@ const BOND_PORT_MODE: Record<BondMode, PortSpec['mode']> = {
  */
 const RING_GEOMETRY = {
   standard: { blockSize: 128 * 1024, blockCount: 32 },
-  jumbo: { txFrameSize: 16384, blockSize: 128 * 1024, blockCount: 64 },
+  jumbo: { blockSize: 128 * 1024, blockCount: 64 },
 } as const;
 
 let memoryIds = 0;
@@ -198,7 +198,7 @@ export class Relay implements NetDevice {
     // the VF, a veth peer's TSO) looks like one frame of up to 64 KiB, and a guest without
     // GUEST_TSO would get it whole. With it the relay knows the segment size.
     return this.ctx.rings.open(netdev, {
-      ...RING_GEOMETRY[this.ctx.jumbo ? 'jumbo' : 'standard'], sendVnetHeader: this.ctx.tso === true, receiveVnetHeader: true,
+      ...RING_GEOMETRY[this.ctx.jumbo ? 'jumbo' : 'standard'], txRing: false, sendVnetHeader: this.ctx.tso === true, receiveVnetHeader: true,
     });
   }
 

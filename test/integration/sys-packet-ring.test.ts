@@ -4,7 +4,7 @@ import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import { existsSync, readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
-import { spawnSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import { openPacketRing, closePacketRing, PacketRing, type PacketRingHandle } from '../../sys/packet-ring.js';
 import { PacketBatch } from '../../sys/packet-batch.js';
 import { nativeBuffer } from '../../sys/native-buffer.js';
@@ -118,6 +118,26 @@ describe('packet ring over a veth pair', () => {
     }
     const flags = Number(readFileSync(`/sys/class/net/${ourEnd}/flags`, 'utf8'));
     expect(flags & 0x100).toBe(0);
+  });
+
+  it('opens no TX ring when asked not to (the relay\'s ports), and receives all the same', async () => {
+    if (!ready) return;
+    const sockets = () => Number(execFileSync('sh', ['-c', `ls -l /proc/${process.pid}/fd | grep -c socket: || true`], { encoding: 'utf8' }).trim());
+    const before = sockets();
+    const handle = openPacketRing(ourEnd, { txRing: false });
+    try {
+      expect(handle.txFd).toBe(-1);
+      expect(handle.tx.length).toBe(0);
+      expect(sockets() - before).toBe(2); // the RX ring's and sendmmsg's
+      const ring = PacketRing.attach(handle);
+      expect(ring.txSlot()).toBeNull();
+      peerSend([makeFrame(3, 100)]);
+      const { frames } = await receiveFrames(ring, 1, 8);
+      expect(frames.map(hex)).toEqual([hex(makeFrame(3, 100))]);
+    } finally {
+      closePacketRing(handle);
+    }
+    expect(sockets()).toBe(before);
   });
 
   it('gives back VLAN-tagged frames with their tag where it was', async () => {
