@@ -1,6 +1,9 @@
 // A flow hash over L2/L3/L4 headers, used to spread VF→VM traffic over the guest's RX queues and
 // to pick a bond member in balance mode. Frames of one flow always hash alike, so order within a
-// flow is kept. FNV-1a over the fields: cheap, allocation-free and good enough to spread flows.
+// flow is kept. FNV-1a over the fields: cheap and allocation-free, then a final mix (murmur3's
+// fmix32), because callers take the hash modulo a small count and FNV-1a's low bits alone are
+// poor: its lowest bit is the parity of the hashed bytes' lowest bits, so with two queues or two
+// members, flows whose address and port both differ by one landed on the same side.
 const FNV_OFFSET = 0x811c9dc5;
 const FNV_PRIME = 0x01000193;
 
@@ -9,8 +12,22 @@ function mix(h: number, bytes: Uint8Array, from: number, to: number): number {
   return h;
 }
 
+/** murmur3's finaliser: every input bit affects every output bit. */
+function finish(h: number): number {
+  h ^= h >>> 16;
+  h = Math.imul(h, 0x85ebca6b);
+  h ^= h >>> 13;
+  h = Math.imul(h, 0xc2b2ae35);
+  h ^= h >>> 16;
+  return h >>> 0;
+}
+
 /** Hash of the frame at bytes[offset, offset+length). */
 export function flowHash(bytes: Uint8Array, offset: number, length: number): number {
+  return finish(fnvFlowHash(bytes, offset, length));
+}
+
+function fnvFlowHash(bytes: Uint8Array, offset: number, length: number): number {
   if (length < 14) return mix(FNV_OFFSET, bytes, offset, offset + length) >>> 0;
   let l3 = offset + 14;
   let etherType = (bytes[offset + 12] << 8) | bytes[offset + 13];

@@ -43,6 +43,14 @@ describe('flow hash', () => {
     for (const c of counts) expect(c).toBeGreaterThan(800);
   });
 
+  it('spreads flows over 2 queues even when address and port change together (the low bits are mixed)', () => {
+    // Hosts 10.0.0.1..64 each talking from port 2000 + host: every hashed byte's low bit pairs
+    // up, which left an unmixed FNV-1a's lowest bit, and so the queue, the same for all of them.
+    const counts = [0, 0];
+    for (let host = 1; host <= 64; host++) counts[flowHash(udp4(0x0a000000 + host, 0x0a0000c8, 2000 + host, 9), 0, 60) % 2]++;
+    expect(Math.min(...counts)).toBeGreaterThanOrEqual(20);
+  });
+
   it('ignores ports of IPv4 fragments, so all fragments of a datagram stay on one queue', () => {
     const first = udp4(0x0a000001, 0x0a000002, 1, 2);
     const later = udp4(0x0a000001, 0x0a000002, 9, 9);
