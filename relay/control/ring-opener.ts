@@ -7,7 +7,7 @@ import { Worker, isMainThread, parentPort } from 'node:worker_threads';
 import { fileURLToPath } from 'node:url';
 import { openPacketRing, closePacketRing, type PacketRingHandle, type PacketRingOptions } from '../../sys/packet-ring.js';
 import { openXdpPort, closeXdpPort, type XdpPortHandle, type XdpPortOptions } from '../../sys/xdp-socket.js';
-import { isXdpHandle, type VfHandle } from '../datapath/vf-link.js';
+import { isPacketRingHandle, isXdpHandle, type VfHandle } from '../datapath/vf-link.js';
 
 type RequestBody =
   | { op: 'open'; ifname: string; options: PacketRingOptions }
@@ -71,7 +71,7 @@ if (!isMainThread && parentPort) {
       else if (req.op === 'open-xdp') port.postMessage({ id: req.id, handle: openXdpPort(req.ifname, req.options) } satisfies Reply);
       else {
         if (isXdpHandle(req.handle)) closeXdpPort(req.handle);
-        else closePacketRing(req.handle);
+        else if (isPacketRingHandle(req.handle)) closePacketRing(req.handle);
         port.postMessage({ id: req.id } satisfies Reply);
       }
     } catch (err) {

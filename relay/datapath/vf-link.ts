@@ -17,6 +17,7 @@ import type { GuestMemory } from '../../virtio/guest-memory.js';
 import { VIRTIO_NET_HDR_GSO_NONE, VIRTIO_NET_HDR_F_NEEDS_CSUM } from '../../virtio/net-header.js';
 import { completeL4Checksum } from './checksum.js';
 import { TcpSegmenter } from './segmentation.js';
+import { MemoryLink, isMemoryHandle, type MemoryLinkHandle } from './memory-link.js';
 
 /** Frames per member batch (one sendmmsg). */
 export const BATCH_FRAMES = 64;
@@ -35,13 +36,17 @@ export const NO_ROOM = 0;
 /** The frame cannot be sent as it is (too long, malformed offload request): a bad frame. */
 export const REFUSED = -1;
 
-export type PortKind = 'af_packet' | 'af_xdp';
+export type PortKind = 'af_packet' | 'af_xdp' | 'memory';
 
-/** A VF's open port as the main thread hands it to workers: plain data. */
-export type VfHandle = PacketRingHandle | XdpPortHandle;
+/** A VF's open port as the main thread hands it to workers: plain data (memory links: for unit tests). */
+export type VfHandle = PacketRingHandle | XdpPortHandle | MemoryLinkHandle;
 
 export function isXdpHandle(handle: VfHandle): handle is XdpPortHandle {
   return (handle as XdpPortHandle).kind === 'af_xdp';
+}
+
+export function isPacketRingHandle(handle: VfHandle): handle is PacketRingHandle {
+  return (handle as { kind?: string }).kind === undefined;
 }
 
 /** Where a frame to send is: the chain, and how to reach its bytes. */
@@ -85,7 +90,9 @@ export interface VfLink {
 }
 
 export function openLink(netdev: string, handle: VfHandle): VfLink {
-  return isXdpHandle(handle) ? new XdpLink(netdev, handle) : new PacketLink(netdev, handle);
+  if (isXdpHandle(handle)) return new XdpLink(netdev, handle);
+  if (isMemoryHandle(handle)) return new MemoryLink(netdev, handle);
+  return new PacketLink(netdev, handle);
 }
 
 /** Whether a frame `frameLength` long fits a link whose untagged maximum is `maxFrame` (VLAN tag: 4 more). */

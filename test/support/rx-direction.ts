@@ -6,7 +6,7 @@ import { GuestMemory } from '../../virtio/guest-memory.js';
 import { SplitQueueDriver } from '../../virtio/split-queue-driver.js';
 import { VfToVm } from '../../relay/datapath/directions.js';
 import { Counter, counterBase, createCounterBuffer, Dir } from '../../relay/datapath/counters.js';
-import type { DirectionSpec } from '../../relay/datapath/worker-protocol.js';
+import type { DirectionSpec, PortSpec } from '../../relay/datapath/worker-protocol.js';
 import type { TxRig } from './tx-direction.js';
 
 const QSIZE = 256;
@@ -32,7 +32,7 @@ export interface RxDirection {
 }
 
 /** A fresh RX ring and a VfToVm direction for relay `relay` over the rig. */
-export function rxDirection(rig: TxRig, relay: number, guest: { rxOffloads?: number; mergeable: boolean }): RxDirection {
+export function rxDirection(rig: TxRig, relay: number, guest: { rxOffloads?: number; mergeable: boolean }, port?: PortSpec): RxDirection {
   const { mem, handle, vf } = rig;
   const size = mem.length;
   const bytes = new Uint8Array(mem.buffer);
@@ -44,7 +44,7 @@ export function rxDirection(rig: TxRig, relay: number, guest: { rxOffloads?: num
     relay,
     dir: 'vf2vm',
     vmConnected: true,
-    port: { mode: 'single', active: 0, members: [{ netdev: vf, handle, up: true }] },
+    port: port ?? { mode: 'single', active: 0, members: [{ netdev: vf, handle, up: true }] },
     guest: {
       memoryId: memoryIds++,
       regions: [{ guestPhysAddr: 0, userAddr: mem.address, size, hostAddress: mem.address }],

@@ -5,12 +5,13 @@ import { MAP_SHARED, PROT_READ, PROT_WRITE, ftruncate, memfdCreate, mmap, munmap
 import { close } from '../../sys/fd.js';
 import { closePacketRing, openPacketRing, type PacketRingOptions } from '../../sys/packet-ring.js';
 import { closeXdpPort, openXdpPort, type XdpPortOptions } from '../../sys/xdp-socket.js';
-import { isXdpHandle, type VfHandle } from '../../relay/datapath/vf-link.js';
+import { isPacketRingHandle, isXdpHandle, type VfHandle } from '../../relay/datapath/vf-link.js';
+import type { MemoryLinkHandle } from '../../relay/datapath/memory-link.js';
 import { GuestMemory } from '../../virtio/guest-memory.js';
 import { SplitQueueDriver } from '../../virtio/split-queue-driver.js';
 import { VmToVf } from '../../relay/datapath/directions.js';
 import { Counter, counterBase, createCounterBuffer, Dir } from '../../relay/datapath/counters.js';
-import type { DirectionSpec } from '../../relay/datapath/worker-protocol.js';
+import type { DirectionSpec, DirectionState, PortSpec } from '../../relay/datapath/worker-protocol.js';
 
 const SIZE = 1 << 20;
 const QSIZE = 16;
@@ -31,18 +32,18 @@ export interface TxRig {
  * Guest memory (`memoryBytes`, 1 MiB by default) and the port of `vf` (which must exist): its
  * packet rings, or with `xdp` its AF_XDP sockets.
  */
-export function openTxRig(vf: string, ring: PacketRingOptions = {}, memoryBytes = SIZE, xdp?: XdpPortOptions): TxRig {
+export function openTxRig(vf: string, ring: PacketRingOptions = {}, memoryBytes = SIZE, xdp?: XdpPortOptions, memoryLink?: MemoryLinkHandle): TxRig {
   const memFd = memfdCreate('tx-direction');
   ftruncate(memFd, memoryBytes);
   const mem = mmap({ length: memoryBytes, prot: PROT_READ | PROT_WRITE, flags: MAP_SHARED, fd: memFd });
-  const handle: VfHandle = xdp ? openXdpPort(vf, xdp) : openPacketRing(vf, { blockSize: 32 * 1024, blockCount: 8, ...ring });
+  const handle: VfHandle = memoryLink ?? (xdp ? openXdpPort(vf, xdp) : openPacketRing(vf, { blockSize: 32 * 1024, blockCount: 8, ...ring }));
   return {
     vf,
     handle,
     mem,
     close: () => {
       if (isXdpHandle(handle)) closeXdpPort(handle);
-      else closePacketRing(handle);
+      else if (isPacketRingHandle(handle)) closePacketRing(handle);
       munmap(mem);
       close(memFd);
     },
@@ -60,8 +61,11 @@ export interface TxDirection {
   usedIdx(): number;
 }
 
-/** A fresh TX ring and a VmToVf direction for relay `relay` over the rig (ring memory reused). */
-export function txDirection(rig: TxRig, relay: number, guest: { hostOffloads?: boolean } = {}): TxDirection {
+/**
+ * A fresh TX ring and a VmToVf direction for relay `relay` over the rig (ring memory reused);
+ * `port` replaces the rig's single VF (a bond of memory links, say).
+ */
+export function txDirection(rig: TxRig, relay: number, guest: { hostOffloads?: boolean } = {}, port?: PortSpec, state?: DirectionState): TxDirection {
   const { mem, handle, vf } = rig;
   const memory = new GuestMemory([{ guestPhysAddr: 0, size: SIZE, userAddr: mem.address, bytes: new Uint8Array(mem.buffer) }]);
   const l = SplitQueueDriver.layout(0, QSIZE);
@@ -71,7 +75,7 @@ export function txDirection(rig: TxRig, relay: number, guest: { hostOffloads?: b
     relay,
     dir: 'vm2vf',
     vmConnected: true,
-    port: { mode: 'single', active: 0, members: [{ netdev: vf, handle, up: true }] },
+    port: port ?? { mode: 'single', active: 0, members: [{ netdev: vf, handle, up: true }] },
     guest: {
       memoryId: memoryIds++,
       regions: [{ guestPhysAddr: 0, userAddr: mem.address, size: SIZE, hostAddress: mem.address }],
@@ -84,7 +88,7 @@ export function txDirection(rig: TxRig, relay: number, guest: { hostOffloads?: b
     },
   };
   const counters = new Float64Array(createCounterBuffer());
-  const d = new VmToVf(spec, null, counters, (q, m) => {
+  const d = new VmToVf(spec, state ?? null, counters, (q, m) => {
     throw new Error(`ring ${q} stopped: ${m}`);
   });
   const bytes = new Uint8Array(mem.buffer);
