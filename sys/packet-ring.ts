@@ -91,6 +91,18 @@ export interface PacketRingHandle {
   position: RingMapping;
 }
 
+/**
+ * Whether the kernel would send the frame at bytes[at..]: a whole Ethernet header, no longer than
+ * the slot (`capacity`) nor than the link's untagged maximum, 4 bytes more for a VLAN-tagged frame.
+ */
+export function frameLengthAcceptable(bytes: Uint8Array, at: number, length: number, capacity: number, maxFrameLength: number): boolean {
+  if (!Number.isInteger(length) || length < ETH_HEADER || length > capacity) return false;
+  if (length <= maxFrameLength) return true;
+  if (length > maxFrameLength + VLAN_TAG) return false;
+  const ethertype = (bytes[at + 12] << 8) | bytes[at + 13];
+  return ethertype === ETH_P_8021Q || ethertype === ETH_P_8021AD;
+}
+
 const TPACKET2_HDR_SIZE = 32;
 const TX_DATA_OFFSET = TPACKET2_HDR_SIZE; // tp_hdrlen - sizeof(sockaddr_ll) without PACKET_TX_HAS_OFF
 const TPACKET3_HDR_SIZE = 48;
@@ -557,11 +569,7 @@ export class PacketRing {
   }
 
   private txLengthAcceptable(dataAt: number, length: number): boolean {
-    if (!Number.isInteger(length) || length < ETH_HEADER || length > this.txCapacity) return false;
-    if (length <= this.maxFrameLength) return true;
-    if (length > this.maxFrameLength + VLAN_TAG) return false;
-    const ethertype = (this.txBytes[dataAt + 12] << 8) | this.txBytes[dataAt + 13];
-    return ethertype === ETH_P_8021Q || ethertype === ETH_P_8021AD;
+    return frameLengthAcceptable(this.txBytes, dataAt, length, this.txCapacity, this.maxFrameLength);
   }
 
   /**

@@ -18,7 +18,7 @@ import { readdirSync } from 'node:fs';
 import {
   createXskMap, setXskMapEntry, loadRedirectProgram, attachXdp, closeBpfFd, XDP_FLAGS_DRV_MODE, XDP_FLAGS_SKB_MODE,
 } from './bpf.js';
-import type { FrameAdmission, FrameHandler } from './packet-ring.js';
+import { frameLengthAcceptable, type FrameAdmission, type FrameHandler } from './packet-ring.js';
 
 const AF_XDP = 44;
 const SOCK_RAW = 3;
@@ -45,8 +45,6 @@ const XDP_UMEM_PGOFF_COMPLETION_RING = 0x180000000;
 const XDP_PACKET_HEADROOM = 256;
 const ETH_HEADER = 14;
 const VLAN_TAG = 4;
-const ETH_P_8021Q = 0x8100;
-const ETH_P_8021AD = 0x88a8;
 const MSG_DONTWAIT = 0x40;
 const EAGAIN = 11;
 const EBUSY = 16;
@@ -552,11 +550,7 @@ export class XdpPort {
   }
 
   private txLengthAcceptable(bytes: Uint8Array, at: number, length: number): boolean {
-    if (!Number.isInteger(length) || length < ETH_HEADER || length > this.chunkSize) return false;
-    if (length <= this.maxFrameLength) return true;
-    if (length > this.maxFrameLength + VLAN_TAG) return false;
-    const ethertype = (bytes[at + 12] << 8) | bytes[at + 13];
-    return ethertype === ETH_P_8021Q || ethertype === ETH_P_8021AD;
+    return frameLengthAcceptable(bytes, at, length, this.chunkSize, this.maxFrameLength);
   }
 
   /**

@@ -4,7 +4,7 @@
 // the far end (MemoryWire) is driven from the test. Like the kernel's rings, each has a fixed
 // number of slots: a full receive ring drops (counted as kernel drops), a full send ring refuses.
 import type { FrameAdmission, FrameHandler } from '../../sys/packet-ring.js';
-import { QUEUED, NO_ROOM, REFUSED, type GuestFrame, type VfLink } from './vf-link.js';
+import { QUEUED, NO_ROOM, REFUSED, fitsLink, type GuestFrame, type VfLink } from './vf-link.js';
 
 /** Bytes per slot: a frame of up to SLOT_BYTES − 4 after its length word. */
 const SLOT_BYTES = 2048;
@@ -156,13 +156,7 @@ export class MemoryLink implements VfLink {
 
   queueFrame(frame: GuestFrame, scratch: Uint8Array): number {
     const length = frame.frameLength;
-    if (length > this.maxFrame) {
-      if (length > this.maxFrame + 4) return REFUSED;
-      frame.chain.copyOut(frame.hdrLen + 12, scratch, 0, 2);
-      const type = (scratch[0] << 8) | scratch[1];
-      if (type !== 0x8100 && type !== 0x88a8) return REFUSED;
-    }
-    if (length > SLOT_BYTES - 4) return REFUSED;
+    if (!fitsLink(frame, this.maxFrame, scratch, 0) || length > SLOT_BYTES - 4) return REFUSED;
     const w = this.rings.words;
     const p = Atomics.load(w, TX_PROD);
     if (p - Atomics.load(w, TX_CONS) >= this.rings.slots) return NO_ROOM;

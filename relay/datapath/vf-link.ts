@@ -96,7 +96,7 @@ export function openLink(netdev: string, handle: VfHandle): VfLink {
 }
 
 /** Whether a frame `frameLength` long fits a link whose untagged maximum is `maxFrame` (VLAN tag: 4 more). */
-function fitsLink(frame: GuestFrame, maxFrame: number, scratch: Uint8Array, at: number): boolean {
+export function fitsLink(frame: GuestFrame, maxFrame: number, scratch: Uint8Array, at: number): boolean {
   if (frame.frameLength <= maxFrame) return true;
   if (frame.frameLength > maxFrame + 4) return false;
   frame.chain.copyOut(frame.hdrLen + 12, scratch, at, 2);

@@ -10,7 +10,7 @@ import { Counter } from '../../relay/datapath/counters.js';
 import { createNetns, createVethPair, deleteLink, deleteNetns, linkCounter, requireRoot, uniqueTag } from '../support/netns.js';
 import { sleep } from '../support/processes.js';
 import { TX_HDR as HDR, openTxRig, txDirection, type TxRig } from '../support/tx-direction.js';
-import { rng } from '../support/hostile-frontend.js';
+import { randomOffloadRequest, rng } from '../support/hostile-frontend.js';
 
 const ready = requireRoot();
 const tag = uniqueTag();
@@ -108,14 +108,10 @@ describe.skipIf(!ready)('guest transmit offloads through a send socket with PACK
   it(`survives seeded random headers (VIO4WD_OFFLOAD_SEED=${seed})`, async () => {
     const r = rng(seed);
     const g = txDirection(rig, 4, { hostOffloads: true });
-    const pick = <T>(xs: readonly T[]) => xs[Math.floor(r() * xs.length)];
     let posted = 0;
     for (let round = 0; round < 40; round++) {
       for (let k = 0; k < 4; k++) {
-        const h = new Uint8Array(HDR);
-        for (let i = 0; i < 10; i++) h[i] = r() < 0.5 ? Math.floor(r() * 256) : 0;
-        h[1] = pick([0, 1, 3, 4, 5, 0x80, 0x81, Math.floor(r() * 256)]);
-        const length = pick([14, 60, 200, 1514, 3000, 9000, 16000]);
+        const { header: h, length } = randomOffloadRequest(r, HDR);
         g.post(h, length >= 54 ? tcpFrame(length) : new Uint8Array(length).fill(0xff, 0, 6));
         posted++;
       }

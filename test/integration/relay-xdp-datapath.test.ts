@@ -11,9 +11,9 @@ import { createNetns, createVethPair, deleteLink, deleteNetns, requireRoot, uniq
 import { sleep, stopAll } from '../support/processes.js';
 import { TX_HDR as HDR, openTxRig, txDirection, type TxRig } from '../support/tx-direction.js';
 import { rxDirection } from '../support/rx-direction.js';
-import { hex, peerSend, startCapture } from '../support/raw-peer.js';
+import { hex, testFrame, peerSend, startCapture } from '../support/raw-peer.js';
 import { superFrame, segmentProblems, type SuperFrame } from '../support/tcp-frames.js';
-import { rng } from '../support/hostile-frontend.js';
+import { randomOffloadRequest, rng } from '../support/hostile-frontend.js';
 
 const ready = requireRoot();
 const tag = uniqueTag();
@@ -23,18 +23,6 @@ const peer = `xdp${tag}`;
 const ETHERTYPE = 0x88b5;
 
 let rig: TxRig;
-
-function plainFrame(seq: number, length: number): Uint8Array {
-  const f = new Uint8Array(length);
-  f.fill(0xff, 0, 6);
-  f.set([0x02, 0, 0, 0, 0x4c, 0x01], 6);
-  f[12] = ETHERTYPE >> 8;
-  f[13] = ETHERTYPE & 0xff;
-  f[14] = seq >> 8;
-  f[15] = seq & 0xff;
-  for (let i = 16; i < length; i++) f[i] = (seq * 5 + i) & 0xff;
-  return f;
-}
 
 function offloadHeader(frame: SuperFrame, gso: boolean, mss = 1448): Uint8Array {
   const h = new Uint8Array(HDR);
@@ -75,8 +63,8 @@ describe.skipIf(!ready)('the relay over an AF_XDP port', () => {
     const g = txDirection(rig, 5);
     const capture = startCapture(ns, peer, ETHERTYPE, 3);
     await capture.waitForOutput(/ready/);
-    const frames = [plainFrame(1, 60), plainFrame(2, 1514), plainFrame(3, 1515)];
-    const tagged = plainFrame(4, 1518);
+    const frames = [testFrame(1, 60), testFrame(2, 1514), testFrame(3, 1515)];
+    const tagged = testFrame(4, 1518);
     tagged.set([0x81, 0x00, 0x00, 0x05, ETHERTYPE >> 8, ETHERTYPE & 0xff], 12);
     for (const f of [...frames, tagged]) g.post(new Uint8Array(HDR), f);
     g.publish();
@@ -145,19 +133,15 @@ describe.skipIf(!ready)('the relay over an AF_XDP port', () => {
   it(`VM→VF survives seeded random offload headers (VIO4WD_OFFLOAD_SEED=${seed})`, () => {
     const r = rng(seed);
     const g = txDirection(rig, 5, { hostOffloads: true });
-    const pick = <T>(xs: readonly T[]) => xs[Math.floor(r() * xs.length)];
     let posted = 0;
     for (let round = 0; round < 40; round++) {
       for (let k = 0; k < 4; k++) {
-        const h = new Uint8Array(HDR);
-        for (let i = 0; i < 10; i++) h[i] = r() < 0.5 ? Math.floor(r() * 256) : 0;
-        h[1] = pick([0, 1, 3, 4, 5, 0x80, 0x81, Math.floor(r() * 256)]);
-        const length = pick([14, 60, 200, 1514, 3000, 9000, 16000]);
+        const { header: h, length } = randomOffloadRequest(r, HDR);
         const frame = length >= 80 ? superFrame({ payload: payload(length - 54, k) }).bytes : new Uint8Array(length).fill(0xff, 0, 6);
         g.post(h, frame);
         posted++;
       }
-      g.post(new Uint8Array(HDR), plainFrame(round, 600));
+      g.post(new Uint8Array(HDR), testFrame(round, 600));
       posted++;
       g.publish();
       const sentBefore = g.counter(Counter.Packets);
@@ -178,7 +162,7 @@ describe.skipIf(!ready)('the relay over an AF_XDP port', () => {
     try {
       // 12 bursts of 8 (two descriptors each: the guest ring holds 16) through a TX ring of 64 chunks
       for (let b = 0; b < 12; b++) {
-        for (let k = 0; k < 8; k++) g.post(new Uint8Array(HDR), plainFrame(2000 + posted++, 100));
+        for (let k = 0; k < 8; k++) g.post(new Uint8Array(HDR), testFrame(2000 + posted++, 100));
         g.publish();
         expect(g.d.burst()).toBe(8);
         expect(g.reclaim()).toBe(8);
@@ -206,7 +190,7 @@ describe.skipIf(!ready)('the relay over an AF_XDP port', () => {
   it('VF→VM: frames reach the guest whole; with no guest buffer left they wait in the port instead of being dropped', async () => {
     const g = rxDirection(rig, 6, { mergeable: true });
     const sizes = [60, 200, 1000, 1514];
-    const sent = Array.from({ length: 40 }, (_, i) => plainFrame(i, sizes[i % sizes.length]));
+    const sent = Array.from({ length: 40 }, (_, i) => testFrame(i, sizes[i % sizes.length]));
     expect(peerSend(ns, peer, sent)).toBe(40);
     await sleep(100);
     g.postMergeable(25, 2048);

@@ -11,7 +11,7 @@ import { ifNameToIndex } from '../../sys/netdev.js';
 import { requireRoot, requireBinary, createNetns, deleteNetns, createVethPair, deleteLink, uniqueTag } from '../support/netns.js';
 import { stopAll, sleep } from '../support/processes.js';
 import { requireOrSkip } from '../support/env.js';
-import { hex, peerSend, startCapture } from '../support/raw-peer.js';
+import { hex, testFrame, peerSend, startCapture } from '../support/raw-peer.js';
 
 const ETHERTYPE = 0x88b5;
 const tag = uniqueTag();
@@ -21,18 +21,6 @@ const peerEnd = `sxdB${tag}`;
 const mqEnd = `sxdC${tag}`;
 const mqPeer = `sxdD${tag}`;
 let ready = false;
-
-function makeFrame(seq: number, length: number): Uint8Array {
-  const f = new Uint8Array(length);
-  f.fill(0xff, 0, 6);
-  f.set([0x02, 0x00, 0x00, 0x00, 0x00, 0x0c], 6);
-  f[12] = ETHERTYPE >> 8;
-  f[13] = ETHERTYPE & 0xff;
-  f[14] = seq >> 8;
-  f[15] = seq & 0xff;
-  for (let i = 16; i < length; i++) f[i] = (seq * 13 + i) & 0xff;
-  return f;
-}
 
 /** The XDP program `ip` reports on `ifname`: 'xdp' (driver), 'xdpgeneric', or null. */
 function attachedXdp(ifname: string): string | null {
@@ -102,7 +90,7 @@ describe('AF_XDP port over a veth pair', () => {
       let seq = 0;
       // 5 rounds of 200 frames through 256 RX chunks: only possible when delivered chunks go back
       for (let round = 0; round < 5; round++) {
-        const sent = Array.from({ length: 200 }, () => makeFrame(seq, sizes[seq++ % sizes.length]));
+        const sent = Array.from({ length: 200 }, () => testFrame(seq, sizes[seq++ % sizes.length]));
         expect(peerSend(ns, peerEnd, sent)).toBe(sent.length);
         const frames = await receiveFrames(port, sent.length, 7);
         expect(frames.length).toBe(sent.length);
@@ -113,7 +101,7 @@ describe('AF_XDP port over a veth pair', () => {
       // TX: 600 frames through 256 TX chunks, in bursts of 16 flushed together
       const capture = startCapture(ns, peerEnd, ETHERTYPE, 600);
       await capture.waitForOutput(/ready/);
-      const out = Array.from({ length: 600 }, (_, i) => makeFrame(1000 + i, sizes[i % sizes.length]));
+      const out = Array.from({ length: 600 }, (_, i) => testFrame(1000 + i, sizes[i % sizes.length]));
       let next = 0;
       const deadline = Date.now() + 10_000;
       while (next < out.length && Date.now() < deadline) {
@@ -156,7 +144,7 @@ describe('AF_XDP port over a veth pair', () => {
     const handle = openXdpPort(ourEnd, { ringSize: 64 });
     try {
       const port = XdpPort.attach(handle);
-      expect(peerSend(ns, peerEnd, Array.from({ length: 150 }, (_, i) => makeFrame(i, 100)))).toBe(150);
+      expect(peerSend(ns, peerEnd, Array.from({ length: 150 }, (_, i) => testFrame(i, 100)))).toBe(150);
       await sleep(100);
       const stats = port.readKernelStatistics();
       // 64 chunks: the rest had nowhere to go
@@ -183,8 +171,8 @@ describe('AF_XDP port over a veth pair', () => {
     try {
       expect(() => openXdpPort(ourEnd)).toThrow(/queue 0: the queue is in use by another AF_XDP socket/);
       const port = XdpPort.attach(handle);
-      expect(peerSend(ns, peerEnd, [makeFrame(7, 64)])).toBe(1);
-      expect((await receiveFrames(port, 1, 4)).map(hex)).toEqual([hex(makeFrame(7, 64))]);
+      expect(peerSend(ns, peerEnd, [testFrame(7, 64)])).toBe(1);
+      expect((await receiveFrames(port, 1, 4)).map(hex)).toEqual([hex(testFrame(7, 64))]);
     } finally {
       closeXdpPort(handle);
     }
@@ -198,8 +186,8 @@ describe('AF_XDP port over a veth pair', () => {
     execFileSync('ip', ['link', 'set', mqEnd, 'up']);
     expect(receiveQueues(mqEnd)).toEqual([0, 1]);
     // A packet socket that bypasses the qdisc sends on the queue of its CPU: one batch from each CPU.
-    const a = Array.from({ length: 20 }, (_, i) => makeFrame(i, 80));
-    const b = Array.from({ length: 20 }, (_, i) => makeFrame(100 + i, 80));
+    const a = Array.from({ length: 20 }, (_, i) => testFrame(i, 80));
+    const b = Array.from({ length: 20 }, (_, i) => testFrame(100 + i, 80));
     // The control: serving queue 0 alone, the frames that arrive on queue 1 go past the port.
     const partial = openXdpPort(mqEnd, { queues: [0] });
     try {

@@ -144,6 +144,17 @@ export const CHAIN_CASES: { name: string; ring: 0 | 1; descs: { slot: number; ad
 
 export const pick = <T>(r: () => number, xs: readonly T[]): T => xs[Math.floor(r() * xs.length)];
 
+/**
+ * A virtio-net header as a guest that negotiated offloads may write it: half its bytes random,
+ * the GSO type one of the known ones, ECN-marked, or anything; and a frame length to go with it.
+ */
+export function randomOffloadRequest(r: () => number, hdrLen: number): { header: Uint8Array; length: number } {
+  const header = new Uint8Array(hdrLen);
+  for (let i = 0; i < 10; i++) header[i] = r() < 0.5 ? Math.floor(r() * 256) : 0;
+  header[1] = pick(r, [0, 1, 3, 4, 5, 0x80, 0x81, Math.floor(r() * 256)]);
+  return { header, length: pick(r, [14, 60, 200, 1514, 3000, 9000, 16000]) };
+}
+
 /** What one random case did, printed with the seed when it fails. */
 export interface RandomCaseLog {
   steps: string[];

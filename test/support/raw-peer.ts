@@ -52,6 +52,22 @@ if (mode === 'send') {
 
 export const hex = (b: Uint8Array) => Buffer.from(b.buffer, b.byteOffset, b.byteLength).toString('hex');
 
+/** The ethertype of the test frames: IEEE local experimental, which nothing else on a link uses. */
+export const TEST_ETHERTYPE = 0x88b5;
+
+/** A broadcast frame of `length` bytes carrying `seq` and a pattern derived from it. */
+export function testFrame(seq: number, length: number, ethertype = TEST_ETHERTYPE): Uint8Array {
+  const f = new Uint8Array(length);
+  f.fill(0xff, 0, 6);
+  f.set([0x02, 0x00, 0x00, 0x00, 0x00, 0x0b], 6);
+  f[12] = ethertype >> 8;
+  f[13] = ethertype & 0xff;
+  f[14] = seq >> 8;
+  f[15] = seq & 0xff;
+  for (let i = 16; i < length; i++) f[i] = (seq * 7 + i) & 0xff;
+  return f;
+}
+
 /**
  * Sends `frames` from `ifname` in namespace `ns`; returns how many the kernel took. `cpu` pins the
  * sender and bypasses the qdisc, so the frames leave on queue `cpu % queues`: on a multi-queue
