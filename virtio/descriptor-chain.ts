@@ -51,6 +51,8 @@ export class DescriptorChain {
   readonly segLength: Uint32Array;
   /** Guest-physical address of each segment (for dirty logging). */
   readonly segGpa: Float64Array;
+  /** Host address of each segment (NaN where the region has none): iovecs for the kernel. */
+  readonly segHost: Float64Array;
   readonly segWritable: Uint8Array;
   /** Memory the segments belong to; set by the queue that filled the chain. */
   memory: GuestMemory | null = null;
@@ -64,6 +66,7 @@ export class DescriptorChain {
     this.segOffset = new Float64Array(capacity);
     this.segLength = new Uint32Array(capacity);
     this.segGpa = new Float64Array(capacity);
+    this.segHost = new Float64Array(capacity);
     this.segWritable = new Uint8Array(capacity);
   }
 
@@ -132,6 +135,7 @@ export class DescriptorChain {
       this.segOffset[n] = gpa - region.guestPhysAddr;
       this.segLength[n] = len;
       this.segGpa[n] = gpa;
+      this.segHost[n] = (region.hostAddress ?? NaN) + (gpa - region.guestPhysAddr);
       this.segWritable[n] = writable ? 1 : 0;
       this.segmentCount = n + 1;
       return true;
@@ -155,6 +159,7 @@ export class DescriptorChain {
       this.segOffset[n] = addr - region.guestPhysAddr;
       this.segLength[n] = take;
       this.segGpa[n] = addr;
+      this.segHost[n] = (region.hostAddress ?? NaN) + (addr - region.guestPhysAddr);
       this.segWritable[n] = writable ? 1 : 0;
       this.segmentCount = n + 1;
       addr += take;

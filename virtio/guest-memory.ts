@@ -14,6 +14,11 @@ export interface MemoryRegion {
   readonly userAddr: number;
   /** Host view of the region: exactly `size` bytes. */
   readonly bytes: Uint8Array;
+  /**
+   * Host virtual address of the first byte, where the region is mapped in this process (absent
+   * for memory the tests build in JS arrays): what the kernel is handed to read guest frames from.
+   */
+  readonly hostAddress?: number;
 }
 
 /** A host location: `bytes[offset]` is the first byte of the translated range. */

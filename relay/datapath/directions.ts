@@ -39,9 +39,8 @@ const RX_MAX_CHAIN_BYTES = 1 << 20;
 
 /** Guest memory views of one memory table, shared by the directions of a worker that use it. */
 interface MappedGuest {
+  /** Its regions keep their host addresses, so descriptor chains carry them (`segHost`). */
   memory: GuestMemory;
-  /** host address − guest-physical address, per region of `memory.regions` (sorted order). */
-  hostDelta: Float64Array;
   users: number;
 }
 const memoryCache = new Map<string, MappedGuest>();
@@ -59,12 +58,7 @@ function acquireMemory(guest: GuestSpec): MappedGuest {
   const pieces = regionPieces(guest.regions, (address, length) => new Uint8Array(viewAt(address, length)));
   const memory = new GuestMemory(pieces);
   if (guest.dirtyLog) memory.setDirtyLog(new Uint8Array(viewAt(guest.dirtyLog.hostAddress, guest.dirtyLog.size)));
-  const hostDelta = new Float64Array(memory.regions.length);
-  memory.regions.forEach((r, i) => {
-    const piece = pieces.find((p) => p.guestPhysAddr === r.guestPhysAddr)!;
-    hostDelta[i] = piece.hostAddress - r.guestPhysAddr;
-  });
-  const mapped = { memory, hostDelta, users: 1 };
+  const mapped = { memory, users: 1 };
   memoryCache.set(key, mapped);
   return mapped;
 }
@@ -189,8 +183,6 @@ abstract class Direction {
   readonly base: number;
   private readonly memoryId: number;
   protected readonly onRingError: RingErrorReport;
-  /** Host address − guest-physical address per region, for handing guest buffers to the kernel. */
-  protected hostDelta: Float64Array = new Float64Array(0);
   protected memory: GuestMemory | null = null;
   /**
    * Where each queue dropped after a ring error stopped. A dropped queue is no longer polled, but
@@ -212,7 +204,6 @@ abstract class Direction {
       const mapped = acquireMemory(spec.guest);
       const memory = mapped.memory;
       this.memory = memory;
-      this.hostDelta = mapped.hostDelta;
       for (const q of spec.guest.queues) {
         try {
           this.queues.push(new GuestQueue(q, memory, spec.guest, state?.queues[q.index]));
@@ -341,7 +332,7 @@ export class VmToVf extends Direction {
     this.hdrLen = spec.guest?.hdrLen ?? 12;
     this.hostOffloads = spec.guest?.hostOffloads === true;
     this.rrQueue = state?.rrQueue ?? 0;
-    this.frame = { chain: this.chain, hdrLen: this.hdrLen, frameLength: 0, hostOffloads: this.hostOffloads, memory: this.memory!, hostDelta: this.hostDelta };
+    this.frame = { chain: this.chain, hdrLen: this.hdrLen, frameLength: 0, hostOffloads: this.hostOffloads };
     for (const q of this.queues) q.queue.disableNotifications();
   }
 

@@ -13,7 +13,6 @@ import { PacketBatch } from '../../sys/packet-batch.js';
 import { nativeBuffer, type NativeBuffer } from '../../sys/native-buffer.js';
 import { XdpPort, type XdpPortHandle } from '../../sys/xdp-socket.js';
 import type { DescriptorChain } from '../../virtio/descriptor-chain.js';
-import type { GuestMemory } from '../../virtio/guest-memory.js';
 import { VIRTIO_NET_HDR_GSO_NONE, VIRTIO_NET_HDR_F_NEEDS_CSUM } from '../../virtio/net-header.js';
 import { completeL4Checksum } from './checksum.js';
 import { TcpSegmenter } from './segmentation.js';
@@ -57,9 +56,6 @@ export interface GuestFrame {
   frameLength: number;
   /** The guest negotiated transmit offloads: its header may ask for a checksum or segmentation. */
   hostOffloads: boolean;
-  memory: GuestMemory;
-  /** host address − guest-physical address, per region of `memory.regions`. */
-  hostDelta: Float64Array;
 }
 
 export interface VfLink {
@@ -189,9 +185,9 @@ export class PacketLink implements VfLink {
       for (let i = 0, at = slot - slab.address; i < VNET_HDR_LEN; i++) bytes[at + i] = header[i];
       batch.addPiece(slot, VNET_HDR_LEN);
     }
+    // The chain's segments carry their host addresses (virtio/ translated them once, with its
+    // bounds checks): the kernel reads the frame from there.
     const segments = chain.readableSegments;
-    const memory = frame.memory;
-    const delta = frame.hostDelta;
     let skip = frame.hdrLen;
     for (let i = 0; i < segments; i++) {
       const len = chain.segLength[i];
@@ -199,8 +195,7 @@ export class PacketLink implements VfLink {
         skip -= len;
         continue;
       }
-      const gpa = chain.segGpa[i];
-      batch.addPiece(gpa + skip + delta[memory.regionIndexOf(gpa)], len - skip);
+      batch.addPiece(chain.segHost[i] + skip, len - skip);
       skip = 0;
     }
     batch.endFrame();

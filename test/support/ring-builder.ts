@@ -24,6 +24,8 @@ export interface RegionSpec {
   size: number;
   /** Front-end user address; defaults to gpa + 0x7f00_0000_0000. */
   userAddr?: number;
+  /** Where the region would be mapped in this process (for chains' host addresses); none by default. */
+  hostAddress?: number;
 }
 
 export const DEFAULT_USER_OFFSET = 0x7f00_0000_0000;
@@ -39,6 +41,7 @@ export function createTestMemory(specs: readonly RegionSpec[] = [{ gpa: 0, size:
     size: s.size,
     userAddr: s.userAddr ?? s.gpa + DEFAULT_USER_OFFSET,
     bytes: new Uint8Array(options.shared ? new SharedArrayBuffer(s.size) : new ArrayBuffer(s.size)),
+    ...(s.hostAddress !== undefined ? { hostAddress: s.hostAddress } : {}),
   }));
   return new GuestMemory(regions);
 }

@@ -170,8 +170,9 @@ describe('SplitQueue good chains', () => {
     ]);
   });
 
-  it('splits a buffer that straddles two adjacent regions into two segments', () => {
-    const s = setup({ regions: [{ gpa: 0, size: 0x10000 }, { gpa: 0x10000, size: 0x10000 }] });
+  it('splits a buffer that straddles two adjacent regions into two segments, each with its host address', () => {
+    // Two regions mapped apart in the host: the second segment's host address is the second mapping's.
+    const s = setup({ regions: [{ gpa: 0, size: 0x10000, hostAddress: 0x7f00_0000_0000 }, { gpa: 0x10000, size: 0x10000, hostAddress: 0x7f10_0000_0000 }] });
     const data = pattern(0x40, 3);
     writeBytes(s.memory, 0xffe0, data);
     s.ring.writeChain([{ addr: 0xffe0, len: 0x40 }]);
@@ -184,9 +185,19 @@ describe('SplitQueue good chains', () => {
     ]);
     expect(c.segBytes[0]).toBe(s.memory.regions[0]!.bytes);
     expect(c.segBytes[1]).toBe(s.memory.regions[1]!.bytes);
+    expect([c.segHost[0], c.segHost[1]]).toEqual([0x7f00_0000_ffe0, 0x7f10_0000_0000]);
     const out = new Uint8Array(0x40);
     c.copyOut(0, out, 0, 0x40);
     expect(out).toEqual(data);
+  });
+
+  it('gives segments of memory with no host mapping a host address of NaN, never a number the kernel could use', () => {
+    const s = setup();
+    s.ring.writeChain([{ addr: 0x1000, len: 0x40 }]);
+    s.ring.offer(0);
+    const c = popOne(s);
+    expect(c.ok).toBe(true);
+    expect(c.segHost[0]).toBeNaN();
   });
 
   it('skips zero-length descriptors and accepts a chain of exactly the queue size', () => {
