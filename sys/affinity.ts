@@ -25,6 +25,17 @@ export function setAffinity(cpus: readonly number[], tid = 0): void {
   check(setAffinityNative(tid, CPU_SET_BYTES, mask), 'sched_setaffinity', `tid ${tid} to CPUs ${cpus.join(',')}`);
 }
 
+const prctlNative = libc.func('int prctl(int option, unsigned long a2, unsigned long a3, unsigned long a4, unsigned long a5)');
+const PR_SET_TIMERSLACK = 29;
+
+/**
+ * How late the kernel may wake the calling thread from a timed sleep, in ns (PR_SET_TIMERSLACK).
+ * The default, 50 µs, would make an adaptive worker's naps twice as long as asked.
+ */
+export function setTimerSlack(ns: number): void {
+  check(prctlNative(PR_SET_TIMERSLACK, ns, 0, 0, 0), 'prctl', `PR_SET_TIMERSLACK ${ns}`);
+}
+
 export function getAffinity(tid = 0): number[] {
   const mask = new Uint8Array(CPU_SET_BYTES);
   check(getAffinityNative(tid, CPU_SET_BYTES, mask), 'sched_getaffinity', `tid ${tid}`);
