@@ -274,8 +274,12 @@ function slice(): void {
       sleepUntilWork();
       break; // give messages a turn: a wake usually means one is waiting
     }
-    // Nothing ever notifies napWord: this is a timed sleep of the thread.
-    if (adaptive && moved < NAP_BELOW_FRAMES) Atomics.wait(napWord, 0, 0, NAP_MS);
+    if (adaptive && moved < NAP_BELOW_FRAMES) {
+      // Nothing ever notifies napWord: this is a timed sleep of the thread. The slice ends with
+      // it, so messages (reconfigurations, handovers) wait no longer than a nap.
+      Atomics.wait(napWord, 0, 0, NAP_MS);
+      break;
+    }
     if ((iteration & 63) === 0 && performance.now() >= sliceEnd) break;
   }
   const now = performance.now();
