@@ -4,7 +4,7 @@
 // the far end (MemoryWire) is driven from the test. Like the kernel's rings, each has a fixed
 // number of slots: a full receive ring drops (counted as kernel drops), a full send ring refuses.
 import type { FrameAdmission, FrameHandler } from '../../sys/packet-ring.js';
-import { QUEUED, NO_ROOM, REFUSED, fitsLink, type GuestFrame, type VfLink } from './vf-link.js';
+import { CopyingLinkTally, QUEUED, NO_ROOM, REFUSED, fitsLink, type GuestFrame, type VfLink } from './vf-link.js';
 
 /** Bytes per slot: a frame of up to SLOT_BYTES − 4 after its length word. */
 const SLOT_BYTES = 2048;
@@ -100,7 +100,7 @@ export class MemoryWire {
 }
 
 /** The relay's end. */
-export class MemoryLink implements VfLink {
+export class MemoryLink extends CopyingLinkTally implements VfLink {
   readonly kind = 'memory' as const;
   readonly netdev: string;
   readonly maxFrame: number;
@@ -109,12 +109,9 @@ export class MemoryLink implements VfLink {
   /** Nothing to wait on: a test drives bursts itself. */
   readonly rxFds: number[] = [];
   private readonly rings: Rings;
-  private queued = 0;
-  private queuedBytes = 0;
-  flushedBytes = 0;
-  flushDropped = 0;
 
   constructor(netdev: string, h: MemoryLinkHandle) {
+    super();
     this.netdev = netdev;
     this.maxFrame = h.maxFrameLength;
     this.rings = new Rings(h);
@@ -164,17 +161,12 @@ export class MemoryLink implements VfLink {
     if (frame.chain.copyOut(frame.hdrLen, this.rings.bytes, at + 4, length) !== length) return REFUSED;
     new DataView(this.rings.bytes.buffer).setUint32(at, length, true);
     Atomics.store(w, TX_PROD, p + 1);
-    this.queued++;
-    this.queuedBytes += length;
+    this.counted(length);
     return QUEUED;
   }
 
   flush(): number {
-    const sent = this.queued;
-    this.flushedBytes = this.queuedBytes;
-    this.flushDropped = 0;
-    this.queued = this.queuedBytes = 0;
-    return sent;
+    return this.endBurst();
   }
 
   txPending(): boolean {

@@ -16,7 +16,7 @@ import type { DescriptorChain } from '../../virtio/descriptor-chain.js';
 import { VIRTIO_NET_HDR_GSO_NONE, VIRTIO_NET_HDR_F_NEEDS_CSUM } from '../../virtio/net-header.js';
 import { completeL4Checksum } from './checksum.js';
 import { TcpSegmenter } from './segmentation.js';
-import { MemoryLink, isMemoryHandle, type MemoryLinkHandle } from './memory-link.js';
+import type { MemoryLinkHandle } from './memory-link.js';
 
 /** Frames per member batch (one sendmmsg). */
 export const BATCH_FRAMES = 64;
@@ -85,11 +85,31 @@ export interface VfLink {
   txPending(): boolean;
 }
 
-export function openLink(netdev: string, handle: VfHandle): VfLink {
-  if (isXdpHandle(handle)) return new XdpLink(netdev, handle);
-  if (isMemoryHandle(handle)) return new MemoryLink(netdev, handle);
-  return new PacketLink(netdev, handle);
+/**
+ * The send-side tally of links that copy each frame into a ring of their own (AF_XDP, memory):
+ * what they queued in this burst is what their flush() reports as sent.
+ */
+export abstract class CopyingLinkTally {
+  flushedBytes = 0;
+  flushDropped = 0;
+  private queued = 0;
+  private queuedBytes = 0;
+
+  protected counted(length: number): void {
+    this.queued++;
+    this.queuedBytes += length;
+  }
+
+  /** Ends the burst's tally: its bytes go to flushedBytes, its frame count is returned. */
+  protected endBurst(): number {
+    const sent = this.queued;
+    this.flushedBytes = this.queuedBytes;
+    this.flushDropped = 0;
+    this.queued = this.queuedBytes = 0;
+    return sent;
+  }
 }
+
 
 /** Whether a frame `frameLength` long fits a link whose untagged maximum is `maxFrame` (VLAN tag: 4 more). */
 export function fitsLink(frame: GuestFrame, maxFrame: number, scratch: Uint8Array, at: number): boolean {
@@ -231,7 +251,7 @@ export class PacketLink implements VfLink {
   }
 }
 
-export class XdpLink implements VfLink {
+export class XdpLink extends CopyingLinkTally implements VfLink {
   readonly kind = 'af_xdp' as const;
   readonly netdev: string;
   readonly maxFrame: number;
@@ -244,12 +264,9 @@ export class XdpLink implements VfLink {
   private segmenter: TcpSegmenter | null = null;
   private readonly queueSegment: (bytes: Uint8Array, offset: number, length: number) => void;
   private segmentsLost = 0;
-  private queued = 0;
-  private queuedBytes = 0;
-  flushedBytes = 0;
-  flushDropped = 0;
 
   constructor(netdev: string, handle: XdpPortHandle) {
+    super();
     this.netdev = netdev;
     this.port = XdpPort.attach(handle);
     this.maxFrame = handle.maxFrameLength;
@@ -297,8 +314,7 @@ export class XdpLink implements VfLink {
     if (length > slot.capacity || chain.copyOut(frame.hdrLen, slot.bytes, slot.offset, length) !== length) return REFUSED;
     if (needsChecksum && !completeL4Checksum(slot.bytes, slot.offset, length)) return REFUSED;
     if (!this.port.txCommit(length)) return REFUSED;
-    this.queued++;
-    this.queuedBytes += length;
+    this.counted(length);
     return QUEUED;
   }
 
@@ -316,19 +332,14 @@ export class XdpLink implements VfLink {
     if (this.segmenter.segment(this.superFrame, 0, length, mss, this.queueSegment, this.maxFrame) !== null) return REFUSED;
     if (this.segmentsLost !== lostBefore) return NO_ROOM;
     // Counted as the guest's one frame, as when the kernel segments it behind an AF_PACKET socket.
-    this.queued++;
-    this.queuedBytes += length;
+    this.counted(length);
     return QUEUED;
   }
 
   flush(): number {
-    const sent = this.queued;
-    this.flushedBytes = this.queuedBytes;
-    this.flushDropped = 0;
-    this.queued = this.queuedBytes = 0;
     // Frames the kernel did not take now stay in the TX ring for the next flush: not lost.
     this.port.txFlush();
-    return sent;
+    return this.endBurst();
   }
 
   txPending(): boolean {

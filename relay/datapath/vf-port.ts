@@ -2,9 +2,17 @@
 // AF_PACKET or AF_XDP port). The bond decides which member sends a frame and which members'
 // traffic is accepted; carrier changes come from the main thread (set-active-member), never from
 // sysfs reads on the hot path.
-import { openLink, type VfLink } from './vf-link.js';
+import { PacketLink, XdpLink, isXdpHandle, type VfHandle, type VfLink } from './vf-link.js';
+import { MemoryLink, isMemoryHandle } from './memory-link.js';
 import { flowHash } from './flow-hash.js';
 import type { PortSpec } from './worker-protocol.js';
+
+/** The link for a member's port handle. */
+function openLink(netdev: string, handle: VfHandle): VfLink {
+  if (isXdpHandle(handle)) return new XdpLink(netdev, handle);
+  if (isMemoryHandle(handle)) return new MemoryLink(netdev, handle);
+  return new PacketLink(netdev, handle);
+}
 
 export class VfPort {
   readonly mode: PortSpec['mode'];
