@@ -173,7 +173,9 @@ describe.skipIf(!ready).each(['af_packet', 'af_xdp'])('relay (%s VF ports) again
     try {
       // Split layout: `flags` lands on the packed id, `next` on the packed flags (USED set, AVAIL clear: available in round 0; NEXT).
       const descs = Array.from({ length: QSIZE }, (_, slot) => ({ slot, addr: SCRATCH_AT, len: 100, flags: slot, next: 0x8000 | 1 }));
-      hostile.writeDescriptors(ring, descs);
+      // The head (slot 0) last, as a driver publishes: a relay polling meanwhile must not see slot 0
+      // available while the rest still holds what earlier cases left there.
+      hostile.writeDescriptors(ring, [...descs].reverse());
       if (ring === 0) sendFromPeer(siteB, 1);
       else eventfdWrite(hostile.kickFds[1], 1);
       await waitFor(
@@ -181,7 +183,10 @@ describe.skipIf(!ready).each(['af_packet', 'af_xdp'])('relay (%s VF ports) again
         3000,
         `${what}: the ring stopped with a log line`,
         10,
-      );
+      ).catch((err: Error) => {
+        const tail = relay.logs().filter((l) => l.relay === siteB.relayId).slice(-8).map((l) => String(l.msg));
+        throw new Error(`${err.message}; relay ${siteB.relayId}'s last log lines: ${JSON.stringify(tail)}`);
+      });
       const after = (await relayCounters(stats, siteB.relayId))[dir];
       expect(after.ringsStopped - before.ringsStopped, `${what}: that ring stopped`).toBe(1);
     } finally {
