@@ -302,6 +302,11 @@ function busyOr(err: unknown, ifname: string): Error {
   return err as Error;
 }
 
+/** Whether every queue's socket runs in zero-copy mode (the driver moves frames into the UMEM itself). */
+export function xdpZeroCopy(handle: XdpPortHandle): boolean {
+  return handle.queues.every((q) => q.zeroCopy);
+}
+
 /** Detaches the program (closing the link), closes the sockets and unmaps everything; every attached XdpPort must be gone. */
 export function closeXdpPort(handle: XdpPortHandle): void {
   closeBpfFd(handle.linkFd);
@@ -342,6 +347,11 @@ const C_TX_REJECTED = 2;
 const C_TX_FLUSH_BUSY = 3;
 const C_TX_FLUSH_ERRORS = 4;
 const C_TX_LAST_ERRNO = 5;
+const C_KERNEL_DROPS = 6;
+const C_KERNEL_RX_DROPPED = 7;
+const C_KERNEL_RX_RING_FULL = 8;
+const C_KERNEL_FILL_RING_EMPTY = 9;
+const C_KERNEL_INVALID_DESCS = 10;
 
 /** The poller's view of one queue's rings. */
 class QueueRings {
@@ -622,19 +632,14 @@ export class XdpPort {
       fillEmpty += Number(this.stats[4]);
     }
     const c = this.count;
-    c[COUNTER_NAMES.indexOf('kernelRxDropped')] = rxDropped;
-    c[COUNTER_NAMES.indexOf('kernelRxRingFull')] = ringFull;
-    c[COUNTER_NAMES.indexOf('kernelFillRingEmpty')] = fillEmpty;
-    c[COUNTER_NAMES.indexOf('kernelInvalidDescs')] = invalid;
+    c[C_KERNEL_RX_DROPPED] = rxDropped;
+    c[C_KERNEL_RX_RING_FULL] = ringFull;
+    c[C_KERNEL_FILL_RING_EMPTY] = fillEmpty;
+    c[C_KERNEL_INVALID_DESCS] = invalid;
     // Frames that reached the socket and were lost: no chunk to copy into, or too long (rx_dropped),
     // and no room in the RX ring (rx_ring_full). An empty fill ring is also counted by the
     // allocation that failed, so it is reported apart, not added.
-    c[COUNTER_NAMES.indexOf('kernelDrops')] = rxDropped + ringFull;
+    c[C_KERNEL_DROPS] = rxDropped + ringFull;
     return this.counters;
-  }
-
-  /** Whether the queue's socket runs in zero-copy mode (the driver moves frames into the UMEM itself). */
-  get zeroCopy(): boolean {
-    return this.queues.every((q) => q.h.zeroCopy);
   }
 }

@@ -5,6 +5,7 @@
 // ring state saved) before it is attached again.
 import type { Logger } from 'pino';
 import { isXdpHandle, type VfHandle } from '../datapath/vf-link.js';
+import { xdpZeroCopy } from '../../sys/xdp-socket.js';
 import type { VfPortChoice } from '../config/types.js';
 import type { RingOpener } from './ring-opener.js';
 import { linkHasCarrier, linkMaxMtu, linkMtu, setLinkMtu } from '../../sys/netdev.js';
@@ -182,7 +183,7 @@ export class Relay implements NetDevice {
     if (choice === 'af_xdp' || (choice === 'auto' && !this.ctx.jumbo)) {
       try {
         const h = await this.ctx.rings.openXdp(netdev, {});
-        const zeroCopy = h.queues.every((q) => q.zeroCopy);
+        const zeroCopy = xdpZeroCopy(h);
         this.log.info(
           { netdev, pci, port: 'af_xdp', attach: h.attachMode, zeroCopy, queues: h.queues.length },
           `VF ${netdev}: AF_XDP port, program in ${h.attachMode === 'native' ? 'the driver' : 'generic mode'}, ${zeroCopy ? 'zero copy' : 'copy mode'}, ${h.queues.length} queue${h.queues.length === 1 ? '' : 's'}`,
@@ -206,7 +207,7 @@ export class Relay implements NetDevice {
   get memberPorts(): MemberPort[] {
     return this.members.map((m) =>
       isXdpHandle(m.handle)
-        ? { netdev: m.netdev, port: 'af_xdp' as const, attach: m.handle.attachMode, zeroCopy: m.handle.queues.every((q) => q.zeroCopy) }
+        ? { netdev: m.netdev, port: 'af_xdp' as const, attach: m.handle.attachMode, zeroCopy: xdpZeroCopy(m.handle) }
         : { netdev: m.netdev, port: 'af_packet' as const },
     );
   }

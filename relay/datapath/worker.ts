@@ -48,6 +48,7 @@ const NAP_BELOW_FRAMES = 16;
 const NAP_MS = 0.05;
 const IDLE_NAPS_BEFORE_SLEEP = 32;
 const napWord = new Int32Array(new SharedArrayBuffer(4));
+const adaptive = init.pollMode === 'adaptive';
 /** How often the kernel's VF ring drop counts are folded into the relay counters (a system call per VF). */
 const KERNEL_STATS_MS = 100;
 let kernelStatsDue = 0;
@@ -264,7 +265,6 @@ function slice(): void {
         moved += n;
       }
     }
-    const adaptive = init.pollMode === 'adaptive';
     if (moved > 0) {
       idlePolls = 0;
       if (stuckStreaks.size > 0) stuckStreaks.clear();
@@ -295,6 +295,6 @@ function slice(): void {
 
 port.on('message', (msg: ToWorker) => handle(msg));
 setAffinity([init.cpu]);
-if (init.pollMode === 'adaptive') setTimerSlack(1000);
+if (adaptive) setTimerSlack(1000);
 send({ type: 'ready', cpu: init.cpu, tid: gettid() });
 setImmediate(slice);
