@@ -8,6 +8,7 @@ import { nativeBuffer, type NativeBuffer } from './native-buffer.js';
 const AF_UNIX = 1;
 const SOCK_STREAM = 1;
 const SOCK_DGRAM = 2;
+const SOCK_SEQPACKET = 5;
 const SOCK_NONBLOCK = 0o4000;
 const SOCK_CLOEXEC = 0o2000000;
 const SOL_SOCKET = 1;
@@ -60,9 +61,14 @@ function newSocket(type: number): number {
   return check(socketNative(AF_UNIX, type | SOCK_NONBLOCK | SOCK_CLOEXEC, 0), 'socket', 'AF_UNIX');
 }
 
+/** Stream sockets by default; `seqpacket` keeps message boundaries (memif's control channel). */
+export interface UnixSocketOptions {
+  seqpacket?: boolean;
+}
+
 /** A listening socket at `path` (the caller removes a stale file first and applies mode/owner). */
-export function unixListen(path: string, backlog = 1): number {
-  const fd = newSocket(SOCK_STREAM);
+export function unixListen(path: string, backlog = 1, opts: UnixSocketOptions = {}): number {
+  const fd = newSocket(opts.seqpacket ? SOCK_SEQPACKET : SOCK_STREAM);
   try {
     const len = encodeAddress(path, addressBuffer);
     check(bindNative(fd, addressBuffer, len), 'bind', path);
@@ -89,8 +95,8 @@ export function unixAccept(fd: number): number | null {
  * Connects to `path`. Throws SysError ENOENT (no socket file), ECONNREFUSED (nobody listening)
  * or EAGAIN (the listener's backlog is full); callers retry on a timer.
  */
-export function unixConnect(path: string): number {
-  const fd = newSocket(SOCK_STREAM);
+export function unixConnect(path: string, opts: UnixSocketOptions = {}): number {
+  const fd = newSocket(opts.seqpacket ? SOCK_SEQPACKET : SOCK_STREAM);
   try {
     const len = encodeAddress(path, addressBuffer);
     for (;;) {
@@ -104,9 +110,10 @@ export function unixConnect(path: string): number {
   }
 }
 
-export function socketPair(): [number, number] {
+export function socketPair(opts: UnixSocketOptions = {}): [number, number] {
   const fds = new Int32Array(2);
-  check(socketpairNative(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, fds), 'socketpair', 'AF_UNIX stream');
+  const type = opts.seqpacket ? SOCK_SEQPACKET : SOCK_STREAM;
+  check(socketpairNative(AF_UNIX, type | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, fds), 'socketpair', `AF_UNIX ${opts.seqpacket ? 'seqpacket' : 'stream'}`);
   return [fds[0], fds[1]];
 }
 

@@ -17,6 +17,7 @@ import { VIRTIO_NET_HDR_GSO_NONE, VIRTIO_NET_HDR_F_NEEDS_CSUM } from '../../virt
 import { completeL4Checksum } from './checksum.js';
 import { TcpSegmenter } from './segmentation.js';
 import type { MemoryLinkHandle } from './memory-link.js';
+import type { MemifPortHandle } from '../../sys/memif-rings.js';
 
 /** Frames per member batch (one sendmmsg). */
 export const BATCH_FRAMES = 64;
@@ -35,10 +36,10 @@ export const NO_ROOM = 0;
 /** The frame cannot be sent as it is (too long, malformed offload request): a bad frame. */
 export const REFUSED = -1;
 
-export type PortKind = 'af_packet' | 'af_xdp' | 'memory';
+export type PortKind = 'af_packet' | 'af_xdp' | 'memory' | 'memif';
 
 /** A VF's open port as the main thread hands it to workers: plain data (memory links: for unit tests). */
-export type VfHandle = PacketRingHandle | XdpPortHandle | MemoryLinkHandle;
+export type VfHandle = PacketRingHandle | XdpPortHandle | MemoryLinkHandle | MemifPortHandle;
 
 export function isXdpHandle(handle: VfHandle): handle is XdpPortHandle {
   return (handle as XdpPortHandle).kind === 'af_xdp';

@@ -4,6 +4,7 @@
 // sysfs reads on the hot path.
 import { PacketLink, XdpLink, isXdpHandle, type VfHandle, type VfLink } from './vf-link.js';
 import { MemoryLink, isMemoryHandle } from './memory-link.js';
+import { MemifLink, isMemifHandle } from './memif-link.js';
 import { flowHash } from './flow-hash.js';
 import type { PortSpec } from './worker-protocol.js';
 
@@ -11,6 +12,7 @@ import type { PortSpec } from './worker-protocol.js';
 function openLink(netdev: string, handle: VfHandle): VfLink {
   if (isXdpHandle(handle)) return new XdpLink(netdev, handle);
   if (isMemoryHandle(handle)) return new MemoryLink(netdev, handle);
+  if (isMemifHandle(handle)) return new MemifLink(netdev, handle);
   return new PacketLink(netdev, handle);
 }
 

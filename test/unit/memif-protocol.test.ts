@@ -1,0 +1,244 @@
+// memif: message codec, ring placement and descriptor checks with hostile values, and our two
+// roles against each other over a real SOCK_SEQPACKET socket (no DPDK needed).
+import { describe, it, expect, afterEach } from 'vitest';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Reactor } from '../../sys/poll.js';
+import { viewAt } from '../../sys/memory.js';
+import {
+  MemifEndpoint, MemifProtocolError, decodeMessage, encodeMessage, checkRingPlacement, MEMIF_MESSAGE_SIZE, MEMIF_VERSION,
+  type MemifMessage,
+} from '../../sys/memif-control.js';
+import { MemifPort, checkDescriptor, ringBytes, type MemifPortHandle } from '../../sys/memif-rings.js';
+
+const dirs: string[] = [];
+const cleanups: (() => Promise<void> | void)[] = [];
+afterEach(async () => {
+  for (const c of cleanups.splice(0).reverse()) await c();
+  for (const d of dirs.splice(0)) rmSync(d, { recursive: true, force: true });
+});
+
+describe('memif message codec', () => {
+  const samples: MemifMessage[] = [
+    { type: 'ack' },
+    { type: 'hello', name: 'DPDK 22.11.0', minVersion: MEMIF_VERSION, maxVersion: MEMIF_VERSION, maxRegion: 255, maxS2cRing: 255, maxC2sRing: 255, maxLog2RingSize: 14 },
+    { type: 'init', version: MEMIF_VERSION, id: 0xfffffffe, mode: 0, secret: 'shh', name: 'vio4wd' },
+    { type: 'add_region', index: 3, size: 4 * 1024 * 1024 },
+    { type: 'add_ring', flags: 1, index: 0, region: 0, offset: 4224, log2RingSize: 10, privateHdrSize: 0 },
+    { type: 'connect', ifName: 'net_memif0' },
+    { type: 'connected', ifName: 'memif0/0' },
+    { type: 'disconnect', code: 7, reason: 'Device closed' },
+  ];
+  for (const m of samples) {
+    it(`round-trips ${m.type} in ${MEMIF_MESSAGE_SIZE} bytes`, () => {
+      const bytes = encodeMessage(m);
+      expect(bytes.byteLength).toBe(MEMIF_MESSAGE_SIZE);
+      expect(decodeMessage(bytes)).toEqual(m);
+    });
+  }
+
+  it('lays INIT and ADD_RING out as the packed C structs do', () => {
+    const init = encodeMessage({ type: 'init', version: 0x0200, id: 0x01020304, mode: 0, secret: 'ab', name: 'n' });
+    expect([...init.subarray(0, 11)]).toEqual([3, 0, 0x00, 0x02, 4, 3, 2, 1, 0, 0x61, 0x62]);
+    const ring = encodeMessage({ type: 'add_ring', flags: 1, index: 2, region: 3, offset: 0x10203040, log2RingSize: 9, privateHdrSize: 0 });
+    expect([...ring.subarray(0, 15)]).toEqual([5, 0, 1, 0, 2, 0, 3, 0, 0x40, 0x30, 0x20, 0x10, 9, 0, 0]);
+  });
+
+  it('refuses wrong sizes and unknown types', () => {
+    expect(() => decodeMessage(new Uint8Array(127))).toThrow(MemifProtocolError);
+    expect(() => decodeMessage(new Uint8Array(129))).toThrow(/129 bytes/);
+    const unknown = new Uint8Array(128);
+    unknown[0] = 42;
+    expect(() => decodeMessage(unknown)).toThrow(/unknown message type 42/);
+    expect(() => decodeMessage(new Uint8Array(128))).toThrow(/type 0/);
+  });
+
+  it('caps strings at their field and reports absurd region sizes as infinite', () => {
+    const m = decodeMessage(encodeMessage({ type: 'connect', ifName: 'x'.repeat(100) })) as { ifName: string };
+    expect(m.ifName.length).toBe(31);
+    const bytes = encodeMessage({ type: 'add_region', index: 0, size: 1 });
+    new DataView(bytes.buffer).setBigUint64(4, 0xffffffffffffffffn, true);
+    expect((decodeMessage(bytes) as { size: number }).size).toBe(Infinity);
+  });
+});
+
+describe('memif ring placement', () => {
+  const ok = { index: 0, region: 0, offset: 0, log2RingSize: 10, privateHdrSize: 0 };
+  it('accepts a ring inside its region', () => {
+    expect(checkRingPlacement([ringBytes(10)], ok)).toBeNull();
+  });
+  it.each([
+    [{ ...ok, region: 1 }, /region 1, which was not added/],
+    [{ ...ok, log2RingSize: 0 }, /log2 ring size 0/],
+    [{ ...ok, log2RingSize: 15 }, /log2 ring size 15/],
+    [{ ...ok, log2RingSize: 255 }, /log2 ring size 255/],
+    [{ ...ok, offset: 2 }, /not 4-byte aligned/],
+    [{ ...ok, offset: 0xfffffffc }, /past the/],
+    [{ ...ok, offset: 4 }, /past the/],
+    [{ ...ok, index: 1 }, /one ring per direction/],
+    [{ ...ok, privateHdrSize: 8 }, /private header/],
+  ])('refuses %o', (ring, why) => {
+    expect(checkRingPlacement([ringBytes(10)], ring)).toMatch(why);
+  });
+});
+
+describe('memif descriptor checks', () => {
+  const regions = [65536, 4096];
+  it('accepts buffers inside a region', () => {
+    expect(checkDescriptor(regions, 0, 0, 2048, 65536)).toBe(0);
+    expect(checkDescriptor(regions, 1, 2048, 2048, 65536)).toBe(1);
+    expect(checkDescriptor(regions, 0, 65535, 1, 65536)).toBe(0);
+  });
+  it.each([
+    [2, 0, 64],
+    [0xffff, 0, 64],
+    [1, 4000, 97],
+    [0, 0xffffffff, 1],
+    [0, 0xffffffff, 0xffffffff],
+    [0, 0, 0xffffffff],
+    [0, 65536, 1],
+    [0, 0, 65537],
+  ])('refuses region %d offset %d length %d', (region, offset, length) => {
+    expect(checkDescriptor(regions, region, offset, length, 65536)).toBe(-1);
+  });
+});
+
+/** Runs our server and our client against each other and returns both connected handles. */
+async function connectedPair(opts: { secret?: string; clientSecret?: string; id?: number; clientId?: number } = {}) {
+  const dir = mkdtempSync(join(tmpdir(), 'memif-'));
+  dirs.push(dir);
+  const socketPath = join(dir, 'memif.sock');
+  const reactor = new Reactor();
+  cleanups.push(() => reactor.close());
+  const events: string[] = [];
+  const up: Record<string, MemifPortHandle[]> = { server: [], client: [] };
+  const down: Record<string, string[]> = { server: [], client: [] };
+  const make = (role: 'server' | 'client', id: number, secret?: string) =>
+    new MemifEndpoint({
+      role, socketPath, id, secret, maxFrameLength: 1514, rxInterrupts: false, reactor, log2RingSize: 6,
+      onUp: async (h) => void up[role].push(h),
+      onDown: async (r) => void down[role].push(r),
+      onEvent: (_level, msg) => void events.push(`${role}: ${msg}`),
+    });
+  const server = make('server', opts.id ?? 7, opts.secret);
+  const client = make('client', opts.clientId ?? opts.id ?? 7, opts.clientSecret ?? opts.secret);
+  server.start();
+  client.start();
+  cleanups.push(async () => {
+    await client.close();
+    await server.close();
+  });
+  return { server, client, up, down, events, socketPath, reactor };
+}
+
+async function until(what: () => boolean, ms = 5000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!what()) {
+    if (Date.now() > end) throw new Error('timed out');
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
+function frame(n: number, length = 60): Uint8Array {
+  const f = new Uint8Array(length);
+  f.fill(0xff, 0, 6);
+  f[12] = 0x08;
+  f[14] = n & 0xff;
+  f[15] = n >> 8;
+  return f;
+}
+
+function send(port: MemifPort, frames: Uint8Array[]): number {
+  let sent = 0;
+  for (const f of frames) {
+    const slot = port.txSlot();
+    if (slot === null) break;
+    slot.bytes.set(f, slot.offset);
+    if (port.txCommit(f.length)) sent++;
+  }
+  port.txFlush();
+  return sent;
+}
+
+function receiveAll(port: MemifPort): number[] {
+  const got: number[] = [];
+  port.receive((bytes, at) => void got.push(bytes[at + 14] | (bytes[at + 15] << 8)), 1000);
+  return got;
+}
+
+describe('memif endpoints, our server against our client', () => {
+  it('connects and carries frames both ways, ring wrap included', async () => {
+    const { up } = await connectedPair();
+    await until(() => up.server.length === 1 && up.client.length === 1);
+    const s = MemifPort.attach(up.server[0]);
+    const c = MemifPort.attach(up.client[0]);
+    let n = 0;
+    for (let round = 0; round < 10; round++) {
+      const batch = Array.from({ length: 40 }, () => frame(n++));
+      expect(send(c, batch)).toBe(40);
+      expect(receiveAll(s)).toEqual(batch.map((f) => f[14] | (f[15] << 8)));
+      expect(send(s, batch)).toBe(40);
+      expect(receiveAll(c)).toEqual(batch.map((f) => f[14] | (f[15] << 8)));
+    }
+    // 64 slots: a full ring refuses more until the reader frees slots.
+    expect(send(c, Array.from({ length: 100 }, (_, i) => frame(i)))).toBe(64);
+    expect(receiveAll(s).length).toBe(64);
+    expect(s.counters.rxBadDescriptors).toBe(0);
+  });
+
+  it('refuses a wrong id or secret, with the reason on both sides', async () => {
+    const wrongId = await connectedPair({ id: 1, clientId: 2 });
+    await until(() => wrongId.events.some((e) => /interface id 2 is not served here/.test(e)));
+    expect(wrongId.up.server.length).toBe(0);
+    const wrongSecret = await connectedPair({ secret: 'right', clientSecret: 'wrong' });
+    await until(() => wrongSecret.events.some((e) => /server: .*incorrect secret/.test(e)) && wrongSecret.events.some((e) => /client: .*peer disconnected: incorrect secret/.test(e)));
+    expect(wrongSecret.up.server.length).toBe(0);
+  });
+
+  it('reports the peer going away and reconnects (client retries)', async () => {
+    const pair = await connectedPair();
+    await until(() => pair.up.server.length === 1 && pair.up.client.length === 1);
+    await pair.server.close();
+    await until(() => pair.down.client.length === 1);
+    expect(pair.client.state).toBe('connecting');
+    const again = new MemifEndpoint({
+      role: 'server', socketPath: pair.socketPath, id: 7, maxFrameLength: 1514, rxInterrupts: false, reactor: pair.reactor,
+      onUp: async (h) => void pair.up.server.push(h), onDown: async () => undefined, onEvent: () => undefined,
+    });
+    again.start();
+    cleanups.push(() => again.close());
+    await until(() => pair.up.client.length === 2 && pair.up.server.length === 2);
+    const s = MemifPort.attach(pair.up.server[1]);
+    const c = MemifPort.attach(pair.up.client[1]);
+    expect(send(c, [frame(5)])).toBe(1);
+    expect(receiveAll(s)).toEqual([5]);
+  });
+
+  it('drops descriptors a hostile client points outside its region, and keeps going', async () => {
+    const { up } = await connectedPair();
+    await until(() => up.server.length === 1 && up.client.length === 1);
+    const s = MemifPort.attach(up.server[0]);
+    const c = MemifPort.attach(up.client[0]);
+    const h = up.client[0];
+    // Write three frames as the client would, then spoil the middle descriptor.
+    expect(send(c, [frame(1), frame(2), frame(3)])).toBe(3);
+    const ring = new Uint32Array(new Uint8Array(viewOfRegion(h)).buffer, h.tx!.offset, ringBytes(h.tx!.log2Size) / 4);
+    const d = 32 + 4 * 1;
+    ring[d] = 0x00050000; // region 5
+    expect(receiveAll(s)).toEqual([1, 3]);
+    ring[32 + 4 * 3] = 0;
+    expect(send(c, [frame(4)])).toBe(1);
+    ring[32 + 4 * 3 + 2] = 0xfffffff0; // offset past the region
+    expect(receiveAll(s)).toEqual([]);
+    expect(s.counters.rxBadDescriptors).toBe(2);
+    // An impossible head stops reading the ring rather than reading garbage.
+    new Uint16Array(ring.buffer, h.tx!.offset, 64)[3] = (new Uint16Array(ring.buffer, h.tx!.offset, 64)[3] + 5000) & 0xffff;
+    expect(receiveAll(s)).toEqual([]);
+    expect(s.counters.ringErrors).toBe(1);
+  });
+});
+
+function viewOfRegion(h: MemifPortHandle): ArrayBuffer {
+  return viewAt(h.regions[0].address, h.regions[0].length);
+}
