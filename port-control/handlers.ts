@@ -15,6 +15,7 @@ import {
 } from './protocol.js';
 
 function deviceOf(req: PortControlRequest): DeviceRef {
+  if (req.memif !== undefined) return { kind: 'memif', memif: req.memif };
   const pcis = req.pciAddrs ?? [];
   const port = req.vfPort !== undefined ? { port: req.vfPort } : {};
   if (req.name === undefined) return { kind: 'vf', vf: { pci: pcis[0], ...port } };
@@ -38,6 +39,7 @@ export function portControlHandler(registry: RelayRegistry, logger: Logger) {
         const id = req.virtioId as number;
         const device = deviceOf(req);
         if (device.kind === 'vf') await registry.addVf(id, device.vf, { conditional });
+        else if (device.kind === 'memif') await registry.addMemif(id, device.memif, { conditional });
         else await registry.addBond(id, device.bond, { conditional });
         logger.info({ relay: id, pci: req.pciAddrs, name: req.name }, `port control: added ${describe(req)} to relay ${id}`);
         return ok({ virtioId: id });
@@ -70,6 +72,7 @@ export function portControlHandler(registry: RelayRegistry, logger: Logger) {
 function describe(req: PortControlRequest): string {
   if (req.name !== undefined) return `bond ${req.name}`;
   if (req.pciAddrs?.length) return `VF ${req.pciAddrs[0]}`;
+  if (req.memif) return `memif ${req.memif.role} ${req.memif.socket}#${req.memif.id}`;
   return 'its device';
 }
 

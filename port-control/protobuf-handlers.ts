@@ -156,7 +156,7 @@ export function protobufPortControl(registry: RelayRegistry, logger: Logger): Pr
           const d = device();
           // Bond adds ignore conditional, as they always did.
           if (d.kind === 'vf') await registry.addVf(id, d.vf, { conditional });
-          else await registry.addBond(id, d.bond, { conditional: false });
+          else if (d.kind === 'bond') await registry.addBond(id, d.bond, { conditional: false });
           logger.info({ relay: id, pci: pcis, name }, `port control (protobuf): added ${name ?? pcis[0]} to relay ${id}`);
           break;
         }
@@ -241,7 +241,7 @@ function relayState(info: RelayInfo, before: RelayInfo | undefined, seconds: num
   if (upActive) {
     if (up.cpu >= 0) cpu.vf_to_vm = up.cpu;
     const d = info.device;
-    const pci = d === undefined ? undefined : d.kind === 'vf' ? (d.vf.pci ?? d.vf.netdev) : d.bond.name;
+    const pci = d === undefined ? undefined : d.kind === 'vf' ? (d.vf.pci ?? d.vf.netdev) : d.kind === 'memif' ? `memif:${d.memif.socket}#${d.memif.id}` : d.bond.name;
     if (pci !== undefined) state.vf = { pci_addr_str: pci };
     Object.assign(vfToVm, {
       pkts_rx_from_vf: up.rxPackets,

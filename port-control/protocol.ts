@@ -2,7 +2,7 @@
 // Server, CLIs and the core scheduler all build and check messages through this module, so a
 // field rename or a new rule lands everywhere at once.
 import { MAX_BOND_MEMBERS } from '../relay/registry-api.js';
-import type { DirectionCounters, MemberPort, RelayCpu, VfPortChoice, WorkerInfo } from '../relay/registry-api.js';
+import type { DirectionCounters, MemberPort, MemifRef, RelayCpu, VfPortChoice, WorkerInfo } from '../relay/registry-api.js';
 import { VF_PORT_CHOICES } from '../relay/registry-api.js';
 
 import { MAX_CPU_ID, MAX_RELAYS, MAX_SOCKET_PATH_BYTES } from '../vocabulary/limits.js';
@@ -85,6 +85,8 @@ export interface PortControlRequest {
   conditional?: boolean;
   /** add, add_sock: how to reach the VF (every member of a bond); absent: VIRTIOFWD_VF_PORT. */
   vfPort?: VfPortChoice;
+  /** add, add_sock: a memif interface instead of a VF (no pciAddrs, name, mode or vfPort then). */
+  memif?: MemifRef;
 }
 
 export interface StatsRequest {
@@ -173,7 +175,7 @@ export interface RelayStats {
   socketPath: string | null;
   /** PCI address of the VF, the bond name, or the plain netdev; null when the relay has none. */
   device: string | null;
-  deviceKind: 'vf' | 'bond' | null;
+  deviceKind: 'vf' | 'bond' | 'memif' | null;
   bondMembers?: string[];
   /** How each VF (each bond member) is reached: af_packet or af_xdp, with the XDP attach mode. */
   ports: MemberPort[];
@@ -354,7 +356,7 @@ function checkBondMembers(op: string, pci: string[], name: string | undefined): 
 }
 
 function validatePortControl(msg: Json, op: PortControlOp): PortControlRequest {
-  onlyFields(msg, op, ['virtioId', 'pciAddrs', 'name', 'mode', 'vhostPath', 'conditional', 'vfPort']);
+  onlyFields(msg, op, ['virtioId', 'pciAddrs', 'name', 'mode', 'vhostPath', 'conditional', 'vfPort', 'memif']);
   const req: PortControlRequest = { version: PROTOCOL_VERSION, op };
   const virtioId = intField(msg, 'virtioId', 0, MAX_RELAYS - 1, op === 'add' || op === 'remove');
   const pciAddrs = pciListField(msg) ?? [];
@@ -365,11 +367,19 @@ function validatePortControl(msg: Json, op: PortControlOp): PortControlRequest {
   const conditional = boolField(msg, 'conditional');
   const vfPort = msg.vfPort === undefined ? undefined : vfPortField(msg.vfPort);
   if (vfPort !== undefined && op !== 'add' && op !== 'add_sock') bad(`op ${op}: field vfPort is for add and add_sock only`);
+  const memif = msg.memif === undefined ? undefined : memifField(msg.memif);
+  if (memif !== undefined) {
+    if (op !== 'add' && op !== 'add_sock') bad(`op ${op}: field memif is for add and add_sock only`);
+    if (pciAddrs.length > 0 || name !== undefined || mode !== undefined || vfPort !== undefined) {
+      bad(`op ${op}: a memif interface takes the place of a VF: pciAddrs, name, mode and vfPort cannot go with it`);
+    }
+  }
 
   switch (op) {
     case 'add':
     case 'add_sock':
       if (op === 'add_sock' && vhostPath === undefined) bad('op add_sock: field vhostPath is required');
+      if (memif !== undefined) break;
       if (pciAddrs.length === 0) bad(`op ${op}: at least one PCI address is required`);
       checkDeviceSpec(op, pciAddrs, name, mode);
       checkBondMembers(op, pciAddrs, name);
@@ -397,7 +407,31 @@ function validatePortControl(msg: Json, op: PortControlOp): PortControlRequest {
   if (vhostPath !== undefined) req.vhostPath = vhostPath;
   if (conditional !== undefined) req.conditional = conditional;
   if (vfPort !== undefined) req.vfPort = vfPort;
+  if (memif !== undefined) req.memif = memif;
   return req;
+}
+
+const MEMIF_FIELDS = ['socket', 'role', 'id', 'secret'] as const;
+
+/** The memif field: { socket, role: 'server'|'client', id, secret? }, every part checked. */
+function memifField(v: unknown): MemifRef {
+  if (typeof v !== 'object' || v === null || Array.isArray(v)) bad(`field memif must be an object { socket, role, id, secret? }, not ${JSON.stringify(v)}`);
+  const m = v as Record<string, unknown>;
+  const unknown = Object.keys(m).filter((k) => !(MEMIF_FIELDS as readonly string[]).includes(k));
+  if (unknown.length > 0) bad(`field memif: unknown field${unknown.length > 1 ? 's' : ''} ${unknown.join(', ')} (allowed: ${MEMIF_FIELDS.join(', ')})`);
+  if (typeof m.socket !== 'string' || m.socket.length === 0) bad('field memif.socket must be a non-empty socket path');
+  if (!m.socket.startsWith('/')) bad(`field memif.socket must be an absolute path, not ${JSON.stringify(m.socket)}`);
+  if (Buffer.byteLength(m.socket) > 107) bad(`field memif.socket is ${Buffer.byteLength(m.socket)} bytes; a unix socket path may have at most 107`);
+  if (m.role !== 'server' && m.role !== 'client') bad(`field memif.role must be "server" or "client", not ${JSON.stringify(m.role)}`);
+  if (typeof m.id !== 'number' || !Number.isInteger(m.id) || m.id < 0 || m.id > 0xffffffff) bad(`field memif.id must be an integer in [0, 4294967295], not ${JSON.stringify(m.id)}`);
+  const out: MemifRef = { socket: m.socket, role: m.role, id: m.id };
+  if (m.secret !== undefined) {
+    if (typeof m.secret !== 'string' || m.secret.length === 0 || Buffer.byteLength(m.secret) > 23 || m.secret.includes('\0')) {
+      bad('field memif.secret must be a string of 1 to 23 bytes without NUL');
+    }
+    out.secret = m.secret;
+  }
+  return out;
 }
 
 function vfPortField(v: unknown): VfPortChoice {

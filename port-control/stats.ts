@@ -34,6 +34,7 @@ export function describeDevice(info: RelayInfo): Pick<RelayStats, 'device' | 'de
   const d = info.device;
   if (!d) return { device: null, deviceKind: null };
   if (d.kind === 'vf') return { device: d.vf.pci ?? d.vf.netdev ?? null, deviceKind: 'vf' };
+  if (d.kind === 'memif') return { device: `memif:${d.memif.socket}#${d.memif.id}`, deviceKind: 'memif' };
   return {
     device: d.bond.name,
     deviceKind: 'bond',

@@ -30,8 +30,19 @@ export interface BondRef {
   members: VfRef[];
 }
 
+/**
+ * A memif interface (VPP, DPDK net_memif): the relay listens on `socket` (server) or connects to
+ * it (client) and serves interface `id`; `secret`, when set, must match the peer's (at most 23 bytes).
+ */
+export interface MemifRef {
+  socket: string;
+  role: 'server' | 'client';
+  id: number;
+  secret?: string;
+}
+
 /** What sits on the host side of a relay. */
-export type DeviceRef = { kind: 'vf'; vf: VfRef } | { kind: 'bond'; bond: BondRef };
+export type DeviceRef = { kind: 'vf'; vf: VfRef } | { kind: 'bond'; bond: BondRef } | { kind: 'memif'; memif: MemifRef };
 
 export interface DirectionCounters {
   packets: number;
@@ -90,14 +101,22 @@ export interface RelayInfo {
   vmToVf: DirectionCounters;
 }
 
-/** The port of one VF: AF_PACKET rings, or AF_XDP sockets with where their program runs. */
+/** The port of one VF: AF_PACKET rings, or AF_XDP sockets with where their program runs; or a memif interface. */
 export interface MemberPort {
   netdev: string;
-  port: 'af_packet' | 'af_xdp';
+  port: 'af_packet' | 'af_xdp' | 'memif';
+  /** memif: 'listening', 'connecting', 'handshake', 'connected' or 'closed'. */
+  memifState?: string;
+  /** memif: why the last connection ended (empty while connected). */
+  memifLastDisconnect?: string;
+  /** memif: descriptors and ring words the peer got wrong (its frames dropped). */
+  memifPeerErrors?: number;
   /** AF_XDP: the program runs in the driver ('native') or in the generic hook. */
   attach?: string;
   /** AF_XDP: the driver moves frames into the UMEM itself. */
   zeroCopy?: boolean;
+  /** AF_XDP: the VM's memory is in the UMEM ('guest': frames sent from where the guest wrote them) or not ('relay': copied). */
+  umem?: 'guest' | 'relay';
 }
 
 /** Which worker CPU serves each direction of a relay. */
@@ -133,6 +152,8 @@ export interface RelayRegistry {
   /** Attaches a VF to relay `id`. `conditional`: succeed quietly when the same VF is already there. */
   addVf(id: number, vf: VfRef, opts?: { conditional?: boolean }): Promise<void>;
   addBond(id: number, bond: BondRef, opts?: { conditional?: boolean }): Promise<void>;
+  /** Attaches a memif interface to relay `id`. `conditional`: succeed quietly when the same one is already there. */
+  addMemif(id: number, memif: MemifRef, opts?: { conditional?: boolean }): Promise<void>;
   /** Detaches the relay's device; `pci`/`name` must match it when given. `conditional`: an empty relay is fine. */
   removeDevice(id: number, opts?: { pci?: string; name?: string; conditional?: boolean }): Promise<void>;
   /** Takes the first free relay, attaches `device`, then creates the vhost-user socket at `path`. Rolls back on failure. Returns the relay id. */

@@ -19,8 +19,11 @@ Adds and removes VFs, bonds and vhost-user sockets of a running virtio-forwarder
                                                          attach a bond of 2..8 VFs
   remove       --virtio-id=ID [--pci-addr=PCI | --name=BOND]
                                                          detach the relay's VF or bond
+  add          --virtio-id=ID --memif-socket=PATH --memif-role=ROLE --memif-id=N [--memif-secret=S]
+                                                         attach a memif interface instead of a VF
   add_sock     --vhost-path=PATH --pci-addr=PCI [--pci-addr=PCI --name=BOND [--mode=M]]
                                                          take a free relay, attach the device, create the socket
+                                                         (or --memif-* instead of --pci-addr)
   remove_sock  --vhost-path=PATH and/or (--pci-addr=PCI | --name=BOND)
                                                          remove a socket and its device
   query_pci    --vhost-path=PATH                         print the PCI address (or bond name) behind a socket
@@ -36,6 +39,13 @@ Options:
                       remove: succeed if the relay is already empty
   --vf-port=KIND      add, add_sock: af_packet, af_xdp or auto, for this VF (every
                       member of a bond); default: the daemon's VIRTIOFWD_VF_PORT
+  --memif-socket=PATH add, add_sock: a memif interface (VPP, DPDK net_memif) as the relay's
+                      host side; its control socket (absolute path)
+  --memif-role=ROLE   server (the relay listens on PATH and creates it) or client (the
+                      relay connects to PATH, retrying every second); required with
+                      --memif-socket
+  --memif-id=N        memif interface id, 0..4294967295 (default 0)
+  --memif-secret=S    memif secret, 1..23 bytes; a server requires it from its client
   --zmq-ep=EP         port control endpoint (default ${DEFAULT_ENDPOINTS.portControl});
                       --zmq_ep is accepted too
   --timeout=MS        how long to wait for the reply (default 2000)
@@ -58,6 +68,10 @@ const OPTIONS = {
   'vhost-path': { type: 'string' },
   conditional: { type: 'boolean' },
   'vf-port': { type: 'string' },
+  'memif-socket': { type: 'string' },
+  'memif-role': { type: 'string' },
+  'memif-id': { type: 'string' },
+  'memif-secret': { type: 'string' },
   'zmq-ep': { type: 'string' },
   timeout: { type: 'string' },
   // The original's fault-injection switches, kept so scripts that test with them still run.
@@ -106,6 +120,16 @@ async function main(): Promise<void> {
     if (!VF_PORT_CHOICES.includes(values['vf-port'] as VfPortChoice)) fail(PROGRAM, `--vf-port=${values['vf-port']}: use one of ${VF_PORT_CHOICES.join(', ')}`);
     if (op !== 'add' && op !== 'add_sock') fail(PROGRAM, `--vf-port is for add and add_sock only`);
     fields.vfPort = values['vf-port'];
+  }
+  const memifGiven = ['memif-socket', 'memif-role', 'memif-id', 'memif-secret'].filter((k) => values[k as keyof typeof values] !== undefined);
+  if (memifGiven.length > 0) {
+    if (op !== 'add' && op !== 'add_sock') fail(PROGRAM, `--${memifGiven[0]} is for add and add_sock only`);
+    if (values['memif-socket'] === undefined) fail(PROGRAM, `--${memifGiven[0]} needs --memif-socket=PATH`);
+    const role = values['memif-role'];
+    if (role !== 'server' && role !== 'client') fail(PROGRAM, role === undefined ? '--memif-socket needs --memif-role=server or --memif-role=client' : `--memif-role=${role}: use server or client`);
+    const memif: Record<string, unknown> = { socket: values['memif-socket'], role, id: integerOption(PROGRAM, 'memif-id', values['memif-id'], 0, 0xffffffff) ?? 0 };
+    if (values['memif-secret'] !== undefined) memif.secret = values['memif-secret'];
+    fields.memif = memif;
   }
 
   const timeout = integerOption(PROGRAM, 'timeout', values.timeout, 1, 600_000) ?? 2000;

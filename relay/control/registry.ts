@@ -23,6 +23,7 @@ import {
   type BondRef,
   type DeviceRef,
   type DirectionCounters,
+  type MemifRef,
   type NetdevInfo,
   type RelayCpu,
   type RelayInfo,
@@ -61,7 +62,20 @@ function sameVf(a: VfRef, b: VfRef): boolean {
 function describeDevice(d: DeviceRef | undefined): string {
   if (!d) return 'nothing';
   if (d.kind === 'vf') return d.vf.pci ?? d.vf.netdev ?? '?';
+  if (d.kind === 'memif') return memifName(d.memif);
   return d.bond.name;
+}
+
+function memifName(m: MemifRef): string {
+  return `memif:${m.socket}#${m.id}`;
+}
+
+/** What a memif device may be: checked here too, since the registry API has callers besides port control. */
+function validateMemif(m: MemifRef): void {
+  if (typeof m.socket !== 'string' || m.socket.length === 0) throw new RegistryError(EINVAL, 'memif: a socket path is required');
+  if (m.role !== 'server' && m.role !== 'client') throw new RegistryError(EINVAL, `memif ${m.socket}: role ${JSON.stringify(m.role)} is not server or client`);
+  if (!Number.isInteger(m.id) || m.id < 0 || m.id > 0xffffffff) throw new RegistryError(EINVAL, `memif ${m.socket}: id ${m.id} is not an integer in [0, 4294967295]`);
+  if (m.secret !== undefined && Buffer.byteLength(m.secret) > 23) throw new RegistryError(EINVAL, `memif ${m.socket}: the secret is longer than 23 bytes`);
 }
 
 function canonicalRef(ref: VfRef): VfRef {
@@ -102,6 +116,8 @@ export class RelayRegistryImpl implements RelayRegistry {
       vfPort: opts.config.vfPort,
       pinnedCpus: (relay: number) => pins.get(relay),
       ignoreDirtyLog: opts.ignoreDirtyLog === true,
+      reactor: opts.reactor,
+      pollMode: opts.config.pollMode,
     };
     if (ctx.ignoreDirtyLog) this.log.warn('VIO4WD_TEST_HOOKS=no-dirty-log: dirty logging is negotiated but nothing is marked; a live migration will damage its guest (test hook)');
     this.relays = Array.from({ length: MAX_RELAYS }, (_, id) => new Relay(id, ctx));
@@ -227,6 +243,7 @@ export class RelayRegistryImpl implements RelayRegistry {
       const d = r.device;
       if (!d) return false;
       if (d.kind === 'vf') return sameVf(d.vf, ref);
+      if (d.kind === 'memif') return false;
       return d.bond.members.some((m) => sameVf(m, ref));
     });
   }
@@ -266,6 +283,23 @@ export class RelayRegistryImpl implements RelayRegistry {
     }
   }
 
+  async addMemif(id: number, memif: MemifRef, opts: { conditional?: boolean } = {}): Promise<void> {
+    const relay = this.relay(id);
+    validateMemif(memif);
+    const same = (d: DeviceRef | undefined) => d?.kind === 'memif' && d.memif.socket === memif.socket && d.memif.id === memif.id && d.memif.role === memif.role;
+    if (relay.device) {
+      if (opts.conditional && same(relay.device)) return;
+      throw new RegistryError(8, `relay ${id} already has ${describeDevice(relay.device)}`);
+    }
+    const holder = this.relays.find((r) => same(r.device));
+    if (holder) throw new RegistryError(-EEXIST, `${memifName(memif)} (${memif.role}) is already attached to relay ${holder.id}`);
+    try {
+      await relay.attachDevice({ kind: 'memif', memif });
+    } catch (err) {
+      throw new RegistryError(2, `relay ${id}: cannot attach ${memifName(memif)}: ${(err as Error).message}`);
+    }
+  }
+
   async removeDevice(id: number, opts: { pci?: string; name?: string; conditional?: boolean } = {}): Promise<void> {
     const relay = this.relay(id);
     const d = relay.device;
@@ -286,7 +320,7 @@ export class RelayRegistryImpl implements RelayRegistry {
   async addSocket(path: string, device: DeviceRef): Promise<number> {
     if (!path) throw new RegistryError(-1, 'add_sock needs a vhost-user socket path');
     if (this.relays.some((r) => r.socketPath === path)) throw new RegistryError(1, `socket ${path} is already registered`);
-    const refs = device.kind === 'vf' ? [device.vf] : device.bond.members;
+    const refs = device.kind === 'vf' ? [device.vf] : device.kind === 'bond' ? device.bond.members : [];
     for (const ref of refs) {
       const holder = this.holderOf(canonicalRef(ref));
       if (holder) throw new RegistryError(-EEXIST, `${ref.pci ?? ref.netdev} is already attached to relay ${holder.id}`);
@@ -295,10 +329,11 @@ export class RelayRegistryImpl implements RelayRegistry {
     if (!relay) throw new RegistryError(2, `no free relay among ${MAX_RELAYS}`);
     try {
       if (device.kind === 'vf') await this.addVf(relay.id, device.vf);
+      else if (device.kind === 'memif') await this.addMemif(relay.id, device.memif);
       else await this.addBond(relay.id, device.bond);
     } catch (err) {
       const e = err as RegistryError;
-      throw new RegistryError(device.kind === 'vf' ? 3 : 4, e.message);
+      throw new RegistryError(device.kind === 'bond' ? 4 : 3, e.message);
     }
     try {
       this.openSocket(relay.id, path);

@@ -20,7 +20,12 @@ import { hasBit } from '../../vhost-user/messages.js';
 import { resolveVf } from './vf.js';
 import type { WorkerPool } from './worker-pool.js';
 import type { DirName, DirectionSpec, DirectionState, GuestSpec, PortSpec, QueueSpec, QueueState } from '../datapath/worker-protocol.js';
-import { BOND_MODE_NAMES, type BondMode, type DeviceRef, type MemberPort, type VfRef } from '../registry-api.js';
+import { BOND_MODE_NAMES, type BondMode, type DeviceRef, type MemberPort, type MemifRef, type VfRef } from '../registry-api.js';
+import { MemifEndpoint } from '../../sys/memif-control.js';
+import { readMemifCounters } from '../../sys/memif-rings.js';
+import type { Reactor } from '../../sys/poll.js';
+import type { PollMode } from '../config/types.js';
+import { isMemifHandle } from '../datapath/memif-link.js';
 
 export interface RelayContext {
   pool: WorkerPool;
@@ -43,6 +48,10 @@ export interface RelayContext {
    * marked, so a test can show what a live migration without it does to the guest.
    */
   ignoreDirtyLog?: boolean;
+  /** The main thread's reactor: memif control channels are served on it. */
+  reactor?: Reactor;
+  /** The workers' poll mode: adaptive workers sleep, so their memif rings ask the peer for interrupts. */
+  pollMode?: PollMode;
 }
 
 interface Member {
@@ -52,6 +61,8 @@ interface Member {
   up: boolean;
   /** The MTU the netdev had before the relay raised it to JUMBO_MTU (restored at detach). */
   mtuBefore?: number;
+  /** A memif interface: its control channel (the handle changes with each connection). */
+  memif?: MemifEndpoint;
 }
 
 interface VringEntry {
@@ -135,6 +146,7 @@ export class Relay implements NetDevice {
 
   /** Resolves and opens every member, then starts forwarding. Nothing is kept when a member fails. */
   attachDevice(device: DeviceRef): Promise<void> {
+    if (device.kind === 'memif') return this.attachMemif(device.memif);
     return this.serial(async () => {
       const refs = device.kind === 'vf' ? [device.vf] : device.bond.members;
       const opened: Member[] = [];
@@ -174,6 +186,61 @@ export class Relay implements NetDevice {
   }
 
   /**
+   * A memif interface: the control channel lives here in the main thread; workers get a handle
+   * per connection. Carrier is the connection: while no peer is connected the member is down
+   * and the port receives nothing; each connection or disconnection reconfigures the directions,
+   * so no worker polls a region after it is unmapped.
+   */
+  private attachMemif(ref: MemifRef): Promise<void> {
+    return this.serial(async () => {
+      const reactor = this.ctx.reactor;
+      if (!reactor) throw new Error(`memif ${ref.socket}: this relay has no reactor for control channels`);
+      const maxFrameLength = (this.ctx.jumbo ? JUMBO_MTU : 1500) + 14;
+      let member: Member | undefined;
+      const endpoint: MemifEndpoint = new MemifEndpoint({
+        role: ref.role,
+        socketPath: ref.socket,
+        id: ref.id,
+        secret: ref.secret,
+        name: `vio4wd-relay-${this.id}`,
+        // Jumbo frames need buffers they fit in: the relay's own (client role) are sized for them.
+        bufferSize: this.ctx.jumbo ? 10240 : 2048,
+        maxFrameLength,
+        rxInterrupts: (this.ctx.pollMode ?? 'adaptive') === 'adaptive',
+        reactor,
+        // A member already detached is not waited for: detachDevice closes the endpoint from
+        // inside serial(), and the endpoint waits for these callbacks.
+        onUp: async (handle) => {
+          if (!member || this.members[0] !== member) return;
+          await this.serial(async () => {
+            if (!member || this.members[0] !== member) return;
+            member.handle = handle;
+            member.up = true;
+            await this.reconfigure();
+          });
+        },
+        onDown: async () => {
+          if (!member || this.members[0] !== member) return;
+          await this.serial(async () => {
+            if (!member || this.members[0] !== member) return;
+            member.handle = endpoint.downHandle();
+            member.up = false;
+            await this.reconfigure();
+          });
+        },
+        onEvent: (level, message, data) => this.log[level]({ memif: ref.socket, id: ref.id, role: ref.role, ...data }, message),
+      });
+      endpoint.start();
+      member = { ref: { netdev: endpoint.name }, netdev: endpoint.name, handle: endpoint.downHandle(), up: false, memif: endpoint };
+      this.members = [member];
+      this.device = { kind: 'memif', memif: { ...ref } };
+      this.activeMember = 0;
+      this.log.info({ memif: ref.socket, id: ref.id, role: ref.role }, `memif ${ref.role} on ${ref.socket} (id ${ref.id}) attached; forwarding once a peer connects`);
+      await this.reconfigure();
+    });
+  }
+
+  /**
    * Opens the VF's port as VIRTIOFWD_VF_PORT says: AF_XDP sockets, or (af_packet, and auto where
    * AF_XDP cannot be opened or the MTU is jumbo) packet rings. The choice and its reason are logged.
    */
@@ -206,7 +273,12 @@ export class Relay implements NetDevice {
   /** The kind of port each member has, for stats and logs. */
   get memberPorts(): MemberPort[] {
     return this.members.map((m) =>
-      isXdpHandle(m.handle)
+      m.memif
+        ? {
+            netdev: m.netdev, port: 'memif' as const, memifState: m.memif.state, memifLastDisconnect: m.memif.lastDisconnectReason,
+            memifPeerErrors: ((c) => c.rxBadDescriptors + c.txBadDescriptors + c.ringErrors)(readMemifCounters(m.memif.counters)),
+          }
+        : isXdpHandle(m.handle)
         ? { netdev: m.netdev, port: 'af_xdp' as const, attach: m.handle.attachMode, zeroCopy: xdpZeroCopy(m.handle) }
         : { netdev: m.netdev, port: 'af_packet' as const },
     );
@@ -220,6 +292,12 @@ export class Relay implements NetDevice {
       this.device = undefined;
       await this.reconfigure();
       for (const m of members) {
+        if (m.memif) {
+          // The relay no longer polls it (reconfigured above): the endpoint may unmap now.
+          await m.memif.close();
+          continue;
+        }
+        if (isMemifHandle(m.handle)) continue;
         await this.ctx.rings.close(m.handle);
         this.restoreMtu(m.netdev, m.mtuBefore);
       }

@@ -103,6 +103,7 @@ class LoadRegistry implements RelayRegistry {
   }
   addVf = async () => this.unused();
   addBond = async () => this.unused();
+  addMemif = async () => this.unused();
   removeDevice = async () => this.unused();
   addSocket = async (): Promise<number> => this.unused();
   removeSocket = async (): Promise<number> => this.unused();

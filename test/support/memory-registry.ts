@@ -13,6 +13,7 @@ import {
   type BondRef,
   type DeviceRef,
   type DirectionCounters,
+  type MemifRef,
   type NetdevInfo,
   type RelayCpu,
   type RelayInfo,
@@ -187,6 +188,14 @@ export class MemoryRegistry implements RelayRegistry {
     r.since = performance.now();
   }
 
+  async addMemif(id: number, memif: MemifRef, opts: { conditional?: boolean } = {}): Promise<void> {
+    this.record('addMemif', id, memif, opts);
+    const r = this.relay(id);
+    if (r.device) throw new RegistryError(8, `relay ${id} already has ${describe(r.device)}`);
+    r.device = { kind: 'memif', memif: { ...memif } };
+    r.since = performance.now();
+  }
+
   async addBond(id: number, bond: BondRef, opts: { conditional?: boolean } = {}): Promise<void> {
     this.record('addBond', id, bond, opts);
     const r = this.relay(id);
@@ -230,7 +239,7 @@ export class MemoryRegistry implements RelayRegistry {
     for (const r of this.relays.values()) {
       if (r.socketPath === path) throw new RegistryError(1, `vhost-user socket ${path} is already registered for relay ${r.id}`);
     }
-    const members = device.kind === 'vf' ? [device.vf] : device.bond.members;
+    const members = device.kind === 'vf' ? [device.vf] : device.kind === 'bond' ? device.bond.members : [];
     for (const m of members) {
       const holder = this.holderOf(m);
       if (holder) throw new RegistryError(-17, `${m.pci ?? m.netdev} is already attached to relay ${holder.id}`);
@@ -281,7 +290,7 @@ export class MemoryRegistry implements RelayRegistry {
     if (!r) throw new RegistryError(2, `no relay serves vhost-user socket ${path}`);
     const d = r.device;
     if (!d) return '';
-    return d.kind === 'vf' ? (d.vf.pci ?? d.vf.netdev ?? '') : d.bond.name;
+    return d.kind === 'vf' ? (d.vf.pci ?? d.vf.netdev ?? '') : d.kind === 'memif' ? `memif:${d.memif.socket}#${d.memif.id}` : d.bond.name;
   }
 
   cpuMap(): RelayCpu[] {
@@ -322,7 +331,7 @@ export class MemoryRegistry implements RelayRegistry {
 }
 
 function describe(d: DeviceRef): string {
-  return d.kind === 'vf' ? `VF ${d.vf.pci ?? d.vf.netdev}` : `bond ${d.bond.name}`;
+  return d.kind === 'vf' ? `VF ${d.vf.pci ?? d.vf.netdev}` : d.kind === 'memif' ? `memif ${d.memif.socket}#${d.memif.id}` : `bond ${d.bond.name}`;
 }
 
 interface ServeOptions extends MemoryRegistryOptions {

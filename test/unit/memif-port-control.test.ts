@@ -1,0 +1,35 @@
+// The memif field of port control's add and add_sock: accepted in its one shape, refused with a
+// message naming what is wrong otherwise.
+import { describe, it, expect } from 'vitest';
+import { parseRequest, PROTOCOL_VERSION } from '../../port-control/protocol.js';
+
+const req = (fields: Record<string, unknown>) => JSON.stringify({ version: PROTOCOL_VERSION, ...fields });
+const memif = { socket: '/run/nf/memif.sock', role: 'server', id: 3 };
+
+describe('port control: memif devices', () => {
+  it('accepts add and add_sock with a memif instead of PCI addresses', () => {
+    expect(parseRequest('portControl', req({ op: 'add', virtioId: 2, memif }))).toMatchObject({ op: 'add', virtioId: 2, memif });
+    expect(parseRequest('portControl', req({ op: 'add_sock', vhostPath: '/tmp/vm.sock', memif: { ...memif, role: 'client', secret: 's3' } }))).toMatchObject({
+      memif: { socket: '/run/nf/memif.sock', role: 'client', id: 3, secret: 's3' },
+    });
+  });
+
+  it.each([
+    [{ op: 'add', virtioId: 1, memif: 'x' }, /field memif must be an object/],
+    [{ op: 'add', virtioId: 1, memif: [] }, /field memif must be an object/],
+    [{ op: 'add', virtioId: 1, memif: { ...memif, mtu: 9000 } }, /unknown field mtu/],
+    [{ op: 'add', virtioId: 1, memif: { ...memif, socket: 'relative.sock' } }, /absolute path/],
+    [{ op: 'add', virtioId: 1, memif: { ...memif, socket: `/${'a'.repeat(120)}` } }, /at most 107/],
+    [{ op: 'add', virtioId: 1, memif: { ...memif, role: 'master' } }, /"server" or "client", not "master"/],
+    [{ op: 'add', virtioId: 1, memif: { ...memif, id: -1 } }, /memif\.id must be an integer/],
+    [{ op: 'add', virtioId: 1, memif: { ...memif, id: 2 ** 32 } }, /memif\.id must be an integer/],
+    [{ op: 'add', virtioId: 1, memif: { ...memif, id: 1.5 } }, /memif\.id must be an integer/],
+    [{ op: 'add', virtioId: 1, memif: { ...memif, secret: 'x'.repeat(24) } }, /1 to 23 bytes/],
+    [{ op: 'add', virtioId: 1, memif: { ...memif, secret: '' } }, /1 to 23 bytes/],
+    [{ op: 'add', virtioId: 1, memif, pciAddrs: ['05:08.1'] }, /cannot go with it/],
+    [{ op: 'add', virtioId: 1, memif, vfPort: 'af_xdp' }, /cannot go with it/],
+    [{ op: 'remove', virtioId: 1, memif }, /field memif is for add and add_sock only/],
+  ])('refuses %o', (fields, message) => {
+    expect(() => parseRequest('portControl', req(fields))).toThrow(message);
+  });
+});
