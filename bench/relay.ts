@@ -17,7 +17,10 @@ import { cpuSnapshot, cpuWindow, processUsage, type CpuSnapshot } from './lib/cp
 import {
   killAllBenchProcessesNow,
   RX_ENDPOINT_PORTS,
+  startDpdkMemifRelay,
   startDpdkRelay,
+  startMemifEndpoint,
+  MEMIF_ENDPOINT_PORTS,
   startNamespaceAnchor,
   startOurRelay,
   startRxEndpoint,
@@ -27,7 +30,7 @@ import {
   type RelayUnderTest,
   type TestpmdProcess,
 } from './lib/launch.js';
-import { formatForeign, formatTable, isDpdk, summarize, type Direction, type FailedRun, type RelayKind, type RunRecord } from './lib/report.js';
+import { formatForeign, formatTable, isDpdk, isMemif, summarize, type Direction, type FailedRun, type RelayKind, type RunRecord } from './lib/report.js';
 import { meanRate } from './lib/testpmd-stats.js';
 import { dpdkDrops, formatLossTable, lossByCause, ourDropCounters, type LossByCause } from './lib/loss-causes.js';
 import { foreignPacketDrops } from './lib/foreign-packet-drops.js';
@@ -91,7 +94,14 @@ async function waitForHugepages(): Promise<void> {
   }
 }
 
+/** The memif relays' control socket: the relay under test listens, the traffic process connects. */
+const memifSocket = (b: Bench) => join(b.socketDir, 'memif.sock');
+
 function startRelay(b: Bench, kind: RelayKind): Promise<RelayUnderTest> {
+  if (kind === 'dpdk-memif') return startDpdkMemifRelay({ cpu: b.opts.relayCpu, socketDir: b.socketDir, memifSocket: memifSocket(b) });
+  if (isMemif(kind)) {
+    return startOurRelay({ vf: b.topo.vethA, cpu: b.opts.relayCpu, pollMode: kind.slice(0, -6) as 'busy' | 'adaptive', pin: b.opts.pinRelay, memifSocket: memifSocket(b) });
+  }
   if (isDpdk(kind)) return startDpdkRelay({ vf: b.topo.vethA, cpu: b.opts.relayCpu, socketDir: b.socketDir, xdp: kind === 'dpdk-xdp' });
   const xdp = kind.endsWith('-xdp');
   return startOurRelay({
@@ -103,7 +113,8 @@ function startRelay(b: Bench, kind: RelayKind): Promise<RelayUnderTest> {
   });
 }
 
-function startTraffic(b: Bench, direction: Direction, size: number, socketPath: string): TestpmdProcess {
+function startTraffic(b: Bench, direction: Direction, size: number, socketPath: string, kind: RelayKind): TestpmdProcess {
+  if (isMemif(kind)) return startMemifEndpoint({ direction, socketPath, memifSocket: memifSocket(b), size, cpu: b.opts.trafficCpu, packed: b.opts.packed });
   if (direction === 'tx') return startTxSource({ socketPath, size, cpu: b.opts.trafficCpu, packed: b.opts.packed });
   if (b.opts.rxRateMpps !== null) limitVethBRate(b.topo, b.opts.rxRateMpps, size);
   return startRxEndpoint({ socketPath, size, cpu: b.opts.trafficCpu, netns: b.topo.ns, vethB: b.topo.vethB, throughQdisc: b.opts.rxRateMpps !== null, packed: b.opts.packed });
@@ -113,15 +124,20 @@ const vethBRx = (b: Bench) => nsLinkCounters(b.anchor.pid, b.topo.vethB).rxPacke
 const vethARx = (b: Bench) => rootLinkCounters(b.topo.vethA).rxPackets;
 
 /** Waits until frames come out of the far end; says which hop stayed silent if they never do. */
-async function waitForFlow(b: Bench, direction: Direction, relay: RelayUnderTest, traffic: TestpmdProcess): Promise<void> {
+async function waitForFlow(b: Bench, direction: Direction, relay: RelayUnderTest, traffic: TestpmdProcess, memif = false): Promise<void> {
   const deadline = Date.now() + 30_000;
   const vethB0 = vethBRx(b);
   const vethA0 = vethARx(b);
   for (;;) {
-    if (direction === 'tx' ? vethBRx(b) - vethB0 >= 1000 : (traffic.stats.latest(RX_ENDPOINT_PORTS.virtio)?.rxPackets ?? 0) >= 1000) return;
+    if (memif) {
+      if ((traffic.stats.latest(MEMIF_ENDPOINT_PORTS.delivered)?.rxPackets ?? 0) >= 1000) return;
+    } else if (direction === 'tx' ? vethBRx(b) - vethB0 >= 1000 : (traffic.stats.latest(RX_ENDPOINT_PORTS.virtio)?.rxPackets ?? 0) >= 1000) return;
     for (const p of [relay, traffic]) {
       const status = await Promise.race([p.proc.exited, pause(0).then(() => undefined)]);
       if (status !== undefined) throw new Error(`${p.label} exited (${status}) before traffic flowed:\n${p.tail()}`);
+    }
+    if (Date.now() > deadline && memif) {
+      throw new Error(`${relay.label}: no ${direction} traffic through memif in 30 s\nrelay output:\n${relay.tail(1500)}\ntraffic output:\n${traffic.tail(1500)}`);
     }
     if (Date.now() > deadline) {
       const reachedRelay = vethARx(b) - vethA0;
@@ -148,8 +164,9 @@ async function measureOnce(b: Bench, direction: Direction, size: number, kind: R
     // Whole-run counts: the loss figure compares exact packet counts, not two sampled rates.
     const vethBRun = vethBRx(b);
     const vethARun = vethARx(b);
-    traffic = startTraffic(b, direction, size, relay.socketPath);
-    await waitForFlow(b, direction, relay, traffic);
+    const memif = isMemif(kind);
+    traffic = startTraffic(b, direction, size, relay.socketPath, kind);
+    await waitForFlow(b, direction, relay, traffic, memif);
     await pause(b.opts.warmupSeconds * 1000);
 
     const ours = [process.pid, b.anchor.pid, relay.pid, traffic.pid];
@@ -179,7 +196,13 @@ async function measureOnce(b: Bench, direction: Direction, size: number, kind: R
     let deliveredPps: number;
     let offeredPps: number | null;
     let injectedPps: number | null = null;
-    if (direction === 'tx') {
+    if (memif) {
+      // Both ends are ports of the traffic process: its own per-second rates, both ways.
+      const rx = meanRate(inWindow(MEMIF_ENDPOINT_PORTS.delivered), 'rxPps');
+      if (rx === null) throw new Error(`memif endpoint printed no statistics for its receiving port during the ${seconds.toFixed(1)} s window`);
+      deliveredPps = rx;
+      offeredPps = meanRate(inWindow(MEMIF_ENDPOINT_PORTS.offered), 'txPps');
+    } else if (direction === 'tx') {
       deliveredPps = (vethBB - vethBA) / seconds;
       offeredPps = meanRate(inWindow(0), 'txPps');
     } else {
@@ -196,14 +219,18 @@ async function measureOnce(b: Bench, direction: Direction, size: number, kind: R
     const final = parseForwardStats(traffic.proc.output());
     const port = (n: number) => final.find((p) => p.port === n);
     let runTotals: RunRecord['runTotals'] = null;
-    if (direction === 'tx' && port(0)) {
+    if (memif && port(MEMIF_ENDPOINT_PORTS.offered) && port(MEMIF_ENDPOINT_PORTS.delivered)) {
+      runTotals = { offered: port(MEMIF_ENDPOINT_PORTS.offered)!.txPackets, delivered: port(MEMIF_ENDPOINT_PORTS.delivered)!.rxPackets };
+    } else if (memif) {
+      runTotals = null;
+    } else if (direction === 'tx' && port(0)) {
       runTotals = { offered: port(0)!.txPackets, delivered: vethBRx(b) - vethBRun };
     } else if (direction === 'rx' && port(RX_ENDPOINT_PORTS.virtio)) {
       runTotals = { offered: vethARx(b) - vethARun, delivered: port(RX_ENDPOINT_PORTS.virtio)!.rxPackets };
     }
     if (!runTotals) log.warn({ relay: kind, direction, size }, 'traffic testpmd printed no final forward statistics; no loss figure for this run');
     let causes: LossByCause | null = null;
-    if (direction === 'rx' && runTotals) {
+    if (direction === 'rx' && runTotals && !memif) {
       try {
         if (relay.statsEp) {
           const c = await ourDropCounters(relay.statsEp, 1);
@@ -357,7 +384,7 @@ async function main(): Promise<number> {
   const records: RunRecord[] = [];
   const failures: FailedRun[] = [];
   const relays: RelayKind[] = opts.vfPorts.flatMap((port) => {
-    const suffix = port === 'af_xdp' ? '-xdp' : '';
+    const suffix = port === 'af_xdp' ? '-xdp' : port === 'memif' ? '-memif' : '';
     return [...(opts.dpdk ? [`dpdk${suffix}`] : []), ...opts.modes.map((m) => `${m}${suffix}`)] as RelayKind[];
   });
   const started = new Date();

@@ -9,6 +9,7 @@ import { sleep, startProcess, type StartedProcess } from '../../test/support/pro
 import { findBinary } from '../../test/support/env.js';
 import { relayBin } from '../../test/support/relay.js';
 import { TestpmdStatsStream } from './testpmd-stats.js';
+import { ControlClient } from '../../port-control/client.js';
 
 const live = new Set<StartedProcess>();
 
@@ -126,7 +127,7 @@ export type OurPollMode = 'busy' | 'adaptive';
  * libuv threads, worker) is confined to that CPU like the DPDK relay, so nothing of the relay
  * competes with the traffic process on the other CPU.
  */
-export async function startOurRelay(o: { vf: string; cpu: number; pollMode: OurPollMode; pin: boolean; config?: string[] }): Promise<RelayUnderTest> {
+export async function startOurRelay(o: { vf: string; cpu: number; pollMode: OurPollMode; pin: boolean; config?: string[]; memifSocket?: string }): Promise<RelayUnderTest> {
   const dir = mkdtempSync(join(tmpdir(), 'vbench-relay-'));
   const socketDir = join(dir, 'sockets');
   const configPath = join(dir, 'virtioforwarder');
@@ -139,10 +140,9 @@ export async function startOurRelay(o: { vf: string; cpu: number; pollMode: OurP
       `VIRTIOFWD_PID_DIR=${dir}`,
       `VIRTIOFWD_POLL_MODE=${o.pollMode}`,
       'VIRTIOFWD_VHOST_CLIENT=false',
-      'VIRTIOFWD_DYNAMIC_SOCKETS=false',
-      `VIRTIOFWD_STATIC_VFS=(${o.vf}=1)`,
+      // A memif device is attached through port control (add_sock) once the relay is up.
+      ...(o.memifSocket ? ['VIRTIOFWD_DYNAMIC_SOCKETS=true', `VIRTIOFWD_ZMQ_PORT_CONTROL_EP=ipc://${dir}/port_control`] : ['VIRTIOFWD_DYNAMIC_SOCKETS=false', `VIRTIOFWD_STATIC_VFS=(${o.vf}=1)`, 'VIRTIOFWD_ZMQ_PORT_CONTROL_EP=off']),
       'VIO4WD_CORE_SCHED_ENABLE=false',
-      'VIRTIOFWD_ZMQ_PORT_CONTROL_EP=off',
       // Idle until the bench asks once, after the window, for the loss by cause.
       `VIRTIOFWD_ZMQ_STATS_EP=ipc://${dir}/stats`,
       'VIRTIOFWD_ZMQ_CONFIG_EP=off',
@@ -162,8 +162,44 @@ export async function startOurRelay(o: { vf: string; cpu: number; pollMode: OurP
     await stop();
     throw new Error(`our relay (${o.pollMode}) did not become ready: ${(err as Error).message}`);
   }
+  if (o.memifSocket) {
+    const vmSocket = join(socketDir, 'vm-memif.sock');
+    const client = new ControlClient(`ipc://${dir}/port_control`, 10_000);
+    try {
+      await client.request('add_sock', { vhostPath: vmSocket, memif: { socket: o.memifSocket, role: 'server', id: 0 } });
+    } catch (err) {
+      await stop();
+      throw new Error(`our relay (${o.pollMode}) refused the memif device: ${(err as Error).message}`);
+    } finally {
+      client.close();
+    }
+    return { ...p, socketPath: vmSocket, statsEp: `ipc://${dir}/stats`, stop };
+  }
   return { ...p, socketPath: join(socketDir, 'virtio-forwarder1.sock'), statsEp: `ipc://${dir}/stats`, stop };
 }
+
+/** DPDK's memif relay: testpmd net_vhost (server) ⇄ net_memif (server role, listening on `memifSocket`). */
+export async function startDpdkMemifRelay(o: { cpu: number; socketDir: string; memifSocket: string }): Promise<RelayUnderTest> {
+  const socketPath = join(o.socketDir, 'dpdk-relay.sock');
+  rmSync(socketPath, { force: true });
+  rmSync(o.memifSocket, { force: true });
+  const p = startTestpmd(
+    'dpdk-relay-memif',
+    [...eal(o.cpu, [], [`net_vhost0,iface=${socketPath}`, memifVdev(1, o.memifSocket, 'server')]), '--', ...app('io', 'paired')],
+    {},
+  );
+  try {
+    await waitForOrExit(p, () => existsSync(socketPath) && existsSync(o.memifSocket), 30_000, `DPDK memif relay sockets ${socketPath} and ${o.memifSocket}`);
+  } catch (err) {
+    const tail = p.tail();
+    await p.stop();
+    throw new Error(`DPDK memif relay (dpdk-testpmd net_vhost ⇄ net_memif) did not start: ${(err as Error).message}\n${tail}`);
+  }
+  return { ...p, socketPath };
+}
+
+/** A net_memif port; DPDK 22.11 defaults to the abstract namespace, the relays use a file. */
+const memifVdev = (id: number, socket: string, role: 'server' | 'client') => `net_memif${id},role=${role},socket=${socket},socket-abstract=no,id=0`;
 
 /**
  * DPDK's relay: testpmd net_vhost (server) ⇄ net_af_packet, or net_af_xdp on the VF's queue 0 (its
@@ -234,6 +270,24 @@ export function startRxEndpoint(o: { socketPath: string; size: number; cpu: numb
       ...app('io', 'paired'),
     ],
     { netns: o.netns },
+  );
+}
+
+/**
+ * The memif path's single traffic process: port 0 (net_null generator) → port 1 sends into the
+ * relay, port 2 receives from it → port 3 (net_null sink). VM→NF (tx): port 1 is the VM
+ * (virtio-user), port 2 the network function (net_memif client). NF→VM (rx): the other way round.
+ * Either way port 1's TX is what was offered and port 2's RX what was delivered.
+ */
+export const MEMIF_ENDPOINT_PORTS = { offered: 1, delivered: 2 } as const;
+
+export function startMemifEndpoint(o: { direction: 'tx' | 'rx'; socketPath: string; memifSocket: string; size: number; cpu: number; packed?: boolean }): TestpmdProcess {
+  const vm = virtioUser(o.direction === 'tx' ? 1 : 2, o.socketPath, o.packed);
+  const nf = memifVdev(o.direction === 'tx' ? 2 : 1, o.memifSocket, 'client');
+  return startTestpmd(
+    `memif-endpoint-${o.direction}`,
+    [...eal(o.cpu, ['--single-file-segments'], [`net_null0,size=${o.size}`, ...(o.direction === 'tx' ? [vm, nf] : [nf, vm]), 'net_null3,no-rx=1']), '--', ...app('io', 'paired')],
+    {},
   );
 }
 

@@ -12,7 +12,7 @@ export interface BenchOptions {
   modes: ('busy' | 'adaptive')[];
   dpdk: boolean;
   /** VF port kinds to measure, for DPDK's relay and ours alike. */
-  vfPorts: ('af_packet' | 'af_xdp')[];
+  vfPorts: ('af_packet' | 'af_xdp' | 'memif')[];
   relayCpu: number;
   trafficCpu: number;
   /** % of one core; a window above it is marked contaminated (and re-done up to `redo` times). */
@@ -43,7 +43,9 @@ traffic on the other.
   --modes LIST        our relay's poll modes: busy,adaptive, or none (default busy,adaptive)
   --no-dpdk           leave DPDK's relay out (no ours/DPDK ratio then)
   --vf-ports LIST     VF ports, for both relays: af_packet,af_xdp (default both): DPDK's
-                      net_af_packet or net_af_xdp, ours with VIRTIOFWD_VF_PORT=af_packet or af_xdp
+                      net_af_packet or net_af_xdp, ours with VIRTIOFWD_VF_PORT=af_packet or af_xdp;
+                      memif relays to a memif peer instead of a VF: DPDK's net_vhost ⇄ net_memif
+                      and ours with a memif device, the traffic process's net_memif port at the far end
   --relay-cpu N       CPU of the relay under test (default 0)
   --traffic-cpu N     CPU of the traffic process (default 1)
   --max-foreign P     foreign CPU, % of one core, above which a run counts as contaminated (default 15)
@@ -150,7 +152,7 @@ export function parseOptions(argv: string[]): BenchOptions {
         o.dpdk = false;
         break;
       case '--vf-ports':
-        o.vfPorts = list(a, next(), ['af_packet', 'af_xdp'] as const);
+        o.vfPorts = list(a, next(), ['af_packet', 'af_xdp', 'memif'] as const);
         break;
       case '--relay-cpu':
         o.relayCpu = positive(a, next(), { integer: true, zero: true });

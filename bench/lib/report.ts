@@ -6,10 +6,13 @@ import type { RelayBuild } from './build-info.js';
 export type Direction = 'tx' | 'rx';
 /**
  * 'dpdk' is dpdk-testpmd net_vhost ⇄ net_af_packet, 'dpdk-xdp' the same with net_af_xdp; the others
- * are bin/virtio-forwarder in a poll mode, with AF_PACKET VF ports or (-xdp) AF_XDP ones.
+ * are bin/virtio-forwarder in a poll mode, with AF_PACKET VF ports or (-xdp) AF_XDP ones. The
+ * -memif kinds relay to a memif peer instead of a VF: 'dpdk-memif' is testpmd net_vhost ⇄
+ * net_memif, the others ours with a memif device (both in the memif server role).
  */
-export type RelayKind = 'dpdk' | 'dpdk-xdp' | 'busy' | 'adaptive' | 'busy-xdp' | 'adaptive-xdp';
-export const isDpdk = (k: RelayKind) => k === 'dpdk' || k === 'dpdk-xdp';
+export type RelayKind = 'dpdk' | 'dpdk-xdp' | 'busy' | 'adaptive' | 'busy-xdp' | 'adaptive-xdp' | 'dpdk-memif' | 'busy-memif' | 'adaptive-memif';
+export const isDpdk = (k: RelayKind) => k === 'dpdk' || k === 'dpdk-xdp' || k === 'dpdk-memif';
+export const isMemif = (k: RelayKind) => k.endsWith('-memif');
 
 import type { LossByCause } from './loss-causes.js';
 
@@ -116,11 +119,12 @@ export function summarize(records: RunRecord[]): CaseSummary[] {
   }
   for (const s of out) {
     if (isDpdk(s.relay)) continue;
-    const refs = out.filter((d) => isDpdk(d.relay) && d.direction === s.direction && d.size === s.size);
+    // A memif relay has no VF in its path: it is compared with DPDK's memif relay only, and the VF relays without it.
+    const refs = out.filter((d) => isDpdk(d.relay) && isMemif(d.relay) === isMemif(s.relay) && d.direction === s.direction && d.size === s.size);
     const best = Math.max(0, ...refs.map((d) => d.deliveredMpps.median));
     if (best > 0) s.ratioToDpdk = s.deliveredMpps.median / best;
   }
-  const relayOrder: RelayKind[] = ['dpdk', 'dpdk-xdp', 'busy', 'adaptive', 'busy-xdp', 'adaptive-xdp'];
+  const relayOrder: RelayKind[] = ['dpdk', 'dpdk-xdp', 'busy', 'adaptive', 'busy-xdp', 'adaptive-xdp', 'dpdk-memif', 'busy-memif', 'adaptive-memif'];
   return out.sort(
     (a, b) =>
       (a.direction === b.direction ? 0 : a.direction === 'tx' ? -1 : 1) || a.size - b.size || relayOrder.indexOf(a.relay) - relayOrder.indexOf(b.relay),
@@ -134,6 +138,9 @@ const RELAY_LABEL: Record<RelayKind, string> = {
   adaptive: 'ours adaptive af_packet',
   'busy-xdp': 'ours busy af_xdp',
   'adaptive-xdp': 'ours adaptive af_xdp',
+  'dpdk-memif': 'DPDK memif',
+  'busy-memif': 'ours busy memif',
+  'adaptive-memif': 'ours adaptive memif',
 };
 
 function pad(cells: string[][]): string {
