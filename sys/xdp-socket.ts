@@ -1,6 +1,7 @@
-// AF_XDP ports: one XDP socket per receive queue of an interface, each with its own UMEM (half of
-// its chunks circulate through the fill and RX rings, half through the TX and completion rings),
-// and the redirect program of sys/bpf.ts attached through a bpf_link.
+// AF_XDP ports: one XDP socket per receive queue of an interface, all sharing one UMEM
+// (xdp-umem.ts: the guest's memory when the port is given it, then chunks of the relay's own: per
+// queue, half of them circulate through its fill and RX rings, half through its TX and completion
+// rings), and the redirect program of sys/bpf.ts attached through a bpf_link.
 //
 // Like packet-ring.ts, openXdpPort() runs once off the data path and returns plain, postMessage-able
 // data; XdpPort.attach() rebuilds views of the same mappings in the thread that polls. Where each
@@ -8,8 +9,11 @@
 // resumes exactly where the previous one stopped.
 //
 // Frame ownership, without a free list: RX chunk k is either in the fill ring, in the RX ring, or
-// being delivered; it goes back to the fill ring as soon as it is delivered. TX descriptor i always
-// uses TX chunk (i mod ring size), which is free again once the completion ring has counted i.
+// being delivered; it goes back to the fill ring as soon as it is delivered. TX descriptor i
+// either names TX chunk (i mod ring size) or a frame in guest memory; a table beside the ring
+// (shared, like the ring words) records which, and the completion ring's addresses free the
+// entries, in whatever order the kernel completes them. A slot is reused once every older one is
+// free, so a chunk is never rewritten while the kernel may still read it.
 import { libc, check, lastErrno, SysError } from './libc.js';
 import { close as closeFd } from './fd.js';
 import { mmap, munmap, viewAt, MAP_SHARED, MAP_POPULATE, PROT_READ, PROT_WRITE } from './memory.js';
@@ -19,6 +23,7 @@ import {
   createXskMap, setXskMapEntry, loadRedirectProgram, attachXdp, closeBpfFd, XDP_FLAGS_DRV_MODE, XDP_FLAGS_SKB_MODE,
 } from './bpf.js';
 import { frameLengthAcceptable, type FrameAdmission, type FrameHandler } from './packet-ring.js';
+import { buildUmemArea, releaseUmemArea, type UmemArea, type XdpGuestRegion } from './xdp-umem.js';
 
 const AF_XDP = 44;
 const SOCK_RAW = 3;
@@ -36,6 +41,8 @@ const XDP_OPTIONS_ZEROCOPY = 1;
 const XDP_COPY = 1 << 1;
 const XDP_ZEROCOPY = 1 << 2;
 const XDP_USE_NEED_WAKEUP = 1 << 3;
+const XDP_SHARED_UMEM = 1 << 0;
+const XDP_UMEM_UNALIGNED_CHUNK_FLAG = 1 << 0;
 const XDP_RING_NEED_WAKEUP = 1;
 const XDP_PGOFF_RX_RING = 0;
 const XDP_PGOFF_TX_RING = 0x80000000;
@@ -53,6 +60,17 @@ const EINTR = 4;
 
 /** How long a bind that finds its queue busy is retried (the kernel releases a closed socket's queue later). */
 const BIND_BUSY_WAIT_MS = 2000;
+
+// The transmit slot table: one word (slots released so far), padding, then per slot of the TX
+// ring its descriptor's address (low and high word) and what it carries: TX_FREE once completed,
+// TX_RELAY for a relay chunk (or a guest frame already handed back), else the caller's key.
+const TX_TABLE_HEADER = 64;
+const TX_TABLE_ENTRY = 16;
+const TX_FREE = -2;
+const TX_RELAY = -1;
+const TWO32 = 2 ** 32;
+/** Zero copy: a frame sent from guest memory must stay inside one page (only the kernel knows which pages are contiguous for the device). */
+const PAGE = 4096;
 const pause = new Int32Array(new SharedArrayBuffer(4));
 
 const socketNative = libc.func('int socket(int domain, int type, int protocol)');
@@ -75,6 +93,11 @@ export interface XdpPortOptions {
   chunkSize?: number;
   /** Receive queues to serve (default: every receive queue of the interface). */
   queues?: number[];
+  /**
+   * The VM's memory, to be part of the UMEM so frames are sent from where the guest wrote them
+   * (xdp-umem.ts). Absent or empty: the UMEM holds the relay's chunks only.
+   */
+  guestMemory?: XdpGuestRegion[];
 }
 
 /** One mmapped ring: its mapping, where its words are, and its size. */
@@ -88,11 +111,12 @@ export interface XdpRingMapping {
   size: number;
 }
 
-/** One socket: a queue of the interface with its own UMEM and four rings. */
+/** One socket: a queue of the interface with four rings over the port's UMEM. */
 export interface XdpQueueHandle {
   queue: number;
   fd: number;
-  umem: { address: number; length: number };
+  /** UMEM offset of this queue's chunks: ring-size receive chunks, then ring-size transmit chunks. */
+  chunkOffset: number;
   rx: XdpRingMapping;
   tx: XdpRingMapping;
   fill: XdpRingMapping;
@@ -112,6 +136,10 @@ export interface XdpPortHandle {
   /** Largest untagged frame the interface accepts (MTU + Ethernet header); tagged frames get 4 more. */
   maxFrameLength: number;
   attachMode: XdpAttachMode;
+  /** The UMEM shared by the queues' sockets, with where guest memory and the relay's chunks are in it. */
+  umem: UmemArea;
+  /** The transmit slot table of the sending queue (see the top of this file). */
+  txTable: { address: number; length: number };
   mapFd: number;
   progFd: number;
   linkFd: number;
@@ -153,20 +181,30 @@ function ringMapping(fd: number, offsets: BigUint64Array, at: number, size: numb
   return { address: m.address, length, producer, consumer, flags, desc, size };
 }
 
-function openQueue(ifname: string, ifindex: number, queue: number, ringSize: number, chunkSize: number, zeroCopy: 'auto' | 'off' | 'required', cleanup: (() => void)[]): XdpQueueHandle {
+/**
+ * One queue's socket. The first socket registers the UMEM (`owner` null); the others share it
+ * (XDP_SHARED_UMEM), each with fill and completion rings of its own.
+ */
+function openQueue(
+  ifname: string, ifindex: number, queue: number, ringSize: number, chunkSize: number, umem: UmemArea, chunkOffset: number,
+  owner: number | null, zeroCopy: 'auto' | 'off' | 'required', cleanup: (() => void)[],
+): XdpQueueHandle {
   const fd = check(socketNative(AF_XDP, SOCK_RAW | SOCK_CLOEXEC, 0), 'socket', `AF_XDP for ${ifname} queue ${queue}`);
   cleanup.push(() => closeFd(fd));
-  const umemLength = 2 * ringSize * chunkSize;
-  const umem = mmap({ length: umemLength, prot: PROT_READ | PROT_WRITE, flags: MAP_SHARED | MAP_POPULATE });
-  cleanup.push(() => munmap(umem));
-  // struct xdp_umem_reg: addr, len, chunk_size, headroom, flags (the kernel takes the 24-byte form too)
-  const reg = new DataView(new ArrayBuffer(24));
-  reg.setBigUint64(0, BigInt(umem.address), true);
-  reg.setBigUint64(8, BigInt(umemLength), true);
-  reg.setUint32(16, chunkSize, true);
-  reg.setUint32(20, 0, true);
-  const regBytes = new Uint8Array(reg.buffer);
-  check(setsockoptNative(fd, SOL_XDP, XDP_UMEM_REG, regBytes, regBytes.byteLength), 'setsockopt', `XDP_UMEM_REG ${umemLength} bytes for ${ifname} queue ${queue}`);
+  if (owner === null) {
+    // struct xdp_umem_reg: addr, len, chunk_size, headroom, flags, tx_metadata_len. With guest
+    // memory in it, frames start anywhere (unaligned chunks); the relay's own chunks stay aligned.
+    const reg = new DataView(new ArrayBuffer(32));
+    reg.setBigUint64(0, BigInt(umem.address), true);
+    reg.setBigUint64(8, BigInt(umem.length), true);
+    reg.setUint32(16, chunkSize, true);
+    reg.setUint32(20, 0, true);
+    reg.setUint32(24, umem.guestSlots.length > 0 ? XDP_UMEM_UNALIGNED_CHUNK_FLAG : 0, true);
+    reg.setUint32(28, 0, true);
+    const regBytes = new Uint8Array(reg.buffer);
+    const what = `XDP_UMEM_REG ${umem.length} bytes${umem.guestSlots.length > 0 ? ' (guest memory included)' : ''} for ${ifname}`;
+    check(setsockoptNative(fd, SOL_XDP, XDP_UMEM_REG, regBytes, regBytes.byteLength), 'setsockopt', what);
+  }
   setInt(fd, XDP_UMEM_FILL_RING, ringSize, `XDP_UMEM_FILL_RING ${ringSize} on ${ifname}`);
   setInt(fd, XDP_UMEM_COMPLETION_RING, ringSize, `XDP_UMEM_COMPLETION_RING ${ringSize} on ${ifname}`);
   setInt(fd, XDP_RX_RING, ringSize, `XDP_RX_RING ${ringSize} on ${ifname}`);
@@ -186,8 +224,9 @@ function openQueue(ifname: string, ifindex: number, queue: number, ringSize: num
   // Every RX chunk starts in the fill ring, before the socket is bound and frames can arrive.
   const fillWords = new Uint32Array(viewAt(fill.address, fill.length));
   for (let i = 0; i < ringSize; i++) {
-    fillWords[(fill.desc >> 2) + 2 * i] = i * chunkSize;
-    fillWords[(fill.desc >> 2) + 2 * i + 1] = 0;
+    const addr = chunkOffset + i * chunkSize;
+    fillWords[(fill.desc >> 2) + 2 * i] = addr >>> 0;
+    fillWords[(fill.desc >> 2) + 2 * i + 1] = Math.floor(addr / 2 ** 32);
   }
   Atomics.store(fillWords, fill.producer >> 2, ringSize);
 
@@ -198,10 +237,12 @@ function openQueue(ifname: string, ifindex: number, queue: number, ringSize: num
     addr.setUint16(2, flags, true);
     addr.setUint32(4, ifindex, true);
     addr.setUint32(8, queue, true);
+    addr.setUint32(12, owner ?? 0, true);
     return bindNative(fd, new Uint8Array(addr.buffer), 16) as number;
   };
   const base = XDP_USE_NEED_WAKEUP;
-  const flags = zeroCopy === 'off' ? base | XDP_COPY : zeroCopy === 'required' ? base | XDP_ZEROCOPY : base;
+  // A socket sharing the UMEM takes the mode (copy, zero copy, wakeups) of the one that owns it.
+  const flags = owner !== null ? XDP_SHARED_UMEM : zeroCopy === 'off' ? base | XDP_COPY : zeroCopy === 'required' ? base | XDP_ZEROCOPY : base;
   // A socket closed a moment ago still holds its queue until the kernel's deferred release has
   // run (a port removed and added again at once): EBUSY is retried for a while before it counts.
   const deadline = Date.now() + BIND_BUSY_WAIT_MS;
@@ -219,7 +260,7 @@ function openQueue(ifname: string, ifindex: number, queue: number, ringSize: num
   const options = new Uint32Array(1);
   const optLen = new Uint32Array([4]);
   const zc = getsockoptNative(fd, SOL_XDP, XDP_OPTIONS, options, optLen) === 0 && (options[0] & XDP_OPTIONS_ZEROCOPY) !== 0;
-  return { queue, fd, umem: { address: umem.address, length: umemLength }, rx, tx, fill, completion, zeroCopy: zc };
+  return { queue, fd, chunkOffset, rx, tx, fill, completion, zeroCopy: zc };
 }
 
 /**
@@ -244,7 +285,17 @@ export function openXdpPort(ifname: string, opts: XdpPortOptions = {}): XdpPortH
   try {
     const counters = mmap({ length: 4096, prot: PROT_READ | PROT_WRITE, flags: MAP_SHARED });
     cleanup.push(() => munmap(counters));
-    const handles = queues.map((q) => openQueue(ifname, ifindex, q, ringSize, chunkSize, opts.zeroCopy ?? 'auto', cleanup));
+    const txTable = mmap({ length: TX_TABLE_HEADER + ringSize * TX_TABLE_ENTRY, prot: PROT_READ | PROT_WRITE, flags: MAP_SHARED });
+    cleanup.push(() => munmap(txTable));
+    new Int32Array(txTable.buffer).fill(TX_FREE, TX_TABLE_HEADER >> 2);
+    const queueChunks = 2 * ringSize * chunkSize;
+    const umem = buildUmemArea(queues.length * queueChunks, opts.guestMemory ?? []);
+    cleanup.push(() => releaseUmemArea(umem));
+    const handles: XdpQueueHandle[] = [];
+    queues.forEach((q, k) => {
+      const owner = k === 0 ? null : handles[0].fd;
+      handles.push(openQueue(ifname, ifindex, q, ringSize, chunkSize, umem, umem.relay.offset + k * queueChunks, owner, opts.zeroCopy ?? 'auto', cleanup));
+    });
     const mapFd = createXskMap(Math.max(...queues) + 1, `vio4wd_${ifname}`);
     cleanup.push(() => closeBpfFd(mapFd));
     for (const h of handles) setXskMapEntry(mapFd, h.queue, h.fd);
@@ -278,6 +329,8 @@ export function openXdpPort(ifname: string, opts: XdpPortOptions = {}): XdpPortH
       ringSize,
       maxFrameLength,
       attachMode,
+      umem,
+      txTable: { address: txTable.address, length: txTable.length },
       mapFd,
       progFd,
       linkFd,
@@ -315,8 +368,10 @@ export function closeXdpPort(handle: XdpPortHandle): void {
   for (const q of handle.queues) {
     for (const r of [q.rx, q.tx, q.fill, q.completion]) munmap(r);
     closeFd(q.fd);
-    munmap(q.umem);
   }
+  // The kernel keeps the UMEM's pages pinned until its last socket is gone, whatever is unmapped here.
+  releaseUmemArea(handle.umem);
+  munmap(handle.txTable);
   munmap(handle.counterPage);
 }
 
@@ -356,7 +411,6 @@ const C_KERNEL_INVALID_DESCS = 10;
 /** The poller's view of one queue's rings. */
 class QueueRings {
   readonly fd: number;
-  readonly umem: Uint8Array;
   readonly rx: Uint32Array;
   readonly tx: Uint32Array;
   readonly fill: Uint32Array;
@@ -367,17 +421,18 @@ class QueueRings {
   readonly rxProd: number; readonly rxCons: number; readonly rxDesc: number;
   readonly txProd: number; readonly txCons: number; readonly txFlags: number; readonly txDesc: number;
   readonly fillProd: number; readonly fillFlags: number; readonly fillDesc: number;
-  readonly compProd: number; readonly compCons: number;
+  readonly compProd: number; readonly compCons: number; readonly compDesc: number;
+  /** UMEM offset of this queue's first transmit chunk. */
+  readonly txChunks: number;
   /** Local copies of the words this side owns. */
   rxNext: number;
   fillNext: number;
   txNext: number;
   completed: number;
 
-  constructor(h: XdpQueueHandle) {
+  constructor(h: XdpQueueHandle, ringSize: number, chunkSize: number) {
     this.h = h;
     this.fd = h.fd;
-    this.umem = new Uint8Array(viewAt(h.umem.address, h.umem.length));
     this.rx = new Uint32Array(viewAt(h.rx.address, h.rx.length));
     this.tx = new Uint32Array(viewAt(h.tx.address, h.tx.length));
     this.fill = new Uint32Array(viewAt(h.fill.address, h.fill.length));
@@ -386,7 +441,8 @@ class QueueRings {
     this.rxProd = h.rx.producer >> 2; this.rxCons = h.rx.consumer >> 2; this.rxDesc = h.rx.desc >> 2;
     this.txProd = h.tx.producer >> 2; this.txCons = h.tx.consumer >> 2; this.txFlags = h.tx.flags >> 2; this.txDesc = h.tx.desc >> 2;
     this.fillProd = h.fill.producer >> 2; this.fillFlags = h.fill.flags >> 2; this.fillDesc = h.fill.desc >> 2;
-    this.compProd = h.completion.producer >> 2; this.compCons = h.completion.consumer >> 2;
+    this.compProd = h.completion.producer >> 2; this.compCons = h.completion.consumer >> 2; this.compDesc = h.completion.desc >> 2;
+    this.txChunks = h.chunkOffset + ringSize * chunkSize;
     this.rxNext = Atomics.load(this.rx, this.rxCons);
     this.fillNext = Atomics.load(this.fill, this.fillProd);
     this.txNext = Atomics.load(this.tx, this.txProd);
@@ -396,13 +452,19 @@ class QueueRings {
 
 /** A free TX chunk; the same object is returned by every txSlot() call of a port. */
 export interface XdpTxSlot {
-  /** The UMEM of the sending queue. */
+  /** The relay's chunks (all queues'). */
   bytes: Uint8Array;
   /** Where the frame's first byte goes. */
   offset: number;
   /** Largest frame the chunk holds. */
   capacity: number;
 }
+
+/** txGuest results. */
+export const GUEST_QUEUED = 1;
+export const GUEST_NO_ROOM = 0;
+/** The frame cannot be sent from where it is (not in the UMEM, across pages in zero-copy mode): copy it. */
+export const GUEST_COPY = -1;
 
 /** The poller side of an AF_XDP port: receives on every queue, sends on the first. */
 export class XdpPort {
@@ -412,6 +474,14 @@ export class XdpPort {
   /** An XDP socket never delivers part of a frame. */
   readonly rxTruncated = 0;
   readonly rxFds: number[];
+  /** Guest memory is in the UMEM (frames can be sent from it). */
+  readonly guestMemory: boolean;
+  /**
+   * Keys of guest frames the kernel is done with, in completedKeys[0, completedCount): the
+   * caller hands them back to the guest and resets completedCount.
+   */
+  readonly completedKeys: Int32Array;
+  completedCount = 0;
   private readonly queues: QueueRings[];
   private readonly sender: QueueRings;
   private readonly chunkSize: number;
@@ -419,6 +489,14 @@ export class XdpPort {
   private readonly maxFrameLength: number;
   private readonly count: Float64Array;
   private readonly slot: XdpTxSlot;
+  /** The relay's chunks, and their UMEM offset (a frame at UMEM offset a is at bytes[a − relayOffset]). */
+  private readonly relayBytes: Uint8Array;
+  private readonly relayOffset: number;
+  private readonly table: Int32Array;
+  /** Slots released so far (table word 0, kept here too). */
+  private tail: number;
+  private guestInFlight = 0;
+  private readonly zeroCopy: boolean;
   /** Queue to receive from first, so that a busy queue cannot starve the others. */
   private nextQueue = 0;
   private readonly stats = new BigUint64Array(6);
@@ -426,14 +504,27 @@ export class XdpPort {
 
   private constructor(handle: XdpPortHandle) {
     this.handle = handle;
-    this.queues = handle.queues.map((q) => new QueueRings(q));
-    this.sender = this.queues[0];
-    this.rxFds = handle.queues.map((q) => q.fd);
     this.chunkSize = handle.chunkSize;
     this.ringSize = handle.ringSize;
+    this.queues = handle.queues.map((q) => new QueueRings(q, handle.ringSize, handle.chunkSize));
+    this.sender = this.queues[0];
+    this.rxFds = handle.queues.map((q) => q.fd);
     this.maxFrameLength = handle.maxFrameLength;
     this.count = new Float64Array(viewAt(handle.counterPage.address, handle.counterPage.length), 0, COUNTER_NAMES.length);
-    this.slot = { bytes: this.sender.umem, offset: 0, capacity: this.chunkSize };
+    this.relayBytes = new Uint8Array(viewAt(handle.umem.relay.address, handle.umem.relay.length));
+    this.relayOffset = handle.umem.relay.offset;
+    this.guestMemory = handle.umem.guestSlots.length > 0;
+    this.zeroCopy = this.sender.h.zeroCopy;
+    this.slot = { bytes: this.relayBytes, offset: 0, capacity: this.chunkSize };
+    this.table = new Int32Array(viewAt(handle.txTable.address, handle.txTable.length));
+    // A burst may reap a whole ring and, having refilled it, part of the next before they are taken.
+    this.completedKeys = new Int32Array(2 * this.ringSize);
+    // A thread attaching later resumes from the table: the slots still in flight, and those of them
+    // that carry guest frames.
+    this.tail = this.table[0] >>> 0;
+    for (let i = this.tail; i !== this.sender.txNext; i = (i + 1) >>> 0) {
+      if (this.table[this.entry(i) + 2] >= 0) this.guestInFlight++;
+    }
   }
 
   static attach(handle: XdpPortHandle): XdpPort {
@@ -446,8 +537,13 @@ export class XdpPort {
     return out;
   }
 
+  /** Table word of TX slot `i`'s entry. */
+  private entry(i: number): number {
+    return (TX_TABLE_HEADER >> 2) + ((i & this.sender.mask) << 2);
+  }
+
   /**
-   * Delivers up to `budget` received frames to `onFrame` (`bytes` is the queue's whole UMEM) and
+   * Delivers up to `budget` received frames to `onFrame` (`bytes` is the relay's chunk area) and
    * returns how many it delivered. A chunk goes back to the fill ring once its frame was
    * delivered, so `onFrame` must copy what it keeps before returning.
    */
@@ -474,25 +570,32 @@ export class XdpPort {
     const take = available < budget ? available : budget;
     const mask = q.mask;
     const fill = q.fill;
-    const chunkMask = this.chunkSize - 1;
+    const chunkSize = this.chunkSize;
+    const relayOffset = this.relayOffset;
     let delivered = 0;
     let stopped = false;
     try {
       while (delivered < take) {
         const d = q.rxDesc + ((q.rxNext & mask) << 2);
-        const addr = rx[d]; // the UMEM is smaller than 4 GiB: the high word is 0
+        // The address the chunk was posted with (48 bits) and, with unaligned chunks, the frame's
+        // offset in it in the top 16 bits; with aligned chunks the address includes the offset.
+        const hi = rx[d + 1];
+        const posted = rx[d] + (hi & 0xffff) * TWO32;
+        const at = posted + (hi >>> 16);
         const length = rx[d + 2];
         if (admit !== undefined && !admit(length)) {
           stopped = true;
           break;
         }
         q.rxNext = (q.rxNext + 1) >>> 0;
+        // Relay chunks sit at multiples of the chunk size: the chunk is the address rounded down.
+        const chunk = posted - ((posted - relayOffset) % chunkSize);
         const f = q.fillDesc + ((q.fillNext & mask) << 1);
-        fill[f] = addr - (addr & chunkMask);
-        fill[f + 1] = 0;
+        fill[f] = chunk >>> 0;
+        fill[f + 1] = chunk < TWO32 ? 0 : Math.floor(chunk / TWO32);
         q.fillNext = (q.fillNext + 1) >>> 0;
         delivered++;
-        if (onFrame(q.umem, addr, length, 0) === false) {
+        if (onFrame(this.relayBytes, at - relayOffset, length, 0) === false) {
           stopped = true;
           break;
         }
@@ -518,21 +621,24 @@ export class XdpPort {
     return false;
   }
 
-  /** TX chunks free now (completions reaped first). */
+  /** TX slots free now (completions reaped first). */
   txFree(): number {
     this.reapCompletions();
-    const q = this.sender;
-    return this.ringSize - ((q.txNext - q.completed) >>> 0);
+    return this.ringSize - ((this.sender.txNext - this.tail) >>> 0);
+  }
+
+  /** Whether a TX slot is free, reaping completions when none seemed to be. */
+  private txRoom(): boolean {
+    if (((this.sender.txNext - this.tail) >>> 0) < this.ringSize) return true;
+    this.reapCompletions();
+    return ((this.sender.txNext - this.tail) >>> 0) < this.ringSize;
   }
 
   /** The next free TX chunk, or null when every one is still with the kernel. */
   txSlot(): XdpTxSlot | null {
+    if (!this.txRoom()) return null;
     const q = this.sender;
-    if (((q.txNext - q.completed) >>> 0) >= this.ringSize) {
-      this.reapCompletions();
-      if (((q.txNext - q.completed) >>> 0) >= this.ringSize) return null;
-    }
-    this.slot.offset = (this.ringSize + (q.txNext & q.mask)) * this.chunkSize;
+    this.slot.offset = q.txChunks + (q.txNext & q.mask) * this.chunkSize - this.relayOffset;
     return this.slot;
   }
 
@@ -542,21 +648,45 @@ export class XdpPort {
    * the MTU allows (4 bytes more for a VLAN-tagged frame).
    */
   txCommit(length: number): boolean {
-    const q = this.sender;
     const offset = this.slot.offset;
-    if (!this.txLengthAcceptable(q.umem, offset, length)) {
+    if (!this.txLengthAcceptable(this.relayBytes, offset, length)) {
       this.count[C_TX_REJECTED]++;
       return false;
     }
+    this.putTx(offset + this.relayOffset, length, TX_RELAY);
+    return true;
+  }
+
+  /**
+   * Queues a frame the guest wrote, `length` bytes at UMEM offset `at` (guestUmemOffset); `key`
+   * comes back in completedKeys once the kernel is done with it. The caller has checked the
+   * length against the MTU; here only what the kernel would refuse is checked.
+   */
+  txGuest(at: number, length: number, key: number): number {
+    if (length < 14 || length > this.chunkSize || (this.zeroCopy && (at % PAGE) + length > PAGE)) return GUEST_COPY;
+    if (!this.txRoom()) return GUEST_NO_ROOM;
+    this.putTx(at, length, key);
+    this.guestInFlight++;
+    return GUEST_QUEUED;
+  }
+
+  private putTx(at: number, length: number, key: number): void {
+    const q = this.sender;
+    const lo = at >>> 0;
+    const hi = at < TWO32 ? 0 : Math.floor(at / TWO32);
     const d = q.txDesc + ((q.txNext & q.mask) << 2);
     const tx = q.tx;
-    tx[d] = offset;
-    tx[d + 1] = 0;
+    tx[d] = lo;
+    tx[d + 1] = hi;
     tx[d + 2] = length;
     tx[d + 3] = 0;
+    const e = this.entry(q.txNext);
+    const t = this.table;
+    t[e] = lo;
+    t[e + 1] = hi;
+    t[e + 2] = key;
     q.txNext = (q.txNext + 1) >>> 0;
     this.count[C_TX_FRAMES]++;
-    return true;
   }
 
   private txLengthAcceptable(bytes: Uint8Array, at: number, length: number): boolean {
@@ -607,13 +737,72 @@ export class XdpPort {
     return q.txNext !== Atomics.load(q.tx, q.txCons);
   }
 
+  /** Guest frames sent from guest memory whose completion has not come back yet. */
+  get guestFramesInFlight(): number {
+    return this.guestInFlight;
+  }
+
+  /**
+   * Frees the slots the kernel completed. Each completion carries the address of the descriptor
+   * it completes; they come in sending order as a rule, so the oldest slot in flight is tried
+   * first, and the others only when the kernel completed out of order.
+   */
   private reapCompletions(): void {
     const q = this.sender;
     const done = Atomics.load(q.completion, q.compProd);
-    if (done !== q.completed) {
-      q.completed = done;
-      Atomics.store(q.completion, q.compCons, done);
+    if (done === q.completed) return;
+    const c = q.completion;
+    const t = this.table;
+    for (let j = q.completed; j !== done; j = (j + 1) >>> 0) {
+      const w = q.compDesc + ((j & q.mask) << 1);
+      const lo = c[w];
+      const hi = c[w + 1];
+      for (let i = this.tail; i !== q.txNext; i = (i + 1) >>> 0) {
+        const e = this.entry(i);
+        const key = t[e + 2];
+        if (key === TX_FREE || t[e] !== lo || t[e + 1] !== hi) continue;
+        t[e + 2] = TX_FREE;
+        if (key >= 0) {
+          this.completedKeys[this.completedCount++] = key;
+          this.guestInFlight--;
+        }
+        break;
+      }
     }
+    q.completed = done;
+    Atomics.store(c, q.compCons, done);
+    let tail = this.tail;
+    while (tail !== q.txNext && t[this.entry(tail) + 2] === TX_FREE) tail = (tail + 1) >>> 0;
+    if (tail !== this.tail) {
+      this.tail = tail;
+      t[0] = tail | 0;
+    }
+  }
+
+  /**
+   * Waits up to `ms` for the kernel to complete the guest frames in flight (a thread giving the
+   * port up, a queue stopping), then hands back the keys of those still out: their descriptors
+   * stay in the ring (the kernel may still send them, with whatever the guest wrote there since),
+   * but the guest gets its buffers and nothing is returned twice.
+   */
+  settleGuestFrames(ms: number): void {
+    if (this.guestInFlight === 0) return;
+    const deadline = Date.now() + ms;
+    for (;;) {
+      this.txFlush();
+      if (this.guestInFlight === 0 || Date.now() >= deadline) break;
+      Atomics.wait(pause, 0, 0, 1);
+    }
+    if (this.guestInFlight === 0) return;
+    const t = this.table;
+    for (let i = this.tail; i !== this.sender.txNext; i = (i + 1) >>> 0) {
+      const e = this.entry(i);
+      const key = t[e + 2];
+      if (key < 0) continue;
+      this.completedKeys[this.completedCount++] = key;
+      t[e + 2] = TX_RELAY;
+    }
+    this.guestInFlight = 0;
   }
 
   /** Reads the kernel's XDP_STATISTICS of every queue (cumulative) into the counters. */

@@ -15,6 +15,8 @@ export interface SessionRegion {
   mappingAddress: number;
   mmapLength: number;
   mmapOffset: number;
+  /** The region's file (an fd the session keeps while the region is mapped); absent for memory without one. */
+  fd?: number;
 }
 
 export interface SessionMemory {

@@ -3,6 +3,7 @@
 // page size (hugetlbfs refuses unaligned lengths), MAP_SHARED, then the region starts at
 // mapping + mmap_offset.
 import { MAP_SHARED, PROT_READ, PROT_WRITE, fstatSize, mmap, munmap, viewAt, type Mapping } from '../sys/memory.js';
+import { close as closeFd, dup } from '../sys/fd.js';
 import { GuestMemory, regionPieces } from '../virtio/guest-memory.js';
 import type { RingLocation, SessionMemory, SessionRegion } from './device.js';
 import type { MemRegionDesc } from './messages.js';
@@ -14,12 +15,20 @@ export function alignUp(value: number, alignment: number): number {
   return Math.ceil(value / alignment) * alignment;
 }
 
-export interface MappedTable extends SessionMemory {
-  readonly descs: readonly MemRegionDesc[];
-  readonly mappings: readonly Mapping[];
+/**
+ * A region's mapping, with a duplicate of its file's fd kept as long as the mapping: an AF_XDP
+ * port maps the same file again to make the guest's memory part of its UMEM.
+ */
+export interface RegionMapping extends Mapping {
+  fd: number;
 }
 
-function mapRegion(desc: MemRegionDesc, fd: number, i: number): Mapping {
+export interface MappedTable extends SessionMemory {
+  readonly descs: readonly MemRegionDesc[];
+  readonly mappings: readonly RegionMapping[];
+}
+
+function mapRegion(desc: MemRegionDesc, fd: number, i: number): RegionMapping {
   const fileSize = fstatSize(fd);
   const end = desc.mmapOffset + desc.size;
   // A region that reaches past the end of its file would fault (SIGBUS) on first touch.
@@ -36,10 +45,15 @@ function mapRegion(desc: MemRegionDesc, fd: number, i: number): Mapping {
       // memory-seals.ts): check again before anyone touches the mapping.
       const sizeNow = fstatSize(fd);
       if (end > sizeNow) {
-        unmapQuietly(mapping);
+        unmapQuietly({ ...mapping, fd: -1 });
         throw new Error(`memory region ${i}: its file shrank to 0x${sizeNow.toString(16)} bytes while being mapped (region ends at 0x${end.toString(16)})`);
       }
-      return mapping;
+      try {
+        return { ...mapping, fd: dup(fd) };
+      } catch (err) {
+        unmapQuietly({ ...mapping, fd: -1 });
+        throw err;
+      }
     } catch (err) {
       // EINVAL: hugetlbfs with pages larger than the alignment tried; retry with 1 GiB.
       lastError = err;
@@ -51,7 +65,7 @@ function mapRegion(desc: MemRegionDesc, fd: number, i: number): Mapping {
 
 /** Maps every region; on failure unmaps what was mapped and throws. The caller still owns the fds. */
 export function mapTable(descs: readonly MemRegionDesc[], fds: readonly number[]): MappedTable {
-  const mappings: Mapping[] = [];
+  const mappings: RegionMapping[] = [];
   try {
     descs.forEach((d, i) => mappings.push(mapRegion(d, fds[i], i)));
     return assemble(descs, mappings);
@@ -62,7 +76,7 @@ export function mapTable(descs: readonly MemRegionDesc[], fds: readonly number[]
 }
 
 /** The table's regions with its memory view, built from regions already mapped. */
-function assemble(descs: readonly MemRegionDesc[], mappings: readonly Mapping[]): MappedTable {
+function assemble(descs: readonly MemRegionDesc[], mappings: readonly RegionMapping[]): MappedTable {
   const regions: SessionRegion[] = descs.map((d, i) => ({
     guestPhysAddr: d.guestPhysAddr,
     size: d.size,
@@ -71,6 +85,7 @@ function assemble(descs: readonly MemRegionDesc[], mappings: readonly Mapping[])
     mappingAddress: mappings[i].address,
     mmapLength: mappings[i].length,
     mmapOffset: d.mmapOffset,
+    fd: mappings[i].fd,
   }));
   const memory = new GuestMemory(regionPieces(regions, (address, length) => new Uint8Array(viewAt(address, length))));
   return { descs, mappings, regions, memory };
@@ -110,11 +125,18 @@ export function unmapReplaced(old: MappedTable, current: MappedTable | null): vo
   for (const m of old.mappings) if (!kept.has(m)) unmapQuietly(m);
 }
 
-function unmapQuietly(m: Mapping): void {
+function unmapQuietly(m: RegionMapping): void {
   try {
     munmap(m);
   } catch {
     /* nothing more can be done about a failed munmap */
+  }
+  if (m.fd >= 0) {
+    try {
+      closeFd(m.fd);
+    } catch {
+      /* the mapping is gone; the fd's fate changes nothing */
+    }
   }
 }
 

@@ -13,6 +13,8 @@ export interface BenchOptions {
   dpdk: boolean;
   /** VF port kinds to measure, for DPDK's relay and ours alike. */
   vfPorts: ('af_packet' | 'af_xdp' | 'memif')[];
+  /** Our AF_XDP relay's VIRTIOFWD_XDP_UMEM. */
+  xdpUmem: 'guest' | 'relay';
   relayCpu: number;
   trafficCpu: number;
   /** % of one core; a window above it is marked contaminated (and re-done up to `redo` times). */
@@ -46,6 +48,8 @@ traffic on the other.
                       net_af_packet or net_af_xdp, ours with VIRTIOFWD_VF_PORT=af_packet or af_xdp;
                       memif relays to a memif peer instead of a VF: DPDK's net_vhost ⇄ net_memif
                       and ours with a memif device, the traffic process's net_memif port at the far end
+  --xdp-umem W        our AF_XDP relay's VIRTIOFWD_XDP_UMEM: guest (frames sent from guest
+                      memory, the default) or relay (every frame copied)
   --relay-cpu N       CPU of the relay under test (default 0)
   --traffic-cpu N     CPU of the traffic process (default 1)
   --max-foreign P     foreign CPU, % of one core, above which a run counts as contaminated (default 15)
@@ -97,6 +101,7 @@ export function parseOptions(argv: string[]): BenchOptions {
     modes: ['busy', 'adaptive'],
     dpdk: true,
     vfPorts: ['af_packet', 'af_xdp'],
+    xdpUmem: 'guest',
     relayCpu: 0,
     trafficCpu: 1,
     maxForeign: 15,
@@ -154,6 +159,12 @@ export function parseOptions(argv: string[]): BenchOptions {
       case '--vf-ports':
         o.vfPorts = list(a, next(), ['af_packet', 'af_xdp', 'memif'] as const);
         break;
+      case '--xdp-umem': {
+        const v = next();
+        if (v !== 'guest' && v !== 'relay') throw new Error(`${a}: expected guest or relay, not ${JSON.stringify(v)}`);
+        o.xdpUmem = v;
+        break;
+      }
       case '--relay-cpu':
         o.relayCpu = positive(a, next(), { integer: true, zero: true });
         break;

@@ -235,6 +235,7 @@ export function configFromAssignments(assignments: Map<string, ConfigAssignment>
   const unsealedMemory = readUnsealedMemory(s);
   const tso = s.value<boolean>('VIRTIOFWD_TSO') === true;
   const vfPort = readVfPort(s);
+  const xdpUmem = readXdpUmem(s);
   const vhostClient = s.value<boolean>('VIRTIOFWD_VHOST_CLIENT');
 
   if (s.value<boolean>('VIRTIOFWD_ZERO_COPY')) {
@@ -282,6 +283,7 @@ export function configFromAssignments(assignments: Map<string, ConfigAssignment>
     unsealedMemory,
     tso,
     vfPort,
+    xdpUmem,
     portControl: { mode: portControlMode, ovsdbSocketPath, ipcCommandFile },
     zmq,
     metricsListen,
@@ -298,6 +300,15 @@ function readUnsealedMemory(s: Settings): 'refuse' | 'warn' {
   if (lower === 'refuse' || lower === 'warn') return lower;
   s.fail(setting, 'expected refuse or warn');
   return 'warn';
+}
+
+function readXdpUmem(s: Settings): 'guest' | 'relay' {
+  const { text, setting } = s.scalar('VIRTIOFWD_XDP_UMEM');
+  if (text === '' || !setting) return 'guest';
+  const lower = text.toLowerCase();
+  if (lower === 'guest' || lower === 'relay') return lower;
+  s.fail(setting, 'expected guest or relay');
+  return 'guest';
 }
 
 function readVfPort(s: Settings): VfPortChoice {

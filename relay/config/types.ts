@@ -87,6 +87,8 @@ export interface RelayConfig {
   tso: boolean;
   /** How VFs are opened (VIRTIOFWD_VF_PORT). */
   vfPort: VfPortChoice;
+  /** VIRTIOFWD_XDP_UMEM: whether AF_XDP ports put the VM's memory in their UMEM (default guest). */
+  xdpUmem: 'guest' | 'relay';
   portControl: {
     mode: PortControlMode;
     /** The OVSDB unix socket the monitor connects to (mode `ovsdb`). */

@@ -130,6 +130,15 @@ export const VARIABLES: readonly VariableInfo[] = [
       'how the relay reaches each VF: af_packet (packet rings; every driver; the kernel segments and checksums for VIRTIOFWD_TSO), af_xdp (AF_XDP sockets behind an XDP redirect program, driver mode where the driver has it, else generic; no MTU above 3826; offloads done by the relay), or auto (AF_XDP where it can be opened, AF_PACKET otherwise and with VIRTIOFWD_JUMBO)',
   },
   {
+    name: 'VIRTIOFWD_XDP_UMEM',
+    flag: { name: '--xdp-umem', kind: 'value', meta: 'guest|relay' },
+    section: 'general',
+    defaultText: 'guest',
+    treatment: 'supported',
+    summary:
+      'what AF_XDP ports register as their UMEM: guest (the VM\'s memory as well as the relay\'s chunks: frames a guest sends in one piece go to the kernel from where the guest wrote them, with no copy; the VM\'s memory stays pinned while it is connected), or relay (the relay\'s chunks only: every frame is copied once)',
+  },
+  {
     name: 'VIRTIOFWD_TSO',
     parse: parseBooleanValue,
     flag: { name: '--tso', kind: 'boolean' },

@@ -114,6 +114,7 @@ export class RelayRegistryImpl implements RelayRegistry {
       jumbo: opts.config.jumbo,
       tso: opts.config.tso,
       vfPort: opts.config.vfPort,
+      xdpUmem: opts.config.xdpUmem,
       pinnedCpus: (relay: number) => pins.get(relay),
       ignoreDirtyLog: opts.ignoreDirtyLog === true,
       reactor: opts.reactor,

@@ -5,7 +5,8 @@
 // ring state saved) before it is attached again.
 import type { Logger } from 'pino';
 import { isXdpHandle, type VfHandle } from '../datapath/vf-link.js';
-import { xdpZeroCopy } from '../../sys/xdp-socket.js';
+import { xdpZeroCopy, type XdpPortHandle } from '../../sys/xdp-socket.js';
+import type { XdpGuestRegion } from '../../sys/xdp-umem.js';
 import type { VfPortChoice } from '../config/types.js';
 import type { RingOpener } from './ring-opener.js';
 import { linkHasCarrier, linkMaxMtu, linkMtu, setLinkMtu } from '../../sys/netdev.js';
@@ -41,6 +42,8 @@ export interface RelayContext {
   rings: RingOpener;
   /** VIRTIOFWD_VF_PORT (default af_packet). */
   vfPort?: VfPortChoice;
+  /** VIRTIOFWD_XDP_UMEM (default guest): AF_XDP ports put the VM's memory in their UMEM. */
+  xdpUmem?: 'guest' | 'relay';
   /** CPUs fixed for this relay by VIRTIOFWD_CPU_PINS, if any. */
   pinnedCpus(relay: number): { vf2vm: number; vm2vf: number } | undefined;
   /**
@@ -249,13 +252,7 @@ export class Relay implements NetDevice {
     const why = asked !== undefined ? `port ${asked} asked for this VF` : `VIRTIOFWD_VF_PORT=${choice}`;
     if (choice === 'af_xdp' || (choice === 'auto' && !this.ctx.jumbo)) {
       try {
-        const h = await this.ctx.rings.openXdp(netdev, {});
-        const zeroCopy = xdpZeroCopy(h);
-        this.log.info(
-          { netdev, pci, port: 'af_xdp', attach: h.attachMode, zeroCopy, queues: h.queues.length },
-          `VF ${netdev}: AF_XDP port, program in ${h.attachMode === 'native' ? 'the driver' : 'generic mode'}, ${zeroCopy ? 'zero copy' : 'copy mode'}, ${h.queues.length} queue${h.queues.length === 1 ? '' : 's'}`,
-        );
-        return h;
+        return await this.openXdp(netdev, pci);
       } catch (err) {
         const reason = (err as Error).message;
         if (choice === 'af_xdp') throw new Error(`VF ${netdev}: no AF_XDP port (${why}): ${reason}`);
@@ -270,6 +267,67 @@ export class Relay implements NetDevice {
     });
   }
 
+  /**
+   * An AF_XDP port with the VM's memory in its UMEM when there is a VM and VIRTIOFWD_XDP_UMEM
+   * allows it, else with the relay's chunks only (also when the first cannot be had; the reason
+   * is logged).
+   */
+  private async openXdp(netdev: string, pci: string | undefined): Promise<XdpPortHandle> {
+    const guest = this.umemRegions();
+    let h: XdpPortHandle | undefined;
+    if (guest !== undefined) {
+      try {
+        h = await this.ctx.rings.openXdp(netdev, { guestMemory: guest });
+      } catch (err) {
+        const reason = (err as Error).message;
+        this.log.warn({ netdev, pci, err: reason }, `VF ${netdev}: the VM's memory cannot be the AF_XDP UMEM (${reason}); frames will be copied`);
+      }
+    }
+    h ??= await this.ctx.rings.openXdp(netdev, {});
+    const zeroCopy = xdpZeroCopy(h);
+    const umem = h.umem.guestSlots.length > 0 ? 'guest' : 'relay';
+    this.log.info(
+      { netdev, pci, port: 'af_xdp', attach: h.attachMode, zeroCopy, queues: h.queues.length, umem },
+      `VF ${netdev}: AF_XDP port, program in ${h.attachMode === 'native' ? 'the driver' : 'generic mode'}, ${zeroCopy ? 'zero copy' : 'copy mode'}, ${h.queues.length} queue${h.queues.length === 1 ? '' : 's'}, ${umem === 'guest' ? `UMEM over the VM's memory (${h.umem.guestSlots.length} region${h.umem.guestSlots.length === 1 ? '' : 's'}, ${Math.round((h.umem.length - h.umem.relay.length) / 2 ** 20)} MiB pinned)` : "relay's UMEM (frames copied)"}`,
+    );
+    return h;
+  }
+
+  /** The VM's memory files as an AF_XDP UMEM takes them, or undefined when it is not to (no VM, VIRTIOFWD_XDP_UMEM=relay, memory without files). */
+  private umemRegions(): XdpGuestRegion[] | undefined {
+    if (this.ctx.xdpUmem === 'relay' || this.memory === null || this.memory.regions.length === 0) return undefined;
+    const byMapping = new Map<number, XdpGuestRegion>();
+    for (const r of this.memory.regions) {
+      if (r.fd === undefined) return undefined;
+      byMapping.set(r.mappingAddress, { fd: r.fd, hostAddress: r.mappingAddress, length: r.mmapLength });
+    }
+    return [...byMapping.values()];
+  }
+
+  /**
+   * The UMEM of an AF_XDP port is fixed when its sockets are made: when the VM's memory changes
+   * (a new table, the VM gone), its ports are opened again around the new memory, with both
+   * directions detached meanwhile. A port that cannot be opened again leaves the relay (logged).
+   */
+  private async rebuildXdpPorts(why: string): Promise<void> {
+    const wanted = this.umemRegions() !== undefined;
+    const stale = this.members.filter((m) => !m.memif && isXdpHandle(m.handle) && (wanted || m.handle.umem.guestSlots.length > 0));
+    if (stale.length === 0) return;
+    await this.detachDirection('vf2vm');
+    await this.detachDirection('vm2vf');
+    for (const m of stale) {
+      await this.ctx.rings.close(m.handle);
+      try {
+        m.handle = await this.openXdp(m.netdev, m.ref.pci);
+      } catch (err) {
+        this.log.error({ netdev: m.netdev, err: (err as Error).message }, `VF ${m.netdev}: its AF_XDP port could not be opened again after ${why}: ${(err as Error).message}; the VF leaves the relay`);
+        this.members = this.members.filter((x) => x !== m);
+      }
+    }
+    this.activeMember = Math.min(this.activeMember, Math.max(0, this.members.length - 1));
+    await this.reconfigure();
+  }
+
   /** The kind of port each member has, for stats and logs. */
   get memberPorts(): MemberPort[] {
     return this.members.map((m) =>
@@ -279,7 +337,7 @@ export class Relay implements NetDevice {
             memifPeerErrors: ((c) => c.rxBadDescriptors + c.txBadDescriptors + c.ringErrors)(readMemifCounters(m.memif.counters)),
           }
         : isXdpHandle(m.handle)
-        ? { netdev: m.netdev, port: 'af_xdp' as const, attach: m.handle.attachMode, zeroCopy: xdpZeroCopy(m.handle) }
+        ? { netdev: m.netdev, port: 'af_xdp' as const, attach: m.handle.attachMode, zeroCopy: xdpZeroCopy(m.handle), umem: m.handle.umem.guestSlots.length > 0 ? ('guest' as const) : ('relay' as const) }
         : { netdev: m.netdev, port: 'af_packet' as const },
     );
   }
@@ -389,6 +447,7 @@ export class Relay implements NetDevice {
       this.memoryId = ++memoryIds;
       const first = memory.regions[0];
       this.numaNode = first ? numaNodeOfAddress(first.hostAddress) : -1;
+      await this.rebuildXdpPorts("the VM's memory table changed");
     });
   }
 
@@ -439,6 +498,8 @@ export class Relay implements NetDevice {
       this.numaNode = -1;
       this.vmConnected = false;
       this.queuePairs = 0;
+      // The gone VM's memory leaves the UMEM (and stops being pinned).
+      await this.rebuildXdpPorts('the VM disconnected');
       await this.reconfigure();
       this.log.info('VM disconnected');
     });
@@ -526,12 +587,17 @@ export class Relay implements NetDevice {
     await this.reconfigureDirection('vm2vf');
   }
 
-  private async reconfigureDirection(dir: DirName): Promise<void> {
+  /** Detaches a direction from its worker, keeping its ring state for the next attach. */
+  private async detachDirection(dir: DirName): Promise<void> {
     const state = await this.ctx.pool.detach(this.id, dir);
     if (state) {
       for (const [index, qs] of Object.entries(state.queues)) this.saved.set(Number(index), qs);
       this.rr[dir] = { rrQueue: state.rrQueue, rrMember: state.rrMember };
     }
+  }
+
+  private async reconfigureDirection(dir: DirName): Promise<void> {
+    await this.detachDirection(dir);
     const guest = this.guestSpec(dir);
     const port = this.portSpec();
     if (!port && (!guest || guest.queues.length === 0)) return;

@@ -17,12 +17,14 @@ import { TP_STATUS_CSUMNOTREADY } from '../../sys/packet-ring.js';
 import { RX_CHECKSUM, RX_PASS, RX_PLAIN, RX_SEGMENT, gsoSize, rxAction } from './rx-offload.js';
 import { TcpSegmenter } from './segmentation.js';
 import { VfPort } from './vf-port.js';
-import { QUEUED, NO_ROOM, type GuestFrame, type VfLink } from './vf-link.js';
+import { QUEUED, NO_ROOM, HELD, type GuestFrame, type VfLink } from './vf-link.js';
 import { reportBadChain } from './chain-warnings.js';
 import { callWriteBegins, callWriteEnds } from './call-guard.js';
 import type { DirectionSpec, DirectionState, GuestSpec, QueueSpec, QueueState } from './worker-protocol.js';
 
 export const BURST = 32;
+/** How long a direction leaving a thread waits for the kernel to complete the frames it sent from guest memory. */
+const HELD_SETTLE_MS = 20;
 const ETH_HEADER = 14;
 /** Largest frame a guest may hand us: 64 KiB plus Ethernet and VLAN headers. */
 const MAX_FRAME = 65562;
@@ -322,9 +324,21 @@ export class VmToVf extends Direction {
   /** The frame being queued, as the links see it (one object, refilled per frame). */
   private readonly frame: GuestFrame;
   private readonly heads = new Uint32Array(BURST);
+  /** 1 where the chain taken was held by its link (it goes back to the guest later). */
+  private readonly held = new Uint8Array(BURST);
   private readonly hdrLen: number;
   /** The guest negotiated transmit offloads: its headers go to the VF socket as they are. */
   private readonly hostOffloads: boolean;
+  /**
+   * Links may hold chains until the kernel is done with them (AF_XDP over guest memory): split
+   * rings only, whose used entries may come in any order; a packed ring's used slots follow the
+   * order chains were taken in.
+   */
+  private readonly mayHold: boolean;
+  /** The links that can hold chains. */
+  private readonly holders: VfLink[];
+  private readonly returnChain: (key: number) => void;
+  private returnedAny = false;
   private rrQueue: number;
 
   constructor(spec: DirectionSpec, state: DirectionState | null, counters: Float64Array, onRingError: RingErrorReport) {
@@ -332,14 +346,55 @@ export class VmToVf extends Direction {
     this.hdrLen = spec.guest?.hdrLen ?? 12;
     this.hostOffloads = spec.guest?.hostOffloads === true;
     this.rrQueue = state?.rrQueue ?? 0;
-    this.frame = { chain: this.chain, hdrLen: this.hdrLen, frameLength: 0, hostOffloads: this.hostOffloads };
+    this.frame = { chain: this.chain, hdrLen: this.hdrLen, frameLength: 0, hostOffloads: this.hostOffloads, holdKey: -1 };
+    this.mayHold = spec.guest?.packed !== true && this.port !== null && this.port.mode !== 'broadcast';
+    this.holders = this.port?.links.filter((l) => l.returnCompleted !== undefined) ?? [];
+    // A held chain's key is its vring index and head; a chain of a ring dropped meanwhile has nowhere to go.
+    this.returnChain = (key) => {
+      const index = key >>> 16;
+      const queues = this.queues;
+      for (let i = 0; i < queues.length; i++) {
+        const q = queues[i];
+        if (q.index !== index) continue;
+        try {
+          q.queue.pushUsed(key & 0xffff, 0);
+          this.returnedAny = true;
+        } catch (err) {
+          if (err instanceof RingError) this.dropQueue(q, err.message);
+          else throw err;
+        }
+        return;
+      }
+    };
     for (const q of this.queues) q.queue.disableNotifications();
+  }
+
+  /** Gives the guest back the chains whose frames the kernel has completed. */
+  private returnHeld(): void {
+    const holders = this.holders;
+    for (let i = 0; i < holders.length; i++) holders[i].returnCompleted!(this.returnChain);
+    if (this.returnedAny) {
+      this.returnedAny = false;
+      this.publishAll();
+    }
+  }
+
+  private heldFrames(): number {
+    let n = 0;
+    const holders = this.holders;
+    for (let i = 0; i < holders.length; i++) n += holders[i].heldFrames!();
+    return n;
   }
 
   burst(): number {
     // Frames an AF_XDP port could not hand to the kernel in an earlier burst go first.
     const port = this.port;
     if (port !== null) for (const link of port.links) if (link.txPending()) link.flush();
+    if (this.holders.length > 0) {
+      // Completions only come back through a reap: an idle burst does one.
+      for (const link of this.holders) if (link.heldFrames!() > 0) link.flush();
+      this.returnHeld();
+    }
     const n = this.queues.length;
     if (n === 0) return 0;
     let handled = 0;
@@ -376,6 +431,8 @@ export class VmToVf extends Direction {
     let notConnected = 0;
     let bad = 0;
     let full = 0;
+    const held = this.held;
+    const hold = this.mayHold;
     for (; taken < budget; ) {
       if (!queue.popChain(chain)) break;
       heads[taken++] = chain.head;
@@ -396,6 +453,7 @@ export class VmToVf extends Direction {
       }
       rxBytes += frameLength;
       this.frame.frameLength = frameLength;
+      this.frame.holdKey = hold ? (q.index << 16) | chain.head : -1;
       if (port.mode === 'broadcast') {
         let any = false;
         for (let m = 0; m < port.links.length; m++) {
@@ -413,7 +471,8 @@ export class VmToVf extends Direction {
       if (m < 0) notConnected++;
       else {
         const r = port.links[m].queueFrame(this.frame, this.scratch);
-        if (r === NO_ROOM) full++;
+        if (r === HELD) held[taken - 1] = 1;
+        else if (r === NO_ROOM) full++;
         else if (r !== QUEUED) bad++;
       }
     }
@@ -441,8 +500,12 @@ export class VmToVf extends Direction {
       }
       if (broadcast) full = frames - packets;
     }
-    for (let i = 0; i < taken; i++) queue.pushUsed(heads[i], 0);
+    for (let i = 0; i < taken; i++) {
+      if (held[i] === 0) queue.pushUsed(heads[i], 0);
+      else held[i] = 0;
+    }
     q.publish();
+    if (this.holders.length > 0) this.returnHeld();
     const c = this.counters;
     const b = this.base;
     c[b + Counter.RxPackets] += taken;
@@ -462,11 +525,12 @@ export class VmToVf extends Direction {
     }
     const port = this.port;
     if (port !== null) for (let m = 0; m < port.links.length; m++) if (port.links[m].txPending()) return true;
-    return false;
+    // Held chains come back only when a burst reaps their completions: no sleeping on them.
+    return this.holders.length > 0 && this.heldFrames() > 0;
   }
 
   armForSleep(): boolean {
-    let work = false;
+    let work = this.holders.length > 0 && this.heldFrames() > 0;
     for (const q of this.queues) {
       try {
         if (q.queue.enableNotifications()) work = true;
@@ -486,7 +550,12 @@ export class VmToVf extends Direction {
     return this.queues.filter((q) => q.kickFd >= 0).map((q) => q.kickFd);
   }
 
+  /** Held chains go back to the guest before the direction leaves this thread (see XdpPort.settleGuestFrames). */
   override exportState(): DirectionState {
+    if (this.holders.length > 0) {
+      for (const link of this.holders) link.settleHeld!(HELD_SETTLE_MS);
+      this.returnHeld();
+    }
     return super.exportState(this.rrQueue);
   }
 }

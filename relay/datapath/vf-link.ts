@@ -5,13 +5,16 @@
 //     the kernel gathering each frame straight from guest memory (no copy in user space), with a
 //     virtio_net_hdr before each frame when VIRTIOFWD_TSO lets the kernel segment and checksum.
 //   - XdpLink (AF_XDP): receives from the sockets' RX rings (a redirect program in front of the
-//     stack); sends by copying each frame into a TX chunk of the UMEM. The kernel offers no
-//     offload there, so a guest's checksum request is completed and its super-frames are cut
-//     into segments here.
+//     stack). When the guest's memory is part of the UMEM, a frame that lies in one piece of it
+//     is sent from there: its chain goes back to the guest only when the kernel has completed it
+//     (held frames, below). Other frames are copied into a TX chunk of the relay's. The kernel
+//     offers no offload there, so a guest's checksum request is completed and its super-frames
+//     are cut into segments here (both copied).
 import { PacketRing, VNET_HDR_LEN, type PacketRingHandle, type FrameHandler, type FrameAdmission } from '../../sys/packet-ring.js';
 import { PacketBatch } from '../../sys/packet-batch.js';
 import { nativeBuffer, type NativeBuffer } from '../../sys/native-buffer.js';
-import { XdpPort, type XdpPortHandle } from '../../sys/xdp-socket.js';
+import { XdpPort, GUEST_QUEUED, GUEST_NO_ROOM, type XdpPortHandle } from '../../sys/xdp-socket.js';
+import { guestUmemOffset, type UmemGuestSlot } from '../../sys/xdp-umem.js';
 import type { DescriptorChain } from '../../virtio/descriptor-chain.js';
 import { VIRTIO_NET_HDR_GSO_NONE, VIRTIO_NET_HDR_F_NEEDS_CSUM } from '../../virtio/net-header.js';
 import { completeL4Checksum } from './checksum.js';
@@ -35,6 +38,11 @@ export const QUEUED = 1;
 export const NO_ROOM = 0;
 /** The frame cannot be sent as it is (too long, malformed offload request): a bad frame. */
 export const REFUSED = -1;
+/**
+ * Queued to be sent from guest memory: the chain must not go back to the guest yet. The link
+ * returns the frame's holdKey once the kernel has completed it (returnCompleted).
+ */
+export const HELD = 2;
 
 export type PortKind = 'af_packet' | 'af_xdp' | 'memory' | 'memif';
 
@@ -57,6 +65,8 @@ export interface GuestFrame {
   frameLength: number;
   /** The guest negotiated transmit offloads: its header may ask for a checksum or segmentation. */
   hostOffloads: boolean;
+  /** ≥ 0: the link may keep the chain until the kernel is done with it, and hand this back then; −1: it may not. */
+  holdKey: number;
 }
 
 export interface VfLink {
@@ -84,6 +94,12 @@ export interface VfLink {
   readonly flushDropped: number;
   /** Frames queued in an earlier burst that the kernel has not taken yet (a later flush sends them). */
   txPending(): boolean;
+  /** Links that can hold frames (HELD): how many are held now. */
+  heldFrames?(): number;
+  /** Hands the holdKey of each held frame the kernel has completed to `onDone`. */
+  returnCompleted?(onDone: (key: number) => void): void;
+  /** Waits up to `ms` for held frames, then hands back every one still held (see XdpPort.settleGuestFrames). */
+  settleHeld?(ms: number): void;
 }
 
 /**
@@ -265,11 +281,14 @@ export class XdpLink extends CopyingLinkTally implements VfLink {
   private segmenter: TcpSegmenter | null = null;
   private readonly queueSegment: (bytes: Uint8Array, offset: number, length: number) => void;
   private segmentsLost = 0;
+  /** Where guest memory is in the UMEM (empty: every frame is copied). */
+  private readonly guestSlots: readonly UmemGuestSlot[];
 
   constructor(netdev: string, handle: XdpPortHandle) {
     super();
     this.netdev = netdev;
     this.port = XdpPort.attach(handle);
+    this.guestSlots = handle.umem.guestSlots;
     this.maxFrame = handle.maxFrameLength;
     this.rxFds = this.port.rxFds;
     this.queueSegment = (bytes, offset, length) => {
@@ -299,7 +318,10 @@ export class XdpLink extends CopyingLinkTally implements VfLink {
     return this.port.counters.kernelDrops;
   }
 
-  /** Copies the frame into a TX chunk, completing its checksum or cutting it into segments when the guest's header asks. */
+  /**
+   * Sends the frame from guest memory when it can (HELD), else copies it into a TX chunk,
+   * completing its checksum or cutting it into segments when the guest's header asks.
+   */
   queueFrame(frame: GuestFrame, header: Uint8Array): number {
     const chain = frame.chain;
     let needsChecksum = false;
@@ -309,6 +331,10 @@ export class XdpLink extends CopyingLinkTally implements VfLink {
       needsChecksum = (header[0] & VIRTIO_NET_HDR_F_NEEDS_CSUM) !== 0;
     }
     if (!fitsLink(frame, this.maxFrame, header, VNET_HDR_LEN)) return REFUSED;
+    if (frame.holdKey >= 0 && !needsChecksum && this.guestSlots.length > 0) {
+      const r = this.queueFromGuest(frame);
+      if (r !== REFUSED) return r;
+    }
     const slot = this.port.txSlot();
     if (slot === null) return NO_ROOM;
     const length = frame.frameLength;
@@ -317,6 +343,50 @@ export class XdpLink extends CopyingLinkTally implements VfLink {
     if (!this.port.txCommit(length)) return REFUSED;
     this.counted(length);
     return QUEUED;
+  }
+
+  /**
+   * The frame's bytes after the header, when they are one piece of guest memory inside the UMEM:
+   * handed to the kernel where they are (HELD). REFUSED here only means "copy it instead".
+   */
+  private queueFromGuest(frame: GuestFrame): number {
+    const chain = frame.chain;
+    const segments = chain.readableSegments;
+    let skip = frame.hdrLen;
+    for (let i = 0; i < segments; i++) {
+      const len = chain.segLength[i];
+      if (skip >= len) {
+        skip -= len;
+        continue;
+      }
+      if (len - skip < frame.frameLength) return REFUSED;
+      const at = guestUmemOffset(this.guestSlots, chain.segHost[i] + skip, frame.frameLength);
+      if (at < 0) return REFUSED;
+      const r = this.port.txGuest(at, frame.frameLength, frame.holdKey);
+      if (r === GUEST_QUEUED) {
+        this.counted(frame.frameLength);
+        return HELD;
+      }
+      return r === GUEST_NO_ROOM ? NO_ROOM : REFUSED;
+    }
+    return REFUSED;
+  }
+
+  heldFrames(): number {
+    return this.port.guestFramesInFlight;
+  }
+
+  returnCompleted(onDone: (key: number) => void): void {
+    const port = this.port;
+    const n = port.completedCount;
+    if (n === 0) return;
+    const keys = port.completedKeys;
+    port.completedCount = 0;
+    for (let i = 0; i < n; i++) onDone(keys[i]);
+  }
+
+  settleHeld(ms: number): void {
+    this.port.settleGuestFrames(ms);
   }
 
   /** A guest super-frame (GSO): its TCP segments, each complete, go into TX chunks one by one. */

@@ -64,11 +64,15 @@ describe.skipIf(!ready)('AF_XDP VF ports with DPDK virtio-user', () => {
     const statsEp = `ipc:///tmp/vio4wd-stats-${tag}`;
     relay = await startRelay({ staticVfs: { [vf]: 1 }, configLines: [`VIRTIOFWD_ZMQ_STATS_EP=${statsEp}`, 'VIRTIOFWD_VF_PORT=af_xdp'] });
     await waitFor(() => portLog(relay!).length > 0, 10_000, 'the port to be opened');
-    expect(portLog(relay)).toEqual([`VF ${vf}: AF_XDP port, program in the driver, copy mode, 1 queue`]);
+    expect(portLog(relay)).toEqual([`VF ${vf}: AF_XDP port, program in the driver, copy mode, 1 queue, relay's UMEM (frames copied)`]);
     expect(attachedXdp()).toBe('xdp');
     const before = linkCounter(peer, 'rx_packets', ns);
     testpmd = startTestpmd({ vdevs: [virtioUserVdev({ path: relay.socketPath(1), queueSize: 1024 })], forwardMode: 'txonly', txpkts: 64, cpu: 1 });
     await waitFor(() => linkCounter(peer, 'rx_packets', ns) - before > 20_000, 30_000, '20 000 frames on the veth peer');
+    // The VM's memory arrived: the port was opened again around it (DPDK's one hugepage file).
+    expect(portLog(relay)[1]).toMatch(new RegExp(`^VF ${vf}: AF_XDP port, program in the driver, copy mode, 1 queue, UMEM over the VM's memory \\(1 region, \\d+ MiB pinned\\)$`));
+    const running = statsToolCounters(statsEp, 1) as unknown as { ports: unknown[] };
+    expect(running.ports).toEqual([{ netdev: vf, port: 'af_xdp', attach: 'native', zeroCopy: false, umem: 'guest' }]);
     const stats = await testpmd.stop();
     testpmd = null;
     await sleep(300);
@@ -83,7 +87,9 @@ describe.skipIf(!ready)('AF_XDP VF ports with DPDK virtio-user', () => {
     expect(stats[0].txPackets - counters.vmToVf.rxPackets).toBeGreaterThanOrEqual(0);
     expect(stats[0].txPackets - counters.vmToVf.rxPackets).toBeLessThanOrEqual(1024);
     const whole = counters as unknown as { ports: unknown[] };
-    expect(whole.ports).toEqual([{ netdev: vf, port: 'af_xdp', attach: 'native', zeroCopy: false }]);
+    // The VM gone, its memory left the UMEM (and is no longer pinned).
+    expect(whole.ports).toEqual([{ netdev: vf, port: 'af_xdp', attach: 'native', zeroCopy: false, umem: 'relay' }]);
+    expect(portLog(relay).length).toBe(3);
     await relay.stop();
     relay = null;
     expect(attachedXdp()).toBeNull();

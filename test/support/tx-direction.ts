@@ -32,11 +32,13 @@ export interface TxRig {
  * Guest memory (`memoryBytes`, 1 MiB by default) and the port of `vf` (which must exist): its
  * packet rings, or with `xdp` its AF_XDP sockets.
  */
-export function openTxRig(vf: string, ring: PacketRingOptions = {}, memoryBytes = SIZE, xdp?: XdpPortOptions, memoryLink?: MemoryLinkHandle): TxRig {
+export function openTxRig(vf: string, ring: PacketRingOptions = {}, memoryBytes = SIZE, xdp?: XdpPortOptions, memoryLink?: MemoryLinkHandle, opts: { guestUmem?: boolean } = {}): TxRig {
   const memFd = memfdCreate('tx-direction');
   ftruncate(memFd, memoryBytes);
   const mem = mmap({ length: memoryBytes, prot: PROT_READ | PROT_WRITE, flags: MAP_SHARED, fd: memFd });
-  const handle: VfHandle = memoryLink ?? (xdp ? openXdpPort(vf, xdp) : openPacketRing(vf, { blockSize: 32 * 1024, blockCount: 8, ...ring }));
+  // With guestUmem, the guest memory is part of the port's UMEM, as the relay does it for a VM.
+  const xdpOptions = xdp && opts.guestUmem ? { ...xdp, guestMemory: [{ fd: memFd, hostAddress: mem.address, length: memoryBytes }] } : xdp;
+  const handle: VfHandle = memoryLink ?? (xdpOptions ? openXdpPort(vf, xdpOptions) : openPacketRing(vf, { blockSize: 32 * 1024, blockCount: 8, ...ring }));
   return {
     vf,
     handle,
@@ -52,8 +54,11 @@ export function openTxRig(vf: string, ring: PacketRingOptions = {}, memoryBytes 
 
 export interface TxDirection {
   d: VmToVf;
-  /** Posts `header` and `frame` as a guest does: the header in its own descriptor, the frame in two after `split` bytes. */
-  post(header: Uint8Array, frame: Uint8Array, split?: number): void;
+  /**
+   * Posts `header` and `frame` as a guest does: the header in its own descriptor, the frame in two
+   * after `split` bytes. Returns where the frame is in the rig's memory.
+   */
+  post(header: Uint8Array, frame: Uint8Array, split?: number): number;
   publish(): void;
   /** Takes back the chains the relay completed, freeing their descriptors for more posts. */
   reclaim(): number;
@@ -105,6 +110,7 @@ export function txDirection(rig: TxRig, relay: number, guest: { hostOffloads?: b
       const parts = [{ gpa: at, len: TX_HDR, writable: false }, { gpa: at + TX_HDR, len: first, writable: false }];
       if (frame.length > first) parts.push({ gpa: at + TX_HDR + first, len: frame.length - first, writable: false });
       driver.addBuffers(parts);
+      return at + TX_HDR;
     },
     publish: () => driver.publish(),
     reclaim: () => {

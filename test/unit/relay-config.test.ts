@@ -67,6 +67,7 @@ describe('defaults', () => {
       unsealedMemory: 'warn',
       tso: false,
       vfPort: 'af_packet',
+      xdpUmem: 'guest',
       portControl: { mode: 'zmq', ovsdbSocketPath: '/var/run/openvswitch/db.sock', ipcCommandFile: '/tmp/vio_cmd' },
       zmq: {
         portControl: 'ipc:///var/run/virtio-forwarder/port_control',
@@ -394,6 +395,9 @@ describe('log level, poll mode, sysfs root', () => {
     expect(load('VIRTIOFWD_VF_PORT=auto').config.vfPort).toBe('auto');
     expect(load('VIRTIOFWD_VF_PORT=').config.vfPort).toBe('af_packet');
     expect(problemOf('VIRTIOFWD_VF_PORT=xdp')).toBe('VIRTIOFWD_VF_PORT="xdp" (line 1): expected af_packet, af_xdp or auto');
+    expect(load('VIRTIOFWD_XDP_UMEM=Relay').config.xdpUmem).toBe('relay');
+    expect(load('VIRTIOFWD_XDP_UMEM=').config.xdpUmem).toBe('guest');
+    expect(problemOf('VIRTIOFWD_XDP_UMEM=vm')).toBe('VIRTIOFWD_XDP_UMEM="vm" (line 1): expected guest or relay');
   });
 
   it('refuses a sysfs root that is relative or missing', () => {
@@ -561,6 +565,7 @@ describe('every variable, good and bad', () => {
     VIRTIOFWD_TSO: ['y', 'maybe'],
     VIRTIOFWD_UNSEALED_MEMORY: ['refuse', 'allow'],
     VIRTIOFWD_VF_PORT: ['af_xdp', 'dpdk'],
+    VIRTIOFWD_XDP_UMEM: ['relay', 'copy'],
     VIRTIOFWD_SOCKET_OWNER: ['root', 'nobody-here'],
     VIRTIOFWD_SOCKET_GROUP: ['kvm', 'nogroup-here'],
     VIRTIOFWD_HUGETLBFS_MOUNT_POINT: ['/mnt/huge', '(a b)'],
