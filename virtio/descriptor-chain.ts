@@ -10,17 +10,44 @@ export const MAX_SAFE_HIGH_WORD = 0x1fffff;
 
 const EMPTY = new Uint8Array(0);
 /**
- * Up to this size a byte loop beats `set(subarray())`, which allocates a view per copy. (Buffer's
- * own copy was measured slower still: it validates its arguments and makes a view too.)
+ * Copies between guest memory and the relay's buffers. Measured per 64-byte frame (Node 20):
+ * a byte loop 108 ns, `set(subarray())` 50 ns whatever the size up to a few hundred bytes (it
+ * allocates a view), four bytes at a time through DataViews 28 ns (49 ns for 128 bytes). So:
+ * tiny copies byte by byte, small ones by 32-bit words, larger ones with set().
  */
-const SMALL_COPY = 64;
+const TINY_COPY = 8;
+const WORD_COPY = 128;
+
+// The DataViews of the last source and destination arrays: a worker copies between very few
+// arrays (its guest's regions, its port's buffers), so a one-entry cache each almost never misses.
+let srcArray: Uint8Array | null = null;
+let srcView: DataView<ArrayBufferLike> = new DataView(new ArrayBuffer(0));
+let dstArray: Uint8Array | null = null;
+let dstView: DataView<ArrayBufferLike> = new DataView(new ArrayBuffer(0));
 
 export function copyBytes(src: Uint8Array, srcOffset: number, dst: Uint8Array, dstOffset: number, length: number): void {
-  if (length <= SMALL_COPY) {
+  if (length <= TINY_COPY) {
     for (let i = 0; i < length; i++) dst[dstOffset + i] = src[srcOffset + i]!;
-  } else {
-    dst.set(src.subarray(srcOffset, srcOffset + length), dstOffset);
+    return;
   }
+  if (length > WORD_COPY || srcOffset + length > src.length || dstOffset + length > dst.length) {
+    // (out of range: set() reports it as it always did)
+    dst.set(src.subarray(srcOffset, srcOffset + length), dstOffset);
+    return;
+  }
+  if (src !== srcArray) {
+    srcArray = src;
+    srcView = new DataView(src.buffer, src.byteOffset, src.byteLength);
+  }
+  if (dst !== dstArray) {
+    dstArray = dst;
+    dstView = new DataView(dst.buffer, dst.byteOffset, dst.byteLength);
+  }
+  const sv = srcView;
+  const dv = dstView;
+  let i = 0;
+  for (; i + 4 <= length; i += 4) dv.setUint32(dstOffset + i, sv.getUint32(srcOffset + i, true), true);
+  for (; i < length; i++) dst[dstOffset + i] = src[srcOffset + i]!;
 }
 
 function checkOffsets(method: string, chainOffset: number, bufferOffset: number): void {

@@ -151,7 +151,8 @@ export async function startOurRelay(o: { vf: string; cpu: number; pollMode: OurP
       '',
     ].join('\n'),
   );
-  const p = launch(`relay-${o.pollMode}`, [process.execPath, relayBin, '--config', configPath], { cpu: o.pin ? o.cpu : undefined });
+  const profile = process.env.VIO4WD_BENCH_CPU_PROF ? ['--cpu-prof', `--cpu-prof-dir=${process.env.VIO4WD_BENCH_CPU_PROF}`] : [];
+  const p = launch(`relay-${o.pollMode}`, [process.execPath, ...profile, relayBin, '--config', configPath], { cpu: o.pin ? o.cpu : undefined });
   const stop = async () => {
     await p.stop();
     rmSync(dir, { recursive: true, force: true });
