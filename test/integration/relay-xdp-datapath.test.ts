@@ -9,8 +9,10 @@ import { VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_TCPV4, VIRTIO_NET_HDR_G
 import { Counter } from '../../relay/datapath/counters.js';
 import { createNetns, createVethPair, deleteLink, deleteNetns, requireRoot, uniqueTag } from '../support/netns.js';
 import { sleep, stopAll } from '../support/processes.js';
-import { TX_HDR as HDR, openTxRig, txDirection, type TxRig } from '../support/tx-direction.js';
+import { TX_HDR as HDR, TX_RIG_MEMORY, openTxRig, txDirection, type TxRig } from '../support/tx-direction.js';
 import { rxDirection } from '../support/rx-direction.js';
+import { XdpPort } from '../../sys/xdp-socket.js';
+import type { XdpPortHandle } from '../../sys/xdp-socket.js';
 import { hex, testFrame, peerSend, startCapture } from '../support/raw-peer.js';
 import { superFrame, segmentProblems, type SuperFrame } from '../support/tcp-frames.js';
 import { randomOffloadRequest, rng } from '../support/hostile-frontend.js';
@@ -307,6 +309,31 @@ describe.skipIf(!ready)('the relay over an AF_XDP port whose UMEM holds the gues
     expect(segmentProblems(small, { bytes: got4[0] })).toEqual([]);
     expect(g.usedIdx()).toBe(3);
     expect(g.counter(Counter.Packets)).toBe(3);
+    g.d.release();
+  });
+
+  it('a hostile guest: frames outside its memory or across its end are bad chains and reach no ring; one in its last bytes leaves from there', async () => {
+    const g = txDirection(grig, 7);
+    const bytes = new Uint8Array(grig.mem.buffer);
+    const last = testFrame(500, 100);
+    bytes.set(last, TX_RIG_MEMORY - last.length);
+    const header = 0x8000; // a zeroed header inside memory
+    bytes.fill(0, header, header + HDR);
+    const capture = startCapture(gns, gpeer, ETHERTYPE, 1);
+    await capture.waitForOutput(/ready/);
+    g.postRaw([{ gpa: header, len: HDR }, { gpa: TX_RIG_MEMORY + 4096, len: 100 }]); // beyond memory
+    g.postRaw([{ gpa: header, len: HDR }, { gpa: TX_RIG_MEMORY - 50, len: 100 }]); // across its end
+    g.postRaw([{ gpa: header, len: HDR }, { gpa: 2 ** 52, len: 100 }]); // far above it
+    g.postRaw([{ gpa: header, len: HDR }, { gpa: TX_RIG_MEMORY - last.length, len: last.length }]);
+    g.publish();
+    expect(g.d.burst()).toBe(4);
+    expect(await reclaimAll(g, 4, g.reclaim())).toBe(4);
+    await capture.waitForOutput(/done \d+/, 15_000);
+    expect(captured(capture.output()).map(hex)).toEqual([hex(last)]);
+    expect(g.counter(Counter.BadChains)).toBe(3);
+    expect(g.counter(Counter.Packets)).toBe(1);
+    // Nothing the kernel had to refuse was ever put in its rings.
+    expect(XdpPort.attach(grig.handle as XdpPortHandle).readKernelStatistics().kernelInvalidDescs).toBe(0);
     g.d.release();
   });
 

@@ -13,7 +13,9 @@ import { VmToVf } from '../../relay/datapath/directions.js';
 import { Counter, counterBase, createCounterBuffer, Dir } from '../../relay/datapath/counters.js';
 import type { DirectionSpec, DirectionState, PortSpec } from '../../relay/datapath/worker-protocol.js';
 
-const SIZE = 1 << 20;
+/** Guest memory of a rig: 1 MiB from guest address 0. */
+export const TX_RIG_MEMORY = 1 << 20;
+const SIZE = TX_RIG_MEMORY;
 const QSIZE = 16;
 /** The virtio-net header length of VERSION_1 guests. */
 export const TX_HDR = 12;
@@ -59,6 +61,8 @@ export interface TxDirection {
    * after `split` bytes. Returns where the frame is in the rig's memory.
    */
   post(header: Uint8Array, frame: Uint8Array, split?: number): number;
+  /** Posts a chain of read-only buffers as they are given (guest addresses a hostile guest may choose). */
+  postRaw(parts: { gpa: number; len: number }[]): void;
   publish(): void;
   /** Takes back the chains the relay completed, freeing their descriptors for more posts. */
   reclaim(): number;
@@ -112,6 +116,7 @@ export function txDirection(rig: TxRig, relay: number, guest: { hostOffloads?: b
       driver.addBuffers(parts);
       return at + TX_HDR;
     },
+    postRaw: (parts) => driver.addBuffers(parts.map((p) => ({ ...p, writable: false }))),
     publish: () => driver.publish(),
     reclaim: () => {
       let n = 0;
