@@ -10,7 +10,9 @@
 // to EXTRA_BOOTS more boots of the rig, each announced on the console. A file that ran and
 // failed is never run again, with one exception: a file whose every failure is a nested guest's
 // triple fault or CPU exception (the rig's emulation of SVM, docs/vmm.md "Known problems") runs
-// once more in one more boot, announced with the fault's line.
+// once more in one more boot, announced with the fault's line; so does a file whose every failure
+// is a nested guest that never reached userspace while the rig's own kernel reported soft
+// lockups (its vCPUs stalled for tens of seconds: the rig, not the VMM, was stuck).
 import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -34,6 +36,10 @@ const RETRY_TIMEOUT_S = 15 * 60;
 const EXTRA_BOOTS = 2;
 /** What a nested guest's fault looks like in a failure message: the VMM's or the tiny guest's line. */
 const GUEST_FAULT = /guest ended: triple fault[^\n"]*|tiny-guest: exception [^\n"]*/;
+/** A nested Linux guest that never got to userspace (its boot waits for this line). */
+const NO_USERSPACE = /timed out after \d+ ms waiting for \/Run \\\/init as init process\/[^\n"]*/;
+/** The rig's own kernel saw a vCPU stuck. */
+const RIG_STALLED = /watchdog: BUG: soft lockup[^\n]*/;
 
 /** Inside the rig: each file in its own vitest run with its own JSON report; the worst status wins. */
 const PER_FILE_SCRIPT = `status=0
@@ -55,12 +61,18 @@ function readReports(files: string[]): Map<string, FileResult> {
   return found;
 }
 
-/** The files that failed only because a nested guest faulted, each with the first fault's line. */
-function guestFaultFailures(results: Map<string, FileResult>): Map<string, string> {
+/**
+ * The files that failed only because a nested guest faulted (or, with `rigStalled`, never reached
+ * userspace), each with the first such line.
+ */
+function guestFaultFailures(results: Map<string, FileResult>, rigStalled: boolean): Map<string, string> {
   const found = new Map<string, string>();
   for (const [file, r] of results) {
     const failed = r.assertionResults.filter((a) => a.status === 'failed');
-    const faults = failed.map((a) => GUEST_FAULT.exec((a.failureMessages ?? []).join('\n'))?.[0]);
+    const faults = failed.map((a) => {
+      const message = (a.failureMessages ?? []).join('\n');
+      return GUEST_FAULT.exec(message)?.[0] ?? (rigStalled ? NO_USERSPACE.exec(message)?.[0] : undefined);
+    });
     if (failed.length > 0 && faults.every((f) => f !== undefined)) found.set(file, faults[0]!);
   }
   return found;
@@ -100,9 +112,12 @@ describe.runIf(rigPossible)(`test/kvm inside the nested-KVM rig (${kvmRouteReaso
       // The earlier boots' output stays in the record; the status is the latest boot's.
       run = { status: again.status, output: `${earlier.output}\n--- boot ${boot} of the rig ---\n${again.output}` };
     }
-    const faulted = guestFaultFailures(results);
+    const stall = RIG_STALLED.exec(run.output)?.[0];
+    const faulted = guestFaultFailures(results, stall !== undefined);
     if (faulted.size > 0) {
-      for (const [file, fault] of faulted) console.warn(`KVM tests: ${file} failed only on a nested guest's fault ("${fault}"); it runs once more`);
+      for (const [file, fault] of faulted) {
+        console.warn(`KVM tests: ${file} failed only on a nested guest's fault ("${fault}"${GUEST_FAULT.test(fault) ? '' : `, the rig's kernel: "${stall!.trim()}"`}); it runs once more`);
+      }
       const earlier: NestedResult = run;
       const files = [...faulted.keys()];
       const again = await bootRig(files, RETRY_TIMEOUT_S, 'kvm-rig-fault');
