@@ -1,24 +1,16 @@
 // One VF as the data path sees it, whatever kind of port it is: a burst of received frames handed
 // over in place, frames queued from guest memory and sent together, a wait handle, and the
-// kernel's drop count. Two kinds:
-//   - PacketLink (AF_PACKET): receives from a TPACKET_V3 ring; sends with one sendmmsg per burst,
-//     the kernel gathering each frame straight from guest memory (no copy in user space), with a
-//     virtio_net_hdr before each frame when VIRTIOFWD_TSO lets the kernel segment and checksum.
-//   - XdpLink (AF_XDP): receives from the sockets' RX rings (a redirect program in front of the
-//     stack). When the guest's memory is part of the UMEM, a frame that lies in one piece of it
-//     is sent from there: its chain goes back to the guest only when the kernel has completed it
-//     (held frames, below). Other frames are copied into a TX chunk of the relay's. The kernel
-//     offers no offload there, so a guest's checksum request is completed and its super-frames
-//     are cut into segments here (both copied).
+// kernel's drop count. This file has the interface and PacketLink (AF_PACKET: receives from a
+// TPACKET_V3 ring; sends with one sendmmsg per burst, the kernel gathering each frame straight
+// from guest memory, with a virtio_net_hdr before each frame when VIRTIOFWD_TSO lets the kernel
+// segment and checksum). The others: xdp-link.ts (AF_XDP), memif-link.ts, memory-link.ts (tests);
+// offload-sender.ts is the sending side the AF_XDP and memif links share.
 import { PacketRing, VNET_HDR_LEN, type PacketRingHandle, type FrameHandler, type FrameAdmission } from '../../sys/packet-ring.js';
 import { PacketBatch } from '../../sys/packet-batch.js';
 import { nativeBuffer, type NativeBuffer } from '../../sys/native-buffer.js';
-import { XdpPort, GUEST_QUEUED, GUEST_NO_ROOM, type XdpPortHandle } from '../../sys/xdp-socket.js';
-import { guestUmemOffset, type UmemGuestSlot } from '../../sys/xdp-umem.js';
+import type { XdpPortHandle } from '../../sys/xdp-socket.js';
 import type { DescriptorChain } from '../../virtio/descriptor-chain.js';
-import { VIRTIO_NET_HDR_GSO_NONE, VIRTIO_NET_HDR_F_NEEDS_CSUM } from '../../virtio/net-header.js';
-import { completeL4Checksum } from './checksum.js';
-import { TcpSegmenter } from './segmentation.js';
+import { VIRTIO_NET_HDR_GSO_NONE } from '../../virtio/net-header.js';
 import type { MemoryLinkHandle } from './memory-link.js';
 import type { MemifPortHandle } from '../../sys/memif-rings.js';
 
@@ -26,12 +18,6 @@ import type { MemifPortHandle } from '../../sys/memif-rings.js';
 export const BATCH_FRAMES = 64;
 /** A header slot in a member's header slab. */
 const HEADER_SLOT = 16;
-/** Largest frame a guest may hand us: 64 KiB plus Ethernet and VLAN headers. */
-const MAX_GUEST_FRAME = 65562;
-
-/** The smallest segment size Linux's TCP uses (TCP_MIN_MSS). */
-const TCP_MIN_MSS = 88;
-
 /** queueFrame results. */
 export const QUEUED = 1;
 /** No room left in this burst (the frame is dropped and counted as a full queue). */
@@ -265,155 +251,5 @@ export class PacketLink implements VfLink {
 
   txPending(): boolean {
     return false;
-  }
-}
-
-export class XdpLink extends CopyingLinkTally implements VfLink {
-  readonly kind = 'af_xdp' as const;
-  readonly netdev: string;
-  readonly maxFrame: number;
-  readonly rxFds: number[];
-  readonly rxHeader = null;
-  readonly rxTruncated = 0;
-  private readonly port: XdpPort;
-  /** A super-frame is gathered here before it is cut into segments. */
-  private superFrame: Uint8Array | null = null;
-  private segmenter: TcpSegmenter | null = null;
-  private readonly queueSegment: (bytes: Uint8Array, offset: number, length: number) => void;
-  private segmentsLost = 0;
-  /** Where guest memory is in the UMEM (empty: every frame is copied). */
-  private readonly guestSlots: readonly UmemGuestSlot[];
-
-  constructor(netdev: string, handle: XdpPortHandle) {
-    super();
-    this.netdev = netdev;
-    this.port = XdpPort.attach(handle);
-    this.guestSlots = handle.umem.guestSlots;
-    this.maxFrame = handle.maxFrameLength;
-    this.rxFds = this.port.rxFds;
-    this.queueSegment = (bytes, offset, length) => {
-      const slot = this.port.txSlot();
-      if (slot === null || length > slot.capacity) {
-        this.segmentsLost++;
-        return;
-      }
-      slot.bytes.set(bytes.subarray(offset, offset + length), slot.offset);
-      if (!this.port.txCommit(length)) this.segmentsLost++;
-    };
-  }
-
-  receive(onFrame: FrameHandler, budget: number, admit?: FrameAdmission): number {
-    return this.port.receive(onFrame, budget, admit);
-  }
-
-  rxReady(): boolean {
-    return this.port.rxReady();
-  }
-
-  readKernelDrops(): number {
-    return this.port.readKernelStatistics().kernelDrops;
-  }
-
-  get kernelDropsSoFar(): number {
-    return this.port.counters.kernelDrops;
-  }
-
-  /**
-   * Sends the frame from guest memory when it can (HELD), else copies it into a TX chunk,
-   * completing its checksum or cutting it into segments when the guest's header asks.
-   */
-  queueFrame(frame: GuestFrame, header: Uint8Array): number {
-    const chain = frame.chain;
-    let needsChecksum = false;
-    if (frame.hostOffloads) {
-      if (chain.copyOut(0, header, 0, VNET_HDR_LEN) !== VNET_HDR_LEN) return REFUSED;
-      if (header[1] !== VIRTIO_NET_HDR_GSO_NONE) return this.queueSegments(frame, header[4] | (header[5] << 8));
-      needsChecksum = (header[0] & VIRTIO_NET_HDR_F_NEEDS_CSUM) !== 0;
-    }
-    if (!fitsLink(frame, this.maxFrame, header, VNET_HDR_LEN)) return REFUSED;
-    if (frame.holdKey >= 0 && !needsChecksum && this.guestSlots.length > 0) {
-      const r = this.queueFromGuest(frame);
-      if (r !== REFUSED) return r;
-    }
-    const slot = this.port.txSlot();
-    if (slot === null) return NO_ROOM;
-    const length = frame.frameLength;
-    if (length > slot.capacity || chain.copyOut(frame.hdrLen, slot.bytes, slot.offset, length) !== length) return REFUSED;
-    if (needsChecksum && !completeL4Checksum(slot.bytes, slot.offset, length)) return REFUSED;
-    if (!this.port.txCommit(length)) return REFUSED;
-    this.counted(length);
-    return QUEUED;
-  }
-
-  /**
-   * The frame's bytes after the header, when they are one piece of guest memory inside the UMEM:
-   * handed to the kernel where they are (HELD). REFUSED here only means "copy it instead".
-   */
-  private queueFromGuest(frame: GuestFrame): number {
-    const chain = frame.chain;
-    const segments = chain.readableSegments;
-    let skip = frame.hdrLen;
-    for (let i = 0; i < segments; i++) {
-      const len = chain.segLength[i];
-      if (skip >= len) {
-        skip -= len;
-        continue;
-      }
-      if (len - skip < frame.frameLength) return REFUSED;
-      const at = guestUmemOffset(this.guestSlots, chain.segHost[i] + skip, frame.frameLength);
-      if (at < 0) return REFUSED;
-      const r = this.port.txGuest(at, frame.frameLength, frame.holdKey);
-      if (r === GUEST_QUEUED) {
-        this.counted(frame.frameLength);
-        return HELD;
-      }
-      return r === GUEST_NO_ROOM ? NO_ROOM : REFUSED;
-    }
-    return REFUSED;
-  }
-
-  heldFrames(): number {
-    return this.port.guestFramesInFlight;
-  }
-
-  returnCompleted(onDone: (key: number) => void): void {
-    const port = this.port;
-    const n = port.completedCount;
-    if (n === 0) return;
-    const keys = port.completedKeys;
-    port.completedCount = 0;
-    for (let i = 0; i < n; i++) onDone(keys[i]);
-  }
-
-  settleHeld(ms: number): void {
-    this.port.settleGuestFrames(ms);
-  }
-
-  /** A guest super-frame (GSO): its TCP segments, each complete, go into TX chunks one by one. */
-  private queueSegments(frame: GuestFrame, mss: number): number {
-    const length = frame.frameLength;
-    // Linux sends no segment smaller than TCP_MIN_MSS; a smaller size would only turn one chain
-    // into hundreds of frames. All the segments go in this burst or none does.
-    if (length > MAX_GUEST_FRAME || mss < TCP_MIN_MSS) return REFUSED;
-    if (this.port.txFree() < Math.ceil(length / mss)) return NO_ROOM;
-    this.superFrame ??= new Uint8Array(MAX_GUEST_FRAME);
-    this.segmenter ??= new TcpSegmenter();
-    if (frame.chain.copyOut(frame.hdrLen, this.superFrame, 0, length) !== length) return REFUSED;
-    const lostBefore = this.segmentsLost;
-    if (this.segmenter.segment(this.superFrame, 0, length, mss, this.queueSegment, this.maxFrame) !== null) return REFUSED;
-    if (this.segmentsLost !== lostBefore) return NO_ROOM;
-    // Counted as the guest's one frame, as when the kernel segments it behind an AF_PACKET socket.
-    this.counted(length);
-    return QUEUED;
-  }
-
-  flush(): number {
-    // Frames the kernel did not take now stay in the TX ring for the next flush: not lost.
-    this.port.txFlush();
-    return this.endBurst();
-  }
-
-  txPending(): boolean {
-    return this.port.txPending();
   }
 }

@@ -2,7 +2,8 @@
 // AF_PACKET or AF_XDP port). The bond decides which member sends a frame and which members'
 // traffic is accepted; carrier changes come from the main thread (set-active-member), never from
 // sysfs reads on the hot path.
-import { PacketLink, XdpLink, isXdpHandle, type VfHandle, type VfLink } from './vf-link.js';
+import { PacketLink, isXdpHandle, type VfHandle, type VfLink } from './vf-link.js';
+import { XdpLink } from './xdp-link.js';
 import { MemoryLink, isMemoryHandle } from './memory-link.js';
 import { MemifLink, isMemifHandle } from './memif-link.js';
 import { flowHash } from './flow-hash.js';
