@@ -223,11 +223,7 @@ function openQueue(
 
   // Every RX chunk starts in the fill ring, before the socket is bound and frames can arrive.
   const fillWords = new Uint32Array(viewAt(fill.address, fill.length));
-  for (let i = 0; i < ringSize; i++) {
-    const addr = chunkOffset + i * chunkSize;
-    fillWords[(fill.desc >> 2) + 2 * i] = addr >>> 0;
-    fillWords[(fill.desc >> 2) + 2 * i + 1] = Math.floor(addr / 2 ** 32);
-  }
+  for (let i = 0; i < ringSize; i++) setAddress(fillWords, (fill.desc >> 2) + 2 * i, chunkOffset + i * chunkSize);
   Atomics.store(fillWords, fill.producer >> 2, ringSize);
 
   // struct sockaddr_xdp: family, flags, ifindex, queue_id, shared_umem_fd
@@ -355,6 +351,17 @@ function busyOr(err: unknown, ifname: string): Error {
   return err as Error;
 }
 
+/** A UMEM address (up to 48 bits) in a ring entry's two little-endian 32-bit words at `at`. */
+function setAddress(words: Uint32Array, at: number, address: number): void {
+  words[at] = address >>> 0;
+  words[at + 1] = address < TWO32 ? 0 : Math.floor(address / TWO32);
+}
+
+/** 'guest' when the VM's memory is in the port's UMEM (frames can be sent from it), else 'relay'. */
+export function xdpUmemKind(handle: XdpPortHandle): 'guest' | 'relay' {
+  return handle.umem.guestSlots.length > 0 ? 'guest' : 'relay';
+}
+
 /** Whether every queue's socket runs in zero-copy mode (the driver moves frames into the UMEM itself). */
 export function xdpZeroCopy(handle: XdpPortHandle): boolean {
   return handle.queues.every((q) => q.zeroCopy);
@@ -474,8 +481,6 @@ export class XdpPort {
   /** An XDP socket never delivers part of a frame. */
   readonly rxTruncated = 0;
   readonly rxFds: number[];
-  /** Guest memory is in the UMEM (frames can be sent from it). */
-  readonly guestMemory: boolean;
   /**
    * Keys of guest frames the kernel is done with, in completedKeys[0, completedCount): the
    * caller hands them back to the guest and resets completedCount.
@@ -492,7 +497,9 @@ export class XdpPort {
   /** The relay's chunks, and their UMEM offset (a frame at UMEM offset a is at bytes[a − relayOffset]). */
   private readonly relayBytes: Uint8Array;
   private readonly relayOffset: number;
+  /** The slot table: keys through `table` (signed), addresses through `tableWords` (unsigned, as the rings hold them). */
   private readonly table: Int32Array;
+  private readonly tableWords: Uint32Array;
   /** Slots released so far (table word 0, kept here too). */
   private tail: number;
   private guestInFlight = 0;
@@ -513,10 +520,10 @@ export class XdpPort {
     this.count = new Float64Array(viewAt(handle.counterPage.address, handle.counterPage.length), 0, COUNTER_NAMES.length);
     this.relayBytes = new Uint8Array(viewAt(handle.umem.relay.address, handle.umem.relay.length));
     this.relayOffset = handle.umem.relay.offset;
-    this.guestMemory = handle.umem.guestSlots.length > 0;
     this.zeroCopy = this.sender.h.zeroCopy;
     this.slot = { bytes: this.relayBytes, offset: 0, capacity: this.chunkSize };
     this.table = new Int32Array(viewAt(handle.txTable.address, handle.txTable.length));
+    this.tableWords = new Uint32Array(this.table.buffer);
     // A burst may reap a whole ring and, having refilled it, part of the next before they are taken.
     this.completedKeys = new Int32Array(2 * this.ringSize);
     // A thread attaching later resumes from the table: the slots still in flight, and those of them
@@ -590,9 +597,7 @@ export class XdpPort {
         q.rxNext = (q.rxNext + 1) >>> 0;
         // Relay chunks sit at multiples of the chunk size: the chunk is the address rounded down.
         const chunk = posted - ((posted - relayOffset) % chunkSize);
-        const f = q.fillDesc + ((q.fillNext & mask) << 1);
-        fill[f] = chunk >>> 0;
-        fill[f + 1] = chunk < TWO32 ? 0 : Math.floor(chunk / TWO32);
+        setAddress(fill, q.fillDesc + ((q.fillNext & mask) << 1), chunk);
         q.fillNext = (q.fillNext + 1) >>> 0;
         delivered++;
         if (onFrame(this.relayBytes, at - relayOffset, length, 0) === false) {
@@ -672,19 +677,14 @@ export class XdpPort {
 
   private putTx(at: number, length: number, key: number): void {
     const q = this.sender;
-    const lo = at >>> 0;
-    const hi = at < TWO32 ? 0 : Math.floor(at / TWO32);
     const d = q.txDesc + ((q.txNext & q.mask) << 2);
     const tx = q.tx;
-    tx[d] = lo;
-    tx[d + 1] = hi;
+    setAddress(tx, d, at);
     tx[d + 2] = length;
     tx[d + 3] = 0;
     const e = this.entry(q.txNext);
-    const t = this.table;
-    t[e] = lo;
-    t[e + 1] = hi;
-    t[e + 2] = key;
+    setAddress(this.tableWords, e, at);
+    this.table[e + 2] = key;
     q.txNext = (q.txNext + 1) >>> 0;
     this.count[C_TX_FRAMES]++;
   }
@@ -753,6 +753,7 @@ export class XdpPort {
     if (done === q.completed) return;
     const c = q.completion;
     const t = this.table;
+    const words = this.tableWords;
     for (let j = q.completed; j !== done; j = (j + 1) >>> 0) {
       const w = q.compDesc + ((j & q.mask) << 1);
       const lo = c[w];
@@ -760,7 +761,8 @@ export class XdpPort {
       for (let i = this.tail; i !== q.txNext; i = (i + 1) >>> 0) {
         const e = this.entry(i);
         const key = t[e + 2];
-        if (key === TX_FREE || t[e] !== lo || t[e + 1] !== hi) continue;
+        // Both sides unsigned: an address of 2^31 or more must compare equal to itself.
+        if (key === TX_FREE || words[e] !== lo || words[e + 1] !== hi) continue;
         t[e + 2] = TX_FREE;
         if (key >= 0) {
           this.completedKeys[this.completedCount++] = key;

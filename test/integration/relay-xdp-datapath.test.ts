@@ -337,6 +337,40 @@ describe.skipIf(!ready)('the relay over an AF_XDP port whose UMEM holds the gues
     g.d.release();
   });
 
+  it('a UMEM past 2 GiB: relay chunks at offsets above 2^31 complete and are reused through many ring laps', async () => {
+    // 2.25 GiB of guest memory put the relay's chunks above 2^31 in the UMEM (the kernel pins it
+    // all: a sparse file is filled with zeroed pages, once, for this test).
+    const big = `xdgb${tag}`;
+    const bigPeer = `xdgq${tag}`;
+    createVethPair(big, bigPeer, { nsB: gns, noIpv6: true });
+    const bigRig = openTxRig(big, {}, 2.25 * 2 ** 30, { ringSize: 64 }, undefined, { guestUmem: true });
+    try {
+      const g = txDirection(bigRig, 8);
+      const frames = 200;
+      const capture = startCapture(gns, bigPeer, ETHERTYPE, frames);
+      await capture.waitForOutput(/ready/);
+      let back = 0;
+      for (let i = 0; i < frames; i += 4) {
+        // Frames in two pieces are copied into the relay's chunks; the others go from guest memory.
+        g.post(new Uint8Array(HDR), testFrame(600 + i, 300), 100);
+        g.post(new Uint8Array(HDR), testFrame(601 + i, 300), 100);
+        g.post(new Uint8Array(HDR), testFrame(602 + i, 300));
+        g.post(new Uint8Array(HDR), testFrame(603 + i, 300));
+        g.publish();
+        expect(g.d.burst()).toBe(4);
+        back = await reclaimAll(g, i + 4, back + g.reclaim());
+        expect(back, `after ${i + 4} frames`).toBe(i + 4);
+      }
+      await capture.waitForOutput(/done \d+/, 15_000);
+      expect(captured(capture.output()).length).toBe(frames);
+      expect(g.counter(Counter.Packets)).toBe(frames);
+      g.d.release();
+    } finally {
+      bigRig.close();
+      deleteLink(big);
+    }
+  });
+
   it('a direction leaving its thread hands back the chains still held; the kernel sends them later and nobody returns them again', async () => {
     const g = txDirection(grig, 7);
     execFileSync('ip', ['link', 'set', gvf, 'down']);

@@ -76,7 +76,7 @@ export interface TxDirection {
  */
 export function txDirection(rig: TxRig, relay: number, guest: { hostOffloads?: boolean } = {}, port?: PortSpec, state?: DirectionState): TxDirection {
   const { mem, handle, vf } = rig;
-  const memory = new GuestMemory([{ guestPhysAddr: 0, size: SIZE, userAddr: mem.address, bytes: new Uint8Array(mem.buffer) }]);
+  const memory = new GuestMemory([{ guestPhysAddr: 0, size: SIZE, userAddr: mem.address, bytes: new Uint8Array(mem.buffer, 0, SIZE) }]);
   const l = SplitQueueDriver.layout(0, QSIZE);
   new Uint8Array(mem.buffer).fill(0, 0, BUFFERS_AT);
   const driver = new SplitQueueDriver({ memory, size: QSIZE, descGpa: l.descGpa, availGpa: l.availGpa, usedGpa: l.usedGpa, name: 'tx' });
