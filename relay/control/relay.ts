@@ -5,7 +5,7 @@
 // ring state saved) before it is attached again.
 import type { Logger } from 'pino';
 import { isXdpHandle, type VfHandle } from '../datapath/vf-link.js';
-import { xdpZeroCopy, type XdpPortHandle } from '../../sys/xdp-socket.js';
+import { xdpUmemKind, xdpZeroCopy, type XdpPortHandle } from '../../sys/xdp-socket.js';
 import type { XdpGuestRegion } from '../../sys/xdp-umem.js';
 import type { VfPortChoice } from '../config/types.js';
 import type { RingOpener } from './ring-opener.js';
@@ -26,7 +26,6 @@ import { MemifEndpoint } from '../../sys/memif-control.js';
 import { readMemifCounters } from '../../sys/memif-rings.js';
 import type { Reactor } from '../../sys/poll.js';
 import type { PollMode } from '../config/types.js';
-import { isMemifHandle } from '../datapath/memif-link.js';
 
 export interface RelayContext {
   pool: WorkerPool;
@@ -285,7 +284,7 @@ export class Relay implements NetDevice {
     }
     h ??= await this.ctx.rings.openXdp(netdev, {});
     const zeroCopy = xdpZeroCopy(h);
-    const umem = h.umem.guestSlots.length > 0 ? 'guest' : 'relay';
+    const umem = xdpUmemKind(h);
     this.log.info(
       { netdev, pci, port: 'af_xdp', attach: h.attachMode, zeroCopy, queues: h.queues.length, umem },
       `VF ${netdev}: AF_XDP port, program in ${h.attachMode === 'native' ? 'the driver' : 'generic mode'}, ${zeroCopy ? 'zero copy' : 'copy mode'}, ${h.queues.length} queue${h.queues.length === 1 ? '' : 's'}, ${umem === 'guest' ? `UMEM over the VM's memory (${h.umem.guestSlots.length} region${h.umem.guestSlots.length === 1 ? '' : 's'}, ${Math.round((h.umem.length - h.umem.relay.length) / 2 ** 20)} MiB pinned)` : "relay's UMEM (frames copied)"}`,
@@ -308,11 +307,12 @@ export class Relay implements NetDevice {
    * The UMEM of an AF_XDP port is fixed when its sockets are made: when the VM's memory changes
    * (a new table, the VM gone), its ports are opened again around the new memory, with both
    * directions detached meanwhile. A port that cannot be opened again leaves the relay (logged).
+   * Returns whether it detached the directions: the caller then reconfigures.
    */
-  private async rebuildXdpPorts(why: string): Promise<void> {
+  private async rebuildXdpPorts(why: string): Promise<boolean> {
     const wanted = this.umemRegions() !== undefined;
-    const stale = this.members.filter((m) => !m.memif && isXdpHandle(m.handle) && (wanted || m.handle.umem.guestSlots.length > 0));
-    if (stale.length === 0) return;
+    const stale = this.members.filter((m) => isXdpHandle(m.handle) && (wanted || xdpUmemKind(m.handle) === 'guest'));
+    if (stale.length === 0) return false;
     await this.detachDirection('vf2vm');
     await this.detachDirection('vm2vf');
     for (const m of stale) {
@@ -325,7 +325,7 @@ export class Relay implements NetDevice {
       }
     }
     this.activeMember = Math.min(this.activeMember, Math.max(0, this.members.length - 1));
-    await this.reconfigure();
+    return true;
   }
 
   /** The kind of port each member has, for stats and logs. */
@@ -337,7 +337,7 @@ export class Relay implements NetDevice {
             memifPeerErrors: ((c) => c.rxBadDescriptors + c.txBadDescriptors + c.ringErrors)(readMemifCounters(m.memif.counters)),
           }
         : isXdpHandle(m.handle)
-        ? { netdev: m.netdev, port: 'af_xdp' as const, attach: m.handle.attachMode, zeroCopy: xdpZeroCopy(m.handle), umem: m.handle.umem.guestSlots.length > 0 ? ('guest' as const) : ('relay' as const) }
+        ? { netdev: m.netdev, port: 'af_xdp' as const, attach: m.handle.attachMode, zeroCopy: xdpZeroCopy(m.handle), umem: xdpUmemKind(m.handle) }
         : { netdev: m.netdev, port: 'af_packet' as const },
     );
   }
@@ -355,7 +355,6 @@ export class Relay implements NetDevice {
           await m.memif.close();
           continue;
         }
-        if (isMemifHandle(m.handle)) continue;
         await this.ctx.rings.close(m.handle);
         this.restoreMtu(m.netdev, m.mtuBefore);
       }
@@ -447,7 +446,7 @@ export class Relay implements NetDevice {
       this.memoryId = ++memoryIds;
       const first = memory.regions[0];
       this.numaNode = first ? numaNodeOfAddress(first.hostAddress) : -1;
-      await this.rebuildXdpPorts("the VM's memory table changed");
+      if (await this.rebuildXdpPorts("the VM's memory table changed")) await this.reconfigure();
     });
   }
 
