@@ -113,6 +113,8 @@ export interface MemberPort {
   memifPeerErrors?: number;
   /** AF_XDP: the program runs in the driver ('native') or in the generic hook. */
   attach?: string;
+  /** AF_XDP: the program sits in libxdp's dispatcher beside the interface's other XDP programs. */
+  dispatcher?: boolean;
   /** AF_XDP: the driver moves frames into the UMEM itself. */
   zeroCopy?: boolean;
   /** AF_XDP: the VM's memory is in the UMEM ('guest': frames sent from where the guest wrote them) or not ('relay': copied). */

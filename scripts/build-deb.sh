@@ -191,6 +191,7 @@ Architecture: $arch
 Maintainer: ${DEBFULLNAME:-vio4wd maintainers} <${DEBEMAIL:-vio4wd@localhost}>
 Installed-Size: $installed_size
 Depends: nodejs (>= 20), python3, libc6, libstdc++6, libgcc-s1
+Recommends: libxdp1
 Provides: virtio-forwarder
 Conflicts: virtio-forwarder
 Replaces: virtio-forwarder

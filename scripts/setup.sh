@@ -45,13 +45,14 @@ trap on_exit EXIT
 # protocol to the ZMQ services, and libvirt 9.0 (libvirtd, virtlogd, virsh, and the libvirt-qemu
 # user and kvm group its QEMU runs as) for the libvirt test, which starts libvirtd itself: no
 # service is enabled or started here. iperf3 and ethtool serve bench/iperf.ts (iperf3 also goes
-# into the bench's guest).
+# into the bench's guest). libxdp1 lets AF_XDP ports join libxdp's dispatcher; xdp-tools
+# (xdp-filter, xdp-loader) is the other program in the test of that.
 packages=(
   qemu-system-x86 dpdk-dev openvswitch-common openvswitch-switch acpica-tools
   libvirt-daemon-system libvirt-clients
   iproute2 busybox-static cpio xz-utils iputils-ping procps util-linux systemd
   gcc binutils python3 dpkg man-db groff-base gzip python3-zmq python3-protobuf protobuf-compiler
-  iperf3 ethtool
+  iperf3 ethtool libxdp1 xdp-tools
 )
 
 missing=()

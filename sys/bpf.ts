@@ -13,6 +13,7 @@ const syscallNative = libc.func('long syscall(long number, ...)');
 const BPF_MAP_CREATE = 0;
 const BPF_MAP_UPDATE_ELEM = 2;
 const BPF_PROG_LOAD = 5;
+const BPF_OBJ_GET_INFO_BY_FD = 15;
 const BPF_LINK_CREATE = 28;
 const BPF_MAP_TYPE_XSKMAP = 17;
 const BPF_PROG_TYPE_XDP = 6;
@@ -29,6 +30,7 @@ const KEY_AT = 0;
 const VALUE_AT = 8;
 const LICENSE_AT = 16;
 const CODE_AT = 64;
+const INFO_AT = 512;
 const LOG_AT = 1024;
 const LOG_SIZE = 3072;
 let scratchPage: NativeBuffer | null = null;
@@ -141,6 +143,19 @@ export function attachXdp(progFd: number, ifindex: number, flags: number, what: 
   v.setUint32(8, BPF_XDP, true);
   v.setUint32(12, flags, true);
   return bpf(BPF_LINK_CREATE, attr, what);
+}
+
+/** The kernel's id of the program behind `progFd` (what `ip link`, bpftool and xdp-loader show). */
+export function programId(progFd: number): number {
+  const page = scratch();
+  page.bytes.fill(0, INFO_AT, INFO_AT + 8);
+  const attr = new Uint8Array(ATTR_SIZE);
+  const v = new DataView(attr.buffer);
+  v.setUint32(0, progFd, true);
+  v.setUint32(4, 8, true); // info_len: struct bpf_prog_info's type and id
+  v.setBigUint64(8, BigInt(page.address + INFO_AT), true);
+  bpf(BPF_OBJ_GET_INFO_BY_FD, attr, `the id of program fd ${progFd}`);
+  return page.view.getUint32(INFO_AT + 4, true);
 }
 
 export function closeBpfFd(fd: number): void {

@@ -20,10 +20,11 @@ import { mmap, munmap, viewAt, MAP_SHARED, MAP_POPULATE, PROT_READ, PROT_WRITE }
 import { ifNameToIndex, linkMtu } from './netdev.js';
 import { readdirSync } from 'node:fs';
 import {
-  createXskMap, setXskMapEntry, loadRedirectProgram, attachXdp, closeBpfFd, XDP_FLAGS_DRV_MODE, XDP_FLAGS_SKB_MODE,
+  createXskMap, setXskMapEntry, loadRedirectProgram, attachXdp, closeBpfFd, programId, XDP_FLAGS_DRV_MODE, XDP_FLAGS_SKB_MODE,
 } from './bpf.js';
 import { frameLengthAcceptable, type FrameAdmission, type FrameHandler } from './packet-ring.js';
 import { buildUmemArea, releaseUmemArea, type UmemArea, type XdpGuestRegion } from './xdp-umem.js';
+import { interfaceXdp, joinDispatcher, leaveDispatcher, libxdpMissing, type JoinedProgram } from './libxdp.js';
 
 const AF_XDP = 44;
 const SOCK_RAW = 3;
@@ -55,6 +56,7 @@ const VLAN_TAG = 4;
 const MSG_DONTWAIT = 0x40;
 const EAGAIN = 11;
 const EBUSY = 16;
+const EEXIST = 17;
 const ENOBUFS = 105;
 const EINTR = 4;
 
@@ -136,6 +138,10 @@ export interface XdpPortHandle {
   /** Largest untagged frame the interface accepts (MTU + Ethernet header); tagged frames get 4 more. */
   maxFrameLength: number;
   attachMode: XdpAttachMode;
+  /** The kernel's id of the XDP program that redirects to the port (ours, or libxdp's in its dispatcher). */
+  programId: number;
+  /** Set when the port shares the interface through libxdp's dispatcher (mapFd, progFd and linkFd are then -1). */
+  dispatcher: JoinedProgram | null;
   /** The UMEM shared by the queues' sockets, with where guest memory and the relay's chunks are in it. */
   umem: UmemArea;
   /** The transmit slot table of the sending queue (see the top of this file). */
@@ -292,29 +298,25 @@ export function openXdpPort(ifname: string, opts: XdpPortOptions = {}): XdpPortH
       const owner = k === 0 ? null : handles[0].fd;
       handles.push(openQueue(ifname, ifindex, q, ringSize, chunkSize, umem, umem.relay.offset + k * queueChunks, owner, opts.zeroCopy ?? 'auto', cleanup));
     });
-    const mapFd = createXskMap(Math.max(...queues) + 1, `vio4wd_${ifname}`);
+    let mapFd = createXskMap(Math.max(...queues) + 1, `vio4wd_${ifname}`);
     cleanup.push(() => closeBpfFd(mapFd));
     for (const h of handles) setXskMapEntry(mapFd, h.queue, h.fd);
-    const progFd = loadRedirectProgram(mapFd, `vio4wd_${ifname}`);
+    let progFd = loadRedirectProgram(mapFd, `vio4wd_${ifname}`);
     cleanup.push(() => closeBpfFd(progFd));
     const wanted = opts.attach ?? 'auto';
-    let linkFd = -1;
-    let attachMode: XdpAttachMode = 'native';
-    if (wanted !== 'generic') {
-      try {
-        linkFd = attachXdp(progFd, ifindex, XDP_FLAGS_DRV_MODE, `attaching XDP to ${ifname} in driver mode`);
-      } catch (err) {
-        // EBUSY is another program on the interface: generic mode would not change that.
-        if (wanted === 'native' || (err instanceof SysError && err.errno === EBUSY)) throw busyOr(err, ifname);
-      }
-    }
-    if (linkFd < 0) {
-      attachMode = 'generic';
-      try {
-        linkFd = attachXdp(progFd, ifindex, XDP_FLAGS_SKB_MODE, `attaching XDP to ${ifname} in generic mode`);
-      } catch (err) {
-        throw busyOr(err, ifname);
-      }
+    let attached = attachOwnProgram(progFd, ifindex, ifname, wanted);
+    let dispatcher: JoinedProgram | null = null;
+    if (attached === 'busy') {
+      // Someone else's program holds the hook: join it if it is libxdp's dispatcher, else refuse.
+      closeBpfFd(progFd);
+      closeBpfFd(mapFd);
+      progFd = -1;
+      mapFd = -1;
+      const joined = joinOrRefuse(ifindex, ifname, Math.max(...queues) + 1, wanted);
+      dispatcher = joined;
+      cleanup.push(() => leaveDispatcher(joined));
+      for (const h of handles) setXskMapEntry(joined.mapFd, h.queue, h.fd);
+      attached = { linkFd: -1, mode: joined.mode };
     }
     return {
       kind: 'af_xdp',
@@ -324,12 +326,14 @@ export function openXdpPort(ifname: string, opts: XdpPortOptions = {}): XdpPortH
       chunkSize,
       ringSize,
       maxFrameLength,
-      attachMode,
+      attachMode: attached.mode,
+      programId: dispatcher ? dispatcher.id : programId(progFd),
+      dispatcher,
       umem,
       txTable: { address: txTable.address, length: txTable.length },
       mapFd,
       progFd,
-      linkFd,
+      linkFd: attached.linkFd,
       counterPage: { address: counters.address, length: counters.length },
     };
   } catch (err) {
@@ -344,11 +348,42 @@ export function openXdpPort(ifname: string, opts: XdpPortOptions = {}): XdpPortH
   }
 }
 
-function busyOr(err: unknown, ifname: string): Error {
-  if (err instanceof SysError && err.errno === EBUSY) {
-    return new SysError('bpf', EBUSY, `attaching XDP to ${ifname}: another XDP program is attached to it`);
+/**
+ * Attaches our program with a bpf_link, in the driver where it has XDP, else in generic mode;
+ * 'busy' when another program holds the interface's hook.
+ */
+function attachOwnProgram(progFd: number, ifindex: number, ifname: string, wanted: XdpAttachMode | 'auto'): { linkFd: number; mode: XdpAttachMode } | 'busy' {
+  // EBUSY: a program in the same mode; EEXIST: one in the other mode (the kernel allows one of the two).
+  const held = (err: unknown) => err instanceof SysError && (err.errno === EBUSY || err.errno === EEXIST);
+  if (wanted !== 'generic') {
+    try {
+      return { linkFd: attachXdp(progFd, ifindex, XDP_FLAGS_DRV_MODE, `attaching XDP to ${ifname} in driver mode`), mode: 'native' };
+    } catch (err) {
+      if (held(err)) return 'busy'; // generic mode would not change that
+      if (wanted === 'native') throw err;
+    }
   }
-  return err as Error;
+  try {
+    return { linkFd: attachXdp(progFd, ifindex, XDP_FLAGS_SKB_MODE, `attaching XDP to ${ifname} in generic mode`), mode: 'generic' };
+  } catch (err) {
+    if (held(err)) return 'busy';
+    throw err;
+  }
+}
+
+/** Joins the libxdp dispatcher that holds the interface, or says what holds it instead. */
+function joinOrRefuse(ifindex: number, ifname: string, entries: number, wanted: XdpAttachMode | 'auto'): JoinedProgram {
+  const busy = (what: string) => new SysError('bpf', EBUSY, `attaching XDP to ${ifname}: ${what}`);
+  const missing = libxdpMissing();
+  if (missing) throw busy(`another XDP program is attached to it, and ${missing} (its dispatcher could share the interface)`);
+  const held = interfaceXdp(ifindex);
+  if (held.kind === 'dispatcher' && held.mode !== 'offload') {
+    if (wanted !== 'auto' && wanted !== held.mode) throw busy(`libxdp's dispatcher is attached to it in ${held.mode} mode, not ${wanted}`);
+    return joinDispatcher(ifindex, ifname, entries, held.mode);
+  }
+  const what = held.kind === 'single' ? ` (${held.program.name}, id ${held.program.id})`
+    : held.kind === 'dispatcher' ? " (libxdp's dispatcher, offloaded to the NIC)" : '';
+  throw busy(`another XDP program${what} is attached to it, not through libxdp's dispatcher (xdp-loader would load it that way and let the port share the interface)`);
 }
 
 /** A UMEM address (up to 48 bits) in a ring entry's two little-endian 32-bit words at `at`. */
@@ -369,6 +404,7 @@ export function xdpZeroCopy(handle: XdpPortHandle): boolean {
 
 /** Detaches the program (closing the link), closes the sockets and unmaps everything; every attached XdpPort must be gone. */
 export function closeXdpPort(handle: XdpPortHandle): void {
+  if (handle.dispatcher) leaveDispatcher(handle.dispatcher);
   closeBpfFd(handle.linkFd);
   closeBpfFd(handle.progFd);
   closeBpfFd(handle.mapFd);

@@ -285,9 +285,16 @@ export class Relay implements NetDevice {
     h ??= await this.ctx.rings.openXdp(netdev, {});
     const zeroCopy = xdpZeroCopy(h);
     const umem = xdpUmemKind(h);
+    const d = h.dispatcher;
+    for (const gone of d?.leftovers.removed ?? []) {
+      this.log.info({ netdev, pci, program: gone.id, pid: gone.pid }, `VF ${netdev}: removed AF_XDP program ${gone.id} that pid ${gone.pid}, now gone, had left in libxdp's dispatcher`);
+    }
+    for (const failed of d?.leftovers.failed ?? []) this.log.warn({ netdev, pci, err: failed }, `VF ${netdev}: could not remove a program a gone daemon left in libxdp's dispatcher: ${failed}`);
+    const where = d ? `${h.programId} in libxdp's dispatcher (priority ${d.priority}, ${h.attachMode} mode), beside the interface's other XDP programs`
+      : `${h.programId} in ${h.attachMode === 'native' ? 'the driver' : 'generic mode'}`;
     this.log.info(
-      { netdev, pci, port: 'af_xdp', attach: h.attachMode, zeroCopy, queues: h.queues.length, umem },
-      `VF ${netdev}: AF_XDP port, program in ${h.attachMode === 'native' ? 'the driver' : 'generic mode'}, ${zeroCopy ? 'zero copy' : 'copy mode'}, ${h.queues.length} queue${h.queues.length === 1 ? '' : 's'}, ${umem === 'guest' ? `UMEM over the VM's memory (${h.umem.guestSlots.length} region${h.umem.guestSlots.length === 1 ? '' : 's'}, ${Math.round((h.umem.length - h.umem.relay.length) / 2 ** 20)} MiB pinned)` : "relay's UMEM (frames copied)"}`,
+      { netdev, pci, port: 'af_xdp', attach: h.attachMode, dispatcher: d !== null, zeroCopy, queues: h.queues.length, umem },
+      `VF ${netdev}: AF_XDP port, program ${where}, ${zeroCopy ? 'zero copy' : 'copy mode'}, ${h.queues.length} queue${h.queues.length === 1 ? '' : 's'}, ${umem === 'guest' ? `UMEM over the VM's memory (${h.umem.guestSlots.length} region${h.umem.guestSlots.length === 1 ? '' : 's'}, ${Math.round((h.umem.length - h.umem.relay.length) / 2 ** 20)} MiB pinned)` : "relay's UMEM (frames copied)"}`,
     );
     return h;
   }
@@ -337,7 +344,7 @@ export class Relay implements NetDevice {
             memifPeerErrors: ((c) => c.rxBadDescriptors + c.txBadDescriptors + c.ringErrors)(readMemifCounters(m.memif.counters)),
           }
         : isXdpHandle(m.handle)
-        ? { netdev: m.netdev, port: 'af_xdp' as const, attach: m.handle.attachMode, zeroCopy: xdpZeroCopy(m.handle), umem: xdpUmemKind(m.handle) }
+        ? { netdev: m.netdev, port: 'af_xdp' as const, attach: m.handle.attachMode, dispatcher: m.handle.dispatcher !== null, zeroCopy: xdpZeroCopy(m.handle), umem: xdpUmemKind(m.handle) }
         : { netdev: m.netdev, port: 'af_packet' as const },
     );
   }

@@ -6,7 +6,7 @@ import { execFileSync, spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { existsSync } from 'node:fs';
 import { openXdpPort, closeXdpPort, XdpPort, receiveQueues, type XdpPortHandle } from '../../sys/xdp-socket.js';
-import { createXskMap, loadRedirectProgram, attachXdp, closeBpfFd, XDP_FLAGS_DRV_MODE } from '../../sys/bpf.js';
+import { createXskMap, loadRedirectProgram, attachXdp, closeBpfFd, programId, XDP_FLAGS_DRV_MODE } from '../../sys/bpf.js';
 import { ifNameToIndex } from '../../sys/netdev.js';
 import { requireRoot, requireBinary, createNetns, deleteNetns, createVethPair, deleteLink, uniqueTag } from '../support/netns.js';
 import { stopAll, sleep } from '../support/processes.js';
@@ -163,7 +163,7 @@ describe('AF_XDP port over a veth pair', () => {
     const prog = loadRedirectProgram(map, 'foreign');
     const link = attachXdp(prog, ifNameToIndex(ourEnd), XDP_FLAGS_DRV_MODE, 'foreign program');
     try {
-      expect(() => openXdpPort(ourEnd)).toThrow(/another XDP program is attached to it/);
+      expect(() => openXdpPort(ourEnd)).toThrow(new RegExp(`another XDP program \\(foreign, id ${programId(prog)}\\) is attached to it, not through libxdp's dispatcher`));
     } finally {
       for (const fd of [link, prog, map]) closeBpfFd(fd);
     }
