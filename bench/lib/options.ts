@@ -71,7 +71,7 @@ relay CPU = the relay process's user+system time, % of one core; ns/pkt = relay 
 delivered frame; loss = 1 - delivered/offered in exact counts over the whole run (tx: virtio-user
 TX-packets vs vethB rx_packets; rx: frames that reached vethA vs virtio-user RX-packets);
 foreign = CPU used by processes the bench did not start ('!' marks a contaminated run);
-steal = CPU the hypervisor withheld; ours/best DPDK = our median over the fastest DPDK relay's; clean Mpps = median of
+steal = CPU the hypervisor withheld; ours/best DPDK = our median over the fastest DPDK relay's; same run = that ratio run by run (median, range); clean Mpps = median of
 the runs that were not contaminated (on a shared machine, the figure to compare).
 `;
 

@@ -76,6 +76,12 @@ export interface CaseSummary {
   cleanMpps: { median: number; runs: number } | null;
   /** median delivered / the fastest DPDK relay's median delivered for the same direction and size. */
   ratioToDpdk: number | null;
+  /**
+   * The same ratio taken run by run (each run's figure over the fastest DPDK relay's in the same
+   * run, measured minutes apart at most): steadier where the machine's speed changes between runs
+   * (a virtual machine's vCPUs placed on other host cores) and moves every relay alike.
+   */
+  sameRunRatio: { min: number; median: number; max: number } | null;
 }
 
 export function median(values: number[]): number {
@@ -115,6 +121,7 @@ export function summarize(records: RunRecord[]): CaseSummary[] {
       contaminatedRuns: rs.filter((r) => r.contaminated).length,
       cleanMpps: clean.length ? { median: median(clean), runs: clean.length } : null,
       ratioToDpdk: null,
+      sameRunRatio: null,
     });
   }
   for (const s of out) {
@@ -123,6 +130,14 @@ export function summarize(records: RunRecord[]): CaseSummary[] {
     const refs = out.filter((d) => isDpdk(d.relay) && isMemif(d.relay) === isMemif(s.relay) && d.direction === s.direction && d.size === s.size);
     const best = Math.max(0, ...refs.map((d) => d.deliveredMpps.median));
     if (best > 0) s.ratioToDpdk = s.deliveredMpps.median / best;
+    const ratios: number[] = [];
+    for (const r of records) {
+      if (r.relay !== s.relay || r.direction !== s.direction || r.size !== s.size) continue;
+      const sameRun = records.filter((d) => d.run === r.run && d.direction === s.direction && d.size === s.size && refs.some((x) => x.relay === d.relay));
+      const bestThen = Math.max(0, ...sameRun.map((d) => d.deliveredPps));
+      if (bestThen > 0) ratios.push(r.deliveredPps / bestThen);
+    }
+    if (ratios.length) s.sameRunRatio = { min: Math.min(...ratios), median: median(ratios), max: Math.max(...ratios) };
   }
   const relayOrder: RelayKind[] = ['dpdk', 'dpdk-xdp', 'busy', 'adaptive', 'busy-xdp', 'adaptive-xdp', 'dpdk-memif', 'busy-memif', 'adaptive-memif'];
   return out.sort(
@@ -152,7 +167,7 @@ const f = (v: number, digits: number) => (Number.isFinite(v) ? v.toFixed(digits)
 
 export function formatTable(summaries: CaseSummary[]): string {
   const rows: string[][] = [
-    ['dir', 'size', 'relay', 'Mpps median', '(min-max)', 'relay CPU usr+sys %', 'ns/pkt', 'loss %', 'foreign % med/max', 'steal %', 'ours/best DPDK', 'clean Mpps (runs)'],
+    ['dir', 'size', 'relay', 'Mpps median', '(min-max)', 'relay CPU usr+sys %', 'ns/pkt', 'loss %', 'foreign % med/max', 'steal %', 'ours/best DPDK', 'same run (min-max)', 'clean Mpps (runs)'],
   ];
   for (const s of summaries) {
     rows.push([
@@ -167,6 +182,7 @@ export function formatTable(summaries: CaseSummary[]): string {
       `${f(s.foreignCpu.median, 0)}/${f(s.foreignCpu.max, 0)}${s.contaminatedRuns ? '!' : ''}`,
       f(s.stealCpu.median, 0),
       s.ratioToDpdk === null ? '' : f(s.ratioToDpdk, 2),
+      s.sameRunRatio === null ? '' : `${f(s.sameRunRatio.median, 2)} (${f(s.sameRunRatio.min, 2)}-${f(s.sameRunRatio.max, 2)})`,
       s.cleanMpps ? `${f(s.cleanMpps.median, 3)} (${s.cleanMpps.runs})` : '-',
     ]);
   }
