@@ -81,6 +81,11 @@ function lib(): Bindings | null {
       mapSetMaxEntries: bpf.func('int bpf_map__set_max_entries(bpf_map *map, uint32_t entries)'),
       mapFd: bpf.func('int bpf_map__fd(bpf_map *map)'),
     };
+    // Their messages would go to the daemon's stderr around its structured log (libbpf warns of
+    // every ELF section it does not know); what fails comes back as an error code, which the
+    // port's error reports.
+    xdp.func('void *libxdp_set_print(void *fn)')(null);
+    bpf.func('void *libbpf_set_print(void *fn)')(null);
   } catch (err) {
     loadError = (err as Error).message;
     bindings = null;
