@@ -15,7 +15,8 @@ import { openXdpPort, closeXdpPort, XdpPort } from '../../sys/xdp-socket.js';
 import { STATE_DIR } from '../../sys/libxdp.js';
 import { requireRoot, createNetns, deleteNetns, createVethPair, deleteLink, uniqueTag } from '../support/netns.js';
 import { findBinary, requireOrSkip } from '../support/env.js';
-import { sleep } from '../support/processes.js';
+import { sleep, waitFor } from '../support/processes.js';
+import { startRelay } from '../support/relay.js';
 import { hex, testFrame, peerSend, TEST_ETHERTYPE } from '../support/raw-peer.js';
 import { kvmRoute } from '../support/kvm.js';
 import { runNested, stopNested } from '../support/nested.js';
@@ -124,7 +125,7 @@ describe('AF_XDP ports beside other XDP programs (xdp-tools, libxdp)', () => {
       { timeoutS: 600, label: 'xdp-rig' });
     expect(r.status, r.output.slice(-4000)).toBe(0);
     // Every dispatcher case ran there and passed; the two for this machine were skipped.
-    expect(r.output.replace(/\x1b\[[0-9;]*m/g, '')).toMatch(/Tests\s+4 passed \| 2 skipped \(6\)/);
+    expect(r.output.replace(/\x1b\[[0-9;]*m/g, '')).toMatch(/Tests\s+5 passed \| 2 skipped \(7\)/);
   }, 700_000);
 
   describe('in libxdp\'s dispatcher', () => {
@@ -209,6 +210,27 @@ describe('AF_XDP ports beside other XDP programs (xdp-tools, libxdp)', () => {
           expect((await receive(port, 1)).map(hex)).toEqual([hex(testFrame(1, 64))]);
         } finally {
           closeXdpPort(handle);
+        }
+        expect(loaderPrograms(ourEnd)).toEqual(['xdp_dispatcher', expect.stringMatching(/^xdpfilt_/)]);
+      } finally {
+        filterUnload();
+      }
+    });
+
+    it('the daemon joins the dispatcher, says so in its log, and takes its program out when it stops', async (ctx) => {
+      if (!here(ctx)) return;
+      run('xdp-filter', ['load', ourEnd, '--mode', 'native']);
+      try {
+        const relay = await startRelay({ staticVfs: { [ourEnd]: 3 }, configLines: ['VIRTIOFWD_VF_PORT=af_xdp'] });
+        try {
+          const portLine = () => relay.logs().map((l) => String(l.msg)).find((m) => m.startsWith(`VF ${ourEnd}: AF_XDP port`));
+          await waitFor(() => portLine() !== undefined, 10_000, 'the port to be opened');
+          const ours = loaderStatus(ourEnd).find((p) => p.name === 'xsk_def_prog');
+          expect(ours).toBeDefined();
+          expect(portLine()).toBe(`VF ${ourEnd}: AF_XDP port, program ${ours!.id} in libxdp's dispatcher (priority 20, native mode), beside the interface's other XDP programs, `
+            + "copy mode, 1 queue, relay's UMEM (frames copied)");
+        } finally {
+          await relay.stop();
         }
         expect(loaderPrograms(ourEnd)).toEqual(['xdp_dispatcher', expect.stringMatching(/^xdpfilt_/)]);
       } finally {
