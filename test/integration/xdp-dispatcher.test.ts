@@ -16,7 +16,7 @@ import { STATE_DIR } from '../../sys/libxdp.js';
 import { requireRoot, createNetns, deleteNetns, createVethPair, deleteLink, uniqueTag } from '../support/netns.js';
 import { findBinary, requireOrSkip } from '../support/env.js';
 import { sleep, waitFor } from '../support/processes.js';
-import { startRelay } from '../support/relay.js';
+import { startRelay, statsToolCounters } from '../support/relay.js';
 import { hex, testFrame, peerSend, TEST_ETHERTYPE } from '../support/raw-peer.js';
 import { kvmRoute } from '../support/kvm.js';
 import { runNested, stopNested } from '../support/nested.js';
@@ -217,11 +217,12 @@ describe('AF_XDP ports beside other XDP programs (xdp-tools, libxdp)', () => {
       }
     });
 
-    it('the daemon joins the dispatcher, says so in its log, and takes its program out when it stops', async (ctx) => {
+    it('the daemon joins the dispatcher, says so in its log and its stats, and takes its program out when it stops', async (ctx) => {
       if (!here(ctx)) return;
       run('xdp-filter', ['load', ourEnd, '--mode', 'native']);
       try {
-        const relay = await startRelay({ staticVfs: { [ourEnd]: 3 }, configLines: ['VIRTIOFWD_VF_PORT=af_xdp'] });
+        const statsEp = `ipc:///tmp/vio4wd-stats-xdpd-${tag}`;
+        const relay = await startRelay({ staticVfs: { [ourEnd]: 3 }, configLines: ['VIRTIOFWD_VF_PORT=af_xdp', `VIRTIOFWD_ZMQ_STATS_EP=${statsEp}`] });
         try {
           const portLine = () => relay.logs().map((l) => String(l.msg)).find((m) => m.startsWith(`VF ${ourEnd}: AF_XDP port`));
           await waitFor(() => portLine() !== undefined, 10_000, 'the port to be opened');
@@ -229,6 +230,8 @@ describe('AF_XDP ports beside other XDP programs (xdp-tools, libxdp)', () => {
           expect(ours).toBeDefined();
           expect(portLine()).toBe(`VF ${ourEnd}: AF_XDP port, program ${ours!.id} in libxdp's dispatcher (priority 20, native mode), beside the interface's other XDP programs, `
             + "copy mode, 1 queue, relay's UMEM (frames copied)");
+          const stats = statsToolCounters(statsEp, 3) as unknown as { ports: unknown[] };
+          expect(stats.ports).toEqual([{ netdev: ourEnd, port: 'af_xdp', attach: 'native', dispatcher: true, zeroCopy: false, umem: 'relay' }]);
         } finally {
           await relay.stop();
         }
