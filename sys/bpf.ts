@@ -18,6 +18,7 @@ const BPF_LINK_CREATE = 28;
 const BPF_MAP_TYPE_XSKMAP = 17;
 const BPF_PROG_TYPE_XDP = 6;
 const BPF_XDP = 37; // enum bpf_attach_type
+const BPF_F_XDP_HAS_FRAGS = 1 << 5;
 const BPF_FUNC_redirect_map = 51;
 const XDP_PASS = 2;
 export const XDP_FLAGS_SKB_MODE = 1 << 1;
@@ -102,8 +103,8 @@ function redirectProgram(mapFd: number): Uint8Array {
   ]);
 }
 
-/** Loads the redirect program for `mapFd`; the verifier's log is in the error when it refuses. */
-export function loadRedirectProgram(mapFd: number, name: string): number {
+/** Loads the redirect program for `mapFd` (`frags`: for frames in several buffers); the verifier's log is in the error when it refuses. */
+export function loadRedirectProgram(mapFd: number, name: string, frags = false): number {
   const page = scratch();
   const code = redirectProgram(mapFd);
   page.bytes.set(code, CODE_AT);
@@ -118,6 +119,8 @@ export function loadRedirectProgram(mapFd: number, name: string): number {
   v.setUint32(24, 1, true); // log_level
   v.setUint32(28, LOG_SIZE, true);
   v.setBigUint64(32, BigInt(page.address + LOG_AT), true);
+  // A program that may see a frame in several buffers (multi-buffer AF_XDP) must say it can.
+  if (frags) v.setUint32(44, BPF_F_XDP_HAS_FRAGS, true); // prog_flags
   attr.set(objectName(name), 48); // prog_name[16]
   v.setUint32(68, BPF_XDP, true); // expected_attach_type
   const ret = Number(syscallNative(SYS_bpf, 'int', BPF_PROG_LOAD, 'void *', attr, 'unsigned int', attr.byteLength));

@@ -42,6 +42,11 @@ const XDP_OPTIONS_ZEROCOPY = 1;
 const XDP_COPY = 1 << 1;
 const XDP_ZEROCOPY = 1 << 2;
 const XDP_USE_NEED_WAKEUP = 1 << 3;
+/** Multi-buffer: a frame may span several chunks (Linux 6.6), each descriptor but the last marked XDP_PKT_CONTD. */
+const XDP_USE_SG = 1 << 4;
+const XDP_PKT_CONTD = 1;
+/** Largest MTU a multi-buffer port takes: 9216, the common jumbo ceiling (three 4 KiB chunks). */
+const MAX_MULTI_BUFFER_MTU = 9216;
 const XDP_SHARED_UMEM = 1 << 0;
 const XDP_UMEM_UNALIGNED_CHUNK_FLAG = 1 << 0;
 const XDP_RING_NEED_WAKEUP = 1;
@@ -89,6 +94,11 @@ export interface XdpPortOptions {
   attach?: XdpAttachMode | 'auto';
   /** Zero copy: 'auto' where the driver has it, 'off' (copy mode), 'required' (fail without it). */
   zeroCopy?: 'auto' | 'off' | 'required';
+  /**
+   * Frames larger than a chunk (a jumbo MTU): 'auto' (default) spreads them over several chunks
+   * (multi-buffer AF_XDP, Linux 6.6 and later) when the MTU needs it; 'off' refuses such an MTU.
+   */
+  multiBuffer?: 'auto' | 'off';
   /** Entries per ring, a power of two in [64, 16384] (default 4096). */
   ringSize?: number;
   /** UMEM chunk size, 2048 or 4096 (default: the smaller one the MTU fits in). */
@@ -137,6 +147,8 @@ export interface XdpPortHandle {
   ringSize: number;
   /** Largest untagged frame the interface accepts (MTU + Ethernet header); tagged frames get 4 more. */
   maxFrameLength: number;
+  /** Frames may span several chunks (the MTU needs more than one). */
+  multiBuffer: boolean;
   attachMode: XdpAttachMode;
   /** The kernel's id of the XDP program that redirects to the port (ours, or libxdp's in its dispatcher). */
   programId: number;
@@ -193,7 +205,7 @@ function ringMapping(fd: number, offsets: BigUint64Array, at: number, size: numb
  */
 function openQueue(
   ifname: string, ifindex: number, queue: number, ringSize: number, chunkSize: number, umem: UmemArea, chunkOffset: number,
-  owner: number | null, zeroCopy: 'auto' | 'off' | 'required', cleanup: (() => void)[],
+  owner: number | null, zeroCopy: 'auto' | 'off' | 'required', multiBuffer: boolean, cleanup: (() => void)[],
 ): XdpQueueHandle {
   const fd = check(socketNative(AF_XDP, SOCK_RAW | SOCK_CLOEXEC, 0), 'socket', `AF_XDP for ${ifname} queue ${queue}`);
   cleanup.push(() => closeFd(fd));
@@ -242,7 +254,7 @@ function openQueue(
     addr.setUint32(12, owner ?? 0, true);
     return bindNative(fd, new Uint8Array(addr.buffer), 16) as number;
   };
-  const base = XDP_USE_NEED_WAKEUP;
+  const base = XDP_USE_NEED_WAKEUP | (multiBuffer ? XDP_USE_SG : 0);
   // A socket sharing the UMEM takes the mode (copy, zero copy, wakeups) of the one that owns it.
   const flags = owner !== null ? XDP_SHARED_UMEM : zeroCopy === 'off' ? base | XDP_COPY : zeroCopy === 'required' ? base | XDP_ZEROCOPY : base;
   // A socket closed a moment ago still holds its queue until the kernel's deferred release has
@@ -255,7 +267,7 @@ function openQueue(
       Atomics.wait(pause, 0, 0, 10);
       continue;
     }
-    const detail = `AF_XDP to ${ifname} queue ${queue}${zeroCopy === 'required' ? ' in zero-copy mode' : ''}`;
+    const detail = `AF_XDP to ${ifname} queue ${queue}${zeroCopy === 'required' ? ' in zero-copy mode' : ''}${multiBuffer ? ' with frames over several chunks (multi-buffer AF_XDP needs Linux 6.6)' : ''}`;
     if (errno === EBUSY) throw new SysError('bind', errno, `${detail}: the queue is in use by another AF_XDP socket`);
     throw new SysError('bind', errno, detail);
   }
@@ -280,7 +292,9 @@ export function openXdpPort(ifname: string, opts: XdpPortOptions = {}): XdpPortH
   const fits = (chunk: number) => maxFrameLength + VLAN_TAG <= chunk - XDP_PACKET_HEADROOM;
   const chunkSize = opts.chunkSize ?? (fits(2048) ? 2048 : 4096);
   if (chunkSize !== 2048 && chunkSize !== 4096) throw bad(`chunk size ${chunkSize} is not 2048 or 4096`);
-  if (!fits(chunkSize)) throw bad(`MTU ${mtu} needs frames larger than a ${chunkSize}-byte chunk holds (${chunkSize - XDP_PACKET_HEADROOM - ETH_HEADER - VLAN_TAG} at most)`);
+  const multiBuffer = !fits(chunkSize);
+  if (multiBuffer && opts.multiBuffer === 'off') throw bad(`MTU ${mtu} needs frames larger than a ${chunkSize}-byte chunk holds (${chunkSize - XDP_PACKET_HEADROOM - ETH_HEADER - VLAN_TAG} at most)`);
+  if (mtu > MAX_MULTI_BUFFER_MTU) throw bad(`MTU ${mtu} is above ${MAX_MULTI_BUFFER_MTU}, the largest an AF_XDP port takes`);
   const queues = opts.queues ?? receiveQueues(ifname);
   if (queues.length === 0) throw bad('no receive queue to serve');
   const cleanup: (() => void)[] = [];
@@ -296,12 +310,12 @@ export function openXdpPort(ifname: string, opts: XdpPortOptions = {}): XdpPortH
     const handles: XdpQueueHandle[] = [];
     queues.forEach((q, k) => {
       const owner = k === 0 ? null : handles[0].fd;
-      handles.push(openQueue(ifname, ifindex, q, ringSize, chunkSize, umem, umem.relay.offset + k * queueChunks, owner, opts.zeroCopy ?? 'auto', cleanup));
+      handles.push(openQueue(ifname, ifindex, q, ringSize, chunkSize, umem, umem.relay.offset + k * queueChunks, owner, opts.zeroCopy ?? 'auto', multiBuffer, cleanup));
     });
     let mapFd = createXskMap(Math.max(...queues) + 1, `vio4wd_${ifname}`);
     cleanup.push(() => closeBpfFd(mapFd));
     for (const h of handles) setXskMapEntry(mapFd, h.queue, h.fd);
-    let progFd = loadRedirectProgram(mapFd, `vio4wd_${ifname}`);
+    let progFd = loadRedirectProgram(mapFd, `vio4wd_${ifname}`, multiBuffer);
     cleanup.push(() => closeBpfFd(progFd));
     const wanted = opts.attach ?? 'auto';
     let attached = attachOwnProgram(progFd, ifindex, ifname, wanted);
@@ -312,6 +326,7 @@ export function openXdpPort(ifname: string, opts: XdpPortOptions = {}): XdpPortH
       closeBpfFd(mapFd);
       progFd = -1;
       mapFd = -1;
+      if (multiBuffer) throw new SysError('bpf', EBUSY, `attaching XDP to ${ifname}: another XDP program is attached to it, and a multi-buffer port (MTU ${mtu}) cannot join libxdp's dispatcher, whose AF_XDP program is not marked for frames in several buffers`);
       const joined = joinOrRefuse(ifindex, ifname, Math.max(...queues) + 1, wanted);
       dispatcher = joined;
       cleanup.push(() => leaveDispatcher(joined));
@@ -326,6 +341,7 @@ export function openXdpPort(ifname: string, opts: XdpPortOptions = {}): XdpPortH
       chunkSize,
       ringSize,
       maxFrameLength,
+      multiBuffer,
       attachMode: attached.mode,
       programId: dispatcher ? dispatcher.id : programId(progFd),
       dispatcher,
@@ -434,10 +450,12 @@ export interface XdpPortCounters {
   kernelRxRingFull: number;
   kernelFillRingEmpty: number;
   kernelInvalidDescs: number;
+  /** Multi-buffer ports: received frames longer than the MTU allows, dropped. */
+  rxTooLong: number;
 }
 const COUNTER_NAMES = [
   'rxFrames', 'txFrames', 'txRejected', 'txFlushBusy', 'txFlushErrors', 'txLastErrno',
-  'kernelDrops', 'kernelRxDropped', 'kernelRxRingFull', 'kernelFillRingEmpty', 'kernelInvalidDescs',
+  'kernelDrops', 'kernelRxDropped', 'kernelRxRingFull', 'kernelFillRingEmpty', 'kernelInvalidDescs', 'rxTooLong',
 ] as const satisfies readonly (keyof XdpPortCounters)[];
 const C_RX_FRAMES = 0;
 const C_TX_FRAMES = 1;
@@ -450,6 +468,14 @@ const C_KERNEL_RX_DROPPED = 7;
 const C_KERNEL_RX_RING_FULL = 8;
 const C_KERNEL_FILL_RING_EMPTY = 9;
 const C_KERNEL_INVALID_DESCS = 10;
+const C_RX_TOO_LONG = 11;
+
+/** What receiveJoined did with a frame in several chunks. */
+const JOIN_DELIVERED = 0;
+const JOIN_STOP = 1;
+const JOIN_INCOMPLETE = 2;
+const JOIN_REFUSED = 3;
+const JOIN_DROPPED = 4;
 
 /** The poller's view of one queue's rings. */
 class QueueRings {
@@ -530,6 +556,10 @@ export class XdpPort {
   private readonly maxFrameLength: number;
   private readonly count: Float64Array;
   private readonly slot: XdpTxSlot;
+  /** Multi-buffer ports: a received frame's pieces are joined here, and a large frame is written here before it is cut into chunks. */
+  private readonly rxJoined: Uint8Array | null;
+  private readonly largeSlot: XdpTxSlot | null;
+  private largeSlotTaken = false;
   /** The relay's chunks, and their UMEM offset (a frame at UMEM offset a is at bytes[a − relayOffset]). */
   private readonly relayBytes: Uint8Array;
   private readonly relayOffset: number;
@@ -558,6 +588,9 @@ export class XdpPort {
     this.relayOffset = handle.umem.relay.offset;
     this.zeroCopy = this.sender.h.zeroCopy;
     this.slot = { bytes: this.relayBytes, offset: 0, capacity: this.chunkSize };
+    const largest = handle.maxFrameLength + VLAN_TAG;
+    this.rxJoined = handle.multiBuffer ? new Uint8Array(largest) : null;
+    this.largeSlot = handle.multiBuffer ? { bytes: new Uint8Array(largest), offset: 0, capacity: largest } : null;
     this.table = new Int32Array(viewAt(handle.txTable.address, handle.txTable.length));
     this.tableWords = new Uint32Array(this.table.buffer);
     // A burst may reap a whole ring and, having refilled it, part of the next before they are taken.
@@ -608,18 +641,32 @@ export class XdpPort {
   /** Frames delivered from one queue; −(delivered + 1) when the handler or admission stopped the receive. */
   private receiveQueue(q: QueueRings, onFrame: FrameHandler, budget: number, admit?: FrameAdmission): number {
     const rx = q.rx;
-    const available = (Atomics.load(rx, q.rxProd) - q.rxNext) >>> 0;
-    if (available === 0) return 0;
-    const take = available < budget ? available : budget;
+    const produced = Atomics.load(rx, q.rxProd);
+    if (produced === q.rxNext) return 0;
     const mask = q.mask;
     const fill = q.fill;
-    const chunkSize = this.chunkSize;
-    const relayOffset = this.relayOffset;
+    const started = q.rxNext;
     let delivered = 0;
     let stopped = false;
     try {
-      while (delivered < take) {
+      while (delivered < budget && q.rxNext !== produced) {
         const d = q.rxDesc + ((q.rxNext & mask) << 2);
+        if ((rx[d + 3] & XDP_PKT_CONTD) !== 0) {
+          // The first piece of a frame in several chunks (multi-buffer ports only).
+          const r = this.receiveJoined(q, produced, onFrame, admit);
+          if (r === JOIN_INCOMPLETE) break;
+          if (r === JOIN_REFUSED) {
+            stopped = true;
+            break;
+          }
+          if (r === JOIN_DROPPED) continue;
+          delivered++;
+          if (r === JOIN_STOP) {
+            stopped = true;
+            break;
+          }
+          continue;
+        }
         // The address the chunk was posted with (48 bits) and, with unaligned chunks, the frame's
         // offset in it in the top 16 bits; with aligned chunks the address includes the offset.
         const hi = rx[d + 1];
@@ -631,18 +678,15 @@ export class XdpPort {
           break;
         }
         q.rxNext = (q.rxNext + 1) >>> 0;
-        // Relay chunks sit at multiples of the chunk size: the chunk is the address rounded down.
-        const chunk = posted - ((posted - relayOffset) % chunkSize);
-        setAddress(fill, q.fillDesc + ((q.fillNext & mask) << 1), chunk);
-        q.fillNext = (q.fillNext + 1) >>> 0;
+        this.recycle(q, posted);
         delivered++;
-        if (onFrame(this.relayBytes, at - relayOffset, length, 0) === false) {
+        if (onFrame(this.relayBytes, at - this.relayOffset, length, 0) === false) {
           stopped = true;
           break;
         }
       }
     } finally {
-      if (delivered > 0) {
+      if (q.rxNext !== started) {
         // The chunk goes back before the slot is released: the kernel never sees fewer chunks.
         Atomics.store(fill, q.fillProd, q.fillNext);
         Atomics.store(rx, q.rxCons, q.rxNext);
@@ -650,6 +694,55 @@ export class XdpPort {
       }
     }
     return stopped ? -(delivered + 1) : delivered;
+  }
+
+  /** Puts the chunk a received piece came in (posted at UMEM address `posted`) back in the fill ring. */
+  private recycle(q: QueueRings, posted: number): void {
+    // Relay chunks sit at multiples of the chunk size: the chunk is the address rounded down.
+    const chunk = posted - ((posted - this.relayOffset) % this.chunkSize);
+    setAddress(q.fill, q.fillDesc + ((q.fillNext & q.mask) << 1), chunk);
+    q.fillNext = (q.fillNext + 1) >>> 0;
+  }
+
+  /**
+   * A frame whose pieces start at q.rxNext, each descriptor but the last marked XDP_PKT_CONTD:
+   * joined into rxJoined and handed over whole. The kernel puts all of a frame's pieces in the
+   * ring at once; pieces not all there yet are left for the next receive.
+   */
+  private receiveJoined(q: QueueRings, produced: number, onFrame: FrameHandler, admit?: FrameAdmission): number {
+    const rx = q.rx;
+    const mask = q.mask;
+    let total = 0;
+    let pieces = 0;
+    for (let i = q.rxNext; ; i = (i + 1) >>> 0) {
+      if (i === produced) return JOIN_INCOMPLETE;
+      const d = q.rxDesc + ((i & mask) << 2);
+      total += rx[d + 2];
+      pieces++;
+      if ((rx[d + 3] & XDP_PKT_CONTD) === 0) break;
+    }
+    if (admit !== undefined && !admit(total)) return JOIN_REFUSED;
+    const joined = this.rxJoined;
+    const fits = joined !== null && total <= joined.length;
+    let out = 0;
+    for (let k = 0; k < pieces; k++) {
+      const d = q.rxDesc + ((q.rxNext & mask) << 2);
+      const hi = rx[d + 1];
+      const posted = rx[d] + (hi & 0xffff) * TWO32;
+      const length = rx[d + 2];
+      if (fits) {
+        const at = posted + (hi >>> 16) - this.relayOffset;
+        joined.set(this.relayBytes.subarray(at, at + length), out);
+        out += length;
+      }
+      q.rxNext = (q.rxNext + 1) >>> 0;
+      this.recycle(q, posted);
+    }
+    if (!fits) {
+      this.count[C_RX_TOO_LONG]++;
+      return JOIN_DROPPED;
+    }
+    return onFrame(joined, 0, total, 0) === false ? JOIN_STOP : JOIN_DELIVERED;
   }
 
   /** True when a frame is waiting on some queue (a load per queue, no system call). */
@@ -675,8 +768,18 @@ export class XdpPort {
     return ((this.sender.txNext - this.tail) >>> 0) < this.ringSize;
   }
 
-  /** The next free TX chunk, or null when every one is still with the kernel. */
-  txSlot(): XdpTxSlot | null {
+  /**
+   * The next free TX chunk, or null when every one is still with the kernel. On a multi-buffer
+   * port a frame of `length` bytes that no chunk holds is written to a buffer of its own instead,
+   * and txCommit cuts it into chunks (null when the TX ring has no room for all of them).
+   */
+  txSlot(length = 0): XdpTxSlot | null {
+    this.largeSlotTaken = false;
+    if (length > this.chunkSize && this.largeSlot !== null) {
+      if (this.txFree() < Math.ceil(length / this.chunkSize)) return null;
+      this.largeSlotTaken = true;
+      return this.largeSlot;
+    }
     if (!this.txRoom()) return null;
     const q = this.sender;
     this.slot.offset = q.txChunks + (q.txNext & q.mask) * this.chunkSize - this.relayOffset;
@@ -689,6 +792,7 @@ export class XdpPort {
    * the MTU allows (4 bytes more for a VLAN-tagged frame).
    */
   txCommit(length: number): boolean {
+    if (this.largeSlotTaken) return this.commitPieces(length);
     const offset = this.slot.offset;
     if (!this.txLengthAcceptable(this.relayBytes, offset, length)) {
       this.count[C_TX_REJECTED]++;
@@ -711,13 +815,34 @@ export class XdpPort {
     return GUEST_QUEUED;
   }
 
-  private putTx(at: number, length: number, key: number): void {
+  /** The frame written into the large slot, in as many chunks as it takes, each but the last marked XDP_PKT_CONTD. */
+  private commitPieces(length: number): boolean {
+    this.largeSlotTaken = false;
+    const bytes = this.largeSlot!.bytes;
+    const pieces = Math.ceil(length / this.chunkSize);
+    if (!frameLengthAcceptable(bytes, 0, length, bytes.length, this.maxFrameLength) || this.txFree() < pieces) {
+      this.count[C_TX_REJECTED]++;
+      return false;
+    }
+    const q = this.sender;
+    for (let k = 0, done = 0; k < pieces; k++) {
+      const n = Math.min(this.chunkSize, length - done);
+      const at = q.txChunks + (q.txNext & q.mask) * this.chunkSize;
+      this.relayBytes.set(bytes.subarray(done, done + n), at - this.relayOffset);
+      this.putTx(at, n, TX_RELAY, k < pieces - 1 ? XDP_PKT_CONTD : 0);
+      done += n;
+    }
+    this.count[C_TX_FRAMES] -= pieces - 1; // one frame, not one per piece
+    return true;
+  }
+
+  private putTx(at: number, length: number, key: number, options = 0): void {
     const q = this.sender;
     const d = q.txDesc + ((q.txNext & q.mask) << 2);
     const tx = q.tx;
     setAddress(tx, d, at);
     tx[d + 2] = length;
-    tx[d + 3] = 0;
+    tx[d + 3] = options;
     const e = this.entry(q.txNext);
     setAddress(this.tableWords, e, at);
     this.table[e + 2] = key;

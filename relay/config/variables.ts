@@ -127,7 +127,7 @@ export const VARIABLES: readonly VariableInfo[] = [
     defaultText: 'af_packet',
     treatment: 'supported',
     summary:
-      'how the relay reaches each VF: af_packet (packet rings; every driver; the kernel segments and checksums for VIRTIOFWD_TSO), af_xdp (AF_XDP sockets behind an XDP redirect program, driver mode where the driver has it, else generic; no MTU above 3826; offloads done by the relay), or auto (AF_XDP where it can be opened, AF_PACKET otherwise and with VIRTIOFWD_JUMBO)',
+      'how the relay reaches each VF: af_packet (packet rings; every driver; the kernel segments and checksums for VIRTIOFWD_TSO), af_xdp (AF_XDP sockets behind an XDP redirect program, driver mode where the driver has it, else generic; MTU up to 9216, above 3826 only on Linux 6.6 and later; offloads done by the relay), or auto (AF_XDP where it can be opened, AF_PACKET otherwise and with VIRTIOFWD_JUMBO)',
   },
   {
     name: 'VIRTIOFWD_XDP_UMEM',

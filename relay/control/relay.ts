@@ -293,8 +293,8 @@ export class Relay implements NetDevice {
     const where = d ? `${h.programId} in libxdp's dispatcher (priority ${d.priority}, ${h.attachMode} mode), beside the interface's other XDP programs`
       : `${h.programId} in ${h.attachMode === 'native' ? 'the driver' : 'generic mode'}`;
     this.log.info(
-      { netdev, pci, port: 'af_xdp', attach: h.attachMode, dispatcher: d !== null, zeroCopy, queues: h.queues.length, umem },
-      `VF ${netdev}: AF_XDP port, program ${where}, ${zeroCopy ? 'zero copy' : 'copy mode'}, ${h.queues.length} queue${h.queues.length === 1 ? '' : 's'}, ${umem === 'guest' ? `UMEM over the VM's memory (${h.umem.guestSlots.length} region${h.umem.guestSlots.length === 1 ? '' : 's'}, ${Math.round((h.umem.length - h.umem.relay.length) / 2 ** 20)} MiB pinned)` : "relay's UMEM (frames copied)"}`,
+      { netdev, pci, port: 'af_xdp', attach: h.attachMode, dispatcher: d !== null, zeroCopy, multiBuffer: h.multiBuffer, queues: h.queues.length, umem },
+      `VF ${netdev}: AF_XDP port, program ${where}, ${zeroCopy ? 'zero copy' : 'copy mode'}${h.multiBuffer ? ', frames over several chunks' : ''}, ${h.queues.length} queue${h.queues.length === 1 ? '' : 's'}, ${umem === 'guest' ? `UMEM over the VM's memory (${h.umem.guestSlots.length} region${h.umem.guestSlots.length === 1 ? '' : 's'}, ${Math.round((h.umem.length - h.umem.relay.length) / 2 ** 20)} MiB pinned)` : "relay's UMEM (frames copied)"}`,
     );
     return h;
   }

@@ -15,7 +15,8 @@ const TCP_MIN_MSS = 88;
 
 /** What a copying link needs of its port: a free buffer, a way to queue what was written there, and how many are free. */
 export interface CopyTarget {
-  txSlot(): { bytes: Uint8Array; offset: number; capacity: number } | null;
+  /** `length`: the frame to be written (a port may give a larger buffer for one that needs it). */
+  txSlot(length?: number): { bytes: Uint8Array; offset: number; capacity: number } | null;
   txCommit(length: number): boolean;
   txFree(): number;
 }
@@ -29,7 +30,7 @@ export abstract class OffloadSender extends CopyingLinkTally {
   private segmenter: TcpSegmenter | null = null;
   private segmentsLost = 0;
   private readonly queueSegment = (bytes: Uint8Array, offset: number, length: number): void => {
-    const slot = this.target.txSlot();
+    const slot = this.target.txSlot(length);
     if (slot === null || length > slot.capacity) {
       this.segmentsLost++;
       return;
@@ -61,9 +62,9 @@ export abstract class OffloadSender extends CopyingLinkTally {
       const r = this.sendInPlace(frame);
       if (r !== REFUSED) return r;
     }
-    const slot = this.target.txSlot();
-    if (slot === null) return NO_ROOM;
     const length = frame.frameLength;
+    const slot = this.target.txSlot(length);
+    if (slot === null) return NO_ROOM;
     // A buffer shorter than the frame (a memif peer's choice): dropped, never cut short.
     if (length > slot.capacity || chain.copyOut(frame.hdrLen, slot.bytes, slot.offset, length) !== length) return REFUSED;
     if (needsChecksum && !completeL4Checksum(slot.bytes, slot.offset, length)) return REFUSED;

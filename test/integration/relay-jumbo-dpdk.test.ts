@@ -39,6 +39,8 @@ const members = [
   { pci: '0000:07:00.1', vf: `ja${tag}`, peer: `jpa${tag}` },
   { pci: '0000:07:00.2', vf: `jb${tag}`, peer: `jpb${tag}` },
 ];
+/** A VF added through port control with --vf-port=af_xdp: jumbo frames over several AF_XDP chunks. */
+const xdpVf = { pci: '0000:07:00.3', vf: `jx${tag}`, peer: `jpx${tag}` };
 let sysfs: FakeSysfs | null = null;
 
 function portControl(...args: string[]): string {
@@ -53,8 +55,8 @@ let relay: RunningRelay | null = null;
 let testpmd: Testpmd | null = null;
 
 /** Echo requests of 9000 bytes of IP (9014-byte frames) from the namespace, never fragmented. */
-async function jumboPings(count: number): Promise<void> {
-  const p = startProcess('ip', ['netns', 'exec', ns, 'ping', '-c', String(count), '-i', '0.005', '-W', '1', '-s', '8972', '-M', 'do', '10.78.0.2'], { label: 'ping' });
+async function jumboPings(count: number, to = '10.78.0.2'): Promise<void> {
+  const p = startProcess('ip', ['netns', 'exec', ns, 'ping', '-c', String(count), '-i', '0.005', '-W', '1', '-s', '8972', '-M', 'do', to], { label: 'ping' });
   await p.exited;
 }
 
@@ -87,8 +89,13 @@ describe.skipIf(!ready)('relay with VIRTIOFWD_JUMBO and DPDK virtio-user', () =>
       execFileSync('sysctl', ['-qw', `net.ipv6.conf.${m.vf}.disable_ipv6=1`]);
       nsExec(ns, 'sysctl', ['-qw', `net.ipv6.conf.${m.peer}.disable_ipv6=1`]);
     }
+    createVethPair(xdpVf.vf, xdpVf.peer, { nsB: ns, noIpv6: true });
+    nsExec(ns, 'ip', ['link', 'set', xdpVf.peer, 'mtu', '9000']);
+    nsExec(ns, 'ip', ['addr', 'add', '10.78.3.1/24', 'dev', xdpVf.peer]);
+    nsExec(ns, 'ip', ['neigh', 'add', '10.78.3.2', 'lladdr', '02:00:00:78:03:02', 'dev', xdpVf.peer]);
+    execFileSync('sysctl', ['-qw', `net.ipv6.conf.${xdpVf.vf}.disable_ipv6=1`]);
     sysfs = createFakeSysfs({
-      devices: members.map((m, i) => ({ pci: m.pci, ifnames: [m.vf], physfn: '0000:07:00.0', vfIndex: i + 1 })),
+      devices: [...members, xdpVf].map((m, i) => ({ pci: m.pci, ifnames: [m.vf], physfn: '0000:07:00.0', vfIndex: i + 1 })),
       virtualInterfaces: [vf, lowVlan],
     });
     expect(mtuOf(vf)).toBe(1500);
@@ -115,7 +122,7 @@ describe.skipIf(!ready)('relay with VIRTIOFWD_JUMBO and DPDK virtio-user', () =>
     deleteLink(lowVlan);
     deleteLink(lowReal);
     deleteLink(vf);
-    for (const m of members) deleteLink(m.vf);
+    for (const m of [...members, xdpVf]) deleteLink(m.vf);
     deleteNetns(ns);
     sysfs?.remove();
   });
@@ -167,6 +174,46 @@ describe.skipIf(!ready)('relay with VIRTIOFWD_JUMBO and DPDK virtio-user', () =>
       expect(linkCounter(peer, 'rx_bytes', ns) - peerBytes).toBe(back * FRAME);
     });
   }
+
+  it('carries 9014-byte frames both ways over an AF_XDP port (--vf-port=af_xdp): each frame over several chunks', async () => {
+    const portLine = () => relay!.logs().map((l) => String(l.msg)).find((m) => m.startsWith(`VF ${xdpVf.vf}: AF_XDP port`));
+    portControl('add', '--virtio-id=3', `--pci-addr=${xdpVf.pci}`, '--vf-port=af_xdp');
+    try {
+      await waitFor(() => portLine() !== undefined, 10_000, 'the AF_XDP port to be opened');
+      expect(mtuOf(xdpVf.vf)).toBe(9000);
+      expect(portLine()).toMatch(/, copy mode, frames over several chunks, 1 queue, /);
+      const before = relayCounters(statsEp, 3);
+      const peerPackets = linkCounter(xdpVf.peer, 'rx_packets', ns);
+      const peerBytes = linkCounter(xdpVf.peer, 'rx_bytes', ns);
+      const started = () => relay!.logs().filter((l) => String(l.msg) === 'vhost-user: vring 0 started' && String(l.vhostUser).endsWith('3.sock')).length;
+      const startedBefore = started();
+      testpmd = startTestpmd({
+        vdevs: [virtioUserVdev({ path: relay!.socketPath(3), queueSize: 1024 })],
+        forwardMode: 'macswap',
+        cpu: 1,
+        extraApp: jumboApp(),
+      });
+      await waitFor(() => started() > startedBefore, 20_000, 'vring 0 of relay 3 to start');
+      await sleep(700);
+      await jumboPings(PINGS, '10.78.3.2');
+      await sleep(500);
+      const stats = await testpmd.stop();
+      testpmd = null;
+      const after = relayCounters(statsEp, 3);
+      const d = (dir: 'vfToVm' | 'vmToVf', key: string) => after[dir][key] - before[dir][key];
+      expect(d('vfToVm', 'packets')).toBeGreaterThanOrEqual(PINGS * 0.95);
+      expect(d('vfToVm', 'bytes')).toBe(d('vfToVm', 'packets') * FRAME);
+      expect(stats[0].rxPackets).toBeGreaterThanOrEqual(d('vfToVm', 'packets'));
+      expect(d('vmToVf', 'packets')).toBeGreaterThanOrEqual(PINGS * 0.95);
+      expect(d('vmToVf', 'bytes')).toBe(d('vmToVf', 'packets') * FRAME);
+      expect(d('vmToVf', 'dropsBadFrame')).toBe(0);
+      const back = linkCounter(xdpVf.peer, 'rx_packets', ns) - peerPackets;
+      expect(back).toBe(d('vmToVf', 'packets'));
+      expect(linkCounter(xdpVf.peer, 'rx_bytes', ns) - peerBytes).toBe(back * FRAME);
+    } finally {
+      portControl('remove', '--virtio-id=3');
+    }
+  });
 
   it('drops and counts a guest frame longer than the VF takes, and sends none of it', async () => {
     const before = relayCounters(statsEp, 1);

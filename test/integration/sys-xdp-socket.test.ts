@@ -63,14 +63,16 @@ describe('AF_XDP port over a veth pair', () => {
     deleteNetns(ns);
   });
 
-  it('refuses bad options, unknown interfaces and an MTU no chunk holds, with errors that say why', () => {
+  it('refuses bad options, unknown interfaces and an MTU it cannot take, with errors that say why', () => {
     if (!ready) return;
     expect(() => openXdpPort('nosuchif0')).toThrow(expect.objectContaining({ code: 'ENODEV' }));
     expect(() => openXdpPort(ourEnd, { ringSize: 100 })).toThrow(/ring size 100/);
     expect(() => openXdpPort(ourEnd, { chunkSize: 3000 })).toThrow(/chunk size 3000/);
     execFileSync('ip', ['link', 'set', ourEnd, 'mtu', '4000']);
     try {
-      expect(() => openXdpPort(ourEnd)).toThrow(/MTU 4000 needs frames larger than a 4096-byte chunk/);
+      expect(() => openXdpPort(ourEnd, { multiBuffer: 'off' })).toThrow(/MTU 4000 needs frames larger than a 4096-byte chunk/);
+      execFileSync('ip', ['link', 'set', ourEnd, 'mtu', '9217']);
+      expect(() => openXdpPort(ourEnd)).toThrow(/MTU 9217 is above 9216, the largest an AF_XDP port takes/);
     } finally {
       execFileSync('ip', ['link', 'set', ourEnd, 'mtu', '1500']);
     }
@@ -135,6 +137,69 @@ describe('AF_XDP port over a veth pair', () => {
       expect(stats.kernelInvalidDescs).toBe(0);
     } finally {
       closeXdpPort(handle);
+    }
+    expect(attachedXdp(ourEnd)).toBeNull();
+  });
+
+  it('a jumbo MTU: frames over several chunks both ways (multi-buffer AF_XDP), or a clear refusal with multiBuffer off', async () => {
+    if (!ready) return;
+    execFileSync('ip', ['link', 'set', ourEnd, 'mtu', '9000']);
+    execFileSync('ip', ['-n', ns, 'link', 'set', peerEnd, 'mtu', '9000']);
+    try {
+      expect(() => openXdpPort(ourEnd, { multiBuffer: 'off' })).toThrow(/MTU 9000 needs frames larger than a 4096-byte chunk/);
+      const handle = openXdpPort(ourEnd, { ringSize: 256 });
+      try {
+        expect(handle.multiBuffer).toBe(true);
+        expect(handle.chunkSize).toBe(4096);
+        const port = XdpPort.attach(handle);
+        const sizes = [60, 1514, 4000, 4096, 4097, 8192, 9014];
+        // RX: 3 rounds of 100 frames of every size through 256 chunks, so pieces go back to the fill ring
+        let seq = 0;
+        for (let round = 0; round < 3; round++) {
+          const sent = Array.from({ length: 100 }, () => testFrame(seq, sizes[seq++ % sizes.length]));
+          expect(peerSend(ns, peerEnd, sent)).toBe(sent.length);
+          const frames = await receiveFrames(port, sent.length, 7);
+          expect(frames.length).toBe(sent.length);
+          expect(firstDifference(frames, sent)).toBe(-1);
+        }
+        // TX: 300 frames of every size through 256 TX chunks
+        const capture = startCapture(ns, peerEnd, ETHERTYPE, 300);
+        await capture.waitForOutput(/ready/);
+        const out = Array.from({ length: 300 }, (_, i) => testFrame(2000 + i, sizes[i % sizes.length]));
+        let next = 0;
+        const deadline = Date.now() + 10_000;
+        while (next < out.length && Date.now() < deadline) {
+          for (let k = 0; k < 8 && next < out.length; k++) {
+            const slot = port.txSlot(out[next].length);
+            if (slot === null) break;
+            expect(slot.capacity).toBeGreaterThanOrEqual(out[next].length);
+            slot.bytes.set(out[next], slot.offset);
+            expect(port.txCommit(out[next].length)).toBe(true);
+            next++;
+          }
+          expect(port.txFlush()).toBeGreaterThanOrEqual(0);
+          await sleep(1);
+        }
+        expect(next).toBe(out.length);
+        await capture.waitForOutput(/done \d+/, 15_000);
+        const got = capture.output().split('\n').filter((l) => l.startsWith('frame ')).map((l) => Buffer.from(l.slice(6), 'hex'));
+        expect(got.length).toBe(out.length);
+        expect(firstDifference(got, out)).toBe(-1);
+        expect(port.counters.txFrames).toBe(300);
+        // Longer than the MTU allows: refused whole, nothing queued
+        const slot = port.txSlot(9015)!;
+        slot.bytes.set(testFrame(1, 9015), slot.offset);
+        expect(port.txCommit(9015)).toBe(false);
+        expect(port.counters.txRejected).toBe(1);
+        const stats = port.readKernelStatistics();
+        expect(stats.kernelInvalidDescs).toBe(0);
+        expect(stats.rxTooLong).toBe(0);
+      } finally {
+        closeXdpPort(handle);
+      }
+    } finally {
+      execFileSync('ip', ['link', 'set', ourEnd, 'mtu', '1500']);
+      execFileSync('ip', ['-n', ns, 'link', 'set', peerEnd, 'mtu', '1500']);
     }
     expect(attachedXdp(ourEnd)).toBeNull();
   });
@@ -210,6 +275,22 @@ describe('AF_XDP port over a veth pair', () => {
       expect(frames.map(hex).sort()).toEqual([...a, ...b].map(hex).sort());
     } finally {
       closeXdpPort(handle);
+    }
+    // Jumbo frames on both queues: the second queue's socket shares the first's UMEM and its multi-buffer mode.
+    execFileSync('ip', ['link', 'set', mqEnd, 'mtu', '9000']);
+    execFileSync('ip', ['-n', ns, 'link', 'set', mqPeer, 'mtu', '9000']);
+    const jumbo = openXdpPort(mqEnd);
+    try {
+      expect(jumbo.multiBuffer).toBe(true);
+      const port = XdpPort.attach(jumbo);
+      const ja = Array.from({ length: 10 }, (_, i) => testFrame(200 + i, 9014));
+      const jb = Array.from({ length: 10 }, (_, i) => testFrame(300 + i, 9014));
+      peerSend(ns, mqPeer, ja, { cpu: 0 });
+      peerSend(ns, mqPeer, jb, { cpu: 1 });
+      const frames = await receiveFrames(port, 20, 64);
+      expect(frames.map(hex).sort()).toEqual([...ja, ...jb].map(hex).sort());
+    } finally {
+      closeXdpPort(jumbo);
     }
   });
 
