@@ -50,3 +50,20 @@ export function run(cmd: string, args: string[], opts: { input?: string; timeout
     throw new Error(`${cmd} ${args.join(' ')} failed: ${e.stderr?.trim() || e.message}`);
   }
 }
+
+/**
+ * Whether this kernel is at least `major.minor` (uname's release). Where a feature needs a newer
+ * kernel than the machine has, a test says so on the console and leaves that part out.
+ */
+export function kernelAtLeast(major: number, minor: number): boolean {
+  const m = /^(\d+)\.(\d+)/.exec(execFileSync('uname', ['-r'], { encoding: 'utf8' }));
+  if (!m) return false;
+  return Number(m[1]) > major || (Number(m[1]) === major && Number(m[2]) >= minor);
+}
+
+/** Multi-buffer AF_XDP (frames over several chunks: jumbo MTUs) needs Linux 6.6. */
+export function multiBufferXdp(): boolean {
+  const ok = kernelAtLeast(6, 6);
+  if (!ok) console.warn('this kernel is older than 6.6: no multi-buffer AF_XDP, so the jumbo AF_XDP cases are left out');
+  return ok;
+}
