@@ -13,6 +13,6 @@ node -e "import('./dist/test/support/kvm.js').then((k) => console.log(k.kvmRoute
 echo "=== npm test ($(date -u +%H:%M:%S) UTC)"
 start=$(date +%s)
 status=0
-timeout 50m npm test || status=$?
+timeout 75m npm test || status=$?
 echo "=== npm test: $(($(date +%s) - start)) s, exit $status"
 exit $status
