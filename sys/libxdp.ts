@@ -171,8 +171,9 @@ export function joinDispatcher(ifindex: number, ifname: string, entries: number,
   const p = b.programFindFile(XSK_PROGRAM_FILE, null, null);
   let err = pointerError(b, p);
   if (err < 0) throw new SysError('xdp_program__find_file', -err, `libxdp's ${XSK_PROGRAM_FILE}`);
+  let map: unknown;
   try {
-    const map = b.objectFindMap(b.programBpfObj(p), XSK_MAP_NAME);
+    map = b.objectFindMap(b.programBpfObj(p), XSK_MAP_NAME);
     if (!map) throw new Error(`${XSK_PROGRAM_FILE} has no map ${XSK_MAP_NAME}`);
     err = b.mapSetMaxEntries(map, entries);
     if (err < 0) throw new SysError('bpf_map__set_max_entries', -err, `${XSK_MAP_NAME} of ${entries} entries`);
@@ -185,7 +186,7 @@ export function joinDispatcher(ifindex: number, ifname: string, entries: number,
   const program: JoinedProgram = { ifindex, id: b.programId(p), mode, mapFd: -1, priority: b.programRunPrio(p), leftovers };
   joined.set(program.id, p);
   try {
-    program.mapFd = b.mapFd(b.objectFindMap(b.programBpfObj(p), XSK_MAP_NAME));
+    program.mapFd = b.mapFd(map);
     record(program, ifname);
   } catch (e) {
     leaveDispatcher(program);

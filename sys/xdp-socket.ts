@@ -312,7 +312,8 @@ export function openXdpPort(ifname: string, opts: XdpPortOptions = {}): XdpPortH
       const owner = k === 0 ? null : handles[0].fd;
       handles.push(openQueue(ifname, ifindex, q, ringSize, chunkSize, umem, umem.relay.offset + k * queueChunks, owner, opts.zeroCopy ?? 'auto', multiBuffer, cleanup));
     });
-    let mapFd = createXskMap(Math.max(...queues) + 1, `vio4wd_${ifname}`);
+    const mapEntries = Math.max(...queues) + 1; // indexed by receive queue
+    let mapFd = createXskMap(mapEntries, `vio4wd_${ifname}`);
     cleanup.push(() => closeBpfFd(mapFd));
     for (const h of handles) setXskMapEntry(mapFd, h.queue, h.fd);
     let progFd = loadRedirectProgram(mapFd, `vio4wd_${ifname}`, multiBuffer);
@@ -327,7 +328,7 @@ export function openXdpPort(ifname: string, opts: XdpPortOptions = {}): XdpPortH
       progFd = -1;
       mapFd = -1;
       if (multiBuffer) throw new SysError('bpf', EBUSY, `attaching XDP to ${ifname}: another XDP program is attached to it, and a multi-buffer port (MTU ${mtu}) cannot join libxdp's dispatcher, whose AF_XDP program is not marked for frames in several buffers`);
-      const joined = joinOrRefuse(ifindex, ifname, Math.max(...queues) + 1, wanted);
+      const joined = joinOrRefuse(ifindex, ifname, mapEntries, wanted);
       dispatcher = joined;
       cleanup.push(() => leaveDispatcher(joined));
       for (const h of handles) setXskMapEntry(joined.mapFd, h.queue, h.fd);
