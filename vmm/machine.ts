@@ -122,7 +122,7 @@ export class Machine extends EventEmitter {
 
     this.serial = new Serial(
       this.serialState,
-      (byte) => this.emit('serial', Uint8Array.of(byte)),
+      () => queueMicrotask(() => this.flushSerial()),
       (level) => kvm.irqLine(this.vmFd, SERIAL_GSI, level),
     );
 
@@ -279,7 +279,7 @@ export class Machine extends EventEmitter {
   private onVcpuMessage(m: VcpuMessage): void {
     switch (m.type) {
       case 'serial':
-        this.emit('serial', m.bytes);
+        this.flushSerial();
         break;
       case 'status': {
         const device = this.devices[m.device];
@@ -362,8 +362,19 @@ export class Machine extends EventEmitter {
     return list;
   }
 
+  /** Passes on what the guest transmitted, in its order (the vCPUs only post a wake-up). */
+  private flushSerial(): void {
+    if (!this.serial) return;
+    const bytes = this.serial.takeOutput();
+    if (bytes.length > 0) this.emit('serial', bytes);
+  }
+
   private finish(code: number, reason: string): void {
     if (this.ended) return;
+    // The guest's last lines (a panic, a poweroff message) may still wait in the ring.
+    this.flushSerial();
+    const dropped = this.serial?.droppedOutput() ?? 0;
+    if (dropped > 0) this.log.warn({ dropped }, `the serial port dropped ${dropped} bytes the guest wrote while its output was not taken for a second or more`);
     this.ended = true;
     this.status = 'shutdown';
     this.emit('exit', code, reason);

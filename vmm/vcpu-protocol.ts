@@ -18,7 +18,7 @@ export const RUN_STATE = { RUN: 0, PAUSE: 1, QUIT: 2 } as const;
 
 export type VcpuMessage =
   | { type: 'ready'; index: number; tid: number; runAddress: number }
-  | { type: 'serial'; bytes: Uint8Array }
+  | { type: 'serial' } // transmitted bytes wait in the serial state's ring
   | { type: 'status'; device: number; change: StatusChange }
   /** `registers`: where the vCPU stopped, for exits that deserve a look (a triple fault). */
   | { type: 'exit'; index: number; reason: string; registers?: string }

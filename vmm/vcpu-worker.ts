@@ -32,7 +32,7 @@ if (data.hostCpu !== undefined) setAffinity([data.hostCpu]);
 
 const serial = new Serial(
   data.serialState,
-  (byte) => post({ type: 'serial', bytes: Uint8Array.of(byte) }),
+  () => post({ type: 'serial' }),
   (level) => kvm.irqLine(data.vmFd, SERIAL_GSI, level),
 );
 const transports = data.transports.map(
