@@ -435,6 +435,31 @@ export function closeXdpPort(handle: XdpPortHandle): void {
   munmap(handle.counterPage);
 }
 
+/**
+ * What a port leaves uncounted when it closes, for the relay that closes it: frames the kernel put
+ * in its RX rings that no poller took (a multi-buffer frame counts once), and frames the kernel
+ * dropped since a poller last read XDP_STATISTICS. Call only while no XdpPort polls the handle.
+ */
+export function xdpLeftovers(handle: XdpPortHandle): { framesWaiting: number; kernelDropsUnread: number } {
+  let framesWaiting = 0;
+  let kernelDrops = 0;
+  const stats = new BigUint64Array(6);
+  const statsLength = new Uint32Array(1);
+  for (const q of handle.queues) {
+    const rx = new Uint32Array(viewAt(q.rx.address, q.rx.length));
+    const mask = q.rx.size - 1;
+    const producer = Atomics.load(rx, q.rx.producer >> 2);
+    for (let i = Atomics.load(rx, q.rx.consumer >> 2); i !== producer; i = (i + 1) >>> 0) {
+      if ((rx[(q.rx.desc >> 2) + 4 * (i & mask) + 3] & XDP_PKT_CONTD) === 0) framesWaiting++;
+    }
+    statsLength[0] = stats.byteLength;
+    check(getsockoptNative(q.fd, SOL_XDP, XDP_STATISTICS, stats, statsLength), 'getsockopt', `XDP_STATISTICS on fd ${q.fd}`);
+    kernelDrops += Number(stats[0]) + Number(stats[3]); // rx_dropped + rx_ring_full, as readKernelStatistics
+  }
+  const counted = new Float64Array(viewAt(handle.counterPage.address, handle.counterPage.length), 0, COUNTER_NAMES.length)[C_KERNEL_DROPS];
+  return { framesWaiting, kernelDropsUnread: Math.max(0, kernelDrops - counted) };
+}
+
 export interface XdpPortCounters {
   rxFrames: number;
   txFrames: number;

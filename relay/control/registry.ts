@@ -119,6 +119,7 @@ export class RelayRegistryImpl implements RelayRegistry {
       ignoreDirtyLog: opts.ignoreDirtyLog === true,
       reactor: opts.reactor,
       pollMode: opts.config.pollMode,
+      counters: this.counters,
     };
     if (ctx.ignoreDirtyLog) this.log.warn('VIO4WD_TEST_HOOKS=no-dirty-log: dirty logging is negotiated but nothing is marked; a live migration will damage its guest (test hook)');
     this.relays = Array.from({ length: MAX_RELAYS }, (_, id) => new Relay(id, ctx));

@@ -5,7 +5,8 @@
 // ring state saved) before it is attached again.
 import type { Logger } from 'pino';
 import { isXdpHandle, type VfHandle } from '../datapath/vf-link.js';
-import { xdpUmemKind, xdpZeroCopy, type XdpPortHandle } from '../../sys/xdp-socket.js';
+import { xdpLeftovers, xdpUmemKind, xdpZeroCopy, type XdpPortHandle } from '../../sys/xdp-socket.js';
+import { addToDetached, Counter, Dir } from '../datapath/counters.js';
 import type { XdpGuestRegion } from '../../sys/xdp-umem.js';
 import type { VfPortChoice } from '../config/types.js';
 import type { RingOpener } from './ring-opener.js';
@@ -54,6 +55,8 @@ export interface RelayContext {
   reactor?: Reactor;
   /** The workers' poll mode: adaptive workers sleep, so their memif rings ask the peer for interrupts. */
   pollMode?: PollMode;
+  /** The relays' counters (counters.ts), for drops the main thread sees while a direction is detached. */
+  counters?: Float64Array;
 }
 
 interface Member {
@@ -323,6 +326,7 @@ export class Relay implements NetDevice {
     await this.detachDirection('vf2vm');
     await this.detachDirection('vm2vf');
     for (const m of stale) {
+      this.countXdpLeftovers(m.netdev, m.handle as XdpPortHandle, why);
       await this.ctx.rings.close(m.handle);
       try {
         m.handle = await this.openXdp(m.netdev, m.ref.pci);
@@ -333,6 +337,30 @@ export class Relay implements NetDevice {
     }
     this.activeMember = Math.min(this.activeMember, Math.max(0, this.members.length - 1));
     return true;
+  }
+
+  /**
+   * Frames a port being reopened takes with it, counted before it goes so that every frame that
+   * entered the VF stays accounted for: those waiting in its RX rings with the frames that found no
+   * guest, and kernel drops no worker has folded yet with the VF ring's drops.
+   */
+  private countXdpLeftovers(netdev: string, handle: XdpPortHandle, why: string): void {
+    let left;
+    try {
+      left = xdpLeftovers(handle);
+    } catch (err) {
+      this.log.warn({ netdev, err: (err as Error).message }, `VF ${netdev}: the frames left in its AF_XDP socket could not be counted before it closed: ${(err as Error).message}`);
+      return;
+    }
+    const counters = this.ctx.counters;
+    if (counters === undefined || left.framesWaiting + left.kernelDropsUnread === 0) return;
+    addToDetached(counters, this.id, Dir.VfToVm, Counter.DropsNotConnected, left.framesWaiting);
+    addToDetached(counters, this.id, Dir.VfToVm, Counter.DropsKernelRing, left.kernelDropsUnread);
+    this.log.info(
+      { netdev, framesWaiting: left.framesWaiting, kernelDrops: left.kernelDropsUnread },
+      `VF ${netdev}: ${left.framesWaiting} frames waiting in its AF_XDP socket were dropped when it was reopened after ${why} (counted as not connected)`
+        + (left.kernelDropsUnread > 0 ? `, and ${left.kernelDropsUnread} kernel drops not yet counted were added to the VF ring's` : ''),
+    );
   }
 
   /** The kind of port each member has, for stats and logs. */

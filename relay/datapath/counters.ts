@@ -53,6 +53,14 @@ export function counterBase(relay: number, dir: Dir): number {
   return relay * SLOTS_PER_RELAY + dir * Counter.Count;
 }
 
+/**
+ * Adds to a slot from the main thread. Only for a direction no worker owns at the moment (detached
+ * around a port's reopening): slots are plain doubles, written by their owner without atomics.
+ */
+export function addToDetached(view: Float64Array, relay: number, dir: Dir, counter: Counter, n: number): void {
+  view[counterBase(relay, dir) + counter] += n;
+}
+
 export interface DirectionCounts {
   rxPackets: number;
   rxBytes: number;
