@@ -8,10 +8,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { close as closeFd } from '../../sys/fd.js';
-import { eventfd } from '../../sys/eventfd.js';
 import { MAP_SHARED, PROT_READ, PROT_WRITE, ftruncate, memfdCreate, mmap, munmap } from '../../sys/memory.js';
 import { Reactor } from '../../sys/poll.js';
-import { Frontend, type VringSetup } from '../../vhost-user/frontend.js';
+import { Frontend } from '../../vhost-user/frontend.js';
 import { VirtioNetFeature } from '../../vhost-user/features.js';
 import { REGION_VIEW_BYTES } from '../../virtio/guest-memory.js';
 import { NetTestVm, type NetTestVmLayout } from '../support/net-test-vm.js';
@@ -96,11 +95,8 @@ describe.skipIf(!ready)('a memory region larger than 4 GiB', () => {
     // the user addresses; the test VM works through a small window of the same file.
     const whole = mmap({ length: REGION, prot: PROT_READ | PROT_WRITE, flags: MAP_SHARED, fd: memFd, view: false });
     const window = mmap({ length: LAYOUT.memSize, prot: PROT_READ | PROT_WRITE, flags: MAP_SHARED, fd: memFd, offset: WINDOW });
-    const fds = [eventfd(), eventfd(), eventfd(), eventfd()];
-    const q = LAYOUT.queueSize;
-    const rxSetup: VringSetup = { index: 0, size: q, ...NetTestVm.rings(LAYOUT.rxRingGpa, whole.address, q), kickFd: fds[0], callFd: fds[1] };
-    const txSetup: VringSetup = { index: 1, size: q, ...NetTestVm.rings(LAYOUT.txRingGpa, whole.address, q), kickFd: fds[2], callFd: fds[3] };
-    const vm = new NetTestVm(window, LAYOUT, rxSetup, txSetup);
+    const { vm, fds } = NetTestVm.withEventfds(window, LAYOUT, whole.address);
+    const { rxSetup, txSetup } = vm;
     let frontend: Frontend | null = null;
     try {
       frontend = await Frontend.connect(relay.socketPath(RELAY), { reactor, retryMs: 100, timeoutMs: 20_000 });

@@ -7,10 +7,9 @@
 // - with the default (warn), the unsealable memfd is accepted with a warning naming the relay.
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
 import { close as closeFd } from '../../sys/fd.js';
-import { eventfd } from '../../sys/eventfd.js';
 import { F_SEAL_SHRINK, MAP_SHARED, PROT_READ, PROT_WRITE, addSeals, fileSeals, ftruncate, memfdCreate, mmap, munmap, type Mapping } from '../../sys/memory.js';
 import { Reactor } from '../../sys/poll.js';
-import { Frontend, type VringSetup } from '../../vhost-user/frontend.js';
+import { Frontend } from '../../vhost-user/frontend.js';
 import { VirtioNetFeature } from '../../vhost-user/features.js';
 import { NetTestVm, type NetTestVmLayout } from '../support/net-test-vm.js';
 import { createNetns, createVethPair, deleteLink, deleteNetns, linkCounter, requireBinary, requireRoot, uniqueTag } from '../support/netns.js';
@@ -67,11 +66,8 @@ function memoryOf(kind: MemoryKind): number {
 async function connectVm(id: number, kind: MemoryKind): Promise<Vm> {
   const memFd = memoryOf(kind);
   const mem = mmap({ length: LAYOUT.memSize, prot: PROT_READ | PROT_WRITE, flags: MAP_SHARED, fd: memFd });
-  const fds = [eventfd(), eventfd(), eventfd(), eventfd()];
-  const q = LAYOUT.queueSize;
-  const rxSetup: VringSetup = { index: 0, size: q, ...NetTestVm.rings(LAYOUT.rxRingGpa, mem.address, q), kickFd: fds[0], callFd: fds[1] };
-  const txSetup: VringSetup = { index: 1, size: q, ...NetTestVm.rings(LAYOUT.txRingGpa, mem.address, q), kickFd: fds[2], callFd: fds[3] };
-  const vm = new NetTestVm(mem, LAYOUT, rxSetup, txSetup);
+  const { vm, fds } = NetTestVm.withEventfds(mem, LAYOUT);
+  const { rxSetup, txSetup } = vm;
   const frontend = await Frontend.connect(relay!.socketPath(id), { reactor, retryMs: 100, timeoutMs: 20_000 });
   const negotiated = await frontend.negotiate({ features: 2 ** VirtioNetFeature.VERSION_1 });
   vm.refillRx();

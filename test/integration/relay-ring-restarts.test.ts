@@ -15,10 +15,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { close as closeFd } from '../../sys/fd.js';
-import { eventfd } from '../../sys/eventfd.js';
 import { F_SEAL_SHRINK, MAP_SHARED, PROT_READ, PROT_WRITE, addSeals, ftruncate, memfdCreate, mmap, munmap } from '../../sys/memory.js';
 import { Reactor } from '../../sys/poll.js';
-import { Frontend, type FrontendRegion, type VringSetup } from '../../vhost-user/frontend.js';
+import { Frontend, type FrontendRegion } from '../../vhost-user/frontend.js';
 import { VirtioNetFeature } from '../../vhost-user/features.js';
 import { NetTestVm, type NetTestVmLayout } from '../support/net-test-vm.js';
 import { SplitQueueDriver } from '../../virtio/split-queue-driver.js';
@@ -150,11 +149,8 @@ describe.skipIf(!ready)('a healthy VM restarting its rings under traffic', () =>
     const mem = mmap({ length: LAYOUT.memSize, prot: PROT_READ | PROT_WRITE, flags: MAP_SHARED, fd: memFd });
     const extraFd = sealedMemfd('restarts-extra', EXTRA_SIZE);
     const extra = mmap({ length: EXTRA_SIZE, prot: PROT_READ | PROT_WRITE, flags: MAP_SHARED, fd: extraFd });
-    const fds = [eventfd(), eventfd(), eventfd(), eventfd()];
-    const q = LAYOUT.queueSize;
-    const rxSetup: VringSetup = { index: 0, size: q, ...NetTestVm.rings(LAYOUT.rxRingGpa, mem.address, q), kickFd: fds[0], callFd: fds[1] };
-    const txSetup: VringSetup = { index: 1, size: q, ...NetTestVm.rings(LAYOUT.txRingGpa, mem.address, q), kickFd: fds[2], callFd: fds[3] };
-    const vm = new NetTestVm(mem, LAYOUT, rxSetup, txSetup);
+    const { vm, fds } = NetTestVm.withEventfds(mem, LAYOUT);
+    const { rxSetup, txSetup } = vm;
     const ram: FrontendRegion = { guestPhysAddr: 0, size: LAYOUT.memSize, userAddr: mem.address, mmapOffset: 0, fd: memFd };
     // The new region comes first, so the index of the region holding the rings changes with every table.
     const withExtra: FrontendRegion[] = [{ guestPhysAddr: EXTRA_GPA, size: EXTRA_SIZE, userAddr: extra.address, mmapOffset: 0, fd: extraFd }, ram];
@@ -275,12 +271,9 @@ describe.skipIf(!ready)('a healthy VM restarting its rings under traffic', () =>
   it('answers GET_VRING_BASE with what a broken ring consumed, and runs the ring again once the front-end restarts it', async () => {
     const memFd = sealedMemfd('broken-ring-guest-ram', LAYOUT.memSize);
     const mem = mmap({ length: LAYOUT.memSize, prot: PROT_READ | PROT_WRITE, flags: MAP_SHARED, fd: memFd });
-    const fds = [eventfd(), eventfd(), eventfd(), eventfd()];
-    const q = LAYOUT.queueSize;
-    const rxSetup: VringSetup = { index: 0, size: q, ...NetTestVm.rings(LAYOUT.rxRingGpa, mem.address, q), kickFd: fds[0], callFd: fds[1] };
-    const txSetup: VringSetup = { index: 1, size: q, ...NetTestVm.rings(LAYOUT.txRingGpa, mem.address, q), kickFd: fds[2], callFd: fds[3] };
-    const vm = new NetTestVm(mem, LAYOUT, rxSetup, txSetup);
-    const txAvailIdx = new Uint16Array(mem.buffer, SplitQueueDriver.layout(LAYOUT.txRingGpa, q).availGpa, 2);
+    const { vm, fds } = NetTestVm.withEventfds(mem, LAYOUT);
+    const { rxSetup, txSetup } = vm;
+    const txAvailIdx = new Uint16Array(mem.buffer, SplitQueueDriver.layout(LAYOUT.txRingGpa, LAYOUT.queueSize).availGpa, 2);
     let frontend: Frontend | null = null;
     let pumping = true;
     let sending = true;

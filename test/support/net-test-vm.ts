@@ -1,7 +1,7 @@
 // A test VM for relay tests: one RX and one TX split ring over a shared memory mapping, driven by
 // the project's split-queue driver. It sends numbered frames (VM→VF), collects received ones
 // (VF→VM), and can tell what the device has consumed on each ring (used.idx as the driver sees it).
-import { eventfdWrite } from '../../sys/eventfd.js';
+import { eventfd, eventfdWrite } from '../../sys/eventfd.js';
 import type { Mapping } from '../../sys/memory.js';
 import type { VringSetup } from '../../vhost-user/frontend.js';
 import { GuestMemory } from '../../virtio/guest-memory.js';
@@ -62,6 +62,19 @@ export class NetTestVm {
     this.rxUsed16 = new Uint16Array(mem.buffer, rxl.usedGpa - base, 2);
     this.txUsed16 = new Uint16Array(mem.buffer, txl.usedGpa - base, 2);
     for (let i = 0; i < size; i++) this.freeTxSlots.push(i);
+  }
+
+  /**
+   * A VM working in `mem` with fresh kick and call eventfds for both rings (the caller closes
+   * `fds`). The rings' user addresses are the front-end's: `frontendBase` is where its mapping of
+   * the region starts (default: `mem` itself; a VM that is a window into a larger region differs).
+   */
+  static withEventfds(mem: Mapping, layout: NetTestVmLayout, frontendBase = mem.address): { vm: NetTestVm; fds: number[] } {
+    const fds = [eventfd(), eventfd(), eventfd(), eventfd()];
+    const q = layout.queueSize;
+    const rxSetup: VringSetup = { index: 0, size: q, ...NetTestVm.rings(layout.rxRingGpa, frontendBase, q), kickFd: fds[0], callFd: fds[1] };
+    const txSetup: VringSetup = { index: 1, size: q, ...NetTestVm.rings(layout.txRingGpa, frontendBase, q), kickFd: fds[2], callFd: fds[3] };
+    return { vm: new NetTestVm(mem, layout, rxSetup, txSetup), fds };
   }
 
   /** Ring user addresses for a ring placed at `gpa` in memory mapped at `base`. */
