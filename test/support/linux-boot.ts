@@ -37,7 +37,9 @@ export async function bootLinux(args: string[], label: string, opts: LinuxBootOp
       const beforeInit = !INIT_STARTS.test(vmm.output());
       if (opts.describe) console.warn(`${label}: boot ${attempt} failed; ${opts.describe(vmm)}`);
       if (attempt >= 3 || !(tripleFault || beforeInit)) throw err;
-      console.warn(`${label}: boot ${attempt} ${tripleFault ? 'ended in a guest triple fault' : 'stopped'} before userspace; booting again`);
+      // The last lines say where it stopped, so that the rig's failure shapes can be told apart.
+      const lastLines = vmm.output().trimEnd().split('\n').slice(-4).map((l) => `  | ${l.slice(0, 200)}`).join('\n');
+      console.warn(`${label}: boot ${attempt} ${tripleFault ? 'ended in a guest triple fault' : 'stopped'} before userspace; booting again. Its last lines:\n${lastLines}`);
     }
   }
 }
