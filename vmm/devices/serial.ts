@@ -253,7 +253,6 @@ export class Serial {
     }
   }
 
-
   private push(byte: number): boolean {
     const w = this.w;
     if (this.rxCount() === RX_CAPACITY - 1) return false;
