@@ -38,7 +38,7 @@ const RETRY_TIMEOUT_S = 15 * 60;
 /** All boots together, so that a rig that keeps failing cannot hold CI past its limit. */
 const RIG_BUDGET_S = 40 * 60;
 const RUNS_PER_FILE = 3;
-/** The rig's own kernel saw a vCPU stuck: named in the announcement of a file's second run. */
+/** The rig's own kernel saw a vCPU stuck: named in the announcement of a later boot. */
 const RIG_STALLED = /watchdog: BUG: soft lockup[^\n]*/;
 
 /** Inside the rig: each file in its own vitest run with its own JSON report; the worst status wins. */
@@ -141,7 +141,11 @@ describe.runIf(rigPossible)(`test/kvm inside the nested-KVM rig (${kvmRouteReaso
     expect(r!.assertionResults.length).toBeGreaterThan(0);
   });
 
-  it('the rig run as a whole exited 0', () => {
-    expect(run?.status, run?.output.slice(-4000)).toBe(0);
+  // The rig's own status matters only where a file has no passing report: a boot whose kernel died
+  // after its files reported (while powering off) has nothing left to decide.
+  it('the rig ended its last boot cleanly, or every file passed before it ended', () => {
+    const allPassed = kvmFiles.every((f) => results.get(f)?.status === 'passed');
+    if (!allPassed) expect(run?.status, run?.output.slice(-4000)).toBe(0);
+    expect(run).toBeDefined();
   });
 });
