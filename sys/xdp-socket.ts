@@ -442,9 +442,6 @@ export function closeXdpPort(handle: XdpPortHandle): void {
  */
 export function xdpLeftovers(handle: XdpPortHandle): { framesWaiting: number; kernelDropsUnread: number } {
   let framesWaiting = 0;
-  let kernelDrops = 0;
-  const stats = new BigUint64Array(6);
-  const statsLength = new Uint32Array(1);
   for (const q of handle.queues) {
     const rx = new Uint32Array(viewAt(q.rx.address, q.rx.length));
     const mask = q.rx.size - 1;
@@ -452,12 +449,33 @@ export function xdpLeftovers(handle: XdpPortHandle): { framesWaiting: number; ke
     for (let i = Atomics.load(rx, q.rx.consumer >> 2); i !== producer; i = (i + 1) >>> 0) {
       if ((rx[(q.rx.desc >> 2) + 4 * (i & mask) + 3] & XDP_PKT_CONTD) === 0) framesWaiting++;
     }
-    statsLength[0] = stats.byteLength;
-    check(getsockoptNative(q.fd, SOL_XDP, XDP_STATISTICS, stats, statsLength), 'getsockopt', `XDP_STATISTICS on fd ${q.fd}`);
-    kernelDrops += Number(stats[0]) + Number(stats[3]); // rx_dropped + rx_ring_full, as readKernelStatistics
   }
+  const kernelDrops = sumXdpStatistics(handle.queues.map((q) => q.fd), new BigUint64Array(6), new Uint32Array(1)).drops;
   const counted = new Float64Array(viewAt(handle.counterPage.address, handle.counterPage.length), 0, COUNTER_NAMES.length)[C_KERNEL_DROPS];
   return { framesWaiting, kernelDropsUnread: Math.max(0, kernelDrops - counted) };
+}
+
+/**
+ * The kernel's XDP_STATISTICS of the sockets `fds`, summed (cumulative). `drops` are the frames
+ * that reached a socket and were lost: no chunk to copy into, or too long (rx_dropped), and no
+ * room in the RX ring (rx_ring_full). An empty fill ring is also counted by the allocation that
+ * failed, so it is reported apart, not added. `stats` (6 words) and `statsLength` are scratch.
+ */
+function sumXdpStatistics(fds: number[], stats: BigUint64Array, statsLength: Uint32Array) {
+  let rxDropped = 0;
+  let ringFull = 0;
+  let fillEmpty = 0;
+  let invalid = 0;
+  for (const fd of fds) {
+    statsLength[0] = stats.byteLength;
+    check(getsockoptNative(fd, SOL_XDP, XDP_STATISTICS, stats, statsLength), 'getsockopt', `XDP_STATISTICS on fd ${fd}`);
+    // struct xdp_statistics: rx_dropped, rx_invalid_descs, tx_invalid_descs, rx_ring_full, rx_fill_ring_empty_descs, tx_ring_empty_descs
+    rxDropped += Number(stats[0]);
+    invalid += Number(stats[1]) + Number(stats[2]);
+    ringFull += Number(stats[3]);
+    fillEmpty += Number(stats[4]);
+  }
+  return { rxDropped, ringFull, fillEmpty, invalid, drops: rxDropped + ringFull };
 }
 
 export interface XdpPortCounters {
@@ -996,28 +1014,13 @@ export class XdpPort {
 
   /** Reads the kernel's XDP_STATISTICS of every queue (cumulative) into the counters. */
   readKernelStatistics(): XdpPortCounters {
-    let rxDropped = 0;
-    let ringFull = 0;
-    let fillEmpty = 0;
-    let invalid = 0;
-    for (const q of this.queues) {
-      this.statsLength[0] = this.stats.byteLength;
-      check(getsockoptNative(q.fd, SOL_XDP, XDP_STATISTICS, this.stats, this.statsLength), 'getsockopt', `XDP_STATISTICS on fd ${q.fd}`);
-      // struct xdp_statistics: rx_dropped, rx_invalid_descs, tx_invalid_descs, rx_ring_full, rx_fill_ring_empty_descs, tx_ring_empty_descs
-      rxDropped += Number(this.stats[0]);
-      invalid += Number(this.stats[1]) + Number(this.stats[2]);
-      ringFull += Number(this.stats[3]);
-      fillEmpty += Number(this.stats[4]);
-    }
+    const k = sumXdpStatistics(this.rxFds, this.stats, this.statsLength);
     const c = this.count;
-    c[C_KERNEL_RX_DROPPED] = rxDropped;
-    c[C_KERNEL_RX_RING_FULL] = ringFull;
-    c[C_KERNEL_FILL_RING_EMPTY] = fillEmpty;
-    c[C_KERNEL_INVALID_DESCS] = invalid;
-    // Frames that reached the socket and were lost: no chunk to copy into, or too long (rx_dropped),
-    // and no room in the RX ring (rx_ring_full). An empty fill ring is also counted by the
-    // allocation that failed, so it is reported apart, not added.
-    c[C_KERNEL_DROPS] = rxDropped + ringFull;
+    c[C_KERNEL_RX_DROPPED] = k.rxDropped;
+    c[C_KERNEL_RX_RING_FULL] = k.ringFull;
+    c[C_KERNEL_FILL_RING_EMPTY] = k.fillEmpty;
+    c[C_KERNEL_INVALID_DESCS] = k.invalid;
+    c[C_KERNEL_DROPS] = k.drops;
     return this.counters;
   }
 }

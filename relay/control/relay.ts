@@ -56,7 +56,7 @@ export interface RelayContext {
   /** The workers' poll mode: adaptive workers sleep, so their memif rings ask the peer for interrupts. */
   pollMode?: PollMode;
   /** The relays' counters (counters.ts), for drops the main thread sees while a direction is detached. */
-  counters?: Float64Array;
+  counters: Float64Array;
 }
 
 interface Member {
@@ -352,10 +352,9 @@ export class Relay implements NetDevice {
       this.log.warn({ netdev, err: (err as Error).message }, `VF ${netdev}: the frames left in its AF_XDP socket could not be counted before it closed: ${(err as Error).message}`);
       return;
     }
-    const counters = this.ctx.counters;
-    if (counters === undefined || left.framesWaiting + left.kernelDropsUnread === 0) return;
-    addToDetached(counters, this.id, Dir.VfToVm, Counter.DropsNotConnected, left.framesWaiting);
-    addToDetached(counters, this.id, Dir.VfToVm, Counter.DropsKernelRing, left.kernelDropsUnread);
+    if (left.framesWaiting + left.kernelDropsUnread === 0) return;
+    addToDetached(this.ctx.counters, this.id, Dir.VfToVm, Counter.DropsNotConnected, left.framesWaiting);
+    addToDetached(this.ctx.counters, this.id, Dir.VfToVm, Counter.DropsKernelRing, left.kernelDropsUnread);
     this.log.info(
       { netdev, framesWaiting: left.framesWaiting, kernelDrops: left.kernelDropsUnread },
       `VF ${netdev}: ${left.framesWaiting} frames waiting in its AF_XDP socket were dropped when it was reopened after ${why} (counted as not connected)`

@@ -114,12 +114,12 @@ describe.runIf(rigPossible)(`test/kvm inside the nested-KVM rig (${kvmRouteReaso
       run = run ? { status: thisRun.status, output: `${run.output}\n--- boot ${boot} of the rig ---\n${thisRun.output}` } : thisRun;
       const panic = /Kernel panic[^\n]*/.exec(thisRun.output)?.[0]?.trim();
       const stall = RIG_STALLED.exec(thisRun.output)?.[0]?.trim();
-      const rigSaid = [panic && `its kernel: "${panic}"`, stall && `its kernel: "${stall}"`].filter(Boolean).join('; ');
+      const rigSaid = [panic, stall].filter(Boolean).map((line) => `its kernel: "${line}"`).join('; ');
       const next: string[] = [];
       for (const file of pending) {
-        const why = failed.get(file) ?? (reports.has(file) ? undefined
-          : file === diedIn ? `the rig ended with status ${thisRun.status} while it ran` : undefined);
         if (reports.has(file) && !failed.has(file)) continue; // passed
+        // A failed file says why; of those without a report, only the one the rig died in ran.
+        const why = failed.get(file) ?? (file === diedIn ? `the rig ended with status ${thisRun.status} while it ran` : undefined);
         if (why) runs.set(file, runs.get(file)! + 1);
         if (runs.get(file)! >= RUNS_PER_FILE) continue; // failed for good, with its last report
         next.push(file);
