@@ -2,7 +2,7 @@
 // them validated and canonicalised (protocol.ts); registry failures propagate as RegistryError
 // and become error replies carrying the registry's code.
 import type { Logger } from 'pino';
-import type { BondMode, DeviceRef, RelayRegistry } from '../relay/registry-api.js';
+import type { BondMember, BondMode, DeviceRef, RelayRegistry } from '../relay/registry-api.js';
 import {
   PROTOCOL_VERSION,
   type ConfigReply,
@@ -19,10 +19,9 @@ function deviceOf(req: PortControlRequest): DeviceRef {
   const pcis = req.pciAddrs ?? [];
   const port = req.vfPort !== undefined ? { port: req.vfPort } : {};
   if (req.name === undefined) return { kind: 'vf', vf: { pci: pcis[0], ...port } };
-  return {
-    kind: 'bond',
-    bond: { name: req.name, mode: (req.mode ?? 1) as BondMode, members: pcis.map((pci) => ({ pci, ...port })) },
-  };
+  // VFs first, then memif members, in the order given.
+  const members: BondMember[] = [...pcis.map((pci) => ({ pci, ...port })), ...(req.memifMembers ?? []).map((memif) => ({ memif }))];
+  return { kind: 'bond', bond: { name: req.name, mode: (req.mode ?? 1) as BondMode, members } };
 }
 
 /** The single PCI address of a non-bond request, used to check that it matches the relay's VF. */

@@ -87,6 +87,11 @@ export interface PortControlRequest {
   vfPort?: VfPortChoice;
   /** add, add_sock: a memif interface instead of a VF (no pciAddrs, name, mode or vfPort then). */
   memif?: MemifRef;
+  /**
+   * add, add_sock: memif interfaces that are members of the bond `name`, after its VFs (pciAddrs)
+   * in member order; VFs and memifs count together towards the 2..8 members.
+   */
+  memifMembers?: MemifRef[];
 }
 
 export interface StatsRequest {
@@ -349,14 +354,30 @@ function checkDeviceSpec(op: string, pci: string[], name: string | undefined, mo
   if (mode !== undefined) checkBondMode(mode);
 }
 
-function checkBondMembers(op: string, pci: string[], name: string | undefined): void {
+function checkBondMembers(op: string, pci: string[], memifs: number, name: string | undefined): void {
   if (name === undefined) return;
-  if (pci.length < 2) bad(`op ${op}: bond ${name} needs at least 2 PCI addresses, got ${pci.length}`);
-  if (pci.length > MAX_BOND_MEMBERS) bad(`op ${op}: bond ${name} has ${pci.length} members; at most ${MAX_BOND_MEMBERS} are allowed`);
+  const n = pci.length + memifs;
+  if (n < 2) bad(`op ${op}: bond ${name} needs at least 2 ${memifs === 0 ? 'PCI addresses' : 'members (PCI addresses and memifMembers)'}, got ${n}`);
+  if (n > MAX_BOND_MEMBERS) bad(`op ${op}: bond ${name} has ${n} members; at most ${MAX_BOND_MEMBERS} are allowed`);
+}
+
+/** memifMembers: a non-empty array of memif objects, no interface given twice. */
+function memifMembersField(v: unknown): MemifRef[] {
+  if (!Array.isArray(v) || v.length === 0) bad(`field memifMembers must be a non-empty array of memif objects { socket, role, id, secret? }, not ${JSON.stringify(v)}`);
+  const out = v.map((item, i) => {
+    try {
+      return memifField(item);
+    } catch (err) {
+      bad(`memifMembers[${i}]: ${(err as Error).message}`);
+    }
+  });
+  const twice = out.find((m, i) => out.findIndex((o) => o.socket === m.socket && o.id === m.id && o.role === m.role) !== i);
+  if (twice) bad(`memifMembers: memif ${twice.role} ${twice.socket}#${twice.id} is given twice`);
+  return out;
 }
 
 function validatePortControl(msg: Json, op: PortControlOp): PortControlRequest {
-  onlyFields(msg, op, ['virtioId', 'pciAddrs', 'name', 'mode', 'vhostPath', 'conditional', 'vfPort', 'memif']);
+  onlyFields(msg, op, ['virtioId', 'pciAddrs', 'name', 'mode', 'vhostPath', 'conditional', 'vfPort', 'memif', 'memifMembers']);
   const req: PortControlRequest = { version: PROTOCOL_VERSION, op };
   const virtioId = intField(msg, 'virtioId', 0, MAX_RELAYS - 1, op === 'add' || op === 'remove');
   const pciAddrs = pciListField(msg) ?? [];
@@ -371,8 +392,14 @@ function validatePortControl(msg: Json, op: PortControlOp): PortControlRequest {
   if (memif !== undefined) {
     if (op !== 'add' && op !== 'add_sock') bad(`op ${op}: field memif is for add and add_sock only`);
     if (pciAddrs.length > 0 || name !== undefined || mode !== undefined || vfPort !== undefined) {
-      bad(`op ${op}: a memif interface takes the place of a VF: pciAddrs, name, mode and vfPort cannot go with it`);
+      bad(`op ${op}: a memif interface takes the place of a VF: pciAddrs, name, mode and vfPort cannot go with it (a bond takes memifMembers)`);
     }
+  }
+  const memifMembers = msg.memifMembers === undefined ? undefined : memifMembersField(msg.memifMembers);
+  if (memifMembers !== undefined) {
+    if (op !== 'add' && op !== 'add_sock') bad(`op ${op}: field memifMembers is for add and add_sock only`);
+    if (name === undefined) bad(`op ${op}: memifMembers are members of a bond: give its name (a lone memif goes in field memif)`);
+    if (memif !== undefined) bad(`op ${op}: field memif cannot go with memifMembers`);
   }
 
   switch (op) {
@@ -380,9 +407,9 @@ function validatePortControl(msg: Json, op: PortControlOp): PortControlRequest {
     case 'add_sock':
       if (op === 'add_sock' && vhostPath === undefined) bad('op add_sock: field vhostPath is required');
       if (memif !== undefined) break;
-      if (pciAddrs.length === 0) bad(`op ${op}: at least one PCI address is required`);
+      if (pciAddrs.length === 0 && memifMembers === undefined) bad(`op ${op}: at least one PCI address is required`);
       checkDeviceSpec(op, pciAddrs, name, mode);
-      checkBondMembers(op, pciAddrs, name);
+      checkBondMembers(op, pciAddrs, memifMembers?.length ?? 0, name);
       break;
     case 'remove':
       checkDeviceSpec(op, pciAddrs, name, mode);
@@ -408,6 +435,7 @@ function validatePortControl(msg: Json, op: PortControlOp): PortControlRequest {
   if (conditional !== undefined) req.conditional = conditional;
   if (vfPort !== undefined) req.vfPort = vfPort;
   if (memif !== undefined) req.memif = memif;
+  if (memifMembers !== undefined) req.memifMembers = memifMembers;
   return req;
 }
 

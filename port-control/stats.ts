@@ -1,7 +1,7 @@
 // Stats snapshots and per-client rate windows. Each client that names itself (clientId) gets its
 // own baseline, so the core scheduler, a monitor and an operator's one-off query never disturb
 // each other's rates (the original reset one global baseline on every request).
-import type { DirectionCounters, RelayInfo, RelayRegistry, WorkerInfo } from '../relay/registry-api.js';
+import { bondMemberName, type DirectionCounters, type RelayInfo, type RelayRegistry, type WorkerInfo } from '../relay/registry-api.js';
 import {
   PROTOCOL_VERSION,
   type DirectionRates,
@@ -38,7 +38,7 @@ export function describeDevice(info: RelayInfo): Pick<RelayStats, 'device' | 'de
   return {
     device: d.bond.name,
     deviceKind: 'bond',
-    bondMembers: d.bond.members.map((m) => m.pci ?? m.netdev ?? '?'),
+    bondMembers: d.bond.members.map(bondMemberName),
   };
 }
 

@@ -27,7 +27,7 @@ export const MAX_BOND_MEMBERS = 8;
 export interface BondRef {
   name: string;
   mode: BondMode;
-  members: VfRef[];
+  members: BondMember[];
 }
 
 /**
@@ -39,6 +39,21 @@ export interface MemifRef {
   role: 'server' | 'client';
   id: number;
   secret?: string;
+}
+
+/**
+ * A member of a bond: a VF, or a memif interface (so a network function on memif can back up a VF,
+ * or the other way round). A memif member has carrier while its peer is connected.
+ */
+export type BondMember = VfRef | { memif: MemifRef };
+
+export function isMemifMember(m: BondMember): m is { memif: MemifRef } {
+  return (m as { memif?: MemifRef }).memif !== undefined;
+}
+
+/** How a bond member is named in messages and stats: its PCI address or netdev, or memif:socket#id. */
+export function bondMemberName(m: BondMember): string {
+  return isMemifMember(m) ? `memif:${m.memif.socket}#${m.memif.id}` : (m.pci ?? m.netdev ?? '?');
 }
 
 /** What sits on the host side of a relay. */

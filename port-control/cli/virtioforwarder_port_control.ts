@@ -21,6 +21,8 @@ Adds and removes VFs, bonds and vhost-user sockets of a running virtio-forwarder
                                                          detach the relay's VF or bond
   add          --virtio-id=ID --memif-socket=PATH --memif-role=ROLE --memif-id=N [--memif-secret=S]
                                                          attach a memif interface instead of a VF
+  add          --virtio-id=ID --name=net_bondingX --pci-addr=PCI --memif-socket=PATH ... [--mode=M]
+                                                         attach a bond of VFs and a memif (its last member)
   add_sock     --vhost-path=PATH --pci-addr=PCI [--pci-addr=PCI --name=BOND [--mode=M]]
                                                          take a free relay, attach the device, create the socket
                                                          (or --memif-* instead of --pci-addr)
@@ -129,7 +131,9 @@ async function main(): Promise<void> {
     if (role !== 'server' && role !== 'client') fail(PROGRAM, role === undefined ? '--memif-socket needs --memif-role=server or --memif-role=client' : `--memif-role=${role}: use server or client`);
     const memif: Record<string, unknown> = { socket: values['memif-socket'], role, id: integerOption(PROGRAM, 'memif-id', values['memif-id'], 0, 0xffffffff) ?? 0 };
     if (values['memif-secret'] !== undefined) memif.secret = values['memif-secret'];
-    fields.memif = memif;
+    // With a bond name the memif is the bond's last member, after its VFs.
+    if (values.name !== undefined) fields.memifMembers = [memif];
+    else fields.memif = memif;
   }
 
   const timeout = integerOption(PROGRAM, 'timeout', values.timeout, 1, 600_000) ?? 2000;

@@ -20,6 +20,9 @@ import { prepareSocketDir } from './socket-dir.js';
 import {
   MAX_BOND_MEMBERS,
   RegistryError,
+  bondMemberName,
+  isMemifMember,
+  type BondMember,
   type BondRef,
   type DeviceRef,
   type DirectionCounters,
@@ -59,6 +62,23 @@ function sameVf(a: VfRef, b: VfRef): boolean {
   return a.netdev !== undefined && a.netdev === b.netdev;
 }
 
+/** The same memif interface: one socket, role and interface id. */
+function sameMemif(a: MemifRef, b: MemifRef): boolean {
+  return a.socket === b.socket && a.id === b.id && a.role === b.role;
+}
+
+function sameMember(a: BondMember, b: BondMember): boolean {
+  if (isMemifMember(a)) return isMemifMember(b) && sameMemif(a.memif, b.memif);
+  return !isMemifMember(b) && sameVf(a, b);
+}
+
+/** The parts of a device another relay must not hold: its VF, its memif, or its bond's members. */
+function partsOf(d: DeviceRef): BondMember[] {
+  if (d.kind === 'vf') return [d.vf];
+  if (d.kind === 'memif') return [{ memif: d.memif }];
+  return d.bond.members;
+}
+
 function describeDevice(d: DeviceRef | undefined): string {
   if (!d) return 'nothing';
   if (d.kind === 'vf') return d.vf.pci ?? d.vf.netdev ?? '?';
@@ -67,7 +87,7 @@ function describeDevice(d: DeviceRef | undefined): string {
 }
 
 function memifName(m: MemifRef): string {
-  return `memif:${m.socket}#${m.id}`;
+  return bondMemberName({ memif: m });
 }
 
 /** What a memif device may be: checked here too, since the registry API has callers besides port control. */
@@ -76,6 +96,13 @@ function validateMemif(m: MemifRef): void {
   if (m.role !== 'server' && m.role !== 'client') throw new RegistryError(EINVAL, `memif ${m.socket}: role ${JSON.stringify(m.role)} is not server or client`);
   if (!Number.isInteger(m.id) || m.id < 0 || m.id > 0xffffffff) throw new RegistryError(EINVAL, `memif ${m.socket}: id ${m.id} is not an integer in [0, 4294967295]`);
   if (m.secret !== undefined && Buffer.byteLength(m.secret) > 23) throw new RegistryError(EINVAL, `memif ${m.socket}: the secret is longer than 23 bytes`);
+}
+
+/** A bond member as the registry keeps it: a VF's canonical PCI address, a memif checked. */
+function canonicalMember(m: BondMember): BondMember {
+  if (!isMemifMember(m)) return canonicalRef(m);
+  validateMemif(m.memif);
+  return { memif: { ...m.memif } };
 }
 
 function canonicalRef(ref: VfRef): VfRef {
@@ -239,15 +266,9 @@ export class RelayRegistryImpl implements RelayRegistry {
     return this.info(this.relays[id]);
   }
 
-  /** The relay that already holds `ref` (as a VF or as a bond member), if any. */
-  private holderOf(ref: VfRef): Relay | undefined {
-    return this.relays.find((r) => {
-      const d = r.device;
-      if (!d) return false;
-      if (d.kind === 'vf') return sameVf(d.vf, ref);
-      if (d.kind === 'memif') return false;
-      return d.bond.members.some((m) => sameVf(m, ref));
-    });
+  /** The relay that already holds `part` (a VF or memif, alone or as a bond member), if any. */
+  private holderOf(part: BondMember): Relay | undefined {
+    return this.relays.find((r) => r.device !== undefined && partsOf(r.device).some((m) => sameMember(m, part)));
   }
 
   async addVf(id: number, vf: VfRef, opts: { conditional?: boolean } = {}): Promise<void> {
@@ -269,14 +290,16 @@ export class RelayRegistryImpl implements RelayRegistry {
   async addBond(id: number, bond: BondRef, opts: { conditional?: boolean } = {}): Promise<void> {
     const relay = this.relay(id);
     validateBond(bond);
-    const members = bond.members.map(canonicalRef);
+    const members = bond.members.map(canonicalMember);
+    const twice = members.find((m, i) => members.findIndex((o) => sameMember(o, m)) !== i);
+    if (twice) throw new RegistryError(2, `bond ${bond.name}: member ${bondMemberName(twice)} is given twice`);
     if (relay.device) {
       if (opts.conditional && relay.device.kind === 'bond' && relay.device.bond.name === bond.name) return;
       throw new RegistryError(8, `relay ${id} already has ${describeDevice(relay.device)}`);
     }
     for (const m of members) {
       const holder = this.holderOf(m);
-      if (holder) throw new RegistryError(3, `bond ${bond.name}: member ${m.pci ?? m.netdev} is already attached to relay ${holder.id}`);
+      if (holder) throw new RegistryError(3, `bond ${bond.name}: member ${bondMemberName(m)} is already attached to relay ${holder.id}`);
     }
     try {
       await relay.attachDevice({ kind: 'bond', bond: { ...bond, members } });
@@ -288,12 +311,11 @@ export class RelayRegistryImpl implements RelayRegistry {
   async addMemif(id: number, memif: MemifRef, opts: { conditional?: boolean } = {}): Promise<void> {
     const relay = this.relay(id);
     validateMemif(memif);
-    const same = (d: DeviceRef | undefined) => d?.kind === 'memif' && d.memif.socket === memif.socket && d.memif.id === memif.id && d.memif.role === memif.role;
     if (relay.device) {
-      if (opts.conditional && same(relay.device)) return;
+      if (opts.conditional && relay.device.kind === 'memif' && sameMemif(relay.device.memif, memif)) return;
       throw new RegistryError(8, `relay ${id} already has ${describeDevice(relay.device)}`);
     }
-    const holder = this.relays.find((r) => same(r.device));
+    const holder = this.holderOf({ memif });
     if (holder) throw new RegistryError(-EEXIST, `${memifName(memif)} (${memif.role}) is already attached to relay ${holder.id}`);
     try {
       await relay.attachDevice({ kind: 'memif', memif });
@@ -322,10 +344,9 @@ export class RelayRegistryImpl implements RelayRegistry {
   async addSocket(path: string, device: DeviceRef): Promise<number> {
     if (!path) throw new RegistryError(-1, 'add_sock needs a vhost-user socket path');
     if (this.relays.some((r) => r.socketPath === path)) throw new RegistryError(1, `socket ${path} is already registered`);
-    const refs = device.kind === 'vf' ? [device.vf] : device.kind === 'bond' ? device.bond.members : [];
-    for (const ref of refs) {
-      const holder = this.holderOf(canonicalRef(ref));
-      if (holder) throw new RegistryError(-EEXIST, `${ref.pci ?? ref.netdev} is already attached to relay ${holder.id}`);
+    for (const part of partsOf(device)) {
+      const holder = this.holderOf(isMemifMember(part) ? part : canonicalRef(part));
+      if (holder) throw new RegistryError(-EEXIST, `${bondMemberName(part)} is already attached to relay ${holder.id}`);
     }
     const relay = this.relays.find((r) => r.free);
     if (!relay) throw new RegistryError(2, `no free relay among ${MAX_RELAYS}`);

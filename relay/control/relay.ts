@@ -22,7 +22,7 @@ import { hasBit } from '../../vhost-user/messages.js';
 import { resolveVf } from './vf.js';
 import type { WorkerPool } from './worker-pool.js';
 import type { DirName, DirectionSpec, DirectionState, GuestSpec, PortSpec, QueueSpec, QueueState } from '../datapath/worker-protocol.js';
-import { BOND_MODE_NAMES, type BondMode, type DeviceRef, type MemberPort, type MemifRef, type VfRef } from '../registry-api.js';
+import { BOND_MODE_NAMES, isMemifMember, type BondMember, type BondMode, type DeviceRef, type MemberPort, type MemifRef, type VfRef } from '../registry-api.js';
 import { MemifEndpoint } from '../../sys/memif-control.js';
 import { readMemifCounters } from '../../sys/memif-rings.js';
 import type { Reactor } from '../../sys/poll.js';
@@ -60,7 +60,7 @@ export interface RelayContext {
 }
 
 interface Member {
-  ref: VfRef;
+  ref: BondMember;
   netdev: string;
   handle: VfHandle;
   up: boolean;
@@ -68,6 +68,8 @@ interface Member {
   mtuBefore?: number;
   /** A memif interface: its control channel (the handle changes with each connection). */
   memif?: MemifEndpoint;
+  /** Set once the member leaves the relay: its memif endpoint's callbacks are ignored from then on. */
+  retired?: boolean;
 }
 
 interface VringEntry {
@@ -151,98 +153,115 @@ export class Relay implements NetDevice {
 
   /** Resolves and opens every member, then starts forwarding. Nothing is kept when a member fails. */
   attachDevice(device: DeviceRef): Promise<void> {
-    if (device.kind === 'memif') return this.attachMemif(device.memif);
     return this.serial(async () => {
-      const refs = device.kind === 'vf' ? [device.vf] : device.bond.members;
-      const opened: Member[] = [];
+      const parts: BondMember[] = device.kind === 'vf' ? [device.vf] : device.kind === 'memif' ? [{ memif: device.memif }] : device.bond.members;
+      const slots: (Member | undefined)[] = parts.map(() => undefined);
       try {
-        for (const ref of refs) {
-          const resolved = resolveVf(ref, this.ctx.sysfsRoot);
-          // The MTU first: the ring reads it when it opens, and drops longer frames from then on.
-          const mtuBefore = this.ctx.jumbo ? this.raiseMtu(resolved.netdev, resolved.pci) : undefined;
-          let handle: VfHandle;
-          try {
-            handle = await this.openPort(resolved.netdev, resolved.pci, ref.port);
-          } catch (err) {
-            this.restoreMtu(resolved.netdev, mtuBefore);
-            throw err;
-          }
-          opened.push({ ref: { pci: resolved.pci, netdev: resolved.netdev, ...(ref.port ? { port: ref.port } : {}) }, netdev: resolved.netdev, handle, up: linkHasCarrier(resolved.netdev), mtuBefore });
-        }
+        // VFs first: their ports open asynchronously. memif endpoints are made last, with no await
+        // between their start and this.members, so none of their callbacks can wait for this
+        // attach while a failure closes them (the endpoint's close waits for its callbacks).
+        for (const [i, part] of parts.entries()) if (!isMemifMember(part)) slots[i] = await this.openVfMember(part);
+        for (const [i, part] of parts.entries()) if (isMemifMember(part)) slots[i] = this.openMemifMember(part.memif, device.kind === 'bond' ? i : -1);
       } catch (err) {
-        for (const m of opened) {
-          await this.ctx.rings.close(m.handle);
-          this.restoreMtu(m.netdev, m.mtuBefore);
-        }
+        await this.closeMembers(slots.filter((m): m is Member => m !== undefined));
         throw err;
       }
+      const opened = slots as Member[];
       this.members = opened;
       this.device =
         device.kind === 'vf'
-          ? { kind: 'vf', vf: opened[0].ref }
+          ? { kind: 'vf', vf: opened[0].ref as VfRef }
+          : device.kind === 'memif'
+          ? { kind: 'memif', memif: { ...device.memif } }
           : { kind: 'bond', bond: { ...device.bond, members: opened.map((m) => m.ref) } };
       this.activeMember = Math.max(0, opened.findIndex((m) => m.up));
-      this.log.info(
-        { netdevs: opened.map((m) => m.netdev), bond: device.kind === 'bond' ? `${device.bond.name} (${BOND_MODE_NAMES[device.bond.mode]})` : undefined },
-        'device attached',
-      );
+      if (device.kind === 'memif') {
+        const m = device.memif;
+        this.log.info({ memif: m.socket, id: m.id, role: m.role }, `memif ${m.role} on ${m.socket} (id ${m.id}) attached; forwarding once a peer connects`);
+      } else {
+        this.log.info(
+          { netdevs: opened.map((m) => m.netdev), bond: device.kind === 'bond' ? `${device.bond.name} (${BOND_MODE_NAMES[device.bond.mode]})` : undefined },
+          'device attached',
+        );
+      }
       await this.reconfigure();
     });
   }
 
+  /** A VF member: resolved through sysfs, its MTU raised for jumbo, its port opened. */
+  private async openVfMember(ref: VfRef): Promise<Member> {
+    const resolved = resolveVf(ref, this.ctx.sysfsRoot);
+    // The MTU first: the ring reads it when it opens, and drops longer frames from then on.
+    const mtuBefore = this.ctx.jumbo ? this.raiseMtu(resolved.netdev, resolved.pci) : undefined;
+    let handle: VfHandle;
+    try {
+      handle = await this.openPort(resolved.netdev, resolved.pci, ref.port);
+    } catch (err) {
+      this.restoreMtu(resolved.netdev, mtuBefore);
+      throw err;
+    }
+    const kept: VfRef = { pci: resolved.pci, netdev: resolved.netdev, ...(ref.port ? { port: ref.port } : {}) };
+    return { ref: kept, netdev: resolved.netdev, handle, up: linkHasCarrier(resolved.netdev), mtuBefore };
+  }
+
+  /** Closes what members opened: memif endpoints, VF ports (their MTU given back). */
+  private async closeMembers(members: Member[]): Promise<void> {
+    for (const m of members) m.retired = true;
+    for (const m of members) {
+      if (m.memif) {
+        await m.memif.close();
+        continue;
+      }
+      await this.ctx.rings.close(m.handle);
+      this.restoreMtu(m.netdev, m.mtuBefore);
+    }
+  }
+
   /**
-   * A memif interface: the control channel lives here in the main thread; workers get a handle
-   * per connection. Carrier is the connection: while no peer is connected the member is down
-   * and the port receives nothing; each connection or disconnection reconfigures the directions,
-   * so no worker polls a region after it is unmapped.
+   * A memif interface (alone, or member `bondIndex` of a bond): the control channel lives here in
+   * the main thread; workers get a handle per connection. Carrier is the connection: while no peer
+   * is connected the member is down and receives nothing; each connection or disconnection
+   * reconfigures the directions, so no worker polls a region after it is unmapped. In a bond, a
+   * member going down makes an active-backup bond fail over, as a VF losing carrier does.
    */
-  private attachMemif(ref: MemifRef): Promise<void> {
-    return this.serial(async () => {
-      const reactor = this.ctx.reactor;
-      if (!reactor) throw new Error(`memif ${ref.socket}: this relay has no reactor for control channels`);
-      const maxFrameLength = (this.ctx.jumbo ? JUMBO_MTU : 1500) + 14;
-      let member: Member | undefined;
-      const endpoint: MemifEndpoint = new MemifEndpoint({
-        role: ref.role,
-        socketPath: ref.socket,
-        id: ref.id,
-        secret: ref.secret,
-        name: `vio4wd-relay-${this.id}`,
-        // Jumbo frames need buffers they fit in: the relay's own (client role) are sized for them.
-        bufferSize: this.ctx.jumbo ? 10240 : 2048,
-        maxFrameLength,
-        rxInterrupts: (this.ctx.pollMode ?? 'adaptive') === 'adaptive',
-        reactor,
-        // A member already detached is not waited for: detachDevice closes the endpoint from
-        // inside serial(), and the endpoint waits for these callbacks.
-        onUp: async (handle) => {
-          if (!member || this.members[0] !== member) return;
-          await this.serial(async () => {
-            if (!member || this.members[0] !== member) return;
-            member.handle = handle;
-            member.up = true;
-            await this.reconfigure();
-          });
-        },
-        onDown: async () => {
-          if (!member || this.members[0] !== member) return;
-          await this.serial(async () => {
-            if (!member || this.members[0] !== member) return;
-            member.handle = endpoint.downHandle();
-            member.up = false;
-            await this.reconfigure();
-          });
-        },
-        onEvent: (level, message, data) => this.log[level]({ memif: ref.socket, id: ref.id, role: ref.role, ...data }, message),
+  private openMemifMember(ref: MemifRef, bondIndex: number): Member {
+    const reactor = this.ctx.reactor;
+    if (!reactor) throw new Error(`memif ${ref.socket}: this relay has no reactor for control channels`);
+    const maxFrameLength = (this.ctx.jumbo ? JUMBO_MTU : 1500) + 14;
+    // A member that left the relay ignores its endpoint's news, and is not waited for: the
+    // endpoint's close (inside serial()) waits for these callbacks. One still being attached (a
+    // bond opens its members one by one) has its news applied once the attach is done.
+    let member: Member | undefined;
+    const carrier = async (up: boolean, handle: VfHandle) => {
+      if (!member || member.retired) return;
+      await this.serial(async () => {
+        if (!member || member.retired || !this.members.includes(member)) return;
+        member.handle = handle;
+        member.up = up;
+        if (this.device?.kind === 'bond') this.log.info({ memif: ref.socket, id: ref.id, carrier: up }, up ? 'bond member has carrier' : 'bond member lost carrier');
+        this.chooseActiveMember();
+        await this.reconfigure();
       });
-      endpoint.start();
-      member = { ref: { netdev: endpoint.name }, netdev: endpoint.name, handle: endpoint.downHandle(), up: false, memif: endpoint };
-      this.members = [member];
-      this.device = { kind: 'memif', memif: { ...ref } };
-      this.activeMember = 0;
-      this.log.info({ memif: ref.socket, id: ref.id, role: ref.role }, `memif ${ref.role} on ${ref.socket} (id ${ref.id}) attached; forwarding once a peer connects`);
-      await this.reconfigure();
+    };
+    const endpoint: MemifEndpoint = new MemifEndpoint({
+      role: ref.role,
+      socketPath: ref.socket,
+      id: ref.id,
+      secret: ref.secret,
+      // Two memif members of one bond may share a socket: their names tell them apart at the peer.
+      name: bondIndex < 0 ? `vio4wd-relay-${this.id}` : `vio4wd-relay-${this.id}-${bondIndex}`,
+      // Jumbo frames need buffers they fit in: the relay's own (client role) are sized for them.
+      bufferSize: this.ctx.jumbo ? 10240 : 2048,
+      maxFrameLength,
+      rxInterrupts: (this.ctx.pollMode ?? 'adaptive') === 'adaptive',
+      reactor,
+      onUp: (handle) => carrier(true, handle),
+      onDown: () => carrier(false, endpoint.downHandle()),
+      onEvent: (level, message, data) => this.log[level]({ memif: ref.socket, id: ref.id, role: ref.role, ...data }, message),
     });
+    endpoint.start();
+    member = { ref: { memif: { ...ref } }, netdev: endpoint.name, handle: endpoint.downHandle(), up: false, memif: endpoint };
+    return member;
   }
 
   /**
@@ -329,7 +348,7 @@ export class Relay implements NetDevice {
       this.countXdpLeftovers(m.netdev, m.handle as XdpPortHandle, why);
       await this.ctx.rings.close(m.handle);
       try {
-        m.handle = await this.openXdp(m.netdev, m.ref.pci);
+        m.handle = await this.openXdp(m.netdev, (m.ref as VfRef).pci);
       } catch (err) {
         this.log.error({ netdev: m.netdev, err: (err as Error).message }, `VF ${m.netdev}: its AF_XDP port could not be opened again after ${why}: ${(err as Error).message}; the VF leaves the relay`);
         this.members = this.members.filter((x) => x !== m);
@@ -376,22 +395,16 @@ export class Relay implements NetDevice {
     );
   }
 
-  /** Stops forwarding and closes the VF rings. */
+  /** Stops forwarding and closes the VF rings and memif endpoints. */
   detachDevice(): Promise<void> {
     return this.serial(async () => {
       const members = this.members;
       this.members = [];
+      for (const m of members) m.retired = true;
       this.device = undefined;
       await this.reconfigure();
-      for (const m of members) {
-        if (m.memif) {
-          // The relay no longer polls it (reconfigured above): the endpoint may unmap now.
-          await m.memif.close();
-          continue;
-        }
-        await this.ctx.rings.close(m.handle);
-        this.restoreMtu(m.netdev, m.mtuBefore);
-      }
+      // The relay no longer polls them (reconfigured above): memif endpoints may unmap now.
+      await this.closeMembers(members);
       if (members.length > 0) this.log.info({ netdevs: members.map((m) => m.netdev) }, 'device detached');
     });
   }
@@ -447,11 +460,15 @@ export class Relay implements NetDevice {
     }
   }
 
-  /** Re-reads carrier of bond members; fails over in active-backup mode. Cheap: called on a timer. */
+  /**
+   * Re-reads carrier of a bond's VF members; fails over in active-backup mode. Cheap: called on a
+   * timer. (memif members report their connection themselves.)
+   */
   checkCarrier(): void {
     if (this.device?.kind !== 'bond' || this.members.length === 0) return;
     let changed = false;
     for (const m of this.members) {
+      if (m.memif) continue;
       const up = linkHasCarrier(m.netdev);
       if (up !== m.up) {
         m.up = up;
@@ -460,15 +477,18 @@ export class Relay implements NetDevice {
       }
     }
     if (!changed) return;
-    if (!this.members[this.activeMember]?.up) {
-      const next = this.members.findIndex((m) => m.up);
-      if (next >= 0 && next !== this.activeMember) {
-        this.log.warn({ from: this.members[this.activeMember]?.netdev, to: this.members[next].netdev }, 'active-backup failover');
-        this.activeMember = next;
-      }
-    }
+    this.chooseActiveMember();
     const up = this.members.map((m) => m.up);
     for (const dir of ['vf2vm', 'vm2vf'] as const) this.ctx.pool.setActiveMember(this.id, dir, this.activeMember, up);
+  }
+
+  /** Active-backup: when the active member has no carrier, the first member that has it takes over. */
+  private chooseActiveMember(): void {
+    if (this.members[this.activeMember]?.up) return;
+    const next = this.members.findIndex((m) => m.up);
+    if (next < 0 || next === this.activeMember) return;
+    if (this.device?.kind === 'bond') this.log.warn({ from: this.members[this.activeMember]?.netdev, to: this.members[next].netdev }, 'active-backup failover');
+    this.activeMember = next;
   }
 
   // ---- NetDevice: the guest side -----------------------------------------------------------------

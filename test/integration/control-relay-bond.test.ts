@@ -12,7 +12,7 @@ import { createFakeSysfs, type FakeSysfs } from '../support/fake-sysfs.js';
 import { createNetns, createVethPair, deleteLink, deleteNetns, linkCounter, nsExec, requireBinary, requireRoot, uniqueTag } from '../support/netns.js';
 import { sleep, stopAll, waitFor } from '../support/processes.js';
 import { ControlClient } from '../../port-control/client.js';
-import { repoRoot, startRelay, type RunningRelay } from '../support/relay.js';
+import { repoRoot, startRelay, statsToolCounters, type RunningRelay } from '../support/relay.js';
 import { startTestpmd, virtioUserVdev, type PortStats, type Testpmd } from '../support/testpmd.js';
 
 vi.setConfig({ testTimeout: 90_000, hookTimeout: 60_000 });
@@ -153,7 +153,7 @@ describe.skipIf(!ready)('bonds on the running relay', () => {
       noZmq: false,
       configLines: [
         `VIRTIOFWD_SYSFS_ROOT=${sysfs.root}`,
-        'VIRTIOFWD_CPU_PINS=(10:0 11:0 12:0 13:0 14:0 20:0 31:0)',
+        'VIRTIOFWD_CPU_PINS=(10:0 11:0 12:0 13:0 14:0 16:0 20:0 31:0)',
         `VIRTIOFWD_ZMQ_PORT_CONTROL_EP=${portControlEp}`,
         `VIRTIOFWD_ZMQ_STATS_EP=ipc://${dir}/stats`,
         'VIRTIOFWD_ZMQ_CONFIG_EP=off',
@@ -291,6 +291,78 @@ describe.skipIf(!ready)('bonds on the running relay', () => {
     await testpmd.stop();
     testpmd = null;
     portControl('remove', '--virtio-id=15');
+  });
+
+  it('a memif member (DPDK net_memif) backs up a VF in active-backup, both ways, and gives way when its peer leaves', async () => {
+    const id = 16;
+    const nfSocket = join(dir, 'nf16.sock');
+    bonded.add(id);
+    portControl('add', `--virtio-id=${id}`, `--name=net_bonding${id}`, '--mode=1', `--pci-addr=${members[0].pci}`, `--memif-socket=${nfSocket}`, '--memif-role=server', '--memif-id=0');
+    const ofRelay = (msg: string) => relay.logs().filter((l) => l.relay === id && l.msg === msg);
+    const memifName = `memif:${nfSocket}#0`;
+    const statsEp = `ipc://${dir}/stats`;
+    const stats = () => statsToolCounters(statsEp, id);
+    const nf = (mode: 'rxonly' | 'txonly') =>
+      startTestpmd({ vdevs: [`net_memif0,role=client,socket=${nfSocket},socket-abstract=no,id=0`], forwardMode: mode, txpkts: 64, cpu: 1, label: `nf-${mode}` });
+    const connected = () => relay.logs().filter((l) => l.relay === id && /: connected to /.test(String(l.msg))).length;
+
+    // The network function connects; the VF keeps the traffic, being the active member with carrier.
+    let networkFunction: Testpmd | null = nf('rxonly');
+    await waitFor(() => connected() === 1, 20_000, 'the memif member to connect');
+    await waitFor(() => ofRelay('bond member has carrier').some((l) => l.memif === nfSocket), 5_000, 'carrier on the memif member');
+    const onVf = await sendThroughBond(id, 10_000);
+    expect(onVf.perPeer[0]).toBe(onVf.forwarded);
+
+    try {
+      // The VF loses carrier: frames go to the network function over memif.
+      nsExec(ns, 'ip', ['link', 'set', members[0].peer, 'down']);
+      await waitFor(() => ofRelay('active-backup failover').some((l) => l.to === memifName), 5_000, 'failover to the memif member');
+      const vfPeerBefore = linkCounter(members[0].peer, 'rx_packets', ns);
+      const before = stats().vmToVf.packets;
+      testpmd = startTestpmd({ vdevs: [virtioUserVdev({ path: relay.socketPath(id), queueSize: QUEUE_SIZE })], forwardMode: 'txonly', txpkts: 64, cpu: 1 });
+      await waitFor(() => stats().vmToVf.packets - before > 20_000, 30_000, '20 000 frames VM→memif');
+      await testpmd.stop();
+      testpmd = null;
+      await sleep(300);
+      const forwarded = stats().vmToVf.packets - before;
+      const [nfPort] = await networkFunction.stop();
+      networkFunction = null;
+      expect(nfPort.rxPackets).toBe(forwarded);
+      expect(linkCounter(members[0].peer, 'rx_packets', ns)).toBe(vfPeerBefore);
+      await waitFor(() => ofRelay('bond member lost carrier').some((l) => l.memif === nfSocket), 10_000, 'the memif member to lose carrier');
+
+      // The network function comes back sending: the VM receives from the memif member.
+      testpmd = startTestpmd({ vdevs: [virtioUserVdev({ path: relay.socketPath(id), queueSize: QUEUE_SIZE })], forwardMode: 'rxonly', cpu: 1 });
+      await sleep(1000);
+      const before2 = stats().vfToVm.packets;
+      networkFunction = nf('txonly');
+      await waitFor(() => connected() === 2, 20_000, 'the memif member to connect again');
+      await waitFor(() => stats().vfToVm.packets - before2 > 20_000, 30_000, '20 000 frames memif→VM');
+      await networkFunction.stop();
+      networkFunction = null;
+      await sleep(300);
+      const delivered = stats().vfToVm.packets - before2;
+      const [vmPort] = await testpmd.stop();
+      testpmd = null;
+      expect(vmPort.rxPackets).toBe(delivered);
+
+      // The memif's peer has left and the VF's carrier returns: the VF takes the traffic again.
+      await waitFor(() => ofRelay('bond member lost carrier').filter((l) => l.memif === nfSocket).length === 2, 10_000, 'the memif member to lose carrier again');
+      nsExec(ns, 'ip', ['link', 'set', members[0].peer, 'up']);
+      await waitFor(() => ofRelay('active-backup failover').some((l) => l.to === members[0].vf), 5_000, 'failover back to the VF');
+      const back = await sendThroughBond(id, 5_000);
+      expect(back.perPeer[0]).toBe(back.forwarded);
+    } finally {
+      await networkFunction?.stop();
+      nsExec(ns, 'ip', ['link', 'set', members[0].peer, 'up']);
+    }
+    const inStats = JSON.parse(spawnSync('node', [join(repoRoot, 'bin/virtioforwarder_stats'), `--stats-ep=${statsEp}`, '--json', '--delay=0', '--include-inactive'], { encoding: 'utf8' }).stdout) as {
+      relays: { id: number; device: string; bondMembers?: string[] }[];
+    };
+    expect(inStats.relays.find((r) => r.id === id)).toMatchObject({ device: `net_bonding${id}`, bondMembers: [members[0].pci, memifName] });
+    // The memif is held by this bond: nobody else may take it.
+    expect(portControlFailure('add', '--virtio-id=17', `--memif-socket=${nfSocket}`, '--memif-role=server', '--memif-id=0')).toMatch(/already attached to relay 16/);
+    portControl('remove', `--virtio-id=${id}`, `--name=net_bonding${id}`);
   });
 
   it('add_sock finds no free relay when every relay has its fixed socket', () => {

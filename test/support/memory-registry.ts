@@ -10,6 +10,7 @@ import { pathToFileURL } from 'node:url';
 import pino from 'pino';
 import {
   RegistryError,
+  isMemifMember,
   type BondRef,
   type DeviceRef,
   type DirectionCounters,
@@ -101,7 +102,7 @@ export class MemoryRegistry implements RelayRegistry {
     for (const r of this.relays.values()) {
       const d = r.device;
       if (d?.kind === 'vf' && sameVf(vf, d.vf)) return r;
-      if (d?.kind === 'bond' && d.bond.members.some((m) => sameVf(vf, m))) return r;
+      if (d?.kind === 'bond' && d.bond.members.some((m) => !isMemifMember(m) && sameVf(vf, m))) return r;
     }
     return undefined;
   }
@@ -204,6 +205,7 @@ export class MemoryRegistry implements RelayRegistry {
       throw new RegistryError(2, `bond ${bond.name}: ${bond.members.length} members, needs 2..${MAX_BOND_MEMBERS}`);
     }
     for (const m of bond.members) {
+      if (isMemifMember(m)) continue;
       const holder = this.holderOf(m);
       if (holder) throw new RegistryError(3, `bond ${bond.name}: ${m.pci ?? m.netdev} is already attached to relay ${holder.id}`);
       this.probe(m, id);
@@ -239,7 +241,7 @@ export class MemoryRegistry implements RelayRegistry {
     for (const r of this.relays.values()) {
       if (r.socketPath === path) throw new RegistryError(1, `vhost-user socket ${path} is already registered for relay ${r.id}`);
     }
-    const members = device.kind === 'vf' ? [device.vf] : device.kind === 'bond' ? device.bond.members : [];
+    const members = device.kind === 'vf' ? [device.vf] : device.kind === 'bond' ? device.bond.members.filter((m) => !isMemifMember(m)) as VfRef[] : [];
     for (const m of members) {
       const holder = this.holderOf(m);
       if (holder) throw new RegistryError(-17, `${m.pci ?? m.netdev} is already attached to relay ${holder.id}`);
