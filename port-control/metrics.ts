@@ -109,6 +109,7 @@ class MetricSet {
   private readonly workerRestarts: Counter<'cpu'>;
   private readonly workerBusy: Counter<'cpu'>;
   private readonly workerPoll: Counter<'cpu'>;
+  private readonly workerHeap: Gauge<'cpu'>;
   private readonly all: Metric[];
 
   constructor(readonly registry: Registry<PrometheusContentType> | Registry<OpenMetricsContentType>) {
@@ -150,6 +151,7 @@ class MetricSet {
     );
     this.workerBusy = counter('vio4wd_worker_busy_seconds_total', 'Time the worker spent in polls that moved packets.', ['cpu'] as const);
     this.workerPoll = counter('vio4wd_worker_poll_seconds_total', 'Time the worker spent polling, busy or not.', ['cpu'] as const);
+    this.workerHeap = gauge('vio4wd_worker_heap_bytes', "Bytes the worker thread's JavaScript heap holds.", ['cpu'] as const);
     this.all = [
       ...this.directionCounters.map((d) => d.counter),
       this.dropped,
@@ -163,6 +165,7 @@ class MetricSet {
       this.workerRestarts,
       this.workerBusy,
       this.workerPoll,
+      this.workerHeap,
     ];
   }
 
@@ -194,6 +197,7 @@ class MetricSet {
       this.workerRestarts.inc({ cpu }, w.restarts);
       this.workerBusy.inc({ cpu }, w.busyNs / 1e9);
       this.workerPoll.inc({ cpu }, w.pollNs / 1e9);
+      this.workerHeap.set({ cpu }, w.heapBytes);
     }
   }
 }

@@ -151,6 +151,8 @@ export interface WorkerInfo {
   pollNs: number;
   /** Times the worker thread ended unexpectedly and was started again by the pool. */
   restarts: number;
+  /** Bytes the worker thread's JavaScript heap holds (V8's used_heap_size, sampled every 100 ms while it polls). */
+  heapBytes: number;
 }
 
 /** Error codes follow the original daemon's port-control codes where one exists. */

@@ -419,13 +419,14 @@ export class WorkerPool {
     if (w) this.post(w, { type: 'set-active-member', relay, dir, active, up });
   }
 
-  /** Busy and total poll time of each worker since it started. */
-  load(): { cpu: number; busyNs: number; pollNs: number; restarts: number }[] {
+  /** Busy and total poll time of each worker since it started, and its thread's heap in use. */
+  load(): { cpu: number; busyNs: number; pollNs: number; restarts: number; heapBytes: number }[] {
     return this.workers.map((w) => ({
       cpu: w.cpu,
       restarts: w.restarts,
       busyNs: this.loadView[w.slot * WORKER_SLOTS],
       pollNs: this.loadView[w.slot * WORKER_SLOTS + 1],
+      heapBytes: this.loadView[w.slot * WORKER_SLOTS + 2],
     }));
   }
 

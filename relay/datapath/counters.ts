@@ -98,8 +98,11 @@ export function readCounts(view: Float64Array, relay: number, dir: Dir): Directi
   };
 }
 
-/** Per-worker busy and poll time, for the load monitor: [busyNs, pollNs] per worker slot. */
-export const WORKER_SLOTS = 2;
+/**
+ * Per worker slot: busy and poll time, for the load monitor, and the bytes its thread's JavaScript
+ * heap holds (sampled with the kernel statistics, every 100 ms): [busyNs, pollNs, heapBytes].
+ */
+export const WORKER_SLOTS = 3;
 export function createWorkerLoadBuffer(workers: number): SharedArrayBuffer {
   return new SharedArrayBuffer(Math.max(1, workers) * WORKER_SLOTS * 8);
 }

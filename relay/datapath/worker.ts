@@ -6,6 +6,7 @@
 // unexpected error stops that direction, and the other relays on this worker keep forwarding.
 import { parentPort, workerData } from 'node:worker_threads';
 import { performance } from 'node:perf_hooks';
+import { getHeapStatistics } from 'node:v8';
 import { setAffinity, setTimerSlack, gettid } from '../../sys/affinity.js';
 import { pipe, readInto } from '../../sys/fd.js';
 import { NOTIFIER_STUCK, eventfdDrain, eventfdRead } from '../../sys/eventfd.js';
@@ -286,6 +287,7 @@ function slice(): void {
   accountWall(now);
   if (now >= kernelStatsDue) {
     kernelStatsDue = now + KERNEL_STATS_MS;
+    load[loadBase + 2] = getHeapStatistics().used_heap_size;
     for (const d of list) if (d instanceof VfToVm) d.foldKernelDrops();
   }
   // The wake eventfd may have been written while we were polling; clear it so poll() can block next time.

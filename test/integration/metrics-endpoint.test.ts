@@ -241,6 +241,9 @@ describe.skipIf(!ready)('the Prometheus endpoint of the running daemon', () => {
     expect(only(samples, 'vio4wd_worker_restarts_total', { cpu: '0' }).value).toBe(0);
     expect(samples.filter((s) => s.name === 'vio4wd_worker_restarts_total')).toHaveLength(1);
     expect(only(samples, 'vio4wd_worker_poll_seconds_total', { cpu: '0' }).value).toBeGreaterThan(0);
+    // A worker thread's heap holds at least its code's objects: some hundreds of KiB, never GiB.
+    expect(only(samples, 'vio4wd_worker_heap_bytes', { cpu: '0' }).value).toBeGreaterThan(100_000);
+    expect(only(samples, 'vio4wd_worker_heap_bytes', { cpu: '0' }).value).toBeLessThan(1e9);
   });
 
   it('counts frames sent into the VF as received from it and, with no VM, dropped as not connected', async () => {

@@ -264,9 +264,11 @@ describe.skipIf(!ready).each(['af_packet', 'af_xdp'])('relay (%s VF ports) again
         }
         await afterCase(what);
         if ((i + 1) % 100 === 0) {
-          // RSS along the way tells a steady leak (growing each hundred) from a heap settling.
+          // RSS along the way tells a steady leak (growing each hundred) from a heap settling; the
+          // workers' heaps say whether the JavaScript of the data path holds on to anything.
           const now = processStats(relay.pid);
-          console.log(`hostile random campaign: ${i + 1} of ${cases} cases passed, fds ${now.fds}, RSS ${now.rssKiB} KiB`);
+          const workers = (await stats.request('stats', { relays: [] })).workers.map((w) => `${Math.round(w.heapBytes / 1024)}`).join('/');
+          console.log(`hostile random campaign: ${i + 1} of ${cases} cases passed, fds ${now.fds}, RSS ${now.rssKiB} KiB, worker heaps ${workers} KiB`);
         }
       } catch (err) {
         throw new Error(`random case ${i} of seed ${seed} failed: ${(err as Error).message}`);

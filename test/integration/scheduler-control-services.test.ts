@@ -85,7 +85,7 @@ class LoadRegistry implements RelayRegistry {
     this.applied.push(map);
   }
   workers(): WorkerInfo[] {
-    return this.workerCpus.map((w) => ({ ...w, busyNs: 0, pollNs: 0, restarts: 0 }));
+    return this.workerCpus.map((w) => ({ ...w, busyNs: 0, pollNs: 0, restarts: 0, heapBytes: 0 }));
   }
   configuredPins(): RelayCpu[] {
     return this.pins;

@@ -320,7 +320,7 @@ export class MemoryRegistry implements RelayRegistry {
   /** Worker N reports a busy share of (N+1)/4 of its polls, exactly, so load output is predictable. */
   workers(): WorkerInfo[] {
     const pollNs = Math.floor((performance.now() - this.started) * 1e6 / 4) * 4;
-    return this.workerCpus.map((cpu, i) => ({ cpu, numaNode: 0, pollNs, busyNs: (pollNs / 4) * ((i % 4) + 1), restarts: 0 }));
+    return this.workerCpus.map((cpu, i) => ({ cpu, numaNode: 0, pollNs, busyNs: (pollNs / 4) * ((i % 4) + 1), restarts: 0, heapBytes: 1_000_000 * (i + 1) }));
   }
 
   configuredPins(): RelayCpu[] {

@@ -225,9 +225,9 @@ describe('tool output', () => {
 
   it('draws load bars 60 wide', () => {
     const text = formatLoadBars([
-      { cpu: 1, numaNode: 0, busyNs: 0, pollNs: 0, restarts: 0, load: 1 },
-      { cpu: 0, numaNode: 0, busyNs: 0, pollNs: 0, restarts: 0, load: 0.25 },
-      { cpu: 2, numaNode: 0, busyNs: 0, pollNs: 0, restarts: 0, load: null },
+      { cpu: 1, numaNode: 0, busyNs: 0, pollNs: 0, restarts: 0, heapBytes: 0, load: 1 },
+      { cpu: 0, numaNode: 0, busyNs: 0, pollNs: 0, restarts: 0, heapBytes: 0, load: 0.25 },
+      { cpu: 2, numaNode: 0, busyNs: 0, pollNs: 0, restarts: 0, heapBytes: 0, load: null },
     ]);
     expect(text).toBe(
       'CPU loads\n' +
