@@ -31,6 +31,8 @@ export interface ProcessTimes {
   comm: string;
   utime: number;
   stime: number;
+  /** When the process started (clock ticks after boot): a pid with another start time is another process. */
+  start: number;
 }
 
 /** Parses /proc/<pid>/stat; comm may contain spaces and parentheses, so fields are taken after the last ')'. */
@@ -40,8 +42,8 @@ export function parseProcessStat(text: string): ProcessTimes {
   if (open < 0 || close < open) throw new Error(`cpu accounting: malformed /proc/<pid>/stat line: ${text.slice(0, 80)}`);
   const pid = Number(text.slice(0, open).trim());
   const rest = text.slice(close + 2).split(' ');
-  // rest[0] is field 3 (state); utime and stime are fields 14 and 15.
-  return { pid, comm: text.slice(open + 1, close), utime: Number(rest[11]), stime: Number(rest[12]) };
+  // rest[0] is field 3 (state); utime and stime are fields 14 and 15, starttime field 22.
+  return { pid, comm: text.slice(open + 1, close), utime: Number(rest[11]), stime: Number(rest[12]), start: Number(rest[19]) };
 }
 
 export function readProcessTimes(pid: number): ProcessTimes | null {
@@ -111,11 +113,12 @@ export function cpuWindow(a: CpuSnapshot, b: CpuSnapshot, ours: Iterable<number>
   const foreign: ForeignConsumer[] = [];
   for (const [pid, p1] of b.processes) {
     const p0 = a.processes.get(pid);
-    if (!p0 || p0.comm !== p1.comm) {
-      // Started inside the window (or the pid was reused): all of its time is inside the window,
-      // except an exec'd child of ours whose comm changed (handled by the ours set).
+    if (!p0 || p0.start !== p1.start) {
+      // Started inside the window (or the pid was reused): all of its time is inside the window.
+      // A changed name alone is the same process: a kworker takes the name of the work queue it
+      // serves at the moment, and an exec'd child of ours takes its program's.
       if (!ourPids.has(pid)) foreign.push({ pid, comm: p1.comm, percent: percentOf(p1.utime + p1.stime, seconds) });
-      else oursTicks += p1.utime + p1.stime - (p0 ? p0.utime + p0.stime : 0);
+      else oursTicks += p1.utime + p1.stime;
       continue;
     }
     const ticks = p1.utime + p1.stime - (p0.utime + p0.stime);
