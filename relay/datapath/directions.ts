@@ -751,6 +751,8 @@ export class VfToVm extends Direction {
         handled += truncated;
       }
     }
+    // The burst took all the buffers the guest had and frames still wait: the guest set the pace.
+    if (connected && this.roomLeft <= 0 && budget > 0 && port.links.some((l) => l.rxReady())) this.guestOutOfBuffers = true;
     for (let i = 0; i < this.writers.length; i++) {
       const w = this.writers[i];
       if (w.badChains !== 0) {

@@ -170,6 +170,41 @@ describe('the data path over in-memory links', () => {
     g.d.release();
   });
 
+  it('VF→VM: kernel drops are the relay\'s while the guest had room, the guest\'s once a burst used up its buffers with frames left', () => {
+    let seq = 0;
+    const sender = (wire: MemoryWire) => (n: number) => Array.from({ length: n }, () => wire.deliver(frame(seq++))).filter((ok) => !ok).length;
+
+    // The relay did not run while 20 frames came: 4 dropped with 64 guest buffers waiting.
+    const rx = createMemoryLink('rx2', { slots: 16 });
+    const send = sender(new MemoryWire(rx));
+    const g = rxDirection(rig, 4, { mergeable: true }, bond('single', [rx]));
+    g.postMergeable(64, 2048);
+    expect(send(20)).toBe(4);
+    g.d.foldKernelDrops();
+    expect(g.counter(Counter.DropsKernelRing)).toBe(4);
+    expect(g.counter(Counter.DropsKernelRingGuestNoBuffers)).toBe(0);
+    g.d.burst();
+    expect(g.received().length).toBe(16);
+    g.d.release();
+
+    // The guest had room when the burst began (10 buffers) but not for all that waited: the burst
+    // used them up and 6 frames stayed; of 14 more, 4 found the link full.
+    const rx3 = createMemoryLink('rx3', { slots: 16 });
+    const wire3 = new MemoryWire(rx3);
+    const send3 = sender(wire3);
+    const h = rxDirection(rig, 4, { mergeable: true }, bond('single', [rx3]));
+    expect(send3(16)).toBe(0);
+    h.postMergeable(10, 2048);
+    h.d.burst();
+    expect(h.received().length).toBe(10);
+    expect(wire3.waiting).toBe(6);
+    expect(send3(14)).toBe(4);
+    h.d.foldKernelDrops();
+    expect(h.counter(Counter.DropsKernelRing)).toBe(4);
+    expect(h.counter(Counter.DropsKernelRingGuestNoBuffers)).toBe(4);
+    h.d.release();
+  });
+
   it('VF→VM active-backup: frames from the backup member are taken and dropped as not connected, the active member\'s delivered', () => {
     const links = [createMemoryLink('abA', { slots: 16 }), createMemoryLink('abB', { slots: 16 })];
     const wires = links.map((l) => new MemoryWire(l));
