@@ -248,7 +248,8 @@ export class Relay implements NetDevice {
       socketPath: ref.socket,
       id: ref.id,
       secret: ref.secret,
-      // Two memif members of one bond may share a socket: their names tell them apart at the peer.
+      // Client members of one bond may connect to one server socket (with other ids): their names
+      // tell them apart at the peer. (Two server members cannot bind one path: the second fails.)
       name: bondIndex < 0 ? `vio4wd-relay-${this.id}` : `vio4wd-relay-${this.id}-${bondIndex}`,
       // Jumbo frames need buffers they fit in: the relay's own (client role) are sized for them.
       bufferSize: this.ctx.jumbo ? 10240 : 2048,
