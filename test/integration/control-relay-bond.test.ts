@@ -3,7 +3,7 @@
 // whole meaning, so that is what is checked, per mode. Active-backup also fails over: the active
 // member's peer goes down, the relay-side veth loses carrier, and the frames move to the backup.
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
@@ -363,6 +363,25 @@ describe.skipIf(!ready)('bonds on the running relay', () => {
     // The memif is held by this bond: nobody else may take it.
     expect(portControlFailure('add', '--virtio-id=17', `--memif-socket=${nfSocket}`, '--memif-role=server', '--memif-id=0')).toMatch(/already attached to relay 16/);
     portControl('remove', `--virtio-id=${id}`, `--name=net_bonding${id}`);
+  });
+
+  it('a bond whose second memif server cannot bind its socket is refused whole: its VF and first memif are let go', async () => {
+    const id = 17;
+    const shared = join(dir, 'nf17.sock');
+    const control = new ControlClient(portControlEp, 10_000);
+    try {
+      const memifMembers = [0, 1].map((memifId) => ({ socket: shared, role: 'server', id: memifId }));
+      await expect(control.request('add', { virtioId: id, name: `net_bonding${id}`, mode: 1, pciAddrs: [members[1].pci], memifMembers })).rejects.toThrow(
+        new RegExp(`cannot attach bond net_bonding${id}: .*${shared}`),
+      );
+    } finally {
+      control.close();
+    }
+    // Nothing was kept: the VF can be attached elsewhere, the socket is gone with its listener.
+    expect(existsSync(shared)).toBe(false);
+    bonded.add(18);
+    portControl('add', '--virtio-id=18', `--pci-addr=${members[1].pci}`);
+    portControl('remove', '--virtio-id=18');
   });
 
   it('add_sock finds no free relay when every relay has its fixed socket', () => {
