@@ -110,6 +110,7 @@ class MetricSet {
   private readonly workerBusy: Counter<'cpu'>;
   private readonly workerPoll: Counter<'cpu'>;
   private readonly workerHeap: Gauge<'cpu'>;
+  private readonly daemonMemory: Gauge<'kind'>;
   private readonly all: Metric[];
 
   constructor(readonly registry: Registry<PrometheusContentType> | Registry<OpenMetricsContentType>) {
@@ -152,6 +153,11 @@ class MetricSet {
     this.workerBusy = counter('vio4wd_worker_busy_seconds_total', 'Time the worker spent in polls that moved packets.', ['cpu'] as const);
     this.workerPoll = counter('vio4wd_worker_poll_seconds_total', 'Time the worker spent polling, busy or not.', ['cpu'] as const);
     this.workerHeap = gauge('vio4wd_worker_heap_bytes', "Bytes the worker thread's JavaScript heap holds.", ['cpu'] as const);
+    this.daemonMemory = gauge(
+      'vio4wd_daemon_memory_bytes',
+      "The daemon's memory: rss (the whole process), heap_used and heap_total (the main thread's JavaScript heap), external (buffers its objects hold).",
+      ['kind'] as const,
+    );
     this.all = [
       ...this.directionCounters.map((d) => d.counter),
       this.dropped,
@@ -166,6 +172,7 @@ class MetricSet {
       this.workerBusy,
       this.workerPoll,
       this.workerHeap,
+      this.daemonMemory,
     ];
   }
 
@@ -199,6 +206,11 @@ class MetricSet {
       this.workerPoll.inc({ cpu }, w.pollNs / 1e9);
       this.workerHeap.set({ cpu }, w.heapBytes);
     }
+    const d = snapshot.daemon;
+    this.daemonMemory.set({ kind: 'rss' }, d.rssBytes);
+    this.daemonMemory.set({ kind: 'heap_used' }, d.heapUsedBytes);
+    this.daemonMemory.set({ kind: 'heap_total' }, d.heapTotalBytes);
+    this.daemonMemory.set({ kind: 'external' }, d.externalBytes);
   }
 }
 

@@ -196,6 +196,17 @@ export interface WorkerStats extends WorkerInfo {
   load: number | null;
 }
 
+/** The daemon process's memory (process.memoryUsage() of its main thread). */
+export interface DaemonMemory {
+  /** Resident set of the whole process, every thread. */
+  rssBytes: number;
+  /** The main thread's JavaScript heap: in use, and reserved by V8. */
+  heapUsedBytes: number;
+  heapTotalBytes: number;
+  /** Memory outside the heap that JavaScript objects of the main thread hold (buffers). */
+  externalBytes: number;
+}
+
 export interface StatsReply extends OkBase {
   /** Monotonic server time of this snapshot, in ms. */
   timeMs: number;
@@ -203,6 +214,7 @@ export interface StatsReply extends OkBase {
   windowMs: number | null;
   relays: RelayStats[];
   workers: WorkerStats[];
+  daemon: DaemonMemory;
 }
 
 export interface ConfigReply extends OkBase {

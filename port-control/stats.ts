@@ -4,6 +4,7 @@
 import { bondMemberName, type DirectionCounters, type RelayInfo, type RelayRegistry, type WorkerInfo } from '../relay/registry-api.js';
 import {
   PROTOCOL_VERSION,
+  type DaemonMemory,
   type DirectionRates,
   type DirectionStats,
   type RelayStats,
@@ -61,12 +62,17 @@ function rates(now: DirectionSample, before: DirectionSample | undefined, second
   };
 }
 
+function daemonMemory(m: NodeJS.MemoryUsage): DaemonMemory {
+  return { rssBytes: m.rss, heapUsedBytes: m.heapUsed, heapTotalBytes: m.heapTotal, externalBytes: m.external };
+}
+
 export class StatsService {
   private readonly baselines = new Map<string, Baseline>();
 
   constructor(
     private readonly registry: RelayRegistry,
     private readonly clock: () => number = () => performance.now(),
+    private readonly memory: () => NodeJS.MemoryUsage = () => process.memoryUsage(),
   ) {}
 
   get trackedClients(): number {
@@ -129,6 +135,7 @@ export class StatsService {
       windowMs: before ? timeMs - before.timeMs : null,
       relays,
       workers: workerStats,
+      daemon: daemonMemory(this.memory()),
     };
   }
 

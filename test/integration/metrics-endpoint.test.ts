@@ -244,6 +244,11 @@ describe.skipIf(!ready)('the Prometheus endpoint of the running daemon', () => {
     // A worker thread's heap holds at least its code's objects: some hundreds of KiB, never GiB.
     expect(only(samples, 'vio4wd_worker_heap_bytes', { cpu: '0' }).value).toBeGreaterThan(100_000);
     expect(only(samples, 'vio4wd_worker_heap_bytes', { cpu: '0' }).value).toBeLessThan(1e9);
+    // The daemon's RSS holds its main heap, which holds what it uses.
+    const memory = (kind: string) => only(samples, 'vio4wd_daemon_memory_bytes', { kind }).value;
+    expect(memory('heap_used')).toBeGreaterThan(1e6);
+    expect(memory('heap_used')).toBeLessThanOrEqual(memory('heap_total'));
+    expect(memory('heap_total')).toBeLessThan(memory('rss'));
   });
 
   it('counts frames sent into the VF as received from it and, with no VM, dropped as not connected', async () => {

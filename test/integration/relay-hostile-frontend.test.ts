@@ -267,8 +267,14 @@ describe.skipIf(!ready).each(['af_packet', 'af_xdp'])('relay (%s VF ports) again
           // RSS along the way tells a steady leak (growing each hundred) from a heap settling; the
           // workers' heaps say whether the JavaScript of the data path holds on to anything.
           const now = processStats(relay.pid);
-          const workers = (await stats.request('stats', { relays: [] })).workers.map((w) => `${Math.round(w.heapBytes / 1024)}`).join('/');
-          console.log(`hostile random campaign: ${i + 1} of ${cases} cases passed, fds ${now.fds}, RSS ${now.rssKiB} KiB, worker heaps ${workers} KiB`);
+          const reply = await stats.request('stats', { relays: [] });
+          const kib = (n: number) => Math.round(n / 1024);
+          const workers = reply.workers.map((w) => kib(w.heapBytes)).join('/');
+          const d = reply.daemon;
+          console.log(
+            `hostile random campaign: ${i + 1} of ${cases} cases passed, fds ${now.fds}, RSS ${now.rssKiB} KiB, ` +
+              `main heap ${kib(d.heapUsedBytes)} of ${kib(d.heapTotalBytes)} KiB, external ${kib(d.externalBytes)} KiB, worker heaps ${workers} KiB`,
+          );
         }
       } catch (err) {
         throw new Error(`random case ${i} of seed ${seed} failed: ${(err as Error).message}`);
