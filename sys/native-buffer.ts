@@ -11,8 +11,21 @@ export interface NativeBuffer {
   view: DataView;
 }
 
+/**
+ * Buffers given back with releaseNativeBuffer, by page-aligned length, for the next nativeBuffer
+ * of that length in this thread. Short-lived owners (a VF link lives as long as one attachment of
+ * a direction) would otherwise map new pages each time and never unmap them: nothing may unmap a
+ * page a typed array still views, so they are kept and reused instead.
+ */
+const spare = new Map<number, NativeBuffer[]>();
+
 export function nativeBuffer(length: number): NativeBuffer {
   const pageAligned = Math.ceil(length / 4096) * 4096;
+  const reused = spare.get(pageAligned)?.pop();
+  if (reused) {
+    reused.bytes.fill(0);
+    return reused;
+  }
   const mapping = mmap({ length: pageAligned, prot: PROT_READ | PROT_WRITE, flags: MAP_PRIVATE });
   return {
     address: mapping.address,
@@ -20,4 +33,18 @@ export function nativeBuffer(length: number): NativeBuffer {
     bytes: new Uint8Array(mapping.buffer),
     view: new DataView(mapping.buffer),
   };
+}
+
+/** Gives a buffer back for reuse by this thread; its owner must not touch it afterwards. */
+export function releaseNativeBuffer(buffer: NativeBuffer): void {
+  const list = spare.get(buffer.length);
+  if (list) list.push(buffer);
+  else spare.set(buffer.length, [buffer]);
+}
+
+/** Buffers waiting for reuse in this thread (for tests). */
+export function spareNativeBuffers(): number {
+  let n = 0;
+  for (const list of spare.values()) n += list.length;
+  return n;
 }

@@ -2,7 +2,7 @@
 // (address, length) pieces anywhere in this process (guest memory, for the relay), gathered by
 // the kernel as it builds the skb. One system call per burst, no copy in user space.
 import { libc, lastErrno } from './libc.js';
-import { nativeBuffer } from './native-buffer.js';
+import { nativeBuffer, releaseNativeBuffer, type NativeBuffer } from './native-buffer.js';
 import { POLLOUT, pollSync } from './poll.js';
 
 const MMSGHDR_SIZE = 64; // struct msghdr (56) + msg_len (4) + padding
@@ -30,16 +30,23 @@ export class PacketBatch {
   private readonly iovAddress: number;
   private readonly msg32: Uint32Array;
   private readonly iov32: Uint32Array;
+  private readonly buffer: NativeBuffer;
 
   constructor(maxFrames = 64, maxPieces = 8 * maxFrames) {
     this.maxFrames = maxFrames;
     this.maxPieces = maxPieces;
     this.lengths = new Float64Array(maxFrames);
     const buffer = nativeBuffer(maxFrames * MMSGHDR_SIZE + maxPieces * IOVEC_SIZE);
+    this.buffer = buffer;
     this.msgAddress = buffer.address;
     this.iovAddress = buffer.address + maxFrames * MMSGHDR_SIZE;
     this.msg32 = new Uint32Array(buffer.bytes.buffer, 0, (maxFrames * MMSGHDR_SIZE) / 4);
     this.iov32 = new Uint32Array(buffer.bytes.buffer, maxFrames * MMSGHDR_SIZE, (maxPieces * IOVEC_SIZE) / 4);
+  }
+
+  /** Gives the batch's native memory back for reuse: the batch is not used again. */
+  release(): void {
+    releaseNativeBuffer(this.buffer);
   }
 
   /** Room for one more frame of up to `pieces` pieces. */

@@ -257,6 +257,7 @@ abstract class Direction {
 
   release(): void {
     if (this.memoryId >= 0 && this.guest && this.guest.queues.length > 0) releaseMemory(this.guest);
+    this.port?.release();
   }
 
   protected dropQueue(q: GuestQueue, message: string): void {

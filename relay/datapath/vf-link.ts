@@ -7,7 +7,7 @@
 // offload-sender.ts is the sending side the AF_XDP and memif links share.
 import { PacketRing, VNET_HDR_LEN, type PacketRingHandle, type FrameHandler, type FrameAdmission } from '../../sys/packet-ring.js';
 import { PacketBatch } from '../../sys/packet-batch.js';
-import { nativeBuffer, type NativeBuffer } from '../../sys/native-buffer.js';
+import { nativeBuffer, releaseNativeBuffer, type NativeBuffer } from '../../sys/native-buffer.js';
 import type { XdpPortHandle } from '../../sys/xdp-socket.js';
 import type { DescriptorChain } from '../../virtio/descriptor-chain.js';
 import { VIRTIO_NET_HDR_GSO_NONE } from '../../virtio/net-header.js';
@@ -86,6 +86,8 @@ export interface VfLink {
   returnCompleted?(onDone: (key: number) => void): void;
   /** Waits up to `ms` for held frames, then hands back every one still held (see XdpPort.settleGuestFrames). */
   settleHeld?(ms: number): void;
+  /** The direction that used the link is gone: native memory it took goes back for reuse. */
+  release?(): void;
 }
 
 /**
@@ -147,6 +149,11 @@ export class PacketLink implements VfLink {
     this.headerSlab = handle.sendVnetHeader ? nativeBuffer(BATCH_FRAMES * HEADER_SLOT) : null;
     this.maxFrame = handle.maxFrameLength;
     this.rxFds = [handle.rxFd];
+  }
+
+  release(): void {
+    this.batch.release();
+    if (this.headerSlab) releaseNativeBuffer(this.headerSlab);
   }
 
   get rxHeader(): Uint8Array | null {

@@ -33,6 +33,11 @@ export class VfPort {
     this.rrMember = rrMember;
   }
 
+  /** The direction is gone: each link gives back what it took. */
+  release(): void {
+    for (const link of this.links) link.release?.();
+  }
+
   setActive(active: number, up: boolean[]): void {
     this.active = active;
     this.up = up.slice(0, this.links.length);
