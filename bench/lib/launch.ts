@@ -152,7 +152,8 @@ export async function startOurRelay(o: { vf: string; cpu: number; pollMode: OurP
     ].join('\n'),
   );
   const profile = process.env.VIO4WD_BENCH_CPU_PROF ? ['--cpu-prof', `--cpu-prof-dir=${process.env.VIO4WD_BENCH_CPU_PROF}`] : [];
-  const p = launch(`relay-${o.pollMode}`, [process.execPath, ...profile, relayBin, '--config', configPath], { cpu: o.pin ? o.cpu : undefined });
+  const flags = (process.env.VIO4WD_BENCH_NODE_FLAGS ?? '').split(' ').filter(Boolean);
+  const p = launch(`relay-${o.pollMode}`, [process.execPath, ...flags, ...profile, relayBin, '--config', configPath], { cpu: o.pin ? o.cpu : undefined });
   const stop = async () => {
     await p.stop();
     rmSync(dir, { recursive: true, force: true });

@@ -73,12 +73,15 @@ TX-packets vs vethB rx_packets; rx: frames that reached vethA vs virtio-user RX-
 foreign = CPU used by processes the bench did not start ('!' marks a contaminated run);
 steal = CPU the hypervisor withheld; ours/best DPDK = our median over the fastest DPDK relay's; same run = that ratio run by run (median, range); clean Mpps = median of
 the runs that were not contaminated (on a shared machine, the figure to compare).
+
+Environment: VIO4WD_BENCH_CPU_PROF=DIR writes a CPU profile of each of our relay's threads to
+DIR; VIO4WD_BENCH_NODE_FLAGS="--flag ..." adds flags to our relay's node command line.
 `;
 
 export function positive(flag: string, text: string | undefined, { integer = false, zero = false } = {}): number {
   const v = Number(text);
   if (text === undefined || !Number.isFinite(v) || v < 0 || (!zero && v === 0) || (integer && !Number.isInteger(v))) {
-    throw new Error(`${flag} needs a ${integer ? 'whole' : ''} number ${zero ? '≥ 0' : '> 0'}, got ${text ?? 'nothing'}`);
+    throw new Error(`${flag} needs a ${integer ? 'whole ' : ''}number ${zero ? '≥ 0' : '> 0'}, got ${text ?? 'nothing'}`);
   }
   return v;
 }
