@@ -351,12 +351,31 @@ export class Relay implements NetDevice {
       try {
         m.handle = await this.openXdp(m.netdev, (m.ref as VfRef).pci);
       } catch (err) {
-        this.log.error({ netdev: m.netdev, err: (err as Error).message }, `VF ${m.netdev}: its AF_XDP port could not be opened again after ${why}: ${(err as Error).message}; the VF leaves the relay`);
+        this.log.error(
+          { netdev: m.netdev, err: (err as Error).message },
+          `VF ${m.netdev}: its AF_XDP port could not be opened again after ${why}: ${(err as Error).message}; the VF leaves the relay and may be attached again`,
+        );
+        m.retired = true;
+        this.restoreMtu(m.netdev, m.mtuBefore);
         this.members = this.members.filter((x) => x !== m);
+        this.dropFromDevice(m.ref);
       }
     }
     this.activeMember = Math.min(this.activeMember, Math.max(0, this.members.length - 1));
     return true;
+  }
+
+  /**
+   * A member that left the relay leaves its device too, so that the registry (which finds who holds
+   * a VF from the devices) lets it be attached again, and list and stats stop naming it. A bond
+   * keeps the members it has left; a device with none left is gone.
+   */
+  private dropFromDevice(ref: BondMember): void {
+    const d = this.device;
+    if (d?.kind === 'bond') {
+      const members = d.bond.members.filter((x) => x !== ref);
+      this.device = members.length > 0 ? { kind: 'bond', bond: { ...d.bond, members } } : undefined;
+    } else if (d?.kind === 'vf' && d.vf === ref) this.device = undefined;
   }
 
   /**

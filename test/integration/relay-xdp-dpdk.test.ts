@@ -118,6 +118,35 @@ describe.skipIf(!ready)('AF_XDP VF ports with DPDK virtio-user', () => {
     expect(portLog(relay)[0]).toMatch(/AF_XDP port/);
   });
 
+  it('a VF whose AF_XDP port cannot be opened again leaves the relay and its device, so nothing holds it any more', async () => {
+    // Its own pair: this VF is deleted while the VM is connected, so the port cannot be reopened
+    // around the relay's own UMEM when the VM leaves.
+    const gone = `xg${tag}`;
+    const gonePeer = `xh${tag}`;
+    createVethPair(gone, gonePeer, { nsB: ns, noIpv6: true });
+    const statsEp = `ipc:///tmp/vio4wd-stats3-${tag}`;
+    try {
+      relay = await startRelay({ staticVfs: { [gone]: 3 }, configLines: ['VIRTIOFWD_VF_PORT=af_xdp', `VIRTIOFWD_ZMQ_STATS_EP=${statsEp}`] });
+      testpmd = startTestpmd({ vdevs: [virtioUserVdev({ path: relay.socketPath(3), queueSize: 256 })], forwardMode: 'rxonly', cpu: 1 });
+      await waitFor(() => portLog(relay!).length >= 2, 20_000, "the port to be opened again over the VM's memory");
+      expect(portLog(relay)[1]).toMatch(/UMEM over the VM's memory/);
+      const attached = statsToolCounters(statsEp, 3) as unknown as { device: string | null; deviceKind: string | null };
+      expect(attached).toMatchObject({ device: gone, deviceKind: 'vf' });
+      deleteLink(gone);
+      await testpmd.stop();
+      testpmd = null;
+      const gaveUp = (l: Record<string, unknown>) => String(l.msg).startsWith(`VF ${gone}: its AF_XDP port could not be opened again after the VM disconnected: `);
+      await waitFor(() => relay!.logs().some(gaveUp), 10_000, 'the relay to give the VF up');
+      expect(String(relay.logs().find(gaveUp)!.msg)).toMatch(/; the VF leaves the relay and may be attached again$/);
+      // The daemon is up and no longer names the VF: not in the device the registry checks before
+      // it lets a VF be attached, not among the ports.
+      const after = statsToolCounters(statsEp, 3) as unknown as { device: string | null; ports: unknown[]; vfToVm: { state: string } };
+      expect(after).toMatchObject({ device: null, deviceKind: null, ports: [], vfToVm: { state: 'UNINIT' } });
+    } finally {
+      deleteLink(gone);
+    }
+  });
+
   it('auto: AF_PACKET with the reason where another XDP program holds the VF, or with jumbo frames; AF_XDP otherwise', async () => {
     const map = createXskMap(1, 'foreign');
     const prog = loadRedirectProgram(map, 'foreign');
