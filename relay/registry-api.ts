@@ -59,6 +59,22 @@ export function bondMemberName(m: BondMember): string {
 /** What sits on the host side of a relay. */
 export type DeviceRef = { kind: 'vf'; vf: VfRef } | { kind: 'bond'; bond: BondRef } | { kind: 'memif'; memif: MemifRef };
 
+/**
+ * The device once `member` (the very object the device holds) has left it: a bond keeps the
+ * members it has left, and a device with none left is gone (undefined). A member the device does
+ * not hold changes nothing.
+ */
+export function deviceWithout(device: DeviceRef | undefined, member: BondMember): DeviceRef | undefined {
+  if (device?.kind === 'bond') {
+    const members = device.bond.members.filter((m) => m !== member);
+    if (members.length === device.bond.members.length) return device;
+    return members.length > 0 ? { kind: 'bond', bond: { ...device.bond, members } } : undefined;
+  }
+  if (device?.kind === 'vf') return device.vf === member ? undefined : device;
+  if (device?.kind === 'memif') return isMemifMember(member) && device.memif === member.memif ? undefined : device;
+  return device;
+}
+
 export interface DirectionCounters {
   packets: number;
   bytes: number;

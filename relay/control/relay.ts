@@ -22,7 +22,7 @@ import { hasBit } from '../../vhost-user/messages.js';
 import { resolveVf } from './vf.js';
 import type { WorkerPool } from './worker-pool.js';
 import type { DirName, DirectionSpec, DirectionState, GuestSpec, PortSpec, QueueSpec, QueueState } from '../datapath/worker-protocol.js';
-import { BOND_MODE_NAMES, isMemifMember, type BondMember, type BondMode, type DeviceRef, type MemberPort, type MemifRef, type VfRef } from '../registry-api.js';
+import { BOND_MODE_NAMES, deviceWithout, isMemifMember, type BondMember, type BondMode, type DeviceRef, type MemberPort, type MemifRef, type VfRef } from '../registry-api.js';
 import { MemifEndpoint } from '../../sys/memif-control.js';
 import { readMemifCounters } from '../../sys/memif-rings.js';
 import type { Reactor } from '../../sys/poll.js';
@@ -358,24 +358,13 @@ export class Relay implements NetDevice {
         m.retired = true;
         this.restoreMtu(m.netdev, m.mtuBefore);
         this.members = this.members.filter((x) => x !== m);
-        this.dropFromDevice(m.ref);
+        // The registry finds who holds a VF through the devices: out of the device, it may be
+        // attached again, and list and stats stop naming it.
+        this.device = deviceWithout(this.device, m.ref);
       }
     }
     this.activeMember = Math.min(this.activeMember, Math.max(0, this.members.length - 1));
     return true;
-  }
-
-  /**
-   * A member that left the relay leaves its device too, so that the registry (which finds who holds
-   * a VF from the devices) lets it be attached again, and list and stats stop naming it. A bond
-   * keeps the members it has left; a device with none left is gone.
-   */
-  private dropFromDevice(ref: BondMember): void {
-    const d = this.device;
-    if (d?.kind === 'bond') {
-      const members = d.bond.members.filter((x) => x !== ref);
-      this.device = members.length > 0 ? { kind: 'bond', bond: { ...d.bond, members } } : undefined;
-    } else if (d?.kind === 'vf' && d.vf === ref) this.device = undefined;
   }
 
   /**
