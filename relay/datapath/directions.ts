@@ -732,7 +732,7 @@ export class VfToVm extends Direction {
       }
       if (room < budget) budget = room;
       this.roomLeft = room;
-      if (room === 0 && port.links.some((l) => l.rxReady())) this.guestOutOfBuffers = true;
+      if (room === 0 && port.rxReady()) this.guestOutOfBuffers = true;
     }
     for (let m = 0; m < port.links.length; m++) {
       const link = port.links[m];
@@ -753,7 +753,7 @@ export class VfToVm extends Direction {
       }
     }
     // The burst took all the buffers the guest had and frames still wait: the guest set the pace.
-    if (connected && this.roomLeft <= 0 && budget > 0 && port.links.some((l) => l.rxReady())) this.guestOutOfBuffers = true;
+    if (connected && this.roomLeft <= 0 && budget > 0 && port.rxReady()) this.guestOutOfBuffers = true;
     for (let i = 0; i < this.writers.length; i++) {
       const w = this.writers[i];
       if (w.badChains !== 0) {
@@ -816,9 +816,7 @@ export class VfToVm extends Direction {
   hasWork(): boolean {
     const port = this.port;
     if (port === null || this.hold) return false;
-    let ready = false;
-    for (let m = 0; m < port.links.length; m++) if (port.links[m].rxReady()) ready = true;
-    if (!ready) return false;
+    if (!port.rxReady()) return false;
     // Frames with nowhere to go are not work: they wait in the VF ring for guest buffers.
     if (this.guestHasRoom()) return true;
     this.guestOutOfBuffers = true;
@@ -837,9 +835,7 @@ export class VfToVm extends Direction {
 
   armForSleep(): boolean {
     if (this.port === null || this.hold) return false;
-    let framesWaiting = false;
-    for (const link of this.port.links) if (link.rxReady()) framesWaiting = true;
-    if (!framesWaiting) return false;
+    if (!this.port.rxReady()) return false;
     // Frames wait in the VF ring because the guest has no buffers: ask the guest to kick when
     // it adds some, and sleep on those kicks rather than on the (ready) packet socket.
     let refilled = false;

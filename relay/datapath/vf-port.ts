@@ -33,6 +33,13 @@ export class VfPort {
     this.rrMember = rrMember;
   }
 
+  /** Whether frames wait in any member's receive ring (a load or two per member, no system call). */
+  rxReady(): boolean {
+    const links = this.links;
+    for (let m = 0; m < links.length; m++) if (links[m].rxReady()) return true;
+    return false;
+  }
+
   /** The direction is gone: each link gives back what it took. */
   release(): void {
     for (const link of this.links) link.release?.();
