@@ -36,6 +36,9 @@ if (mode === 'send') {
   console.log('sent ' + sent);
 } else {
   const [ethertype, count, timeoutMs] = rest.map(Number);
+  // SO_RCVBUFFORCE, 16 MiB: under the whole suite this process can be off the CPU for a while, and
+  // the default buffer (about a hundred frames of a few hundred bytes) would drop what arrives then.
+  if (setsockopt(fd, 1, 33, new Int32Array([16 << 20]), 4) < 0) throw new Error('SO_RCVBUFFORCE failed: errno ' + koffi.errno());
   console.log('ready');
   const buf = Buffer.alloc(65536);
   const pfd = new Int32Array([fd, 1]);
@@ -46,7 +49,11 @@ if (mode === 'send') {
     const n = Number(recv(fd, buf, buf.length, 0x40));
     if (n >= 14 && buf.readUInt16BE(12) === ethertype) { got++; console.log('frame ' + buf.subarray(0, n).toString('hex')); }
   }
-  console.log('done ' + got);
+  // PACKET_STATISTICS: frames the kernel dropped because this socket's buffer was full.
+  const stats = new Uint32Array(2);
+  const getsockopt = libc.func('int getsockopt(int, int, int, void *, _Inout_ uint32_t *)');
+  const drops = getsockopt(fd, 263, 6, stats, [8]) === 0 ? stats[1] : -1;
+  console.log('done ' + got + ' (socket drops ' + drops + ')');
 }
 `;
 
