@@ -150,6 +150,8 @@ export interface MemberPort {
   zeroCopy?: boolean;
   /** AF_XDP: the VM's memory is in the UMEM ('guest': frames sent from where the guest wrote them) or not ('relay': copied). */
   umem?: 'guest' | 'relay';
+  /** AF_XDP: received frames land straight in the VM's buffers (false: they are copied there). */
+  rxInPlace?: boolean;
 }
 
 /** Which worker CPU serves each direction of a relay. */

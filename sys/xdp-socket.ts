@@ -24,6 +24,7 @@ import {
 } from './bpf.js';
 import { frameLengthAcceptable, type FrameAdmission, type FrameHandler } from './packet-ring.js';
 import { buildUmemArea, releaseUmemArea, type UmemArea, type XdpGuestRegion } from './xdp-umem.js';
+import { GuestRxTable, createGuestRxTable, releaseGuestRxTable, type GuestRxTableMapping } from './xdp-guest-rx.js';
 import { interfaceXdp, joinDispatcher, leaveDispatcher, libxdpMissing, type JoinedProgram } from './libxdp.js';
 
 const AF_XDP = 44;
@@ -110,6 +111,12 @@ export interface XdpPortOptions {
    * (xdp-umem.ts). Absent or empty: the UMEM holds the relay's chunks only.
    */
   guestMemory?: XdpGuestRegion[];
+  /**
+   * Receive straight into guest buffers (xdp-guest-rx.ts) where the port allows it: guest memory
+   * in the UMEM, one receive queue, copy mode, frames that fit a 2048-byte chunk. The handle's
+   * `guestRx` says whether it does.
+   */
+  guestReceive?: boolean;
 }
 
 /** One mmapped ring: its mapping, where its words are, and its size. */
@@ -163,6 +170,10 @@ export interface XdpPortHandle {
   linkFd: number;
   /** A shared page of counters (XdpPort.counters). */
   counterPage: { address: number; length: number };
+  /** The table of guest receive buffers posted to the fill ring, when the port receives into them (null: it copies). */
+  guestRx: GuestRxTableMapping | null;
+  /** Room the UMEM keeps before each received frame beyond XDP_PACKET_HEADROOM (set so a frame ends within a guest's 1,536-byte buffer). */
+  rxHeadroom: number;
 }
 
 const isPowerOfTwo = (n: number) => Number.isInteger(n) && n > 0 && (n & (n - 1)) === 0;
@@ -205,7 +216,7 @@ function ringMapping(fd: number, offsets: BigUint64Array, at: number, size: numb
  */
 function openQueue(
   ifname: string, ifindex: number, queue: number, ringSize: number, chunkSize: number, umem: UmemArea, chunkOffset: number,
-  owner: number | null, zeroCopy: 'auto' | 'off' | 'required', multiBuffer: boolean, cleanup: (() => void)[],
+  owner: number | null, zeroCopy: 'auto' | 'off' | 'required', multiBuffer: boolean, headroom: number, prefill: boolean, cleanup: (() => void)[],
 ): XdpQueueHandle {
   const fd = check(socketNative(AF_XDP, SOCK_RAW | SOCK_CLOEXEC, 0), 'socket', `AF_XDP for ${ifname} queue ${queue}`);
   cleanup.push(() => closeFd(fd));
@@ -216,7 +227,7 @@ function openQueue(
     reg.setBigUint64(0, BigInt(umem.address), true);
     reg.setBigUint64(8, BigInt(umem.length), true);
     reg.setUint32(16, chunkSize, true);
-    reg.setUint32(20, 0, true);
+    reg.setUint32(20, headroom, true);
     reg.setUint32(24, umem.guestSlots.length > 0 ? XDP_UMEM_UNALIGNED_CHUNK_FLAG : 0, true);
     reg.setUint32(28, 0, true);
     const regBytes = new Uint8Array(reg.buffer);
@@ -239,10 +250,9 @@ function openQueue(
   const completion = ringMapping(fd, offsets, 12, ringSize, 8, XDP_UMEM_PGOFF_COMPLETION_RING, `completion ring of ${ifname} queue ${queue}`);
   cleanup.push(() => munmap(completion));
 
-  // Every RX chunk starts in the fill ring, before the socket is bound and frames can arrive.
-  const fillWords = new Uint32Array(viewAt(fill.address, fill.length));
-  for (let i = 0; i < ringSize; i++) setAddress(fillWords, (fill.desc >> 2) + 2 * i, chunkOffset + i * chunkSize);
-  Atomics.store(fillWords, fill.producer >> 2, ringSize);
+  // Every RX chunk starts in the fill ring, before the socket is bound and frames can arrive
+  // (unless guest buffers are to go there instead).
+  if (prefill) fillWithRelayChunks(fill, chunkOffset, ringSize, chunkSize);
 
   // struct sockaddr_xdp: family, flags, ifindex, queue_id, shared_umem_fd
   const bindTo = (flags: number) => {
@@ -277,6 +287,16 @@ function openQueue(
   return { queue, fd, chunkOffset, rx, tx, fill, completion, zeroCopy: zc };
 }
 
+/** Puts a queue's receive chunks in its (empty) fill ring. */
+function fillWithRelayChunks(fill: XdpRingMapping, chunkOffset: number, ringSize: number, chunkSize: number): void {
+  const fillWords = new Uint32Array(viewAt(fill.address, fill.length));
+  for (let i = 0; i < ringSize; i++) setAddress(fillWords, (fill.desc >> 2) + 2 * i, chunkOffset + i * chunkSize);
+  Atomics.store(fillWords, fill.producer >> 2, ringSize);
+}
+
+/** The largest frame a guest buffer posted to the fill ring must hold: MTU 1500 with a VLAN tag. */
+export const GUEST_RX_FRAME_ROOM = 1518;
+
 /**
  * Opens an AF_XDP socket on each receive queue of `ifname` and attaches the redirect program
  * (needs CAP_NET_ADMIN and CAP_BPF, root here). Throws with the reason when the interface cannot
@@ -307,11 +327,30 @@ export function openXdpPort(ifname: string, opts: XdpPortOptions = {}): XdpPortH
     const queueChunks = 2 * ringSize * chunkSize;
     const umem = buildUmemArea(queues.length * queueChunks, opts.guestMemory ?? []);
     cleanup.push(() => releaseUmemArea(umem));
+    // Guest buffers in the fill ring: the kernel writes a frame XDP_PACKET_HEADROOM + headroom
+    // into a chunk and takes at most what is left of it, so the headroom makes that exactly the
+    // largest frame (a 2048-byte chunk, 1518 bytes), which a guest's buffer of 1,530 bytes or
+    // more (Linux, DPDK) holds after its header.
+    let guestRx: GuestRxTableMapping | null = null;
+    const guestReceive = opts.guestReceive === true && umem.guestSlots.length > 0 && queues.length === 1 && !multiBuffer
+      && chunkSize === 2048 && maxFrameLength + VLAN_TAG <= GUEST_RX_FRAME_ROOM && opts.zeroCopy !== 'required';
+    const headroom = guestReceive ? chunkSize - XDP_PACKET_HEADROOM - GUEST_RX_FRAME_ROOM : 0;
     const handles: XdpQueueHandle[] = [];
     queues.forEach((q, k) => {
       const owner = k === 0 ? null : handles[0].fd;
-      handles.push(openQueue(ifname, ifindex, q, ringSize, chunkSize, umem, umem.relay.offset + k * queueChunks, owner, opts.zeroCopy ?? 'auto', multiBuffer, cleanup));
+      handles.push(openQueue(ifname, ifindex, q, ringSize, chunkSize, umem, umem.relay.offset + k * queueChunks, owner, opts.zeroCopy ?? 'auto', multiBuffer, headroom, !guestReceive, cleanup));
     });
+    if (guestReceive) {
+      const h = handles[0];
+      if (h.zeroCopy) {
+        // A driver's zero copy maps chunks page by page and may reorder them: the relay's chunks.
+        fillWithRelayChunks(h.fill, h.chunkOffset, ringSize, chunkSize);
+      } else {
+        const table = createGuestRxTable(ringSize, ringSize);
+        cleanup.push(() => releaseGuestRxTable(table));
+        guestRx = table;
+      }
+    }
     const mapEntries = Math.max(...queues) + 1; // indexed by receive queue
     let mapFd = createXskMap(mapEntries, `vio4wd_${ifname}`);
     cleanup.push(() => closeBpfFd(mapFd));
@@ -352,6 +391,8 @@ export function openXdpPort(ifname: string, opts: XdpPortOptions = {}): XdpPortH
       progFd,
       linkFd: attached.linkFd,
       counterPage: { address: counters.address, length: counters.length },
+      guestRx,
+      rxHeadroom: headroom,
     };
   } catch (err) {
     for (const undo of cleanup.reverse()) {
@@ -431,6 +472,7 @@ export function closeXdpPort(handle: XdpPortHandle): void {
   }
   // The kernel keeps the UMEM's pages pinned until its last socket is gone, whatever is unmapped here.
   releaseUmemArea(handle.umem);
+  if (handle.guestRx) releaseGuestRxTable(handle.guestRx);
   munmap(handle.txTable);
   munmap(handle.counterPage);
 }
@@ -496,10 +538,12 @@ export interface XdpPortCounters {
   kernelInvalidDescs: number;
   /** Multi-buffer ports: received frames longer than the MTU allows, dropped. */
   rxTooLong: number;
+  /** Frames in a guest buffer the posted table has no record of (never expected; dropped). */
+  rxGuestUnknown: number;
 }
 const COUNTER_NAMES = [
   'rxFrames', 'txFrames', 'txRejected', 'txFlushBusy', 'txFlushErrors', 'txLastErrno',
-  'kernelDrops', 'kernelRxDropped', 'kernelRxRingFull', 'kernelFillRingEmpty', 'kernelInvalidDescs', 'rxTooLong',
+  'kernelDrops', 'kernelRxDropped', 'kernelRxRingFull', 'kernelFillRingEmpty', 'kernelInvalidDescs', 'rxTooLong', 'rxGuestUnknown',
 ] as const satisfies readonly (keyof XdpPortCounters)[];
 const C_RX_FRAMES = 0;
 const C_TX_FRAMES = 1;
@@ -513,6 +557,7 @@ const C_KERNEL_RX_RING_FULL = 8;
 const C_KERNEL_FILL_RING_EMPTY = 9;
 const C_KERNEL_INVALID_DESCS = 10;
 const C_RX_TOO_LONG = 11;
+const C_RX_GUEST_UNKNOWN = 12;
 
 /** What receiveJoined did with a frame in several chunks. */
 const JOIN_DELIVERED = 0;
@@ -533,7 +578,7 @@ class QueueRings {
   // Word indexes of the producer, consumer, flags and first descriptor of each ring.
   readonly rxProd: number; readonly rxCons: number; readonly rxDesc: number;
   readonly txProd: number; readonly txCons: number; readonly txFlags: number; readonly txDesc: number;
-  readonly fillProd: number; readonly fillFlags: number; readonly fillDesc: number;
+  readonly fillProd: number; readonly fillCons: number; readonly fillFlags: number; readonly fillDesc: number;
   readonly compProd: number; readonly compCons: number; readonly compDesc: number;
   /** UMEM offset of this queue's first transmit chunk. */
   readonly txChunks: number;
@@ -553,7 +598,7 @@ class QueueRings {
     this.mask = h.rx.size - 1;
     this.rxProd = h.rx.producer >> 2; this.rxCons = h.rx.consumer >> 2; this.rxDesc = h.rx.desc >> 2;
     this.txProd = h.tx.producer >> 2; this.txCons = h.tx.consumer >> 2; this.txFlags = h.tx.flags >> 2; this.txDesc = h.tx.desc >> 2;
-    this.fillProd = h.fill.producer >> 2; this.fillFlags = h.fill.flags >> 2; this.fillDesc = h.fill.desc >> 2;
+    this.fillProd = h.fill.producer >> 2; this.fillCons = h.fill.consumer >> 2; this.fillFlags = h.fill.flags >> 2; this.fillDesc = h.fill.desc >> 2;
     this.compProd = h.completion.producer >> 2; this.compCons = h.completion.consumer >> 2; this.compDesc = h.completion.desc >> 2;
     this.txChunks = h.chunkOffset + ringSize * chunkSize;
     this.rxNext = Atomics.load(this.rx, this.rxCons);
@@ -572,6 +617,14 @@ export interface XdpTxSlot {
   /** Largest frame the chunk holds. */
   capacity: number;
 }
+
+/**
+ * A frame the kernel wrote into a guest buffer (see xdp-guest-rx.ts): the chain's key (vring <<
+ * 16 | head), where its header and frame are, and the frame's length, or -1 when the kernel put
+ * the frame elsewhere in the buffer than it was posted for (the buffer then goes back empty).
+ * Returns false to stop receiving.
+ */
+export type GuestFrameHandler = (key: number, hdrGpa: number, frameGpa: number, length: number) => boolean;
 
 /** txGuest results. */
 export const GUEST_QUEUED = 1;
@@ -618,6 +671,10 @@ export class XdpPort {
   private nextQueue = 0;
   private readonly stats = new BigUint64Array(6);
   private readonly statsLength = new Uint32Array(1);
+  /** Guest buffers posted to the fill ring (null: the port receives into its own chunks only). */
+  readonly guestTable: GuestRxTable | null;
+  /** Where in a posted chunk the kernel puts a frame: XDP_PACKET_HEADROOM plus the UMEM's headroom. */
+  readonly rxDataOffset: number;
 
   private constructor(handle: XdpPortHandle) {
     this.handle = handle;
@@ -631,6 +688,8 @@ export class XdpPort {
     this.relayBytes = new Uint8Array(viewAt(handle.umem.relay.address, handle.umem.relay.length));
     this.relayOffset = handle.umem.relay.offset;
     this.zeroCopy = this.sender.h.zeroCopy;
+    this.guestTable = handle.guestRx ? new GuestRxTable(handle.guestRx) : null;
+    this.rxDataOffset = XDP_PACKET_HEADROOM + handle.rxHeadroom;
     this.slot = { bytes: this.relayBytes, offset: 0, capacity: this.chunkSize };
     const largest = handle.maxFrameLength + VLAN_TAG;
     this.rxJoined = handle.multiBuffer ? new Uint8Array(largest) : null;
@@ -667,13 +726,13 @@ export class XdpPort {
    * returns how many it delivered. A chunk goes back to the fill ring once its frame was
    * delivered, so `onFrame` must copy what it keeps before returning.
    */
-  receive(onFrame: FrameHandler, budget: number, admit?: FrameAdmission): number {
+  receive(onFrame: FrameHandler, budget: number, admit?: FrameAdmission, onGuest?: GuestFrameHandler): number {
     const n = this.queues.length;
     let delivered = 0;
     let stop = false;
     for (let k = 0; k < n && delivered < budget && !stop; k++) {
       const q = this.queues[(this.nextQueue + k) % n];
-      const r = this.receiveQueue(q, onFrame, budget - delivered, admit);
+      const r = this.receiveQueue(q, onFrame, budget - delivered, admit, onGuest);
       delivered += r < 0 ? -r - 1 : r;
       if (r < 0) stop = true;
     }
@@ -683,7 +742,7 @@ export class XdpPort {
   }
 
   /** Frames delivered from one queue; −(delivered + 1) when the handler or admission stopped the receive. */
-  private receiveQueue(q: QueueRings, onFrame: FrameHandler, budget: number, admit?: FrameAdmission): number {
+  private receiveQueue(q: QueueRings, onFrame: FrameHandler, budget: number, admit?: FrameAdmission, onGuest?: GuestFrameHandler): number {
     const rx = q.rx;
     const produced = Atomics.load(rx, q.rxProd);
     if (produced === q.rxNext) return 0;
@@ -717,6 +776,27 @@ export class XdpPort {
         const posted = rx[d] + (hi & 0xffff) * TWO32;
         const at = posted + (hi >>> 16);
         const length = rx[d + 2];
+        if (posted < this.relayOffset) {
+          // A guest buffer (guest memory comes first in the UMEM): the frame is already in place.
+          if (onGuest === undefined) {
+            stopped = true;
+            break;
+          }
+          q.rxNext = (q.rxNext + 1) >>> 0;
+          delivered++;
+          const table = this.guestTable!;
+          if (!table.find(posted)) {
+            this.count[C_RX_GUEST_UNKNOWN]++;
+            continue;
+          }
+          const more = onGuest(table.foundKey, table.foundHdrGpa, table.foundFrameGpa, at === posted + this.rxDataOffset ? length : -1);
+          table.complete();
+          if (!more) {
+            stopped = true;
+            break;
+          }
+          continue;
+        }
         if (admit !== undefined && !admit(length)) {
           stopped = true;
           break;
@@ -744,6 +824,12 @@ export class XdpPort {
   private recycle(q: QueueRings, posted: number): void {
     // Relay chunks sit at multiples of the chunk size: the chunk is the address rounded down.
     const chunk = posted - ((posted - this.relayOffset) % this.chunkSize);
+    const table = this.guestTable;
+    if (table !== null && (!table.copying || table.relayOut + table.outstanding > this.ringSize)) {
+      // Guest buffers take the fill ring: the chunk waits, parked, until the port copies again.
+      table.park((chunk - q.h.chunkOffset) / this.chunkSize);
+      return;
+    }
     setAddress(q.fill, q.fillDesc + ((q.fillNext & q.mask) << 1), chunk);
     q.fillNext = (q.fillNext + 1) >>> 0;
   }
@@ -787,6 +873,93 @@ export class XdpPort {
       return JOIN_DROPPED;
     }
     return onFrame(joined, 0, total, 0) === false ? JOIN_STOP : JOIN_DELIVERED;
+  }
+
+  /**
+   * Hands a guest receive buffer to the kernel: `fillAddress` is the UMEM address it posts (the
+   * frame lands rxDataOffset bytes after it), the rest is recorded for its delivery. False when
+   * the fill ring or the table is full. publishFill() makes a batch visible.
+   */
+  postGuest(fillAddress: number, key: number, availIdx: number, hdrGpa: number, frameGpa: number): boolean {
+    const table = this.guestTable;
+    const q = this.queues[0];
+    if (table === null || !table.hasRoom || table.relayOut + table.outstanding >= this.ringSize) return false;
+    if (((q.fillNext - Atomics.load(q.fill, q.fillCons)) >>> 0) >= this.ringSize) return false;
+    setAddress(q.fill, q.fillDesc + ((q.fillNext & q.mask) << 1), fillAddress);
+    q.fillNext = (q.fillNext + 1) >>> 0;
+    table.add(fillAddress, key, availIdx, hdrGpa, frameGpa);
+    return true;
+  }
+
+  /** Records a chain reserved for a frame in a relay chunk (xdp-guest-rx.ts); false when the table is full. */
+  reserveCopy(key: number, availIdx: number): boolean {
+    const table = this.guestTable;
+    if (table === null || !table.hasRoom) return false;
+    table.addCopy(key, availIdx);
+    return true;
+  }
+
+  /** Entries in the fill ring the kernel has not taken yet. */
+  fillQueued(): number {
+    const q = this.queues[0];
+    return (q.fillNext - Atomics.load(q.fill, q.fillCons)) >>> 0;
+  }
+
+  /**
+   * The guest fell behind: up to `count` parked relay chunks go into the fill ring behind its
+   * buffers, for frames to wait in until it catches up. Returns how many went.
+   */
+  addOverflowChunks(count: number): number {
+    const table = this.guestTable;
+    if (table === null) return 0;
+    const q = this.queues[0];
+    let added = 0;
+    while (added < count && table.parked > 0 && table.relayOut + table.outstanding < this.ringSize) {
+      setAddress(q.fill, q.fillDesc + ((q.fillNext & q.mask) << 1), q.h.chunkOffset + table.unpark() * this.chunkSize);
+      q.fillNext = (q.fillNext + 1) >>> 0;
+      added++;
+    }
+    this.publishFill();
+    return added;
+  }
+
+  /** Whether the next received frame (queue 0) is in a guest buffer; false when none waits. */
+  rxHeadIsGuest(): boolean {
+    const q = this.queues[0];
+    if (Atomics.load(q.rx, q.rxProd) === q.rxNext) return false;
+    const d = q.rxDesc + ((q.rxNext & q.mask) << 2);
+    return q.rx[d] + (q.rx[d + 1] & 0xffff) * TWO32 < this.relayOffset;
+  }
+
+  /** Whether postGuest would find room. */
+  guestCanPost(): boolean {
+    const table = this.guestTable;
+    const q = this.queues[0];
+    return table !== null && table.hasRoom && table.relayOut + table.outstanding < this.ringSize
+      && ((q.fillNext - Atomics.load(q.fill, q.fillCons)) >>> 0) < this.ringSize;
+  }
+
+  /** Makes the fill entries written so far visible to the kernel, waking it if it asked to be. */
+  publishFill(): void {
+    const q = this.queues[0];
+    if (Atomics.load(q.fill, q.fillProd) === q.fillNext) return;
+    Atomics.store(q.fill, q.fillProd, q.fillNext);
+    if ((Atomics.load(q.fill, q.fillFlags) & XDP_RING_NEED_WAKEUP) !== 0) recvfromNative(q.fd, 0, 0, MSG_DONTWAIT, 0, 0);
+  }
+
+  /**
+   * The port copies from now on: parked relay chunks go back to the fill ring as far as the
+   * guest buffers still out leave room (so the RX ring can never overflow and reorder them).
+   */
+  refillRelayChunks(): void {
+    const table = this.guestTable;
+    if (table === null || !table.copying || table.parked === 0) return;
+    const q = this.queues[0];
+    while (table.parked > 0 && table.relayOut + table.outstanding < this.ringSize) {
+      setAddress(q.fill, q.fillDesc + ((q.fillNext & q.mask) << 1), q.h.chunkOffset + table.unpark() * this.chunkSize);
+      q.fillNext = (q.fillNext + 1) >>> 0;
+    }
+    this.publishFill();
   }
 
   /** True when a frame is waiting on some queue (a load per queue, no system call). */

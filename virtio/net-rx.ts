@@ -74,6 +74,31 @@ export class NetRxWriter {
   }
 
   /**
+   * Delivers a frame into one chain taken earlier (`chain`, walked again with chainAt): header
+   * and frame, or, when the chain is broken or too small, nothing (it goes back empty and the
+   * frame is dropped). Returns 1 or RX_DROPPED; the used entry is pushed either way.
+   */
+  deliverInto(chain: DescriptorChain, frame: Uint8Array, offset: number, length: number, header: Uint8Array | null = null): number {
+    const hdrLen = this.headerLength;
+    if (!this.usable(chain) || chain.writableLength < hdrLen + length) {
+      if (!this.usable(chain)) this.noteBadChain(chain);
+      this.queue.pushUsed(chain.head, 0);
+      return RX_DROPPED;
+    }
+    const h = this.header;
+    if (header === null) h.fill(0);
+    else for (let i = 0; i < hdrLen; i++) h[i] = header[i] ?? 0;
+    if (hdrLen === NET_HEADER_LENGTH) {
+      h[NUM_BUFFERS_OFFSET] = 1;
+      h[NUM_BUFFERS_OFFSET + 1] = 0;
+    }
+    const written = chain.copyIn(h, 0, hdrLen, 0);
+    const n = chain.copyIn(frame, offset, length, written);
+    this.queue.pushUsed(chain.head, written + n);
+    return 1;
+  }
+
+  /**
    * Writes `header` (or a plain header when null) and `frame[offset, offset+length)` into the
    * guest and pushes the used entries; the caller publishes them with `queue.flushUsed()` at the
    * end of its burst. Returns the number of buffers used, RX_NO_BUFFERS, or RX_DROPPED.

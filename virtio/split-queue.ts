@@ -240,6 +240,16 @@ export class SplitQueue {
     return true;
   }
 
+  /**
+   * Walks the chain at `head` again, without taking anything from the avail ring: a chain taken
+   * earlier and kept aside by its head (a receive buffer reserved for a later frame).
+   */
+  chainAt(chain: DescriptorChain, head: number): void {
+    if (this.broken) throw new RingError(this.name, 'queue is broken');
+    chain.reset(head, this.memory);
+    this.walk(chain, head);
+  }
+
   /** Gives back the last `count` popped chains (mergeable RX found too few buffers for a frame). */
   rewind(count: number): void {
     if (!Number.isInteger(count) || count < 0 || count > this.size) {

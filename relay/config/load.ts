@@ -236,6 +236,7 @@ export function configFromAssignments(assignments: Map<string, ConfigAssignment>
   const tso = s.value<boolean>('VIRTIOFWD_TSO') === true;
   const vfPort = readVfPort(s);
   const xdpUmem = readXdpUmem(s);
+  const xdpRx = readXdpRx(s);
   const vhostClient = s.value<boolean>('VIRTIOFWD_VHOST_CLIENT');
 
   if (s.value<boolean>('VIRTIOFWD_ZERO_COPY')) {
@@ -284,6 +285,7 @@ export function configFromAssignments(assignments: Map<string, ConfigAssignment>
     tso,
     vfPort,
     xdpUmem,
+    xdpRx,
     portControl: { mode: portControlMode, ovsdbSocketPath, ipcCommandFile },
     zmq,
     metricsListen,
@@ -309,6 +311,15 @@ function readXdpUmem(s: Settings): 'guest' | 'relay' {
   if (lower === 'guest' || lower === 'relay') return lower;
   s.fail(setting, 'expected guest or relay');
   return 'guest';
+}
+
+function readXdpRx(s: Settings): 'copy' | 'guest' {
+  const { text, setting } = s.scalar('VIRTIOFWD_XDP_RX');
+  if (text === '' || !setting) return 'copy';
+  const lower = text.toLowerCase();
+  if (lower === 'copy' || lower === 'guest') return lower;
+  s.fail(setting, 'expected copy or guest');
+  return 'copy';
 }
 
 function readVfPort(s: Settings): VfPortChoice {

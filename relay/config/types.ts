@@ -89,6 +89,8 @@ export interface RelayConfig {
   vfPort: VfPortChoice;
   /** VIRTIOFWD_XDP_UMEM: whether AF_XDP ports put the VM's memory in their UMEM (default guest). */
   xdpUmem: 'guest' | 'relay';
+  /** VIRTIOFWD_XDP_RX: where AF_XDP ports receive, the relay's chunks ('copy', default) or the VM's buffers ('guest'). */
+  xdpRx: 'copy' | 'guest';
   portControl: {
     mode: PortControlMode;
     /** The OVSDB unix socket the monitor connects to (mode `ovsdb`). */

@@ -139,6 +139,15 @@ export const VARIABLES: readonly VariableInfo[] = [
       'what AF_XDP ports register as their UMEM: guest (the VM\'s memory as well as the relay\'s chunks: frames a guest sends in one piece go to the kernel from where the guest wrote them, with no copy; the VM\'s memory stays pinned while it is connected), or relay (the relay\'s chunks only: every frame is copied once)',
   },
   {
+    name: 'VIRTIOFWD_XDP_RX',
+    flag: { name: '--xdp-rx', kind: 'value', meta: 'copy|guest' },
+    section: 'general',
+    defaultText: 'copy',
+    treatment: 'supported',
+    summary:
+      'where AF_XDP ports receive: copy (into the relay\'s chunks, then copied into the guest\'s buffers; frames wait up to 4096 deep in the port while the guest falls behind), or guest (with VIRTIOFWD_XDP_UMEM=guest, straight into the guest\'s posted receive buffers, with no copy; frames wait only as deep as the guest\'s receive ring, plus relay chunks added while the relay sees the guest fall behind). guest needs one receive queue, copy mode, MTU 1500 and buffers of 1530 bytes or more; elsewhere the port copies, and the log says why',
+  },
+  {
     name: 'VIRTIOFWD_TSO',
     parse: parseBooleanValue,
     flag: { name: '--tso', kind: 'boolean' },

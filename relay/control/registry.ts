@@ -142,6 +142,7 @@ export class RelayRegistryImpl implements RelayRegistry {
       tso: opts.config.tso,
       vfPort: opts.config.vfPort,
       xdpUmem: opts.config.xdpUmem,
+      xdpRx: opts.config.xdpRx,
       pinnedCpus: (relay: number) => pins.get(relay),
       ignoreDirtyLog: opts.ignoreDirtyLog === true,
       reactor: opts.reactor,

@@ -5,7 +5,8 @@
 // ring state saved) before it is attached again.
 import type { Logger } from 'pino';
 import { isXdpHandle, type VfHandle } from '../datapath/vf-link.js';
-import { xdpLeftovers, xdpUmemKind, xdpZeroCopy, type XdpPortHandle } from '../../sys/xdp-socket.js';
+import { GUEST_RX_FRAME_ROOM, xdpLeftovers, xdpUmemKind, xdpZeroCopy, type XdpPortHandle } from '../../sys/xdp-socket.js';
+import { guestRxFallback, postedGuestBuffers, releaseGuestRxTable, type PostedGuestBuffer } from '../../sys/xdp-guest-rx.js';
 import { addToDetached, Counter, Dir } from '../datapath/counters.js';
 import type { XdpGuestRegion } from '../../sys/xdp-umem.js';
 import type { VfPortChoice } from '../config/types.js';
@@ -44,6 +45,8 @@ export interface RelayContext {
   vfPort?: VfPortChoice;
   /** VIRTIOFWD_XDP_UMEM (default guest): AF_XDP ports put the VM's memory in their UMEM. */
   xdpUmem?: 'guest' | 'relay';
+  /** VIRTIOFWD_XDP_RX (default copy): 'guest' receives straight into the VM's buffers where the UMEM holds its memory. */
+  xdpRx?: 'copy' | 'guest';
   /** CPUs fixed for this relay by VIRTIOFWD_CPU_PINS, if any. */
   pinnedCpus(relay: number): { vf2vm: number; vm2vf: number } | undefined;
   /**
@@ -70,6 +73,8 @@ interface Member {
   memif?: MemifEndpoint;
   /** Set once the member leaves the relay: its memif endpoint's callbacks are ignored from then on. */
   retired?: boolean;
+  /** AF_XDP: the port's fall back from receiving in place to copying has been logged. */
+  copyLogged?: boolean;
 }
 
 interface VringEntry {
@@ -212,8 +217,45 @@ export class Relay implements NetDevice {
         await m.memif.close();
         continue;
       }
-      await this.ctx.rings.close(m.handle);
+      await this.closePort(m.netdev, m.handle);
       this.restoreMtu(m.netdev, m.mtuBefore);
+    }
+  }
+
+  /**
+   * Closes a VF's port. Guest receive buffers an AF_XDP port still had with the kernel go back to
+   * their rings once the socket is closed (no write can reach them after): the ring's saved avail
+   * index moves back over them, so the guest's next start, or a migration's destination, finds
+   * them unused in its avail ring. They are always the newest chains taken (xdp-guest-rx.ts); a
+   * ring where they are not is left as it is, with a warning.
+   */
+  private async closePort(netdev: string, handle: VfHandle): Promise<void> {
+    let posted: PostedGuestBuffer[] = [];
+    const table = isXdpHandle(handle) ? handle.guestRx : null;
+    if (isXdpHandle(handle) && table) {
+      posted = postedGuestBuffers(table);
+      // Nothing may read the table through this handle once it is unmapped below (stats and the
+      // fallback check run while the port is being opened again).
+      handle.guestRx = null;
+    }
+    await this.ctx.rings.close(handle);
+    if (table) releaseGuestRxTable(table);
+    const byRing = new Map<number, PostedGuestBuffer[]>();
+    for (const p of posted) byRing.set(p.vring, [...(byRing.get(p.vring) ?? []), p]);
+    for (const [vring, list] of byRing) {
+      const state = this.saved.get(vring);
+      if (!state) continue; // the ring is gone with its VM
+      const first = list[0].availIdx;
+      const inOrder = list.every((p, i) => p.availIdx === ((first + i) & 0xffff)) && ((first + list.length) & 0xffff) === state.lastAvail;
+      if (inOrder) {
+        state.lastAvail = first;
+        this.log.debug({ netdev, vring, buffers: list.length }, `VF ${netdev}: ${list.length} receive buffers the AF_XDP port held went back to vring ${vring}`);
+      } else {
+        this.log.warn(
+          { netdev, vring, buffers: list.length, lastAvail: state.lastAvail, first },
+          `VF ${netdev}: ${list.length} receive buffers the AF_XDP port held are not the newest of vring ${vring}, so they cannot be given back; the ring is short of them until the VM resets the device`,
+        );
+      }
     }
   }
 
@@ -299,7 +341,7 @@ export class Relay implements NetDevice {
     let h: XdpPortHandle | undefined;
     if (guest !== undefined) {
       try {
-        h = await this.ctx.rings.openXdp(netdev, { guestMemory: guest });
+        h = await this.ctx.rings.openXdp(netdev, { guestMemory: guest, guestReceive: this.ctx.xdpRx === 'guest' });
       } catch (err) {
         const reason = (err as Error).message;
         this.log.warn({ netdev, pci, err: reason }, `VF ${netdev}: the VM's memory cannot be the AF_XDP UMEM (${reason}); frames will be copied`);
@@ -315,9 +357,10 @@ export class Relay implements NetDevice {
     for (const failed of d?.leftovers.failed ?? []) this.log.warn({ netdev, pci, err: failed }, `VF ${netdev}: could not remove a program a gone daemon left in libxdp's dispatcher: ${failed}`);
     const where = d ? `${h.programId} in libxdp's dispatcher (priority ${d.priority}, ${h.attachMode} mode), beside the interface's other XDP programs`
       : `${h.programId} in ${h.attachMode === 'native' ? 'the driver' : 'generic mode'}`;
+    const receive = h.guestRx ? ", receiving into the VM's buffers" : '';
     this.log.info(
-      { netdev, pci, port: 'af_xdp', attach: h.attachMode, dispatcher: d !== null, zeroCopy, multiBuffer: h.multiBuffer, queues: h.queues.length, umem },
-      `VF ${netdev}: AF_XDP port, program ${where}, ${zeroCopy ? 'zero copy' : 'copy mode'}${h.multiBuffer ? ', frames over several chunks' : ''}, ${h.queues.length} queue${h.queues.length === 1 ? '' : 's'}, ${umem === 'guest' ? `UMEM over the VM's memory (${h.umem.guestSlots.length} region${h.umem.guestSlots.length === 1 ? '' : 's'}, ${Math.round((h.umem.length - h.umem.relay.length) / 2 ** 20)} MiB pinned)` : "relay's UMEM (frames copied)"}`,
+      { netdev, pci, port: 'af_xdp', attach: h.attachMode, dispatcher: d !== null, zeroCopy, multiBuffer: h.multiBuffer, queues: h.queues.length, umem, rxInPlace: h.guestRx !== null },
+      `VF ${netdev}: AF_XDP port, program ${where}, ${zeroCopy ? 'zero copy' : 'copy mode'}${h.multiBuffer ? ', frames over several chunks' : ''}, ${h.queues.length} queue${h.queues.length === 1 ? '' : 's'}, ${umem === 'guest' ? `UMEM over the VM's memory (${h.umem.guestSlots.length} region${h.umem.guestSlots.length === 1 ? '' : 's'}, ${Math.round((h.umem.length - h.umem.relay.length) / 2 ** 20)} MiB pinned)${receive}` : "relay's UMEM (frames copied)"}`,
     );
     return h;
   }
@@ -347,7 +390,7 @@ export class Relay implements NetDevice {
     await this.detachDirection('vm2vf');
     for (const m of stale) {
       this.countXdpLeftovers(m.netdev, m.handle as XdpPortHandle, why);
-      await this.ctx.rings.close(m.handle);
+      await this.closePort(m.netdev, m.handle);
       try {
         m.handle = await this.openXdp(m.netdev, (m.ref as VfRef).pci);
       } catch (err) {
@@ -399,7 +442,10 @@ export class Relay implements NetDevice {
             memifPeerErrors: ((c) => c.rxBadDescriptors + c.txBadDescriptors + c.ringErrors)(readMemifCounters(m.memif.counters)),
           }
         : isXdpHandle(m.handle)
-        ? { netdev: m.netdev, port: 'af_xdp' as const, attach: m.handle.attachMode, dispatcher: m.handle.dispatcher !== null, zeroCopy: xdpZeroCopy(m.handle), umem: xdpUmemKind(m.handle) }
+        ? {
+            netdev: m.netdev, port: 'af_xdp' as const, attach: m.handle.attachMode, dispatcher: m.handle.dispatcher !== null, zeroCopy: xdpZeroCopy(m.handle), umem: xdpUmemKind(m.handle),
+            rxInPlace: m.handle.guestRx !== null && guestRxFallback(m.handle.guestRx) === null,
+          }
         : { netdev: m.netdev, port: 'af_packet' as const },
     );
   }
@@ -411,9 +457,13 @@ export class Relay implements NetDevice {
       this.members = [];
       for (const m of members) m.retired = true;
       this.device = undefined;
-      await this.reconfigure();
-      // The relay no longer polls them (reconfigured above): memif endpoints may unmap now.
+      // No worker polls them once both directions are detached: memif endpoints may unmap now,
+      // and receive buffers an AF_XDP port held go back to the saved ring state before the
+      // directions are attached again with it.
+      await this.detachDirection('vf2vm');
+      await this.detachDirection('vm2vf');
       await this.closeMembers(members);
+      await this.reconfigure();
       if (members.length > 0) this.log.info({ netdevs: members.map((m) => m.netdev) }, 'device detached');
     });
   }
@@ -474,6 +524,7 @@ export class Relay implements NetDevice {
    * timer. (memif members report their connection themselves.)
    */
   checkCarrier(): void {
+    this.noteReceiveFallback();
     if (this.device?.kind !== 'bond' || this.members.length === 0) return;
     let changed = false;
     for (const m of this.members) {
@@ -489,6 +540,20 @@ export class Relay implements NetDevice {
     this.chooseActiveMember();
     const up = this.members.map((m) => m.up);
     for (const dir of ['vf2vm', 'vm2vf'] as const) this.ctx.pool.setActiveMember(this.id, dir, this.activeMember, up);
+  }
+
+  /** Logs, once per port, that an AF_XDP port stopped receiving into the VM's buffers and copies. */
+  private noteReceiveFallback(): void {
+    for (const m of this.members) {
+      if (m.copyLogged || !isXdpHandle(m.handle) || !m.handle.guestRx) continue;
+      const fallback = guestRxFallback(m.handle.guestRx);
+      if (!fallback) continue;
+      m.copyLogged = true;
+      const why = fallback.unfitBufferBytes > 0
+        ? `the VM posted a receive buffer of ${fallback.unfitBufferBytes} bytes, where a frame in place needs its header and ${GUEST_RX_FRAME_ROOM} bytes in one piece of its memory`
+        : 'the VM has several receive rings, or a packed one';
+      this.log.info({ netdev: m.netdev, unfitBufferBytes: fallback.unfitBufferBytes }, `VF ${m.netdev}: frames are copied into the VM's buffers from now on: ${why}`);
+    }
   }
 
   /** Active-backup: when the active member has no carrier, the first member that has it takes over. */
@@ -527,6 +592,10 @@ export class Relay implements NetDevice {
       const entry = this.vrings.get(index);
       this.vrings.delete(index);
       await this.reconfigure();
+      // Receive buffers of this ring still with an AF_XDP port's kernel: only closing the socket
+      // takes them back, so the port is opened again and the ring's index moves back over them.
+      const held = this.members.some((m) => isXdpHandle(m.handle) && m.handle.guestRx && postedGuestBuffers(m.handle.guestRx).some((p) => p.vring === index));
+      if (held && (await this.rebuildXdpPorts(`vring ${index} stopped with receive buffers in the AF_XDP fill ring`))) await this.reconfigure();
       const state = this.saved.get(index);
       this.saved.delete(index);
       return { lastAvail: state?.lastAvail ?? entry?.config.lastAvail ?? 0 };

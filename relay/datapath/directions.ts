@@ -18,6 +18,8 @@ import { RX_CHECKSUM, RX_PASS, RX_PLAIN, RX_SEGMENT, gsoSize, rxAction } from '.
 import { TcpSegmenter } from './segmentation.js';
 import { VfPort } from './vf-port.js';
 import { QUEUED, NO_ROOM, HELD, type GuestFrame, type VfLink } from './vf-link.js';
+import { XdpLink, POSTED, POST_NO_ROOM } from './xdp-link.js';
+import { NET_HEADER_LENGTH, NUM_BUFFERS_OFFSET } from '../../virtio/net-header.js';
 import { reportBadChain } from './chain-warnings.js';
 import { callWriteBegins, callWriteEnds } from './call-guard.js';
 import type { DirectionSpec, DirectionState, GuestSpec, QueueSpec, QueueState } from './worker-protocol.js';
@@ -36,6 +38,14 @@ const SEGMENT_WAIT_MS = 50;
  * super-frame at a 1,448-byte MSS (46). A split ring's count is one subtraction and ignores it.
  */
 const ROOM_COUNT_LIMIT = 4 * BURST;
+/** Guest buffers left in an AF_XDP fill ring below which, the guest having no more, relay chunks are added behind them. */
+const OVERFLOW_LOW_WATER = 8 * BURST;
+/**
+ * Relay chunks out at most as overflow for a guest that fell behind, added OVERFLOW_STEP at a time
+ * while it stays behind: each one out holds back a guest chain for its frame (xdp-guest-rx.ts).
+ */
+const OVERFLOW_CHUNKS = 2048;
+const OVERFLOW_STEP = 8 * BURST;
 /** Receive chains may be larger than any frame we write into them; only the segment budget limits them. */
 const RX_MAX_CHAIN_BYTES = 1 << 20;
 
@@ -608,20 +618,93 @@ export class VfToVm extends Direction {
    * each fold: kernel drops folded while it is set are the guest's doing, not the relay's.
    */
   private guestOutOfBuffers = false;
+  /**
+   * The AF_XDP link whose port can receive straight into this guest's buffers (xdp-guest-rx.ts):
+   * the only member, with guest memory in its UMEM. A frame the kernel wrote into a posted buffer
+   * only needs its header and used entry (onGuestFrame), whatever the direction does now.
+   */
+  private readonly guestLink: XdpLink | null = null;
+  /** The guest's chains go to guestLink's fill ring: one split receive ring. */
+  private readonly inPlace: boolean = false;
+  private readonly onGuestFrame: (key: number, hdrGpa: number, frameGpa: number, length: number) => boolean;
+  private readonly postChain = new DescriptorChain();
+  private readonly hdrLen: number;
 
   constructor(spec: DirectionSpec, state: DirectionState | null, counters: Float64Array, onRingError: RingErrorReport) {
     super(spec, state, counters, Dir.VfToVm, onRingError);
     const guest = spec.guest;
+    this.hdrLen = guest?.hdrLen ?? 12;
     this.writers = this.queues.map(
       (q) => new NetRxWriter(q.queue, { headerLength: guest?.hdrLen ?? 12, mergeable: guest?.mergeable ?? false }),
     );
     for (const q of this.queues) q.queue.disableNotifications();
     this.hold = spec.vmConnected && this.writers.length === 0;
+    const links = this.port?.links ?? [];
+    for (const link of links) {
+      if (!(link instanceof XdpLink) || !link.guestReceiveTable) continue;
+      if (links.length === 1 && this.writers.length > 0) this.guestLink = link;
+      // A bond, several receive rings or a packed one: the port copies, for good.
+      if (links.length > 1) link.fallBackToCopy(0);
+    }
+    if (this.guestLink !== null) {
+      if (this.queues.length === 1 && this.queues[0].queue instanceof SplitQueue) this.inPlace = true;
+      else this.guestLink.fallBackToCopy(0);
+      // A ring resumed from its used index (its worker ended) continues after the chains the
+      // kernel still holds: taking them again would hand one buffer to the kernel twice.
+      for (const gq of this.queues) {
+        if (!(gq.queue instanceof SplitQueue)) continue;
+        const q = gq.queue;
+        const next = this.guestLink.nextAvailAfterOutstanding(gq.index);
+        const ahead = (next - q.lastAvail) & 0xffff;
+        if (next >= 0 && ahead > 0 && ahead <= q.size) q.lastAvail = next;
+      }
+    }
+    this.onGuestFrame = (key, hdrGpa, frameGpa, length) => {
+      let q: GuestQueue | undefined;
+      for (const x of this.queues) if (x.index === key >>> 16) q = x;
+      if (q === undefined) {
+        // Its ring stopped meanwhile: the buffer is the ring's next owner's to rewind over.
+        this.dropped++;
+        return true;
+      }
+      const memory = this.memory!;
+      const hdrLen = this.hdrLen;
+      try {
+        if (length < 0) {
+          // The kernel put the frame elsewhere in the buffer: it goes back empty.
+          this.bad++;
+          q.queue.pushUsed(key & 0xffff, 0);
+          return true;
+        }
+        const r = memory.regionIndexOfRange(hdrGpa, hdrLen);
+        const bytes = memory.regions[r]!.bytes;
+        const at = hdrGpa - memory.regions[r]!.guestPhysAddr;
+        bytes.fill(0, at, at + hdrLen);
+        if (hdrLen === NET_HEADER_LENGTH) bytes[at + NUM_BUFFERS_OFFSET] = 1;
+        if (memory.dirtyLogging) {
+          memory.markDirty(hdrGpa, hdrLen);
+          memory.markDirty(frameGpa, length);
+        }
+        q.queue.pushUsed(key & 0xffff, hdrLen + length);
+      } catch (err) {
+        if (!(err instanceof RingError)) throw err;
+        this.failed = q;
+        this.failure = err.message;
+        return false;
+      }
+      this.rxBytes += length;
+      this.packets++;
+      this.bytes += length;
+      return true;
+    };
     this.kernelDropsSeen = new Float64Array(this.port?.links.length ?? 0);
     this.port?.links.forEach((l, m) => (this.kernelDropsSeen[m] = l.kernelDropsSoFar));
     this.rxOffloads = guest?.rxOffloads ?? 0;
     this.deliverSegment = (bytes, offset, length) => this.deliver(bytes, offset, length, null);
     this.admit = (length) => {
+      // With guest buffers posted, a burst takes frames beyond the guest's free buffers (those
+      // in posted buffers need none): a frame to copy waits when none is left, reserved or free.
+      if (this.roomLeft <= 0 && (this.guestLink === null || this.guestLink.reservedCopies === 0)) return false;
       const kh = this.link!.rxHeader;
       if (kh === null || kh[1] === 0 || rxAction(kh, this.rxOffloads, this.guestHeader) !== RX_SEGMENT) return true;
       // A segment per buffer at least. A ring never holds more than its size (and a burst counts
@@ -650,7 +733,7 @@ export class VfToVm extends Direction {
         // Frames from a local stack (veth peers) carry checksums left for offload; the guest gets none.
         if ((status & TP_STATUS_CSUMNOTREADY) !== 0) completeL4Checksum(bytes, offset, length);
         this.deliver(bytes, offset, length, null);
-        return this.roomLeft > 0;
+        return this.roomLeft > 0 || this.guestLink !== null;
       }
       const action = rxAction(kh, this.rxOffloads, this.guestHeader);
       if (action === RX_PASS) this.deliver(bytes, offset, length, this.guestHeader);
@@ -660,7 +743,8 @@ export class VfToVm extends Direction {
         this.deliver(bytes, offset, length, null);
       } else if (action === RX_SEGMENT) this.segment(bytes, offset, length, gsoSize(kh));
       else this.bad++;
-      return this.roomLeft > 0;
+      // With guest buffers posted, admission decides per frame (frames in them need no room).
+      return this.roomLeft > 0 || this.guestLink !== null;
     };
     this.dropFrame = (_bytes, _offset, length) => {
       this.dropped++;
@@ -687,6 +771,11 @@ export class VfToVm extends Direction {
   }
 
   private deliver(bytes: Uint8Array, offset: number, length: number, header: Uint8Array | null): void {
+    const g = this.guestLink;
+    if (g !== null && g.reservedCopies > 0) {
+      this.deliverReserved(g, bytes, offset, length, header);
+      return;
+    }
     const writers = this.writers;
     const n = writers.length;
     const w = n === 1 ? writers[0] : writers[flowHash(bytes, offset, length) % n];
@@ -711,6 +800,41 @@ export class VfToVm extends Direction {
     }
   }
 
+  /**
+   * A frame from a relay chunk that overflowed while the guest fell behind: it goes into the
+   * oldest chain reserved for such frames, which came from the avail ring before any guest buffer
+   * posted behind the chunk (xdp-guest-rx.ts), so used entries keep avail order.
+   */
+  private deliverReserved(g: XdpLink, bytes: Uint8Array, offset: number, length: number, header: Uint8Array | null): void {
+    const key = g.oldestReservedCopy();
+    let i = -1;
+    for (let k = 0; k < this.queues.length; k++) if (this.queues[k].index === key >>> 16) i = k;
+    if (i < 0) {
+      // Its ring stopped meanwhile (the chain is rewound over when the port closes).
+      g.finishCopy();
+      this.dropped++;
+      return;
+    }
+    const q = this.queues[i];
+    let r: number;
+    try {
+      (q.queue as SplitQueue).chainAt(this.postChain, key & 0xffff);
+      r = this.writers[i].deliverInto(this.postChain, bytes, offset, length, header);
+    } catch (err) {
+      if (!(err instanceof RingError)) throw err;
+      this.failed = q;
+      this.failure = err.message;
+      this.full++;
+      return;
+    }
+    g.finishCopy();
+    if (r === RX_DROPPED) this.bad++;
+    else {
+      this.packets++;
+      this.bytes += length;
+    }
+  }
+
   burst(): number {
     const port = this.port;
     if (port === null || this.hold) return 0;
@@ -730,9 +854,13 @@ export class VfToVm extends Direction {
           else throw err;
         }
       }
-      if (room < budget) budget = room;
       this.roomLeft = room;
-      if (room === 0 && port.rxReady()) this.guestOutOfBuffers = true;
+      // Frames in posted guest buffers need no free one: only copies are held to the room left (admit).
+      const g = this.guestLink;
+      if (g === null || (!g.receivingInPlace && g.guestBuffersOut === 0)) {
+        if (room < budget) budget = room;
+        if (room === 0 && port.rxReady()) this.guestOutOfBuffers = true;
+      }
     }
     for (let m = 0; m < port.links.length; m++) {
       const link = port.links[m];
@@ -742,7 +870,8 @@ export class VfToVm extends Direction {
       if (connected && port.acceptsFrom(m)) {
         this.link = link;
         // Members of a bond share the guest's buffers: one that used them up leaves none to the next.
-        if (budget > 0 && this.roomLeft > 0) handled += link.receive(this.onFrame, budget, this.admit);
+        if (link === this.guestLink) handled += this.guestLink.receive(this.onFrame, budget, this.admit, this.onGuestFrame);
+        else if (budget > 0 && this.roomLeft > 0) handled += link.receive(this.onFrame, budget, this.admit);
       } else {
         handled += link.receive(this.dropFrame, BURST);
       }
@@ -752,8 +881,9 @@ export class VfToVm extends Direction {
         handled += truncated;
       }
     }
+    if (this.guestLink !== null) this.postGuestBuffers(this.guestLink);
     // The burst took all the buffers the guest had and frames still wait: the guest set the pace.
-    if (connected && this.roomLeft <= 0 && budget > 0 && port.rxReady()) this.guestOutOfBuffers = true;
+    else if (connected && this.roomLeft <= 0 && budget > 0 && port.rxReady()) this.guestOutOfBuffers = true;
     for (let i = 0; i < this.writers.length; i++) {
       const w = this.writers[i];
       if (w.badChains !== 0) {
@@ -779,6 +909,65 @@ export class VfToVm extends Direction {
     c[b + Counter.DropsNotConnected] += this.dropped;
     c[b + Counter.RxSegmented] += this.segmented;
     return handled;
+  }
+
+  /**
+   * Hands the guest's new receive chains to the kernel's fill ring, in avail order. A broken chain
+   * goes back empty (counted); a chain a frame cannot land in (too small, outside the UMEM) makes
+   * the port copy from then on, and stays for the copy. While the port copies, its own chunks go
+   * back to the fill ring as the guest buffers still out come back.
+   */
+  private postGuestBuffers(link: XdpLink): void {
+    if (!this.inPlace || !link.receivingInPlace) {
+      link.refillRelayChunks();
+      return;
+    }
+    const q = this.queues[0];
+    if (q === undefined || !q.enabled) return;
+    const queue = q.queue as SplitQueue;
+    const chain = this.postChain;
+    const keyBase = q.index << 16;
+    let posted = 0;
+    let guestEmpty = false;
+    try {
+      for (let n = 0; n < queue.size; n++) {
+        if (!queue.popChain(chain)) {
+          guestEmpty = true;
+          break;
+        }
+        if (chain.error !== null || chain.readableLength !== 0) {
+          queue.pushUsed(chain.head, 0);
+          this.bad++;
+          this.badChain(q, chain.error ?? `chain at head ${chain.head} has device-readable descriptors in a receive queue`);
+          continue;
+        }
+        const key = keyBase | chain.head;
+        const availIdx = (queue.lastAvail - 1) & 0xffff;
+        // Relay chunks ahead in the fill ring get the older chains (their frames come first).
+        const reserve = link.relayChunksOut > link.reservedCopies;
+        const r = link.postGuestChain(chain, this.hdrLen, key, availIdx, reserve);
+        if (r === POSTED) {
+          if (!reserve) posted++;
+          continue;
+        }
+        queue.rewind(1);
+        // The main thread logs the change (it reads the port's table).
+        if (r !== POST_NO_ROOM) link.fallBackToCopy(chain.writableLength);
+        break;
+      }
+    } catch (err) {
+      if (!(err instanceof RingError)) throw err;
+      this.failed = q;
+      this.failure = err.message;
+    }
+    if (posted > 0) link.publishFill();
+    if (guestEmpty && link.receivingInPlace && link.fillQueued() < OVERFLOW_LOW_WATER) {
+      // The guest has given all it has and the kernel is about to run out: the guest sets the
+      // pace (kernel drops now are its doing), and frames go to relay chunks behind its buffers
+      // to wait there for it, instead of being dropped.
+      this.guestOutOfBuffers = true;
+      if (link.relayChunksOut < OVERFLOW_CHUNKS) link.addOverflowChunks(Math.min(OVERFLOW_STEP, OVERFLOW_CHUNKS - link.relayChunksOut));
+    }
   }
 
   /**
@@ -816,6 +1005,16 @@ export class VfToVm extends Direction {
   hasWork(): boolean {
     const port = this.port;
     if (port === null || this.hold) return false;
+    const g = this.guestLink;
+    if (g !== null) {
+      // New guest buffers are work while they can be posted; frames are while some landed in
+      // posted buffers (those come before any copy) or the guest has a buffer for a copy.
+      if (this.inPlace && g.receivingInPlace && g.canPostGuest && this.guestHasRoom()) return true;
+      if (!port.rxReady()) return false;
+      if (g.rxHeadIsGuest() || g.reservedCopies > 0 || this.guestHasRoom()) return true;
+      this.guestOutOfBuffers = true;
+      return false;
+    }
     if (!port.rxReady()) return false;
     // Frames with nowhere to go are not work: they wait in the VF ring for guest buffers.
     if (this.guestHasRoom()) return true;
@@ -835,6 +1034,20 @@ export class VfToVm extends Direction {
 
   armForSleep(): boolean {
     if (this.port === null || this.hold) return false;
+    const g = this.guestLink;
+    if (g !== null && this.inPlace && g.receivingInPlace) {
+      // Buffers the guest adds while the worker sleeps go to the kernel: it kicks for them.
+      let added = false;
+      for (const q of this.queues) {
+        try {
+          if (q.queue.enableNotifications()) added = true;
+        } catch (err) {
+          if (err instanceof RingError) this.dropQueue(q, err.message);
+          else throw err;
+        }
+      }
+      return this.port.rxReady() || ((added || this.guestHasRoom()) && g.canPostGuest);
+    }
     if (!this.port.rxReady()) return false;
     // Frames wait in the VF ring because the guest has no buffers: ask the guest to kick when
     // it adds some, and sleep on those kicks rather than on the (ready) packet socket.
@@ -857,6 +1070,10 @@ export class VfToVm extends Direction {
   wakeFds(): number[] {
     // Holding: the next reconfiguration (a queue starts) wakes the worker through its own eventfd.
     if (this.port === null || this.hold) return [];
+    const g = this.guestLink;
+    if (g !== null && this.inPlace && g.receivingInPlace) {
+      return [...this.queues.filter((q) => q.kickFd >= 0).map((q) => q.kickFd), ...g.rxFds];
+    }
     if (!this.guestHasRoom()) return this.queues.filter((q) => q.kickFd >= 0).map((q) => q.kickFd);
     return this.port.links.flatMap((l) => l.rxFds);
   }

@@ -1,12 +1,21 @@
 // An AF_XDP port as a VfLink: receives from the sockets' RX rings (the redirect program in front
 // of the stack); sends through queue 0's TX ring. When the guest's memory is part of the UMEM, a
 // frame that lies in one piece of it is sent from there: its chain goes back to the guest only
-// when the kernel has completed it (HELD). Other frames are copied (OffloadSender).
+// when the kernel has completed it (HELD). Other frames are copied (OffloadSender). A port that
+// receives into guest buffers (sys/xdp-guest-rx.ts) takes the guest's receive chains here.
 import type { FrameAdmission, FrameHandler } from '../../sys/packet-ring.js';
-import { XdpPort, GUEST_QUEUED, GUEST_NO_ROOM, type XdpPortHandle } from '../../sys/xdp-socket.js';
+import { XdpPort, GUEST_QUEUED, GUEST_NO_ROOM, GUEST_RX_FRAME_ROOM, type GuestFrameHandler, type XdpPortHandle } from '../../sys/xdp-socket.js';
+import type { DescriptorChain } from '../../virtio/descriptor-chain.js';
 import { guestUmemOffset, type UmemGuestSlot } from '../../sys/xdp-umem.js';
 import { OffloadSender } from './offload-sender.js';
 import { HELD, NO_ROOM, REFUSED, type GuestFrame, type VfLink } from './vf-link.js';
+
+/** postGuestChain results. */
+export const POSTED = 1;
+/** The fill ring or the posted table is full: the chain stays for later. */
+export const POST_NO_ROOM = 0;
+/** The chain cannot take a frame in place (too small, outside the UMEM): the port must copy. */
+export const POST_UNFIT = -1;
 
 export class XdpLink extends OffloadSender implements VfLink {
   readonly kind = 'af_xdp' as const;
@@ -29,8 +38,109 @@ export class XdpLink extends OffloadSender implements VfLink {
     this.rxFds = this.port.rxFds;
   }
 
-  receive(onFrame: FrameHandler, budget: number, admit?: FrameAdmission): number {
-    return this.port.receive(onFrame, budget, admit);
+  receive(onFrame: FrameHandler, budget: number, admit?: FrameAdmission, onGuest?: GuestFrameHandler): number {
+    return this.port.receive(onFrame, budget, admit, onGuest);
+  }
+
+  /** The port can take guest receive buffers (its posted table exists, whether or not it copies now). */
+  get guestReceiveTable(): boolean {
+    return this.port.guestTable !== null;
+  }
+
+  /** Guest receive buffers go to the kernel (false: the port copies, for good). */
+  get receivingInPlace(): boolean {
+    const t = this.port.guestTable;
+    return t !== null && !t.copying;
+  }
+
+  /**
+   * Posts a receive chain to the fill ring when a frame can land in it in place: the header in
+   * the first descriptor, then (in the same descriptor or the next) room for the largest frame in
+   * one piece of guest memory inside the UMEM. The kernel never writes outside that room. With
+   * `reserveOnly` the chain is checked the same way but reserved for a frame in a relay chunk.
+   */
+  postGuestChain(chain: DescriptorChain, hdrLen: number, key: number, availIdx: number, reserveOnly = false): number {
+    if (chain.error !== null || chain.readableLength !== 0 || chain.segmentCount === 0 || chain.segLength[0] < hdrLen) return POST_UNFIT;
+    const i = chain.segLength[0] === hdrLen ? 1 : 0;
+    if (i >= chain.segmentCount) return POST_UNFIT;
+    const skip = i === 0 ? hdrLen : 0;
+    if (chain.segLength[i] - skip < GUEST_RX_FRAME_ROOM) return POST_UNFIT;
+    const at = guestUmemOffset(this.guestSlots, chain.segHost[i] + skip, GUEST_RX_FRAME_ROOM);
+    if (at < 0) return POST_UNFIT;
+    const fillAddress = at - this.port.rxDataOffset;
+    if (fillAddress < 0) return POST_UNFIT;
+    // A chain fit to post is fit for a copy too: reserved, it waits for a frame in a relay chunk.
+    if (reserveOnly) return this.port.reserveCopy(key, availIdx) ? POSTED : POST_NO_ROOM;
+    return this.port.postGuest(fillAddress, key, availIdx, chain.segGpa[0], chain.segGpa[i] + skip) ? POSTED : POST_NO_ROOM;
+  }
+
+  /** Whether another guest buffer could be posted now (the table and the fill ring have room). */
+  get canPostGuest(): boolean {
+    return this.port.guestCanPost();
+  }
+
+  publishFill(): void {
+    this.port.publishFill();
+  }
+
+  /**
+   * The port copies from now on; its own chunks go back to the fill ring as room allows. The size
+   * of the buffer that could not take a frame in place is kept for the log (0: the guest has
+   * several receive rings, or a packed one).
+   */
+  fallBackToCopy(unfitBufferBytes: number): void {
+    this.port.guestTable?.fallBackToCopy(unfitBufferBytes);
+    this.port.refillRelayChunks();
+  }
+
+  refillRelayChunks(): void {
+    this.port.refillRelayChunks();
+  }
+
+  /** Guest buffers with the kernel (posted, not yet delivered). */
+  get guestBuffersOut(): number {
+    return this.port.guestTable?.outstanding ?? 0;
+  }
+
+  /** Chains reserved for frames in relay chunks (overflow), not yet used. */
+  get reservedCopies(): number {
+    return this.port.guestTable?.reserved ?? 0;
+  }
+
+  /** Relay chunks out: in the fill ring, with the kernel, or holding a frame not yet copied. */
+  get relayChunksOut(): number {
+    return this.port.guestTable?.relayOut ?? 0;
+  }
+
+  reserveCopy(key: number, availIdx: number): boolean {
+    return this.port.reserveCopy(key, availIdx);
+  }
+
+  /** The oldest reserved chain's key (vring << 16 | head), or -1; finishCopy() once its frame is in. */
+  oldestReservedCopy(): number {
+    const t = this.port.guestTable;
+    return t !== null && t.findCopy() ? t.foundKey : -1;
+  }
+
+  finishCopy(): void {
+    this.port.guestTable!.complete();
+  }
+
+  fillQueued(): number {
+    return this.port.fillQueued();
+  }
+
+  addOverflowChunks(count: number): number {
+    return this.port.addOverflowChunks(count);
+  }
+
+  rxHeadIsGuest(): boolean {
+    return this.port.rxHeadIsGuest();
+  }
+
+  /** See GuestRxTable.nextAvailAfterOutstanding. */
+  nextAvailAfterOutstanding(vring: number): number {
+    return this.port.guestTable?.nextAvailAfterOutstanding(vring) ?? -1;
   }
 
   rxReady(): boolean {

@@ -73,7 +73,7 @@ describe.skipIf(!ready)('AF_XDP VF ports with DPDK virtio-user', () => {
     // The VM's memory arrived: the port was opened again around it (DPDK's one hugepage file).
     expect(portLog(relay)[1]).toMatch(new RegExp(`^VF ${vf}: AF_XDP port, program \\d+ in the driver, copy mode, 1 queue, UMEM over the VM's memory \\(1 region, \\d+ MiB pinned\\)$`));
     const running = statsToolCounters(statsEp, 1) as unknown as { ports: unknown[] };
-    expect(running.ports).toEqual([{ netdev: vf, port: 'af_xdp', attach: 'native', dispatcher: false, zeroCopy: false, umem: 'guest' }]);
+    expect(running.ports).toEqual([{ netdev: vf, port: 'af_xdp', attach: 'native', dispatcher: false, zeroCopy: false, umem: 'guest', rxInPlace: false }]);
     const stats = await testpmd.stop();
     testpmd = null;
     await sleep(300);
@@ -89,7 +89,7 @@ describe.skipIf(!ready)('AF_XDP VF ports with DPDK virtio-user', () => {
     expect(stats[0].txPackets - counters.vmToVf.rxPackets).toBeLessThanOrEqual(1024);
     const whole = counters as unknown as { ports: unknown[] };
     // The VM gone, its memory left the UMEM (and is no longer pinned).
-    expect(whole.ports).toEqual([{ netdev: vf, port: 'af_xdp', attach: 'native', dispatcher: false, zeroCopy: false, umem: 'relay' }]);
+    expect(whole.ports).toEqual([{ netdev: vf, port: 'af_xdp', attach: 'native', dispatcher: false, zeroCopy: false, umem: 'relay', rxInPlace: false }]);
     expect(portLog(relay).length).toBe(3);
     await relay.stop();
     relay = null;
@@ -116,6 +116,30 @@ describe.skipIf(!ready)('AF_XDP VF ports with DPDK virtio-user', () => {
     relay = await startRelay({ staticVfs: { [vf]: 2 }, configLines: ['VIRTIOFWD_VF_PORT=af_xdp'] });
     await waitFor(() => portLog(relay!).length > 0, 10_000, 'the port to be opened again');
     expect(portLog(relay)[0]).toMatch(/AF_XDP port/);
+  });
+
+  it('VIRTIOFWD_XDP_RX=guest: frames land in the VM\'s buffers, every one counted; a stopped VM gets back the buffers the port held, and the next VM receives', async () => {
+    const statsEp = `ipc:///tmp/vio4wd-stats4-${tag}`;
+    relay = await startRelay({ staticVfs: { [vf]: 2 }, configLines: ['VIRTIOFWD_VF_PORT=af_xdp', 'VIRTIOFWD_XDP_RX=guest', `VIRTIOFWD_ZMQ_STATS_EP=${statsEp}`] });
+    for (let round = 0; round < 2; round++) {
+      testpmd = startTestpmd({ vdevs: [virtioUserVdev({ path: relay.socketPath(2), queueSize: 1024 })], forwardMode: 'rxonly', cpu: 1 });
+      await waitFor(() => portLog(relay!).filter((m) => m.endsWith(", receiving into the VM's buffers")).length > round, 20_000, "the port over the VM's memory");
+      await sleep(500);
+      const before = statsToolCounters(statsEp, 2).vfToVm;
+      const running = statsToolCounters(statsEp, 2) as unknown as { ports: unknown[] };
+      expect(running.ports).toEqual([{ netdev: vf, port: 'af_xdp', attach: 'native', dispatcher: false, zeroCopy: false, umem: 'guest', rxInPlace: true }]);
+      await udpFromPeer(3000);
+      await sleep(500);
+      const rx = await testpmd.stop();
+      testpmd = null;
+      await waitFor(() => relay!.logs().filter((l) => /receive buffers the AF_XDP port held went back to vring 0$/.test(String(l.msg))).length > round, 10_000, 'the held buffers to go back');
+      const c = statsToolCounters(statsEp, 2).vfToVm;
+      // Every frame the VF took reached the guest or is counted where it was lost.
+      expect(rx[0].rxPackets).toBe(c.packets - before.packets);
+      expect(c.packets - before.packets + (c.dropsKernelRing - before.dropsKernelRing)).toBe(3000);
+      expect(c.packets - before.packets).toBeGreaterThan(0);
+      expect(c.dropsQueueFull + c.dropsBadFrame + c.badChains).toBe(0);
+    }
   });
 
   it('a VF whose AF_XDP port cannot be opened again leaves the relay and its device, so nothing holds it any more', async () => {

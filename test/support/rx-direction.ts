@@ -7,6 +7,7 @@ import { SplitQueueDriver } from '../../virtio/split-queue-driver.js';
 import { VfToVm } from '../../relay/datapath/directions.js';
 import { Counter, counterBase, createCounterBuffer, Dir } from '../../relay/datapath/counters.js';
 import type { DirectionSpec, PortSpec } from '../../relay/datapath/worker-protocol.js';
+import { resumeStateFromGuest } from '../../relay/control/resume-state.js';
 import type { TxRig } from './tx-direction.js';
 
 const QSIZE = 256;
@@ -18,6 +19,8 @@ let memoryIds = 9500;
 export interface ReceivedFrame {
   header: Uint8Array;
   frame: Uint8Array;
+  /** The head of the (first) chain it came in. */
+  head: number;
 }
 
 export interface RxDirection {
@@ -26,6 +29,15 @@ export interface RxDirection {
   postMergeable(count: number, length: number): void;
   /** Posts `count` chains of descriptors of `lengths` bytes each (a guest without MRG_RXBUF). */
   postChains(count: number, lengths: number[]): void;
+  /** Posts one chain of buffers where the caller says (a hostile guest's addresses). */
+  postAt(parts: { gpa: number; len: number }[]): void;
+  /** Heads of the chains posted so far, in posting (avail) order. */
+  postedHeads: number[];
+  /**
+   * Replaces `d` by a new direction over the same ring and port, as a worker that restarts after
+   * its thread ended does: resuming from the used index in guest memory (resumeStateFromGuest).
+   */
+  restartFromGuest(): void;
   /** Frames the relay completed since the last call, the virtio-net header apart. */
   received(): ReceivedFrame[];
   counter(c: Counter): number;
@@ -57,9 +69,10 @@ export function rxDirection(rig: TxRig, relay: number, guest: { rxOffloads?: num
     },
   };
   const counters = new Float64Array(createCounterBuffer());
-  const d = new VfToVm(spec, null, counters, (q, m) => {
+  const onRingError = (q: number, m: string) => {
     throw new Error(`ring ${q} stopped: ${m}`);
-  });
+  };
+  const d = new VfToVm(spec, null, counters, onRingError);
   const base = counterBase(relay, Dir.VfToVm);
   /** The buffers of each posted chain, by head: where the device wrote. */
   const chains = new Map<number, Array<{ gpa: number; len: number }>>();
@@ -70,10 +83,13 @@ export function rxDirection(rig: TxRig, relay: number, guest: { rxOffloads?: num
     next += Math.ceil(len / 64) * 64;
     return gpa;
   };
-  const post = (lengths: number[]) => {
-    const parts = lengths.map((len) => ({ gpa: take(len), len, writable: true }));
-    chains.set(driver.addBuffers(parts), parts);
+  const postedHeads: number[] = [];
+  const postParts = (parts: { gpa: number; len: number; writable: boolean }[]) => {
+    const head = driver.addBuffers(parts);
+    chains.set(head, parts);
+    postedHeads.push(head);
   };
+  const post = (lengths: number[]) => postParts(lengths.map((len) => ({ gpa: take(len), len, writable: true })));
   /** The `len` bytes the device wrote into the chain at `head`. */
   const written = (head: number, len: number): Uint8Array => {
     const out = new Uint8Array(len);
@@ -86,8 +102,11 @@ export function rxDirection(rig: TxRig, relay: number, guest: { rxOffloads?: num
     chains.delete(head);
     return out;
   };
-  return {
+  const api: RxDirection = {
     d,
+    restartFromGuest: () => {
+      api.d = new VfToVm(spec, resumeStateFromGuest(spec), counters, onRingError);
+    },
     postMergeable: (count, length) => {
       for (let i = 0; i < count; i++) post([length]);
       driver.publish();
@@ -96,6 +115,11 @@ export function rxDirection(rig: TxRig, relay: number, guest: { rxOffloads?: num
       for (let i = 0; i < count; i++) post(lengths);
       driver.publish();
     },
+    postAt: (parts) => {
+      postParts(parts.map((p) => ({ ...p, writable: true })));
+      driver.publish();
+    },
+    postedHeads,
     received: () => {
       const out: ReceivedFrame[] = [];
       for (let e = driver.popUsed(); e !== null; e = driver.popUsed()) {
@@ -109,10 +133,11 @@ export function rxDirection(rig: TxRig, relay: number, guest: { rxOffloads?: num
           if (more === null) throw new Error(`frame announced ${count} buffers, the used ring had ${k}`);
           pieces.push(written(more.id, more.len));
         }
-        out.push({ header, frame: new Uint8Array(Buffer.concat(pieces)) });
+        out.push({ header, frame: new Uint8Array(Buffer.concat(pieces)), head: e.id });
       }
       return out;
     },
     counter: (c) => counters[base + c],
   };
+  return api;
 }

@@ -68,6 +68,7 @@ describe('defaults', () => {
       tso: false,
       vfPort: 'af_packet',
       xdpUmem: 'guest',
+      xdpRx: 'copy',
       portControl: { mode: 'zmq', ovsdbSocketPath: '/var/run/openvswitch/db.sock', ipcCommandFile: '/tmp/vio_cmd' },
       zmq: {
         portControl: 'ipc:///var/run/virtio-forwarder/port_control',
@@ -397,6 +398,9 @@ describe('log level, poll mode, sysfs root', () => {
     expect(problemOf('VIRTIOFWD_VF_PORT=xdp')).toBe('VIRTIOFWD_VF_PORT="xdp" (line 1): expected af_packet, af_xdp or auto');
     expect(load('VIRTIOFWD_XDP_UMEM=Relay').config.xdpUmem).toBe('relay');
     expect(load('VIRTIOFWD_XDP_UMEM=').config.xdpUmem).toBe('guest');
+    expect(load('VIRTIOFWD_XDP_RX=Guest').config.xdpRx).toBe('guest');
+    expect(load('VIRTIOFWD_XDP_RX=').config.xdpRx).toBe('copy');
+    expect(problemOf('VIRTIOFWD_XDP_RX=zerocopy')).toBe('VIRTIOFWD_XDP_RX="zerocopy" (line 1): expected copy or guest');
     expect(problemOf('VIRTIOFWD_XDP_UMEM=vm')).toBe('VIRTIOFWD_XDP_UMEM="vm" (line 1): expected guest or relay');
   });
 
@@ -566,6 +570,7 @@ describe('every variable, good and bad', () => {
     VIRTIOFWD_UNSEALED_MEMORY: ['refuse', 'allow'],
     VIRTIOFWD_VF_PORT: ['af_xdp', 'dpdk'],
     VIRTIOFWD_XDP_UMEM: ['relay', 'copy'],
+    VIRTIOFWD_XDP_RX: ['guest', 'zerocopy'],
     VIRTIOFWD_SOCKET_OWNER: ['root', 'nobody-here'],
     VIRTIOFWD_SOCKET_GROUP: ['kvm', 'nogroup-here'],
     VIRTIOFWD_HUGETLBFS_MOUNT_POINT: ['/mnt/huge', '(a b)'],
