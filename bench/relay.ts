@@ -109,7 +109,7 @@ function startRelay(b: Bench, kind: RelayKind): Promise<RelayUnderTest> {
     cpu: b.opts.relayCpu,
     pollMode: xdp ? (kind.slice(0, -4) as 'busy' | 'adaptive') : (kind as 'busy' | 'adaptive'),
     pin: b.opts.pinRelay,
-    config: [`VIRTIOFWD_VF_PORT=${xdp ? 'af_xdp' : 'af_packet'}`, ...(xdp ? [`VIRTIOFWD_XDP_UMEM=${b.opts.xdpUmem}`] : [])],
+    config: [`VIRTIOFWD_VF_PORT=${xdp ? 'af_xdp' : 'af_packet'}`, ...(xdp ? [`VIRTIOFWD_XDP_UMEM=${b.opts.xdpUmem}`, `VIRTIOFWD_XDP_RX=${b.opts.xdpRx}`] : [])],
   });
 }
 
@@ -392,7 +392,7 @@ async function main(): Promise<number> {
     createTopology(topo);
     const anchor = await startNamespaceAnchor(topo.ns);
     const b: Bench = { opts, topo, anchor, socketDir };
-    log.info({ topology: topo, relays, sizes: opts.sizes, directions: opts.directions, runs: opts.runs, xdpUmem: opts.xdpUmem }, 'relay bench starting');
+    log.info({ topology: topo, relays, sizes: opts.sizes, directions: opts.directions, runs: opts.runs, xdpUmem: opts.xdpUmem, xdpRx: opts.xdpRx }, 'relay bench starting');
     for (let run = 1; run <= opts.runs; run++) {
       for (const direction of opts.directions) {
         for (const size of opts.sizes) {

@@ -15,6 +15,7 @@ export interface BenchOptions {
   vfPorts: ('af_packet' | 'af_xdp' | 'memif')[];
   /** Our AF_XDP relay's VIRTIOFWD_XDP_UMEM. */
   xdpUmem: 'guest' | 'relay';
+  xdpRx: 'copy' | 'guest';
   relayCpu: number;
   trafficCpu: number;
   /** % of one core; a window above it is marked contaminated (and re-done up to `redo` times). */
@@ -50,6 +51,8 @@ traffic on the other.
                       and ours with a memif device, the traffic process's net_memif port at the far end
   --xdp-umem W        our AF_XDP relay's VIRTIOFWD_XDP_UMEM: guest (frames sent from guest
                       memory, the default) or relay (every frame copied)
+  --xdp-rx W          our AF_XDP relay's VIRTIOFWD_XDP_RX: copy (the default) or guest (frames
+                      received straight into the guest's buffers)
   --relay-cpu N       CPU of the relay under test (default 0)
   --traffic-cpu N     CPU of the traffic process (default 1)
   --max-foreign P     foreign CPU, % of one core, above which a run counts as contaminated (default 15)
@@ -105,6 +108,7 @@ export function parseOptions(argv: string[]): BenchOptions {
     dpdk: true,
     vfPorts: ['af_packet', 'af_xdp'],
     xdpUmem: 'guest',
+    xdpRx: 'copy',
     relayCpu: 0,
     trafficCpu: 1,
     maxForeign: 15,
@@ -166,6 +170,12 @@ export function parseOptions(argv: string[]): BenchOptions {
         const v = next();
         if (v !== 'guest' && v !== 'relay') throw new Error(`${a}: expected guest or relay, not ${JSON.stringify(v)}`);
         o.xdpUmem = v;
+        break;
+      }
+      case '--xdp-rx': {
+        const v = next();
+        if (v !== 'copy' && v !== 'guest') throw new Error(`${a}: expected copy or guest, not ${JSON.stringify(v)}`);
+        o.xdpRx = v;
         break;
       }
       case '--relay-cpu':

@@ -1010,8 +1010,8 @@ export class VfToVm extends Direction {
       // New guest buffers are work while they can be posted; frames are while some landed in
       // posted buffers (those come before any copy) or the guest has a buffer for a copy.
       if (this.inPlace && g.receivingInPlace && g.canPostGuest && this.guestHasRoom()) return true;
+      if (this.framesCanMove(g)) return true;
       if (!port.rxReady()) return false;
-      if (g.rxHeadIsGuest() || g.reservedCopies > 0 || this.guestHasRoom()) return true;
       this.guestOutOfBuffers = true;
       return false;
     }
@@ -1020,6 +1020,14 @@ export class VfToVm extends Direction {
     if (this.guestHasRoom()) return true;
     this.guestOutOfBuffers = true;
     return false;
+  }
+
+  /**
+   * Whether received frames wait that a burst can move: the next one is in a guest buffer, or a
+   * chain is reserved or free for a copy.
+   */
+  private framesCanMove(g: XdpLink): boolean {
+    return this.port!.rxReady() && (g.rxHeadIsGuest() || g.reservedCopies > 0 || this.guestHasRoom());
   }
 
   /**
@@ -1046,7 +1054,7 @@ export class VfToVm extends Direction {
           else throw err;
         }
       }
-      return this.port.rxReady() || ((added || this.guestHasRoom()) && g.canPostGuest);
+      return this.framesCanMove(g) || ((added || this.guestHasRoom()) && g.canPostGuest);
     }
     if (!this.port.rxReady()) return false;
     // Frames wait in the VF ring because the guest has no buffers: ask the guest to kick when
@@ -1072,7 +1080,9 @@ export class VfToVm extends Direction {
     if (this.port === null || this.hold) return [];
     const g = this.guestLink;
     if (g !== null && this.inPlace && g.receivingInPlace) {
-      return [...this.queues.filter((q) => q.kickFd >= 0).map((q) => q.kickFd), ...g.rxFds];
+      const kicks = this.queues.filter((q) => q.kickFd >= 0).map((q) => q.kickFd);
+      // A frame to copy waits for a buffer: the VF's fds would wake the worker at once, for nothing.
+      return this.port.rxReady() && !this.framesCanMove(g) ? kicks : [...kicks, ...g.rxFds];
     }
     if (!this.guestHasRoom()) return this.queues.filter((q) => q.kickFd >= 0).map((q) => q.kickFd);
     return this.port.links.flatMap((l) => l.rxFds);

@@ -4,7 +4,9 @@
 // eventfd, always-readable kicks, broken descriptor chains and a seeded random stream of requests.
 // After every case: the daemon is alive, the healthy VM still forwards a frame each way, and the
 // hostile VM can reconnect and forward too. Around the campaign, the daemon's fds and RSS. All of
-// it twice: with AF_PACKET VF ports and with AF_XDP ones (VIRTIOFWD_VF_PORT).
+// it three times: with AF_PACKET VF ports, with AF_XDP ones (VIRTIOFWD_VF_PORT), and with AF_XDP
+// ones that receive straight into the guest's buffers (VIRTIOFWD_XDP_RX=guest: the hostile guest's
+// receive chains go to the kernel's fill ring).
 //
 // VIO4WD_HOSTILE_CASES=N (default 50) random cases, VIO4WD_HOSTILE_SEED=S to replay a run.
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
@@ -33,14 +35,20 @@ async function relayCounters(client: ControlClient, id: number): Promise<RelayCo
   return r as unknown as RelayCounters;
 }
 
-describe.skipIf(!ready).each(['af_packet', 'af_xdp'])('relay (%s VF ports) against a hostile front-end on the same worker as a healthy one', (vfPort) => {
+const kinds = [
+  { vfPort: 'af_packet', xdpRx: 'copy' },
+  { vfPort: 'af_xdp', xdpRx: 'copy' },
+  { vfPort: 'af_xdp', xdpRx: 'guest' },
+];
+
+describe.skipIf(!ready).each(kinds)('relay ($vfPort VF ports, receiving by $xdpRx) against a hostile front-end on the same worker as a healthy one', ({ vfPort, xdpRx }) => {
   let relay: RunningRelay;
   let reactor: Reactor;
   let healthy: TestVm;
   let hostile: TestVm;
   let stats: ControlClient;
   const [siteA, siteB] = sites;
-  const statsEp = `ipc:///tmp/vio4wd-hostile-stats-${vfPort}-${tag}`;
+  const statsEp = `ipc:///tmp/vio4wd-hostile-stats-${vfPort}-${xdpRx}-${tag}`;
 
   beforeAll(async () => {
     for (const s of sites) setUpSite(s);
@@ -49,13 +57,17 @@ describe.skipIf(!ready).each(['af_packet', 'af_xdp'])('relay (%s VF ports) again
       cpus: [0],
       logLevel: 6,
       staticVfs: { [siteA.vf]: siteA.relayId, [siteB.vf]: siteB.relayId },
-      configLines: [`VIRTIOFWD_ZMQ_STATS_EP=${statsEp}`, `VIRTIOFWD_VF_PORT=${vfPort}`],
+      configLines: [`VIRTIOFWD_ZMQ_STATS_EP=${statsEp}`, `VIRTIOFWD_VF_PORT=${vfPort}`, `VIRTIOFWD_XDP_RX=${xdpRx}`],
     });
     stats = new ControlClient(statsEp, 3000);
     reactor = new Reactor();
     healthy = new TestVm('healthy');
     hostile = new TestVm('hostile');
     await healthy.connect(relay.socketPath(siteA.relayId), reactor);
+    if (xdpRx === 'guest') {
+      // The campaign must meet a port that takes the guest's receive chains into its fill ring.
+      await waitFor(() => relay.logs().some((l) => String(l.msg).startsWith(`VF ${siteA.vf}: AF_XDP port`) && String(l.msg).endsWith(", receiving into the VM's buffers")), 10_000, 'the healthy VM\'s port to receive in place');
+    }
   });
 
   afterAll(async () => {

@@ -8,6 +8,8 @@ describe('bench/relay.ts options', () => {
     expect(parseOptions(['--rx-rate', '0.4'])).toMatchObject({ rxRateMpps: 0.4 });
     expect(parseOptions(['--runs', '2', '--quick'])).toMatchObject({ runs: 2, windowSeconds: 3, sizes: [64] });
     expect(parseOptions(['--directions', 'rx,rx', '--vf-ports', 'memif'])).toMatchObject({ directions: ['rx'], vfPorts: ['memif'] });
+    expect(parseOptions([])).toMatchObject({ xdpUmem: 'guest', xdpRx: 'copy' });
+    expect(parseOptions(['--xdp-rx', 'guest'])).toMatchObject({ xdpRx: 'guest' });
   });
 
   it('refuses numbers that are not, lists with unknown items, and flags without their value', () => {
@@ -16,6 +18,7 @@ describe('bench/relay.ts options', () => {
     expect(() => parseOptions(['--runs', '1.5'])).toThrow('--runs needs a whole number > 0, got 1.5');
     expect(() => parseOptions(['--directions', 'up'])).toThrow('--directions: unknown value "up"');
     expect(() => parseOptions(['--json'])).toThrow('--json needs a file name');
+    expect(() => parseOptions(['--xdp-rx', 'zero'])).toThrow('--xdp-rx: expected copy or guest, not "zero"');
   });
 
   it('says in --help which environment variables it reads', () => {
