@@ -35,13 +35,13 @@ async function relayCounters(client: ControlClient, id: number): Promise<RelayCo
   return r as unknown as RelayCounters;
 }
 
-const kinds = [
-  { vfPort: 'af_packet', xdpRx: 'copy' },
-  { vfPort: 'af_xdp', xdpRx: 'copy' },
-  { vfPort: 'af_xdp', xdpRx: 'guest' },
+const kinds: [vfPort: string, xdpRx: string][] = [
+  ['af_packet', 'copy'],
+  ['af_xdp', 'copy'],
+  ['af_xdp', 'guest'],
 ];
 
-describe.skipIf(!ready).each(kinds)('relay ($vfPort VF ports, receiving by $xdpRx) against a hostile front-end on the same worker as a healthy one', ({ vfPort, xdpRx }) => {
+describe.skipIf(!ready).each(kinds)('relay (%s VF ports, receiving by %s) against a hostile front-end on the same worker as a healthy one', (vfPort, xdpRx) => {
   let relay: RunningRelay;
   let reactor: Reactor;
   let healthy: TestVm;
