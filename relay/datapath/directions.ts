@@ -285,6 +285,23 @@ abstract class Direction {
     this.onRingError(q.index, message);
   }
 
+  /**
+   * Asks the guest to kick on every ring (before the worker sleeps); true when one had work added
+   * meanwhile. A ring whose indexes are broken stops, the others go on.
+   */
+  protected enableNotifications(): boolean {
+    let added = false;
+    for (const q of [...this.queues]) {
+      try {
+        if (q.queue.enableNotifications()) added = true;
+      } catch (err) {
+        if (err instanceof RingError) this.dropQueue(q, err.message);
+        else throw err;
+      }
+    }
+    return added;
+  }
+
   /** Publishes every ring; a ring whose call fd fails stops, the others go on. */
   protected publishAll(): void {
     const queues = this.queues;
@@ -541,16 +558,8 @@ export class VmToVf extends Direction {
   }
 
   armForSleep(): boolean {
-    let work = this.holders.length > 0 && this.heldFrames() > 0;
-    for (const q of this.queues) {
-      try {
-        if (q.queue.enableNotifications()) work = true;
-      } catch (err) {
-        if (err instanceof RingError) this.dropQueue(q, err.message);
-        else throw err;
-      }
-    }
-    return work;
+    const added = this.enableNotifications();
+    return added || (this.holders.length > 0 && this.heldFrames() > 0);
   }
 
   disarm(): void {
@@ -1045,30 +1054,13 @@ export class VfToVm extends Direction {
     const g = this.guestLink;
     if (g !== null && this.inPlace && g.receivingInPlace) {
       // Buffers the guest adds while the worker sleeps go to the kernel: it kicks for them.
-      let added = false;
-      for (const q of this.queues) {
-        try {
-          if (q.queue.enableNotifications()) added = true;
-        } catch (err) {
-          if (err instanceof RingError) this.dropQueue(q, err.message);
-          else throw err;
-        }
-      }
+      const added = this.enableNotifications();
       return this.framesCanMove(g) || ((added || this.guestHasRoom()) && g.canPostGuest);
     }
     if (!this.port.rxReady()) return false;
     // Frames wait in the VF ring because the guest has no buffers: ask the guest to kick when
     // it adds some, and sleep on those kicks rather than on the (ready) packet socket.
-    let refilled = false;
-    for (const q of this.queues) {
-      try {
-        if (q.queue.enableNotifications()) refilled = true;
-      } catch (err) {
-        if (err instanceof RingError) this.dropQueue(q, err.message);
-        else throw err;
-      }
-    }
-    return refilled || this.guestHasRoom();
+    return this.enableNotifications() || this.guestHasRoom();
   }
 
   disarm(): void {
