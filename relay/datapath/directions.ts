@@ -672,7 +672,8 @@ export class VfToVm extends Direction {
       let q: GuestQueue | undefined;
       for (const x of this.queues) if (x.index === key >>> 16) q = x;
       if (q === undefined) {
-        // Its ring stopped meanwhile: the buffer is the ring's next owner's to rewind over.
+        // Its ring stopped after an error: the VM must reset the device, which gives the ring
+        // fresh buffers, so the frame is dropped.
         this.dropped++;
         return true;
       }
@@ -686,6 +687,7 @@ export class VfToVm extends Direction {
           return true;
         }
         const r = memory.regionIndexOfRange(hdrGpa, hdrLen);
+        if (r < 0) throw new RingError(`vring ${q.index}`, `receive buffer at head ${key & 0xffff} is no longer in guest memory`);
         const bytes = memory.regions[r]!.bytes;
         const at = hdrGpa - memory.regions[r]!.guestPhysAddr;
         bytes.fill(0, at, at + hdrLen);
