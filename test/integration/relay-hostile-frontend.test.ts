@@ -137,10 +137,25 @@ describe.skipIf(!ready).each(kinds)('relay (%s VF ports, receiving by %s) agains
       fillEventfd(call); // leaves the shared description blocking
       const stopped = () =>
         relay.logs().some((l) => l.relay === siteB.relayId && String(l.msg).includes(`vring ${ring}: call fd`) && String(l.msg).includes('blocked a write'));
-      // Make the relay signal that ring: a frame to receive, or a frame sent.
-      if (ring === 0) sendFromPeer(siteB, 1);
-      else hostile.sendFrame(new Uint8Array(60).fill(0xff, 0, 6));
-      await waitFor(stopped, 5000, `${what}: the ring stopped with a log line`, 20);
+      // Make the relay signal that ring: a frame to receive, or a frame sent. A port that receives
+      // into the guest's buffers drops what arrives before it has posted the first of them (as a
+      // NIC does before its driver posts buffers), so frames to receive go on until one lands.
+      if (ring === 1) hostile.sendFrame(new Uint8Array(60).fill(0xff, 0, 6));
+      let nextFrame = 0;
+      const signalled = () => {
+        if (ring === 0 && !stopped() && Date.now() >= nextFrame) {
+          sendFromPeer(siteB, 1);
+          nextFrame = Date.now() + 250;
+        }
+        return stopped();
+      };
+      try {
+        await waitFor(signalled, 5000, `${what}: the ring stopped with a log line`, 20);
+      } catch (err) {
+        const tail = relay.proc.output().split('\n').slice(-12).join('\n');
+        const counters = JSON.stringify(await relayCounters(stats, siteB.relayId).catch((e) => String(e)));
+        throw new Error(`${(err as Error).message}\nrelay ${siteB.relayId} counters: ${counters}\nrelay log:\n${tail}`);
+      }
       // The worker is free again: the healthy VM forwards at once.
       await checkBothWays(healthy, siteA, `${what} (healthy VM right after)`);
     } finally {
