@@ -830,8 +830,7 @@ export class XdpPort {
       table.park((chunk - q.h.chunkOffset) / this.chunkSize);
       return;
     }
-    setAddress(q.fill, q.fillDesc + ((q.fillNext & q.mask) << 1), chunk);
-    q.fillNext = (q.fillNext + 1) >>> 0;
+    this.pushFill(q, chunk);
   }
 
   /**
@@ -881,14 +880,16 @@ export class XdpPort {
    * the fill ring or the table is full. publishFill() makes a batch visible.
    */
   postGuest(fillAddress: number, key: number, availIdx: number, hdrGpa: number, frameGpa: number): boolean {
-    const table = this.guestTable;
-    const q = this.queues[0];
-    if (table === null || !table.hasRoom || table.relayOut + table.outstanding >= this.ringSize) return false;
-    if (((q.fillNext - Atomics.load(q.fill, q.fillCons)) >>> 0) >= this.ringSize) return false;
-    setAddress(q.fill, q.fillDesc + ((q.fillNext & q.mask) << 1), fillAddress);
-    q.fillNext = (q.fillNext + 1) >>> 0;
-    table.add(fillAddress, key, availIdx, hdrGpa, frameGpa);
+    if (!this.guestCanPost()) return false;
+    this.pushFill(this.queues[0], fillAddress);
+    this.guestTable!.add(fillAddress, key, availIdx, hdrGpa, frameGpa);
     return true;
+  }
+
+  /** Writes one address into a queue's fill ring (made visible by the next producer store). */
+  private pushFill(q: QueueRings, address: number): void {
+    setAddress(q.fill, q.fillDesc + ((q.fillNext & q.mask) << 1), address);
+    q.fillNext = (q.fillNext + 1) >>> 0;
   }
 
   /** Records a chain reserved for a frame in a relay chunk (xdp-guest-rx.ts); false when the table is full. */
@@ -914,9 +915,9 @@ export class XdpPort {
     if (table === null) return 0;
     const q = this.queues[0];
     let added = 0;
+    // Never more out than the RX ring holds, so the kernel never reorders (xdp-guest-rx.ts).
     while (added < count && table.parked > 0 && table.relayOut + table.outstanding < this.ringSize) {
-      setAddress(q.fill, q.fillDesc + ((q.fillNext & q.mask) << 1), q.h.chunkOffset + table.unpark() * this.chunkSize);
-      q.fillNext = (q.fillNext + 1) >>> 0;
+      this.pushFill(q, q.h.chunkOffset + table.unpark() * this.chunkSize);
       added++;
     }
     this.publishFill();
@@ -934,9 +935,8 @@ export class XdpPort {
   /** Whether postGuest would find room. */
   guestCanPost(): boolean {
     const table = this.guestTable;
-    const q = this.queues[0];
     return table !== null && table.hasRoom && table.relayOut + table.outstanding < this.ringSize
-      && ((q.fillNext - Atomics.load(q.fill, q.fillCons)) >>> 0) < this.ringSize;
+      && this.fillQueued() < this.ringSize;
   }
 
   /** Makes the fill entries written so far visible to the kernel, waking it if it asked to be. */
@@ -954,12 +954,7 @@ export class XdpPort {
   refillRelayChunks(): void {
     const table = this.guestTable;
     if (table === null || !table.copying || table.parked === 0) return;
-    const q = this.queues[0];
-    while (table.parked > 0 && table.relayOut + table.outstanding < this.ringSize) {
-      setAddress(q.fill, q.fillDesc + ((q.fillNext & q.mask) << 1), q.h.chunkOffset + table.unpark() * this.chunkSize);
-      q.fillNext = (q.fillNext + 1) >>> 0;
-    }
-    this.publishFill();
+    this.addOverflowChunks(Infinity);
   }
 
   /** True when a frame is waiting on some queue (a load per queue, no system call). */
