@@ -38,13 +38,20 @@ const SEGMENT_WAIT_MS = 50;
  * super-frame at a 1,448-byte MSS (46). A split ring's count is one subtraction and ignores it.
  */
 const ROOM_COUNT_LIMIT = 4 * BURST;
-/** Guest buffers left in an AF_XDP fill ring below which, the guest having no more, relay chunks are added behind them. */
-const OVERFLOW_LOW_WATER = 8 * BURST;
 /**
- * Relay chunks out at most as overflow for a guest that fell behind, added OVERFLOW_STEP at a time
- * while it stays behind: each one out holds back a guest chain for its frame (xdp-guest-rx.ts).
+ * Entries left in an AF_XDP fill ring below which, the guest having no more buffers to post,
+ * relay chunks are added behind its buffers. Far below OVERFLOW_STEP: while relay chunks are ahead
+ * in the fill ring the guest's new buffers are reserved for their frames, not posted, so the fill
+ * ring holds only chunks and the guest seems to have none even when it keeps pace. Topping it up
+ * at the step's level kept such a port copying for good; this low, a guest with buffers to spare
+ * gets some posted behind the chunks, and once those drain, frames land in place again.
  */
-const OVERFLOW_CHUNKS = 2048;
+const OVERFLOW_LOW_WATER = 2 * BURST;
+/**
+ * Relay chunks added as overflow at a time for a guest that fell behind, again while it stays
+ * behind, until the port has as many out as its RX ring holds (the bound that keeps the kernel
+ * from reordering, xdp-guest-rx.ts): the same depth a copying port has.
+ */
 const OVERFLOW_STEP = 8 * BURST;
 /** Receive chains may be larger than any frame we write into them; only the segment budget limits them. */
 const RX_MAX_CHAIN_BYTES = 1 << 20;
@@ -977,7 +984,7 @@ export class VfToVm extends Direction {
       // pace (kernel drops now are its doing), and frames go to relay chunks behind its buffers
       // to wait there for it, instead of being dropped.
       this.guestOutOfBuffers = true;
-      if (link.relayChunksOut < OVERFLOW_CHUNKS) link.addOverflowChunks(Math.min(OVERFLOW_STEP, OVERFLOW_CHUNKS - link.relayChunksOut));
+      link.addOverflowChunks(OVERFLOW_STEP);
     }
   }
 

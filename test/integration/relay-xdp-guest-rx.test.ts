@@ -4,7 +4,7 @@
 // own: the buffers a port holds belong to the ring it was given them by.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Counter } from '../../relay/datapath/counters.js';
-import { guestRxFallback, postedGuestBuffers } from '../../sys/xdp-guest-rx.js';
+import { GuestRxTable, guestRxFallback, postedGuestBuffers } from '../../sys/xdp-guest-rx.js';
 import type { XdpPortHandle } from '../../sys/xdp-socket.js';
 import { createNetns, createVethPair, deleteLink, deleteNetns, requireRoot, uniqueTag } from '../support/netns.js';
 import { sleep, stopAll } from '../support/processes.js';
@@ -118,6 +118,49 @@ describe.skipIf(!ready)('an AF_XDP port that receives into the guest buffers', (
       g.d.foldKernelDrops();
       expect(g.counter(Counter.DropsKernelRing)).toBe(0);
       expect(g.counter(Counter.Packets)).toBe(60);
+      g.d.release();
+    } finally {
+      rig.close();
+    }
+  });
+
+  it('a guest that caught up with buffers to spare gets frames in place again: the relay chunks drain and none are added', async () => {
+    const rig = openRig();
+    try {
+      const g = rxDirection(rig, 27, { mergeable: true });
+      const t = new GuestRxTable(table(rig));
+      g.postMergeable(8, 2048);
+      g.d.burst(); // the guest has no more: relay chunks follow its 8 buffers
+      expect(t.relayOut).toBeGreaterThan(64);
+      g.postMergeable(128, 2048); // it catches up, with more buffers than a round of traffic takes
+      const sent: Uint8Array[] = [];
+      let got: ReceivedFrame[] = [];
+      // Rounds of 32 frames; the guest posts a buffer for each frame it gets.
+      for (let round = 0; round < 30 && !(t.relayOut === 0 && t.reserved === 0); round++) {
+        const batch = Array.from({ length: 32 }, (_, i) => testFrame(700 + sent.length + i, 60 + ((sent.length + i) % 1400)));
+        expect(peerSend(ns, peer, batch)).toBe(32);
+        sent.push(...batch);
+        const before = got.length;
+        got = await receive(g, sent.length, got);
+        g.postMergeable(got.length - before, 2048);
+        g.d.burst();
+      }
+      // Every relay chunk is parked again and the guest's buffers are in the fill ring: the
+      // next frames can only land in them. (Topping the fill ring up while the guest kept pace
+      // would have kept the port copying: its reserved buffers never run short.)
+      expect(t.relayOut).toBe(0);
+      expect(t.reserved).toBe(0);
+      expect(t.outstanding).toBeGreaterThanOrEqual(128);
+      const last = Array.from({ length: 32 }, (_, i) => testFrame(1700 + i, 1514));
+      expect(peerSend(ns, peer, last)).toBe(32);
+      sent.push(...last);
+      got = await receive(g, sent.length, got);
+      expect(t.relayOut).toBe(0);
+      expect(got.map((r) => hex(r.frame))).toEqual(sent.map(hex));
+      expect(got.map((r) => r.head)).toEqual(g.postedHeads.slice(0, sent.length));
+      g.d.foldKernelDrops();
+      expect(g.counter(Counter.DropsKernelRing)).toBe(0);
+      expect(g.counter(Counter.DropsQueueFull) + g.counter(Counter.DropsBadFrame)).toBe(0);
       g.d.release();
     } finally {
       rig.close();
