@@ -152,6 +152,8 @@ export interface MemberPort {
   umem?: 'guest' | 'relay';
   /** AF_XDP: received frames land straight in the VM's buffers (false: they are copied there). */
   rxInPlace?: boolean;
+  /** AF_XDP: frames received so far straight into the VM's buffers (the others were copied). */
+  rxFramesInPlace?: number;
 }
 
 /** Which worker CPU serves each direction of a relay. */

@@ -455,6 +455,11 @@ export function xdpUmemKind(handle: XdpPortHandle): 'guest' | 'relay' {
   return handle.umem.guestSlots.length > 0 ? 'guest' : 'relay';
 }
 
+/** Frames received so far straight into a guest's posted buffers (VIRTIOFWD_XDP_RX=guest). */
+export function xdpFramesInPlace(handle: XdpPortHandle): number {
+  return new Float64Array(viewAt(handle.counterPage.address, handle.counterPage.length), 0, COUNTER_NAMES.length)[C_RX_IN_PLACE];
+}
+
 /** Whether every queue's socket runs in zero-copy mode (the driver moves frames into the UMEM itself). */
 export function xdpZeroCopy(handle: XdpPortHandle): boolean {
   return handle.queues.every((q) => q.zeroCopy);
@@ -540,10 +545,12 @@ export interface XdpPortCounters {
   rxTooLong: number;
   /** Frames in a guest buffer the posted table has no record of (never expected; dropped). */
   rxGuestUnknown: number;
+  /** Frames the kernel wrote straight into a guest's posted buffer (the rest of rxFrames were copied). */
+  rxFramesInPlace: number;
 }
 const COUNTER_NAMES = [
   'rxFrames', 'txFrames', 'txRejected', 'txFlushBusy', 'txFlushErrors', 'txLastErrno',
-  'kernelDrops', 'kernelRxDropped', 'kernelRxRingFull', 'kernelFillRingEmpty', 'kernelInvalidDescs', 'rxTooLong', 'rxGuestUnknown',
+  'kernelDrops', 'kernelRxDropped', 'kernelRxRingFull', 'kernelFillRingEmpty', 'kernelInvalidDescs', 'rxTooLong', 'rxGuestUnknown', 'rxFramesInPlace',
 ] as const satisfies readonly (keyof XdpPortCounters)[];
 const C_RX_FRAMES = 0;
 const C_TX_FRAMES = 1;
@@ -558,6 +565,7 @@ const C_KERNEL_FILL_RING_EMPTY = 9;
 const C_KERNEL_INVALID_DESCS = 10;
 const C_RX_TOO_LONG = 11;
 const C_RX_GUEST_UNKNOWN = 12;
+const C_RX_IN_PLACE = 13;
 
 /** What receiveJoined did with a frame in several chunks. */
 const JOIN_DELIVERED = 0;
@@ -791,6 +799,7 @@ export class XdpPort {
           }
           const more = onGuest(table.foundKey, table.foundHdrGpa, table.foundFrameGpa, at === posted + this.rxDataOffset ? length : -1);
           table.complete();
+          this.count[C_RX_IN_PLACE]++;
           if (!more) {
             stopped = true;
             break;

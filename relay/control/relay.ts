@@ -5,7 +5,7 @@
 // ring state saved) before it is attached again.
 import type { Logger } from 'pino';
 import { isXdpHandle, type VfHandle } from '../datapath/vf-link.js';
-import { GUEST_RX_FRAME_ROOM, xdpLeftovers, xdpUmemKind, xdpZeroCopy, type XdpPortHandle } from '../../sys/xdp-socket.js';
+import { GUEST_RX_FRAME_ROOM, xdpFramesInPlace, xdpLeftovers, xdpUmemKind, xdpZeroCopy, type XdpPortHandle } from '../../sys/xdp-socket.js';
 import { guestRxFallback, postedGuestBuffers, releaseGuestRxTable, type PostedGuestBuffer } from '../../sys/xdp-guest-rx.js';
 import { addToDetached, Counter, Dir } from '../datapath/counters.js';
 import type { XdpGuestRegion } from '../../sys/xdp-umem.js';
@@ -444,7 +444,7 @@ export class Relay implements NetDevice {
         : isXdpHandle(m.handle)
         ? {
             netdev: m.netdev, port: 'af_xdp' as const, attach: m.handle.attachMode, dispatcher: m.handle.dispatcher !== null, zeroCopy: xdpZeroCopy(m.handle), umem: xdpUmemKind(m.handle),
-            rxInPlace: m.handle.guestRx !== null && guestRxFallback(m.handle.guestRx) === null,
+            rxInPlace: m.handle.guestRx !== null && guestRxFallback(m.handle.guestRx) === null, rxFramesInPlace: xdpFramesInPlace(m.handle),
           }
         : { netdev: m.netdev, port: 'af_packet' as const },
     );

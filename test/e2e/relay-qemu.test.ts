@@ -13,7 +13,7 @@ import { createNetns, createVethPair, deleteLink, deleteNetns, nsExec, requireRo
 import { ensureGuestImage, type GuestImage } from '../support/guest-image.js';
 import { ensureHugepages } from '../support/hugepages.js';
 import { pingFromGuest, startGuestVm, type GuestVm } from '../support/qemu.js';
-import { startRelay, type RunningRelay } from '../support/relay.js';
+import { startRelay, statsToolCounters, type RunningRelay } from '../support/relay.js';
 import { startProcess, stopAll } from '../support/processes.js';
 
 vi.setConfig({ testTimeout: 240_000, hookTimeout: 300_000 });
@@ -112,7 +112,8 @@ describe.runIf(ready)('relay with a Linux guest under QEMU', () => {
   });
 
   it('VIRTIOFWD_VF_PORT=af_xdp with VIRTIOFWD_XDP_RX=guest: ping both ways and a TCP stream received straight into the guest\'s buffers, intact, and the program gone with the relay', async () => {
-    relay = await startRelay({ staticVfs: { [vf]: 4 }, cpus: [0], configLines: ['VIRTIOFWD_VF_PORT=af_xdp', 'VIRTIOFWD_XDP_RX=guest'] });
+    const statsEp = `ipc:///tmp/vio4wd-e2e-xdp-stats-${process.pid}`;
+    relay = await startRelay({ staticVfs: { [vf]: 4 }, cpus: [0], configLines: ['VIRTIOFWD_VF_PORT=af_xdp', 'VIRTIOFWD_XDP_RX=guest', `VIRTIOFWD_ZMQ_STATS_EP=${statsEp}`] });
     // AF_XDP hands over frames as they are on the wire: the namespace's stack must checksum them.
     nsExec(ns, 'ethtool', ['-K', peer, 'tx', 'off']);
     try {
@@ -142,6 +143,11 @@ describe.runIf(ready)('relay with a Linux guest under QEMU', () => {
       expect(tcp.output.trim().split(/\s+/)[0]).toBe(createHash('md5').update('THROUGH-AN-AF-XDP-PORT\n'.repeat(20000)).digest('hex'));
       // Linux's mergeable buffers (1,536 bytes and up) take frames in place: the port never fell back.
       expect(relay.logs().some((l) => /frames are copied into the VM's buffers from now on/.test(String(l.msg)))).toBe(false);
+      // And a guest with a 256-entry ring that keeps up gets nearly all of them in place, not
+      // copied through relay chunks (the stream alone is over 300 full-size frames).
+      const stats = statsToolCounters(statsEp, 4) as unknown as { ports: Array<{ rxFramesInPlace: number }>; vfToVm: { packets: number } };
+      expect(stats.ports[0].rxFramesInPlace).toBeGreaterThan(300);
+      expect(stats.ports[0].rxFramesInPlace).toBeGreaterThanOrEqual(0.9 * stats.vfToVm.packets);
       await vm.stop();
       vm = null;
       await relay.stop();
