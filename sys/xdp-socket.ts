@@ -170,6 +170,12 @@ export interface XdpPortHandle {
   linkFd: number;
   /** A shared page of counters (XdpPort.counters). */
   counterPage: { address: number; length: number };
+  /**
+   * Set by the port's owner before the port is closed elsewhere (the close runs in another
+   * thread, on a copy of the handle): from then on its mappings may be gone, and the readers
+   * below that run in the owner's thread (stats) leave them alone.
+   */
+  closing?: boolean;
   /** The table of guest receive buffers posted to the fill ring, when the port receives into them (null: it copies). */
   guestRx: GuestRxTableMapping | null;
   /** Room the UMEM keeps before each received frame beyond XDP_PACKET_HEADROOM (set so a frame ends within a guest's 1,536-byte buffer). */
@@ -455,8 +461,9 @@ export function xdpUmemKind(handle: XdpPortHandle): 'guest' | 'relay' {
   return handle.umem.guestSlots.length > 0 ? 'guest' : 'relay';
 }
 
-/** Frames received so far straight into a guest's posted buffers (VIRTIOFWD_XDP_RX=guest). */
+/** Frames received so far straight into a guest's posted buffers (VIRTIOFWD_XDP_RX=guest); 0 once the port is closing. */
 export function xdpFramesInPlace(handle: XdpPortHandle): number {
+  if (handle.closing) return 0;
   return new Float64Array(viewAt(handle.counterPage.address, handle.counterPage.length), 0, COUNTER_NAMES.length)[C_RX_IN_PLACE];
 }
 

@@ -238,6 +238,8 @@ export class Relay implements NetDevice {
       // fallback check run while the port is being opened again).
       handle.guestRx = null;
     }
+    // Stats may run while the port closes in the opener's thread: they must not read its pages.
+    if (isXdpHandle(handle)) handle.closing = true;
     await this.ctx.rings.close(handle);
     if (table) releaseGuestRxTable(table);
     const byRing = new Map<number, PostedGuestBuffer[]>();
