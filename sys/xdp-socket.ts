@@ -464,7 +464,7 @@ export function xdpUmemKind(handle: XdpPortHandle): 'guest' | 'relay' {
 /** Frames received so far straight into a guest's posted buffers (VIRTIOFWD_XDP_RX=guest); 0 once the port is closing. */
 export function xdpFramesInPlace(handle: XdpPortHandle): number {
   if (handle.closing) return 0;
-  return new Float64Array(viewAt(handle.counterPage.address, handle.counterPage.length), 0, COUNTER_NAMES.length)[C_RX_IN_PLACE];
+  return counterWords(handle)[C_RX_IN_PLACE];
 }
 
 /** Whether every queue's socket runs in zero-copy mode (the driver moves frames into the UMEM itself). */
@@ -505,7 +505,7 @@ export function xdpLeftovers(handle: XdpPortHandle): { framesWaiting: number; ke
     }
   }
   const kernelDrops = sumXdpStatistics(handle.queues.map((q) => q.fd), new BigUint64Array(6), new Uint32Array(1)).drops;
-  const counted = new Float64Array(viewAt(handle.counterPage.address, handle.counterPage.length), 0, COUNTER_NAMES.length)[C_KERNEL_DROPS];
+  const counted = counterWords(handle)[C_KERNEL_DROPS];
   return { framesWaiting, kernelDropsUnread: Math.max(0, kernelDrops - counted) };
 }
 
@@ -573,6 +573,11 @@ const C_KERNEL_INVALID_DESCS = 10;
 const C_RX_TOO_LONG = 11;
 const C_RX_GUEST_UNKNOWN = 12;
 const C_RX_IN_PLACE = 13;
+
+/** The port's shared counters (COUNTER_NAMES order), as whichever thread maps them sees them. */
+function counterWords(handle: XdpPortHandle): Float64Array {
+  return new Float64Array(viewAt(handle.counterPage.address, handle.counterPage.length), 0, COUNTER_NAMES.length);
+}
 
 /** What receiveJoined did with a frame in several chunks. */
 const JOIN_DELIVERED = 0;
@@ -699,7 +704,7 @@ export class XdpPort {
     this.sender = this.queues[0];
     this.rxFds = handle.queues.map((q) => q.fd);
     this.maxFrameLength = handle.maxFrameLength;
-    this.count = new Float64Array(viewAt(handle.counterPage.address, handle.counterPage.length), 0, COUNTER_NAMES.length);
+    this.count = counterWords(handle);
     this.relayBytes = new Uint8Array(viewAt(handle.umem.relay.address, handle.umem.relay.length));
     this.relayOffset = handle.umem.relay.offset;
     this.zeroCopy = this.sender.h.zeroCopy;
