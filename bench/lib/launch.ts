@@ -71,14 +71,17 @@ export function livePids(): number[] {
 
 let prefixCounter = 0;
 
-function eal(cpu: number, extra: string[], vdevs: string[]): string[] {
+/** Memory of one testpmd process, MiB: 10 KiB mbufs for jumbo cases need more than 2 KiB ones. */
+export const testpmdMemoryMb = (jumbo: boolean): number => (jumbo ? 512 : 256);
+
+function eal(cpu: number, extra: string[], vdevs: string[], jumbo = false): string[] {
   const args = [
     `--lcores=0@${cpu},1@${cpu}`,
     '--no-pci',
     '--in-memory',
     `--file-prefix=vbench${process.pid}-${prefixCounter++}`,
     '-m',
-    '256',
+    String(testpmdMemoryMb(jumbo)),
     '--iova-mode=va',
     '--no-telemetry',
     ...extra,
@@ -87,17 +90,28 @@ function eal(cpu: number, extra: string[], vdevs: string[]): string[] {
   return args;
 }
 
-function app(forwardMode: string, topology: 'loop' | 'paired', extra: string[] = []): string[] {
+function app(forwardMode: string, topology: 'loop' | 'paired', extra: string[] = [], jumbo = false): string[] {
   return [
     `--forward-mode=${forwardMode}`,
     `--port-topology=${topology}`,
     '--total-num-mbufs=16384',
+    // A jumbo frame in one mbuf. No --max-pkt-len: net_af_packet refuses any above 1518 at
+    // configuration, yet carries what its ring frames hold; the veths' MTU is set by the bench.
+    ...(jumbo ? ['--mbuf-size=10368'] : []),
     '--stats-period=1',
     '--auto-start',
     '--nb-cores=1',
     ...extra,
   ];
 }
+
+/**
+ * net_af_packet's options for jumbo frames: a ring frame holds the frame and its header, and no
+ * more than an mbuf's 10,240 bytes of data room (the port refuses to start otherwise). A block
+ * is whole pages and whole frames: the driver finds frame i at i × framesz, which holds only
+ * when no block has room left over (with one frame in a 12 KiB block, one frame went out).
+ */
+const afPacketJumbo = (jumbo: boolean) => (jumbo ? ',blocksz=20480,framesz=10240,framecnt=512' : '');
 
 export interface TestpmdProcess extends BenchProcess {
   stats: TestpmdStatsStream;
@@ -127,7 +141,7 @@ export type OurPollMode = 'busy' | 'adaptive';
  * libuv threads, worker) is confined to that CPU like the DPDK relay, so nothing of the relay
  * competes with the traffic process on the other CPU.
  */
-export async function startOurRelay(o: { vf: string; cpu: number; pollMode: OurPollMode; pin: boolean; config?: string[]; memifSocket?: string }): Promise<RelayUnderTest> {
+export async function startOurRelay(o: { vf: string; cpu: number; pollMode: OurPollMode; pin: boolean; config?: string[]; memifSocket?: string; jumbo?: boolean }): Promise<RelayUnderTest> {
   const dir = mkdtempSync(join(tmpdir(), 'vbench-relay-'));
   const socketDir = join(dir, 'sockets');
   const configPath = join(dir, 'virtioforwarder');
@@ -143,6 +157,7 @@ export async function startOurRelay(o: { vf: string; cpu: number; pollMode: OurP
       // A memif device is attached through port control (add_sock) once the relay is up.
       ...(o.memifSocket ? ['VIRTIOFWD_DYNAMIC_SOCKETS=true', `VIRTIOFWD_ZMQ_PORT_CONTROL_EP=ipc://${dir}/port_control`] : ['VIRTIOFWD_DYNAMIC_SOCKETS=false', `VIRTIOFWD_STATIC_VFS=(${o.vf}=1)`, 'VIRTIOFWD_ZMQ_PORT_CONTROL_EP=off']),
       'VIO4WD_CORE_SCHED_ENABLE=false',
+      `VIRTIOFWD_JUMBO=${o.jumbo ? 'true' : 'false'}`,
       // Idle until the bench asks once, after the window, for the loss by cause.
       `VIRTIOFWD_ZMQ_STATS_EP=ipc://${dir}/stats`,
       'VIRTIOFWD_ZMQ_CONFIG_EP=off',
@@ -207,14 +222,15 @@ const memifVdev = (id: number, socket: string, role: 'server' | 'client') => `ne
  * DPDK's relay: testpmd net_vhost (server) ⇄ net_af_packet, or net_af_xdp on the VF's queue 0 (its
  * default program, in the driver), in io forwarding, both lcores on `cpu`.
  */
-export async function startDpdkRelay(o: { vf: string; cpu: number; socketDir: string; xdp?: boolean }): Promise<RelayUnderTest> {
+export async function startDpdkRelay(o: { vf: string; cpu: number; socketDir: string; xdp?: boolean; jumbo?: boolean }): Promise<RelayUnderTest> {
+  if (o.xdp && o.jumbo) throw new Error('DPDK 22.11 net_af_xdp has no frames over several chunks: no jumbo frames');
   const socketPath = join(o.socketDir, 'dpdk-relay.sock');
   // A stale socket file makes net_vhost fail to bind and the port never starts (perf-anchors §6.7).
   rmSync(socketPath, { force: true });
-  const vfPort = o.xdp ? `net_af_xdp1,iface=${o.vf},start_queue=0,queue_count=1` : `net_af_packet1,iface=${o.vf}`;
+  const vfPort = o.xdp ? `net_af_xdp1,iface=${o.vf},start_queue=0,queue_count=1` : `net_af_packet1,iface=${o.vf}${afPacketJumbo(!!o.jumbo)}`;
   const p = startTestpmd(
     o.xdp ? 'dpdk-relay-xdp' : 'dpdk-relay',
-    [...eal(o.cpu, [], [`net_vhost0,iface=${socketPath}`, vfPort]), '--', ...app('io', 'paired')],
+    [...eal(o.cpu, [], [`net_vhost0,iface=${socketPath}`, vfPort], o.jumbo), '--', ...app('io', 'paired', [], o.jumbo)],
     {},
   );
   try {
@@ -233,10 +249,10 @@ export async function startDpdkRelay(o: { vf: string; cpu: number; socketDir: st
 const virtioUser = (id: number, path: string, packed = false) => `net_virtio_user${id},path=${path},queue_size=1024${packed ? ',packed_vq=1' : ''}`;
 
 /** VM→VF source: virtio-user txonly. Its single port is port 0. */
-export function startTxSource(o: { socketPath: string; size: number; cpu: number; packed?: boolean }): TestpmdProcess {
+export function startTxSource(o: { socketPath: string; size: number; cpu: number; packed?: boolean; jumbo?: boolean }): TestpmdProcess {
   return startTestpmd(
     'tx-source',
-    [...eal(o.cpu, ['--single-file-segments'], [virtioUser(0, o.socketPath, o.packed)]), '--', ...app('txonly', 'loop', [`--txpkts=${o.size}`])],
+    [...eal(o.cpu, ['--single-file-segments'], [virtioUser(0, o.socketPath, o.packed)], o.jumbo), '--', ...app('txonly', 'loop', [`--txpkts=${o.size}`], o.jumbo)],
     {},
   );
 }
@@ -257,19 +273,19 @@ export function startTxSource(o: { socketPath: string; size: number; cpu: number
  */
 export const RX_ENDPOINT_PORTS = { injector: 1, virtio: 2 } as const;
 
-export function startRxEndpoint(o: { socketPath: string; size: number; cpu: number; netns: string; vethB: string; throughQdisc?: boolean; packed?: boolean }): TestpmdProcess {
+export function startRxEndpoint(o: { socketPath: string; size: number; cpu: number; netns: string; vethB: string; throughQdisc?: boolean; packed?: boolean; jumbo?: boolean }): TestpmdProcess {
   return startTestpmd(
     'rx-endpoint',
     [
       ...eal(o.cpu, ['--single-file-segments'], [
         `net_null0,size=${o.size}`,
         // qdisc_bypass=0 only when a rate limit sits on vethB's qdisc: bypass is faster otherwise.
-        `net_af_packet1,iface=${o.vethB}${o.throughQdisc ? ',qdisc_bypass=0' : ''}`,
+        `net_af_packet1,iface=${o.vethB}${o.throughQdisc ? ',qdisc_bypass=0' : ''}${afPacketJumbo(!!o.jumbo)}`,
         virtioUser(2, o.socketPath, o.packed),
         'net_null3,no-rx=1',
-      ]),
+      ], o.jumbo),
       '--',
-      ...app('io', 'paired'),
+      ...app('io', 'paired', [], o.jumbo),
     ],
     { netns: o.netns },
   );

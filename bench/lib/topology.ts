@@ -28,6 +28,12 @@ export function createTopology(t: Topology): void {
   run('ip', ['link', 'set', t.vethA, 'up']);
 }
 
+/** Sets both ends' MTU (a jumbo case needs 9000 on the wire, the others 1500). */
+export function setTopologyMtu(t: Topology, mtu: number): void {
+  run('ip', ['link', 'set', t.vethA, 'mtu', String(mtu)]);
+  run('ip', ['-n', t.ns, 'link', 'set', t.vethB, 'mtu', String(mtu)]);
+}
+
 /**
  * Caps what leaves vethB at `mpps` frames of `size` bytes a second with a token bucket (tbf counts
  * skb->len, the frame without FCS). The bucket holds 10 ms of traffic, so bursts stay short.
