@@ -154,6 +154,8 @@ export interface MemberPort {
   rxInPlace?: boolean;
   /** AF_XDP: frames received so far straight into the VM's buffers (the others were copied). */
   rxFramesInPlace?: number;
+  /** AF_XDP: frames sent so far straight from the VM's memory (the others were copied into TX chunks). */
+  txFramesInPlace?: number;
 }
 
 /** Which worker CPU serves each direction of a relay. */

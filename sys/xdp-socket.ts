@@ -461,10 +461,14 @@ export function xdpUmemKind(handle: XdpPortHandle): 'guest' | 'relay' {
   return handle.umem.guestSlots.length > 0 ? 'guest' : 'relay';
 }
 
-/** Frames received so far straight into a guest's posted buffers (VIRTIOFWD_XDP_RX=guest); 0 once the port is closing. */
-export function xdpFramesInPlace(handle: XdpPortHandle): number {
-  if (handle.closing) return 0;
-  return counterWords(handle)[C_RX_IN_PLACE];
+/**
+ * Frames received so far straight into a guest's posted buffers (VIRTIOFWD_XDP_RX=guest), and
+ * frames sent straight from guest memory (VIRTIOFWD_XDP_UMEM=guest); zeros once the port is closing.
+ */
+export function xdpFramesInPlace(handle: XdpPortHandle): { rx: number; tx: number } {
+  if (handle.closing) return { rx: 0, tx: 0 };
+  const words = counterWords(handle);
+  return { rx: words[C_RX_IN_PLACE], tx: words[C_TX_IN_PLACE] };
 }
 
 /** Whether every queue's socket runs in zero-copy mode (the driver moves frames into the UMEM itself). */
@@ -554,10 +558,13 @@ export interface XdpPortCounters {
   rxGuestUnknown: number;
   /** Frames the kernel wrote straight into a guest's posted buffer (the rest of rxFrames were copied). */
   rxFramesInPlace: number;
+  /** Frames the kernel sent straight from guest memory (the rest of txFrames were copied into TX chunks). */
+  txFramesInPlace: number;
 }
 const COUNTER_NAMES = [
   'rxFrames', 'txFrames', 'txRejected', 'txFlushBusy', 'txFlushErrors', 'txLastErrno',
   'kernelDrops', 'kernelRxDropped', 'kernelRxRingFull', 'kernelFillRingEmpty', 'kernelInvalidDescs', 'rxTooLong', 'rxGuestUnknown', 'rxFramesInPlace',
+  'txFramesInPlace',
 ] as const satisfies readonly (keyof XdpPortCounters)[];
 const C_RX_FRAMES = 0;
 const C_TX_FRAMES = 1;
@@ -573,6 +580,14 @@ const C_KERNEL_INVALID_DESCS = 10;
 const C_RX_TOO_LONG = 11;
 const C_RX_GUEST_UNKNOWN = 12;
 const C_RX_IN_PLACE = 13;
+const C_TX_IN_PLACE = 14;
+
+/**
+ * Most descriptors one frame sent from guest memory may take on a multi-buffer port: the kernel
+ * builds the frame as an skb whose first piece is its head and the others page fragments, of
+ * which it allows MAX_SKB_FRAGS (17). A frame in more pieces is copied into TX chunks instead.
+ */
+export const MAX_TX_PIECES = 17;
 
 /** The port's shared counters (COUNTER_NAMES order), as whichever thread maps them sees them. */
 function counterWords(handle: XdpPortHandle): Float64Array {
@@ -646,6 +661,19 @@ export interface XdpTxSlot {
  */
 export type GuestFrameHandler = (key: number, hdrGpa: number, frameGpa: number, length: number) => boolean;
 
+/**
+ * A frame received in `count` pieces, piece i `length[i]` bytes at `at[i]` in `bytes`, `total`
+ * bytes in all; valid only during the call. Returns false to stop receiving.
+ */
+export type FramePiecesHandler = (bytes: Uint8Array, at: Float64Array, length: Uint32Array, count: number, total: number) => boolean;
+
+/**
+ * Most pieces of a received frame handed over as they are (a frame the kernel split into more is
+ * joined first): with 256 bytes of headroom a chunk takes 3840 bytes, so a 9018-byte frame comes
+ * in 3, and a driver that fills smaller buffers in more.
+ */
+const MAX_RX_PIECES = 32;
+
 /** txGuest results. */
 export const GUEST_QUEUED = 1;
 export const GUEST_NO_ROOM = 0;
@@ -668,7 +696,8 @@ export class XdpPort {
   completedCount = 0;
   private readonly queues: QueueRings[];
   private readonly sender: QueueRings;
-  private readonly chunkSize: number;
+  /** Bytes of one UMEM chunk: the most one descriptor carries. */
+  readonly chunkSize: number;
   private readonly ringSize: number;
   private readonly maxFrameLength: number;
   private readonly count: Float64Array;
@@ -677,6 +706,9 @@ export class XdpPort {
   private readonly rxJoined: Uint8Array | null;
   private readonly largeSlot: XdpTxSlot | null;
   private largeSlotTaken = false;
+  /** Where the pieces of a frame received in several chunks are, for receive's onPieces. */
+  private readonly rxPieceAt = new Float64Array(MAX_RX_PIECES);
+  private readonly rxPieceLength = new Uint32Array(MAX_RX_PIECES);
   /** The relay's chunks, and their UMEM offset (a frame at UMEM offset a is at bytes[a − relayOffset]). */
   private readonly relayBytes: Uint8Array;
   private readonly relayOffset: number;
@@ -687,6 +719,8 @@ export class XdpPort {
   private tail: number;
   private guestInFlight = 0;
   private readonly zeroCopy: boolean;
+  /** Frames may span several chunks (XDP_USE_SG): txGuestPieces takes more than one piece. */
+  readonly multiBuffer: boolean;
   /** Queue to receive from first, so that a busy queue cannot starve the others. */
   private nextQueue = 0;
   private readonly stats = new BigUint64Array(6);
@@ -708,6 +742,7 @@ export class XdpPort {
     this.relayBytes = new Uint8Array(viewAt(handle.umem.relay.address, handle.umem.relay.length));
     this.relayOffset = handle.umem.relay.offset;
     this.zeroCopy = this.sender.h.zeroCopy;
+    this.multiBuffer = handle.multiBuffer;
     this.guestTable = handle.guestRx ? new GuestRxTable(handle.guestRx) : null;
     this.rxDataOffset = XDP_PACKET_HEADROOM + handle.rxHeadroom;
     this.slot = { bytes: this.relayBytes, offset: 0, capacity: this.chunkSize };
@@ -746,13 +781,18 @@ export class XdpPort {
    * returns how many it delivered. A chunk goes back to the fill ring once its frame was
    * delivered, so `onFrame` must copy what it keeps before returning.
    */
-  receive(onFrame: FrameHandler, budget: number, admit?: FrameAdmission, onGuest?: GuestFrameHandler): number {
+  /**
+   * Receives up to `budget` frames: each to `onFrame` (in a relay chunk), `onGuest` (in a posted
+   * guest buffer) or, for a frame in several chunks, `onPieces` where given (else it is joined
+   * and given to onFrame).
+   */
+  receive(onFrame: FrameHandler, budget: number, admit?: FrameAdmission, onGuest?: GuestFrameHandler, onPieces?: FramePiecesHandler): number {
     const n = this.queues.length;
     let delivered = 0;
     let stop = false;
     for (let k = 0; k < n && delivered < budget && !stop; k++) {
       const q = this.queues[(this.nextQueue + k) % n];
-      const r = this.receiveQueue(q, onFrame, budget - delivered, admit, onGuest);
+      const r = this.receiveQueue(q, onFrame, budget - delivered, admit, onGuest, onPieces);
       delivered += r < 0 ? -r - 1 : r;
       if (r < 0) stop = true;
     }
@@ -762,7 +802,7 @@ export class XdpPort {
   }
 
   /** Frames delivered from one queue; −(delivered + 1) when the handler or admission stopped the receive. */
-  private receiveQueue(q: QueueRings, onFrame: FrameHandler, budget: number, admit?: FrameAdmission, onGuest?: GuestFrameHandler): number {
+  private receiveQueue(q: QueueRings, onFrame: FrameHandler, budget: number, admit?: FrameAdmission, onGuest?: GuestFrameHandler, onPieces?: FramePiecesHandler): number {
     const rx = q.rx;
     const produced = Atomics.load(rx, q.rxProd);
     if (produced === q.rxNext) return 0;
@@ -776,7 +816,7 @@ export class XdpPort {
         const d = q.rxDesc + ((q.rxNext & mask) << 2);
         if ((rx[d + 3] & XDP_PKT_CONTD) !== 0) {
           // The first piece of a frame in several chunks (multi-buffer ports only).
-          const r = this.receiveJoined(q, produced, onFrame, admit);
+          const r = this.receiveJoined(q, produced, onFrame, admit, onPieces);
           if (r === JOIN_INCOMPLETE) break;
           if (r === JOIN_REFUSED) {
             stopped = true;
@@ -859,7 +899,7 @@ export class XdpPort {
    * joined into rxJoined and handed over whole. The kernel puts all of a frame's pieces in the
    * ring at once; pieces not all there yet are left for the next receive.
    */
-  private receiveJoined(q: QueueRings, produced: number, onFrame: FrameHandler, admit?: FrameAdmission): number {
+  private receiveJoined(q: QueueRings, produced: number, onFrame: FrameHandler, admit?: FrameAdmission, onPieces?: FramePiecesHandler): number {
     const rx = q.rx;
     const mask = q.mask;
     let total = 0;
@@ -874,6 +914,23 @@ export class XdpPort {
     if (admit !== undefined && !admit(total)) return JOIN_REFUSED;
     const joined = this.rxJoined;
     const fits = joined !== null && total <= joined.length;
+    if (onPieces !== undefined && fits && pieces <= this.rxPieceAt.length) {
+      // Handed over where the pieces are; their chunks go back to the fill ring afterwards (the
+      // ring is published only when the receive ends, so the kernel cannot reuse them sooner).
+      for (let k = 0, i = q.rxNext; k < pieces; k++, i = (i + 1) >>> 0) {
+        const d = q.rxDesc + ((i & mask) << 2);
+        const hi = rx[d + 1];
+        this.rxPieceAt[k] = rx[d] + (hi & 0xffff) * TWO32 + (hi >>> 16) - this.relayOffset;
+        this.rxPieceLength[k] = rx[d + 2];
+      }
+      const more = onPieces(this.relayBytes, this.rxPieceAt, this.rxPieceLength, pieces, total);
+      for (let k = 0; k < pieces; k++) {
+        const d = q.rxDesc + ((q.rxNext & mask) << 2);
+        this.recycle(q, rx[d] + (rx[d + 1] & 0xffff) * TWO32);
+        q.rxNext = (q.rxNext + 1) >>> 0;
+      }
+      return more === false ? JOIN_STOP : JOIN_DELIVERED;
+    }
     let out = 0;
     for (let k = 0; k < pieces; k++) {
       const d = q.rxDesc + ((q.rxNext & mask) << 2);
@@ -1041,11 +1098,42 @@ export class XdpPort {
    * length against the MTU; here only what the kernel would refuse is checked.
    */
   txGuest(at: number, length: number, key: number): number {
-    if (length < 14 || length > this.chunkSize || (this.zeroCopy && (at % PAGE) + length > PAGE)) return GUEST_COPY;
+    if (length < 14 || !this.pieceAcceptable(at, length)) return GUEST_COPY;
     if (!this.txRoom()) return GUEST_NO_ROOM;
     this.putTx(at, length, key);
     this.guestInFlight++;
+    this.count[C_TX_IN_PLACE]++;
     return GUEST_QUEUED;
+  }
+
+  /**
+   * Queues a frame the guest wrote in `count` pieces (UMEM offset `at[i]`, `length[i]` bytes, each
+   * at most a chunk), as descriptors marked XDP_PKT_CONTD but the last: a frame larger than a
+   * chunk, or scattered over several buffers, leaves from guest memory without a copy. Only a
+   * multi-buffer port takes more than one piece. `key` rides on the last descriptor, so it comes
+   * back once, when the frame is complete; the others are freed as relay slots are.
+   */
+  txGuestPieces(at: Float64Array, length: Uint32Array, count: number, key: number): number {
+    if (count === 1) return this.txGuest(at[0], length[0], key);
+    if (!this.multiBuffer || count < 1 || count > MAX_TX_PIECES) return GUEST_COPY;
+    let total = 0;
+    for (let i = 0; i < count; i++) {
+      if (length[i] === 0 || !this.pieceAcceptable(at[i], length[i])) return GUEST_COPY;
+      total += length[i];
+    }
+    if (total < 14) return GUEST_COPY;
+    if (this.txFree() < count) return GUEST_NO_ROOM;
+    for (let i = 0; i < count - 1; i++) this.putTx(at[i], length[i], TX_RELAY, XDP_PKT_CONTD);
+    this.putTx(at[count - 1], length[count - 1], key);
+    this.count[C_TX_FRAMES] -= count - 1; // one frame, not one per piece
+    this.count[C_TX_IN_PLACE]++;
+    this.guestInFlight++;
+    return GUEST_QUEUED;
+  }
+
+  /** A descriptor the kernel takes: no longer than a chunk, and in zero-copy mode inside one page. */
+  private pieceAcceptable(at: number, length: number): boolean {
+    return length <= this.chunkSize && !(this.zeroCopy && (at % PAGE) + length > PAGE);
   }
 
   /** The frame written into the large slot, in as many chunks as it takes, each but the last marked XDP_PKT_CONTD. */

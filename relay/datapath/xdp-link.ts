@@ -1,10 +1,10 @@
 // An AF_XDP port as a VfLink: receives from the sockets' RX rings (the redirect program in front
 // of the stack); sends through queue 0's TX ring. When the guest's memory is part of the UMEM, a
-// frame that lies in one piece of it is sent from there: its chain goes back to the guest only
-// when the kernel has completed it (HELD). Other frames are copied (OffloadSender). A port that
+// frame that lies in one piece of it (in several, on a multi-buffer port) is sent from there: its
+// chain goes back to the guest only when the kernel has completed it (HELD). Other frames are copied (OffloadSender). A port that
 // receives into guest buffers (sys/xdp-guest-rx.ts) takes the guest's receive chains here.
 import type { FrameAdmission, FrameHandler } from '../../sys/packet-ring.js';
-import { XdpPort, GUEST_QUEUED, GUEST_NO_ROOM, GUEST_RX_FRAME_ROOM, type GuestFrameHandler, type XdpPortHandle } from '../../sys/xdp-socket.js';
+import { XdpPort, GUEST_QUEUED, GUEST_NO_ROOM, GUEST_RX_FRAME_ROOM, MAX_TX_PIECES, type FramePiecesHandler, type GuestFrameHandler, type XdpPortHandle } from '../../sys/xdp-socket.js';
 import type { DescriptorChain } from '../../virtio/descriptor-chain.js';
 import { guestUmemOffset, type UmemGuestSlot } from '../../sys/xdp-umem.js';
 import { OffloadSender } from './offload-sender.js';
@@ -28,6 +28,9 @@ export class XdpLink extends OffloadSender implements VfLink {
   protected readonly target: XdpPort;
   /** Where guest memory is in the UMEM (empty: every frame is copied). */
   private readonly guestSlots: readonly UmemGuestSlot[];
+  /** Where the pieces of a frame sent from guest memory are, for txGuestPieces. */
+  private readonly pieceAt = new Float64Array(MAX_TX_PIECES);
+  private readonly pieceLength = new Uint32Array(MAX_TX_PIECES);
 
   constructor(netdev: string, handle: XdpPortHandle) {
     super();
@@ -38,8 +41,9 @@ export class XdpLink extends OffloadSender implements VfLink {
     this.rxFds = this.port.rxFds;
   }
 
-  receive(onFrame: FrameHandler, budget: number, admit?: FrameAdmission, onGuest?: GuestFrameHandler): number {
-    return this.port.receive(onFrame, budget, admit, onGuest);
+  /** See XdpPort.receive: a frame in several chunks (multi-buffer ports) goes to `onPieces` where given. */
+  receive(onFrame: FrameHandler, budget: number, admit?: FrameAdmission, onGuest?: GuestFrameHandler, onPieces?: FramePiecesHandler): number {
+    return this.port.receive(onFrame, budget, admit, onGuest, onPieces);
   }
 
   /** The port can take guest receive buffers (its posted table exists, whether or not it copies now). */
@@ -156,31 +160,46 @@ export class XdpLink extends OffloadSender implements VfLink {
   }
 
   /**
-   * The frame's bytes after the header, when they are one piece of guest memory inside the UMEM
-   * and the direction lets the link hold the chain: handed to the kernel where they are (HELD).
+   * The frame's bytes after the header, when the direction lets the link hold the chain and they
+   * lie in guest memory inside the UMEM: handed to the kernel where they are (HELD). A port that
+   * sends one descriptor per frame needs them in one buffer of at most a chunk; a multi-buffer
+   * port takes them in up to MAX_TX_PIECES pieces, each buffer cut at chunk size.
    */
   protected override sendInPlace(frame: GuestFrame): number {
     if (frame.holdKey < 0 || this.guestSlots.length === 0) return REFUSED;
     const chain = frame.chain;
     const segments = chain.readableSegments;
+    const chunk = this.port.chunkSize;
+    const most = this.port.multiBuffer ? MAX_TX_PIECES : 1;
     let skip = frame.hdrLen;
-    for (let i = 0; i < segments; i++) {
+    let left = frame.frameLength;
+    let pieces = 0;
+    for (let i = 0; i < segments && left > 0; i++) {
       const len = chain.segLength[i];
       if (skip >= len) {
         skip -= len;
         continue;
       }
-      if (len - skip < frame.frameLength) return REFUSED;
-      const at = guestUmemOffset(this.guestSlots, chain.segHost[i] + skip, frame.frameLength);
+      const take = Math.min(len - skip, left);
+      const at = guestUmemOffset(this.guestSlots, chain.segHost[i] + skip, take);
       if (at < 0) return REFUSED;
-      const r = this.port.txGuest(at, frame.frameLength, frame.holdKey);
-      if (r === GUEST_QUEUED) {
-        this.counted(frame.frameLength);
-        return HELD;
+      for (let done = 0; done < take; pieces++) {
+        if (pieces === most) return REFUSED;
+        const n = Math.min(chunk, take - done);
+        this.pieceAt[pieces] = at + done;
+        this.pieceLength[pieces] = n;
+        done += n;
       }
-      return r === GUEST_NO_ROOM ? NO_ROOM : REFUSED;
+      skip = 0;
+      left -= take;
     }
-    return REFUSED;
+    if (left > 0 || pieces === 0) return REFUSED;
+    const r = this.port.txGuestPieces(this.pieceAt, this.pieceLength, pieces, frame.holdKey);
+    if (r === GUEST_QUEUED) {
+      this.counted(frame.frameLength);
+      return HELD;
+    }
+    return r === GUEST_NO_ROOM ? NO_ROOM : REFUSED;
   }
 
   heldFrames(): number {

@@ -162,7 +162,7 @@ describe.skipIf(!ready)('operator tools against the real relay', () => {
       return (JSON.parse(r.stdout) as { relays: { id: number; ports: unknown[] }[] }).relays.find((x) => x.id === id)?.ports;
     };
     expect((await pc('add', '--virtio-id=4', `--pci-addr=${VF_PCI}`, '--vf-port=af_xdp')).code).toBe(0);
-    expect(await portsOf(4)).toEqual([{ netdev: vf, port: 'af_xdp', attach: 'native', dispatcher: false, zeroCopy: false, umem: 'relay', rxInPlace: false, rxFramesInPlace: 0 }]); // no VM: the relay's chunks only
+    expect(await portsOf(4)).toEqual([{ netdev: vf, port: 'af_xdp', attach: 'native', dispatcher: false, zeroCopy: false, umem: 'relay', rxInPlace: false, rxFramesInPlace: 0, txFramesInPlace: 0 }]); // no VM: the relay's chunks only
     expect((await pc('remove', '--virtio-id=4')).code).toBe(0);
     expect((await pc('add', '--virtio-id=4', `--pci-addr=${VF_PCI}`)).code).toBe(0);
     expect(await portsOf(4)).toEqual([{ netdev: vf, port: 'af_packet' }]);

@@ -11,7 +11,8 @@ import { createNetns, createVethPair, deleteLink, deleteNetns, requireRoot, uniq
 import { sleep, stopAll } from '../support/processes.js';
 import { TX_HDR as HDR, TX_RIG_MEMORY, openTxRig, txDirection, type TxRig } from '../support/tx-direction.js';
 import { rxDirection } from '../support/rx-direction.js';
-import { XdpPort } from '../../sys/xdp-socket.js';
+import { MAX_TX_PIECES, XdpPort, xdpFramesInPlace } from '../../sys/xdp-socket.js';
+import { multiBufferXdp } from '../support/env.js';
 import type { XdpPortHandle } from '../../sys/xdp-socket.js';
 import { hex, testFrame, peerSend, startCapture } from '../support/raw-peer.js';
 import { superFrame, segmentProblems, type SuperFrame } from '../support/tcp-frames.js';
@@ -368,6 +369,86 @@ describe.skipIf(!ready)('the relay over an AF_XDP port whose UMEM holds the gues
     } finally {
       bigRig.close();
       deleteLink(big);
+    }
+  });
+
+  it('a multi-buffer port (MTU 9000) sends jumbo frames and frames in several buffers from guest memory, in pieces of a chunk at most (a frame in more pieces than the kernel takes is copied), and writes received ones into the guest from their pieces', async () => {
+    if (!multiBufferXdp()) return;
+    const jvf = `xdgj${tag}`;
+    const jpeer = `xdgk${tag}`;
+    createVethPair(jvf, jpeer, { nsB: gns, noIpv6: true });
+    execFileSync('ip', ['link', 'set', jvf, 'mtu', '9000']);
+    execFileSync('ip', ['-n', gns, 'link', 'set', jpeer, 'mtu', '9000']);
+    const jrig = openTxRig(jvf, {}, undefined, { ringSize: 64 }, undefined, { guestUmem: true });
+    try {
+      const handle = jrig.handle as XdpPortHandle;
+      expect(handle.multiBuffer).toBe(true);
+      expect(handle.chunkSize).toBe(4096);
+      const g = txDirection(jrig, 9, { queueSize: 64 });
+      const bytes = new Uint8Array(jrig.mem.buffer);
+      // Pieces: 3000 | 4096 + 1918 (a 9014-byte frame in two buffers); 4096 + 104 (one buffer
+      // longer than a chunk); 60 (one piece).
+      const frames = [testFrame(700, 9014), testFrame(701, 4200), testFrame(702, 60), testFrame(703, 2000)];
+      const at: number[] = [];
+      // A hostile guest's 21 buffers of 95 bytes or so, one frame: more pieces than the kernel
+      // builds a frame of (MAX_TX_PIECES), so it is copied.
+      const scattered = 0xe0000;
+      bytes.fill(0, scattered, scattered + HDR);
+      bytes.set(frames[3], scattered + HDR);
+      const parts = [{ gpa: scattered, len: HDR }];
+      for (let done = 0; done < 2000; done += 96) parts.push({ gpa: scattered + HDR + done, len: Math.min(96, 2000 - done) });
+      expect(parts.length - 1).toBeGreaterThan(MAX_TX_PIECES);
+      execFileSync('ip', ['link', 'set', jvf, 'down']);
+      try {
+        at.push(g.post(new Uint8Array(HDR), frames[0]));
+        at.push(g.post(new Uint8Array(HDR), frames[1], 4200));
+        at.push(g.post(new Uint8Array(HDR), frames[2]));
+        g.postRaw(parts);
+        g.publish();
+        expect(g.d.burst()).toBe(4);
+        // Only the copied frame is back: the three others wait in the TX ring, in guest memory.
+        expect(g.reclaim()).toBe(1);
+        expect(xdpFramesInPlace(handle).tx).toBe(3);
+      } finally {
+        execFileSync('ip', ['link', 'set', jvf, 'up']);
+      }
+      // Rewritten in its third piece after the burst: had it been copied, this would not leave.
+      bytes.fill(0xab, at[0] + 8000, at[0] + 8100);
+      frames[0].fill(0xab, 8000, 8100);
+      const capture = startCapture(gns, jpeer, ETHERTYPE, 4);
+      await capture.waitForOutput(/ready/);
+      expect(await reclaimAll(g, 4, 1)).toBe(4);
+      await capture.waitForOutput(/done \d+/, 15_000);
+      expect(captured(capture.output()).map(hex)).toEqual(frames.map(hex));
+      expect(g.counter(Counter.Packets)).toBe(4);
+      expect(g.counter(Counter.Bytes)).toBe(9014 + 4200 + 60 + 2000);
+      expect(g.usedIdx()).toBe(4); // each chain returned once, the pieces' completions only once the last is in
+      const port = XdpPort.attach(handle);
+      expect(port.readKernelStatistics().kernelInvalidDescs).toBe(0);
+      expect(port.counters.txFrames).toBe(4); // frames, not pieces
+      g.d.release();
+
+      // The other way: frames the kernel put in several chunks are written into the guest's
+      // buffers from their pieces, whole and in order.
+      const r = rxDirection(jrig, 10, { mergeable: true });
+      const sent = [9014, 3841, 60, 7000, 3840, 9014].map((n, i) => testFrame(800 + i, n));
+      expect(peerSend(gns, jpeer, sent)).toBe(sent.length);
+      await sleep(100);
+      r.postMergeable(40, 2048);
+      let got: Uint8Array[] = [];
+      const deadline = Date.now() + 5000;
+      while (got.length < sent.length && Date.now() < deadline) {
+        r.d.burst();
+        got = got.concat(r.received().map((x) => x.frame));
+      }
+      expect(got.map(hex)).toEqual(sent.map(hex));
+      expect(r.counter(Counter.Packets)).toBe(sent.length);
+      expect(r.counter(Counter.Bytes)).toBe(sent.reduce((n, f) => n + f.length, 0));
+      expect(r.counter(Counter.DropsQueueFull) + r.counter(Counter.DropsBadFrame)).toBe(0);
+      r.d.release();
+    } finally {
+      jrig.close();
+      deleteLink(jvf);
     }
   });
 

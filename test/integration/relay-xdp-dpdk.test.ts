@@ -72,8 +72,12 @@ describe.skipIf(!ready)('AF_XDP VF ports with DPDK virtio-user', () => {
     await waitFor(() => linkCounter(peer, 'rx_packets', ns) - before > 20_000, 30_000, '20 000 frames on the veth peer');
     // The VM's memory arrived: the port was opened again around it (DPDK's one hugepage file).
     expect(portLog(relay)[1]).toMatch(new RegExp(`^VF ${vf}: AF_XDP port, program \\d+ in the driver, copy mode, 1 queue, UMEM over the VM's memory \\(1 region, \\d+ MiB pinned\\)$`));
-    const running = statsToolCounters(statsEp, 1) as unknown as { ports: unknown[] };
-    expect(running.ports).toEqual([{ netdev: vf, port: 'af_xdp', attach: 'native', dispatcher: false, zeroCopy: false, umem: 'guest', rxInPlace: false, rxFramesInPlace: 0 }]);
+    const running = statsToolCounters(statsEp, 1) as unknown as { ports: Array<{ txFramesInPlace: number }>; vmToVf: { packets: number } };
+    expect(running.ports).toEqual([{ netdev: vf, port: 'af_xdp', attach: 'native', dispatcher: false, zeroCopy: false, umem: 'guest', rxInPlace: false, rxFramesInPlace: 0, txFramesInPlace: expect.any(Number) }]);
+    // virtio-user writes header and frame in one buffer: after the port was opened around the
+    // VM's memory, every frame left from there.
+    expect(running.ports[0].txFramesInPlace).toBeGreaterThan(0);
+    expect(running.ports[0].txFramesInPlace).toBeLessThanOrEqual(running.vmToVf.packets);
     const stats = await testpmd.stop();
     testpmd = null;
     await sleep(300);
@@ -89,7 +93,7 @@ describe.skipIf(!ready)('AF_XDP VF ports with DPDK virtio-user', () => {
     expect(stats[0].txPackets - counters.vmToVf.rxPackets).toBeLessThanOrEqual(1024);
     const whole = counters as unknown as { ports: unknown[] };
     // The VM gone, its memory left the UMEM (and is no longer pinned).
-    expect(whole.ports).toEqual([{ netdev: vf, port: 'af_xdp', attach: 'native', dispatcher: false, zeroCopy: false, umem: 'relay', rxInPlace: false, rxFramesInPlace: 0 }]);
+    expect(whole.ports).toEqual([{ netdev: vf, port: 'af_xdp', attach: 'native', dispatcher: false, zeroCopy: false, umem: 'relay', rxInPlace: false, rxFramesInPlace: 0, txFramesInPlace: 0 }]);
     expect(portLog(relay).length).toBe(3);
     await relay.stop();
     relay = null;
@@ -127,7 +131,7 @@ describe.skipIf(!ready)('AF_XDP VF ports with DPDK virtio-user', () => {
       await sleep(500);
       const before = statsToolCounters(statsEp, 2).vfToVm;
       const running = statsToolCounters(statsEp, 2) as unknown as { ports: unknown[] };
-      expect(running.ports).toEqual([{ netdev: vf, port: 'af_xdp', attach: 'native', dispatcher: false, zeroCopy: false, umem: 'guest', rxInPlace: true, rxFramesInPlace: expect.any(Number) }]);
+      expect(running.ports).toEqual([{ netdev: vf, port: 'af_xdp', attach: 'native', dispatcher: false, zeroCopy: false, umem: 'guest', rxInPlace: true, rxFramesInPlace: expect.any(Number), txFramesInPlace: 0 }]);
       const inPlaceBefore = (running.ports[0] as { rxFramesInPlace: number }).rxFramesInPlace;
       await udpFromPeer(3000);
       await sleep(500);

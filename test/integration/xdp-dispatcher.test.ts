@@ -231,7 +231,7 @@ describe('AF_XDP ports beside other XDP programs (xdp-tools, libxdp)', () => {
           expect(portLine()).toBe(`VF ${ourEnd}: AF_XDP port, program ${ours!.id} in libxdp's dispatcher (priority 20, native mode), beside the interface's other XDP programs, `
             + "copy mode, 1 queue, relay's UMEM (frames copied)");
           const stats = statsToolCounters(statsEp, 3) as unknown as { ports: unknown[] };
-          expect(stats.ports).toEqual([{ netdev: ourEnd, port: 'af_xdp', attach: 'native', dispatcher: true, zeroCopy: false, umem: 'relay', rxInPlace: false, rxFramesInPlace: 0 }]);
+          expect(stats.ports).toEqual([{ netdev: ourEnd, port: 'af_xdp', attach: 'native', dispatcher: true, zeroCopy: false, umem: 'relay', rxInPlace: false, rxFramesInPlace: 0, txFramesInPlace: 0 }]);
         } finally {
           await relay.stop();
         }

@@ -16,6 +16,7 @@ import type { DirectionSpec, DirectionState, PortSpec } from '../../relay/datapa
 /** Guest memory of a rig: 1 MiB from guest address 0. */
 export const TX_RIG_MEMORY = 1 << 20;
 const SIZE = TX_RIG_MEMORY;
+/** Descriptors of the guest TX ring, unless the test asks for more (up to 512: the ring stays below BUFFERS_AT). */
 const QSIZE = 16;
 /** The virtio-net header length of VERSION_1 guests. */
 export const TX_HDR = 12;
@@ -74,12 +75,13 @@ export interface TxDirection {
  * A fresh TX ring and a VmToVf direction for relay `relay` over the rig (ring memory reused);
  * `port` replaces the rig's single VF (a bond of memory links, say).
  */
-export function txDirection(rig: TxRig, relay: number, guest: { hostOffloads?: boolean } = {}, port?: PortSpec, state?: DirectionState): TxDirection {
+export function txDirection(rig: TxRig, relay: number, guest: { hostOffloads?: boolean; queueSize?: number } = {}, port?: PortSpec, state?: DirectionState): TxDirection {
   const { mem, handle, vf } = rig;
   const memory = new GuestMemory([{ guestPhysAddr: 0, size: SIZE, userAddr: mem.address, bytes: new Uint8Array(mem.buffer, 0, SIZE) }]);
-  const l = SplitQueueDriver.layout(0, QSIZE);
+  const queueSize = guest.queueSize ?? QSIZE;
+  const l = SplitQueueDriver.layout(0, queueSize);
   new Uint8Array(mem.buffer).fill(0, 0, BUFFERS_AT);
-  const driver = new SplitQueueDriver({ memory, size: QSIZE, descGpa: l.descGpa, availGpa: l.availGpa, usedGpa: l.usedGpa, name: 'tx' });
+  const driver = new SplitQueueDriver({ memory, size: queueSize, descGpa: l.descGpa, availGpa: l.availGpa, usedGpa: l.usedGpa, name: 'tx' });
   const spec: DirectionSpec = {
     relay,
     dir: 'vm2vf',
@@ -93,7 +95,7 @@ export function txDirection(rig: TxRig, relay: number, guest: { hostOffloads?: b
       indirect: false,
       mergeable: false,
       hdrLen: TX_HDR,
-      queues: [{ index: 1, size: QSIZE, desc: { region: 0, offset: l.descGpa }, avail: { region: 0, offset: l.availGpa }, used: { region: 0, offset: l.usedGpa }, callFd: -1, kickFd: -1, enabled: true }],
+      queues: [{ index: 1, size: queueSize, desc: { region: 0, offset: l.descGpa }, avail: { region: 0, offset: l.availGpa }, used: { region: 0, offset: l.usedGpa }, callFd: -1, kickFd: -1, enabled: true }],
     },
   };
   const counters = new Float64Array(createCounterBuffer());
