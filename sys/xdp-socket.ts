@@ -661,19 +661,6 @@ export interface XdpTxSlot {
  */
 export type GuestFrameHandler = (key: number, hdrGpa: number, frameGpa: number, length: number) => boolean;
 
-/**
- * A frame received in `count` pieces, piece i `length[i]` bytes at `at[i]` in `bytes`, `total`
- * bytes in all; valid only during the call. Returns false to stop receiving.
- */
-export type FramePiecesHandler = (bytes: Uint8Array, at: Float64Array, length: Uint32Array, count: number, total: number) => boolean;
-
-/**
- * Most pieces of a received frame handed over as they are (a frame the kernel split into more is
- * joined first): with 256 bytes of headroom a chunk takes 3840 bytes, so a 9018-byte frame comes
- * in 3, and a driver that fills smaller buffers in more.
- */
-const MAX_RX_PIECES = 32;
-
 /** txGuest results. */
 export const GUEST_QUEUED = 1;
 export const GUEST_NO_ROOM = 0;
@@ -706,9 +693,6 @@ export class XdpPort {
   private readonly rxJoined: Uint8Array | null;
   private readonly largeSlot: XdpTxSlot | null;
   private largeSlotTaken = false;
-  /** Where the pieces of a frame received in several chunks are, for receive's onPieces. */
-  private readonly rxPieceAt = new Float64Array(MAX_RX_PIECES);
-  private readonly rxPieceLength = new Uint32Array(MAX_RX_PIECES);
   /** The relay's chunks, and their UMEM offset (a frame at UMEM offset a is at bytes[a − relayOffset]). */
   private readonly relayBytes: Uint8Array;
   private readonly relayOffset: number;
@@ -781,18 +765,13 @@ export class XdpPort {
    * returns how many it delivered. A chunk goes back to the fill ring once its frame was
    * delivered, so `onFrame` must copy what it keeps before returning.
    */
-  /**
-   * Receives up to `budget` frames: each to `onFrame` (in a relay chunk), `onGuest` (in a posted
-   * guest buffer) or, for a frame in several chunks, `onPieces` where given (else it is joined
-   * and given to onFrame).
-   */
-  receive(onFrame: FrameHandler, budget: number, admit?: FrameAdmission, onGuest?: GuestFrameHandler, onPieces?: FramePiecesHandler): number {
+  receive(onFrame: FrameHandler, budget: number, admit?: FrameAdmission, onGuest?: GuestFrameHandler): number {
     const n = this.queues.length;
     let delivered = 0;
     let stop = false;
     for (let k = 0; k < n && delivered < budget && !stop; k++) {
       const q = this.queues[(this.nextQueue + k) % n];
-      const r = this.receiveQueue(q, onFrame, budget - delivered, admit, onGuest, onPieces);
+      const r = this.receiveQueue(q, onFrame, budget - delivered, admit, onGuest);
       delivered += r < 0 ? -r - 1 : r;
       if (r < 0) stop = true;
     }
@@ -802,7 +781,7 @@ export class XdpPort {
   }
 
   /** Frames delivered from one queue; −(delivered + 1) when the handler or admission stopped the receive. */
-  private receiveQueue(q: QueueRings, onFrame: FrameHandler, budget: number, admit?: FrameAdmission, onGuest?: GuestFrameHandler, onPieces?: FramePiecesHandler): number {
+  private receiveQueue(q: QueueRings, onFrame: FrameHandler, budget: number, admit?: FrameAdmission, onGuest?: GuestFrameHandler): number {
     const rx = q.rx;
     const produced = Atomics.load(rx, q.rxProd);
     if (produced === q.rxNext) return 0;
@@ -816,7 +795,7 @@ export class XdpPort {
         const d = q.rxDesc + ((q.rxNext & mask) << 2);
         if ((rx[d + 3] & XDP_PKT_CONTD) !== 0) {
           // The first piece of a frame in several chunks (multi-buffer ports only).
-          const r = this.receiveJoined(q, produced, onFrame, admit, onPieces);
+          const r = this.receiveJoined(q, produced, onFrame, admit);
           if (r === JOIN_INCOMPLETE) break;
           if (r === JOIN_REFUSED) {
             stopped = true;
@@ -899,7 +878,7 @@ export class XdpPort {
    * joined into rxJoined and handed over whole. The kernel puts all of a frame's pieces in the
    * ring at once; pieces not all there yet are left for the next receive.
    */
-  private receiveJoined(q: QueueRings, produced: number, onFrame: FrameHandler, admit?: FrameAdmission, onPieces?: FramePiecesHandler): number {
+  private receiveJoined(q: QueueRings, produced: number, onFrame: FrameHandler, admit?: FrameAdmission): number {
     const rx = q.rx;
     const mask = q.mask;
     let total = 0;
@@ -914,23 +893,6 @@ export class XdpPort {
     if (admit !== undefined && !admit(total)) return JOIN_REFUSED;
     const joined = this.rxJoined;
     const fits = joined !== null && total <= joined.length;
-    if (onPieces !== undefined && fits && pieces <= this.rxPieceAt.length) {
-      // Handed over where the pieces are; their chunks go back to the fill ring afterwards (the
-      // ring is published only when the receive ends, so the kernel cannot reuse them sooner).
-      for (let k = 0, i = q.rxNext; k < pieces; k++, i = (i + 1) >>> 0) {
-        const d = q.rxDesc + ((i & mask) << 2);
-        const hi = rx[d + 1];
-        this.rxPieceAt[k] = rx[d] + (hi & 0xffff) * TWO32 + (hi >>> 16) - this.relayOffset;
-        this.rxPieceLength[k] = rx[d + 2];
-      }
-      const more = onPieces(this.relayBytes, this.rxPieceAt, this.rxPieceLength, pieces, total);
-      for (let k = 0; k < pieces; k++) {
-        const d = q.rxDesc + ((q.rxNext & mask) << 2);
-        this.recycle(q, rx[d] + (rx[d + 1] & 0xffff) * TWO32);
-        q.rxNext = (q.rxNext + 1) >>> 0;
-      }
-      return more === false ? JOIN_STOP : JOIN_DELIVERED;
-    }
     let out = 0;
     for (let k = 0; k < pieces; k++) {
       const d = q.rxDesc + ((q.rxNext & mask) << 2);

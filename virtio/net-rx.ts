@@ -85,7 +85,14 @@ export class NetRxWriter {
       this.queue.pushUsed(chain.head, 0);
       return RX_DROPPED;
     }
-    const written = chain.copyIn(this.headerFor(header, 1), 0, hdrLen, 0);
+    const h = this.header;
+    if (header === null) h.fill(0);
+    else for (let i = 0; i < hdrLen; i++) h[i] = header[i] ?? 0;
+    if (hdrLen === NET_HEADER_LENGTH) {
+      h[NUM_BUFFERS_OFFSET] = 1;
+      h[NUM_BUFFERS_OFFSET + 1] = 0;
+    }
+    const written = chain.copyIn(h, 0, hdrLen, 0);
     const n = chain.copyIn(frame, offset, length, written);
     this.queue.pushUsed(chain.head, written + n);
     return 1;
@@ -98,78 +105,9 @@ export class NetRxWriter {
    * `num_buffers` in `header` is ignored and written by the device.
    */
   deliver(frame: Uint8Array, offset: number, length: number, header: Uint8Array | null = null): number {
-    const hdrLen = this.headerLength;
-    const taken = this.reserve(hdrLen + length);
-    if (taken <= 0) return taken;
-    const h = this.headerFor(header, taken);
-    let from = offset;
-    let left = length;
-    for (let k = 0; k < taken; k++) {
-      const chain = this.pool[k]!;
-      let written = 0;
-      if (k === 0) written = chain.copyIn(h, 0, hdrLen, 0);
-      const n = chain.copyIn(frame, from, left, written);
-      from += n;
-      left -= n;
-      this.queue.pushUsed(chain.head, written + n);
-    }
-    return taken;
-  }
-
-  /**
-   * deliver() for a frame in `count` pieces of `bytes` (piece i: `length[i]` bytes at `at[i]`),
-   * written one after the other as if they were one: a port that received the frame in several
-   * buffers hands it over without joining it first.
-   */
-  deliverPieces(bytes: Uint8Array, at: ArrayLike<number>, length: ArrayLike<number>, count: number, header: Uint8Array | null = null): number {
-    const hdrLen = this.headerLength;
-    let total = 0;
-    for (let i = 0; i < count; i++) total += length[i];
-    const taken = this.reserve(hdrLen + total);
-    if (taken <= 0) return taken;
-    const h = this.headerFor(header, taken);
-    let piece = 0;
-    let from = count > 0 ? at[0] : 0;
-    let left = count > 0 ? length[0] : 0;
-    for (let k = 0; k < taken; k++) {
-      const chain = this.pool[k]!;
-      let written = k === 0 ? chain.copyIn(h, 0, hdrLen, 0) : 0;
-      while (piece < count) {
-        if (left === 0) {
-          if (++piece === count) break;
-          from = at[piece];
-          left = length[piece];
-          continue;
-        }
-        const n = chain.copyIn(bytes, from, left, written);
-        written += n;
-        from += n;
-        left -= n;
-        if (left > 0) break; // this chain is full: the rest goes into the next
-      }
-      this.queue.pushUsed(chain.head, written);
-    }
-    return taken;
-  }
-
-  /** The header to write, `num_buffers` set to `taken`. */
-  private headerFor(header: Uint8Array | null, taken: number): Uint8Array {
-    const h = this.header;
-    if (header === null) h.fill(0);
-    else for (let i = 0; i < this.headerLength; i++) h[i] = header[i] ?? 0;
-    if (this.headerLength === NET_HEADER_LENGTH) {
-      h[NUM_BUFFERS_OFFSET] = taken & 0xff;
-      h[NUM_BUFFERS_OFFSET + 1] = taken >>> 8;
-    }
-    return h;
-  }
-
-  /**
-   * Takes chains (into the pool) until they hold `needed` bytes: how many, or RX_NO_BUFFERS (none
-   * taken) or RX_DROPPED (the buffers taken went back empty).
-   */
-  private reserve(needed: number): number {
     const queue = this.queue;
+    const hdrLen = this.headerLength;
+    const needed = hdrLen + length;
     let taken = 0;
     let room = 0;
     while (room < needed) {
@@ -198,6 +136,25 @@ export class NetRxWriter {
       }
       room += chain.writableLength;
       taken++;
+    }
+
+    const h = this.header;
+    if (header === null) h.fill(0);
+    else for (let i = 0; i < hdrLen; i++) h[i] = header[i] ?? 0;
+    if (hdrLen === NET_HEADER_LENGTH) {
+      h[NUM_BUFFERS_OFFSET] = taken & 0xff;
+      h[NUM_BUFFERS_OFFSET + 1] = taken >>> 8;
+    }
+    let from = offset;
+    let left = length;
+    for (let k = 0; k < taken; k++) {
+      const chain = this.pool[k]!;
+      let written = 0;
+      if (k === 0) written = chain.copyIn(h, 0, hdrLen, 0);
+      const n = chain.copyIn(frame, from, left, written);
+      from += n;
+      left -= n;
+      queue.pushUsed(chain.head, written + n);
     }
     return taken;
   }

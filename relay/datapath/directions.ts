@@ -14,7 +14,6 @@ import { Counter, Dir, counterBase } from './counters.js';
 import { flowHash } from './flow-hash.js';
 import { completeL4Checksum } from './checksum.js';
 import { TP_STATUS_CSUMNOTREADY } from '../../sys/packet-ring.js';
-import type { FramePiecesHandler } from '../../sys/xdp-socket.js';
 import { RX_CHECKSUM, RX_PASS, RX_PLAIN, RX_SEGMENT, gsoSize, rxAction } from './rx-offload.js';
 import { TcpSegmenter } from './segmentation.js';
 import { VfPort } from './vf-port.js';
@@ -644,7 +643,6 @@ export class VfToVm extends Direction {
   /** The guest's chains go to guestLink's fill ring: one split receive ring. */
   private readonly inPlace: boolean = false;
   private readonly onGuestFrame: (key: number, hdrGpa: number, frameGpa: number, length: number) => boolean;
-  private readonly onPieces: FramePiecesHandler;
   private readonly postChain = new DescriptorChain();
   private readonly hdrLen: number;
 
@@ -719,22 +717,6 @@ export class VfToVm extends Direction {
     };
     this.kernelDropsSeen = new Float64Array(this.port?.links.length ?? 0);
     this.port?.links.forEach((l, m) => (this.kernelDropsSeen[m] = l.kernelDropsSoFar));
-    // A frame an AF_XDP port received in several chunks (jumbo frames) is written into the guest
-    // from its pieces, one copy, not joined first. Such a frame never carries a kernel header.
-    this.onPieces = (bytes, at, length, count, total) => {
-      this.rxBytes += total;
-      const w = this.writerFor(bytes, at[0], length[0]);
-      let r: number;
-      try {
-        r = w.deliverPieces(bytes, at, length, count, null);
-      } catch (err) {
-        if (!(err instanceof RingError)) throw err;
-        this.ringFailed(w, err);
-        return this.roomLeft > 0;
-      }
-      this.tally(r, total);
-      return this.roomLeft > 0;
-    };
     this.rxOffloads = guest?.rxOffloads ?? 0;
     this.deliverSegment = (bytes, offset, length) => this.deliver(bytes, offset, length, null);
     this.admit = (length) => {
@@ -812,34 +794,19 @@ export class VfToVm extends Direction {
       this.deliverReserved(g, bytes, offset, length, header);
       return;
     }
-    const w = this.writerFor(bytes, offset, length);
+    const writers = this.writers;
+    const n = writers.length;
+    const w = n === 1 ? writers[0] : writers[flowHash(bytes, offset, length) % n];
     let r: number;
     try {
       r = w.deliver(bytes, offset, length, header);
     } catch (err) {
       if (!(err instanceof RingError)) throw err;
-      this.ringFailed(w, err);
+      this.failed = this.queues[writers.indexOf(w)] ?? null;
+      this.failure = err.message;
+      this.full++;
       return;
     }
-    this.tally(r, length);
-  }
-
-  /** The guest ring a frame goes to: the only one, or by the hash of its flow. */
-  private writerFor(bytes: Uint8Array, offset: number, length: number): NetRxWriter {
-    const writers = this.writers;
-    const n = writers.length;
-    return n === 1 ? writers[0] : writers[flowHash(bytes, offset, length) % n];
-  }
-
-  /** A writer's ring turned out broken: it stops after this burst (the frame counts as not delivered). */
-  private ringFailed(w: NetRxWriter, err: RingError): void {
-    this.failed = this.queues[this.writers.indexOf(w)] ?? null;
-    this.failure = err.message;
-    this.full++;
-  }
-
-  /** Counts what a writer did with a frame of `length` bytes. */
-  private tally(r: number, length: number): void {
     if (r === RX_NO_BUFFERS) {
       this.full++;
       this.roomLeft = 0;
@@ -921,10 +888,8 @@ export class VfToVm extends Direction {
       if (connected && port.acceptsFrom(m)) {
         this.link = link;
         // Members of a bond share the guest's buffers: one that used them up leaves none to the next.
-        if (link === this.guestLink) handled += this.guestLink.receive(this.onFrame, budget, this.admit, this.onGuestFrame, this.onPieces);
-        else if (budget > 0 && this.roomLeft > 0) {
-          handled += link instanceof XdpLink ? link.receive(this.onFrame, budget, this.admit, undefined, this.onPieces) : link.receive(this.onFrame, budget, this.admit);
-        }
+        if (link === this.guestLink) handled += this.guestLink.receive(this.onFrame, budget, this.admit, this.onGuestFrame);
+        else if (budget > 0 && this.roomLeft > 0) handled += link.receive(this.onFrame, budget, this.admit);
       } else {
         handled += link.receive(this.dropFrame, BURST);
       }

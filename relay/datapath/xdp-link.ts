@@ -4,7 +4,7 @@
 // chain goes back to the guest only when the kernel has completed it (HELD). Other frames are copied (OffloadSender). A port that
 // receives into guest buffers (sys/xdp-guest-rx.ts) takes the guest's receive chains here.
 import type { FrameAdmission, FrameHandler } from '../../sys/packet-ring.js';
-import { XdpPort, GUEST_QUEUED, GUEST_NO_ROOM, GUEST_RX_FRAME_ROOM, MAX_TX_PIECES, type FramePiecesHandler, type GuestFrameHandler, type XdpPortHandle } from '../../sys/xdp-socket.js';
+import { XdpPort, GUEST_QUEUED, GUEST_NO_ROOM, GUEST_RX_FRAME_ROOM, MAX_TX_PIECES, type GuestFrameHandler, type XdpPortHandle } from '../../sys/xdp-socket.js';
 import type { DescriptorChain } from '../../virtio/descriptor-chain.js';
 import { guestUmemOffset, type UmemGuestSlot } from '../../sys/xdp-umem.js';
 import { OffloadSender } from './offload-sender.js';
@@ -41,9 +41,8 @@ export class XdpLink extends OffloadSender implements VfLink {
     this.rxFds = this.port.rxFds;
   }
 
-  /** See XdpPort.receive: a frame in several chunks (multi-buffer ports) goes to `onPieces` where given. */
-  receive(onFrame: FrameHandler, budget: number, admit?: FrameAdmission, onGuest?: GuestFrameHandler, onPieces?: FramePiecesHandler): number {
-    return this.port.receive(onFrame, budget, admit, onGuest, onPieces);
+  receive(onFrame: FrameHandler, budget: number, admit?: FrameAdmission, onGuest?: GuestFrameHandler): number {
+    return this.port.receive(onFrame, budget, admit, onGuest);
   }
 
   /** The port can take guest receive buffers (its posted table exists, whether or not it copies now). */

@@ -372,7 +372,7 @@ describe.skipIf(!ready)('the relay over an AF_XDP port whose UMEM holds the gues
     }
   });
 
-  it('a multi-buffer port (MTU 9000) sends jumbo frames and frames in several buffers from guest memory, in pieces of a chunk at most (a frame in more pieces than the kernel takes is copied), and writes received ones into the guest from their pieces', async () => {
+  it('a multi-buffer port (MTU 9000) sends jumbo frames and frames in several buffers from guest memory, in pieces of a chunk at most (a frame in more pieces than the kernel takes is copied); received ones reach the guest whole', async () => {
     if (!multiBufferXdp()) return;
     const jvf = `xdgj${tag}`;
     const jpeer = `xdgk${tag}`;
@@ -428,8 +428,8 @@ describe.skipIf(!ready)('the relay over an AF_XDP port whose UMEM holds the gues
       expect(port.counters.txFrames).toBe(4); // frames, not pieces
       g.d.release();
 
-      // The other way: frames the kernel put in several chunks are written into the guest's
-      // buffers from their pieces, whole and in order.
+      // The other way: frames the kernel put in several chunks reach the guest's buffers whole,
+      // in order.
       const r = rxDirection(jrig, 10, { mergeable: true });
       const sent = [9014, 3841, 60, 7000, 3840, 9014].map((n, i) => testFrame(800 + i, n));
       expect(peerSend(gns, jpeer, sent)).toBe(sent.length);

@@ -262,66 +262,6 @@ describe('receive jumbo frames (9014 bytes, 9018 tagged)', () => {
   });
 });
 
-// A multi-buffer AF_XDP port hands a jumbo frame over in the pieces the kernel received it in
-// (deliverPieces): what lands in the guest must be exactly what deliver() writes for the whole frame.
-describe('receive a frame in pieces', () => {
-  /** The same buffers in two rings, one given the whole frame and one its pieces. */
-  function twin(mergeable: boolean, buffers: number[][], seed: number) {
-    const a = rxSetup({ mergeable, size: 32 });
-    const b = rxSetup({ mergeable, size: 32 });
-    for (const s of [a, b]) {
-      buffers.forEach((lens, head) => {
-        let at = 0x10000 + head * 0x8000;
-        s.ring.writeChain(lens.map((len) => {
-          const part = { addr: at, len, writable: true };
-          at += len + 64;
-          return part;
-        }), head);
-      });
-      s.ring.offer(...buffers.map((_, head) => head));
-      writeBytes(s.memory, 0x10000, new Uint8Array(8 * 0x8000).fill(seed & 0xff));
-    }
-    return { a, b };
-  }
-
-  for (const mergeable of [true, false]) {
-    it(`writes what the whole frame would, header and num_buffers included, over seeded random pieces and buffers ${mergeable ? 'with' : 'without'} MRG_RXBUF`, () => {
-      const seed = 20261206 + (mergeable ? 1 : 0);
-      const random = rng(seed);
-      for (let round = 0; round < 60; round++) {
-        const length = 60 + Math.floor(random() * 9000);
-        const frame = frameOf(length, round);
-        // Pieces at scattered places of a larger buffer, some of them empty, as a port's chunks are.
-        const count = 1 + Math.floor(random() * 5);
-        const cuts = [0, ...Array.from({ length: count - 1 }, () => Math.floor(random() * length)).sort((x, y) => x - y), length];
-        const bytes = new Uint8Array(count * 10000);
-        const at = new Float64Array(count);
-        const lens = new Uint32Array(count);
-        for (let i = 0; i < count; i++) {
-          at[i] = i * 10000 + Math.floor(random() * 200);
-          lens[i] = cuts[i + 1] - cuts[i];
-          bytes.set(frame.subarray(cuts[i], cuts[i + 1]), at[i]);
-        }
-        const buffers = mergeable
-          ? Array.from({ length: 8 }, () => [12 + Math.floor(random() * 3000)])
-          : Array.from({ length: 2 }, () => Array.from({ length: 1 + Math.floor(random() * 4) }, () => 12 + Math.floor(random() * 4000)));
-        const { a, b } = twin(mergeable, buffers, round);
-        const whole = a.writer.deliver(frame, 0, length);
-        const pieces = b.writer.deliverPieces(bytes, at, lens, count);
-        expect(pieces, `seed ${seed} round ${round}`).toBe(whole);
-        a.queue.flushUsed();
-        b.queue.flushUsed();
-        expect(b.ring.usedIdx()).toBe(a.ring.usedIdx());
-        for (let i = 0; i < a.ring.usedIdx(); i++) expect(b.ring.usedEntry(i), `seed ${seed} round ${round} used ${i}`).toEqual(a.ring.usedEntry(i));
-        expect(hexOf(readBytes(b.memory, 0x10000, 8 * 0x8000)) === hexOf(readBytes(a.memory, 0x10000, 8 * 0x8000)), `seed ${seed} round ${round}: guest memory differs`).toBe(true);
-        expect(b.queue.lastAvail).toBe(a.queue.lastAvail);
-      }
-    });
-  }
-});
-
-const hexOf = (b: Uint8Array): string => Buffer.from(b).toString('hex');
-
 // VIRTIO_F_IN_ORDER is offered, so every receive buffer must come back in the order it was made
 // available, whatever happens to the frames: delivered, spread over several buffers, dropped for a
 // bad buffer, or held back (no used entry) for lack of buffers. DPDK's in-order receive path
