@@ -136,7 +136,7 @@ export const VARIABLES: readonly VariableInfo[] = [
     defaultText: 'guest',
     treatment: 'supported',
     summary:
-      'what AF_XDP ports register as their UMEM: guest (the VM\'s memory as well as the relay\'s chunks: frames a guest sends in one piece go to the kernel from where the guest wrote them, with no copy; the VM\'s memory stays pinned while it is connected), or relay (the relay\'s chunks only: every frame is copied once)',
+      'what AF_XDP ports register as their UMEM: guest (the VM\'s memory as well as the relay\'s chunks: frames a guest sends in one piece (with multi-buffer AF_XDP, MTU above 3826, in up to 17) go to the kernel from where the guest wrote them, with no copy; the VM\'s memory stays pinned while it is connected), or relay (the relay\'s chunks only: every frame is copied once)',
   },
   {
     name: 'VIRTIOFWD_XDP_RX',

@@ -168,22 +168,37 @@ export class XdpLink extends OffloadSender implements VfLink {
     if (frame.holdKey < 0 || this.guestSlots.length === 0) return REFUSED;
     const chain = frame.chain;
     const segments = chain.readableSegments;
-    const chunk = this.port.chunkSize;
-    const most = this.port.multiBuffer ? MAX_TX_PIECES : 1;
     let skip = frame.hdrLen;
-    let left = frame.frameLength;
-    let pieces = 0;
-    for (let i = 0; i < segments && left > 0; i++) {
+    for (let i = 0; i < segments; i++) {
       const len = chain.segLength[i];
       if (skip >= len) {
         skip -= len;
         continue;
       }
-      const take = Math.min(len - skip, left);
+      // The layout of Linux guests and DPDK: the whole frame in the buffer after the header.
+      if (len - skip >= frame.frameLength && frame.frameLength <= this.port.chunkSize) {
+        const at = guestUmemOffset(this.guestSlots, chain.segHost[i] + skip, frame.frameLength);
+        if (at < 0) return REFUSED;
+        return this.guestResult(this.port.txGuest(at, frame.frameLength, frame.holdKey), frame.frameLength);
+      }
+      return this.port.multiBuffer ? this.sendInPieces(frame, i, skip) : REFUSED;
+    }
+    return REFUSED;
+  }
+
+  /** A multi-buffer port: the frame from `skip` bytes into readable segment `first` on, each buffer cut at chunk size. */
+  private sendInPieces(frame: GuestFrame, first: number, skip: number): number {
+    const chain = frame.chain;
+    const segments = chain.readableSegments;
+    const chunk = this.port.chunkSize;
+    let left = frame.frameLength;
+    let pieces = 0;
+    for (let i = first; i < segments && left > 0; i++) {
+      const take = Math.min(chain.segLength[i] - skip, left);
       const at = guestUmemOffset(this.guestSlots, chain.segHost[i] + skip, take);
       if (at < 0) return REFUSED;
       for (let done = 0; done < take; pieces++) {
-        if (pieces === most) return REFUSED;
+        if (pieces === MAX_TX_PIECES) return REFUSED;
         const n = Math.min(chunk, take - done);
         this.pieceAt[pieces] = at + done;
         this.pieceLength[pieces] = n;
@@ -192,10 +207,14 @@ export class XdpLink extends OffloadSender implements VfLink {
       skip = 0;
       left -= take;
     }
-    if (left > 0 || pieces === 0) return REFUSED;
-    const r = this.port.txGuestPieces(this.pieceAt, this.pieceLength, pieces, frame.holdKey);
+    if (left > 0) return REFUSED;
+    return this.guestResult(this.port.txGuestPieces(this.pieceAt, this.pieceLength, pieces, frame.holdKey), frame.frameLength);
+  }
+
+  /** What the direction hears of a frame offered to the kernel from guest memory. */
+  private guestResult(r: number, length: number): number {
     if (r === GUEST_QUEUED) {
-      this.counted(frame.frameLength);
+      this.counted(length);
       return HELD;
     }
     return r === GUEST_NO_ROOM ? NO_ROOM : REFUSED;
