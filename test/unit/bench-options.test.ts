@@ -1,6 +1,6 @@
 // The relay bench's command line: what it accepts and what it refuses, with a message naming the flag.
 import { describe, expect, it } from 'vitest';
-import { parseOptions, USAGE } from '../../bench/lib/options.js';
+import { isJumbo, parseOptions, USAGE } from '../../bench/lib/options.js';
 
 describe('bench/relay.ts options', () => {
   it('runs at full rate unless --rx-rate caps it, and --quick gives way to explicit flags', () => {
@@ -19,6 +19,15 @@ describe('bench/relay.ts options', () => {
     expect(() => parseOptions(['--directions', 'up'])).toThrow('--directions: unknown value "up"');
     expect(() => parseOptions(['--json'])).toThrow('--json needs a file name');
     expect(() => parseOptions(['--xdp-rx', 'zero'])).toThrow('--xdp-rx: expected copy or guest, not "zero"');
+  });
+
+  it('takes frame sizes up to a jumbo frame (9014 bytes), not with memif, and refuses any longer', () => {
+    expect(parseOptions(['--sizes', '60,1514,1515,9014']).sizes).toEqual([60, 1514, 1515, 9014]);
+    expect([1514, 1515, 9014].map(isJumbo)).toEqual([false, true, true]);
+    expect(() => parseOptions(['--sizes', '9015'])).toThrow('--sizes: 9015 is outside 60..9014');
+    expect(() => parseOptions(['--sizes', '59'])).toThrow('--sizes: 59 is outside 60..9014');
+    expect(() => parseOptions(['--sizes', '9014', '--vf-ports', 'memif'])).toThrow(/--vf-ports memif with --sizes above 1514/);
+    expect(parseOptions(['--sizes', '1500', '--vf-ports', 'memif']).vfPorts).toEqual(['memif']);
   });
 
   it('says in --help which environment variables it reads', () => {
