@@ -1057,10 +1057,14 @@ export class XdpPort {
   /**
    * Queues a frame the guest wrote, `length` bytes at UMEM offset `at` (guestUmemOffset); `key`
    * comes back in completedKeys once the kernel is done with it. The caller has checked the
-   * length against the MTU; here only what the kernel would refuse is checked.
+   * length against the MTU; here only what the kernel would refuse is checked, and a frame that
+   * starts at an odd address is copied: Linux 6.18 hands the address of a frame's first
+   * descriptor back in the completion ring with bit 0 cleared (copy mode keeps it in the skb,
+   * tagged with that bit), so its slot would never be matched, never freed, and the TX ring would
+   * fill up behind it. Guests put frames at even addresses; a copy costs nothing there.
    */
   txGuest(at: number, length: number, key: number): number {
-    if (length < 14 || !this.pieceAcceptable(at, length)) return GUEST_COPY;
+    if (length < 14 || at % 2 !== 0 || !this.pieceAcceptable(at, length)) return GUEST_COPY;
     if (!this.txRoom()) return GUEST_NO_ROOM;
     this.putTx(at, length, key);
     this.guestInFlight++;
@@ -1077,7 +1081,7 @@ export class XdpPort {
    */
   txGuestPieces(at: Float64Array, length: Uint32Array, count: number, key: number): number {
     if (count === 1) return this.txGuest(at[0], length[0], key);
-    if (!this.multiBuffer || count < 1 || count > MAX_TX_PIECES) return GUEST_COPY;
+    if (!this.multiBuffer || count < 1 || count > MAX_TX_PIECES || at[0] % 2 !== 0) return GUEST_COPY;
     let total = 0;
     for (let i = 0; i < count; i++) {
       if (length[i] === 0 || !this.pieceAcceptable(at[i], length[i])) return GUEST_COPY;

@@ -1,8 +1,9 @@
 // An AF_XDP port as a VfLink: receives from the sockets' RX rings (the redirect program in front
 // of the stack); sends through queue 0's TX ring. When the guest's memory is part of the UMEM, a
 // frame that lies in one piece of it (in several, on a multi-buffer port) is sent from there: its
-// chain goes back to the guest only when the kernel has completed it (HELD). Other frames are copied (OffloadSender). A port that
-// receives into guest buffers (sys/xdp-guest-rx.ts) takes the guest's receive chains here.
+// chain goes back to the guest only when the kernel has completed it (HELD). Other frames are
+// copied (OffloadSender). A port that receives into guest buffers (sys/xdp-guest-rx.ts) takes the
+// guest's receive chains here.
 import type { FrameAdmission, FrameHandler } from '../../sys/packet-ring.js';
 import { XdpPort, GUEST_QUEUED, GUEST_NO_ROOM, GUEST_RX_FRAME_ROOM, MAX_TX_PIECES, type GuestFrameHandler, type XdpPortHandle } from '../../sys/xdp-socket.js';
 import type { DescriptorChain } from '../../virtio/descriptor-chain.js';

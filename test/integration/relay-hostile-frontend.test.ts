@@ -4,9 +4,11 @@
 // eventfd, always-readable kicks, broken descriptor chains and a seeded random stream of requests.
 // After every case: the daemon is alive, the healthy VM still forwards a frame each way, and the
 // hostile VM can reconnect and forward too. Around the campaign, the daemon's fds and RSS. All of
-// it three times: with AF_PACKET VF ports, with AF_XDP ones (VIRTIOFWD_VF_PORT), and with AF_XDP
-// ones that receive straight into the guest's buffers (VIRTIOFWD_XDP_RX=guest: the hostile guest's
-// receive chains go to the kernel's fill ring).
+// it four times: with AF_PACKET VF ports, with AF_XDP ones (VIRTIOFWD_VF_PORT), with AF_XDP ones
+// that receive straight into the guest's buffers (VIRTIOFWD_XDP_RX=guest: the hostile guest's
+// receive chains go to the kernel's fill ring), and with AF_XDP ones at MTU 9000
+// (VIRTIOFWD_JUMBO: frames over several chunks, the hostile guest's chains of several buffers sent
+// from its memory in pieces).
 //
 // VIO4WD_HOSTILE_CASES=N (default 50) random cases, VIO4WD_HOSTILE_SEED=S to replay a run.
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
@@ -15,6 +17,7 @@ import { eventfdRead, eventfdWrite } from '../../sys/eventfd.js';
 import { Reactor } from '../../sys/poll.js';
 import { ControlClient } from '../../port-control/client.js';
 import { requireBinary, requireRoot, uniqueTag } from '../support/netns.js';
+import { multiBufferXdp } from '../support/env.js';
 import { checkBothWays, fdGrowth, makeSite, processStats, sendFromPeer, settledStats, setUpSite, startSender, tearDownSite } from '../support/vm-site.js';
 import { startRelay, type RunningRelay } from '../support/relay.js';
 import { sleep, stopAll, waitFor } from '../support/processes.js';
@@ -35,20 +38,22 @@ async function relayCounters(client: ControlClient, id: number): Promise<RelayCo
   return r as unknown as RelayCounters;
 }
 
-const kinds: [vfPort: string, xdpRx: string][] = [
-  ['af_packet', 'copy'],
-  ['af_xdp', 'copy'],
-  ['af_xdp', 'guest'],
+const kinds: [vfPort: string, xdpRx: string, mtu: string][] = [
+  ['af_packet', 'copy', 'standard'],
+  ['af_xdp', 'copy', 'standard'],
+  ['af_xdp', 'guest', 'standard'],
+  // Multi-buffer AF_XDP needs Linux 6.6 (multiBufferXdp says so when it is older).
+  ...(multiBufferXdp() ? [['af_xdp', 'copy', 'jumbo'] as [string, string, string]] : []),
 ];
 
-describe.skipIf(!ready).each(kinds)('relay (%s VF ports, receiving by %s) against a hostile front-end on the same worker as a healthy one', (vfPort, xdpRx) => {
+describe.skipIf(!ready).each(kinds)('relay (%s VF ports, receiving by %s, %s MTU) against a hostile front-end on the same worker as a healthy one', (vfPort, xdpRx, mtu) => {
   let relay: RunningRelay;
   let reactor: Reactor;
   let healthy: TestVm;
   let hostile: TestVm;
   let stats: ControlClient;
   const [siteA, siteB] = sites;
-  const statsEp = `ipc:///tmp/vio4wd-hostile-stats-${vfPort}-${xdpRx}-${tag}`;
+  const statsEp = `ipc:///tmp/vio4wd-hostile-stats-${vfPort}-${xdpRx}-${mtu}-${tag}`;
 
   beforeAll(async () => {
     for (const s of sites) setUpSite(s);
@@ -57,13 +62,16 @@ describe.skipIf(!ready).each(kinds)('relay (%s VF ports, receiving by %s) agains
       cpus: [0],
       logLevel: 6,
       staticVfs: { [siteA.vf]: siteA.relayId, [siteB.vf]: siteB.relayId },
-      configLines: [`VIRTIOFWD_ZMQ_STATS_EP=${statsEp}`, `VIRTIOFWD_VF_PORT=${vfPort}`, `VIRTIOFWD_XDP_RX=${xdpRx}`],
+      configLines: [`VIRTIOFWD_ZMQ_STATS_EP=${statsEp}`, `VIRTIOFWD_VF_PORT=${vfPort}`, `VIRTIOFWD_XDP_RX=${xdpRx}`, `VIRTIOFWD_JUMBO=${mtu === 'jumbo'}`],
     });
     stats = new ControlClient(statsEp, 3000);
     reactor = new Reactor();
     healthy = new TestVm('healthy');
     hostile = new TestVm('hostile');
     await healthy.connect(relay.socketPath(siteA.relayId), reactor);
+    if (mtu === 'jumbo') {
+      await waitFor(() => relay.logs().some((l) => String(l.msg).startsWith(`VF ${siteA.vf}: AF_XDP port`) && String(l.msg).includes('frames over several chunks')), 10_000, 'the healthy VM\'s port to take frames over several chunks');
+    }
     if (xdpRx === 'guest') {
       // The campaign must meet a port that takes the guest's receive chains into its fill ring.
       await waitFor(() => relay.logs().some((l) => String(l.msg).startsWith(`VF ${siteA.vf}: AF_XDP port`) && String(l.msg).endsWith(", receiving into the VM's buffers")), 10_000, 'the healthy VM\'s port to receive in place');
