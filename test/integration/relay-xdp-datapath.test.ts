@@ -242,6 +242,14 @@ describe.skipIf(!ready)('the relay over an AF_XDP port whose UMEM holds the gues
     deleteNetns(gns);
   });
 
+  /** A veth pair at MTU 9000 (the peer in the namespace) and a multi-buffer port over guest memory on the near end. */
+  function openJumboRig(vf: string, peer: string): TxRig {
+    createVethPair(vf, peer, { nsB: gns, noIpv6: true });
+    execFileSync('ip', ['link', 'set', vf, 'mtu', '9000']);
+    execFileSync('ip', ['-n', gns, 'link', 'set', peer, 'mtu', '9000']);
+    return openTxRig(vf, {}, undefined, { ringSize: 64 }, undefined, { guestUmem: true });
+  }
+
   /** Bursts until `want` chains came back (or 10 s passed); returns how many did. */
   async function reclaimAll(g: ReturnType<typeof txDirection>, want: number, already = 0): Promise<number> {
     let back = already;
@@ -402,10 +410,7 @@ describe.skipIf(!ready)('the relay over an AF_XDP port whose UMEM holds the gues
     if (!multiBufferXdp()) return;
     const jvf = `xdgj${tag}`;
     const jpeer = `xdgk${tag}`;
-    createVethPair(jvf, jpeer, { nsB: gns, noIpv6: true });
-    execFileSync('ip', ['link', 'set', jvf, 'mtu', '9000']);
-    execFileSync('ip', ['-n', gns, 'link', 'set', jpeer, 'mtu', '9000']);
-    const jrig = openTxRig(jvf, {}, undefined, { ringSize: 64 }, undefined, { guestUmem: true });
+    const jrig = openJumboRig(jvf, jpeer);
     try {
       const handle = jrig.handle as XdpPortHandle;
       expect(handle.multiBuffer).toBe(true);
@@ -485,10 +490,7 @@ describe.skipIf(!ready)('the relay over an AF_XDP port whose UMEM holds the gues
     if (!multiBufferXdp()) return;
     const jvf = `xdgr${tag}`;
     const jpeer = `xdgs${tag}`;
-    createVethPair(jvf, jpeer, { nsB: gns, noIpv6: true });
-    execFileSync('ip', ['link', 'set', jvf, 'mtu', '9000']);
-    execFileSync('ip', ['-n', gns, 'link', 'set', jpeer, 'mtu', '9000']);
-    const jrig = openTxRig(jvf, {}, undefined, { ringSize: 64 }, undefined, { guestUmem: true });
+    const jrig = openJumboRig(jvf, jpeer);
     try {
       const r = rng(piecesSeed);
       const g = txDirection(jrig, 11, { queueSize: 256 });
