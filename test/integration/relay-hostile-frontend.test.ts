@@ -7,8 +7,8 @@
 // it four times: with AF_PACKET VF ports, with AF_XDP ones (VIRTIOFWD_VF_PORT), with AF_XDP ones
 // that receive straight into the guest's buffers (VIRTIOFWD_XDP_RX=guest: the hostile guest's
 // receive chains go to the kernel's fill ring), and with AF_XDP ones at MTU 9000
-// (VIRTIOFWD_JUMBO: frames over several chunks, the hostile guest's chains of several buffers sent
-// from its memory in pieces).
+// (VIRTIOFWD_JUMBO: multi-buffer ports). The random chains here seldom make a valid frame of
+// several buffers; relay-xdp-datapath's seeded fuzzer is what sends such frames in pieces.
 //
 // VIO4WD_HOSTILE_CASES=N (default 50) random cases, VIO4WD_HOSTILE_SEED=S to replay a run.
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
