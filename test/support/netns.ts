@@ -69,7 +69,12 @@ export function linkCounter(ifname: string, counter: string, ns?: string): numbe
   return Number(nsExec(ns, 'cat', [`/sys/class/net/${ifname}/statistics/${counter}`]).trim());
 }
 
+let tagCounter = Math.floor(Math.random() * 100);
+
 /** A short unique suffix for names of links and namespaces (interface names are limited to 15 bytes). */
 export function uniqueTag(): string {
-  return `${process.pid % 10000}${Math.floor(Math.random() * 100)}`;
+  // A counter, not a random draw: rigs of one file live at the same time, and two draws gave
+  // them the same names one time in a hundred.
+  tagCounter = (tagCounter + 1) % 100;
+  return `${process.pid % 10000}${String(tagCounter).padStart(2, '0')}`;
 }
