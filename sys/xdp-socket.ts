@@ -465,10 +465,10 @@ export function xdpUmemKind(handle: XdpPortHandle): 'guest' | 'relay' {
  * Frames received so far straight into a guest's posted buffers (VIRTIOFWD_XDP_RX=guest), and
  * frames sent straight from guest memory (VIRTIOFWD_XDP_UMEM=guest); zeros once the port is closing.
  */
-export function xdpFramesInPlace(handle: XdpPortHandle): { rx: number; tx: number } {
-  if (handle.closing) return { rx: 0, tx: 0 };
+export function xdpFramesInPlace(handle: XdpPortHandle): { rxFramesInPlace: number; txFramesInPlace: number } {
+  if (handle.closing) return { rxFramesInPlace: 0, txFramesInPlace: 0 };
   const words = counterWords(handle);
-  return { rx: words[C_RX_IN_PLACE], tx: words[C_TX_IN_PLACE] };
+  return { rxFramesInPlace: words[C_RX_IN_PLACE], txFramesInPlace: words[C_TX_IN_PLACE] };
 }
 
 /** Whether every queue's socket runs in zero-copy mode (the driver moves frames into the UMEM itself). */

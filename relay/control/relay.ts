@@ -447,7 +447,7 @@ export class Relay implements NetDevice {
         ? {
             netdev: m.netdev, port: 'af_xdp' as const, attach: m.handle.attachMode, dispatcher: m.handle.dispatcher !== null, zeroCopy: xdpZeroCopy(m.handle), umem: xdpUmemKind(m.handle),
             rxInPlace: m.handle.guestRx !== null && guestRxFallback(m.handle.guestRx) === null,
-            ...((f) => ({ rxFramesInPlace: f.rx, txFramesInPlace: f.tx }))(xdpFramesInPlace(m.handle)),
+            ...xdpFramesInPlace(m.handle),
           }
         : { netdev: m.netdev, port: 'af_packet' as const },
     );

@@ -350,7 +350,7 @@ describe.skipIf(!ready)('the relay over an AF_XDP port whose UMEM holds the gues
     const g = txDirection(grig, 7);
     const bytes = new Uint8Array(grig.mem.buffer);
     const port = XdpPort.attach(grig.handle as XdpPortHandle);
-    const inPlaceBefore = xdpFramesInPlace(grig.handle as XdpPortHandle).tx;
+    const inPlaceBefore = xdpFramesInPlace(grig.handle as XdpPortHandle).txFramesInPlace;
     const odd = testFrame(700, 500);
     const even = testFrame(701, 500);
     bytes.fill(0, 0xc0000, 0xc0000 + HDR);
@@ -365,7 +365,7 @@ describe.skipIf(!ready)('the relay over an AF_XDP port whose UMEM holds the gues
     expect(await reclaimAll(g, 2, g.reclaim())).toBe(2);
     await capture.waitForOutput(/done \d+/, 15_000);
     expect(captured(capture.output()).map(hex)).toEqual([odd, even].map(hex));
-    expect(xdpFramesInPlace(grig.handle as XdpPortHandle).tx - inPlaceBefore).toBe(1); // the even one
+    expect(xdpFramesInPlace(grig.handle as XdpPortHandle).txFramesInPlace - inPlaceBefore).toBe(1); // the even one
     const deadline = Date.now() + 2000;
     while (port.txFree() < 64 && Date.now() < deadline) await sleep(10);
     expect(port.txFree()).toBe(64);
@@ -439,7 +439,7 @@ describe.skipIf(!ready)('the relay over an AF_XDP port whose UMEM holds the gues
         expect(g.d.burst()).toBe(4);
         // Only the copied frame is back: the three others wait in the TX ring, in guest memory.
         expect(g.reclaim()).toBe(1);
-        expect(xdpFramesInPlace(handle).tx).toBe(3);
+        expect(xdpFramesInPlace(handle).txFramesInPlace).toBe(3);
       } finally {
         execFileSync('ip', ['link', 'set', jvf, 'up']);
       }
@@ -565,7 +565,7 @@ describe.skipIf(!ready)('the relay over an AF_XDP port whose UMEM holds the gues
       expect(g.counter(Counter.DropsQueueFull)).toBe(0);
       expect(port.readKernelStatistics().kernelInvalidDescs).toBe(0);
       // The others were copied.
-      expect(xdpFramesInPlace(jrig.handle as XdpPortHandle).tx).toBe(inPlace);
+      expect(xdpFramesInPlace(jrig.handle as XdpPortHandle).txFramesInPlace).toBe(inPlace);
       expect(inPlace).toBeGreaterThan(0);
       g.d.release();
     } finally {
