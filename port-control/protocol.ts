@@ -5,7 +5,7 @@ import { MAX_BOND_MEMBERS } from '../relay/registry-api.js';
 import type { DirectionCounters, MemberPort, MemifRef, RelayCpu, VfPortChoice, WorkerInfo } from '../relay/registry-api.js';
 import { VF_PORT_CHOICES } from '../relay/registry-api.js';
 
-import { MAX_CPU_ID, MAX_RELAYS, MAX_SOCKET_PATH_BYTES } from '../vocabulary/limits.js';
+import { MAX_CPU_ID, MAX_RELAYS, MAX_SOCKET_PATH_BYTES, MEMIF_MAX_CLIENT_RINGS } from '../vocabulary/limits.js';
 import { canonicalPciAddress } from '../vocabulary/pci.js';
 
 export { MAX_BOND_MEMBERS, MAX_RELAYS };
@@ -451,11 +451,11 @@ function validatePortControl(msg: Json, op: PortControlOp): PortControlRequest {
   return req;
 }
 
-const MEMIF_FIELDS = ['socket', 'role', 'id', 'secret'] as const;
+const MEMIF_FIELDS = ['socket', 'role', 'id', 'secret', 'rings'] as const;
 
-/** The memif field: { socket, role: 'server'|'client', id, secret? }, every part checked. */
+/** The memif field: { socket, role: 'server'|'client', id, secret?, rings? }, every part checked. */
 function memifField(v: unknown): MemifRef {
-  if (typeof v !== 'object' || v === null || Array.isArray(v)) bad(`field memif must be an object { socket, role, id, secret? }, not ${JSON.stringify(v)}`);
+  if (typeof v !== 'object' || v === null || Array.isArray(v)) bad(`field memif must be an object { socket, role, id, secret?, rings? }, not ${JSON.stringify(v)}`);
   const m = v as Record<string, unknown>;
   const unknown = Object.keys(m).filter((k) => !(MEMIF_FIELDS as readonly string[]).includes(k));
   if (unknown.length > 0) bad(`field memif: unknown field${unknown.length > 1 ? 's' : ''} ${unknown.join(', ')} (allowed: ${MEMIF_FIELDS.join(', ')})`);
@@ -470,6 +470,13 @@ function memifField(v: unknown): MemifRef {
       bad('field memif.secret must be a string of 1 to 23 bytes without NUL');
     }
     out.secret = m.secret;
+  }
+  if (m.rings !== undefined) {
+    if (typeof m.rings !== 'number' || !Number.isInteger(m.rings) || m.rings < 1 || m.rings > MEMIF_MAX_CLIENT_RINGS) {
+      bad(`field memif.rings must be an integer in [1, ${MEMIF_MAX_CLIENT_RINGS}], not ${JSON.stringify(m.rings)}`);
+    }
+    if (m.role !== 'client') bad('field memif.rings is for the client role: a server takes as many rings as its client adds');
+    out.rings = m.rings;
   }
   return out;
 }

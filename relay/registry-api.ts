@@ -39,6 +39,11 @@ export interface MemifRef {
   role: 'server' | 'client';
   id: number;
   secret?: string;
+  /**
+   * Client role: ring pairs to create, 1..16 (default 1), one per queue of the server's interface;
+   * a server takes as many as its client adds (up to 64 each way).
+   */
+  rings?: number;
 }
 
 /**
@@ -142,6 +147,8 @@ export interface MemberPort {
   memifLastDisconnect?: string;
   /** memif: descriptors and ring words the peer got wrong (its frames dropped). */
   memifPeerErrors?: number;
+  /** memif: rings the relay receives on, one per transmit queue of the peer (0 while not connected). */
+  memifRings?: number;
   /** AF_XDP: the program runs in the driver ('native') or in the generic hook. */
   attach?: string;
   /** AF_XDP: the program sits in libxdp's dispatcher beside the interface's other XDP programs. */

@@ -20,6 +20,7 @@ import { receiveMessage, sendMessage, unixAccept, unixConnect, unixListen } from
 import { claimSocketPath } from './socket-path.js';
 import { F_SEAL_SEAL, F_SEAL_SHRINK, addSeals, fileSeals, fstatSize, ftruncate, memfdCreate, mmap, munmap, viewAt, MAP_SHARED, PROT_READ, PROT_WRITE } from './memory.js';
 import { unlinkSync } from 'node:fs';
+import { MEMIF_MAX_CLIENT_RINGS } from '../vocabulary/limits.js';
 import {
   MEMIF_MAX_LOG2_RING, MEMIF_RING_FLAG_MASK_INT, initRing, newMemifCounters, postAllBuffers, resetRing, ringBytes, ringHasCookie,
   type MemifPortHandle, type MemifRegionMapping, type MemifRingHandle, type MemifRole,
@@ -43,6 +44,13 @@ export const MSG_DISCONNECT = 8;
 export const ADD_RING_FLAG_C2S = 1;
 const MODE_ETHERNET = 0;
 
+/**
+ * Rings per direction a server accepts: a client gets one per queue up to this (HELLO says so).
+ * A client told fewer than it has queues uses that many, but DPDK 22.11's net_memif then points
+ * the queues left over at the region's first ring, which breaks the ring for both sides: so this
+ * is generous. Each ring costs an eventfd and one poll per burst.
+ */
+export const MEMIF_MAX_RINGS = 64;
 /** Regions a client may add (the relay's own client uses one). */
 export const MEMIF_MAX_REGIONS = 16;
 /** Largest region the relay maps (one view must cover it, and it bounds what a client can pin). */
@@ -187,7 +195,7 @@ export function decodeMessage(bytes: Uint8Array): MemifMessage {
 
 /** What ADD_RING may describe, given the regions added so far: null when acceptable, else why not. Pure, for the unit tests. */
 export function checkRingPlacement(regionLengths: readonly number[], m: { index: number; region: number; offset: number; log2RingSize: number; privateHdrSize: number }): string | null {
-  if (m.index !== 0) return `ring index ${m.index}: one ring per direction is supported`;
+  if (m.index >= MEMIF_MAX_RINGS) return `ring index ${m.index}: at most ${MEMIF_MAX_RINGS} rings per direction are supported`;
   if (m.region >= regionLengths.length) return `ring in region ${m.region}, which was not added (${regionLengths.length} regions)`;
   if (m.log2RingSize < 1 || m.log2RingSize > MEMIF_MAX_LOG2_RING) return `log2 ring size ${m.log2RingSize} is outside [1, ${MEMIF_MAX_LOG2_RING}]`;
   if (m.privateHdrSize !== 0) return `private header size ${m.privateHdrSize} is not supported`;
@@ -229,6 +237,11 @@ export interface MemifEndpointOptions {
   name?: string;
   /** Client role: log2 of ring slots (default 10) and bytes per buffer (default 2048). */
   log2RingSize?: number;
+  /**
+   * Client role: ring pairs to create (default 1), at most MEMIF_MAX_CLIENT_RINGS and what the
+   * server allows. A server expects as many as it has queues.
+   */
+  rings?: number;
   bufferSize?: number;
   maxFrameLength: number;
   /** Ask the peer for an interrupt per burst on the ring the relay receives on. */
@@ -245,11 +258,13 @@ export interface MemifEndpointOptions {
 interface Session {
   fd: number;
   regions: { mapping: MemifRegionMapping; fd: number }[];
-  rings: { c2s?: MemifRingHandle; s2c?: MemifRingHandle };
+  /** By ring index, in the order added. */
+  rings: { c2s: MemifRingHandle[]; s2c: MemifRingHandle[] };
   ringFds: number[];
   /** Client role: messages waiting for the server's ACK, sent one at a time. */
   outbox: { bytes: Uint8Array; fds: number[] }[];
-  clientBuffers: MemifPortHandle['clientBuffers'];
+  /** Client role: bytes per buffer of the relay's own. */
+  bufferSize: number;
   connected: boolean;
   timer: NodeJS.Timeout | null;
   peerName: string;
@@ -274,6 +289,8 @@ export class MemifEndpoint {
   constructor(private readonly opts: MemifEndpointOptions) {
     if (!Number.isInteger(opts.id) || opts.id < 0 || opts.id > 0xffffffff) throw new RangeError(`memif id ${opts.id} is not a u32`);
     if (opts.secret !== undefined && Buffer.byteLength(opts.secret) > SECRET_SIZE - 1) throw new RangeError(`memif secret is longer than ${SECRET_SIZE - 1} bytes`);
+    const rings = opts.rings ?? 1;
+    if (!Number.isInteger(rings) || rings < 1 || rings > MEMIF_MAX_CLIENT_RINGS) throw new RangeError(`memif rings ${rings} is not an integer in [1, ${MEMIF_MAX_CLIENT_RINGS}]`);
   }
 
   get name(): string {
@@ -283,7 +300,7 @@ export class MemifEndpoint {
   /** The handle of a port with no connection (what workers poll while the peer is away). */
   downHandle(): MemifPortHandle {
     return {
-      kind: 'memif', name: this.name, role: this.opts.role, connected: false, regions: [], rx: null, tx: null, clientBuffers: null,
+      kind: 'memif', name: this.name, role: this.opts.role, connected: false, regions: [], rx: [], tx: [], bufferSize: 0,
       maxFrameLength: this.opts.maxFrameLength, rxInterrupts: this.opts.rxInterrupts, counters: this.counters,
     };
   }
@@ -321,7 +338,7 @@ export class MemifEndpoint {
       this.begin(fd);
       this.send(encodeMessage({
         type: 'hello', name: this.opts.name ?? 'vio4wd', minVersion: MEMIF_VERSION, maxVersion: MEMIF_VERSION,
-        maxRegion: MEMIF_MAX_REGIONS - 1, maxS2cRing: 0, maxC2sRing: 0, maxLog2RingSize: MEMIF_MAX_LOG2_RING,
+        maxRegion: MEMIF_MAX_REGIONS - 1, maxS2cRing: MEMIF_MAX_RINGS - 1, maxC2sRing: MEMIF_MAX_RINGS - 1, maxLog2RingSize: MEMIF_MAX_LOG2_RING,
       }));
     }
   }
@@ -349,7 +366,7 @@ export class MemifEndpoint {
   }
 
   private begin(fd: number): void {
-    const s: Session = { fd, regions: [], rings: {}, ringFds: [], outbox: [], clientBuffers: null, connected: false, timer: null, peerName: '', initSeen: false };
+    const s: Session = { fd, regions: [], rings: { c2s: [], s2c: [] }, ringFds: [], outbox: [], bufferSize: 0, connected: false, timer: null, peerName: '', initSeen: false };
     this.session = s;
     this.state = 'handshake';
     s.timer = setTimeout(() => {
@@ -458,12 +475,11 @@ export class MemifEndpoint {
           const c2s = (m.flags & ADD_RING_FLAG_C2S) !== 0;
           const why = checkRingPlacement(s.regions.map((r) => r.mapping.length), m);
           if (why) throw new MemifProtocolError(why);
-          if ((c2s ? s.rings.c2s : s.rings.s2c) !== undefined) throw new MemifProtocolError(`a second ${c2s ? 'client-to-server' : 'server-to-client'} ring`);
+          const list = c2s ? s.rings.c2s : s.rings.s2c;
+          if (m.index !== list.length) throw new MemifProtocolError(`${c2s ? 'client-to-server' : 'server-to-client'} ring index ${m.index}, expected ${list.length} (rings are added in order)`);
           const notifier = checkNotifierFd(fd);
           if (!notifier.ok) throw new MemifProtocolError(`interrupt fd refused: ${notifier.reason}`);
-          const ring: MemifRingHandle = { region: m.region, offset: m.offset, log2Size: m.log2RingSize, interruptFd: fd };
-          if (c2s) s.rings.c2s = ring;
-          else s.rings.s2c = ring;
+          list.push({ region: m.region, offset: m.offset, log2Size: m.log2RingSize, interruptFd: fd, buffersAt: -1 });
           s.ringFds.push(fd);
           kept = true;
         } finally {
@@ -474,13 +490,14 @@ export class MemifEndpoint {
       }
       case 'connect': {
         const { c2s, s2c } = s.rings;
-        if (!c2s || !s2c) throw new MemifProtocolError('CONNECT before a ring in each direction was added');
-        for (const [what, ring] of [['client-to-server', c2s], ['server-to-client', s2c]] as const) {
-          const region = this.regionBuffer(s, ring.region);
-          if (!ringHasCookie(region, ring.offset)) throw new MemifProtocolError(`the ${what} ring has no memif cookie`);
+        if (c2s.length === 0 || s2c.length === 0) throw new MemifProtocolError('CONNECT before a ring in each direction was added');
+        for (const [what, rings] of [['client-to-server', c2s], ['server-to-client', s2c]] as const) {
+          rings.forEach((ring, i) => {
+            if (!ringHasCookie(this.regionBuffer(s, ring.region), ring.offset)) throw new MemifProtocolError(`${what} ring ${i} has no memif cookie`);
+          });
         }
-        resetRing(this.regionBuffer(s, c2s.region), c2s.offset, this.opts.rxInterrupts ? 0 : MEMIF_RING_FLAG_MASK_INT);
-        resetRing(this.regionBuffer(s, s2c.region), s2c.offset, null);
+        for (const ring of c2s) resetRing(this.regionBuffer(s, ring.region), ring.offset, this.opts.rxInterrupts ? 0 : MEMIF_RING_FLAG_MASK_INT);
+        for (const ring of s2c) resetRing(this.regionBuffer(s, ring.region), ring.offset, null);
         this.send(encodeMessage({ type: 'connected', ifName: this.opts.name ?? 'vio4wd' }));
         this.up(s, m.ifName, { rx: c2s, tx: s2c });
         return;
@@ -502,14 +519,20 @@ export class MemifEndpoint {
         if (m.minVersion > MEMIF_VERSION || m.maxVersion < MEMIF_VERSION) throw new MemifProtocolError(`server speaks memif ${m.minVersion >> 8}.${m.minVersion & 0xff} to ${m.maxVersion >> 8}.${m.maxVersion & 0xff}, not 2.0`);
         if (m.maxLog2RingSize < 1) throw new MemifProtocolError(`server allows rings of 2^${m.maxLog2RingSize} slots`);
         s.peerName = m.name;
-        this.createRegion(s, Math.min(this.opts.log2RingSize ?? 10, m.maxLog2RingSize, MEMIF_MAX_LOG2_RING));
+        // A server with fewer rings than asked for gets as many as it allows.
+        const rings = Math.min(this.opts.rings ?? 1, m.maxC2sRing + 1, m.maxS2cRing + 1);
+        this.createRegion(s, Math.min(this.opts.log2RingSize ?? 10, m.maxLog2RingSize, MEMIF_MAX_LOG2_RING), rings);
         const r = s.regions[0];
-        const { c2s, s2c } = s.rings as Required<Session['rings']>;
+        const { c2s, s2c } = s.rings;
+        const addRing = (ring: MemifRingHandle, index: number, flags: number) => ({
+          bytes: encodeMessage({ type: 'add_ring', flags, index, region: 0, offset: ring.offset, log2RingSize: ring.log2Size, privateHdrSize: 0 }),
+          fds: [ring.interruptFd],
+        });
         this.send(encodeMessage({ type: 'init', version: MEMIF_VERSION, id: this.opts.id, mode: MODE_ETHERNET, secret: this.opts.secret ?? '', name: this.opts.name ?? 'vio4wd' }));
         s.outbox.push(
           { bytes: encodeMessage({ type: 'add_region', index: 0, size: r.mapping.length }), fds: [r.fd] },
-          { bytes: encodeMessage({ type: 'add_ring', flags: ADD_RING_FLAG_C2S, index: 0, region: 0, offset: c2s.offset, log2RingSize: c2s.log2Size, privateHdrSize: 0 }), fds: [c2s.interruptFd] },
-          { bytes: encodeMessage({ type: 'add_ring', flags: 0, index: 0, region: 0, offset: s2c.offset, log2RingSize: s2c.log2Size, privateHdrSize: 0 }), fds: [s2c.interruptFd] },
+          ...c2s.map((ring, i) => addRing(ring, i, ADD_RING_FLAG_C2S)),
+          ...s2c.map((ring, i) => addRing(ring, i, 0)),
           { bytes: encodeMessage({ type: 'connect', ifName: this.opts.name ?? 'vio4wd' }), fds: [] },
         );
         return;
@@ -522,11 +545,13 @@ export class MemifEndpoint {
       }
       case 'connected': {
         if (s.outbox.length > 0 || s.regions.length === 0 || s.connected) throw new MemifProtocolError('CONNECTED before CONNECT');
-        const { c2s, s2c } = s.rings as Required<Session['rings']>;
+        const { c2s, s2c } = s.rings;
         const region = this.regionBuffer(s, 0);
-        resetRing(region, c2s.offset, null);
-        resetRing(region, s2c.offset, this.opts.rxInterrupts ? 0 : MEMIF_RING_FLAG_MASK_INT);
-        postAllBuffers(region, s2c.offset, s2c.log2Size);
+        for (const ring of c2s) resetRing(region, ring.offset, null);
+        for (const ring of s2c) {
+          resetRing(region, ring.offset, this.opts.rxInterrupts ? 0 : MEMIF_RING_FLAG_MASK_INT);
+          postAllBuffers(region, ring.offset, ring.log2Size);
+        }
         this.up(s, m.ifName, { rx: s2c, tx: c2s });
         return;
       }
@@ -535,16 +560,17 @@ export class MemifEndpoint {
     }
   }
 
-  /** Client role: one memfd region with both rings and their buffers. */
-  private createRegion(s: Session, log2: number): void {
+  /**
+   * Client role: one memfd region with `count` rings in each direction, then every ring's
+   * buffers: C2S rings, S2C rings, C2S buffers ring by ring, S2C buffers ring by ring.
+   */
+  private createRegion(s: Session, log2: number, count: number): void {
     const bufferSize = this.opts.bufferSize ?? 2048;
     const slots = 1 << log2;
     const ring = ringBytes(log2);
-    const c2sAt = 0;
-    const s2cAt = ring;
-    const c2sBuffers = 2 * ring;
-    const s2cBuffers = c2sBuffers + slots * bufferSize;
-    const size = s2cBuffers + slots * bufferSize;
+    const ringsEnd = 2 * count * ring;
+    const buffersOf = (n: number) => ringsEnd + n * slots * bufferSize;
+    const size = buffersOf(2 * count);
     const fd = memfdCreate(`vio4wd-memif-${this.opts.id}`, { allowSealing: true });
     let mapping;
     try {
@@ -556,16 +582,19 @@ export class MemifEndpoint {
       throw err;
     }
     s.regions.push({ mapping: { address: mapping.address, length: size }, fd });
-    initRing(mapping.buffer, c2sAt, log2, c2sBuffers, bufferSize);
-    initRing(mapping.buffer, s2cAt, log2, s2cBuffers, bufferSize);
-    const c2sFd = eventfd(0, { nonblock: true });
-    const s2cFd = eventfd(0, { nonblock: true });
-    s.ringFds.push(c2sFd, s2cFd);
-    s.rings = { c2s: { region: 0, offset: c2sAt, log2Size: log2, interruptFd: c2sFd }, s2c: { region: 0, offset: s2cAt, log2Size: log2, interruptFd: s2cFd } };
-    s.clientBuffers = { rxBuffers: s2cBuffers, txBuffers: c2sBuffers, bufferSize };
+    s.bufferSize = bufferSize;
+    // n counts rings over both directions: C2S rings are 0..count-1, S2C rings count..2*count-1.
+    const make = (n: number): MemifRingHandle => {
+      initRing(mapping.buffer, n * ring, log2, buffersOf(n), bufferSize);
+      const interruptFd = eventfd(0, { nonblock: true });
+      s.ringFds.push(interruptFd);
+      return { region: 0, offset: n * ring, log2Size: log2, interruptFd, buffersAt: buffersOf(n) };
+    };
+    for (let i = 0; i < count; i++) s.rings.c2s.push(make(i));
+    for (let i = 0; i < count; i++) s.rings.s2c.push(make(count + i));
   }
 
-  private up(s: Session, peerIfName: string, rings: { rx: MemifRingHandle; tx: MemifRingHandle }): void {
+  private up(s: Session, peerIfName: string, rings: { rx: MemifRingHandle[]; tx: MemifRingHandle[] }): void {
     s.connected = true;
     if (s.timer) clearTimeout(s.timer);
     s.timer = null;
@@ -573,10 +602,10 @@ export class MemifEndpoint {
     this.lastDisconnectReason = '';
     const handle: MemifPortHandle = {
       kind: 'memif', name: this.name, role: this.opts.role, connected: true,
-      regions: s.regions.map((r) => r.mapping), rx: rings.rx, tx: rings.tx, clientBuffers: s.clientBuffers,
+      regions: s.regions.map((r) => r.mapping), rx: rings.rx, tx: rings.tx, bufferSize: s.bufferSize,
       maxFrameLength: this.opts.maxFrameLength, rxInterrupts: this.opts.rxInterrupts, counters: this.counters,
     };
-    this.opts.onEvent('info', `${this.name}: connected to ${s.peerName || 'a peer'} (interface ${peerIfName || '?'}) as ${this.opts.role}, ${1 << rings.rx.log2Size} slots per ring`, { peer: s.peerName, peerInterface: peerIfName });
+    this.opts.onEvent('info', `${this.name}: connected to ${s.peerName || 'a peer'} (interface ${peerIfName || '?'}) as ${this.opts.role}, ${ringPairs(rings.rx.length, rings.tx.length)}, ${1 << rings.rx[0].log2Size} slots per ring`, { peer: s.peerName, peerInterface: peerIfName, rxRings: rings.rx.length, txRings: rings.tx.length });
     this.chain = this.chain.then(() => this.opts.onUp(handle)).catch((err) => {
       this.opts.onEvent('warn', `${this.name}: the relay could not start on the connection: ${(err as Error).message}`);
     });
@@ -626,6 +655,12 @@ export class MemifEndpoint {
     this.state = 'closed';
     await this.chain;
   }
+}
+
+/** "1 ring each way", "2 rings each way", "2 rings in, 1 out" (the relay's view). */
+function ringPairs(rx: number, tx: number): string {
+  if (rx === tx) return `${rx} ring${rx === 1 ? '' : 's'} each way`;
+  return `${rx} ring${rx === 1 ? '' : 's'} in, ${tx} out`;
 }
 
 function release(s: Session): void {

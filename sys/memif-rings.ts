@@ -17,6 +17,9 @@
 // regions before a byte is touched. In the client role the relay ignores what the peer wrote in
 // a descriptor except the length, because each slot's buffer is fixed by the relay itself.
 //
+// A peer has a ring per queue in each direction. The poller reads every ring it receives on (the
+// peer may send on any) and sends on the first.
+//
 // Where each ring stands lives in the ring words (head/tail), never only in the poller: a thread
 // that attaches later (a handover) resumes exactly where the previous one stopped.
 import { viewAt } from './memory.js';
@@ -58,6 +61,11 @@ export interface MemifRingHandle {
   offset: number;
   log2Size: number;
   interruptFd: number;
+  /**
+   * Client role: where this side's buffers for the ring are, in region 0 (slot i uses the one at
+   * buffersAt + i * bufferSize); −1 in the server role, where the peer chooses every buffer.
+   */
+  buffersAt: number;
 }
 
 /**
@@ -71,18 +79,18 @@ export interface MemifPortHandle {
   role: MemifRole;
   connected: boolean;
   regions: MemifRegionMapping[];
-  /** The ring the relay receives on (server: C2S, client: S2C). */
-  rx: MemifRingHandle | null;
-  /** The ring the relay sends on (server: S2C, client: C2S). */
-  tx: MemifRingHandle | null;
   /**
-   * Client role only: the relay's own buffers, in region 0. Slot i of the rx ring uses the buffer
-   * at rxBuffers + i * bufferSize, slot i of the tx ring the one at txBuffers + i * bufferSize.
+   * The rings the relay receives on (server: C2S, client: S2C), by ring index. The peer may send
+   * on any of them (each of its transmit queues has one), so all are polled.
    */
-  clientBuffers: { rxBuffers: number; txBuffers: number; bufferSize: number } | null;
+  rx: MemifRingHandle[];
+  /** The rings the relay may send on (server: S2C, client: C2S); it sends on the first. */
+  tx: MemifRingHandle[];
+  /** Client role: bytes per buffer of the relay's own (0 in the server role). */
+  bufferSize: number;
   /** Largest untagged frame sent or accepted (tagged frames get 4 bytes more). */
   maxFrameLength: number;
-  /** The relay's receive ring asks for interrupts (its eventfd is then a wake-up fd of the worker). */
+  /** The relay's receive rings ask for interrupts (their eventfds are then wake-up fds of the worker). */
   rxInterrupts: boolean;
   /** Shared counters (MemifPort.counters), kept across handovers. */
   counters: SharedArrayBuffer;
@@ -131,12 +139,22 @@ class RingView {
   readonly size: number;
   readonly mask: number;
   readonly interruptFd: number;
+  /** Client role: this side's buffers for the ring's slots (see MemifRingHandle). */
+  readonly buffersAt: number;
+  /**
+   * This side's position: receiving, the next slot to read (server: C2S slot; client: S2C slot);
+   * sending, the index we advance (server: S2C tail; client: C2S head).
+   */
+  next = 0;
+  /** The peer broke the ring: nothing more is read from or written to it until the next connection. */
+  broken = false;
   constructor(region: ArrayBuffer, h: MemifRingHandle) {
     this.size = 1 << h.log2Size;
     this.mask = this.size - 1;
     this.w16 = new Uint16Array(region, h.offset, ringBytes(h.log2Size) / 2);
     this.w32 = new Uint32Array(region, h.offset, ringBytes(h.log2Size) / 4);
     this.interruptFd = h.interruptFd;
+    this.buffersAt = h.buffersAt;
   }
   get head(): number {
     return Atomics.load(this.w16, HEAD_W16);
@@ -230,23 +248,20 @@ export class MemifPort {
   private readonly role: MemifRole;
   private readonly regions: Uint8Array[];
   private readonly regionLengths: number[];
-  private readonly rx: RingView | null;
+  /** The rings frames come in on, all polled; none while not connected. */
+  private readonly rx: RingView[];
+  /** The ring frames go out on; null while not connected. */
   private readonly tx: RingView | null;
   private readonly count: Float64Array;
   private readonly slot: MemifTxSlot;
   private readonly maxFrameLength: number;
-  /** Client role buffers (region 0), else −1. */
-  private readonly rxBuffers: number;
-  private readonly txBuffers: number;
+  /** Client role: bytes per buffer. */
   private readonly bufferSize: number;
-  /** Receive position: server: the next C2S slot to read; client: the next S2C slot to read. */
-  private rxNext = 0;
-  /** Send position: server: the S2C tail we advance; client: the C2S head we advance. */
-  private txNext = 0;
+  /** The receive ring a burst starts with; it turns, so that no ring waits behind a busy one. */
+  private rxTurn = 0;
+  /** The burst ends here: the frame handler or the admission said stop. */
+  private rxStop = false;
   private txCommitted = false;
-  /** The peer broke a ring: nothing more is read from or written to it until the next connection. */
-  private rxBroken = false;
-  private txBroken = false;
   /** Frames gathered from descriptor chains are delivered from here. */
   private chainScratch: Uint8Array | null = null;
 
@@ -258,27 +273,16 @@ export class MemifPort {
     const buffers = handle.regions.map((r) => viewAt(r.address, r.length));
     this.regions = buffers.map((b) => new Uint8Array(b));
     this.regionLengths = handle.regions.map((r) => r.length);
-    const live = handle.connected && handle.rx !== null && handle.tx !== null;
-    this.rx = live ? new RingView(buffers[handle.rx!.region], handle.rx!) : null;
-    this.tx = live ? new RingView(buffers[handle.tx!.region], handle.tx!) : null;
-    const cb = handle.clientBuffers;
-    this.rxBuffers = cb ? cb.rxBuffers : -1;
-    this.txBuffers = cb ? cb.txBuffers : -1;
-    this.bufferSize = cb ? cb.bufferSize : 0;
-    this.rxFds = live && handle.rxInterrupts && handle.rx!.interruptFd >= 0 ? [handle.rx!.interruptFd] : [];
+    const live = handle.connected && handle.rx.length > 0 && handle.tx.length > 0;
+    this.rx = live ? handle.rx.map((h) => new RingView(buffers[h.region], h)) : [];
+    this.tx = live ? new RingView(buffers[handle.tx[0].region], handle.tx[0]) : null;
+    this.bufferSize = handle.bufferSize;
+    this.rxFds = handle.rxInterrupts ? this.rx.filter((r) => r.interruptFd >= 0).map((r) => r.interruptFd) : [];
     this.slot = { bytes: this.regions[0] ?? new Uint8Array(0), offset: 0, capacity: 0 };
-    const rx = this.rx;
-    const tx = this.tx;
-    if (rx && tx) {
-      // The positions this side owns are in the ring words (see the file comment).
-      if (this.role === 'server') {
-        this.rxNext = rx.tail;
-        this.txNext = tx.tail;
-      } else {
-        this.rxNext = (rx.head - rx.size) & 0xffff;
-        this.txNext = tx.head;
-      }
-    }
+    // The positions this side owns are in the ring words (see the file comment).
+    const server = this.role === 'server';
+    for (const r of this.rx) r.next = server ? r.tail : (r.head - r.size) & 0xffff;
+    if (this.tx !== null) this.tx.next = server ? this.tx.tail : this.tx.head;
   }
 
   static attach(handle: MemifPortHandle): MemifPort {
@@ -286,28 +290,28 @@ export class MemifPort {
   }
 
   get connected(): boolean {
-    return this.rx !== null;
+    return this.tx !== null;
   }
 
   get counters(): MemifPortCounters {
     return readMemifCounters(this.handle.counters);
   }
 
-  /** Frames the peer has published that this side has not read; −1 when the peer's index is impossible. */
-  private rxAvailable(): number {
-    const rx = this.rx!;
+  /** Frames the peer has published on `rx` that this side has not read; −1 when the peer's index is impossible. */
+  private rxAvailable(rx: RingView): number {
     const produced = this.role === 'server' ? rx.head : rx.tail;
-    const n = (produced - this.rxNext) & 0xffff;
+    const n = (produced - rx.next) & 0xffff;
     return n > rx.size ? -1 : n;
   }
 
   rxReady(): boolean {
-    if (this.rx === null || this.rxBroken) return false;
-    return this.rxAvailable() !== 0;
+    const rings = this.rx;
+    for (let i = 0; i < rings.length; i++) if (!rings[i].broken && this.rxAvailable(rings[i]) !== 0) return true;
+    return false;
   }
 
-  private breakRx(): void {
-    this.rxBroken = true;
+  private breakRing(ring: RingView): void {
+    ring.broken = true;
     this.count[C_RING_ERRORS]++;
   }
 
@@ -317,16 +321,30 @@ export class MemifPort {
    * it delivered. The buffers go back to the peer when this returns: copy what you keep.
    */
   receive(onFrame: FrameHandler, budget: number, admit?: FrameAdmission): number {
-    const rx = this.rx;
-    if (rx === null || this.rxBroken) return 0;
-    let available = this.rxAvailable();
+    const rings = this.rx;
+    const n = rings.length;
+    if (n === 0) return 0;
+    const first = this.rxTurn;
+    this.rxTurn = first + 1 === n ? 0 : first + 1;
+    this.rxStop = false;
+    let delivered = 0;
+    for (let k = 0; k < n && delivered < budget && !this.rxStop; k++) {
+      const i = first + k < n ? first + k : first + k - n;
+      delivered += this.receiveRing(rings[i], onFrame, budget - delivered, admit);
+    }
+    return delivered;
+  }
+
+  private receiveRing(rx: RingView, onFrame: FrameHandler, budget: number, admit?: FrameAdmission): number {
+    if (rx.broken) return 0;
+    let available = this.rxAvailable(rx);
     if (available < 0) {
-      this.breakRx();
+      this.breakRing(rx);
       return 0;
     }
     if (available === 0) {
       // Ring empty: clear the interrupt count so that a sleeping worker waits for the next one.
-      if (this.rxFds.length > 0) this.drainInterrupt();
+      if (this.rxFds.length > 0 && rx.interruptFd >= 0) drainInterrupt(rx.interruptFd);
       if (this.role === 'client') this.refill(rx);
       return 0;
     }
@@ -336,17 +354,17 @@ export class MemifPort {
     let bad = 0;
     try {
       while (available > 0 && delivered < budget) {
-        let d = rx.desc(this.rxNext);
+        let d = rx.desc(rx.next);
         let flags = w32[d] & 0xffff;
         let length = w32[d + 1];
         let bytes: Uint8Array;
         let at: number;
         let slots = 1;
         if ((flags & MEMIF_DESC_FLAG_NEXT) === 0) {
-          const where = this.rxBuffer(d, length);
+          const where = this.rxBuffer(rx, d, length);
           if (where < 0) {
             bad++;
-            this.rxNext = (this.rxNext + 1) & 0xffff;
+            rx.next = (rx.next + 1) & 0xffff;
             available--;
             continue;
           }
@@ -358,13 +376,13 @@ export class MemifPort {
           let total = 0;
           let ok = true;
           for (;;) {
-            const where = this.rxBuffer(d, length);
+            const where = this.rxBuffer(rx, d, length);
             if (where < 0 || total + length > MEMIF_MAX_CHAIN_BYTES) ok = false;
             else scratch.set(this.regions[where].subarray(this.rxAt, this.rxAt + length), total);
             total += length;
             if ((flags & MEMIF_DESC_FLAG_NEXT) === 0) break;
             if (slots === available || slots === MEMIF_MAX_CHAIN_SLOTS) break;
-            d = rx.desc(this.rxNext + slots);
+            d = rx.desc(rx.next + slots);
             flags = w32[d] & 0xffff;
             length = w32[d + 1];
             slots++;
@@ -376,7 +394,7 @@ export class MemifPort {
           }
           if (!ok) {
             bad++;
-            this.rxNext = (this.rxNext + slots) & 0xffff;
+            rx.next = (rx.next + slots) & 0xffff;
             available -= slots;
             continue;
           }
@@ -384,14 +402,20 @@ export class MemifPort {
           at = 0;
           length = total;
         }
-        if (admit !== undefined && !admit(length)) break;
-        this.rxNext = (this.rxNext + slots) & 0xffff;
+        if (admit !== undefined && !admit(length)) {
+          this.rxStop = true;
+          break;
+        }
+        rx.next = (rx.next + slots) & 0xffff;
         available -= slots;
         delivered++;
-        if (onFrame(bytes, at, length, 0) === false) break;
+        if (onFrame(bytes, at, length, 0) === false) {
+          this.rxStop = true;
+          break;
+        }
       }
     } finally {
-      if (server) rx.setTail(this.rxNext);
+      if (server) rx.setTail(rx.next);
       else this.refill(rx);
       if (bad > 0) this.count[C_RX_BAD] += bad;
       this.count[C_RX_FRAMES] += delivered;
@@ -403,15 +427,15 @@ export class MemifPort {
   private rxAt = 0;
 
   /**
-   * Where the buffer of the descriptor at word `d` is: its region index (the offset in rxAt), or
-   * −1 when the descriptor is not acceptable. Server role: the peer's region/offset, checked.
-   * Client role: the slot's own buffer; only the length comes from the peer.
+   * Where the buffer of the descriptor at word `d` of `rx` is: its region index (the offset in
+   * rxAt), or −1 when the descriptor is not acceptable. Server role: the peer's region/offset,
+   * checked. Client role: the slot's own buffer; only the length comes from the peer.
    */
-  private rxBuffer(d: number, length: number): number {
-    const w32 = this.rx!.w32;
+  private rxBuffer(rx: RingView, d: number, length: number): number {
+    const w32 = rx.w32;
     if (this.role === 'client') {
       if (length > this.bufferSize) return -1;
-      this.rxAt = this.rxBuffers + ((d - DESC_W32) >> 2) * this.bufferSize;
+      this.rxAt = rx.buffersAt + ((d - DESC_W32) >> 2) * this.bufferSize;
       return 0;
     }
     const region = w32[d] >>> 16;
@@ -425,42 +449,33 @@ export class MemifPort {
   private refill(rx: RingView): void {
     const w32 = rx.w32;
     let head = rx.head;
-    const target = (this.rxNext + rx.size) & 0xffff;
+    const target = (rx.next + rx.size) & 0xffff;
     if (head === target) return;
     // The server may have scribbled over the descriptors: each one is written whole again.
     for (let n = (target - head) & 0xffff; n > 0 && n <= rx.size; n--) {
       const d = rx.desc(head);
       w32[d] = 0;
       w32[d + 1] = this.bufferSize;
-      w32[d + 2] = this.rxBuffers + (head & rx.mask) * this.bufferSize;
+      w32[d + 2] = rx.buffersAt + (head & rx.mask) * this.bufferSize;
       w32[d + 3] = 0;
       head = (head + 1) & 0xffff;
     }
     rx.setHead(target);
   }
 
-  private drainInterrupt(): void {
-    try {
-      eventfdReadNoWait(this.rxFds[0]);
-    } catch {
-      /* the control channel reports a peer that went away */
-    }
-  }
-
   /** Slots this side may fill now; −1 when the peer's index is impossible. */
   txFree(): number {
     const tx = this.tx;
-    if (tx === null || this.txBroken) return 0;
+    if (tx === null || tx.broken) return 0;
     let free: number;
     if (this.role === 'server') {
-      free = (tx.head - this.txNext) & 0xffff; // buffers the client posted and we have not filled
+      free = (tx.head - tx.next) & 0xffff; // buffers the client posted and we have not filled
     } else {
-      const inFlight = (this.txNext - tx.tail) & 0xffff;
+      const inFlight = (tx.next - tx.tail) & 0xffff;
       free = inFlight > tx.size ? -1 : tx.size - inFlight;
     }
     if (free < 0 || free > tx.size) {
-      this.txBroken = true;
-      this.count[C_RING_ERRORS]++;
+      this.breakRing(tx);
       return 0;
     }
     return free;
@@ -471,10 +486,10 @@ export class MemifPort {
     for (;;) {
       if (this.txFree() === 0) return null;
       const tx = this.tx!;
-      const d = tx.desc(this.txNext);
+      const d = tx.desc(tx.next);
       if (this.role === 'client') {
         this.slot.bytes = this.regions[0];
-        this.slot.offset = this.txBuffers + (this.txNext & tx.mask) * this.bufferSize;
+        this.slot.offset = tx.buffersAt + (tx.next & tx.mask) * this.bufferSize;
         this.slot.capacity = this.bufferSize;
         return this.slot;
       }
@@ -491,7 +506,7 @@ export class MemifPort {
       // A buffer we must not write: handed back empty, so that the ring keeps moving.
       w32[d] = w32[d] & 0xffff0000;
       w32[d + 1] = 0;
-      this.txNext = (this.txNext + 1) & 0xffff;
+      tx.next = (tx.next + 1) & 0xffff;
       this.txCommitted = true;
       this.count[C_TX_BAD]++;
     }
@@ -499,14 +514,14 @@ export class MemifPort {
 
   /** Queues the frame written into the current slot; false (the slot stays free) for a length the slot or the link cannot take. */
   txCommit(length: number): boolean {
-    if (this.tx === null) return false;
+    const tx = this.tx;
+    if (tx === null) return false;
     if (!frameLengthAcceptable(this.slot.bytes, this.slot.offset, length, this.slot.capacity, this.maxFrameLength)) {
       this.count[C_TX_REJECTED]++;
       return false;
     }
-    const tx = this.tx;
     const w32 = tx.w32;
-    const d = tx.desc(this.txNext);
+    const d = tx.desc(tx.next);
     if (this.role === 'client') {
       w32[d] = 0;
       w32[d + 2] = this.slot.offset;
@@ -515,7 +530,7 @@ export class MemifPort {
     }
     w32[d + 1] = length;
     w32[d + 3] = 0;
-    this.txNext = (this.txNext + 1) & 0xffff;
+    tx.next = (tx.next + 1) & 0xffff;
     this.txCommitted = true;
     this.count[C_TX_FRAMES]++;
     return true;
@@ -523,10 +538,19 @@ export class MemifPort {
 
   /** Publishes the committed frames and wakes the peer if it wants interrupts. */
   txFlush(): void {
-    if (!this.txCommitted || this.tx === null) return;
+    const tx = this.tx;
+    if (!this.txCommitted || tx === null) return;
     this.txCommitted = false;
-    if (this.role === 'client') this.tx.setHead(this.txNext);
-    else this.tx.setTail(this.txNext);
-    this.tx.notify();
+    if (this.role === 'client') tx.setHead(tx.next);
+    else tx.setTail(tx.next);
+    tx.notify();
+  }
+}
+
+function drainInterrupt(fd: number): void {
+  try {
+    eventfdReadNoWait(fd);
+  } catch {
+    /* the control channel reports a peer that went away */
   }
 }

@@ -15,3 +15,6 @@ export const MAX_SOCKET_PATH_BYTES = 107;
  * frames of 9014 bytes, 9018 with a VLAN tag.
  */
 export const JUMBO_MTU = 9000;
+
+/** Ring pairs a memif client relay creates at most (`rings`); its memory grows with them. */
+export const MEMIF_MAX_CLIENT_RINGS = 16;

@@ -6,6 +6,7 @@ import { ControlClient } from '../client.js';
 import { canonicalPci, checkBondMode, DEFAULT_ENDPOINTS, MAX_RELAYS, PORT_CONTROL_OPS, PROTOCOL_VERSION, type PortControlOp } from '../protocol.js';
 import { fail, integerOption, parseCommandLine, runMain } from './common.js';
 import { VF_PORT_CHOICES, type VfPortChoice } from '../../relay/registry-api.js';
+import { MEMIF_MAX_CLIENT_RINGS } from '../../vocabulary/limits.js';
 
 const PROGRAM = 'virtioforwarder_port_control';
 
@@ -19,7 +20,7 @@ Adds and removes VFs, bonds and vhost-user sockets of a running virtio-forwarder
                                                          attach a bond of 2..8 VFs
   remove       --virtio-id=ID [--pci-addr=PCI | --name=BOND]
                                                          detach the relay's VF or bond
-  add          --virtio-id=ID --memif-socket=PATH --memif-role=ROLE --memif-id=N [--memif-secret=S]
+  add          --virtio-id=ID --memif-socket=PATH --memif-role=ROLE --memif-id=N [--memif-secret=S] [--memif-rings=N]
                                                          attach a memif interface instead of a VF
   add          --virtio-id=ID --name=net_bondingX --pci-addr=PCI --memif-socket=PATH ... [--mode=M]
                                                          attach a bond of VFs and a memif (its last member)
@@ -48,6 +49,9 @@ Options:
                       --memif-socket
   --memif-id=N        memif interface id, 0..4294967295 (default 0)
   --memif-secret=S    memif secret, 1..23 bytes; a server requires it from its client
+  --memif-rings=N     client role: ring pairs to create, 1..16 (default 1), as many as the
+                      server's interface has queues (a DPDK server needs that); a server
+                      role takes as many rings as its client adds
   --zmq-ep=EP         port control endpoint (default ${DEFAULT_ENDPOINTS.portControl});
                       --zmq_ep is accepted too
   --timeout=MS        how long to wait for the reply (default 2000)
@@ -74,6 +78,7 @@ const OPTIONS = {
   'memif-role': { type: 'string' },
   'memif-id': { type: 'string' },
   'memif-secret': { type: 'string' },
+  'memif-rings': { type: 'string' },
   'zmq-ep': { type: 'string' },
   timeout: { type: 'string' },
   // The original's fault-injection switches, kept so scripts that test with them still run.
@@ -123,7 +128,7 @@ async function main(): Promise<void> {
     if (op !== 'add' && op !== 'add_sock') fail(PROGRAM, `--vf-port is for add and add_sock only`);
     fields.vfPort = values['vf-port'];
   }
-  const memifGiven = ['memif-socket', 'memif-role', 'memif-id', 'memif-secret'].filter((k) => values[k as keyof typeof values] !== undefined);
+  const memifGiven = ['memif-socket', 'memif-role', 'memif-id', 'memif-secret', 'memif-rings'].filter((k) => values[k as keyof typeof values] !== undefined);
   if (memifGiven.length > 0) {
     if (op !== 'add' && op !== 'add_sock') fail(PROGRAM, `--${memifGiven[0]} is for add and add_sock only`);
     if (values['memif-socket'] === undefined) fail(PROGRAM, `--${memifGiven[0]} needs --memif-socket=PATH`);
@@ -131,6 +136,10 @@ async function main(): Promise<void> {
     if (role !== 'server' && role !== 'client') fail(PROGRAM, role === undefined ? '--memif-socket needs --memif-role=server or --memif-role=client' : `--memif-role=${role}: use server or client`);
     const memif: Record<string, unknown> = { socket: values['memif-socket'], role, id: integerOption(PROGRAM, 'memif-id', values['memif-id'], 0, 0xffffffff) ?? 0 };
     if (values['memif-secret'] !== undefined) memif.secret = values['memif-secret'];
+    if (values['memif-rings'] !== undefined) {
+      if (role !== 'client') fail(PROGRAM, '--memif-rings is for --memif-role=client: a server takes as many rings as its client adds');
+      memif.rings = integerOption(PROGRAM, 'memif-rings', values['memif-rings'], 1, MEMIF_MAX_CLIENT_RINGS);
+    }
     // With a bond name the memif is the bond's last member, after its VFs.
     if (values.name !== undefined) fields.memifMembers = [memif];
     else fields.memif = memif;

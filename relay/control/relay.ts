@@ -5,6 +5,7 @@
 // ring state saved) before it is attached again.
 import type { Logger } from 'pino';
 import { isXdpHandle, type VfHandle } from '../datapath/vf-link.js';
+import { isMemifHandle } from '../datapath/memif-link.js';
 import { GUEST_RX_FRAME_ROOM, xdpFramesInPlace, xdpLeftovers, xdpUmemKind, xdpZeroCopy, type XdpPortHandle } from '../../sys/xdp-socket.js';
 import { guestRxFallback, postedGuestBuffers, releaseGuestRxTable, type PostedGuestBuffer } from '../../sys/xdp-guest-rx.js';
 import { addToDetached, Counter, Dir } from '../datapath/counters.js';
@@ -292,6 +293,7 @@ export class Relay implements NetDevice {
       socketPath: ref.socket,
       id: ref.id,
       secret: ref.secret,
+      rings: ref.rings,
       // Client members of one bond may connect to one server socket (with other ids): their names
       // tell them apart at the peer. (Two server members cannot bind one path: the second fails.)
       name: bondIndex < 0 ? `vio4wd-relay-${this.id}` : `vio4wd-relay-${this.id}-${bondIndex}`,
@@ -442,6 +444,7 @@ export class Relay implements NetDevice {
         ? {
             netdev: m.netdev, port: 'memif' as const, memifState: m.memif.state, memifLastDisconnect: m.memif.lastDisconnectReason,
             memifPeerErrors: ((c) => c.rxBadDescriptors + c.txBadDescriptors + c.ringErrors)(readMemifCounters(m.memif.counters)),
+            memifRings: isMemifHandle(m.handle) ? m.handle.rx.length : 0,
           }
         : isXdpHandle(m.handle)
         ? {

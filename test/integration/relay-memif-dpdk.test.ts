@@ -8,15 +8,18 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { requireBinary } from '../support/netns.js';
-import { startTestpmd, virtioUserVdev, type Testpmd } from '../support/testpmd.js';
+import { parseStreamStats, startTestpmd, virtioUserVdev, type Testpmd } from '../support/testpmd.js';
 import { repoRoot, startRelay, statsToolCounters, type RunningRelay } from '../support/relay.js';
 import { sleep, stopAll, waitFor } from '../support/processes.js';
 import { Reactor } from '../../sys/poll.js';
+import { ControlClient } from '../../port-control/client.js';
+import { PROTOCOL_VERSION } from '../../port-control/protocol.js';
 import { close, pipe } from '../../sys/fd.js';
 import { receiveMessage, sendMessage, unixConnect } from '../../sys/unix-socket.js';
 import { MemifEndpoint, decodeMessage, encodeMessage, MEMIF_VERSION } from '../../sys/memif-control.js';
 import { MemifPort, type MemifPortHandle } from '../../sys/memif-rings.js';
-import { viewAt } from '../../sys/memory.js';
+import { F_SEAL_SHRINK, addSeals, ftruncate, memfdCreate, viewAt } from '../../sys/memory.js';
+import { eventfd } from '../../sys/eventfd.js';
 
 vi.setConfig({ testTimeout: 120_000 });
 
@@ -39,10 +42,11 @@ function expectOk(r: { status: number | null; stderr: string }): void {
 }
 
 /** testpmd with one net_memif port, on CPU 1 like every DPDK process of the suite. */
-function networkFunction(role: 'server' | 'client', socket: string, id: number, mode: 'rxonly' | 'txonly', label: string): Testpmd {
+function networkFunction(role: 'server' | 'client', socket: string, id: number, mode: 'rxonly' | 'txonly', label: string, queues = 1): Testpmd {
   const t = startTestpmd({
     vdevs: [`net_memif0,role=${role},socket=${socket},socket-abstract=no,id=${id}`],
     forwardMode: mode,
+    queues,
     txpkts: 64,
     cpu: 1,
     label,
@@ -68,7 +72,7 @@ const memifLog = (pattern: RegExp) => relay!.logs().filter((l) => pattern.test(S
 interface StatsRelay {
   id: number;
   socketPath: string | null;
-  ports: { port: string; memifPeerErrors?: number; memifState?: string }[];
+  ports: { port: string; memifPeerErrors?: number; memifState?: string; memifRings?: number }[];
 }
 
 function statsRelays(): StatsRelay[] {
@@ -84,11 +88,13 @@ function relayOf(path: string): number {
 }
 
 /** Frames VM→NF and NF→VM through relay `id`, counted by the receiving testpmd. */
-async function trafficBothWays(id: number, vmPath: string, memif: { role: 'server' | 'client'; socket: string; memifId: number }, label: string) {
+async function trafficBothWays(id: number, vmPath: string, memif: { role: 'server' | 'client'; socket: string; memifId: number; queues?: number }, label: string) {
   // VM → network function.
-  let nf = networkFunction(memif.role, memif.socket, memif.memifId, 'rxonly', `${label}-nf-rx`);
+  let nf = networkFunction(memif.role, memif.socket, memif.memifId, 'rxonly', `${label}-nf-rx`, memif.queues);
   await waitFor(() => memifLog(/: connected to /).length > connectedBefore, 20_000, 'the memif connection');
   connectedBefore = memifLog(/: connected to /).length;
+  // What stats say of the connection: rings the relay receives on.
+  const memifRings = statsRelays().find((r) => r.id === id)?.ports[0].memifRings;
   const before = statsToolCounters(statsEp, id);
   let vm = virtualMachine(vmPath, 'txonly');
   await waitFor(() => statsToolCounters(statsEp, id).vmToVf.packets - before.vmToVf.packets > 50_000, 30_000, '50 000 frames VM→NF');
@@ -106,14 +112,27 @@ async function trafficBothWays(id: number, vmPath: string, memif: { role: 'serve
   // The network function comes back, now sending: NF → VM.
   vm = virtualMachine(vmPath, 'rxonly');
   await sleep(1000);
-  nf = networkFunction(memif.role, memif.socket, memif.memifId, 'txonly', `${label}-nf-tx`);
+  const beforeNf = statsToolCounters(statsEp, id);
+  nf = networkFunction(memif.role, memif.socket, memif.memifId, 'txonly', `${label}-nf-tx`, memif.queues);
   await waitFor(() => memifLog(/: connected to /).length > connectedBefore, 20_000, 'the memif connection again');
   connectedBefore = memifLog(/: connected to /).length;
   const before2 = statsToolCounters(statsEp, id);
   await waitFor(() => statsToolCounters(statsEp, id).vfToVm.packets - before2.vfToVm.packets > 50_000, 30_000, '50 000 frames NF→VM');
-  await stop(nf);
+  const sender = nf;
+  const nfSent = (await stop(nf)).tx;
+  const streams = parseStreamStats(sender.output());
   await sleep(300);
   const after2 = statsToolCounters(statsEp, id);
+  // What the network function sent, on whichever of its queues, reached the relay, but for what
+  // was still in the rings when it left (at most a ring's worth per queue).
+  const notRead = nfSent - (after2.vfToVm.rxPackets - beforeNf.vfToVm.rxPackets);
+  expect(notRead).toBeGreaterThanOrEqual(0);
+  expect(notRead).toBeLessThanOrEqual(1024 * (memif.queues ?? 1));
+  // Each of its queues sent more than its ring holds: the relay read every ring.
+  if ((memif.queues ?? 1) > 1) {
+    expect(streams.map((s) => s.txQueue)).toEqual([...Array(memif.queues).keys()]);
+    for (const s of streams) expect(s.txPackets).toBeGreaterThan(10 * 1024);
+  }
   const vmSide = await stop(vm);
   const delivered = after2.vfToVm.packets - before2.vfToVm.packets;
   expect(delivered).toBeGreaterThan(50_000);
@@ -121,6 +140,7 @@ async function trafficBothWays(id: number, vmPath: string, memif: { role: 'serve
   expect(vmSide.rx).toBe(after2.vfToVm.packets - before.vfToVm.packets);
   await waitFor(() => memifLog(/connection ended/).length > endedBefore, 20_000, 'the relay to see the network function go again');
   endedBefore = memifLog(/connection ended/).length;
+  return { memifRings };
 }
 
 let connectedBefore = 0;
@@ -159,7 +179,7 @@ describe.skipIf(!ready)('memif ports with DPDK net_memif', () => {
     const vmPath = join(dir, 'vm-server.sock');
     const socket = join(dir, 'memif-server.sock');
     expectOk(portControl('add_sock', `--vhost-path=${vmPath}`, `--memif-socket=${socket}`, '--memif-role=server', '--memif-id=3'));
-    await trafficBothWays(relayOf(vmPath), vmPath, { role: 'client', socket, memifId: 3 }, 'srv');
+    expect((await trafficBothWays(relayOf(vmPath), vmPath, { role: 'client', socket, memifId: 3 }, 'srv')).memifRings).toBe(1);
     expectOk(portControl('remove_sock', `--vhost-path=${vmPath}`));
   });
 
@@ -169,6 +189,43 @@ describe.skipIf(!ready)('memif ports with DPDK net_memif', () => {
     expectOk(portControl('add_sock', `--vhost-path=${vmPath}`, `--memif-socket=${socket}`, '--memif-role=client', '--memif-id=0'));
     await trafficBothWays(relayOf(vmPath), vmPath, { role: 'server', socket, memifId: 0 }, 'cli');
     expectOk(portControl('remove_sock', `--vhost-path=${vmPath}`));
+  });
+
+  it('a network function with two queue pairs: a ring each way per queue, frames on every ring, both roles', async () => {
+    for (const role of ['server', 'client'] as const) {
+      const vmPath = join(dir, `vm-mq-${role}.sock`);
+      const socket = join(dir, `memif-mq-${role}.sock`);
+      const connected = memifLog(/: connected to /).length;
+      expectOk(portControl('add_sock', `--vhost-path=${vmPath}`, `--memif-socket=${socket}`, `--memif-role=${role}`, '--memif-id=5', ...(role === 'client' ? ['--memif-rings=2'] : [])));
+      const { memifRings } = await trafficBothWays(relayOf(vmPath), vmPath, { role: role === 'server' ? 'client' : 'server', socket, memifId: 5, queues: 2 }, `mq-${role}`);
+      expect(memifRings).toBe(2);
+      expect(memifLog(/: connected to /).slice(connected).map((l) => String(l.msg))).toEqual(expect.arrayContaining([expect.stringMatching(/2 rings each way/)]));
+      expectOk(portControl('remove_sock', `--vhost-path=${vmPath}`));
+    }
+  });
+
+  it('--memif-rings is for the client role and 1..16; the service refuses the same with the field named', async () => {
+    const socket = join(dir, 'memif-rings.sock');
+    const server = portControl('add', '--virtio-id=20', `--memif-socket=${socket}`, '--memif-role=server', '--memif-rings=2');
+    expect(server.status).toBe(1);
+    expect(server.stderr).toMatch(/--memif-rings is for --memif-role=client/);
+    for (const n of ['0', '17', 'two']) {
+      const r = portControl('add', '--virtio-id=20', `--memif-socket=${socket}`, '--memif-role=client', `--memif-rings=${n}`);
+      expect(r.status).toBe(1);
+      expect(r.stderr).toMatch(/memif-rings/);
+    }
+    const client = new ControlClient(portControlEp, 2000);
+    try {
+      for (const [memif, why] of [
+        [{ socket, role: 'server', id: 0, rings: 2 }, /field memif\.rings is for the client role/],
+        [{ socket, role: 'client', id: 0, rings: 65 }, /field memif\.rings must be an integer in \[1, 16\], not 65/],
+      ] as const) {
+        expect(await client.requestRaw(JSON.stringify({ version: PROTOCOL_VERSION, op: 'add', virtioId: 20, memif }))).toMatch(why);
+      }
+    } finally {
+      client.close();
+    }
+    expect(statsRelays().some((r) => r.id === 20)).toBe(false);
   });
 
   it('hostile clients lose their connection, with the reason logged; the daemon keeps serving', async () => {
@@ -210,6 +267,18 @@ describe.skipIf(!ready)('memif ports with DPDK net_memif', () => {
     expect(await hostile([init(), { bytes: encodeMessage({ type: 'add_region', index: 0, size: 4096 }) }])).toMatch(/without a region fd/);
     expect(await hostile([init(), { bytes: encodeMessage({ type: 'add_ring', flags: 1, index: 0, region: 0, offset: 0, log2RingSize: 10, privateHdrSize: 0 }), fds: [readEnd] }])).toMatch(/not a memfd|was not added|fd/);
     expect(await hostile([init(), { bytes: encodeMessage({ type: 'connect', ifName: 'x' }) }])).toMatch(/CONNECT before a ring/);
+    // Rings must come in order, one index per direction at a time.
+    const region = memfdCreate('hostile-region', { allowSealing: true });
+    ftruncate(region, 4096);
+    addSeals(region, F_SEAL_SHRINK);
+    const interrupt = eventfd(0, { nonblock: true });
+    const addRegion = { bytes: encodeMessage({ type: 'add_region', index: 0, size: 4096 }), fds: [region] };
+    const ring = (index: number, offset: number) => ({ bytes: encodeMessage({ type: 'add_ring', flags: 1, index, region: 0, offset, log2RingSize: 4, privateHdrSize: 0 }), fds: [interrupt] });
+    expect(await hostile([init(), addRegion, ring(1, 0)])).toMatch(/client-to-server ring index 1, expected 0/);
+    expect(await hostile([init(), addRegion, ring(0, 0), ring(0, 512)])).toMatch(/client-to-server ring index 0, expected 1/);
+    expect(await hostile([init(), addRegion, ring(64, 0)])).toMatch(/ring index 64: at most 64 rings per direction/);
+    close(region);
+    close(interrupt);
 
     // A client that connects properly, then writes descriptors pointing outside its region.
     const reactor = new Reactor();
@@ -223,7 +292,7 @@ describe.skipIf(!ready)('memif ports with DPDK net_memif', () => {
       await waitFor(() => handle, 10_000, 'the well-behaved handshake');
       const port = MemifPort.attach(handle!);
       const h = handle!;
-      const ring = new Uint32Array(viewAt(h.regions[0].address, h.regions[0].length), h.tx!.offset, (128 + 16 * 256) / 4);
+      const ring = new Uint32Array(viewAt(h.regions[0].address, h.regions[0].length), h.tx[0].offset, (128 + 16 * 256) / 4);
       for (let round = 0; round < 20; round++) {
         for (let i = 0; i < 16; i++) {
           const slot = port.txSlot();
@@ -232,7 +301,7 @@ describe.skipIf(!ready)('memif ports with DPDK net_memif', () => {
           port.txCommit(60);
         }
         // Spoil the descriptors just written (not yet published: head still points at the first), as a buggy or malicious client could.
-        const head = new Uint16Array(ring.buffer, h.tx!.offset, 64)[3];
+        const head = new Uint16Array(ring.buffer, h.tx[0].offset, 64)[3];
         for (let k = 1; k <= 16; k++) {
           const d = 32 + 4 * ((head + k - 1) & 255);
           if (k % 3 === 0) ring[d] = 0x7fff0000; // region 32767

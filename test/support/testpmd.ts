@@ -132,6 +132,25 @@ export function parseForwardStats(output: string): PortStats[] {
   return [...stats.values()].sort((a, b) => a.port - b.port);
 }
 
+/** One forwarding stream's totals (printed when a port forwards on several queues). */
+export interface StreamStats {
+  rxQueue: number;
+  txQueue: number;
+  rxPackets: number;
+  txPackets: number;
+  txDropped: number;
+}
+
+/** Parses testpmd's "Forward Stats for RX Port= p/Queue= q -> TX Port= p/Queue= q" blocks (the last one per stream wins). */
+export function parseStreamStats(output: string): StreamStats[] {
+  const stats = new Map<string, StreamStats>();
+  const block = /Forward Stats for RX Port=\s*\d+\/Queue=\s*(\d+) -> TX Port=\s*\d+\/Queue=\s*(\d+)\s*-+\s*\n\s*RX-packets:\s*(\d+)\s+TX-packets:\s*(\d+)\s+TX-dropped:\s*(\d+)/g;
+  for (const m of output.matchAll(block)) {
+    stats.set(`${m[1]}/${m[2]}`, { rxQueue: Number(m[1]), txQueue: Number(m[2]), rxPackets: Number(m[3]), txPackets: Number(m[4]), txDropped: Number(m[5]) });
+  }
+  return [...stats.values()].sort((a, b) => a.rxQueue - b.rxQueue);
+}
+
 export function startTestpmd(o: TestpmdOptions): Testpmd {
   const proc = startProcess('dpdk-testpmd', testpmdArgs(o), { label: o.label ?? 'testpmd', echo: o.echo });
   return {

@@ -12,6 +12,9 @@ describe('port control: memif devices', () => {
     expect(parseRequest('portControl', req({ op: 'add_sock', vhostPath: '/tmp/vm.sock', memif: { ...memif, role: 'client', secret: 's3' } }))).toMatchObject({
       memif: { socket: '/run/nf/memif.sock', role: 'client', id: 3, secret: 's3' },
     });
+    expect(parseRequest('portControl', req({ op: 'add', virtioId: 2, memif: { ...memif, role: 'client', rings: 16 } }))).toMatchObject({
+      memif: { socket: '/run/nf/memif.sock', role: 'client', id: 3, rings: 16 },
+    });
   });
 
   it.each([
@@ -26,6 +29,11 @@ describe('port control: memif devices', () => {
     [{ op: 'add', virtioId: 1, memif: { ...memif, id: 1.5 } }, /memif\.id must be an integer/],
     [{ op: 'add', virtioId: 1, memif: { ...memif, secret: 'x'.repeat(24) } }, /1 to 23 bytes/],
     [{ op: 'add', virtioId: 1, memif: { ...memif, secret: '' } }, /1 to 23 bytes/],
+    [{ op: 'add', virtioId: 1, memif: { ...memif, role: 'client', rings: 0 } }, /memif\.rings must be an integer in \[1, 16\], not 0/],
+    [{ op: 'add', virtioId: 1, memif: { ...memif, role: 'client', rings: 17 } }, /memif\.rings must be an integer in \[1, 16\], not 17/],
+    [{ op: 'add', virtioId: 1, memif: { ...memif, role: 'client', rings: 1.5 } }, /memif\.rings must be an integer/],
+    [{ op: 'add', virtioId: 1, memif: { ...memif, role: 'client', rings: '2' } }, /memif\.rings must be an integer/],
+    [{ op: 'add', virtioId: 1, memif: { ...memif, rings: 2 } }, /rings is for the client role/],
     [{ op: 'add', virtioId: 1, memif, pciAddrs: ['05:08.1'] }, /cannot go with it/],
     [{ op: 'add', virtioId: 1, memif, vfPort: 'af_xdp' }, /cannot go with it/],
     [{ op: 'remove', virtioId: 1, memif }, /field memif is for add and add_sock only/],

@@ -76,7 +76,7 @@ describe('memif ring placement', () => {
     [{ ...ok, offset: 2 }, /not 4-byte aligned/],
     [{ ...ok, offset: 0xfffffffc }, /past the/],
     [{ ...ok, offset: 4 }, /past the/],
-    [{ ...ok, index: 1 }, /one ring per direction/],
+    [{ ...ok, index: 64 }, /ring index 64: at most 64 rings per direction/],
     [{ ...ok, privateHdrSize: 8 }, /private header/],
   ])('refuses %o', (ring, why) => {
     expect(checkRingPlacement([ringBytes(10)], ring)).toMatch(why);
@@ -105,7 +105,7 @@ describe('memif descriptor checks', () => {
 });
 
 /** Runs our server and our client against each other and returns both connected handles. */
-async function connectedPair(opts: { secret?: string; clientSecret?: string; id?: number; clientId?: number } = {}) {
+async function connectedPair(opts: { secret?: string; clientSecret?: string; id?: number; clientId?: number; rings?: number } = {}) {
   const dir = mkdtempSync(join(tmpdir(), 'memif-'));
   dirs.push(dir);
   const socketPath = join(dir, 'memif.sock');
@@ -116,7 +116,7 @@ async function connectedPair(opts: { secret?: string; clientSecret?: string; id?
   const down: Record<string, string[]> = { server: [], client: [] };
   const make = (role: 'server' | 'client', id: number, secret?: string) =>
     new MemifEndpoint({
-      role, socketPath, id, secret, maxFrameLength: 1514, rxInterrupts: false, reactor, log2RingSize: 6,
+      role, socketPath, id, secret, maxFrameLength: 1514, rxInterrupts: false, reactor, log2RingSize: 6, rings: role === 'client' ? opts.rings : undefined,
       onUp: async (h) => void up[role].push(h),
       onDown: async (r) => void down[role].push(r),
       onEvent: (_level, msg) => void events.push(`${role}: ${msg}`),
@@ -187,6 +187,55 @@ describe('memif endpoints, our server against our client', () => {
     expect(s.counters.rxBadDescriptors).toBe(0);
   });
 
+  it('a client with three ring pairs: the server polls every ring it may be sent on, and sends on the first', async () => {
+    const { up, events } = await connectedPair({ rings: 3 });
+    await until(() => up.server.length === 1 && up.client.length === 1);
+    expect(events).toEqual(expect.arrayContaining([expect.stringMatching(/server: .*connected to .*3 rings each way, 64 slots per ring/)]));
+    for (const h of [up.server[0], up.client[0]]) {
+      expect(h.rx.length).toBe(3);
+      expect(h.tx.length).toBe(3);
+    }
+    // Every ring and every buffer of the client's region is its own: none overlaps another.
+    const h = up.client[0];
+    const spans = [...h.rx, ...h.tx].flatMap((r) => [
+      [r.offset, r.offset + ringBytes(r.log2Size)],
+      [r.buffersAt, r.buffersAt + (1 << r.log2Size) * h.bufferSize],
+    ]).sort((a, b) => a[0] - b[0]);
+    for (let i = 1; i < spans.length; i++) expect(spans[i][0]).toBeGreaterThanOrEqual(spans[i - 1][1]);
+    expect(spans.at(-1)![1]).toBeLessThanOrEqual(h.regions[0].length);
+    const s = MemifPort.attach(up.server[0]);
+    // The client's queues, one port per ring, as a peer with three transmit queues sends.
+    const queues = [0, 1, 2].map((i) => MemifPort.attach({ ...up.client[0], tx: [up.client[0].tx[i]], rx: [up.client[0].rx[i]] }));
+    expect(send(queues[2], [frame(20), frame(21)])).toBe(2);
+    expect(send(queues[1], [frame(10)])).toBe(1);
+    expect(send(queues[0], [frame(0)])).toBe(1);
+    expect(s.rxReady()).toBe(true);
+    expect(receiveAll(s).sort((a, b) => a - b)).toEqual([0, 10, 20, 21]);
+    expect(s.rxReady()).toBe(false);
+    // A budget spent on one busy ring does not starve the others: the next burst starts elsewhere.
+    expect(send(queues[0], Array.from({ length: 40 }, (_, i) => frame(100 + i)))).toBe(40);
+    expect(send(queues[2], [frame(7)])).toBe(1);
+    const firsts: number[][] = [];
+    for (let burst = 0; burst < 3; burst++) {
+      const got: number[] = [];
+      s.receive((bytes, at) => void got.push(bytes[at + 14] | (bytes[at + 15] << 8)), 8);
+      firsts.push(got);
+    }
+    expect(firsts.flat()).toContain(7);
+    // The server sends on ring 0; the client's port polls all three.
+    expect(send(s, [frame(1), frame(2)])).toBe(2);
+    expect(receiveAll(queues[0])).toEqual([1, 2]);
+    expect(receiveAll(queues[1])).toEqual([]);
+    expect(s.counters.ringErrors + s.counters.rxBadDescriptors).toBe(0);
+  });
+
+  it('refuses client ring counts outside [1, 16]', () => {
+    const reactor = new Reactor();
+    cleanups.push(() => reactor.close());
+    const base = { role: 'client' as const, socketPath: '/tmp/none.sock', id: 1, maxFrameLength: 1514, rxInterrupts: false, reactor, onUp: async () => undefined, onDown: async () => undefined, onEvent: () => undefined };
+    for (const rings of [0, 17, 1.5]) expect(() => new MemifEndpoint({ ...base, rings })).toThrow(/memif rings .* is not an integer in \[1, 16\]/);
+  });
+
   it('refuses a wrong id or secret, with the reason on both sides', async () => {
     const wrongId = await connectedPair({ id: 1, clientId: 2 });
     await until(() => wrongId.events.some((e) => /interface id 2 is not served here/.test(e)));
@@ -223,7 +272,7 @@ describe('memif endpoints, our server against our client', () => {
     const h = up.client[0];
     // Write three frames as the client would, then spoil the middle descriptor.
     expect(send(c, [frame(1), frame(2), frame(3)])).toBe(3);
-    const ring = new Uint32Array(new Uint8Array(viewOfRegion(h)).buffer, h.tx!.offset, ringBytes(h.tx!.log2Size) / 4);
+    const ring = new Uint32Array(new Uint8Array(viewOfRegion(h)).buffer, h.tx[0].offset, ringBytes(h.tx[0].log2Size) / 4);
     const d = 32 + 4 * 1;
     ring[d] = 0x00050000; // region 5
     expect(receiveAll(s)).toEqual([1, 3]);
@@ -233,7 +282,7 @@ describe('memif endpoints, our server against our client', () => {
     expect(receiveAll(s)).toEqual([]);
     expect(s.counters.rxBadDescriptors).toBe(2);
     // An impossible head stops reading the ring rather than reading garbage.
-    new Uint16Array(ring.buffer, h.tx!.offset, 64)[3] = (new Uint16Array(ring.buffer, h.tx!.offset, 64)[3] + 5000) & 0xffff;
+    new Uint16Array(ring.buffer, h.tx[0].offset, 64)[3] = (new Uint16Array(ring.buffer, h.tx[0].offset, 64)[3] + 5000) & 0xffff;
     expect(receiveAll(s)).toEqual([]);
     expect(s.counters.ringErrors).toBe(1);
   });
