@@ -14,7 +14,8 @@ import { PollSet, POLLERR, POLLHUP, POLLIN, POLLNVAL } from '../../sys/poll.js';
 import { ChainWarnings, setChainWarnings } from './chain-warnings.js';
 import { setCallGuard } from './call-guard.js';
 import { Counter, WORKER_SLOTS } from './counters.js';
-import { VfToVm, VmToVf } from './directions.js';
+import { VmToVf } from './vm-to-vf.js';
+import { VfToVm } from './vf-to-vm.js';
 import type { DirName, FromWorker, ToWorker, WorkerInit } from './worker-protocol.js';
 
 const init = workerData as WorkerInit;

@@ -4,7 +4,7 @@
 // descriptors as Linux posts without MRG_RXBUF), and a VfToVm direction reading the real ring.
 import { GuestMemory } from '../../virtio/guest-memory.js';
 import { SplitQueueDriver } from '../../virtio/split-queue-driver.js';
-import { VfToVm } from '../../relay/datapath/directions.js';
+import { VfToVm } from '../../relay/datapath/vf-to-vm.js';
 import { Counter, counterBase, createCounterBuffer, Dir } from '../../relay/datapath/counters.js';
 import type { DirectionSpec, PortSpec } from '../../relay/datapath/worker-protocol.js';
 import { resumeStateFromGuest } from '../../relay/control/resume-state.js';

@@ -9,7 +9,7 @@ import { isPacketRingHandle, isXdpHandle, type VfHandle } from '../../relay/data
 import type { MemoryLinkHandle } from '../../relay/datapath/memory-link.js';
 import { GuestMemory } from '../../virtio/guest-memory.js';
 import { SplitQueueDriver } from '../../virtio/split-queue-driver.js';
-import { VmToVf } from '../../relay/datapath/directions.js';
+import { VmToVf } from '../../relay/datapath/vm-to-vf.js';
 import { Counter, counterBase, createCounterBuffer, Dir } from '../../relay/datapath/counters.js';
 import type { DirectionSpec, DirectionState, PortSpec } from '../../relay/datapath/worker-protocol.js';
 

@@ -7,7 +7,7 @@ import { close, pipe } from '../../sys/fd.js';
 import { MAP_SHARED, PROT_READ, PROT_WRITE, ftruncate, memfdCreate, mmap, munmap, type Mapping } from '../../sys/memory.js';
 import { GuestMemory } from '../../virtio/guest-memory.js';
 import { SplitQueueDriver } from '../../virtio/split-queue-driver.js';
-import { VmToVf } from '../../relay/datapath/directions.js';
+import { VmToVf } from '../../relay/datapath/vm-to-vf.js';
 import { ChainWarnings, setChainWarnings } from '../../relay/datapath/chain-warnings.js';
 import { Counter, counterBase, createCounterBuffer, Dir } from '../../relay/datapath/counters.js';
 import type { DirectionSpec, QueueSpec } from '../../relay/datapath/worker-protocol.js';

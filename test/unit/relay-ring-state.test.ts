@@ -7,7 +7,7 @@ import { MAP_PRIVATE, PROT_READ, PROT_WRITE, mmap, munmap, type Mapping } from '
 import { GuestMemory } from '../../virtio/guest-memory.js';
 import { SplitQueueDriver } from '../../virtio/split-queue-driver.js';
 import { createCounterBuffer } from '../../relay/datapath/counters.js';
-import { VmToVf } from '../../relay/datapath/directions.js';
+import { VmToVf } from '../../relay/datapath/vm-to-vf.js';
 import type { DirectionSpec, DirectionState } from '../../relay/datapath/worker-protocol.js';
 
 const MEM = 1 << 20;
