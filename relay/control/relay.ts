@@ -6,7 +6,8 @@
 import type { Logger } from 'pino';
 import { isXdpHandle, type VfHandle } from '../datapath/vf-link.js';
 import { isMemifHandle } from '../datapath/memif-link.js';
-import { GUEST_RX_FRAME_ROOM, xdpFramesInPlace, xdpLeftovers, xdpUmemKind, xdpZeroCopy, type XdpPortHandle } from '../../sys/xdp-socket.js';
+import { GUEST_RX_FRAME_ROOM, xdpUmemKind, xdpZeroCopy, type XdpPortHandle } from '../../sys/xdp-socket.js';
+import { xdpFramesInPlace, xdpLeftovers } from '../../sys/xdp-port.js';
 import { guestRxFallback, postedGuestBuffers, releaseGuestRxTable, type PostedGuestBuffer } from '../../sys/xdp-guest-rx.js';
 import { addToDetached, Counter, Dir } from '../datapath/counters.js';
 import type { XdpGuestRegion } from '../../sys/xdp-umem.js';

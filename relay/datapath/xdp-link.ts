@@ -5,7 +5,8 @@
 // copied (OffloadSender). A port that receives into guest buffers (sys/xdp-guest-rx.ts) takes the
 // guest's receive chains here.
 import type { FrameAdmission, FrameHandler } from '../../sys/packet-ring.js';
-import { XdpPort, GUEST_QUEUED, GUEST_NO_ROOM, GUEST_RX_FRAME_ROOM, MAX_TX_PIECES, type GuestFrameHandler, type XdpPortHandle } from '../../sys/xdp-socket.js';
+import { GUEST_RX_FRAME_ROOM, type XdpPortHandle } from '../../sys/xdp-socket.js';
+import { XdpPort, GUEST_QUEUED, GUEST_NO_ROOM, MAX_TX_PIECES, type GuestFrameHandler } from '../../sys/xdp-port.js';
 import type { DescriptorChain } from '../../virtio/descriptor-chain.js';
 import { guestUmemOffset, type UmemGuestSlot } from '../../sys/xdp-umem.js';
 import { OffloadSender } from './offload-sender.js';

@@ -11,7 +11,7 @@ import { createNetns, createVethPair, deleteLink, deleteNetns, requireRoot, uniq
 import { sleep, stopAll } from '../support/processes.js';
 import { TX_HDR as HDR, TX_RIG_MEMORY, openTxRig, txDirection, type TxRig } from '../support/tx-direction.js';
 import { rxDirection } from '../support/rx-direction.js';
-import { MAX_TX_PIECES, XdpPort, xdpFramesInPlace } from '../../sys/xdp-socket.js';
+import { MAX_TX_PIECES, XdpPort, xdpFramesInPlace } from '../../sys/xdp-port.js';
 import { multiBufferXdp } from '../support/env.js';
 import type { XdpPortHandle } from '../../sys/xdp-socket.js';
 import { hex, testFrame, peerSend, startCapture } from '../support/raw-peer.js';
