@@ -18,7 +18,7 @@
 // a descriptor except the length, because each slot's buffer is fixed by the relay itself.
 //
 // A peer has a ring per queue in each direction. The poller reads every ring it receives on (the
-// peer may send on any) and sends on the first.
+// peer may send on any) and sends on the ring its caller selects (selectTxRing: by flow).
 //
 // Where each ring stands lives in the ring words (head/tail), never only in the poller: a thread
 // that attaches later (a handover) resumes exactly where the previous one stopped.
@@ -84,7 +84,7 @@ export interface MemifPortHandle {
    * on any of them (each of its transmit queues has one), so all are polled.
    */
   rx: MemifRingHandle[];
-  /** The rings the relay may send on (server: S2C, client: C2S); it sends on the first. */
+  /** The rings the relay sends on (server: S2C, client: C2S), one per receive queue of the peer. */
   tx: MemifRingHandle[];
   /** Client role: bytes per buffer of the relay's own (0 in the server role). */
   bufferSize: number;
@@ -148,6 +148,8 @@ class RingView {
   next = 0;
   /** The peer broke the ring: nothing more is read from or written to it until the next connection. */
   broken = false;
+  /** Sending: frames were committed since the last flush. */
+  committed = false;
   constructor(region: ArrayBuffer, h: MemifRingHandle) {
     this.size = 1 << h.log2Size;
     this.mask = this.size - 1;
@@ -250,8 +252,10 @@ export class MemifPort {
   private readonly regionLengths: number[];
   /** The rings frames come in on, all polled; none while not connected. */
   private readonly rx: RingView[];
-  /** The ring frames go out on; null while not connected. */
-  private readonly tx: RingView | null;
+  /** The rings frames may go out on; none while not connected. */
+  private readonly txRings: RingView[];
+  /** The ring the next frames go out on (selectTxRing); null while not connected. */
+  private tx: RingView | null;
   private readonly count: Float64Array;
   private readonly slot: MemifTxSlot;
   private readonly maxFrameLength: number;
@@ -261,7 +265,6 @@ export class MemifPort {
   private rxTurn = 0;
   /** The burst ends here: the frame handler or the admission said stop. */
   private rxStop = false;
-  private txCommitted = false;
   /** Frames gathered from descriptor chains are delivered from here. */
   private chainScratch: Uint8Array | null = null;
 
@@ -275,14 +278,15 @@ export class MemifPort {
     this.regionLengths = handle.regions.map((r) => r.length);
     const live = handle.connected && handle.rx.length > 0 && handle.tx.length > 0;
     this.rx = live ? handle.rx.map((h) => new RingView(buffers[h.region], h)) : [];
-    this.tx = live ? new RingView(buffers[handle.tx[0].region], handle.tx[0]) : null;
+    this.txRings = live ? handle.tx.map((h) => new RingView(buffers[h.region], h)) : [];
+    this.tx = this.txRings[0] ?? null;
     this.bufferSize = handle.bufferSize;
     this.rxFds = handle.rxInterrupts ? this.rx.filter((r) => r.interruptFd >= 0).map((r) => r.interruptFd) : [];
     this.slot = { bytes: this.regions[0] ?? new Uint8Array(0), offset: 0, capacity: 0 };
     // The positions this side owns are in the ring words (see the file comment).
     const server = this.role === 'server';
     for (const r of this.rx) r.next = server ? r.tail : (r.head - r.size) & 0xffff;
-    if (this.tx !== null) this.tx.next = server ? this.tx.tail : this.tx.head;
+    for (const r of this.txRings) r.next = server ? r.tail : r.head;
   }
 
   static attach(handle: MemifPortHandle): MemifPort {
@@ -291,6 +295,20 @@ export class MemifPort {
 
   get connected(): boolean {
     return this.tx !== null;
+  }
+
+  /** Rings frames may go out on (one per receive queue of the peer); 0 while not connected. */
+  get txRingCount(): number {
+    return this.txRings.length;
+  }
+
+  /**
+   * The ring the next frames go out on, until the next call (ring 0 at first). A caller that picks
+   * it by a flow hash keeps each flow on one ring, so the peer sees its frames in order.
+   */
+  selectTxRing(i: number): void {
+    const ring = this.txRings[i];
+    if (ring !== undefined) this.tx = ring;
   }
 
   get counters(): MemifPortCounters {
@@ -507,7 +525,7 @@ export class MemifPort {
       w32[d] = w32[d] & 0xffff0000;
       w32[d + 1] = 0;
       tx.next = (tx.next + 1) & 0xffff;
-      this.txCommitted = true;
+      tx.committed = true;
       this.count[C_TX_BAD]++;
     }
   }
@@ -531,19 +549,22 @@ export class MemifPort {
     w32[d + 1] = length;
     w32[d + 3] = 0;
     tx.next = (tx.next + 1) & 0xffff;
-    this.txCommitted = true;
+    tx.committed = true;
     this.count[C_TX_FRAMES]++;
     return true;
   }
 
-  /** Publishes the committed frames and wakes the peer if it wants interrupts. */
+  /** Publishes the committed frames of every ring and wakes the peer where it wants interrupts. */
   txFlush(): void {
-    const tx = this.tx;
-    if (!this.txCommitted || tx === null) return;
-    this.txCommitted = false;
-    if (this.role === 'client') tx.setHead(tx.next);
-    else tx.setTail(tx.next);
-    tx.notify();
+    const rings = this.txRings;
+    for (let i = 0; i < rings.length; i++) {
+      const tx = rings[i];
+      if (!tx.committed) continue;
+      tx.committed = false;
+      if (this.role === 'client') tx.setHead(tx.next);
+      else tx.setTail(tx.next);
+      tx.notify();
+    }
   }
 }
 

@@ -3,11 +3,17 @@
 // guest are copied into memif buffers. memif carries no offload metadata, so a guest's checksum
 // request is completed here and its super-frames are cut into segments, as for AF_XDP.
 // While no peer is connected the port receives nothing and every frame sent to it is dropped as
-// "queue full" (the relay reports no carrier meanwhile).
+// "queue full" (the relay reports no carrier meanwhile). A peer with several receive queues has a
+// ring for each: a frame goes on the ring its flow hashes to, as a NIC's RSS would spread it, so
+// each flow stays in order on one of the peer's queues.
 import type { FrameAdmission, FrameHandler } from '../../sys/packet-ring.js';
 import { MemifPort, type MemifPortHandle } from '../../sys/memif-rings.js';
 import { OffloadSender } from './offload-sender.js';
-import type { VfLink } from './vf-link.js';
+import { flowHash } from './flow-hash.js';
+import type { GuestFrame, VfLink } from './vf-link.js';
+
+/** Bytes of a frame's headers read for its flow hash (Ethernet, a VLAN tag, IPv6, TCP). */
+const FLOW_HEADER_BYTES = 64;
 
 export function isMemifHandle(h: unknown): h is MemifPortHandle {
   return (h as MemifPortHandle).kind === 'memif';
@@ -22,6 +28,7 @@ export class MemifLink extends OffloadSender implements VfLink {
   readonly rxTruncated = 0;
   private readonly port: MemifPort;
   protected readonly target: MemifPort;
+  private readonly flowHeader = new Uint8Array(FLOW_HEADER_BYTES);
 
   constructor(netdev: string, handle: MemifPortHandle) {
     super();
@@ -29,6 +36,16 @@ export class MemifLink extends OffloadSender implements VfLink {
     this.port = this.target = MemifPort.attach(handle);
     this.maxFrame = handle.maxFrameLength;
     this.rxFds = this.port.rxFds;
+  }
+
+  /** Picks the frame's ring by its flow when the peer has several, then sends it (OffloadSender). */
+  override queueFrame(frame: GuestFrame, header: Uint8Array): number {
+    const rings = this.port.txRingCount;
+    if (rings > 1) {
+      const n = frame.chain.copyOut(frame.hdrLen, this.flowHeader, 0, Math.min(frame.frameLength, FLOW_HEADER_BYTES));
+      this.port.selectTxRing(flowHash(this.flowHeader, 0, n) % rings);
+    }
+    return super.queueFrame(frame, header);
   }
 
   receive(onFrame: FrameHandler, budget: number, admit?: FrameAdmission): number {

@@ -55,8 +55,8 @@ function networkFunction(role: 'server' | 'client', socket: string, id: number, 
   return t;
 }
 
-function virtualMachine(path: string, mode: 'rxonly' | 'txonly'): Testpmd {
-  const t = startTestpmd({ vdevs: [virtioUserVdev({ path, queueSize: 1024 })], forwardMode: mode, txpkts: 64, cpu: 1, label: `vm-${mode}` });
+function virtualMachine(path: string, mode: 'rxonly' | 'txonly', extraApp: string[] = []): Testpmd {
+  const t = startTestpmd({ vdevs: [virtioUserVdev({ path, queueSize: 1024 })], forwardMode: mode, txpkts: 64, cpu: 1, label: `vm-${mode}`, extraApp });
   running.push(t);
   return t;
 }
@@ -96,16 +96,24 @@ async function trafficBothWays(id: number, vmPath: string, memif: { role: 'serve
   // What stats say of the connection: rings the relay receives on.
   const memifRings = statsRelays().find((r) => r.id === id)?.ports[0].memifRings;
   const before = statsToolCounters(statsEp, id);
-  let vm = virtualMachine(vmPath, 'txonly');
+  // Many flows (source addresses), so that the relay spreads them over the network function's queues.
+  let vm = virtualMachine(vmPath, 'txonly', ['--txonly-multi-flow']);
   await waitFor(() => statsToolCounters(statsEp, id).vmToVf.packets - before.vmToVf.packets > 50_000, 30_000, '50 000 frames VM→NF');
   await stop(vm);
   await sleep(300);
   const afterVm = statsToolCounters(statsEp, id);
+  const receiver = nf;
   const nfSide = await stop(nf);
+  const nfQueues = parseStreamStats(receiver.output());
   const relayed = afterVm.vmToVf.packets - before.vmToVf.packets;
   expect(relayed).toBeGreaterThan(50_000);
   expect(nfSide.rx).toBe(relayed);
   expect(afterVm.vmToVf.dropsBadFrame + afterVm.vmToVf.badChains).toBe(0);
+  // A ring per receive queue of the network function, flows spread over them (a quarter each at least).
+  if ((memif.queues ?? 1) > 1) {
+    expect(nfQueues.map((s) => s.rxQueue)).toEqual([...Array(memif.queues).keys()]);
+    for (const s of nfQueues) expect(s.rxPackets).toBeGreaterThan(relayed / (2 * memif.queues!));
+  }
   await waitFor(() => memifLog(/connection ended/).length > endedBefore, 20_000, 'the relay to see the network function go');
   endedBefore = memifLog(/connection ended/).length;
 

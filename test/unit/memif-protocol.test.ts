@@ -222,10 +222,24 @@ describe('memif endpoints, our server against our client', () => {
       firsts.push(got);
     }
     expect(firsts.flat()).toContain(7);
-    // The server sends on ring 0; the client's port polls all three.
+    // The server sends on the ring it selects (ring 0 at first); one flush publishes every ring
+    // written since the last; a ring the peer does not have is ignored.
+    expect(s.txRingCount).toBe(3);
     expect(send(s, [frame(1), frame(2)])).toBe(2);
     expect(receiveAll(queues[0])).toEqual([1, 2]);
     expect(receiveAll(queues[1])).toEqual([]);
+    for (const [ring, n] of [[2, 30], [1, 31], [7, 32]]) {
+      s.selectTxRing(ring);
+      const slot = s.txSlot()!;
+      slot.bytes.set(frame(n), slot.offset);
+      expect(s.txCommit(60)).toBe(true);
+    }
+    expect(receiveAll(queues[1])).toEqual([]);
+    s.txFlush();
+    expect(receiveAll(queues[2])).toEqual([30]);
+    expect(receiveAll(queues[1])).toEqual([31, 32]);
+    const client = MemifPort.attach(up.client[0]);
+    expect(receiveAll(client)).toEqual([]);
     expect(s.counters.ringErrors + s.counters.rxBadDescriptors).toBe(0);
   });
 
