@@ -18,7 +18,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { findBinary, requireOrSkip } from '../support/env.js';
 import { repoRoot } from '../support/guest-image.js';
 import { kvmRoute, kvmRouteReason } from '../support/kvm.js';
-import { runNested, stopNested, type NestedResult } from '../support/nested.js';
+import { rigStalled, runNested, stopNested, type NestedResult } from '../support/nested.js';
 
 interface FileResult {
   name: string;
@@ -40,14 +40,25 @@ const RIG_BUDGET_S = 40 * 60;
 const RUNS_PER_FILE = 3;
 /** The rig's own kernel saw a vCPU stuck: named in the announcement of a later boot. */
 const RIG_STALLED = /watchdog: BUG: soft lockup[^\n]*/;
+/**
+ * Longest one file may run inside the rig (the slowest takes about 3 minutes, nested guests booted
+ * again included). A file whose nested guests hang would otherwise hold the whole boot: its tests
+ * wait 10 minutes each. A file stopped here counts as a failed run, and the next files still run.
+ */
+const FILE_TIMEOUT_S = 600;
 
 /** Inside the rig: each file in its own vitest run with its own JSON report; the worst status wins. */
 const PER_FILE_SCRIPT = `status=0
 for f in "$@"; do
-  node node_modules/vitest/vitest.mjs run "test/kvm/$f" --testTimeout=120000 \\
-    --reporter=default --reporter=json --outputFile.json="${reportDir}/$f.json" || status=1
+  timeout -k 10 ${FILE_TIMEOUT_S} node node_modules/vitest/vitest.mjs run "test/kvm/$f" --testTimeout=120000 \\
+    --reporter=default --reporter=json --outputFile.json="${reportDir}/$f.json"
+  s=$?
+  [ $s = 124 ] && echo "kvm-suite: $f did not finish within ${FILE_TIMEOUT_S} s and was stopped"
+  [ $s = 0 ] || status=1
 done
 exit $status`;
+const FILE_TIMED_OUT = /kvm-suite: (\S+) did not finish within/g;
+
 
 function readReports(files: string[]): Map<string, FileResult> {
   const found = new Map<string, FileResult>();
@@ -78,7 +89,7 @@ function bootRig(files: string[], timeoutS: number, label: string): Promise<Nest
   // 8 GiB: the files boot Linux guests of up to 5 GiB, and two of them side by side in the rig's
   // default 4 GiB (with its hugepages reserved) can take the rig down; they run one at a time.
   return runNested(['bash', '-c', PER_FILE_SCRIPT, 'kvm-suite', ...files],
-    { timeoutS, label, rigArgs: ['--memory', '8G'] });
+    { timeoutS, label, rigArgs: ['--memory', '8G'], stopWhen: rigStalled });
 }
 
 const nested = kvmRoute() === 'nested';
@@ -108,18 +119,20 @@ describe.runIf(rigPossible)(`test/kvm inside the nested-KVM rig (${kvmRouteReaso
       const thisRun = await bootRig(pending, Math.min(boot === 1 ? RIG_TIMEOUT_S : RETRY_TIMEOUT_S, left), boot === 1 ? 'kvm-rig' : `kvm-rig-${boot}`);
       const reports = readReports(pending);
       const failed = failedFiles(reports);
-      // Files run in order: the first one without a report is the one the rig died in.
-      const diedIn = pending.find((f) => !reports.has(f));
+      const timedOut = new Set([...thisRun.output.matchAll(FILE_TIMED_OUT)].map((m) => m[1]));
+      // Files run in order: the first one without a report that was not stopped is the one the rig died in.
+      const diedIn = pending.find((f) => !reports.has(f) && !timedOut.has(f));
       for (const [file, r] of reports) results.set(file, r);
       run = run ? { status: thisRun.status, output: `${run.output}\n--- boot ${boot} of the rig ---\n${thisRun.output}` } : thisRun;
       const panic = /Kernel panic[^\n]*/.exec(thisRun.output)?.[0]?.trim();
       const stall = RIG_STALLED.exec(thisRun.output)?.[0]?.trim();
-      const rigSaid = [panic, stall].filter(Boolean).map((line) => `its kernel: "${line}"`).join('; ');
+      const rigSaid = [...[panic, stall].filter(Boolean).map((line) => `its kernel: "${line}"`), ...(thisRun.stoppedFor ? [`stopped early: ${thisRun.stoppedFor}`] : [])].join('; ');
       const next: string[] = [];
       for (const file of pending) {
         if (reports.has(file) && !failed.has(file)) continue; // passed
         // A failed file says why; of those without a report, only the one the rig died in ran.
-        const why = failed.get(file) ?? (file === diedIn ? `the rig ended with status ${thisRun.status} while it ran` : undefined);
+        const why = failed.get(file)
+          ?? (timedOut.has(file) ? `did not finish within ${FILE_TIMEOUT_S} s` : file === diedIn ? `the rig ended with status ${thisRun.status} while it ran` : undefined);
         if (why) runs.set(file, runs.get(file)! + 1);
         if (runs.get(file)! >= RUNS_PER_FILE) continue; // failed for good, with its last report
         next.push(file);
