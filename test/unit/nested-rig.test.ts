@@ -23,14 +23,15 @@ describe('the nested-KVM rig stall rule', () => {
 
   it('runNested stops the rig at the first line the rule names, and says why', async () => {
     const script = join(dir, 'fake-rig.sh');
+    // As nested-run.sh runs its QEMU: in the background, its trap set before the guest prints a
+    // line, so the SIGTERM ends the wait and the guest (a trap set later races with the signal).
     writeFileSync(script, `#!/bin/bash
-echo "nested-run: booting the rig"
-echo "[  300.0] watchdog: BUG: soft lockup - CPU#0 stuck for 48s! [kthreadd:2]"
-echo "[  330.0] watchdog: BUG: soft lockup - CPU#0 stuck for 126s! [kthreadd:2]"
-# As nested-run.sh waits for its QEMU: in the background, so a SIGTERM ends the wait and the guest.
 sleep 60 &
 guest=$!
 trap 'kill $guest; exit 130' TERM
+echo "nested-run: booting the rig"
+echo "[  300.0] watchdog: BUG: soft lockup - CPU#0 stuck for 48s! [kthreadd:2]"
+echo "[  330.0] watchdog: BUG: soft lockup - CPU#0 stuck for 126s! [kthreadd:2]"
 wait $guest
 echo "never printed"
 `);
