@@ -150,6 +150,12 @@ class RingView {
   broken = false;
   /** Sending: frames were committed since the last flush. */
   committed = false;
+  /**
+   * Sending: the peer's index as last read (server: the head up to which the client posted
+   * buffers; client: the tail up to which the server took frames). The slots it frees stay free,
+   * so the shared word, which the peer keeps writing, is read again only when they are used up.
+   */
+  peerSeen = 0;
   constructor(region: ArrayBuffer, h: MemifRingHandle) {
     this.size = 1 << h.log2Size;
     this.mask = this.size - 1;
@@ -485,13 +491,21 @@ export class MemifPort {
   txFree(): number {
     const tx = this.tx;
     if (tx === null || tx.broken) return 0;
-    let free: number;
-    if (this.role === 'server') {
-      free = (tx.head - tx.next) & 0xffff; // buffers the client posted and we have not filled
-    } else {
-      const inFlight = (tx.next - tx.tail) & 0xffff;
-      free = inFlight > tx.size ? -1 : tx.size - inFlight;
-    }
+    return this.freeSlots(tx, true);
+  }
+
+  /**
+   * Free slots of `tx` against the peer's index as last seen, read again when `fresh` or when
+   * that leaves none (or before the first read). A peer index no honest peer could have written
+   * breaks the ring.
+   */
+  private freeSlots(tx: RingView, fresh: boolean): number {
+    const server = this.role === 'server';
+    // (A value seen earlier was checked then; the one before the first read may be anything.)
+    const seen = fresh ? 0 : slotsFree(server, tx, tx.peerSeen);
+    if (seen > 0 && seen <= tx.size) return seen;
+    tx.peerSeen = server ? tx.head : tx.tail;
+    const free = slotsFree(server, tx, tx.peerSeen);
     if (free < 0 || free > tx.size) {
       this.breakRing(tx);
       return 0;
@@ -502,7 +516,8 @@ export class MemifPort {
   /** The next buffer to write a frame into, or null when none is free. */
   txSlot(): MemifTxSlot | null {
     for (;;) {
-      if (this.txFree() === 0) return null;
+      const t = this.tx;
+      if (t === null || t.broken || this.freeSlots(t, false) === 0) return null;
       const tx = this.tx!;
       const d = tx.desc(tx.next);
       if (this.role === 'client') {
@@ -566,6 +581,13 @@ export class MemifPort {
       tx.notify();
     }
   }
+}
+
+/** Slots free for sending against the peer's index `peer` (−1: an index out of reach). */
+function slotsFree(server: boolean, tx: RingView, peer: number): number {
+  if (server) return (peer - tx.next) & 0xffff; // buffers the client posted and we have not filled
+  const inFlight = (tx.next - peer) & 0xffff;
+  return inFlight > tx.size ? -1 : tx.size - inFlight;
 }
 
 function drainInterrupt(fd: number): void {

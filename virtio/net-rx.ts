@@ -2,7 +2,7 @@
 // chains as the frame needs, all or nothing. Chains are taken from a pool allocated on first use,
 // so a steady stream of frames allocates nothing.
 
-import { DEFAULT_MAX_SEGMENTS, DescriptorChain } from './descriptor-chain.js';
+import { copyBytes, DEFAULT_MAX_SEGMENTS, DescriptorChain } from './descriptor-chain.js';
 import { NET_HEADER_LENGTH, NET_HEADER_LEGACY_LENGTH, NUM_BUFFERS_OFFSET } from './net-header.js';
 import type { DeviceQueue } from './device-queue.js';
 
@@ -99,6 +99,26 @@ export class NetRxWriter {
   }
 
   /**
+   * The usual small frame: header and frame fit the one buffer of one chain. Both are written
+   * straight into the buffer (no staging of the header, no walk over segments): a 64-byte frame
+   * costs about half as much as through copyIn.
+   */
+  private deliverIntoSegment(chain: DescriptorChain, frame: Uint8Array, offset: number, length: number, header: Uint8Array | null): void {
+    const hdrLen = this.headerLength;
+    const bytes = chain.segBytes[0]!;
+    const at = chain.segOffset[0]!;
+    if (header === null) for (let i = 0; i < hdrLen; i++) bytes[at + i] = 0;
+    else for (let i = 0; i < hdrLen; i++) bytes[at + i] = header[i] ?? 0;
+    if (hdrLen === NET_HEADER_LENGTH) {
+      bytes[at + NUM_BUFFERS_OFFSET] = 1;
+      bytes[at + NUM_BUFFERS_OFFSET + 1] = 0;
+    }
+    copyBytes(frame, offset, bytes, at + hdrLen, length);
+    chain.markWritten(0, hdrLen + length);
+    this.queue.pushUsed(chain.head, hdrLen + length);
+  }
+
+  /**
    * Writes `header` (or a plain header when null) and `frame[offset, offset+length)` into the
    * guest and pushes the used entries; the caller publishes them with `queue.flushUsed()` at the
    * end of its burst. Returns the number of buffers used, RX_NO_BUFFERS, or RX_DROPPED.
@@ -138,6 +158,10 @@ export class NetRxWriter {
       taken++;
     }
 
+    if (taken === 1 && this.pool[0]!.segmentCount === 1) {
+      this.deliverIntoSegment(this.pool[0]!, frame, offset, length, header);
+      return 1;
+    }
     const h = this.header;
     if (header === null) h.fill(0);
     else for (let i = 0; i < hdrLen; i++) h[i] = header[i] ?? 0;

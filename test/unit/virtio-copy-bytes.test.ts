@@ -1,6 +1,7 @@
 // copyBytes picks a byte loop, 32-bit words through cached DataViews, or set() by size: every
-// path must copy exactly the bytes asked, at any alignment, between arrays that change from call
-// to call (the DataView cache), and views that do not start at their buffer's beginning.
+// path must copy exactly the bytes asked, at any alignment (words through Uint32Arrays where both
+// sides share one, DataViews where not), between arrays that change from call to call (the views
+// are cached), and views that do not start at their buffer's beginning.
 import { describe, expect, it } from 'vitest';
 import { copyBytes } from '../../virtio/descriptor-chain.js';
 import { rng } from '../support/hostile-frontend.js';
@@ -20,6 +21,26 @@ describe('copyBytes', () => {
         const expected = before.slice();
         expected.set(src.subarray(so, so + length), d0);
         expect(Buffer.from(dst).equals(Buffer.from(expected)), `length ${length}`).toBe(true);
+      }
+    }
+  });
+
+  it('copies by whole words where source and destination share an alignment, from every lead', () => {
+    const r = rng(11);
+    const source = new Uint8Array(new ArrayBuffer(4096)).map(() => Math.floor(r() * 256));
+    for (let lead = 0; lead < 4; lead++) {
+      // A destination view starting `lead` bytes past a word boundary, as a region piece can.
+      const dst = new Uint8Array(new SharedArrayBuffer(4096), lead, 4000);
+      for (let length = 0; length <= 140; length++) {
+        for (let align = 0; align < 4; align++) {
+          const so = 64 + align;
+          const d0 = 128 + ((align - lead + 4) & 3); // lead + d0 ≡ so (mod 4)
+          dst.fill(0xee);
+          copyBytes(source, so, dst, d0, length);
+          expect(Buffer.from(dst.subarray(d0, d0 + length)).equals(Buffer.from(source.subarray(so, so + length))), `lead ${lead} length ${length} align ${align}`).toBe(true);
+          expect(dst[d0 - 1], 'byte before').toBe(0xee);
+          expect(dst[d0 + length], 'byte after').toBe(0xee);
+        }
       }
     }
   });
