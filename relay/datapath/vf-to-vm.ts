@@ -28,14 +28,15 @@ const ROOM_COUNT_LIMIT = 4 * BURST;
  * ring holds only chunks and the guest seems to have none even when it keeps pace. Topping it up
  * at the step's level kept such a port copying for good; this low, a guest with buffers to spare
  * gets some posted behind the chunks, and once those drain, frames land in place again.
+ * (A depth of the fill ring, not a number of bursts: it stayed at 64 when bursts grew to 64.)
  */
-const OVERFLOW_LOW_WATER = 2 * BURST;
+const OVERFLOW_LOW_WATER = 64;
 /**
  * Relay chunks added as overflow at a time for a guest that fell behind, again while it stays
  * behind, until the port has as many out as its RX ring holds (the bound that keeps the kernel
  * from reordering, xdp-guest-rx.ts): the same depth a copying port has.
  */
-const OVERFLOW_STEP = 8 * BURST;
+const OVERFLOW_STEP = 256;
 
 /** VF RX ring(s) → guest RX vrings. */
 export class VfToVm extends Direction {
