@@ -5,7 +5,7 @@ import { MAX_BOND_MEMBERS } from '../relay/registry-api.js';
 import type { DirectionCounters, MemberPort, MemifRef, RelayCpu, VfPortChoice, WorkerInfo } from '../relay/registry-api.js';
 import { VF_PORT_CHOICES } from '../relay/registry-api.js';
 
-import { MAX_CPU_ID, MAX_RELAYS, MAX_SOCKET_PATH_BYTES, MEMIF_MAX_CLIENT_RINGS } from '../vocabulary/limits.js';
+import { MAX_CPU_ID, MAX_RELAYS, MAX_SOCKET_PATH_BYTES, MEMIF_MAX_CLIENT_RINGS, MEMIF_RINGS_CLIENT_ONLY, isMemifRingCount } from '../vocabulary/limits.js';
 import { canonicalPciAddress } from '../vocabulary/pci.js';
 
 export { MAX_BOND_MEMBERS, MAX_RELAYS };
@@ -472,10 +472,10 @@ function memifField(v: unknown): MemifRef {
     out.secret = m.secret;
   }
   if (m.rings !== undefined) {
-    if (typeof m.rings !== 'number' || !Number.isInteger(m.rings) || m.rings < 1 || m.rings > MEMIF_MAX_CLIENT_RINGS) {
+    if (!isMemifRingCount(m.rings)) {
       bad(`field memif.rings must be an integer in [1, ${MEMIF_MAX_CLIENT_RINGS}], not ${JSON.stringify(m.rings)}`);
     }
-    if (m.role !== 'client') bad('field memif.rings is for the client role: a server takes as many rings as its client adds');
+    if (m.role !== 'client') bad(`field memif.${MEMIF_RINGS_CLIENT_ONLY}`);
     out.rings = m.rings;
   }
   return out;

@@ -20,7 +20,7 @@ import { receiveMessage, sendMessage, unixAccept, unixConnect, unixListen } from
 import { claimSocketPath } from './socket-path.js';
 import { F_SEAL_SEAL, F_SEAL_SHRINK, addSeals, fileSeals, fstatSize, ftruncate, memfdCreate, mmap, munmap, viewAt, MAP_SHARED, PROT_READ, PROT_WRITE } from './memory.js';
 import { unlinkSync } from 'node:fs';
-import { MEMIF_MAX_CLIENT_RINGS } from '../vocabulary/limits.js';
+import { MEMIF_MAX_CLIENT_RINGS, isMemifRingCount } from '../vocabulary/limits.js';
 import {
   MEMIF_MAX_LOG2_RING, MEMIF_RING_FLAG_MASK_INT, initRing, newMemifCounters, postAllBuffers, resetRing, ringBytes, ringHasCookie,
   type MemifPortHandle, type MemifRegionMapping, type MemifRingHandle, type MemifRole,
@@ -290,7 +290,7 @@ export class MemifEndpoint {
     if (!Number.isInteger(opts.id) || opts.id < 0 || opts.id > 0xffffffff) throw new RangeError(`memif id ${opts.id} is not a u32`);
     if (opts.secret !== undefined && Buffer.byteLength(opts.secret) > SECRET_SIZE - 1) throw new RangeError(`memif secret is longer than ${SECRET_SIZE - 1} bytes`);
     const rings = opts.rings ?? 1;
-    if (!Number.isInteger(rings) || rings < 1 || rings > MEMIF_MAX_CLIENT_RINGS) throw new RangeError(`memif rings ${rings} is not an integer in [1, ${MEMIF_MAX_CLIENT_RINGS}]`);
+    if (!isMemifRingCount(rings)) throw new RangeError(`memif rings ${rings} is not an integer in [1, ${MEMIF_MAX_CLIENT_RINGS}]`);
   }
 
   get name(): string {

@@ -18,3 +18,11 @@ export const JUMBO_MTU = 9000;
 
 /** Ring pairs a memif client relay creates at most (`rings`); its memory grows with them. */
 export const MEMIF_MAX_CLIENT_RINGS = 16;
+
+/** Whether `v` is a ring count a memif client may ask for: an integer in [1, MEMIF_MAX_CLIENT_RINGS]. */
+export function isMemifRingCount(v: unknown): v is number {
+  return typeof v === 'number' && Number.isInteger(v) && v >= 1 && v <= MEMIF_MAX_CLIENT_RINGS;
+}
+
+/** Why a ring count goes with the client role only (port control, the registry and the CLI say it alike). */
+export const MEMIF_RINGS_CLIENT_ONLY = 'rings is for the client role: a server takes as many rings as its client adds';

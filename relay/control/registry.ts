@@ -7,7 +7,7 @@ import type { Reactor } from '../../sys/poll.js';
 import { listenBackend } from '../../vhost-user/server.js';
 import { connectBackend } from '../../vhost-user/client.js';
 import { Dir, readCounts } from '../datapath/counters.js';
-import { JUMBO_MTU, MAX_RELAYS, MEMIF_MAX_CLIENT_RINGS } from '../../vocabulary/limits.js';
+import { JUMBO_MTU, MAX_RELAYS, MEMIF_MAX_CLIENT_RINGS, MEMIF_RINGS_CLIENT_ONLY, isMemifRingCount } from '../../vocabulary/limits.js';
 import { canonicalPciAddress } from '../../vocabulary/pci.js';
 import { numaNodeOfCpu } from '../../sys/topology.js';
 import { describeNetdev } from './vf.js';
@@ -97,8 +97,8 @@ function validateMemif(m: MemifRef): void {
   if (!Number.isInteger(m.id) || m.id < 0 || m.id > 0xffffffff) throw new RegistryError(EINVAL, `memif ${m.socket}: id ${m.id} is not an integer in [0, 4294967295]`);
   if (m.secret !== undefined && Buffer.byteLength(m.secret) > 23) throw new RegistryError(EINVAL, `memif ${m.socket}: the secret is longer than 23 bytes`);
   if (m.rings !== undefined) {
-    if (!Number.isInteger(m.rings) || m.rings < 1 || m.rings > MEMIF_MAX_CLIENT_RINGS) throw new RegistryError(EINVAL, `memif ${m.socket}: rings ${m.rings} is not an integer in [1, ${MEMIF_MAX_CLIENT_RINGS}]`);
-    if (m.role !== 'client') throw new RegistryError(EINVAL, `memif ${m.socket}: rings is for the client role; a server takes as many rings as its client adds`);
+    if (!isMemifRingCount(m.rings)) throw new RegistryError(EINVAL, `memif ${m.socket}: rings ${m.rings} is not an integer in [1, ${MEMIF_MAX_CLIENT_RINGS}]`);
+    if (m.role !== 'client') throw new RegistryError(EINVAL, `memif ${m.socket}: ${MEMIF_RINGS_CLIENT_ONLY}`);
   }
 }
 

@@ -18,7 +18,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { findBinary, requireOrSkip } from '../support/env.js';
 import { repoRoot } from '../support/guest-image.js';
 import { kvmRoute, kvmRouteReason } from '../support/kvm.js';
-import { rigStalled, runNested, stopNested, type NestedResult } from '../support/nested.js';
+import { SOFT_LOCKUP, rigStalled, runNested, stopNested, type NestedResult } from '../support/nested.js';
 
 interface FileResult {
   name: string;
@@ -38,8 +38,6 @@ const RETRY_TIMEOUT_S = 15 * 60;
 /** All boots together, so that a rig that keeps failing cannot hold CI past its limit. */
 const RIG_BUDGET_S = 40 * 60;
 const RUNS_PER_FILE = 3;
-/** The rig's own kernel saw a vCPU stuck: named in the announcement of a later boot. */
-const RIG_STALLED = /watchdog: BUG: soft lockup[^\n]*/;
 /**
  * Longest one file may run inside the rig (the slowest takes about 3 minutes, nested guests booted
  * again included). A file whose nested guests hang would otherwise hold the whole boot: its tests
@@ -125,7 +123,7 @@ describe.runIf(rigPossible)(`test/kvm inside the nested-KVM rig (${kvmRouteReaso
       for (const [file, r] of reports) results.set(file, r);
       run = run ? { status: thisRun.status, output: `${run.output}\n--- boot ${boot} of the rig ---\n${thisRun.output}` } : thisRun;
       const panic = /Kernel panic[^\n]*/.exec(thisRun.output)?.[0]?.trim();
-      const stall = RIG_STALLED.exec(thisRun.output)?.[0]?.trim();
+      const stall = SOFT_LOCKUP.exec(thisRun.output)?.[0]?.trim();
       const rigSaid = [...[panic, stall].filter(Boolean).map((line) => `its kernel: "${line}"`), ...(thisRun.stoppedFor ? [`stopped early: ${thisRun.stoppedFor}`] : [])].join('; ');
       const next: string[] = [];
       for (const file of pending) {

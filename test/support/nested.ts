@@ -22,10 +22,13 @@ const children = new Set<number>();
  */
 export const RIG_STALL_LIMIT_S = 120;
 
+/** The rig kernel's report of a stuck vCPU, to the end of its line; group 1 is the seconds. */
+export const SOFT_LOCKUP = /watchdog: BUG: soft lockup - CPU#\d+ stuck for (\d+)s[^\n]*/;
+
 /** A line of the rig's console that says it will not get anywhere: the reason to stop it now. */
 export function rigStalled(line: string): string | null {
-  const m = /watchdog: BUG: soft lockup - CPU#\d+ stuck for (\d+)s/.exec(line);
-  return m && Number(m[1]) >= RIG_STALL_LIMIT_S ? `its kernel: "${m[0]}" (a vCPU stuck ${RIG_STALL_LIMIT_S} s or more has not come back)` : null;
+  const m = SOFT_LOCKUP.exec(line);
+  return m && Number(m[1]) >= RIG_STALL_LIMIT_S ? `its kernel: "${m[0].trim()}" (a vCPU stuck ${RIG_STALL_LIMIT_S} s or more has not come back)` : null;
 }
 
 /** Ends every rig a test started and has not seen end (by PID; the script stops its QEMU). */
