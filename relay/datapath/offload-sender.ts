@@ -53,9 +53,17 @@ export abstract class OffloadSender extends CopyingLinkTally {
     const chain = frame.chain;
     let needsChecksum = false;
     if (frame.hostOffloads) {
-      if (chain.copyOut(0, header, 0, VNET_HDR_LEN) !== VNET_HDR_LEN) return REFUSED;
-      if (header[1] !== VIRTIO_NET_HDR_GSO_NONE) return this.queueSegments(frame, header[4] | (header[5] << 8));
-      needsChecksum = (header[0] & VIRTIO_NET_HDR_F_NEEDS_CSUM) !== 0;
+      // The header is read where it is when the chain's first buffer holds it whole (it nearly
+      // always does); each of its fields is read once, so a guest rewriting it meanwhile changes
+      // nothing but its own frame.
+      let h = header;
+      let at = 0;
+      if (chain.readableSegments > 0 && chain.segLength[0]! >= VNET_HDR_LEN) {
+        h = chain.segBytes[0]!;
+        at = chain.segOffset[0]!;
+      } else if (chain.copyOut(0, header, 0, VNET_HDR_LEN) !== VNET_HDR_LEN) return REFUSED;
+      if (h[at + 1] !== VIRTIO_NET_HDR_GSO_NONE) return this.queueSegments(frame, h[at + 4]! | (h[at + 5]! << 8));
+      needsChecksum = (h[at]! & VIRTIO_NET_HDR_F_NEEDS_CSUM) !== 0;
     }
     if (!fitsLink(frame, this.maxFrame, header, VNET_HDR_LEN)) return REFUSED;
     if (!needsChecksum) {
