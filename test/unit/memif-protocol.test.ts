@@ -278,6 +278,26 @@ describe('memif endpoints, our server against our client', () => {
     expect(receiveAll(s)).toEqual([5]);
   });
 
+  it('sends into the buffers the client had posted when it looked; an impossible head written since breaks the ring once those are used', async () => {
+    const { up } = await connectedPair();
+    await until(() => up.server.length === 1 && up.client.length === 1);
+    const s = MemifPort.attach(up.server[0]);
+    const h = up.client[0];
+    // The server sends on the client's receive ring, whose 64 buffers the client posted at connection.
+    const head = new Uint16Array(viewOfRegion(h), h.rx[0].offset, 4);
+    const c = MemifPort.attach(h);
+    expect(send(s, [frame(1), frame(2)])).toBe(2);
+    head[3] = (head[3] + 5000) & 0xffff;
+    // The 62 buffers it saw posted are still the client's to give: the server fills them...
+    expect(send(s, Array.from({ length: 62 }, (_, i) => frame(10 + i)))).toBe(62);
+    expect(s.counters.ringErrors).toBe(0);
+    // ...and reads the head again only for more, finds it impossible, and leaves the ring alone.
+    expect(send(s, [frame(99)])).toBe(0);
+    expect(s.counters.ringErrors).toBe(1);
+    expect(s.txFree()).toBe(0);
+    expect(receiveAll(c)).toEqual([1, 2, ...Array.from({ length: 62 }, (_, i) => 10 + i)]);
+  });
+
   it('drops descriptors a hostile client points outside its region, and keeps going', async () => {
     const { up } = await connectedPair();
     await until(() => up.server.length === 1 && up.client.length === 1);

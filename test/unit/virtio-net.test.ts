@@ -185,6 +185,31 @@ describe('receive frames with MRG_RXBUF', () => {
     expect(s.writer.deliver(frameOf(10), 0, 10)).toBe(1);
   });
 
+  it('writes a frame that fits one buffer straight into it: the header given, num_buffers 1, the frame, nothing after; pages logged', () => {
+    const s = rxSetup({ mergeable: true });
+    // The buffer straddles a page boundary, so the log must show both pages.
+    s.ring.writeChain([{ addr: 0x10fc0, len: 1500, writable: true }], 0);
+    s.ring.offer(0);
+    writeBytes(s.memory, 0x10fc0, new Uint8Array(1500).fill(0xee));
+    const log = new Uint8Array(64);
+    s.memory.setDirtyLog(log);
+    const header = new Uint8Array([1, 0, 0x22, 0x11, 0, 0, 0x33, 0, 0x44, 0, 9, 9]); // NEEDS_CSUM, offsets; num_buffers ignored
+    const frame = frameOf(200);
+    expect(s.writer.deliver(frame, 0, 100, header)).toBe(1);
+    s.queue.flushUsed();
+    expect(s.ring.usedEntry(0)).toEqual({ id: 0, len: 112 });
+    expect([...readBytes(s.memory, 0x10fc0, 12)]).toEqual([1, 0, 0x22, 0x11, 0, 0, 0x33, 0, 0x44, 0, 1, 0]);
+    expect(readBytes(s.memory, 0x10fc0 + 12, 100)).toEqual(frame.subarray(0, 100));
+    expect(readBytes(s.memory, 0x10fc0 + 112, 4)).toEqual(new Uint8Array(4).fill(0xee));
+    expect([0x10, 0x11].map((page) => ((log[page >> 3]! >> (page & 7)) & 1) === 1)).toEqual([true, true]);
+    // No header given: a plain one, all zero but num_buffers.
+    s.ring.writeChain([{ addr: 0x20000, len: 100, writable: true }], 1);
+    s.ring.offer(1);
+    writeBytes(s.memory, 0x20000, new Uint8Array(12).fill(0xee));
+    expect(s.writer.deliver(frameOf(60), 0, 60)).toBe(1);
+    expect([...readBytes(s.memory, 0x20000, 12)]).toEqual([0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0]);
+  });
+
   it('rolls back when too few buffers are available, consuming nothing (D11)', () => {
     const s = rxSetup({ mergeable: true });
     post(s, 2, 1000);
