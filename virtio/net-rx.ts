@@ -85,37 +85,39 @@ export class NetRxWriter {
       this.queue.pushUsed(chain.head, 0);
       return RX_DROPPED;
     }
-    const h = this.header;
-    if (header === null) h.fill(0);
-    else for (let i = 0; i < hdrLen; i++) h[i] = header[i] ?? 0;
-    if (hdrLen === NET_HEADER_LENGTH) {
-      h[NUM_BUFFERS_OFFSET] = 1;
-      h[NUM_BUFFERS_OFFSET + 1] = 0;
-    }
-    const written = chain.copyIn(h, 0, hdrLen, 0);
-    const n = chain.copyIn(frame, offset, length, written);
-    this.queue.pushUsed(chain.head, written + n);
+    this.queue.pushUsed(chain.head, this.fillChain(chain, frame, offset, length, header));
     return 1;
   }
 
-  /**
-   * The usual small frame: header and frame fit the one buffer of one chain. Both are written
-   * straight into the buffer (no staging of the header, no walk over segments): a 64-byte frame
-   * costs about half as much as through copyIn.
-   */
-  private deliverIntoSegment(chain: DescriptorChain, frame: Uint8Array, offset: number, length: number, header: Uint8Array | null): void {
+  /** Writes `header` (or a plain one) at `dst[at]`, with `buffers` as num_buffers where the header has it. */
+  private writeHeader(dst: Uint8Array, at: number, header: Uint8Array | null, buffers: number): void {
     const hdrLen = this.headerLength;
-    const bytes = chain.segBytes[0]!;
-    const at = chain.segOffset[0]!;
-    if (header === null) for (let i = 0; i < hdrLen; i++) bytes[at + i] = 0;
-    else for (let i = 0; i < hdrLen; i++) bytes[at + i] = header[i] ?? 0;
+    if (header === null) for (let i = 0; i < hdrLen; i++) dst[at + i] = 0;
+    else for (let i = 0; i < hdrLen; i++) dst[at + i] = header[i] ?? 0;
     if (hdrLen === NET_HEADER_LENGTH) {
-      bytes[at + NUM_BUFFERS_OFFSET] = 1;
-      bytes[at + NUM_BUFFERS_OFFSET + 1] = 0;
+      dst[at + NUM_BUFFERS_OFFSET] = buffers & 0xff;
+      dst[at + NUM_BUFFERS_OFFSET + 1] = buffers >>> 8;
     }
-    copyBytes(frame, offset, bytes, at + hdrLen, length);
-    chain.markWritten(0, hdrLen + length);
-    this.queue.pushUsed(chain.head, hdrLen + length);
+  }
+
+  /**
+   * Header and frame into one chain with room for both; returns the bytes written. The usual
+   * small frame has one buffer: both are written straight into it (no staging of the header, no
+   * walk over segments), which halves what a 64-byte frame costs through copyIn.
+   */
+  private fillChain(chain: DescriptorChain, frame: Uint8Array, offset: number, length: number, header: Uint8Array | null): number {
+    const hdrLen = this.headerLength;
+    if (chain.segmentCount === 1) {
+      const bytes = chain.segBytes[0]!;
+      const at = chain.segOffset[0]!;
+      this.writeHeader(bytes, at, header, 1);
+      copyBytes(frame, offset, bytes, at + hdrLen, length);
+      chain.markWritten(0, hdrLen + length);
+      return hdrLen + length;
+    }
+    this.writeHeader(this.header, 0, header, 1);
+    const written = chain.copyIn(this.header, 0, hdrLen, 0);
+    return written + chain.copyIn(frame, offset, length, written);
   }
 
   /**
@@ -158,17 +160,13 @@ export class NetRxWriter {
       taken++;
     }
 
-    if (taken === 1 && this.pool[0]!.segmentCount === 1) {
-      this.deliverIntoSegment(this.pool[0]!, frame, offset, length, header);
+    if (taken === 1) {
+      const chain = this.pool[0]!;
+      queue.pushUsed(chain.head, this.fillChain(chain, frame, offset, length, header));
       return 1;
     }
     const h = this.header;
-    if (header === null) h.fill(0);
-    else for (let i = 0; i < hdrLen; i++) h[i] = header[i] ?? 0;
-    if (hdrLen === NET_HEADER_LENGTH) {
-      h[NUM_BUFFERS_OFFSET] = taken & 0xff;
-      h[NUM_BUFFERS_OFFSET + 1] = taken >>> 8;
-    }
+    this.writeHeader(h, 0, header, taken);
     let from = offset;
     let left = length;
     for (let k = 0; k < taken; k++) {
