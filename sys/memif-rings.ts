@@ -516,9 +516,8 @@ export class MemifPort {
   /** The next buffer to write a frame into, or null when none is free. */
   txSlot(): MemifTxSlot | null {
     for (;;) {
-      const t = this.tx;
-      if (t === null || t.broken || this.freeSlots(t, false) === 0) return null;
-      const tx = this.tx!;
+      const tx = this.tx;
+      if (tx === null || tx.broken || this.freeSlots(tx, false) === 0) return null;
       const d = tx.desc(tx.next);
       if (this.role === 'client') {
         this.slot.bytes = this.regions[0];

@@ -57,7 +57,6 @@ done
 exit $status`;
 const FILE_TIMED_OUT = /kvm-suite: (\S+) did not finish within/g;
 
-
 function readReports(files: string[]): Map<string, FileResult> {
   const found = new Map<string, FileResult>();
   for (const file of files) {
