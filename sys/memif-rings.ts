@@ -253,7 +253,11 @@ export class MemifPort {
   readonly rxHeader: null = null;
   readonly rxTruncated = 0;
   readonly rxFds: number[];
-  private readonly role: MemifRole;
+  /**
+   * The server role, as a flag: the role string came through a worker message, and comparing
+   * such a string is a call per comparison, where these run per frame.
+   */
+  private readonly server: boolean;
   private readonly regions: Uint8Array[];
   private readonly regionLengths: number[];
   /** The rings frames come in on, all polled; none while not connected. */
@@ -276,7 +280,7 @@ export class MemifPort {
 
   private constructor(handle: MemifPortHandle) {
     this.handle = handle;
-    this.role = handle.role;
+    this.server = handle.role === 'server';
     this.maxFrameLength = handle.maxFrameLength;
     this.count = new Float64Array(handle.counters);
     const buffers = handle.regions.map((r) => viewAt(r.address, r.length));
@@ -290,7 +294,7 @@ export class MemifPort {
     this.rxFds = handle.rxInterrupts ? this.rx.filter((r) => r.interruptFd >= 0).map((r) => r.interruptFd) : [];
     this.slot = { bytes: this.regions[0] ?? new Uint8Array(0), offset: 0, capacity: 0 };
     // The positions this side owns are in the ring words (see the file comment).
-    const server = this.role === 'server';
+    const server = this.server;
     for (const r of this.rx) r.next = server ? r.tail : (r.head - r.size) & 0xffff;
     for (const r of this.txRings) r.next = server ? r.tail : r.head;
   }
@@ -323,7 +327,7 @@ export class MemifPort {
 
   /** Frames the peer has published on `rx` that this side has not read; −1 when the peer's index is impossible. */
   private rxAvailable(rx: RingView): number {
-    const produced = this.role === 'server' ? rx.head : rx.tail;
+    const produced = this.server ? rx.head : rx.tail;
     const n = (produced - rx.next) & 0xffff;
     return n > rx.size ? -1 : n;
   }
@@ -369,10 +373,10 @@ export class MemifPort {
     if (available === 0) {
       // Ring empty: clear the interrupt count so that a sleeping worker waits for the next one.
       if (this.rxFds.length > 0 && rx.interruptFd >= 0) drainInterrupt(rx.interruptFd);
-      if (this.role === 'client') this.refill(rx);
+      if (!this.server) this.refill(rx);
       return 0;
     }
-    const server = this.role === 'server';
+    const server = this.server;
     const w32 = rx.w32;
     let delivered = 0;
     let bad = 0;
@@ -457,7 +461,7 @@ export class MemifPort {
    */
   private rxBuffer(rx: RingView, d: number, length: number): number {
     const w32 = rx.w32;
-    if (this.role === 'client') {
+    if (!this.server) {
       if (length > this.bufferSize) return -1;
       this.rxAt = rx.buffersAt + ((d - DESC_W32) >> 2) * this.bufferSize;
       return 0;
@@ -500,7 +504,7 @@ export class MemifPort {
    * breaks the ring.
    */
   private freeSlots(tx: RingView, fresh: boolean): number {
-    const server = this.role === 'server';
+    const server = this.server;
     // (A value seen earlier was checked then; the one before the first read may be anything.)
     const seen = fresh ? 0 : slotsFree(server, tx, tx.peerSeen);
     if (seen > 0 && seen <= tx.size) return seen;
@@ -519,7 +523,7 @@ export class MemifPort {
       const tx = this.tx;
       if (tx === null || tx.broken || this.freeSlots(tx, false) === 0) return null;
       const d = tx.desc(tx.next);
-      if (this.role === 'client') {
+      if (!this.server) {
         this.slot.bytes = this.regions[0];
         this.slot.offset = tx.buffersAt + (tx.next & tx.mask) * this.bufferSize;
         this.slot.capacity = this.bufferSize;
@@ -554,7 +558,7 @@ export class MemifPort {
     }
     const w32 = tx.w32;
     const d = tx.desc(tx.next);
-    if (this.role === 'client') {
+    if (!this.server) {
       w32[d] = 0;
       w32[d + 2] = this.slot.offset;
     } else {
@@ -575,7 +579,7 @@ export class MemifPort {
       const tx = rings[i];
       if (!tx.committed) continue;
       tx.committed = false;
-      if (this.role === 'client') tx.setHead(tx.next);
+      if (!this.server) tx.setHead(tx.next);
       else tx.setTail(tx.next);
       tx.notify();
     }

@@ -17,8 +17,19 @@ function openLink(netdev: string, handle: VfHandle): VfLink {
   return new PacketLink(netdev, handle);
 }
 
+/** The bonding modes as literals: a mode that came in a worker message is mapped to one of these. */
+const MODES: readonly PortSpec['mode'][] = ['single', 'active-backup', 'round-robin', 'broadcast', 'balance'];
+
 export class VfPort {
+  /**
+   * One of MODES, never the string from the message: that one is not interned, so every
+   * comparison with a literal would be a call, and the data path makes them per frame.
+   */
   readonly mode: PortSpec['mode'];
+  /** Every member sends each frame. */
+  readonly broadcast: boolean;
+  /** A flow hash of each frame picks its member. */
+  readonly balance: boolean;
   readonly links: VfLink[];
   private up: boolean[];
   private active: number;
@@ -26,7 +37,11 @@ export class VfPort {
   rrMember = 0;
 
   constructor(spec: PortSpec, rrMember = 0) {
-    this.mode = spec.mode;
+    const mode = MODES.find((m) => m === spec.mode);
+    if (mode === undefined) throw new Error(`unknown bonding mode ${JSON.stringify(spec.mode)}`);
+    this.mode = mode;
+    this.broadcast = mode === 'broadcast';
+    this.balance = mode === 'balance';
     this.links = spec.members.map((m) => openLink(m.netdev, m.handle));
     this.up = spec.members.map((m) => m.up);
     this.active = spec.active;

@@ -147,7 +147,7 @@ export class VmToVf extends Direction {
       rxBytes += frameLength;
       this.frame.frameLength = frameLength;
       this.frame.holdKey = hold ? (q.index << 16) | chain.head : -1;
-      if (port.mode === 'broadcast') {
+      if (port.broadcast) {
         let any = false;
         for (let m = 0; m < port.links.length; m++) {
           if (port.memberUp(m) && port.links[m].queueFrame(this.frame, this.scratch) === QUEUED) any = true;
@@ -156,7 +156,7 @@ export class VmToVf extends Direction {
         continue;
       }
       let m: number;
-      if (port.mode === 'balance') {
+      if (port.balance) {
         const peek = frameLength < 64 ? frameLength : 64;
         chain.copyOut(hdrLen, this.scratch, 0, peek);
         m = port.balanceMember(this.scratch, 0, peek);
@@ -173,7 +173,7 @@ export class VmToVf extends Direction {
     let packets = 0;
     let bytes = 0;
     if (port !== null) {
-      const broadcast = port.mode === 'broadcast';
+      const broadcast = port.broadcast;
       let frames = 0;
       for (let m = 0; m < port.links.length; m++) {
         const link = port.links[m];

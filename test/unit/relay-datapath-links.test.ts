@@ -81,7 +81,8 @@ describe('the data path over in-memory links', () => {
     const wires = links.map((l) => new MemoryWire(l));
     const taken = () => wires.map((w) => w.take().map((f) => f[43]));
 
-    let g = txDirection(rig, 2, {}, bond('round-robin', links));
+    // A worker gets its port spec as a message: the mode is a string copied out of it.
+    let g = txDirection(rig, 2, {}, structuredClone(bond('round-robin', links)));
     for (let i = 0; i < 6; i++) g.post(noHeader, frame(i));
     g.publish();
     g.d.burst();
@@ -127,6 +128,11 @@ describe('the data path over in-memory links', () => {
     for (const src of flows) expect(a.includes(src) && b.includes(src)).toBe(false);
     expect(a.length * b.length).toBeGreaterThan(0);
     g.d.release();
+  });
+
+  it('a port spec with a bonding mode the data path does not know is refused, not run as no mode at all', () => {
+    const links = [createMemoryLink('bondX', { slots: 4 })];
+    expect(() => txDirection(rig, 2, {}, bond('xor' as PortSpec['mode'], links))).toThrow('unknown bonding mode "xor"');
   });
 
   it('VM→VF handover: a direction that resumes from the exported state continues the round-robin where it stopped', () => {
