@@ -174,6 +174,12 @@ export class DescriptorChain {
    * before writable ones, the chain's byte limit and the address, and translates the buffer into
    * segments, split where it crosses regions. Zero-length descriptors count for the direction
    * order only. Returns false after rejecting the chain. Split and packed rings share this.
+   *
+   * `lo`, the address's low word, may come as a signed 32-bit value (`lo | 0`): the same bits, but
+   * a small integer to V8 where a word of 2^31 and above is a heap number, one allocated for each
+   * call that passes it. Passed unsigned, the walk allocated per descriptor, and the young
+   * generation filled every few hundred milliseconds: each collection paused the worker for
+   * 0.3–0.4 ms, longer than the guest's ring lasts at a million frames a second.
    */
   addDescriptor(index: number, lo: number, hi: number, len: number, writable: boolean, maxBytes: number): boolean {
     if (writable) this.sawWritable = true;
@@ -190,12 +196,12 @@ export class DescriptorChain {
       this.reject(`descriptor ${index} of head ${this.head} has an address above 2^53`);
       return false;
     }
-    const gpa = hi * 0x1_0000_0000 + lo;
+    const gpa = hi * 0x1_0000_0000 + (lo >>> 0);
     if (gpa > Number.MAX_SAFE_INTEGER - len) {
       this.reject(`descriptor ${index} of head ${this.head} overflows the address space`);
       return false;
     }
-    if (!this.addSegments(gpa, len, writable)) return false;
+    if (!this.addSegments(hi, lo, len, writable)) return false;
     if (writable) this.writableLength += len;
     else {
       this.readableLength += len;
@@ -204,8 +210,13 @@ export class DescriptorChain {
     return true;
   }
 
-  /** Translates one buffer into segments, splitting it where it crosses regions. */
-  private addSegments(gpa: number, len: number, writable: boolean): boolean {
+  /**
+   * Translates one buffer into segments, splitting it where it crosses regions. The address comes
+   * as its two words (`lo` maybe signed), as addDescriptor gets it: passed as one number it is
+   * above 2^31, a heap number allocated per call.
+   */
+  private addSegments(hi: number, lo: number, len: number, writable: boolean): boolean {
+    const gpa = hi * 0x1_0000_0000 + (lo >>> 0);
     const memory = this.memory!;
     const first = memory.regionIndexOf(gpa);
     if (first >= 0 && gpa + len <= memory.regionEnd(first) && this.segmentCount < this.capacity) {

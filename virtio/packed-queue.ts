@@ -250,7 +250,7 @@ export class PackedQueue {
       // A rejected chain is still walked to its end: its slots and its id go back to the driver.
       if (chain.error === null) {
         if ((flags & VRING_DESC_F_INDIRECT) !== 0) this.walkIndirect(chain, first, lo, hi, len, flags, taken);
-        else chain.addDescriptor(first + taken - 1, lo, hi, len, (flags & VRING_DESC_F_WRITE) !== 0, maxBytes);
+        else chain.addDescriptor(first + taken - 1, lo | 0, hi, len, (flags & VRING_DESC_F_WRITE) !== 0, maxBytes);
       }
       if ((flags & VRING_DESC_F_NEXT) === 0) break;
     }
@@ -292,7 +292,7 @@ export class PackedQueue {
       chain.descriptorCount++;
       if ((entryFlags & VRING_DESC_F_INDIRECT) !== 0) return chain.reject(`indirect table of the chain at slot ${first} contains another indirect descriptor`);
       // NEXT means nothing inside a packed indirect table: its entries are the chain, in order.
-      if (!chain.addDescriptor(i, read32(b), read32(b + 4), read32(b + 8), (entryFlags & VRING_DESC_F_WRITE) !== 0, maxBytes)) return;
+      if (!chain.addDescriptor(i, read32(b) | 0, read32(b + 4), read32(b + 8), (entryFlags & VRING_DESC_F_WRITE) !== 0, maxBytes)) return;
     }
   }
 

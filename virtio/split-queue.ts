@@ -331,7 +331,7 @@ export class SplitQueue {
         continue;
       }
 
-      if (!chain.addDescriptor(index, lo, hi, len, (flags & VRING_DESC_F_WRITE) !== 0, maxBytes)) return;
+      if (!chain.addDescriptor(index, lo | 0, hi, len, (flags & VRING_DESC_F_WRITE) !== 0, maxBytes)) return;
       if ((flags & VRING_DESC_F_NEXT) === 0) return;
       if (next >= tableLen) return chain.reject(`descriptor ${index} of head ${head} links to ${next}, outside its table of ${tableLen}`);
       index = next;
