@@ -71,6 +71,15 @@ class RecentViews {
 const sources = new RecentViews();
 const destinations = new RecentViews();
 
+/**
+ * The 32-bit word view of `bytes`, for a writer that stores whole words at a word boundary
+ * (`lead + offset` divisible by 4): fewer stores than bytes, which matters when the destination
+ * is not yet in this CPU's cache and each store waits in the store buffer for it.
+ */
+export function destinationWords(bytes: Uint8Array): { readonly words: Uint32Array<ArrayBufferLike>; readonly lead: number } {
+  return destinations.of(bytes);
+}
+
 export function copyBytes(src: Uint8Array, srcOffset: number, dst: Uint8Array, dstOffset: number, length: number): void {
   if (length <= TINY_COPY) {
     for (let i = 0; i < length; i++) dst[dstOffset + i] = src[srcOffset + i]!;

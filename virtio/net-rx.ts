@@ -2,7 +2,7 @@
 // chains as the frame needs, all or nothing. Chains are taken from a pool allocated on first use,
 // so a steady stream of frames allocates nothing.
 
-import { copyBytes, DEFAULT_MAX_SEGMENTS, DescriptorChain } from './descriptor-chain.js';
+import { copyBytes, DEFAULT_MAX_SEGMENTS, DescriptorChain, destinationWords } from './descriptor-chain.js';
 import { NET_HEADER_LENGTH, NET_HEADER_LEGACY_LENGTH, NUM_BUFFERS_OFFSET } from './net-header.js';
 import type { DeviceQueue } from './device-queue.js';
 
@@ -92,6 +92,21 @@ export class NetRxWriter {
   /** Writes `header` (or a plain one) at `dst[at]`, with `buffers` as num_buffers where the header has it. */
   private writeHeader(dst: Uint8Array, at: number, header: Uint8Array | null, buffers: number): void {
     const hdrLen = this.headerLength;
+    if (header === null && hdrLen === NET_HEADER_LENGTH && at + hdrLen <= dst.length) {
+      // The common header, asking for nothing: three word stores instead of fourteen byte stores.
+      // A guest buffer is usually on a word boundary (and num_buffers at bytes 10-11 is then the
+      // high half of the third word, little-endian).
+      const v = destinationWords(dst);
+      const k = v.lead + at;
+      if ((k & 3) === 0) {
+        const w = v.words;
+        const i = k / 4;
+        w[i] = 0;
+        w[i + 1] = 0;
+        w[i + 2] = (buffers & 0xffff) << 16;
+        return;
+      }
+    }
     if (header === null) for (let i = 0; i < hdrLen; i++) dst[at + i] = 0;
     else for (let i = 0; i < hdrLen; i++) dst[at + i] = header[i] ?? 0;
     if (hdrLen === NET_HEADER_LENGTH) {

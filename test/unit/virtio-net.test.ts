@@ -208,6 +208,15 @@ describe('receive frames with MRG_RXBUF', () => {
     writeBytes(s.memory, 0x20000, new Uint8Array(12).fill(0xee));
     expect(s.writer.deliver(frameOf(60), 0, 60)).toBe(1);
     expect([...readBytes(s.memory, 0x20000, 12)]).toEqual([0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0]);
+    // The same off a word boundary (the plain header is then written byte by byte), and the
+    // bytes around the header and frame stay as they were.
+    s.ring.writeChain([{ addr: 0x30003, len: 100, writable: true }], 2);
+    s.ring.offer(2);
+    writeBytes(s.memory, 0x30000, new Uint8Array(120).fill(0xee));
+    expect(s.writer.deliver(frameOf(60), 0, 60)).toBe(1);
+    expect([...readBytes(s.memory, 0x30000, 15)]).toEqual([0xee, 0xee, 0xee, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0]);
+    expect(readBytes(s.memory, 0x30003 + 12, 60)).toEqual(frameOf(60));
+    expect([...readBytes(s.memory, 0x30003 + 72, 4)]).toEqual([0xee, 0xee, 0xee, 0xee]);
   });
 
   it('rolls back when too few buffers are available, consuming nothing (D11)', () => {
