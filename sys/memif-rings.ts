@@ -347,8 +347,10 @@ export class MemifPort {
    * Delivers up to `budget` frames to `onFrame` in place (`bytes` is the region holding the
    * buffer, or a scratch copy for a frame spread over several descriptors) and returns how many
    * it delivered. The buffers go back to the peer when this returns: copy what you keep.
+   * `beforeRelease`, when given, is called before any frame delivered goes back or its scratch
+   * copy is overwritten: a handler may leave its copies until then.
    */
-  receive(onFrame: FrameHandler, budget: number, admit?: FrameAdmission): number {
+  receive(onFrame: FrameHandler, budget: number, admit?: FrameAdmission, beforeRelease?: () => void): number {
     const rings = this.rx;
     const n = rings.length;
     if (n === 0) return 0;
@@ -358,12 +360,12 @@ export class MemifPort {
     let delivered = 0;
     for (let k = 0; k < n && delivered < budget && !this.rxStop; k++) {
       const i = first + k < n ? first + k : first + k - n;
-      delivered += this.receiveRing(rings[i], onFrame, budget - delivered, admit);
+      delivered += this.receiveRing(rings[i], onFrame, budget - delivered, admit, beforeRelease);
     }
     return delivered;
   }
 
-  private receiveRing(rx: RingView, onFrame: FrameHandler, budget: number, admit?: FrameAdmission): number {
+  private receiveRing(rx: RingView, onFrame: FrameHandler, budget: number, admit?: FrameAdmission, beforeRelease?: () => void): number {
     if (rx.broken) return 0;
     let available = this.rxAvailable(rx);
     if (available < 0) {
@@ -401,6 +403,7 @@ export class MemifPort {
         } else {
           // A chain: gathered into scratch once every slot of it is published.
           const scratch = (this.chainScratch ??= new Uint8Array(MEMIF_MAX_CHAIN_BYTES));
+          if (beforeRelease !== undefined && delivered > 0) beforeRelease();
           let total = 0;
           let ok = true;
           for (;;) {
@@ -443,6 +446,7 @@ export class MemifPort {
         }
       }
     } finally {
+      if (beforeRelease !== undefined && delivered > 0) beforeRelease();
       if (server) rx.setTail(rx.next);
       else this.refill(rx);
       if (bad > 0) this.count[C_RX_BAD] += bad;

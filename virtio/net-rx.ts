@@ -20,7 +20,29 @@ export interface NetRxWriterOptions {
   maxBuffers?: number;
   /** Segment capacity of each pooled chain. */
   segmentsPerChain?: number;
+  /**
+   * Write a small frame that fits one buffer, and its plain header, when the caller asks
+   * (writePending), not when it is delivered (DEFERRED_WRITES has why). The caller must keep each
+   * frame's bytes as they are until then, and ask before it publishes the used entries.
+   */
+  deferWrites?: boolean;
 }
+
+/**
+ * Frames kept for writePending at most; one more writes them all first. A burst of frames has
+ * fewer, so they are written in one go when the port is about to take its buffers back.
+ *
+ * Why wait at all: the guest's CPU was the last to touch the buffers a frame goes into (its
+ * driver reads each frame's header, and the buffers come round again from its pool), so a store
+ * to one waits for that CPU to give the cache line up. Written one frame at a time, amid the
+ * ring's bookkeeping, those waits come one after the other. Written in a row, with nothing in
+ * between, they overlap. NF→VM over memif at 64 bytes, on a machine whose two CPUs took
+ * ~450 ns for a cache line's round trip: 6.9-7.4 Mpps instead of 3.8-4.3.
+ */
+const DEFERRED_WRITES = 256;
+/** Longest frame whose copy is deferred: the waits matter for small frames, bandwidth for big ones. */
+const DEFERRED_FRAME_BYTES = 256;
+const NO_BYTES = new Uint8Array(0);
 
 export class NetRxWriter {
   readonly headerLength: number;
@@ -32,6 +54,15 @@ export class NetRxWriter {
   /** Broken or unusable receive chains handed back so far, and why the last one was. */
   badChains = 0;
   lastBadChain = '';
+  private readonly deferWrites: boolean;
+  // The deferred writes (deferWrites): the frame's bytes and offset, its length, and the buffer's
+  // region bytes and offset.
+  private readonly pendingFrom: Uint8Array[];
+  private readonly pendingFromAt = new Float64Array(DEFERRED_WRITES);
+  private readonly pendingLength = new Float64Array(DEFERRED_WRITES);
+  private readonly pendingTo: Uint8Array[];
+  private readonly pendingToAt = new Float64Array(DEFERRED_WRITES);
+  private pendingCount = 0;
 
   constructor(readonly queue: DeviceQueue, options: NetRxWriterOptions) {
     if (options.headerLength !== NET_HEADER_LENGTH && options.headerLength !== NET_HEADER_LEGACY_LENGTH) {
@@ -49,6 +80,38 @@ export class NetRxWriter {
     // Big-packet receive chains (no MRG_RXBUF) carry up to MAX_SKB_FRAGS + 2 descriptors in Linux;
     // mergeable buffers are single descriptors, so a small pool entry keeps the pool cheap.
     this.segmentsPerChain = options.segmentsPerChain ?? (options.mergeable ? 16 : DEFAULT_MAX_SEGMENTS);
+    this.deferWrites = options.deferWrites ?? false;
+    const slots = this.deferWrites ? DEFERRED_WRITES : 0;
+    this.pendingFrom = new Array<Uint8Array>(slots).fill(NO_BYTES);
+    this.pendingTo = new Array<Uint8Array>(slots).fill(NO_BYTES);
+  }
+
+  /**
+   * Writes the frames delivered since the last call whose writes were deferred (deferWrites):
+   * header and frame. Call it while their bytes are still there, and before the queue's used
+   * entries are published: a guest that saw an entry first would read a buffer not yet written.
+   */
+  writePending(): void {
+    const n = this.pendingCount;
+    if (n === 0) return;
+    const hdrLen = this.headerLength;
+    const from = this.pendingFrom;
+    const fromAt = this.pendingFromAt;
+    const length = this.pendingLength;
+    const to = this.pendingTo;
+    const toAt = this.pendingToAt;
+    // Nothing else in this loop: its stores are what must overlap. (The references stay until
+    // overwritten; nothing reads or writes through them before then.)
+    for (let k = 0; k < n; k++) {
+      this.writeHeader(to[k]!, toAt[k]!, null, 1);
+      copyBytes(from[k]!, fromAt[k]!, to[k]!, toAt[k]! + hdrLen, length[k]!);
+    }
+    this.pendingCount = 0;
+  }
+
+  /** Frames whose writes writePending has still to do. */
+  get pendingWrites(): number {
+    return this.pendingCount;
   }
 
   private chainAt(k: number): DescriptorChain {
@@ -125,6 +188,17 @@ export class NetRxWriter {
     if (chain.segmentCount === 1) {
       const bytes = chain.segBytes[0]!;
       const at = chain.segOffset[0]!;
+      // Not while pages are logged: a page is marked after it is written, not before.
+      if (this.deferWrites && header === null && length <= DEFERRED_FRAME_BYTES && !(chain.memory?.dirtyLogging ?? false)) {
+        if (this.pendingCount === DEFERRED_WRITES) this.writePending();
+        const k = this.pendingCount++;
+        this.pendingFrom[k] = frame;
+        this.pendingFromAt[k] = offset;
+        this.pendingLength[k] = length;
+        this.pendingTo[k] = bytes;
+        this.pendingToAt[k] = at;
+        return hdrLen + length;
+      }
       this.writeHeader(bytes, at, header, 1);
       copyBytes(frame, offset, bytes, at + hdrLen, length);
       chain.markWritten(0, hdrLen + length);

@@ -48,8 +48,9 @@ export class MemifLink extends OffloadSender implements VfLink {
     return super.queueFrame(frame, header);
   }
 
-  receive(onFrame: FrameHandler, budget: number, admit?: FrameAdmission): number {
-    return this.port.receive(onFrame, budget, admit);
+  /** `beforeRelease`: see MemifPort.receive (frames stay in the peer's buffers until it returns). */
+  receive(onFrame: FrameHandler, budget: number, admit?: FrameAdmission, beforeRelease?: () => void): number {
+    return this.port.receive(onFrame, budget, admit, beforeRelease);
   }
 
   rxReady(): boolean {

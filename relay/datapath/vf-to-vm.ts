@@ -9,6 +9,7 @@ import { RX_CHECKSUM, RX_PASS, RX_PLAIN, RX_SEGMENT, gsoSize, rxAction } from '.
 import { TcpSegmenter } from './segmentation.js';
 import { type VfLink } from './vf-link.js';
 import { XdpLink, POSTED, POST_NO_ROOM } from './xdp-link.js';
+import { MemifLink } from './memif-link.js';
 import { NET_HEADER_LENGTH, NUM_BUFFERS_OFFSET } from '../../virtio/net-header.js';
 import type { DirectionSpec, DirectionState } from './worker-protocol.js';
 import { BURST, Direction, GuestQueue, type RingErrorReport } from './direction.js';
@@ -96,14 +97,27 @@ export class VfToVm extends Direction {
   private readonly onGuestFrame: (key: number, hdrGpa: number, frameGpa: number, length: number) => boolean;
   private readonly postChain = new DescriptorChain();
   private readonly hdrLen: number;
+  /**
+   * Every member is a memif link: its frames stay in the peer's buffers until its receive calls
+   * back (writePending), so the writers may leave small frames' copies until then
+   * (NetRxWriter's deferWrites). Frames reach the writers from memif only as they came: memif has
+   * no offload header, so none is cut into segments or has its checksum completed on the way.
+   */
+  private readonly deferWrites: boolean;
+  private readonly writePending: () => void;
 
   constructor(spec: DirectionSpec, state: DirectionState | null, counters: Float64Array, onRingError: RingErrorReport) {
     super(spec, state, counters, Dir.VfToVm, onRingError);
     const guest = spec.guest;
     this.hdrLen = guest?.hdrLen ?? 12;
+    const members = this.port?.links ?? [];
+    this.deferWrites = members.length > 0 && members.every((l) => l instanceof MemifLink);
     this.writers = this.queues.map(
-      (q) => new NetRxWriter(q.queue, { headerLength: guest?.hdrLen ?? 12, mergeable: guest?.mergeable ?? false }),
+      (q) => new NetRxWriter(q.queue, { headerLength: guest?.hdrLen ?? 12, mergeable: guest?.mergeable ?? false, deferWrites: this.deferWrites }),
     );
+    this.writePending = () => {
+      for (const w of this.writers) w.writePending();
+    };
     for (const q of this.queues) q.queue.disableNotifications();
     this.hold = spec.vmConnected && this.writers.length === 0;
     const links = this.port?.links ?? [];
@@ -340,7 +354,10 @@ export class VfToVm extends Direction {
         this.link = link;
         // Members of a bond share the guest's buffers: one that used them up leaves none to the next.
         if (link === this.guestLink) handled += this.guestLink.receive(this.onFrame, budget, this.admit, this.onGuestFrame);
-        else if (budget > 0 && this.roomLeft > 0) handled += link.receive(this.onFrame, budget, this.admit);
+        else if (budget > 0 && this.roomLeft > 0) {
+          if (this.deferWrites) handled += (link as MemifLink).receive(this.onFrame, budget, this.admit, this.writePending);
+          else handled += link.receive(this.onFrame, budget, this.admit);
+        }
       } else {
         handled += link.receive(this.dropFrame, BURST);
       }
@@ -355,6 +372,8 @@ export class VfToVm extends Direction {
     else if (connected && this.roomLeft <= 0 && budget > 0 && port.rxReady()) this.guestOutOfBuffers = true;
     for (let i = 0; i < this.writers.length; i++) {
       const w = this.writers[i];
+      // (Nothing is left by now: the link called back before its receive returned.)
+      w.writePending();
       if (w.badChains !== 0) {
         this.badChain(this.queues[i], w.lastBadChain, w.badChains);
         w.badChains = 0;

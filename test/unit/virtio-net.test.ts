@@ -120,11 +120,16 @@ describe('transmit frames', () => {
   });
 });
 
-function rxSetup(options: { mergeable: boolean; headerLength?: number; size?: number; maxBuffers?: number }) {
+function rxSetup(options: { mergeable: boolean; headerLength?: number; size?: number; maxBuffers?: number; deferWrites?: boolean }) {
   const memory = createTestMemory([{ gpa: 0, size: 1 << 20 }]);
   const ring = new RingBuilder(memory, { size: options.size ?? 8 });
   const queue = ring.queue({});
-  const writer = new NetRxWriter(queue, { headerLength: options.headerLength ?? 12, mergeable: options.mergeable, maxBuffers: options.maxBuffers });
+  const writer = new NetRxWriter(queue, {
+    headerLength: options.headerLength ?? 12,
+    mergeable: options.mergeable,
+    maxBuffers: options.maxBuffers,
+    deferWrites: options.deferWrites,
+  });
   return { memory, ring, queue, writer };
 }
 
@@ -260,6 +265,67 @@ describe('receive frames with MRG_RXBUF', () => {
   it('needs the 12-byte header', () => {
     const s = rxSetup({ mergeable: false, headerLength: 10 });
     expect(() => new NetRxWriter(s.queue, { headerLength: 10, mergeable: true })).toThrow(/12-byte header/);
+  });
+});
+
+describe('receive with deferred writes', () => {
+  const buffer = (i: number): number => 0x10000 + i * 0x800;
+  const post = (s: ReturnType<typeof rxSetup>, first: number, count: number): void => {
+    for (let i = first; i < first + count; i++) {
+      s.ring.writeChain([{ addr: buffer(i), len: 0x800, writable: true }], i);
+      writeBytes(s.memory, buffer(i), new Uint8Array(0x800).fill(0xee));
+    }
+    s.ring.offer(...Array.from({ length: count }, (_, i) => first + i));
+  };
+  const written = (s: ReturnType<typeof rxSetup>, i: number, length: number): boolean =>
+    readNumBuffers(readBytes(s.memory, buffer(i), 12), 0) === 1 && readBytes(s.memory, buffer(i) + 12, length).every((b, k) => b === frameOf(length, i)[k]);
+
+  it('leaves small plain frames to writePending, pushing their used entries at once; writes the rest as they come', () => {
+    const s = rxSetup({ mergeable: true, size: 512, deferWrites: true });
+    post(s, 0, 8);
+    for (let i = 0; i < 3; i++) expect(s.writer.deliver(frameOf(64, i), 0, 64)).toBe(1);
+    expect(s.writer.pendingWrites).toBe(3);
+    expect(readBytes(s.memory, buffer(0), 76).every((b) => b === 0xee)).toBe(true);
+    // A frame over 256 bytes, and one with a header to pass on, are written with their delivery.
+    expect(s.writer.deliver(frameOf(300, 3), 0, 300)).toBe(1);
+    expect(written(s, 3, 300)).toBe(true);
+    const header = new Uint8Array([1, 0, 0x22, 0x11, 0, 0, 0x33, 0, 0x44, 0, 0, 0]);
+    expect(s.writer.deliver(frameOf(64, 4), 0, 64, header)).toBe(1);
+    expect([...readBytes(s.memory, buffer(4), 12)]).toEqual([1, 0, 0x22, 0x11, 0, 0, 0x33, 0, 0x44, 0, 1, 0]);
+    expect(s.writer.pendingWrites).toBe(3);
+    s.writer.writePending();
+    expect(s.writer.pendingWrites).toBe(0);
+    expect([0, 1, 2].map((i) => written(s, i, 64))).toEqual([true, true, true]);
+    // Nothing past the frame is touched.
+    expect(readBytes(s.memory, buffer(0) + 76, 8).every((b) => b === 0xee)).toBe(true);
+    s.queue.flushUsed();
+    expect([0, 1, 2, 3, 4].map((i) => s.ring.usedEntry(i))).toEqual([
+      { id: 0, len: 76 },
+      { id: 1, len: 76 },
+      { id: 2, len: 76 },
+      { id: 3, len: 312 },
+      { id: 4, len: 76 },
+    ]);
+  });
+
+  it('writes what it kept once 256 frames wait, before keeping the next', () => {
+    const s = rxSetup({ mergeable: true, size: 512, deferWrites: true });
+    post(s, 0, 257);
+    for (let i = 0; i < 256; i++) s.writer.deliver(frameOf(60, i), 0, 60);
+    expect(written(s, 0, 60)).toBe(false);
+    s.writer.deliver(frameOf(60, 256), 0, 60);
+    expect(s.writer.pendingWrites).toBe(1);
+    expect(written(s, 0, 60) && written(s, 255, 60)).toBe(true);
+    expect(written(s, 256, 60)).toBe(false);
+  });
+
+  it('writes at once while pages are logged: a page is marked after it is written', () => {
+    const s = rxSetup({ mergeable: true, size: 512, deferWrites: true });
+    post(s, 0, 1);
+    s.memory.setDirtyLog(new Uint8Array(64));
+    expect(s.writer.deliver(frameOf(64, 0), 0, 64)).toBe(1);
+    expect(s.writer.pendingWrites).toBe(0);
+    expect(written(s, 0, 64)).toBe(true);
   });
 });
 
