@@ -34,6 +34,8 @@ export class MemifLink extends OffloadSender implements VfLink {
     super();
     this.netdev = netdev;
     this.port = this.target = MemifPort.attach(handle);
+    // The peer reads a buffer only once txFlush publishes it (flush, below).
+    this.deferCopies = true;
     this.maxFrame = handle.maxFrameLength;
     this.rxFds = this.port.rxFds;
   }
@@ -65,6 +67,7 @@ export class MemifLink extends OffloadSender implements VfLink {
   readonly kernelDropsSoFar = 0;
 
   flush(): number {
+    this.writeDeferred();
     this.port.txFlush();
     return this.endBurst();
   }
