@@ -249,7 +249,7 @@ export class PackedQueue {
       }
       // A rejected chain is still walked to its end: its slots and its id go back to the driver.
       if (chain.error === null) {
-        if ((flags & VRING_DESC_F_INDIRECT) !== 0) this.walkIndirect(chain, first, lo, hi, len, flags, taken);
+        if ((flags & VRING_DESC_F_INDIRECT) !== 0) this.walkIndirect(chain, first, lo | 0, hi, len | 0, flags, taken);
         else chain.addDescriptor(first + taken - 1, lo | 0, hi, len, (flags & VRING_DESC_F_WRITE) !== 0, maxBytes);
       }
       if ((flags & VRING_DESC_F_NEXT) === 0) break;
@@ -269,8 +269,14 @@ export class PackedQueue {
     return true;
   }
 
-  /** An indirect descriptor: a table of packed descriptors, all of which make the chain. */
-  private walkIndirect(chain: DescriptorChain, first: number, lo: number, hi: number, len: number, flags: number, position: number): void {
+  /**
+   * An indirect descriptor: a table of packed descriptors, all of which make the chain. Its
+   * address's low word and its length come signed (`| 0`): a number of 2^31 or more passed to a
+   * function V8 does not inline is a heap number, allocated per call.
+   */
+  private walkIndirect(chain: DescriptorChain, first: number, signedLo: number, hi: number, signedLen: number, flags: number, position: number): void {
+    const lo = signedLo >>> 0;
+    const len = signedLen >>> 0;
     if (!this.indirect) return chain.reject(`descriptor at slot ${first} is indirect but INDIRECT_DESC was not negotiated`);
     if (position !== 1 || (flags & VRING_DESC_F_NEXT) !== 0) return chain.reject(`indirect descriptor of the chain at slot ${first} is not the chain's only descriptor`);
     if (len === 0 || len % DESC_SIZE !== 0 || len > this.size * DESC_SIZE) {
@@ -282,17 +288,38 @@ export class PackedQueue {
     const r = memory.regionIndexOfRange(gpa, len);
     if (r < 0) return chain.reject(`indirect table of the chain at slot ${first} at 0x${gpa.toString(16)}+${len} is not inside one memory region`);
     chain.indirect = true;
-    const u = memory.regions[r]!.bytes;
-    const base = gpa - memory.regions[r]!.guestPhysAddr;
+    const region = memory.regions[r]!;
+    const offset = gpa - region.guestPhysAddr;
+    const words = memory.regionWords(r);
     const maxBytes = this.chainByteLimit;
-    const read32 = (b: number) => (u[b]! | (u[b + 1]! << 8) | (u[b + 2]! << 16) | (u[b + 3]! << 24)) >>> 0;
-    for (let i = 0; i < len / DESC_SIZE; i++) {
-      const b = base + i * DESC_SIZE;
-      const entryFlags = u[b + 14]! | (u[b + 15]! << 8);
+    const count = len / DESC_SIZE;
+    // Read by words where the table is on a 4-byte boundary (as guests place it), else byte by
+    // byte; inline either way, since a closure over the region would be allocated per table.
+    const aligned = (words.lead + offset) % 4 === 0;
+    const t32 = words.u32;
+    const u = region.bytes;
+    for (let i = 0; i < count; i++) {
+      let addrLo: number;
+      let addrHi: number;
+      let length: number;
+      let entryFlags: number;
+      if (aligned) {
+        const w = (words.lead + offset) / 4 + i * 4;
+        addrLo = t32[w]!;
+        addrHi = t32[w + 1]!;
+        length = t32[w + 2]!;
+        entryFlags = t32[w + 3]! >>> 16;
+      } else {
+        const b = offset + i * DESC_SIZE;
+        addrLo = (u[b]! | (u[b + 1]! << 8) | (u[b + 2]! << 16) | (u[b + 3]! << 24)) >>> 0;
+        addrHi = (u[b + 4]! | (u[b + 5]! << 8) | (u[b + 6]! << 16) | (u[b + 7]! << 24)) >>> 0;
+        length = (u[b + 8]! | (u[b + 9]! << 8) | (u[b + 10]! << 16) | (u[b + 11]! << 24)) >>> 0;
+        entryFlags = u[b + 14]! | (u[b + 15]! << 8);
+      }
       chain.descriptorCount++;
       if ((entryFlags & VRING_DESC_F_INDIRECT) !== 0) return chain.reject(`indirect table of the chain at slot ${first} contains another indirect descriptor`);
       // NEXT means nothing inside a packed indirect table: its entries are the chain, in order.
-      if (!chain.addDescriptor(i, read32(b) | 0, read32(b + 4), read32(b + 8), (entryFlags & VRING_DESC_F_WRITE) !== 0, maxBytes)) return;
+      if (!chain.addDescriptor(i, addrLo | 0, addrHi, length, (entryFlags & VRING_DESC_F_WRITE) !== 0, maxBytes)) return;
     }
   }
 

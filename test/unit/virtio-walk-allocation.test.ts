@@ -9,6 +9,7 @@ import { Session } from 'node:inspector';
 import { GuestMemory } from '../../virtio/guest-memory.js';
 import { DescriptorChain, SplitQueue } from '../../virtio/split-queue.js';
 import { SplitQueueDriver } from '../../virtio/split-queue-driver.js';
+import { PackedRingBuilder } from '../support/packed-ring-builder.js';
 
 const QSIZE = 256;
 /** Where the buffers are: a virtual address of the kind virtio-user sends, bit 31 set in its low word. */
@@ -44,7 +45,7 @@ async function sampledBytes(functions: string[], work: () => void): Promise<numb
 }
 
 describe('the descriptor walk', () => {
-  it('allocates nothing per chain, with buffers at addresses above 2^31, and translates them exactly', async () => {
+  it('allocates nothing per chain on a split ring, direct and indirect, with buffers at addresses above 2^31, and translates them exactly', async () => {
     const size = 8 << 20;
     const bytes = new Uint8Array(size);
     const memory = new GuestMemory([{ guestPhysAddr: BASE, size, userAddr: 0x7e00_0000_0000, bytes }]);
@@ -56,11 +57,15 @@ describe('the descriptor walk', () => {
       descTable: memory.translate(l.descGpa, 16 * QSIZE)!,
       availRing: memory.translate(l.availGpa, 6 + 2 * QSIZE)!,
       usedRing: memory.translate(l.usedGpa, 6 + 8 * QSIZE)!,
+      indirect: true,
       name: 'tx',
     });
     const buffer = (i: number) => BASE + 0x10_0000 + (i % QSIZE) * 2048;
-    // Two descriptors a chain (header, frame), as a guest without ANY_LAYOUT posts them.
-    const post = (i: number) => driver.addBuffers([{ gpa: buffer(i), len: 12, writable: false }, { gpa: buffer(i) + 12, len: 64, writable: false }]);
+    const table = (i: number) => BASE + 0x8_0000 + (i % QSIZE) * 32;
+    // Two descriptors a chain (header, frame), as a guest without ANY_LAYOUT posts them; every
+    // other chain in an indirect table, as a guest with INDIRECT_DESC posts them.
+    const post = (i: number) =>
+      driver.addBuffers([{ gpa: buffer(i), len: 12, writable: false }, { gpa: buffer(i) + 12, len: 64, writable: false }], i % 2 === 0 ? {} : { indirectTableGpa: table(i) });
     const chain = new DescriptorChain();
     let posted = 0;
     let walked = 0;
@@ -68,7 +73,7 @@ describe('the descriptor walk', () => {
     const walkAll = () => {
       while (queue.popChain(chain)) {
         if (chain.error !== null || chain.segmentCount !== 2) throw new Error(`chain ${walked}: ${chain.error ?? `${chain.segmentCount} segments`}`);
-        if (walked < 4) gpas.push(chain.segGpa[0]!, chain.segGpa[1]!, chain.segOffset[1]!);
+        if (walked < 4) gpas.push(chain.indirect ? 1 : 0, chain.segGpa[0]!, chain.segGpa[1]!, chain.segOffset[1]!);
         queue.pushUsed(chain.head, 0);
         walked++;
       }
@@ -83,11 +88,55 @@ describe('the descriptor walk', () => {
       }
     };
     rounds(400); // warm up: the walk is optimised as a worker runs it
-    expect(gpas).toEqual([0, 1, 2, 3].flatMap((i) => [buffer(i), buffer(i) + 12, buffer(i) + 12 - BASE]));
+    expect(gpas).toEqual([0, 1, 2, 3].flatMap((i) => [i % 2, buffer(i), buffer(i) + 12, buffer(i) + 12 - BASE]));
 
     // The driver allocates as it posts: only what the queue's own functions allocate counts.
     const inWalk = await sampledBytes(['popChain', 'walk', 'addDescriptor', 'addSegments'], () => rounds(400));
     expect(walked).toBe(800 * (QSIZE / 2));
+    expect(inWalk).toBe(0);
+  });
+
+  it('allocates nothing per chain on a packed ring, direct and indirect, and translates them exactly', async () => {
+    const size = 8 << 20;
+    const bytes = new Uint8Array(size);
+    const memory = new GuestMemory([{ guestPhysAddr: BASE, size, userAddr: 0x7e00_0000_0000, bytes }]);
+    const ring = new PackedRingBuilder(memory, { size: QSIZE, base: BASE });
+    const queue = ring.queue({ indirect: true, name: 'tx' });
+    const buffer = (i: number) => BASE + 0x10_0000 + (i % QSIZE) * 2048;
+    const table = (i: number) => BASE + 0x8_0000 + (i % QSIZE) * 32;
+    // Alternately a direct chain of two descriptors and an indirect table of the same two, as a
+    // guest with INDIRECT_DESC posts them when its ring runs short: the table's walk counts too.
+    const post = (i: number) => {
+      const pieces = [{ addr: buffer(i), len: 12 }, { addr: buffer(i) + 12, len: 64 }];
+      if (i % 2 === 0) ring.makeAvailable(pieces, i % QSIZE);
+      else ring.postIndirect(table(i), pieces, i % QSIZE);
+    };
+    const chain = new DescriptorChain();
+    let posted = 0;
+    let walked = 0;
+    const seen: number[] = [];
+    const walkAll = () => {
+      while (queue.popChain(chain)) {
+        if (chain.error !== null || chain.segmentCount !== 2) throw new Error(`chain ${walked}: ${chain.error ?? `${chain.segmentCount} segments`}`);
+        if (walked < 4) seen.push(chain.head, chain.indirect ? 1 : 0, chain.segGpa[0]!, chain.segGpa[1]!, chain.segOffset[1]!);
+        queue.pushUsed(chain.head, 0);
+        walked++;
+      }
+      queue.flushUsed();
+    };
+    const rounds = (count: number) => {
+      for (let r = 0; r < count; r++) {
+        // Half a ring of chains of which half take two slots: the driver's slots are all free again each round.
+        for (let k = 0; k < QSIZE / 4; k++) post(posted++);
+        walkAll();
+        while (ring.peekUsed() !== null) ring.takeUsed();
+      }
+    };
+    rounds(400);
+    expect(seen).toEqual([0, 1, 2, 3].flatMap((i) => [i, i % 2, buffer(i), buffer(i) + 12, buffer(i) + 12 - BASE]));
+
+    const inWalk = await sampledBytes(['popChain', 'walkIndirect', 'addDescriptor', 'addSegments', 'pushUsed', 'flushUsed'], () => rounds(400));
+    expect(walked).toBe(800 * (QSIZE / 4));
     expect(inWalk).toBe(0);
   });
 });
