@@ -12,6 +12,9 @@ const EINTR = 4;
 const EAGAIN = 11;
 const ENOBUFS = 105;
 const sendmmsgNative = libc.func('int sendmmsg(int fd, intptr_t msgvec, unsigned int vlen, int flags)');
+// The same call with the vector given as the batch's bytes, for a send from its first frame (every
+// burst's first call): an address above 2^31 passed as a number is a heap number, allocated per call.
+const sendmmsgFromStart = libc.func('int sendmmsg(int fd, void *msgvec, unsigned int vlen, int flags)');
 
 export class PacketBatch {
   readonly maxFrames: number;
@@ -56,10 +59,19 @@ export class PacketBatch {
 
   /** Adds a piece to the frame being built (call hasRoom first). */
   addPiece(address: number, length: number): void {
+    this.addPieceWords(address % 0x1_0000_0000 | 0, Math.floor(address / 0x1_0000_0000), length);
+  }
+
+  /**
+   * addPiece with the address as its two 32-bit words, the low one signed (`| 0`): what the relay
+   * calls per frame. An address above 2^31 passed as one number to a function V8 does not inline
+   * is a heap number, allocated per call.
+   */
+  addPieceWords(addressLo: number, addressHi: number, length: number): void {
     const w = this.pieces * 4;
     const iov = this.iov32;
-    iov[w] = address % 0x1_0000_0000;
-    iov[w + 1] = Math.floor(address / 0x1_0000_0000);
+    iov[w] = addressLo;
+    iov[w + 1] = addressHi;
     iov[w + 2] = length;
     iov[w + 3] = 0;
     this.pieces++;
@@ -110,7 +122,7 @@ export class PacketBatch {
     let bytes = 0;
     this.lastErrno = 0;
     while (next < total) {
-      const r = sendmmsgNative(fd, this.msgAddress + next * MMSGHDR_SIZE, total - next, MSG_DONTWAIT) as number;
+      const r = (next === 0 ? sendmmsgFromStart(fd, this.buffer.bytes, total, MSG_DONTWAIT) : sendmmsgNative(fd, this.msgAddress + next * MMSGHDR_SIZE, total - next, MSG_DONTWAIT)) as number;
       if (r > 0) {
         for (let k = next; k < next + r; k++) bytes += this.lengths[k];
         next += r;

@@ -99,10 +99,13 @@ export function releaseUmemArea(area: UmemArea): void {
 }
 
 /**
- * The UMEM offset of `length` bytes at host address `host` (in the relay's mapping of guest
- * memory), or −1 when they are not all inside one guest slot.
+ * The UMEM offset of `length` bytes at host address `hostHi * 2^32 + hostLo` (in the relay's
+ * mapping of guest memory), or −1 when they are not all inside one guest slot. The address comes
+ * as two 32-bit words, the low one signed (`| 0`): this is called per frame, and an
+ * address above 2^31 passed as one number to a function V8 does not inline is a heap number.
  */
-export function guestUmemOffset(slots: readonly UmemGuestSlot[], host: number, length: number): number {
+export function guestUmemOffset(slots: readonly UmemGuestSlot[], hostLo: number, hostHi: number, length: number): number {
+  const host = hostHi * 0x1_0000_0000 + (hostLo >>> 0);
   for (let i = 0; i < slots.length; i++) {
     const s = slots[i];
     const from = host - s.hostAddress;

@@ -213,7 +213,7 @@ export class PacketLink implements VfLink {
       const bytes = slab.bytes;
       // Byte by byte: no subarray per frame on the send path.
       for (let i = 0, at = slot - slab.address; i < VNET_HDR_LEN; i++) bytes[at + i] = header[i];
-      batch.addPiece(slot, VNET_HDR_LEN);
+      batch.addPieceWords(slot % 0x1_0000_0000 | 0, Math.floor(slot / 0x1_0000_0000), VNET_HDR_LEN);
     }
     // The chain's segments carry their host addresses (virtio/ translated them once, with its
     // bounds checks): the kernel reads the frame from there.
@@ -225,7 +225,8 @@ export class PacketLink implements VfLink {
         skip -= len;
         continue;
       }
-      batch.addPiece(chain.segHost[i] + skip, len - skip);
+      const at = chain.segHost[i] + skip;
+      batch.addPieceWords(at % 0x1_0000_0000 | 0, Math.floor(at / 0x1_0000_0000), len - skip);
       skip = 0;
     }
     batch.endFrame();

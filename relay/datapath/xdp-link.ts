@@ -70,7 +70,8 @@ export class XdpLink extends OffloadSender implements VfLink {
     if (i >= chain.segmentCount) return POST_UNFIT;
     const skip = i === 0 ? hdrLen : 0;
     if (chain.segLength[i] - skip < GUEST_RX_FRAME_ROOM) return POST_UNFIT;
-    const at = guestUmemOffset(this.guestSlots, chain.segHost[i] + skip, GUEST_RX_FRAME_ROOM);
+    const host = chain.segHost[i] + skip;
+    const at = guestUmemOffset(this.guestSlots, host % 0x1_0000_0000 | 0, Math.floor(host / 0x1_0000_0000), GUEST_RX_FRAME_ROOM);
     if (at < 0) return POST_UNFIT;
     const fillAddress = at - this.port.rxDataOffset;
     if (fillAddress < 0) return POST_UNFIT;
@@ -179,7 +180,8 @@ export class XdpLink extends OffloadSender implements VfLink {
       }
       // The layout of Linux guests and DPDK: the whole frame in the buffer after the header.
       if (len - skip >= frame.frameLength && frame.frameLength <= this.port.chunkSize) {
-        const at = guestUmemOffset(this.guestSlots, chain.segHost[i] + skip, frame.frameLength);
+        const host = chain.segHost[i] + skip;
+        const at = guestUmemOffset(this.guestSlots, host % 0x1_0000_0000 | 0, Math.floor(host / 0x1_0000_0000), frame.frameLength);
         if (at < 0) return REFUSED;
         return this.guestResult(this.port.txGuest(at, frame.frameLength, frame.holdKey), frame.frameLength);
       }
@@ -197,7 +199,8 @@ export class XdpLink extends OffloadSender implements VfLink {
     let pieces = 0;
     for (let i = first; i < segments && left > 0; i++) {
       const take = Math.min(chain.segLength[i] - skip, left);
-      const at = guestUmemOffset(this.guestSlots, chain.segHost[i] + skip, take);
+      const host = chain.segHost[i] + skip;
+      const at = guestUmemOffset(this.guestSlots, host % 0x1_0000_0000 | 0, Math.floor(host / 0x1_0000_0000), take);
       if (at < 0) return REFUSED;
       for (let done = 0; done < take; pieces++) {
         if (pieces === MAX_TX_PIECES) return REFUSED;

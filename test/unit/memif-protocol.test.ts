@@ -1,9 +1,6 @@
 // memif: message codec, ring placement and descriptor checks with hostile values, and our two
 // roles against each other over a real SOCK_SEQPACKET socket (no DPDK needed).
 import { describe, it, expect, afterEach } from 'vitest';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { Reactor } from '../../sys/poll.js';
 import { viewAt } from '../../sys/memory.js';
 import {
@@ -15,13 +12,13 @@ import { createMemoryLink } from '../../relay/datapath/memory-link.js';
 import { Counter } from '../../relay/datapath/counters.js';
 import { TX_HDR, TX_RIG_MEMORY, openTxRig, txDirection } from '../support/tx-direction.js';
 import { rxDirection } from '../support/rx-direction.js';
+import { connectedPair as connectedPairIn, numberedFrame as frame, sendFrames as send, until, type Cleanup, type MemifPairOptions } from '../support/memif-pair.js';
 
-const dirs: string[] = [];
-const cleanups: (() => Promise<void> | void)[] = [];
+const cleanups: Cleanup[] = [];
 afterEach(async () => {
   for (const c of cleanups.splice(0).reverse()) await c();
-  for (const d of dirs.splice(0)) rmSync(d, { recursive: true, force: true });
 });
+const connectedPair = (opts?: MemifPairOptions) => connectedPairIn(cleanups, opts);
 
 describe('memif message codec', () => {
   const samples: MemifMessage[] = [
@@ -107,63 +104,6 @@ describe('memif descriptor checks', () => {
     expect(checkDescriptor(regions, region, offset, length, 65536)).toBe(-1);
   });
 });
-
-/** Runs our server and our client against each other and returns both connected handles. */
-async function connectedPair(opts: { secret?: string; clientSecret?: string; id?: number; clientId?: number; rings?: number } = {}) {
-  const dir = mkdtempSync(join(tmpdir(), 'memif-'));
-  dirs.push(dir);
-  const socketPath = join(dir, 'memif.sock');
-  const reactor = new Reactor();
-  cleanups.push(() => reactor.close());
-  const events: string[] = [];
-  const up: Record<string, MemifPortHandle[]> = { server: [], client: [] };
-  const down: Record<string, string[]> = { server: [], client: [] };
-  const make = (role: 'server' | 'client', id: number, secret?: string) =>
-    new MemifEndpoint({
-      role, socketPath, id, secret, maxFrameLength: 1514, rxInterrupts: false, reactor, log2RingSize: 6, rings: role === 'client' ? opts.rings : undefined,
-      onUp: async (h) => void up[role].push(h),
-      onDown: async (r) => void down[role].push(r),
-      onEvent: (_level, msg) => void events.push(`${role}: ${msg}`),
-    });
-  const server = make('server', opts.id ?? 7, opts.secret);
-  const client = make('client', opts.clientId ?? opts.id ?? 7, opts.clientSecret ?? opts.secret);
-  server.start();
-  client.start();
-  cleanups.push(async () => {
-    await client.close();
-    await server.close();
-  });
-  return { server, client, up, down, events, socketPath, reactor };
-}
-
-async function until(what: () => boolean, ms = 5000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!what()) {
-    if (Date.now() > end) throw new Error('timed out');
-    await new Promise((r) => setTimeout(r, 10));
-  }
-}
-
-function frame(n: number, length = 60): Uint8Array {
-  const f = new Uint8Array(length);
-  f.fill(0xff, 0, 6);
-  f[12] = 0x08;
-  f[14] = n & 0xff;
-  f[15] = n >> 8;
-  return f;
-}
-
-function send(port: MemifPort, frames: Uint8Array[]): number {
-  let sent = 0;
-  for (const f of frames) {
-    const slot = port.txSlot();
-    if (slot === null) break;
-    slot.bytes.set(f, slot.offset);
-    if (port.txCommit(f.length)) sent++;
-  }
-  port.txFlush();
-  return sent;
-}
 
 function receiveAll(port: MemifPort): number[] {
   const got: number[] = [];

@@ -1,0 +1,87 @@
+// A VM→VF burst must allocate nothing per frame on the kernel's ports either: the system calls
+// go through koffi, and a burst makes one or two of them (sendmmsg on AF_PACKET; the TX kick and
+// the completion reap on AF_XDP). Each port sends on a veth whose peer, in a namespace, drops
+// what arrives. Frames of 64 and 1514 bytes; the only allocation allowed is a view per copy of
+// more than 128 bytes (test/support/heap-sampling.ts), and up to 4 bytes a frame on average of
+// anything else: a heap number per frame is 16 bytes a frame, and V8 re-optimizing a burst while
+// it is sampled can leave a few kilobytes in a window.
+//
+// Not here: an AF_XDP port that copies into the relay's own UMEM. In about one run in three its
+// bursts allocated 3–7 bytes a frame in every window, in frames the profiler could not place
+// consistently (drain, pushUsed, a module's top level): not yet understood, so not yet a test.
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { Counter } from '../../relay/datapath/counters.js';
+import { createNetns, createVethPair, deleteLink, deleteNetns, requireRoot, uniqueTag } from '../support/netns.js';
+import { TX_HDR, openTxRig, txDirection, type TxRig } from '../support/tx-direction.js';
+import { testFrame } from '../support/raw-peer.js';
+import { expectOnlyCopyViews, fewestAllocations } from '../support/heap-sampling.js';
+
+const ready = requireRoot();
+const tag = uniqueTag();
+const ns = `allocns${tag}`;
+
+const PER_ROUND = 32;
+const LARGE_PER_ROUND = PER_ROUND / 2;
+const WARM_ROUNDS = 400;
+const WINDOW_ROUNDS = 200;
+/** Bursts a round may take for its chains to come back (AF_XDP returns them on completion). */
+const MAX_BURSTS = 1000;
+/** Bytes a frame other than copy views may cost on average: a quarter of a heap number. */
+const OTHER_BYTES_PER_FRAME = 4;
+
+const rigs: { vf: string; rig: TxRig }[] = [];
+
+function rigOn(name: string, open: (vf: string) => TxRig): TxRig {
+  const vf = `al${name}${tag}`;
+  createVethPair(vf, `ap${name}${tag}`, { nsB: ns, noIpv6: true });
+  const rig = open(vf);
+  rigs.push({ vf, rig });
+  return rig;
+}
+
+/** Rounds of PER_ROUND frames through a fresh direction on `rig`, the last ones sampled. */
+async function burstsOf(rig: TxRig): Promise<void> {
+  const g = txDirection(rig, 3, { queueSize: 256 });
+  const header = new Uint8Array(TX_HDR);
+  const batch = Array.from({ length: PER_ROUND }, (_, i) => testFrame(i, i % 2 === 0 ? 64 : 1514));
+  let sent = 0;
+  const rounds = (count: number) => {
+    for (let r = 0; r < count; r++) {
+      for (const f of batch) g.post(header, f);
+      g.publish();
+      let back = 0;
+      for (let b = 0; back < PER_ROUND && b < MAX_BURSTS; b++) {
+        g.d.burst();
+        back += g.reclaim();
+      }
+      if (back !== PER_ROUND) throw new Error(`round ${r}: ${back} of ${PER_ROUND} chains came back`);
+      sent += PER_ROUND;
+    }
+  };
+  rounds(WARM_ROUNDS);
+  const allocations = await fewestAllocations(['burst'], () => rounds(WINDOW_ROUNDS));
+  expectOnlyCopyViews(allocations, WINDOW_ROUNDS * LARGE_PER_ROUND, WINDOW_ROUNDS * PER_ROUND * OTHER_BYTES_PER_FRAME);
+  expect(g.counter(Counter.Packets)).toBe(sent);
+  expect(g.counter(Counter.DropsQueueFull) + g.counter(Counter.DropsBadFrame)).toBe(0);
+  g.d.release();
+}
+
+describe.skipIf(!ready)('a VM→VF burst on a kernel port allocates nothing per frame but a view per large copy', () => {
+  beforeAll(() => createNetns(ns));
+
+  afterAll(() => {
+    for (const { vf, rig } of rigs.splice(0)) {
+      rig.close();
+      deleteLink(vf);
+    }
+    deleteNetns(ns);
+  });
+
+  it('AF_PACKET: one sendmmsg a burst, gathering from guest memory', async () => {
+    await burstsOf(rigOn('pk', (vf) => openTxRig(vf)));
+  });
+
+  it('AF_XDP with guest memory in the UMEM: frames sent from where the guest wrote them', async () => {
+    await burstsOf(rigOn('xg', (vf) => openTxRig(vf, {}, undefined, { ringSize: 256 }, undefined, { guestUmem: true })));
+  });
+});
