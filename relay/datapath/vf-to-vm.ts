@@ -110,8 +110,8 @@ export class VfToVm extends Direction {
     super(spec, state, counters, Dir.VfToVm, onRingError);
     const guest = spec.guest;
     this.hdrLen = guest?.hdrLen ?? 12;
-    const members = this.port?.links ?? [];
-    this.deferWrites = members.length > 0 && members.every((l) => l instanceof MemifLink);
+    const links = this.port?.links ?? [];
+    this.deferWrites = links.length > 0 && links.every((l) => l instanceof MemifLink);
     this.writers = this.queues.map(
       (q) => new NetRxWriter(q.queue, { headerLength: guest?.hdrLen ?? 12, mergeable: guest?.mergeable ?? false, deferWrites: this.deferWrites }),
     );
@@ -120,7 +120,6 @@ export class VfToVm extends Direction {
     };
     for (const q of this.queues) q.queue.disableNotifications();
     this.hold = spec.vmConnected && this.writers.length === 0;
-    const links = this.port?.links ?? [];
     for (const link of links) {
       if (!(link instanceof XdpLink) || !link.guestReceiveTable) continue;
       if (links.length === 1 && this.writers.length > 0) this.guestLink = link;
