@@ -44,6 +44,12 @@ const RUNS_PER_FILE = 3;
  * wait 10 minutes each. A file stopped here counts as a failed run, and the next files still run.
  */
 const FILE_TIMEOUT_S = 600;
+/**
+ * Longest the rig may print nothing: each file's vitest prints as it starts and as it ends, and a
+ * file stopped at FILE_TIMEOUT_S is announced. Silence past that means the rig froze whole (seen
+ * once: no output, no soft lockup report, until the boot's 30-minute timeout).
+ */
+const SILENCE_LIMIT_S = FILE_TIMEOUT_S + 120;
 
 /** Inside the rig: each file in its own vitest run with its own JSON report; the worst status wins. */
 const PER_FILE_SCRIPT = `status=0
@@ -86,7 +92,7 @@ function bootRig(files: string[], timeoutS: number, label: string): Promise<Nest
   // 8 GiB: the files boot Linux guests of up to 5 GiB, and two of them side by side in the rig's
   // default 4 GiB (with its hugepages reserved) can take the rig down; they run one at a time.
   return runNested(['bash', '-c', PER_FILE_SCRIPT, 'kvm-suite', ...files],
-    { timeoutS, label, rigArgs: ['--memory', '8G'], stopWhen: rigStalled });
+    { timeoutS, label, rigArgs: ['--memory', '8G'], stopWhen: rigStalled, silenceLimitS: SILENCE_LIMIT_S });
 }
 
 const nested = kvmRoute() === 'nested';

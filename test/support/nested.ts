@@ -51,6 +51,11 @@ export function runNested(
     rigArgs?: string[];
     /** Looks at each line of the rig's output; a reason returned stops the rig at once (SIGTERM). */
     stopWhen?: (line: string) => string | null;
+    /**
+     * Stops the rig when it has printed nothing for this long: for a command that prints at
+     * least that often while it works, a rig frozen whole (no soft lockup report either).
+     */
+    silenceLimitS?: number;
     /** The script that boots the rig (tests of this module give a stand-in). */
     script?: string;
   } = {},
@@ -63,7 +68,24 @@ export function runNested(
     let output = '';
     let partial = '';
     let stoppedFor: string | undefined;
+    const stop = (reason: string) => {
+      if (stoppedFor !== undefined || child.pid === undefined) return;
+      stoppedFor = reason;
+      process.stderr.write(`[${label}] stopping the rig: ${reason}\n`);
+      try {
+        process.kill(child.pid, 'SIGTERM');
+      } catch {
+        /* it ended meanwhile */
+      }
+    };
+    let lastOutput = Date.now();
+    const silenceLimitS = opts.silenceLimitS;
+    const watchdog = silenceLimitS === undefined ? null : setInterval(() => {
+      const silentS = Math.floor((Date.now() - lastOutput) / 1000);
+      if (silentS >= silenceLimitS) stop(`it printed nothing for ${silentS} s (the limit is ${silenceLimitS} s): frozen`);
+    }, Math.min(5000, silenceLimitS * 250));
     const onData = (chunk: Buffer) => {
+      lastOutput = Date.now();
       const text = chunk.toString('utf8');
       output += text;
       if (output.length > 8_000_000) output = output.slice(-4_000_000);
@@ -73,21 +95,14 @@ export function runNested(
       for (const line of lines) {
         if (opts.echo !== false) process.stderr.write(`[${label}] ${line}\n`);
         const reason = stoppedFor === undefined ? opts.stopWhen?.(line) ?? null : null;
-        if (reason !== null && child.pid !== undefined) {
-          stoppedFor = reason;
-          process.stderr.write(`[${label}] stopping the rig: ${reason}\n`);
-          try {
-            process.kill(child.pid, 'SIGTERM');
-          } catch {
-            /* it ended meanwhile */
-          }
-        }
+        if (reason !== null) stop(reason);
       }
     };
     child.stdout.on('data', onData);
     child.stderr.on('data', onData);
     child.on('error', reject);
     child.on('close', (code, signal) => {
+      if (watchdog !== null) clearInterval(watchdog);
       if (child.pid !== undefined) children.delete(child.pid);
       if (partial && opts.echo !== false) process.stderr.write(`[${label}] ${partial}\n`);
       resolveRun({ status: code ?? (signal ? 128 : -1), output, stoppedFor });

@@ -1,6 +1,7 @@
-// The nested-KVM rig's stall rule: a soft lockup of two minutes or more stops the rig at once,
-// through runNested's stopWhen (here with a stand-in for scripts/nested-run.sh that prints what a
-// stalled rig prints and then would wait for minutes).
+// The nested-KVM rig's stall rules: a soft lockup of two minutes or more stops the rig at once,
+// through runNested's stopWhen, and so does silence past runNested's silenceLimitS (here with a
+// stand-in for scripts/nested-run.sh that prints what a stalled rig prints and then would wait
+// for minutes).
 import { afterAll, describe, expect, it } from 'vitest';
 import { chmodSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -51,5 +52,33 @@ echo "done"
     expect(plain.stoppedFor).toBeUndefined();
     expect(plain.status).toBe(0);
     expect(plain.output).toMatch(/done/);
+  });
+
+  it('runNested stops a rig that prints nothing for the silence limit, and says why', async () => {
+    const script = join(dir, 'silent-rig.sh');
+    writeFileSync(script, `#!/bin/bash
+sleep 60 &
+guest=$!
+trap 'kill $guest; exit 130' TERM
+echo "nested-run: booting the rig"
+wait $guest
+echo "never printed"
+`);
+    chmodSync(script, 0o755);
+    const started = Date.now();
+    const r = await runNested(['true'], { script, echo: false, silenceLimitS: 2 });
+    expect(Date.now() - started).toBeLessThan(20_000);
+    expect(r.stoppedFor).toMatch(/printed nothing for [23] s \(the limit is 2 s\)/);
+    expect(r.output).not.toMatch(/never printed/);
+    expect(r.status).not.toBe(0);
+    // A rig that keeps printing, more slowly than the limit in total but never silent that long, runs to its end.
+    writeFileSync(script, `#!/bin/bash
+for i in 1 2 3 4; do echo "line $i"; sleep 1; done
+echo "done"
+`);
+    const chatty = await runNested(['true'], { script, echo: false, silenceLimitS: 3 });
+    expect(chatty.stoppedFor).toBeUndefined();
+    expect(chatty.status).toBe(0);
+    expect(chatty.output).toMatch(/done/);
   });
 });
