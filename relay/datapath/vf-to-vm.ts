@@ -328,7 +328,10 @@ export class VfToVm extends Direction {
       // Take no more frames than the guest has buffers for (one per frame is the common case),
       // so the VF ring holds the rest instead of the relay dropping them.
       let room = 0;
-      for (const q of this.queues) {
+      // (An index loop: a for-of here allocated an iterator per burst, idle ones included.)
+      const queues = this.queues;
+      for (let i = 0; i < queues.length; i++) {
+        const q = queues[i]!;
         try {
           room += q.queue.availableCount(ROOM_COUNT_LIMIT);
         } catch (err) {

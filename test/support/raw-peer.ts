@@ -7,7 +7,8 @@ import { startProcess } from './processes.js';
 
 const koffiEntry = fileURLToPath(new URL('../../node_modules/koffi/index.js', import.meta.url));
 
-// `send <ifname>` sends the hex frames read from stdin as JSON; `capture <ifname> <ethertype>
+// `send <ifname>` sends the hex frames read from stdin as JSON; `stream <ifname>` takes them from
+// stdin's first line and sends them all for each further line; `capture <ifname> <ethertype>
 // <count> <timeoutMs>` prints every received frame of that ethertype.
 const PEER = `
 import { readFileSync } from 'node:fs';
@@ -34,6 +35,22 @@ if (mode === 'send') {
   let sent = 0;
   for (const hex of frames) { const b = Buffer.from(hex, 'hex'); if (send(fd, b, b.length, 0) === b.length) sent++; }
   console.log('sent ' + sent);
+} else if (mode === 'stream') {
+  // The first line of stdin is the frames (JSON, hex); each further line sends them all again.
+  let frames = null;
+  let round = 0;
+  let pending = '';
+  process.stdin.on('data', (chunk) => {
+    pending += chunk.toString('utf8');
+    for (let nl = pending.indexOf('\\n'); nl >= 0; nl = pending.indexOf('\\n')) {
+      const line = pending.slice(0, nl);
+      pending = pending.slice(nl + 1);
+      if (frames === null) { frames = JSON.parse(line).map((h) => Buffer.from(h, 'hex')); console.log('ready'); continue; }
+      let sent = 0;
+      for (const b of frames) if (send(fd, b, b.length, 0) === b.length) sent++;
+      console.log('sent ' + round++ + ' ' + sent);
+    }
+  });
 } else {
   const [ethertype, count, timeoutMs] = rest.map(Number);
   // SO_RCVBUFFORCE, 16 MiB: under the whole suite this process can be off the CPU for a while, and
@@ -100,4 +117,26 @@ export function startCapture(ns: string, ifname: string, ethertype: number, coun
     env: { ...process.env, KOFFI_ENTRY: koffiEntry },
     label: 'peer capture',
   });
+}
+
+/** A sender in `ns` that sends `frames` from `ifname` each time `send()` is called. */
+export async function startStream(ns: string, ifname: string, frames: Uint8Array[]) {
+  const p = startProcess('ip', ['netns', 'exec', ns, process.execPath, '--input-type=module', '-e', PEER, '--', 'stream', ifname], {
+    env: { ...process.env, KOFFI_ENTRY: koffiEntry },
+    stdio: ['pipe', 'pipe', 'pipe'],
+    label: 'peer stream',
+  });
+  p.proc.stdin!.write(`${JSON.stringify(frames.map(hex))}\n`);
+  await p.waitForOutput(/ready/);
+  let round = 0;
+  return {
+    process: p,
+    /** Sends the frames once more; resolves with how many the kernel took. */
+    async send(): Promise<number> {
+      const r = round++;
+      p.proc.stdin!.write('go\n');
+      const m = await p.waitForOutput(new RegExp(`(^|\\n)sent ${r} (\\d+)`), 10_000);
+      return Number(m[2]);
+    },
+  };
 }
