@@ -115,8 +115,11 @@ export class VfToVm extends Direction {
     this.writers = this.queues.map(
       (q) => new NetRxWriter(q.queue, { headerLength: guest?.hdrLen ?? 12, mergeable: guest?.mergeable ?? false, deferWrites: this.deferWrites }),
     );
+    // (Index loops here and in guestHasRoom: as for-of loops they allocated an iterator per call,
+    // and these run per ring burst and per idle pass.)
     this.writePending = () => {
-      for (const w of this.writers) w.writePending();
+      const writers = this.writers;
+      for (let i = 0; i < writers.length; i++) writers[i]!.writePending();
     };
     for (const q of this.queues) q.queue.disableNotifications();
     this.hold = spec.vmConnected && this.writers.length === 0;
@@ -328,7 +331,7 @@ export class VfToVm extends Direction {
       // Take no more frames than the guest has buffers for (one per frame is the common case),
       // so the VF ring holds the rest instead of the relay dropping them.
       let room = 0;
-      // (An index loop: a for-of here allocated an iterator per burst, idle ones included.)
+      // (An index loop: a for-of here allocated an iterator per burst.)
       const queues = this.queues;
       for (let i = 0; i < queues.length; i++) {
         const q = queues[i]!;
@@ -526,7 +529,8 @@ export class VfToVm extends Direction {
    */
   private guestHasRoom(): boolean {
     if (this.writers.length === 0) return true;
-    for (const q of this.queues) if (q.queue.hasAvailable()) return true;
+    const queues = this.queues;
+    for (let i = 0; i < queues.length; i++) if (queues[i]!.queue.hasAvailable()) return true;
     return false;
   }
 

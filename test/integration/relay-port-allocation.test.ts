@@ -22,7 +22,7 @@ import { TX_HDR, openTxRig, txDirection, type TxRig } from '../support/tx-direct
 import { startStream, testFrame } from '../support/raw-peer.js';
 import { rxDirection } from '../support/rx-direction.js';
 import { sleep, stopAll } from '../support/processes.js';
-import { expectOnlyCopyViews, fewestAllocations } from '../support/heap-sampling.js';
+import { BURST_BYTES_PER_FRAME, expectOnlyCopyViews, fewestAllocations } from '../support/heap-sampling.js';
 
 const ready = requireRoot();
 const tag = uniqueTag();
@@ -34,8 +34,6 @@ const WARM_ROUNDS = 400;
 const WINDOW_ROUNDS = 200;
 /** Bursts a round may take for its chains to come back (AF_XDP returns them on completion). */
 const MAX_BURSTS = 1000;
-/** Bytes a frame other than copy views may cost on average: a quarter of a heap number. */
-const OTHER_BYTES_PER_FRAME = 4;
 
 /** VF→VM: rounds before sampling and per window (each waits for the sender in the namespace). */
 const RX_WARM_ROUNDS = 300;
@@ -73,7 +71,7 @@ async function burstsOf({ rig }: { rig: TxRig }): Promise<void> {
   };
   rounds(WARM_ROUNDS);
   const allocations = await fewestAllocations(['burst'], () => rounds(WINDOW_ROUNDS));
-  expectOnlyCopyViews(allocations, WINDOW_ROUNDS * LARGE_PER_ROUND, WINDOW_ROUNDS * PER_ROUND * OTHER_BYTES_PER_FRAME);
+  expectOnlyCopyViews(allocations, WINDOW_ROUNDS * LARGE_PER_ROUND, WINDOW_ROUNDS * PER_ROUND * BURST_BYTES_PER_FRAME);
   expect(g.counter(Counter.Packets)).toBe(sent);
   expect(g.counter(Counter.DropsQueueFull) + g.counter(Counter.DropsBadFrame)).toBe(0);
   g.d.release();
@@ -129,7 +127,7 @@ async function receiveBurstsOf({ rig, peer }: { rig: TxRig; peer: string }): Pro
   };
   await rounds(RX_WARM_ROUNDS);
   const allocations = await fewestAllocations(['burst'], () => rounds(RX_WINDOW_ROUNDS));
-  expectOnlyCopyViews(allocations, RX_WINDOW_ROUNDS * LARGE_PER_ROUND, RX_WINDOW_ROUNDS * PER_ROUND * OTHER_BYTES_PER_FRAME);
+  expectOnlyCopyViews(allocations, RX_WINDOW_ROUNDS * LARGE_PER_ROUND, RX_WINDOW_ROUNDS * PER_ROUND * BURST_BYTES_PER_FRAME);
   expect(g.counter(Counter.Packets)).toBe(delivered);
   await stream.process.stop();
   g.d.release();
